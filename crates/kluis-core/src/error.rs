@@ -1,0 +1,289 @@
+//! Error types.
+
+use std::fmt;
+use std::io;
+
+/// Everything that can go wrong while sealing, opening, inspecting or re-keying a document.
+///
+/// Every variant's message says what went wrong and, where a person can act on it, what to do.
+/// No message ever contains key material or plaintext.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing the underlying stream failed.
+    Io(io::Error),
+    /// The input does not start with the kluis magic bytes.
+    NotSealed,
+    /// The input is a kluis document of a format version this library does not read.
+    UnsupportedVersion {
+        /// The version found in the file.
+        version: u16,
+    },
+    /// The header declares a length above the limit (or below the smallest possible header).
+    HeaderSize {
+        /// The declared header length in bytes.
+        declared: u64,
+        /// The largest header this reader accepts.
+        max: usize,
+    },
+    /// The header has more slots than allowed, or none.
+    SlotCount {
+        /// The number of slots declared.
+        count: usize,
+        /// The largest number of slots allowed.
+        max: usize,
+    },
+    /// A known stanza's body does not have its fixed length.
+    StanzaBodyLength {
+        /// The stanza type byte.
+        kind: u8,
+        /// The body length the type requires.
+        expected: usize,
+        /// The body length found.
+        found: usize,
+    },
+    /// The header is not well formed.
+    MalformedHeader {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// No slot could be opened with the keys at hand.
+    NoMatchingKey,
+    /// A key holder (local identity, key server) refused or failed to unwrap a stanza.
+    Unwrap(UnwrapError),
+    /// The header MAC does not match: the header was changed or the recovered file key is wrong.
+    HeaderMac,
+    /// The sealed metadata failed to decrypt or is malformed.
+    Metadata {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// A payload chunk failed authentication.
+    ChunkAuth {
+        /// The index of the chunk (0-based).
+        chunk: u64,
+    },
+    /// The payload ends at a chunk boundary before its last chunk.
+    Truncated {
+        /// The number of complete chunks read.
+        chunks: u64,
+    },
+    /// Bytes follow the last chunk of the payload.
+    TrailingData,
+    /// The payload length does not match the size recorded in the sealed metadata.
+    SizeMismatch {
+        /// The size the metadata declares (content plus padding).
+        expected: u64,
+        /// The size actually seen.
+        found: u64,
+    },
+    /// A recipient public key or a peer's ephemeral key gives an all-zero X25519 shared secret.
+    ZeroSharedSecret,
+    /// The slots given to seal are invalid.
+    InvalidSlots {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// A label name is empty, too long or uses characters outside `[A-Za-z0-9._-]`.
+    InvalidLabel,
+    /// A file name in the metadata is longer than the format allows.
+    NameTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum length in bytes.
+        max: usize,
+    },
+    /// Padding was requested for a document whose size was not declared up front.
+    PaddingNeedsSize,
+    /// A public key string is not a valid kluis public key.
+    InvalidPublicKey {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// An identity file is malformed.
+    InvalidIdentityFile {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// The identity file's Argon2id parameters are outside the accepted range.
+    IdentityParams {
+        /// Which parameter is out of range.
+        reason: &'static str,
+    },
+    /// The passphrase does not open the identity file.
+    WrongPassphrase,
+    /// The operating system's random number generator failed.
+    Random,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        match self {
+            Io(e) => write!(f, "I/O error: {e}"),
+            NotSealed => f.write_str(
+                "not a kluis document (the magic bytes are missing): check that you picked the sealed file",
+            ),
+            UnsupportedVersion { version } => write!(
+                f,
+                "kluis format version {version} is not supported by this version (it reads v1): upgrade kluis"
+            ),
+            HeaderSize { declared, max } => write!(
+                f,
+                "header length {declared} is outside the allowed range (at most {max} bytes): the file is corrupt or not a kluis document"
+            ),
+            SlotCount { count, max } => write!(
+                f,
+                "header has {count} slots; between 1 and {max} are allowed: the file is corrupt or was made by a hostile sender"
+            ),
+            StanzaBodyLength {
+                kind,
+                expected,
+                found,
+            } => write!(
+                f,
+                "stanza of type {kind} has a {found}-byte body; the format requires {expected}: the file is corrupt"
+            ),
+            MalformedHeader { reason } => {
+                write!(f, "malformed header: {reason}: the file is corrupt")
+            }
+            NoMatchingKey => f.write_str(
+                "no slot of this document can be opened with the keys given: it was sealed to other recipients; check the label or your identity file",
+            ),
+            Unwrap(e) => write!(f, "unwrapping the file key failed: {e}"),
+            HeaderMac => f.write_str(
+                "header MAC mismatch: the file was modified or the key is wrong",
+            ),
+            Metadata { reason } => write!(
+                f,
+                "sealed metadata is invalid ({reason}): the file is corrupt or was modified"
+            ),
+            ChunkAuth { chunk } => write!(
+                f,
+                "payload chunk {chunk} failed authentication: the file was modified, truncated or reordered; do not trust any output already written"
+            ),
+            Truncated { chunks } => write!(
+                f,
+                "the payload ends after {chunks} chunks without its last chunk: the file is truncated (an incomplete upload or download?)"
+            ),
+            TrailingData => f.write_str(
+                "data follows the end of the sealed payload: the file was modified or two files were joined",
+            ),
+            SizeMismatch { expected, found } => write!(
+                f,
+                "payload holds {found} bytes but {expected} were declared: when sealing, write exactly the declared size; when opening, the file is corrupt"
+            ),
+            ZeroSharedSecret => f.write_str(
+                "X25519 gave an all-zero shared secret (a low-order public key): the key or file is malicious or corrupt",
+            ),
+            InvalidSlots { reason } => write!(f, "invalid recipients: {reason}"),
+            InvalidLabel => f.write_str(
+                "invalid label name: use 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+            ),
+            NameTooLong { len, max } => write!(
+                f,
+                "file name is {len} bytes; at most {max} can be sealed: shorten it"
+            ),
+            PaddingNeedsSize => f.write_str(
+                "padding needs the plaintext size up front: declare the size in the metadata",
+            ),
+            InvalidPublicKey { reason } => write!(
+                f,
+                "invalid public key ({reason}): copy the whole key, it starts with `kluis1`"
+            ),
+            InvalidIdentityFile { reason } => write!(
+                f,
+                "invalid identity file ({reason}): check that you picked a kluis identity file"
+            ),
+            IdentityParams { reason } => write!(
+                f,
+                "identity file uses unsupported Argon2id parameters ({reason}): re-create it with `kluis keygen`"
+            ),
+            WrongPassphrase => f.write_str(
+                "wrong passphrase for this identity file (or the file was modified): try again",
+            ),
+            Random => f.write_str(
+                "the operating system's random number generator failed: nothing was sealed",
+            ),
+        }
+    }
+}
+
+impl Error {
+    /// Recover the typed error from an [`io::Error`] returned by a [`crate::StreamReader`] or
+    /// [`crate::StreamWriter`]; other I/O errors become [`Error::Io`].
+    pub fn from_io(e: io::Error) -> Error {
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(inner) = e.into_inner() {
+                if let Ok(typed) = inner.downcast::<Error>() {
+                    return *typed;
+                }
+            }
+            return Error::Io(io::Error::other("unrecoverable error"));
+        }
+        Error::Io(e)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::Unwrap(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+/// Why a key holder could not turn a stanza into a share.
+///
+/// Implementations of [`crate::Unwrap`] return these. The messages are shown to people, so they
+/// must never contain key material or tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnwrapError {
+    /// This key is not the stanza's recipient (its AEAD did not open). The opener tries others.
+    NotMine,
+    /// The stanza's ephemeral key gives an all-zero shared secret.
+    ZeroSharedSecret,
+    /// The key holder refuses to unwrap (for example a policy denies the caller).
+    Denied(String),
+    /// The key version the stanza names was destroyed; no one can open it.
+    Destroyed(String),
+    /// The key holder could not be reached or failed; trying again later may work.
+    Unavailable(String),
+}
+
+impl fmt::Display for UnwrapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnwrapError::NotMine => f.write_str("the key is not a recipient of this stanza"),
+            UnwrapError::ZeroSharedSecret => f.write_str(
+                "the stanza's ephemeral key gives an all-zero shared secret: the file is malicious or corrupt",
+            ),
+            UnwrapError::Denied(m) => write!(f, "denied: {m}"),
+            UnwrapError::Destroyed(m) => write!(f, "key destroyed: {m}"),
+            UnwrapError::Unavailable(m) => write!(f, "key holder unavailable: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for UnwrapError {}
+
+/// Short alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

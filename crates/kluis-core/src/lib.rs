@@ -1,0 +1,83 @@
+//! kluis-core: the kluis v1 sealed-document format.
+//!
+//! A document is sealed under a fresh random file key; the key is wrapped into one or more
+//! *slots* (a label key on the organisation's key server, a holder's key, a recovery key, or
+//! two of them together for double key). The format is specified byte for byte in
+//! `docs/FORMAT.md`. This crate does no network I/O; the key server client plugs in through
+//! the [`Unwrap`] trait.
+//!
+//! # One call
+//!
+//! ```
+//! use kluis_core::{Identity, LabelKey, Metadata, Recipient, Slot, open, seal};
+//!
+//! # fn main() -> Result<(), kluis_core::Error> {
+//! // The key server holds label keys; clients only need the public half to seal.
+//! let hr = LabelKey::generate("hr", 1)?;
+//! let holder = Identity::generate()?;
+//!
+//! // Double key: both the label key and the holder's key are needed to open.
+//! let slot = Slot::double(
+//!     Recipient::Label(hr.public_key().clone()),
+//!     Recipient::Key(holder.public_key()),
+//! )?;
+//! let sealed = seal(&[slot], &Metadata::default().name("salary.xlsx"), b"confidential")?;
+//!
+//! let (plaintext, metadata) = open(&sealed, &[&hr, &holder])?;
+//! assert_eq!(plaintext, b"confidential");
+//! assert_eq!(metadata.name, "salary.xlsx");
+//!
+//! // One key alone opens nothing.
+//! assert!(open(&sealed, &[&hr]).is_err());
+//! # Ok(()) }
+//! ```
+//!
+//! # Streaming
+//!
+//! [`StreamWriter`] seals into any `Write` (call [`StreamWriter::finish`]!);
+//! [`Header::read`] + [`Header::unlock`] + [`StreamReader`] open from any `Read`. Memory stays
+//! at one 64 KiB chunk whatever the size. [`unlock_all`] recovers the keys of many documents
+//! with one call per key holder (one key server round trip for a whole folder).
+//!
+//! # Without a key
+//!
+//! [`Header::read`] and [`Header::payload_info`] inspect a document; [`rekey`] and
+//! [`Header::rekey`] replace slots while copying the payload through untouched.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod backend;
+mod error;
+mod header;
+mod identity_file;
+mod keys;
+mod metadata;
+mod padding;
+mod primitives;
+pub mod reply;
+mod secret;
+mod simple;
+mod slot;
+mod stanza;
+mod stream;
+mod unwrap;
+mod wire;
+mod wrap;
+
+pub use backend::Backend;
+pub use error::{Error, Result, UnwrapError};
+pub use header::{Header, MAC_LEN, MAGIC, MAX_HEADER_LEN, MAX_SLOTS, PayloadInfo, VERSION};
+pub use identity_file::{ARGON2_MEMORY_KIB, ARGON2_PASSES, MAX_IDENTITY_FILE_LEN};
+pub use keys::{Identity, LabelKey, LabelPublicKey, PublicKey};
+pub use metadata::{MAX_NAME_LEN, Metadata};
+pub use padding::padme_padding;
+pub use secret::{DocId, FileKey, Share};
+pub use simple::{open, open_with_backend, rekey, seal, seal_with_backend};
+pub use slot::{Recipient, Slot};
+pub use stanza::{
+    MAX_LABEL_LEN, MAX_STANZA_LEN, ORG_STANZA, OrgStanza, SlotKind, Stanza, X25519_STANZA,
+    X25519Stanza,
+};
+pub use stream::{CHUNK_LEN, StreamReader, StreamWriter};
+pub use unwrap::{Unwrap, UnwrapRequest, unlock_all};

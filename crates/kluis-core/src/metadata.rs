@@ -1,0 +1,228 @@
+//! Sealed metadata: original name, size, modification time and padding length.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::padding::padme_padding;
+use crate::primitives::{self, TAG_LEN};
+use crate::secret::{DocId, FileKey};
+use crate::wire::Cursor;
+
+/// The longest file name the metadata holds, in bytes.
+pub const MAX_NAME_LEN: usize = 4096;
+/// Length of the fixed part of the metadata plaintext.
+pub(crate) const FIXED_LEN: usize = 1 + 8 + 8 + 4 + 8 + 2;
+/// The largest sealed metadata block, in bytes.
+pub(crate) const MAX_SEALED_LEN: usize = FIXED_LEN + MAX_NAME_LEN + TAG_LEN;
+
+const HAS_SIZE: u8 = 0x01;
+const HAS_MTIME: u8 = 0x02;
+
+/// What the sealed header says about the original: only someone who can open the document
+/// can read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// The original file name (empty when none was given). Not sanitised: a caller that
+    /// writes files must check it before use.
+    pub name: String,
+    /// The plaintext size in bytes, when it was known when sealing began.
+    pub size: Option<u64>,
+    /// The original modification time.
+    pub modified: Option<SystemTime>,
+    /// How many zero bytes follow the plaintext in the payload to hide its exact size.
+    pub padding: u64,
+}
+
+impl Metadata {
+    /// Metadata declaring the plaintext size (the writer checks it at `finish`).
+    pub fn with_size(size: u64) -> Self {
+        Metadata {
+            size: Some(size),
+            ..Metadata::default()
+        }
+    }
+
+    /// Set the original file name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Set the original modification time.
+    pub fn modified(mut self, t: SystemTime) -> Self {
+        self.modified = Some(t);
+        self
+    }
+
+    /// Pad the payload with Padmé so the ciphertext length reveals only O(log log n) bits of
+    /// the size. Needs the size.
+    pub fn padded(mut self) -> Result<Self> {
+        let size = self.size.ok_or(Error::PaddingNeedsSize)?;
+        self.padding = padme_padding(size);
+        Ok(self)
+    }
+
+    /// Encode the plaintext metadata block.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(Error::NameTooLong {
+                len: self.name.len(),
+                max: MAX_NAME_LEN,
+            });
+        }
+        if self.size.is_none() && self.padding != 0 {
+            return Err(Error::PaddingNeedsSize);
+        }
+        let mut flags = 0;
+        if self.size.is_some() {
+            flags |= HAS_SIZE;
+        }
+        let (secs, nanos) = match self.modified {
+            Some(t) => {
+                flags |= HAS_MTIME;
+                to_unix(t)
+            }
+            None => (0, 0),
+        };
+        let mut out = Vec::with_capacity(FIXED_LEN + self.name.len());
+        out.push(flags);
+        out.extend_from_slice(&self.size.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&secs.to_be_bytes());
+        out.extend_from_slice(&nanos.to_be_bytes());
+        out.extend_from_slice(&self.padding.to_be_bytes());
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        Ok(out)
+    }
+
+    /// Decode the plaintext metadata block.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = |reason| Error::Metadata { reason };
+        if bytes.len() < FIXED_LEN || bytes.len() > FIXED_LEN + MAX_NAME_LEN {
+            return Err(bad("wrong length"));
+        }
+        let mut c = Cursor::new(bytes);
+        let flags = c.u8()?;
+        if flags & !(HAS_SIZE | HAS_MTIME) != 0 {
+            return Err(bad("unknown flags"));
+        }
+        let size = u64::from_be_bytes(c.array()?);
+        let secs = i64::from_be_bytes(c.array()?);
+        let nanos = c.u32()?;
+        let padding = u64::from_be_bytes(c.array()?);
+        let name_len = c.u16()? as usize;
+        if c.remaining() != name_len {
+            return Err(bad("name length does not match"));
+        }
+        let name = std::str::from_utf8(c.bytes(name_len)?)
+            .map_err(|_| bad("name is not UTF-8"))?
+            .to_owned();
+        if flags & HAS_SIZE == 0 && (size != 0 || padding != 0) {
+            return Err(bad("size or padding without the size flag"));
+        }
+        if flags & HAS_MTIME == 0 && (secs != 0 || nanos != 0) {
+            return Err(bad("time without the time flag"));
+        }
+        if size.checked_add(padding).is_none() {
+            return Err(bad("size plus padding overflows"));
+        }
+        let modified = if flags & HAS_MTIME != 0 {
+            Some(from_unix(secs, nanos).ok_or(bad("modification time out of range"))?)
+        } else {
+            None
+        };
+        Ok(Metadata {
+            name,
+            size: (flags & HAS_SIZE != 0).then_some(size),
+            modified,
+            padding,
+        })
+    }
+
+    /// Seal under `HKDF(ikm = K, salt = doc_id, info = "kluis/v1/metadata")`, nonce 0, no AAD.
+    pub(crate) fn seal(&self, key: &FileKey, doc_id: &DocId) -> Result<Vec<u8>> {
+        let plain = zeroize::Zeroizing::new(self.encode()?);
+        Ok(primitives::aead_seal(&metadata_key(key, doc_id), [0; 12], &[], &plain))
+    }
+
+    /// Open a sealed metadata block.
+    pub(crate) fn open(sealed: &[u8], key: &FileKey, doc_id: &DocId) -> Result<Self> {
+        let plain = primitives::aead_open(&metadata_key(key, doc_id), [0; 12], &[], sealed)
+            .ok_or(Error::Metadata {
+                reason: "authentication failed",
+            })?;
+        Metadata::decode(&plain)
+    }
+
+    /// Content plus padding: the payload plaintext length, when the size is known.
+    pub(crate) fn payload_len(&self) -> Option<u64> {
+        self.size.map(|s| s + self.padding)
+    }
+}
+
+fn metadata_key(key: &FileKey, doc_id: &DocId) -> primitives::DerivedKey {
+    primitives::hkdf(key.expose(), &doc_id.0, b"kluis/v1/metadata")
+}
+
+/// Seconds (floored) and nanoseconds since the Unix epoch.
+fn to_unix(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            if d.subsec_nanos() == 0 {
+                (-secs, 0)
+            } else {
+                (-secs - 1, 1_000_000_000 - d.subsec_nanos())
+            }
+        }
+    }
+}
+
+fn from_unix(secs: i64, nanos: u32) -> Option<SystemTime> {
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(Duration::from_nanos(u64::from(nanos)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_times_before_and_after_the_epoch() {
+        for t in [
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            UNIX_EPOCH - Duration::new(86_400, 5),
+            UNIX_EPOCH,
+        ] {
+            let m = Metadata::with_size(10).name("brief.docx").modified(t);
+            assert_eq!(Metadata::decode(&m.encode().unwrap()).unwrap(), m);
+        }
+        let m = Metadata::default();
+        assert_eq!(Metadata::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_bad_blocks() {
+        let good = Metadata::with_size(3).name("a").encode().unwrap();
+        let mut bad = good.clone();
+        bad[0] = 0x80;
+        assert!(Metadata::decode(&bad).is_err());
+        assert!(Metadata::decode(&good[..good.len() - 1]).is_err());
+        let mut no_size = Metadata::default().encode().unwrap();
+        no_size[FIXED_LEN - 3] = 1; // padding without a size
+        assert!(Metadata::decode(&no_size).is_err());
+        let too_long = Metadata::default().name("x".repeat(MAX_NAME_LEN + 1));
+        assert!(matches!(too_long.encode(), Err(Error::NameTooLong { .. })));
+        assert!(matches!(Metadata::default().padded(), Err(Error::PaddingNeedsSize)));
+    }
+}

@@ -1,0 +1,151 @@
+//! Key server replies sealed to the caller's ephemeral key (DESIGN §4, "Server replies").
+//!
+//! The client sends `R`; the server answers with `S` and, per item,
+//! `AEAD(HKDF(ikm = X25519(s, R), salt = S ‖ R, info = "kluis/v1/reply"), nonce, share, aad = doc_id)`
+//! with a distinct nonce per item of a batch.
+
+use x25519_dalek::StaticSecret;
+
+use crate::error::{Error, Result, UnwrapError};
+use crate::primitives::{self, DerivedKey, NONCE_LEN};
+use crate::secret::{DocId, KEY_LEN, Share};
+use crate::wrap::BODY_LEN;
+
+const REPLY_INFO: &[u8] = b"kluis/v1/reply";
+
+/// One share sealed to the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedShare {
+    /// The AEAD nonce (distinct per item of a reply).
+    pub nonce: [u8; NONCE_LEN],
+    /// The sealed share: 32 bytes and a 16-byte tag.
+    pub body: [u8; BODY_LEN],
+}
+
+fn reply_key(secret: &StaticSecret, peer: &[u8; 32], s: &[u8; 32], r: &[u8; 32]) -> Result<DerivedKey> {
+    let z = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
+    if !z.was_contributory() {
+        return Err(Error::ZeroSharedSecret);
+    }
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(s);
+    salt[32..].copy_from_slice(r);
+    Ok(primitives::hkdf(z.as_bytes(), &salt, REPLY_INFO))
+}
+
+fn random_secret() -> Result<StaticSecret> {
+    let mut b = zeroize::Zeroizing::new([0u8; 32]);
+    primitives::fill_random(&mut b[..])?;
+    Ok(StaticSecret::from(*b))
+}
+
+/// Server side: seals the shares of one reply (single or batch) to the caller's key `R`.
+pub struct ReplySealer {
+    key: DerivedKey,
+    server_public: [u8; 32],
+    counter: u64,
+}
+
+impl ReplySealer {
+    /// A sealer with a fresh server ephemeral `s` for the caller's public key `R`.
+    pub fn new(client_public: &[u8; 32]) -> Result<Self> {
+        let s = random_secret()?;
+        let server_public = x25519_dalek::PublicKey::from(&s).to_bytes();
+        let key = reply_key(&s, client_public, &server_public, client_public)?;
+        Ok(ReplySealer {
+            key,
+            server_public,
+            counter: 0,
+        })
+    }
+
+    /// `S`, to send with the reply.
+    pub fn server_public(&self) -> [u8; 32] {
+        self.server_public
+    }
+
+    /// Seal one share; every call uses the next nonce.
+    pub fn seal(&mut self, doc_id: &DocId, share: &Share) -> SealedShare {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
+        self.counter += 1;
+        let sealed = primitives::aead_seal(&self.key, nonce, &doc_id.0, share.expose_secret());
+        let mut body = [0u8; BODY_LEN];
+        body.copy_from_slice(&sealed);
+        SealedShare { nonce, body }
+    }
+}
+
+/// Client side: the ephemeral key `r`/`R` of one request. Zeroized on drop.
+pub struct ReplyKey {
+    secret: StaticSecret,
+    public: [u8; 32],
+}
+
+impl ReplyKey {
+    /// A fresh ephemeral key.
+    pub fn generate() -> Result<Self> {
+        let secret = random_secret()?;
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        Ok(ReplyKey { secret, public })
+    }
+
+    /// `R`, to send with the request.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// Derive the key for a reply that carries the server's `S`.
+    pub fn opener(&self, server_public: &[u8; 32]) -> Result<ReplyOpener> {
+        Ok(ReplyOpener {
+            key: reply_key(&self.secret, server_public, server_public, &self.public)?,
+        })
+    }
+}
+
+/// Opens the items of one reply.
+pub struct ReplyOpener {
+    key: DerivedKey,
+}
+
+impl ReplyOpener {
+    /// Open one sealed share for `doc_id`.
+    pub fn open(&self, doc_id: &DocId, sealed: &SealedShare) -> Result<Share, UnwrapError> {
+        let plain = primitives::aead_open(&self.key, sealed.nonce, &doc_id.0, &sealed.body)
+            .ok_or_else(|| {
+                UnwrapError::Unavailable("the key server's reply did not authenticate".into())
+            })?;
+        let mut s = [0u8; KEY_LEN];
+        s.copy_from_slice(&plain);
+        let share = Share::from_bytes(s);
+        zeroize::Zeroize::zeroize(&mut s);
+        Ok(share)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_reply_round_trip_with_distinct_nonces() {
+        let client = ReplyKey::generate().unwrap();
+        let mut server = ReplySealer::new(&client.public_bytes()).unwrap();
+        let d1 = DocId([1; 16]);
+        let d2 = DocId([2; 16]);
+        let a = server.seal(&d1, &Share::from_bytes([7; 32]));
+        let b = server.seal(&d2, &Share::from_bytes([8; 32]));
+        assert_ne!(a.nonce, b.nonce);
+        let opener = client.opener(&server.server_public()).unwrap();
+        assert_eq!(opener.open(&d1, &a).unwrap().expose_secret(), &[7; 32]);
+        assert_eq!(opener.open(&d2, &b).unwrap().expose_secret(), &[8; 32]);
+        // Bound to the document id.
+        assert!(opener.open(&d2, &a).is_err());
+        // Another client cannot read it.
+        let other = ReplyKey::generate().unwrap();
+        let o = other.opener(&server.server_public()).unwrap();
+        assert!(o.open(&d1, &a).is_err());
+        // Low-order keys are refused.
+        assert!(ReplySealer::new(&[0; 32]).is_err());
+    }
+}
