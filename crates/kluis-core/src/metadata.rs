@@ -62,8 +62,8 @@ impl Metadata {
         Ok(self)
     }
 
-    /// Encode the plaintext metadata block.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+    /// Encode the plaintext metadata block (before sealing; see docs/FORMAT.md).
+    pub fn encode(&self) -> Result<Vec<u8>> {
         if self.name.len() > MAX_NAME_LEN {
             return Err(Error::NameTooLong {
                 len: self.name.len(),

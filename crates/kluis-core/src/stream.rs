@@ -201,8 +201,10 @@ pub struct StreamReader<R: Read> {
     cipher: ChunkCipher,
     /// Sealed chunk plus read-ahead bytes.
     buf: Vec<u8>,
-    /// Read-ahead bytes waiting at the start of `buf`.
-    ahead: usize,
+    /// Read-ahead bytes that belong to the next chunk.
+    ahead: [u8; MIN_FINAL_AFTER_FULL],
+    /// How many of `ahead` are valid.
+    ahead_len: usize,
     plain: (usize, usize),
     counter: u64,
     done: bool,
@@ -227,7 +229,8 @@ impl<R: Read> StreamReader<R> {
             input,
             cipher: payload_cipher(backend, key, header.payload_salt()),
             buf: vec![0u8; SEALED_CHUNK_LEN + MIN_FINAL_AFTER_FULL],
-            ahead: 0,
+            ahead: [0; MIN_FINAL_AFTER_FULL],
+            ahead_len: 0,
             plain: (0, 0),
             counter: 0,
             done: false,
@@ -260,8 +263,10 @@ impl<R: Read> StreamReader<R> {
 
     /// Read, authenticate and decrypt the next chunk into `buf`.
     fn next_chunk(&mut self) -> Result<()> {
-        let n = self.fill(self.ahead, SEALED_CHUNK_LEN)?;
-        self.ahead = 0;
+        let a = self.ahead_len;
+        self.buf[..a].copy_from_slice(&self.ahead[..a]);
+        self.ahead_len = 0;
+        let n = self.fill(a, SEALED_CHUNK_LEN)?;
         let chunk = self.counter;
         let last;
         if n == SEALED_CHUNK_LEN {
@@ -285,8 +290,8 @@ impl<R: Read> StreamReader<R> {
                     if self.open_chunk(n, false).is_none() {
                         return Err(Error::ChunkAuth { chunk });
                     }
-                    self.buf.copy_within(n..n + m, 0);
-                    self.ahead = m;
+                    self.ahead.copy_from_slice(&self.buf[n..n + m]);
+                    self.ahead_len = m;
                     last = false;
                 }
                 _ => {

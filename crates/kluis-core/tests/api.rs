@@ -1,0 +1,308 @@
+//! The public API end to end: streaming, batch unlock, double key, re-keying, identities.
+
+use std::io::{Read, Write};
+use std::time::{Duration, UNIX_EPOCH};
+
+use kluis_core::{
+    Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
+    Unwrap, UnwrapError, UnwrapRequest, open, rekey, seal, unlock_all,
+};
+
+fn label(l: &LabelKey) -> Recipient {
+    Recipient::Label(l.public_key().clone())
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Counts calls and stanzas, to check batching.
+struct Counting<'a> {
+    inner: &'a LabelKey,
+    calls: std::cell::Cell<usize>,
+    stanzas: std::cell::Cell<usize>,
+}
+
+impl Unwrap for Counting<'_> {
+    fn accepts(&self, s: &kluis_core::Stanza) -> bool {
+        self.inner.accepts(s)
+    }
+    fn unwrap(&self, r: &[UnwrapRequest<'_>]) -> Vec<Result<kluis_core::Share, UnwrapError>> {
+        self.calls.set(self.calls.get() + 1);
+        self.stanzas.set(self.stanzas.get() + r.len());
+        self.inner.unwrap(r)
+    }
+}
+
+/// A key server that refuses everything.
+struct Refusing;
+
+impl Unwrap for Refusing {
+    fn accepts(&self, s: &kluis_core::Stanza) -> bool {
+        matches!(s, kluis_core::Stanza::Org(_))
+    }
+    fn unwrap(&self, r: &[UnwrapRequest<'_>]) -> Vec<Result<kluis_core::Share, UnwrapError>> {
+        r.iter()
+            .map(|_| Err(UnwrapError::Denied("not in group hr".into())))
+            .collect()
+    }
+}
+
+#[test]
+fn streaming_round_trip_in_small_writes_with_metadata() {
+    let hr = LabelKey::generate("hr", 7).unwrap();
+    let plain = data(3 * 65536 + 123);
+    let t = UNIX_EPOCH + Duration::new(1_700_000_000, 42);
+    let meta = Metadata::with_size(plain.len() as u64)
+        .name("dossier 2026.pdf")
+        .modified(t);
+    let mut w = StreamWriter::new(Vec::new(), &[Slot::single(label(&hr))], &meta).unwrap();
+    for piece in plain.chunks(1000) {
+        w.write_all(piece).unwrap();
+    }
+    let sealed = w.finish().unwrap();
+
+    let mut input = &sealed[..];
+    let header = Header::read(&mut input).unwrap();
+    assert_eq!(header.slots().len(), 1);
+    let info = header.payload_info(sealed.len() as u64).unwrap();
+    assert_eq!(info.chunks, 4);
+    assert_eq!(info.padded_len, plain.len() as u64);
+    let key = header.unlock(&[&hr]).unwrap();
+    let mut r = StreamReader::new(&header, &key, input).unwrap();
+    assert_eq!(r.metadata(), &meta);
+    let mut out = Vec::new();
+    // Read in odd sizes.
+    let mut buf = [0u8; 777];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(out, plain);
+}
+
+#[test]
+fn the_header_is_small_and_inspectable_without_a_key() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let sealed = seal(&[Slot::single(label(&hr))], &Metadata::default(), b"x").unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    assert!(header.len() <= 512, "header is {} bytes", header.len());
+    match &header.slots()[0][..] {
+        [kluis_core::Stanza::Org(o)] => {
+            assert_eq!((o.label(), o.kid()), ("hr", 1));
+            assert_eq!(o.slot_kind(), kluis_core::SlotKind::Whole);
+        }
+        other => panic!("unexpected slot {other:?}"),
+    }
+    assert_eq!(header.to_bytes(), &sealed[..header.len()]);
+}
+
+#[test]
+fn declared_size_is_enforced_when_sealing() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    let mut w = StreamWriter::new(Vec::new(), &slots, &Metadata::with_size(10)).unwrap();
+    w.write_all(b"12345").unwrap();
+    assert!(matches!(
+        w.finish(),
+        Err(Error::SizeMismatch {
+            expected: 10,
+            found: 5
+        })
+    ));
+    let mut w = StreamWriter::new(Vec::new(), &slots, &Metadata::with_size(3)).unwrap();
+    let e = w.write_all(b"1234").unwrap_err();
+    assert!(matches!(
+        Error::from_io(e),
+        Error::SizeMismatch { expected: 3, .. }
+    ));
+}
+
+#[test]
+fn padding_hides_the_size_and_is_removed_on_open() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let plain = data(1000);
+    let meta = Metadata::with_size(1000).padded().unwrap();
+    assert_eq!(meta.padding, 24);
+    let sealed = seal(&[Slot::single(label(&hr))], &meta, &plain).unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    assert_eq!(
+        header.payload_info(sealed.len() as u64).unwrap().padded_len,
+        1024
+    );
+    let (out, m) = open(&sealed, &[&hr]).unwrap();
+    assert_eq!(out, plain);
+    assert_eq!(m.padding, 24);
+}
+
+#[test]
+fn double_key_needs_both_keys_and_binds_the_slot_kind() {
+    let hr = LabelKey::generate("medical", 3).unwrap();
+    let holder = Identity::generate().unwrap();
+    let slot = Slot::double(label(&hr), Recipient::Key(holder.public_key())).unwrap();
+    let sealed = seal(&[slot], &Metadata::default(), b"diagnosis").unwrap();
+    assert_eq!(open(&sealed, &[&hr, &holder]).unwrap().0, b"diagnosis");
+    assert!(matches!(open(&sealed, &[&hr]), Err(Error::NoMatchingKey)));
+    assert!(matches!(
+        open(&sealed, &[&holder]),
+        Err(Error::NoMatchingKey)
+    ));
+    // The org stanza says it is half of a double-key slot, so a key server can enforce it.
+    let header = Header::parse(&sealed).unwrap();
+    let kinds: Vec<_> = header.slots()[0]
+        .iter()
+        .filter_map(|s| match s {
+            kluis_core::Stanza::Org(o) => Some(o.slot_kind()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [kluis_core::SlotKind::Half]);
+}
+
+#[test]
+fn a_refusing_key_server_falls_back_to_recovery_and_reports_the_refusal() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let recovery = Identity::generate().unwrap();
+    let slots = [
+        Slot::single(label(&hr)),
+        Slot::single(Recipient::Key(recovery.public_key())),
+    ];
+    let sealed = seal(&slots, &Metadata::default(), b"woo request").unwrap();
+    match open(&sealed, &[&Refusing]) {
+        Err(Error::Unwrap(UnwrapError::Denied(m))) => assert!(m.contains("hr")),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    assert_eq!(
+        open(&sealed, &[&Refusing, &recovery]).unwrap().0,
+        b"woo request"
+    );
+}
+
+#[test]
+fn many_headers_unlock_with_one_call_per_key_holder() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let holder = Identity::generate().unwrap();
+    let docs: Vec<Vec<u8>> = (0..50)
+        .map(|i| {
+            let slot = if i % 2 == 0 {
+                Slot::single(label(&hr))
+            } else {
+                Slot::double(label(&hr), Recipient::Key(holder.public_key())).unwrap()
+            };
+            seal(&[slot], &Metadata::default(), format!("doc {i}").as_bytes()).unwrap()
+        })
+        .collect();
+    let headers: Vec<Header> = docs.iter().map(|d| Header::parse(d).unwrap()).collect();
+    let refs: Vec<&Header> = headers.iter().collect();
+    let server = Counting {
+        inner: &hr,
+        calls: 0.into(),
+        stanzas: 0.into(),
+    };
+    let keys = unlock_all(&refs, &[&server, &holder]);
+    assert_eq!(server.calls.get(), 1, "one round trip for the whole folder");
+    assert_eq!(server.stanzas.get(), 50);
+    for (i, (doc, key)) in docs.iter().zip(keys).enumerate() {
+        let key = key.unwrap();
+        let mut r = StreamReader::new(&headers[i], &key, &doc[headers[i].len()..]).unwrap();
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(out, format!("doc {i}"));
+    }
+}
+
+#[test]
+fn rekey_moves_to_a_new_version_and_leaves_the_payload_untouched() {
+    let v1 = LabelKey::generate("hr", 1).unwrap();
+    let v2 = LabelKey::generate("hr", 2).unwrap();
+    let recovery = Identity::generate().unwrap();
+    let plain = data(200_000);
+    let slots = [
+        Slot::single(label(&v1)),
+        Slot::single(Recipient::Key(recovery.public_key())),
+    ];
+    let sealed = seal(&slots, &Metadata::default().name("a.txt"), &plain).unwrap();
+    let old = Header::parse(&sealed).unwrap();
+
+    // Replace slot 0 (v1) by a v2 slot; keep the recovery slot.
+    let mut out = Vec::new();
+    let new = rekey(&sealed[..], &mut out, &[&v1], &[1], &[Slot::single(label(&v2))]).unwrap();
+    assert_eq!(new.doc_id(), old.doc_id());
+    assert_eq!(&out[new.len()..], &sealed[old.len()..], "payload copied as is");
+    assert!(matches!(open(&out, &[&v1]), Err(Error::NoMatchingKey)));
+    let (got, meta) = open(&out, &[&v2]).unwrap();
+    assert_eq!((got.as_slice(), meta.name.as_str()), (&plain[..], "a.txt"));
+    assert_eq!(open(&out, &[&recovery]).unwrap().0, plain);
+
+    // Removing the last slot is refused; keeping a slot twice too.
+    let key = old.unlock(&[&v1]).unwrap();
+    assert!(matches!(
+        old.rekey(&key, &[], &[]),
+        Err(Error::SlotCount { .. })
+    ));
+    assert!(old.rekey(&key, &[0, 0], &[]).is_err());
+    assert!(old.rekey(&key, &[5], &[]).is_err());
+}
+
+#[test]
+fn a_stanza_moved_to_another_document_does_not_open_it() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    let a = seal(&slots, &Metadata::default(), b"A").unwrap();
+    let b = seal(&slots, &Metadata::default(), b"B").unwrap();
+    let (ha, hb) = (Header::parse(&a).unwrap(), Header::parse(&b).unwrap());
+    // Header A on payload B: A's key does not open B's chunks.
+    let mut spliced = a[..ha.len()].to_vec();
+    spliced.extend_from_slice(&b[hb.len()..]);
+    assert!(matches!(
+        open(&spliced, &[&hr]),
+        Err(Error::ChunkAuth { chunk: 0 })
+    ));
+}
+
+#[test]
+fn identity_file_round_trip_wrong_passphrase_and_file_mode() {
+    let id = Identity::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("me.kluis-identity");
+    id.write_file(&path, b"correct horse").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&id.public_key().to_string()));
+    let back = Identity::read_file(&path, b"correct horse").unwrap();
+    assert_eq!(back.public_key(), id.public_key());
+    assert!(matches!(
+        Identity::read_file(&path, b"wrong"),
+        Err(Error::WrongPassphrase)
+    ));
+    // Never overwrites.
+    assert!(id.write_file(&path, b"x").is_err());
+    // A modified file does not open.
+    let tampered = text.replace("KLUIS-IDENTITY-1 A", "KLUIS-IDENTITY-1 B");
+    if tampered != text {
+        assert!(Identity::from_file_string(&tampered, b"correct horse").is_err());
+    }
+    assert!(matches!(
+        Identity::from_file_string("hello", b"x"),
+        Err(Error::InvalidIdentityFile { .. })
+    ));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    assert!(Error::HeaderMac.to_string().contains("modified or the key is wrong"));
+    assert!(Error::NotSealed.to_string().contains("not a kluis document"));
+    assert!(
+        Error::Truncated { chunks: 3 }
+            .to_string()
+            .contains("truncated")
+    );
+}
