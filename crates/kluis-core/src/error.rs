@@ -148,7 +148,7 @@ impl fmt::Display for Error {
                 write!(f, "malformed header: {reason}: the file is corrupt")
             }
             NoMatchingKey => f.write_str(
-                "no slot of this document can be opened with the keys given: it was sealed to other recipients; check the label or your identity file",
+                "no slot of this document can be opened with the keys given: it was sealed to other recipients, or it is double-key and needs your identity file as well as the key server",
             ),
             Unwrap(e) => write!(f, "unwrapping the file key failed: {e}"),
             HeaderMac => f.write_str(
