@@ -63,9 +63,7 @@ impl FromStr for PublicKey {
 
     fn from_str(s: &str) -> Result<Self> {
         if s.len() > 100 {
-            return Err(Error::InvalidPublicKey {
-                reason: "too long",
-            });
+            return Err(Error::InvalidPublicKey { reason: "too long" });
         }
         let parsed = bech32::primitives::decode::CheckedHrpstring::new::<Bech32>(s.trim())
             .map_err(|_| Error::InvalidPublicKey {
@@ -127,7 +125,11 @@ impl Identity {
     }
 
     /// Open one X25519 stanza.
-    pub fn unwrap_stanza(&self, doc_id: &DocId, stanza: &X25519Stanza) -> Result<Share, UnwrapError> {
+    pub fn unwrap_stanza(
+        &self,
+        doc_id: &DocId,
+        stanza: &X25519Stanza,
+    ) -> Result<Share, UnwrapError> {
         wrap::unwrap(
             wrap::X25519_INFO,
             &wrap::x25519_aad(doc_id),
@@ -284,7 +286,10 @@ mod tests {
         let s = id.public_key().to_string();
         assert!(s.starts_with("kluis1"), "{s}");
         assert_eq!(s.parse::<PublicKey>().unwrap(), id.public_key());
-        assert_eq!(s.to_uppercase().parse::<PublicKey>().unwrap(), id.public_key());
+        assert_eq!(
+            s.to_uppercase().parse::<PublicKey>().unwrap(),
+            id.public_key()
+        );
         // Change one character: the checksum must catch it.
         let mut chars: Vec<char> = s.chars().collect();
         let i = chars.len() / 2;

@@ -142,15 +142,21 @@ impl Metadata {
     /// Seal under `HKDF(ikm = K, salt = doc_id, info = "kluis/v1/metadata")`, nonce 0, no AAD.
     pub(crate) fn seal(&self, key: &FileKey, doc_id: &DocId) -> Result<Vec<u8>> {
         let plain = zeroize::Zeroizing::new(self.encode()?);
-        Ok(primitives::aead_seal(&metadata_key(key, doc_id), [0; 12], &[], &plain))
+        Ok(primitives::aead_seal(
+            &metadata_key(key, doc_id),
+            [0; 12],
+            &[],
+            &plain,
+        ))
     }
 
     /// Open a sealed metadata block.
     pub(crate) fn open(sealed: &[u8], key: &FileKey, doc_id: &DocId) -> Result<Self> {
-        let plain = primitives::aead_open(&metadata_key(key, doc_id), [0; 12], &[], sealed)
-            .ok_or(Error::Metadata {
+        let plain = primitives::aead_open(&metadata_key(key, doc_id), [0; 12], &[], sealed).ok_or(
+            Error::Metadata {
                 reason: "authentication failed",
-            })?;
+            },
+        )?;
         Metadata::decode(&plain)
     }
 
@@ -167,7 +173,10 @@ fn metadata_key(key: &FileKey, doc_id: &DocId) -> primitives::DerivedKey {
 /// Seconds (floored) and nanoseconds since the Unix epoch.
 fn to_unix(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
         Err(e) => {
             let d = e.duration();
             let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
@@ -223,6 +232,9 @@ mod tests {
         assert!(Metadata::decode(&no_size).is_err());
         let too_long = Metadata::default().name("x".repeat(MAX_NAME_LEN + 1));
         assert!(matches!(too_long.encode(), Err(Error::NameTooLong { .. })));
-        assert!(matches!(Metadata::default().padded(), Err(Error::PaddingNeedsSize)));
+        assert!(matches!(
+            Metadata::default().padded(),
+            Err(Error::PaddingNeedsSize)
+        ));
     }
 }

@@ -10,7 +10,9 @@ pub fn padme_padding(len: u64) -> u64 {
     let last_bits = e - s;
     let mask = (1u64 << last_bits) - 1;
     // (len + mask) & !mask, without overflow near u64::MAX.
-    let padded = len.checked_add(mask).map_or(u64::MAX & !mask, |v| v & !mask);
+    let padded = len
+        .checked_add(mask)
+        .map_or(u64::MAX & !mask, |v| v & !mask);
     padded.saturating_sub(len)
 }
 
@@ -30,7 +32,10 @@ mod tests {
 
     #[test]
     fn overhead_is_at_most_12_percent() {
-        for len in (1u64..200_000).step_by(97).chain([u64::MAX / 2, u64::MAX - 1]) {
+        for len in (1u64..200_000)
+            .step_by(97)
+            .chain([u64::MAX / 2, u64::MAX - 1])
+        {
             let p = padme_padding(len);
             assert!(p as f64 <= len as f64 * 0.12 + 1.0, "{len} {p}");
         }

@@ -64,7 +64,11 @@ pub(crate) fn aead_seal(
     let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
     buf.extend_from_slice(plaintext);
     aead_key(key)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
         .expect("AES-GCM seal of a short message");
     buf
 }
@@ -78,7 +82,11 @@ pub(crate) fn aead_open(
 ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
     let len = aead_key(key)
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
         .ok()?
         .len();
     buf.truncate(len);

@@ -22,7 +22,12 @@ pub struct SealedShare {
     pub body: [u8; BODY_LEN],
 }
 
-fn reply_key(secret: &StaticSecret, peer: &[u8; 32], s: &[u8; 32], r: &[u8; 32]) -> Result<DerivedKey> {
+fn reply_key(
+    secret: &StaticSecret,
+    peer: &[u8; 32],
+    s: &[u8; 32],
+    r: &[u8; 32],
+) -> Result<DerivedKey> {
     let z = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
     if !z.was_contributory() {
         return Err(Error::ZeroSharedSecret);

@@ -154,6 +154,9 @@ mod tests {
         let k = FileKey([0xab; 32]);
         let s = Share([0xcd; 32]);
         let out = format!("{k:?} {s:?}");
-        assert!(!out.contains("ab") && !out.contains("171") && !out.contains("cd"), "{out}");
+        assert!(
+            !out.contains("ab") && !out.contains("171") && !out.contains("cd"),
+            "{out}"
+        );
     }
 }

@@ -25,7 +25,8 @@ pub fn seal_with_backend(
     let mut metadata = metadata.clone();
     metadata.size.get_or_insert(plaintext.len() as u64);
     let capacity = plaintext.len() + plaintext.len() / 4096 + 1024;
-    let mut w = StreamWriter::with_backend(Vec::with_capacity(capacity), slots, &metadata, backend)?;
+    let mut w =
+        StreamWriter::with_backend(Vec::with_capacity(capacity), slots, &metadata, backend)?;
     w.write_all(plaintext).map_err(Error::from_io)?;
     w.finish()
 }

@@ -223,7 +223,12 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// [`StreamReader::new`] with a chosen AEAD backend.
-    pub fn with_backend(header: &Header, key: &FileKey, input: R, backend: Backend) -> Result<Self> {
+    pub fn with_backend(
+        header: &Header,
+        key: &FileKey,
+        input: R,
+        backend: Backend,
+    ) -> Result<Self> {
         let metadata = header.metadata(key)?;
         Ok(StreamReader {
             input,

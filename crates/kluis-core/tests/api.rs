@@ -229,9 +229,20 @@ fn rekey_moves_to_a_new_version_and_leaves_the_payload_untouched() {
 
     // Replace slot 0 (v1) by a v2 slot; keep the recovery slot.
     let mut out = Vec::new();
-    let new = rekey(&sealed[..], &mut out, &[&v1], &[1], &[Slot::single(label(&v2))]).unwrap();
+    let new = rekey(
+        &sealed[..],
+        &mut out,
+        &[&v1],
+        &[1],
+        &[Slot::single(label(&v2))],
+    )
+    .unwrap();
     assert_eq!(new.doc_id(), old.doc_id());
-    assert_eq!(&out[new.len()..], &sealed[old.len()..], "payload copied as is");
+    assert_eq!(
+        &out[new.len()..],
+        &sealed[old.len()..],
+        "payload copied as is"
+    );
     assert!(matches!(open(&out, &[&v1]), Err(Error::NoMatchingKey)));
     let (got, meta) = open(&out, &[&v2]).unwrap();
     assert_eq!((got.as_slice(), meta.name.as_str()), (&plain[..], "a.txt"));
@@ -298,8 +309,16 @@ fn identity_file_round_trip_wrong_passphrase_and_file_mode() {
 
 #[test]
 fn errors_say_what_to_do() {
-    assert!(Error::HeaderMac.to_string().contains("modified or the key is wrong"));
-    assert!(Error::NotSealed.to_string().contains("not a kluis document"));
+    assert!(
+        Error::HeaderMac
+            .to_string()
+            .contains("modified or the key is wrong")
+    );
+    assert!(
+        Error::NotSealed
+            .to_string()
+            .contains("not a kluis document")
+    );
     assert!(
         Error::Truncated { chunks: 3 }
             .to_string()
