@@ -32,10 +32,12 @@ impl Backend {
 }
 
 /// A keyed payload cipher.
+// One cipher per stream: its size does not matter, and boxing would add an indirection.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ChunkCipher {
     Ring(LessSafeKey),
     #[cfg(feature = "aes-gcm")]
-    AesGcm(Box<aes_gcm::Aes256Gcm>),
+    AesGcm(aes_gcm::Aes256Gcm),
 }
 
 impl ChunkCipher {
@@ -47,7 +49,7 @@ impl ChunkCipher {
             #[cfg(feature = "aes-gcm")]
             Backend::AesGcm => {
                 use aes_gcm::KeyInit;
-                ChunkCipher::AesGcm(Box::new(aes_gcm::Aes256Gcm::new((&key.0).into())))
+                ChunkCipher::AesGcm(aes_gcm::Aes256Gcm::new((&key.0).into()))
             }
         }
     }

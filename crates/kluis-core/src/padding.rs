@@ -12,7 +12,7 @@ pub fn padme_padding(len: u64) -> u64 {
     // (len + mask) & !mask, without overflow near u64::MAX.
     let padded = len
         .checked_add(mask)
-        .map_or(u64::MAX & !mask, |v| v & !mask);
+        .map_or(!mask, |v| v & !mask);
     padded.saturating_sub(len)
 }
 
