@@ -130,7 +130,8 @@ impl fmt::Display for Error {
             ),
             HeaderSize { declared, max } => write!(
                 f,
-                "header length {declared} is outside the allowed range (at most {max} bytes): the file is corrupt or not a kluis document"
+                "header length {declared} is outside the allowed range ({} to {max} bytes): the file is corrupt or not a kluis document",
+                crate::header::MIN_HEADER_LEN
             ),
             SlotCount { count, max } => write!(
                 f,

@@ -25,7 +25,8 @@ pub const MAC_LEN: usize = 32;
 /// Bytes before the first slot: magic, version, length, doc_id, payload salt, slot count.
 const PREFIX_LEN: usize = 6 + 2 + 4 + 16 + 16 + 1;
 /// The smallest possible header: no stanzas can be smaller than 3 bytes; one slot, one stanza.
-const MIN_HEADER_LEN: usize = PREFIX_LEN + 1 + 3 + 2 + metadata::FIXED_LEN + TAG_LEN + MAC_LEN;
+pub(crate) const MIN_HEADER_LEN: usize =
+    PREFIX_LEN + 1 + 3 + 2 + metadata::FIXED_LEN + TAG_LEN + MAC_LEN;
 
 /// A parsed header: everything before the payload.
 ///
@@ -128,7 +129,10 @@ impl Header {
     /// [`MAX_HEADER_LEN`], and only then allocates for the rest.
     pub fn read<R: Read>(input: &mut R) -> Result<Header> {
         let mut prefix = [0u8; 12];
-        read_exact_or(input, &mut prefix, Error::NotSealed)?;
+        let got = read_full(input, &mut prefix)?;
+        if got < prefix.len() {
+            return Err(short_prefix(&prefix[..got]));
+        }
         let len = check_prefix(&prefix)?;
         let mut bytes = vec![0u8; len];
         bytes[..12].copy_from_slice(&prefix);
@@ -144,10 +148,10 @@ impl Header {
 
     /// Parse a header from the start of `bytes` (which may continue with the payload).
     pub fn parse(bytes: &[u8]) -> Result<Header> {
-        let prefix: [u8; 12] = bytes
-            .get(..12)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(Error::NotSealed)?;
+        let prefix: [u8; 12] = match bytes.get(..12) {
+            Some(p) => p.try_into().expect("12 bytes"),
+            None => return Err(short_prefix(bytes)),
+        };
         let len = check_prefix(&prefix)?;
         let exact = bytes.get(..len).ok_or(Error::MalformedHeader {
             reason: "the input ends inside the header",
@@ -252,8 +256,9 @@ impl Header {
         let rest = ct % SEALED_CHUNK_LEN as u64;
         let chunks = match rest {
             0 => full,
-            r if r > TAG_LEN as u64 || (r == TAG_LEN as u64 && full == 0) => full + 1,
-            _ => return Err(Error::ChunkAuth { chunk: full }),
+            r if r > TAG_LEN as u64 || full == 0 => full + 1,
+            // 1 to 16 bytes after full chunks cannot be a final chunk.
+            _ => return Err(Error::TrailingData),
         };
         Ok(PayloadInfo {
             chunks,
@@ -343,6 +348,31 @@ fn check_prefix(prefix: &[u8; 12]) -> Result<usize> {
         });
     }
     Ok(len)
+}
+
+/// The error for input shorter than the 12-byte prefix.
+fn short_prefix(got: &[u8]) -> Error {
+    if got.len() >= MAGIC.len() && got.starts_with(MAGIC) {
+        Error::MalformedHeader {
+            reason: "the input ends inside the header",
+        }
+    } else {
+        Error::NotSealed
+    }
+}
+
+/// Read until `buf` is full or the input ends; return how many bytes were read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Io(e)),
+        }
+    }
+    Ok(n)
 }
 
 /// `read_exact`, mapping a short read to `short`.

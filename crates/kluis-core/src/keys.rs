@@ -62,12 +62,15 @@ impl FromStr for PublicKey {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
         if s.len() > 100 {
             return Err(Error::InvalidPublicKey { reason: "too long" });
         }
-        let parsed = bech32::primitives::decode::CheckedHrpstring::new::<Bech32>(s.trim())
-            .map_err(|_| Error::InvalidPublicKey {
-                reason: "bad characters or checksum",
+        let parsed =
+            bech32::primitives::decode::CheckedHrpstring::new::<Bech32>(s).map_err(|_| {
+                Error::InvalidPublicKey {
+                    reason: "bad characters or checksum",
+                }
             })?;
         if !parsed.hrp().as_str().eq_ignore_ascii_case(HRP) {
             return Err(Error::InvalidPublicKey {
@@ -78,6 +81,12 @@ impl FromStr for PublicKey {
         let bytes: [u8; 32] = data.try_into().map_err(|_| Error::InvalidPublicKey {
             reason: "wrong length",
         })?;
+        // One key, one string: reject non-zero padding bits by re-encoding.
+        if !PublicKey(bytes).to_string().eq_ignore_ascii_case(s) {
+            return Err(Error::InvalidPublicKey {
+                reason: "non-canonical encoding",
+            });
+        }
         PublicKey::from_bytes(bytes)
     }
 }
@@ -302,6 +311,28 @@ mod tests {
         // Dropping a character too.
         assert!(s[..s.len() - 1].parse::<PublicKey>().is_err());
         assert!("age1qqqq".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn non_zero_padding_bits_are_rejected() {
+        use bech32::primitives::iter::{ByteIterExt, Fe32IterExt};
+        let id = Identity::generate().unwrap();
+        let hrp = Hrp::parse(HRP).unwrap();
+        let mut fes: Vec<bech32::Fe32> = id.public_key().0.iter().copied().bytes_to_fes().collect();
+        let last = fes.len() - 1;
+        fes[last] = bech32::Fe32::try_from(fes[last].to_u8() | 1).unwrap();
+        let s: String = fes
+            .into_iter()
+            .with_checksum::<Bech32>(&hrp)
+            .chars()
+            .collect();
+        assert_ne!(s, id.public_key().to_string());
+        assert!(matches!(
+            s.parse::<PublicKey>(),
+            Err(Error::InvalidPublicKey {
+                reason: "non-canonical encoding"
+            })
+        ));
     }
 
     #[test]

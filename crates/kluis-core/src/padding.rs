@@ -10,9 +10,7 @@ pub fn padme_padding(len: u64) -> u64 {
     let last_bits = e - s;
     let mask = (1u64 << last_bits) - 1;
     // (len + mask) & !mask, without overflow near u64::MAX.
-    let padded = len
-        .checked_add(mask)
-        .map_or(!mask, |v| v & !mask);
+    let padded = len.checked_add(mask).map_or(!mask, |v| v & !mask);
     padded.saturating_sub(len)
 }
 

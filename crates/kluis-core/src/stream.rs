@@ -307,9 +307,10 @@ impl<R: Read> StreamReader<R> {
                     });
                 }
             }
-        } else if n == 0 && chunk > 0 {
-            return Err(Error::Truncated { chunks: chunk });
         } else {
+            // A short read is the final chunk. (Only chunk 0 can get here: after a full chunk
+            // the 17-byte peek above decides. So an empty final chunk after data is reported as
+            // the failure of the full chunk before it.)
             if self.open_chunk(n, true).is_none() {
                 return Err(if n == 0 {
                     Error::Truncated { chunks: 0 }
@@ -320,9 +321,6 @@ impl<R: Read> StreamReader<R> {
             last = true;
         }
         let len = n - TAG_LEN;
-        if last && len == 0 && chunk > 0 {
-            return Err(Error::ChunkAuth { chunk });
-        }
         self.counter += 1;
         self.done = last;
         self.account(len)
