@@ -78,8 +78,12 @@ pub fn unlock_all(headers: &[&Header], unwrappers: &[&dyn Unwrap]) -> Vec<Result
     // Each round tries one more slot per unfinished document; there are at most MAX_SLOTS.
     loop {
         let mut any = false;
-        for d in docs.iter_mut().filter(|d| d.done.is_none()) {
+        for d in docs.iter_mut() {
+            // Documents opened in an earlier round take no further part.
             d.current = None;
+            if d.done.is_some() {
+                continue;
+            }
             let slots = d.header.slots();
             while d.next_slot < slots.len() {
                 let i = d.next_slot;
