@@ -23,8 +23,15 @@ const HRP: &str = "kluis";
 pub struct PublicKey(pub(crate) [u8; 32]);
 
 impl PublicKey {
-    /// Wrap raw key bytes. Rejects keys whose X25519 output is always zero (low-order points).
+    /// Wrap raw key bytes. Rejects non-canonical encodings (bit 255 set, or u ≥ 2^255 − 19:
+    /// they would put different bytes in the HKDF salt than the recipient derives) and keys
+    /// whose X25519 output is always zero (low-order points).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self> {
+        if !is_canonical(&bytes) {
+            return Err(Error::InvalidPublicKey {
+                reason: "non-canonical X25519 encoding",
+            });
+        }
         // A low-order point gives an all-zero shared secret with any scalar; test one.
         let probe = StaticSecret::from([0x42; 32]);
         if !probe
@@ -89,6 +96,16 @@ impl FromStr for PublicKey {
         }
         PublicKey::from_bytes(bytes)
     }
+}
+
+/// Whether `u` is the canonical little-endian encoding of a field element below 2^255 − 19.
+fn is_canonical(u: &[u8; 32]) -> bool {
+    if u[31] & 0x80 != 0 {
+        return false;
+    }
+    // u ≥ p exactly when u = p + k for k in 0..19: bytes 1..31 all 0xff, byte 31 0x7f, byte 0
+    // at least 0xed.
+    !(u[31] == 0x7f && u[1..31].iter().all(|&b| b == 0xff) && u[0] >= 0xed)
 }
 
 fn random_secret() -> Result<StaticSecret> {
@@ -333,6 +350,20 @@ mod tests {
                 reason: "non-canonical encoding"
             })
         ));
+    }
+
+    #[test]
+    fn non_canonical_public_keys_are_rejected() {
+        let id = Identity::generate().unwrap();
+        let mut high = id.public_key().0;
+        high[31] |= 0x80; // same point for X25519, different bytes in the salt
+        assert!(PublicKey::from_bytes(high).is_err());
+        let mut p = [0xff; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f; // 2^255 - 19 itself
+        assert!(PublicKey::from_bytes(p).is_err());
+        p[0] = 0xeb; // p - 2 is canonical (p - 1 is a low-order point)
+        assert!(PublicKey::from_bytes(p).is_ok());
     }
 
     #[test]

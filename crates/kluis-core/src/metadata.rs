@@ -80,7 +80,13 @@ impl Metadata {
         let (secs, nanos) = match self.modified {
             Some(t) => {
                 flags |= HAS_MTIME;
-                to_unix(t)
+                let (secs, nanos) = to_unix(t);
+                if !(MIN_MTIME_SECS..=MAX_MTIME_SECS).contains(&secs) {
+                    return Err(Error::Metadata {
+                        reason: "modification time outside 1601-01-01..9999-12-31",
+                    });
+                }
+                (secs, nanos)
             }
             None => (0, 0),
         };
@@ -189,8 +195,14 @@ fn to_unix(t: SystemTime) -> (i64, u32) {
     }
 }
 
+/// The modification times the format holds: 1601-01-01 to 9999-12-31 (UTC), a range every
+/// platform's clock type can represent, so a document opens the same everywhere.
+pub(crate) const MIN_MTIME_SECS: i64 = -11_644_473_600;
+/// See [`MIN_MTIME_SECS`].
+pub(crate) const MAX_MTIME_SECS: i64 = 253_402_300_799;
+
 fn from_unix(secs: i64, nanos: u32) -> Option<SystemTime> {
-    if nanos >= 1_000_000_000 {
+    if nanos >= 1_000_000_000 || !(MIN_MTIME_SECS..=MAX_MTIME_SECS).contains(&secs) {
         return None;
     }
     if secs >= 0 {
@@ -218,6 +230,22 @@ mod tests {
         }
         let m = Metadata::default();
         assert_eq!(Metadata::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn modification_time_range_is_the_same_on_every_platform() {
+        let edge = |secs: i64| {
+            let mut m = Metadata::default().modified(UNIX_EPOCH).encode().unwrap();
+            m[9..17].copy_from_slice(&secs.to_be_bytes());
+            Metadata::decode(&m)
+        };
+        assert!(edge(MIN_MTIME_SECS).is_ok());
+        assert!(edge(MAX_MTIME_SECS).is_ok());
+        assert!(edge(MIN_MTIME_SECS - 1).is_err());
+        assert!(edge(MAX_MTIME_SECS + 1).is_err());
+        assert!(edge(i64::MIN).is_err());
+        let far = UNIX_EPOCH + Duration::from_secs(MAX_MTIME_SECS as u64 + 1);
+        assert!(Metadata::default().modified(far).encode().is_err());
     }
 
     #[test]
