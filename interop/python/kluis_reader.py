@@ -52,6 +52,8 @@ MAX_SEALED_META = META_FIXED_LEN + MAX_NAME_LEN + TAG_LEN  # 4143
 CHUNK_LEN = 65536
 SEALED_CHUNK_LEN = CHUNK_LEN + TAG_LEN  # 65552
 MIN_FINAL_AFTER_FULL = 17
+MIN_MTIME_SECS = -11_644_473_600  # 1601-01-01T00:00:00Z (§7)
+MAX_MTIME_SECS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 STANZA_ORG = 0x01
 STANZA_X25519 = 0x02
@@ -257,9 +259,6 @@ def _parse_stanza(cur: _Cursor, stanza_count: int) -> Stanza:
         sk = c.u8("slot_kind")
         if sk not in (1, 2):
             raise KluisError("MalformedHeader", f"slot_kind {sk}")
-        if sk != stanza_count:
-            raise KluisError("MalformedHeader",
-                             f"org slot_kind {sk} in a {stanza_count}-stanza slot")
         st.slot_kind = sk
         st.ephemeral = c.take(32, "E")
         st.body = content[c.pos:]
@@ -270,6 +269,10 @@ def _parse_stanza(cur: _Cursor, stanza_count: int) -> Stanza:
     if st.known and len(st.body) != BODY_LEN:
         raise KluisError("StanzaBodyLength",
                          f"type {typ}: expected {BODY_LEN}, found {len(st.body)}")
+    # §4 rule 4: checked only once the whole stanza has been parsed (body length included).
+    if typ == STANZA_ORG and st.slot_kind != stanza_count:
+        raise KluisError("MalformedHeader",
+                         f"org slot_kind {st.slot_kind} in a {stanza_count}-stanza slot")
     return st
 
 
@@ -378,9 +381,10 @@ def recover_file_key(header: Header, holders: Sequence[Holder]) -> Tuple[bytes, 
     for idx, slot in enumerate(header.slots):
         if not all(any(h.accepts(st) for h in holders) for st in slot.stanzas):
             continue
-        # §11.2: holders are asked in the order given; each stanza that still lacks a
-        # share goes to the next holder that accepts it. "Not mine" passes the stanza
-        # on; any other error (ZeroSharedSecret, Unwrap) fails the slot.
+        # §11.2: holders are asked in the order given, each once with every stanza of
+        # the slot that still lacks a share and that it accepts. "Not mine" passes the
+        # stanza on to later holders; any other error (ZeroSharedSecret, Unwrap) is met
+        # and fails the slot, so later holders are not asked.
         shares: List[Optional[bytes]] = [None] * len(slot.stanzas)
         failed = False
         for h in holders:
@@ -394,7 +398,6 @@ def recover_file_key(header: Header, holders: Sequence[Holder]) -> Tuple[bytes, 
                 except KluisError as e:
                     met.add(e.kind)
                     failed = True
-                    break
             if failed:
                 break
         if failed or any(s is None for s in shares):
@@ -450,6 +453,8 @@ def open_metadata(header: Header, k: bytes) -> Metadata:
         raise KluisError("Metadata", "size + padding overflows")
     if flags & 0x02 and nanos >= 10 ** 9:
         raise KluisError("Metadata", f"mtime_nanos {nanos}")
+    if flags & 0x02 and not (MIN_MTIME_SECS <= secs <= MAX_MTIME_SECS):
+        raise KluisError("Metadata", f"mtime_secs {secs} outside 1601..9999")
     return Metadata(flags=flags, size=size if flags & 0x01 else None,
                     mtime=(secs, nanos) if flags & 0x02 else None,
                     padding=padding, name=name)
@@ -546,6 +551,9 @@ def open_document(data: bytes, holders: Sequence[Holder]) -> Opened:
 # Public key strings (§13): Bech32 (BIP 173, constant 1), HRP "kluis"
 # ---------------------------------------------------------------------------
 _CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+# Unicode White_Space (what §13 trims). Python's own str.strip() also strips U+001C..U+001F.
+_WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+                "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 _HRP = "kluis"
 
 
@@ -597,7 +605,7 @@ def decode_public_key(text: str) -> bytes:
     def bad(why: str):
         return KluisError("InvalidPublicKey", why)
 
-    s = text.strip()
+    s = text.strip(_WHITE_SPACE)
     if len(s.encode("utf-8")) > 100:
         raise bad("longer than 100 bytes")
     if any(ord(c) < 33 or ord(c) > 126 for c in s):
@@ -622,6 +630,8 @@ def decode_public_key(text: str) -> bytes:
     key = bytes(decoded)
     if len(key) != 32:
         raise bad(f"decodes to {len(key)} bytes")
+    if key[31] & 0x80 or int.from_bytes(key, "little") >= _P:
+        raise bad("non-canonical X25519 encoding")
     if x25519(b"\x42" * 32, key) == bytes(32):
         raise bad("low-order point")
     return key
@@ -658,6 +668,16 @@ def self_test() -> None:
         assert x25519(a, pub_b) == lib
         s = encode_public_key(pub_b)
         assert len(s) == 64 and decode_public_key("  " + s.upper() + "\n") == pub_b
+    # non-canonical encodings are rejected: bit 255 set, or u >= 2^255 - 19
+    high = bytearray(x25519_public(os.urandom(32)))
+    high[31] |= 0x80
+    for nc in (bytes(high), _P.to_bytes(32, "little")):
+        try:
+            decode_public_key(encode_public_key(nc))
+            raise AssertionError("non-canonical key accepted")
+        except KluisError as e:
+            assert e.kind == "InvalidPublicKey"
+    assert decode_public_key(encode_public_key((_P - 2).to_bytes(32, "little")))
     # low-order points are rejected
     for lo in (bytes(32), (1).to_bytes(32, "little")):
         try:

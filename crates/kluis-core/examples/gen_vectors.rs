@@ -1,8 +1,14 @@
 //! Generates the kluis v1 test vectors (`*.vec`) read by `tests/vectors.rs`.
 //!
 //! ```text
+//! cargo run -p kluis-core --example gen_vectors -- crates/kluis-core/tests/vectors --missing
+//! cargo run -p kluis-core --example gen_vectors -- crates/kluis-core/tests/vectors --only NAME...
 //! cargo run -p kluis-core --example gen_vectors -- crates/kluis-core/tests/vectors
 //! ```
+//!
+//! `--missing` writes only the vectors whose file does not exist yet (use it after adding a
+//! vector here); `--only` rewrites just the named vectors; with neither, every file is
+//! rewritten, which changes all the random bytes in them.
 //!
 //! The file format is described in `crates/kluis-core/tests/vectors/README.md`.
 //!
@@ -240,38 +246,23 @@ impl Vector {
         s
     }
 
-    /// Open the vector once with the crate; return a description of any disagreement.
+    /// Open the vector once with the crate, with its key holders in file order (as the
+    /// runner does); return a description of any disagreement.
     fn check(&self) -> Option<String> {
-        let identities: Vec<Identity> = self
+        let holders: Vec<Box<dyn Unwrap>> = self
             .keys
             .iter()
-            .filter_map(|k| match k {
-                Key::Identity(h) => Some(Identity::from_secret_bytes(secret(h))),
-                _ => None,
-            })
-            .collect();
-        let labels: Vec<LabelKey> = self
-            .keys
-            .iter()
-            .filter_map(|k| match k {
-                Key::Label(l, kid, h) => {
-                    Some(LabelKey::from_secret_bytes(l, *kid, secret(h)).unwrap())
+            .map(|k| -> Box<dyn Unwrap> {
+                match k {
+                    Key::Identity(h) => Box::new(Identity::from_secret_bytes(secret(h))),
+                    Key::Label(l, kid, h) => {
+                        Box::new(LabelKey::from_secret_bytes(l, *kid, secret(h)).unwrap())
+                    }
+                    Key::Refusing(label, kid) => Box::new(Refusing { label, kid: *kid }),
                 }
-                _ => None,
             })
             .collect();
-        let refusing: Vec<Refusing> = self
-            .keys
-            .iter()
-            .filter_map(|k| match k {
-                Key::Refusing(label, kid) => Some(Refusing { label, kid: *kid }),
-                _ => None,
-            })
-            .collect();
-        let mut u: Vec<&dyn Unwrap> = Vec::new();
-        u.extend(identities.iter().map(|i| i as &dyn Unwrap));
-        u.extend(labels.iter().map(|l| l as &dyn Unwrap));
-        u.extend(refusing.iter().map(|r| r as &dyn Unwrap));
+        let u: Vec<&dyn Unwrap> = holders.iter().map(|b| b.as_ref()).collect();
         match (kluis_core::open(&self.sealed, &u), &self.success) {
             (Ok((p, m)), Some(e)) => {
                 if p != e.plaintext {
@@ -901,6 +892,99 @@ fn success_vectors(v: &mut Vec<Vector>) {
             .modified(UNIX_EPOCH + Duration::from_secs(1_234_567_890)),
         sealed,
     ));
+
+    // Independent implementation: slot 0 is a double key whose second stanza has an unknown
+    // type, so no key holder accepts the whole slot and it is never tried; slot 1 opens.
+    let p = rule(400);
+    let mut d = raw::Doc::new(400);
+    let hr_pub = *hr().public_key().key().as_bytes();
+    d.slots.push(vec![
+        raw::org_stanza(&d.doc_id, HR_LABEL, HR_KID, 2, &hr_pub, &raw::random()),
+        raw::stanza(0x7f, b"the other half, for a key type from the future"),
+    ]);
+    let d = d.add_key_slot(alice().public_key().as_bytes());
+    let sealed = [d.header(), d.payload(&p)].concat();
+    v.push(ok(
+        "success_unknown_stanza_in_double_slot",
+        &[K_HR, K_ALICE],
+        "Independent implementation: slot 0 is a double-key slot of an org stanza to hr/1\n\
+         (slot kind 2) and a stanza of unknown type 0x7f; slot 1 is an X25519 stanza to\n\
+         alice. No key holder accepts the unknown stanza, so slot 0 is never tried (and\n\
+         the hr/1 key is never asked); slot 1 opens.",
+        p,
+        true,
+        with_size(400),
+        sealed,
+    ));
+
+    let p = b"two holders, both needed\n".to_vec();
+    let slot = Slot::double(
+        Recipient::Key(recovery().public_key()),
+        Recipient::Key(alice().public_key()),
+    )
+    .unwrap();
+    v.push(ok(
+        "success_double_key_two_identities",
+        &[K_ALICE, K_RECOVERY],
+        "One double-key slot of two X25519 stanzas: the first to the recovery key, the\n\
+         second to alice. Both identities are given, alice first: alice is asked for both\n\
+         stanzas, opens the second and answers \"not mine\" for the first, which is then\n\
+         asked of the recovery identity in the same round (FORMAT.md 11.2).",
+        p.clone(),
+        false,
+        with_size(p.len()),
+        seal(&[slot], &Metadata::default(), &p),
+    ));
+
+    // Independent implementation: slot 0 has a low-order E; slot 1 opens. The error met in
+    // slot 0 must not be reported, because a later slot opens.
+    let p = rule(200);
+    let mut d = raw::Doc::new(200);
+    let mut content = vec![0u8; 32];
+    content.extend_from_slice(&raw::random::<48>());
+    d.slots.push(vec![raw::stanza(0x02, &content)]);
+    let d = d.add_key_slot(alice().public_key().as_bytes());
+    let sealed = [d.header(), d.payload(&p)].concat();
+    v.push(ok(
+        "success_after_low_order_slot",
+        &[K_ALICE],
+        "Independent implementation, correct header MAC. Slot 0: an X25519 stanza whose E is\n\
+         32 zero bytes (a low-order point: ZeroSharedSecret for any identity); slot 1: the\n\
+         file key to alice. Slot 0 fails in round 1, slot 1 opens in round 2: the\n\
+         ZeroSharedSecret met in slot 0 is not reported.",
+        p,
+        true,
+        with_size(200),
+        sealed,
+    ));
+
+    // The two ends of the modification-time range of FORMAT.md section 7.
+    for (name, t, comment) in [
+        (
+            "success_metadata_mtime_first",
+            UNIX_EPOCH - Duration::from_secs(11_644_473_600),
+            "The earliest modification time the format holds: 1601-01-01T00:00:00Z, seconds\n\
+             -11644473600 and nanoseconds 0.",
+        ),
+        (
+            "success_metadata_mtime_last",
+            UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999),
+            "The latest modification time the format holds: 9999-12-31T23:59:59.999999999Z,\n\
+             seconds 253402300799 and nanoseconds 999999999.",
+        ),
+    ] {
+        let p = b"time range\n".to_vec();
+        let m = with_size(p.len()).modified(t);
+        v.push(ok(
+            name,
+            &[K_ALICE],
+            comment,
+            p.clone(),
+            false,
+            m.clone(),
+            seal(&[to_alice()], &m, &p),
+        ));
+    }
 }
 
 /// A double-key slot (org stanza to hr/1, X25519 stanza to alice) of two random shares that
@@ -970,6 +1054,17 @@ fn prefix_vectors(v: &mut Vec<Vector>) {
         "The first 8 bytes of a valid document (magic and version): the input ends inside\n\
          the 12-byte prefix, after a complete magic.",
         b[..8].to_vec(),
+    ));
+    let mut b = small_to_alice();
+    set_u16(&mut b, 6, 2);
+    v.push(fail(
+        "malformed_prefix_cut_version_2",
+        "malformed-header",
+        &[K_ALICE],
+        "The first 11 bytes of a valid document with its version field set to 2: input\n\
+         shorter than 12 bytes that starts with the magic is a cut header whatever its\n\
+         version bytes say; the version is only checked once 12 bytes are there.",
+        b[..11].to_vec(),
     ));
     let mut b = small_to_alice();
     b[0] = b'k';
@@ -1131,6 +1226,89 @@ fn header_vectors(v: &mut Vec<Vector>) {
         "malformed-header",
         &[K_HR],
         "An org stanza whose label \"hr\" became \"/r\" (outside [A-Za-z0-9._-]).",
+        b,
+    ));
+    let mut b = small_to_hr();
+    let s = layout(&b).slots[0].1[0];
+    b[s.content()] = 0;
+    set_u16(&mut b, s.start + 1, (s.len - 2) as u16);
+    remove_in_header(&mut b, s.content() + 1, 2);
+    v.push(fail(
+        "malformed_empty_label",
+        "malformed-header",
+        &[K_HR],
+        "An org stanza with an empty label: label_len 0 and the two label bytes removed; the\n\
+         stanza length and header_len were lowered to match.",
+        b,
+    ));
+    let mut b = small_to_hr();
+    let s = layout(&b).slots[0].1[0];
+    b[s.content()] = 65;
+    set_u16(&mut b, s.start + 1, (s.len + 63) as u16);
+    insert_in_header(&mut b, s.content() + 3, &[b'a'; 63]);
+    v.push(fail(
+        "malformed_label_65",
+        "malformed-header",
+        &[K_HR],
+        "An org stanza with a 65-byte label (\"hr\" followed by 63 'a'), one more than\n\
+         MAX_LABEL_LEN; label_len, the stanza length and header_len were raised to match.",
+        b,
+    ));
+    let mut b = small_to_alice();
+    let s = layout(&b).slots[0].1[0];
+    set_u16(&mut b, s.start + 1, 31);
+    remove_in_header(&mut b, s.content() + 31, s.len - 31);
+    v.push(fail(
+        "malformed_x25519_content_31",
+        "malformed-header",
+        &[K_ALICE],
+        "An X25519 stanza whose content is 31 bytes, too short for its 32-byte E: a field\n\
+         runs past the end of the content (not a body-length error). The stanza length and\n\
+         header_len were lowered to match.",
+        b,
+    ));
+    let mut b = small_to_hr();
+    let s = layout(&b).slots[0].1[0];
+    let keep = s.ephemeral(&b) + 31 - s.content();
+    set_u16(&mut b, s.start + 1, keep as u16);
+    remove_in_header(&mut b, s.content() + keep, s.len - keep);
+    v.push(fail(
+        "malformed_org_content_short",
+        "malformed-header",
+        &[K_HR],
+        "An org stanza (label hr) cut before its body: its content is 39 bytes and ends one\n\
+         byte into E, so a fixed field runs past the end of the content. The stanza length\n\
+         and header_len were lowered to match.",
+        b,
+    ));
+    let mut b = small_to_hr();
+    let s = layout(&b).slots[0].1[0];
+    let keep = s.body(&b) - s.content();
+    set_u16(&mut b, s.start + 1, keep as u16);
+    remove_in_header(&mut b, s.content() + keep, s.len - keep);
+    v.push(fail(
+        "stanza_body_length_org_empty_body",
+        "stanza-body-length",
+        &[K_HR],
+        "An org stanza (label hr) whose content is 40 bytes and ends exactly after E: the\n\
+         fixed fields are complete and the body is empty (0 bytes, not 48). The stanza\n\
+         length and header_len were lowered to match.",
+        b,
+    ));
+    let mut b = small_to_hr();
+    let s = layout(&b).slots[0].1[0];
+    let at = s.slot_kind(&b);
+    b[at] = 2;
+    set_u16(&mut b, s.start + 1, (s.len - 1) as u16);
+    let at = s.body(&b) + 47;
+    remove_in_header(&mut b, at, 1);
+    v.push(fail(
+        "stanza_body_length_slot_kind_mismatch",
+        "stanza-body-length",
+        &[K_HR],
+        "A one-stanza slot whose org stanza says slot kind 2 and has a 47-byte body. The\n\
+         slot-kind check runs after the whole stanza is parsed, so the body length is\n\
+         reported first (FORMAT.md 4, rule 4).",
         b,
     ));
     let mut b = small_to_alice();
@@ -1367,6 +1545,58 @@ fn metadata_vectors(v: &mut Vec<Vector>) {
         [d.header(), d.payload(&p)].concat(),
     ));
 
+    let mut name_len = raw::metadata(0x01, 10, 0, 0, 0, b"abc");
+    name_len[29..31].copy_from_slice(&4u16.to_be_bytes());
+    for (name, plain, comment) in [
+        (
+            "metadata_time_without_flag",
+            raw::metadata(0x01, 10, 1_700_000_000, 0, 0, b""),
+            "Independent implementation: valid MAC, mtime_secs 1700000000 while the time\n\
+             flag (0x02) is clear.",
+        ),
+        (
+            "metadata_nanos_one_second",
+            raw::metadata(0x03, 10, 1_700_000_000, 1_000_000_000, 0, b""),
+            "Independent implementation: valid MAC, time flag set and mtime_nanos\n\
+             1000000000 (must be below 10^9).",
+        ),
+        (
+            "metadata_mtime_before_1601",
+            raw::metadata(0x03, 10, -11_644_473_601, 0, 0, b""),
+            "Independent implementation: valid MAC, mtime_secs -11644473601: one second\n\
+             before 1601-01-01T00:00:00Z, the start of the range of FORMAT.md 7.",
+        ),
+        (
+            "metadata_mtime_after_9999",
+            raw::metadata(0x03, 10, 253_402_300_800, 0, 0, b""),
+            "Independent implementation: valid MAC, mtime_secs 253402300800:\n\
+             10000-01-01T00:00:00Z, one second after the end of the range of FORMAT.md 7.",
+        ),
+        (
+            "metadata_name_len_mismatch",
+            name_len,
+            "Independent implementation: valid MAC, name_len 4 but 3 name bytes (\"abc\")\n\
+             follow.",
+        ),
+        (
+            "metadata_size_padding_overflow",
+            raw::metadata(0x01, 10, 0, 0, u64::MAX - 9, b""),
+            "Independent implementation: valid MAC, size 10 and padding 2^64 - 10: size +\n\
+             padding is 2^64, one more than a u64 holds.",
+        ),
+    ] {
+        let mut d = raw::Doc::new(10);
+        d.metadata_plain = plain;
+        let d = d.add_key_slot(&a);
+        v.push(fail(
+            name,
+            "metadata",
+            &[K_ALICE],
+            comment,
+            [d.header(), d.payload(&p)].concat(),
+        ));
+    }
+
     // Size mismatch.
     let d = raw::Doc::new(10).add_key_slot(&a);
     v.push(fail(
@@ -1543,10 +1773,30 @@ fn payload_vectors(v: &mut Vec<Vector>) {
     ));
 }
 
+/// Which vectors to write.
+enum Select {
+    /// Every vector (overwrites the existing files).
+    All,
+    /// Only vectors whose file does not exist yet.
+    Missing,
+    /// Only the named vectors (overwriting them).
+    Only(Vec<String>),
+}
+
+const USAGE: &str = "usage: gen_vectors <output directory> [--missing | --only NAME...]";
+
 fn main() {
-    let dir = std::env::args_os()
-        .nth(1)
-        .expect("usage: gen_vectors <output directory>");
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().expect(USAGE);
+    let select = match args.next().as_deref() {
+        None => Select::All,
+        Some("--missing") => Select::Missing,
+        Some("--only") => Select::Only(args.by_ref().collect()),
+        Some(other) => panic!("unknown argument {other:?}\n{USAGE}"),
+    };
+    if let Some(extra) = args.next() {
+        panic!("unexpected argument {extra:?}\n{USAGE}");
+    }
     let dir = Path::new(&dir);
     std::fs::create_dir_all(dir).expect("create the output directory");
 
@@ -1557,24 +1807,48 @@ fn main() {
     metadata_vectors(&mut v);
     payload_vectors(&mut v);
 
-    let mut total = 0;
-    let mut mismatches = 0;
+    for (i, a) in v.iter().enumerate() {
+        assert!(
+            v[..i].iter().all(|b| b.name != a.name),
+            "two vectors named {}",
+            a.name
+        );
+    }
+    if let Select::Only(names) = &select {
+        assert!(!names.is_empty(), "--only needs at least one name\n{USAGE}");
+        for n in names {
+            assert!(
+                v.iter().any(|x| x.name == n.as_str()),
+                "no vector named {n:?}"
+            );
+        }
+    }
+
+    let (mut written, mut skipped, mut total, mut mismatches) = (0, 0, 0, 0);
     for vec in &v {
+        let path = dir.join(format!("{}.vec", vec.name));
+        let wanted = match &select {
+            Select::All => true,
+            Select::Missing => !path.exists(),
+            Select::Only(names) => names.iter().any(|n| n == vec.name),
+        };
+        if !wanted {
+            skipped += 1;
+            continue;
+        }
         if let Some(problem) = vec.check() {
             mismatches += 1;
             eprintln!("MISMATCH {}: expected {}, {problem}", vec.name, vec.expect);
         }
         let text = vec.render();
         total += text.len();
-        let path = dir.join(format!("{}.vec", vec.name));
         let mut f = std::fs::File::create(&path).expect("create vector file");
         f.write_all(text.as_bytes()).expect("write vector file");
+        written += 1;
         println!("{:<44} {}", vec.name, vec.expect);
     }
     println!(
-        "{} vectors, {} bytes, {} mismatches",
-        v.len(),
-        total,
-        mismatches
+        "{written} vectors written ({total} bytes), {skipped} left as they were, \
+         {mismatches} mismatches"
     );
 }

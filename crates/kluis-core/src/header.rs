@@ -247,11 +247,19 @@ impl Header {
 
     /// Chunk count and padded payload length for a sealed file of `total_len` bytes (header
     /// included), without any key.
+    ///
+    /// This checks the length only. A length no payload can have is an error (`Truncated`
+    /// when there is no payload, `ChunkAuth` when it is shorter than a tag, `TrailingData`
+    /// when 1 to 16 bytes follow the full chunks), but a plausible length proves nothing:
+    /// only opening authenticates, and its verdict on a damaged file may differ.
     pub fn payload_info(&self, total_len: u64) -> Result<PayloadInfo> {
         let ct = total_len
             .checked_sub(self.len() as u64)
-            .filter(|&ct| ct >= TAG_LEN as u64)
+            .filter(|&ct| ct > 0)
             .ok_or(Error::Truncated { chunks: 0 })?;
+        if ct < TAG_LEN as u64 {
+            return Err(Error::ChunkAuth { chunk: 0 });
+        }
         let full = ct / SEALED_CHUNK_LEN as u64;
         let rest = ct % SEALED_CHUNK_LEN as u64;
         let chunks = match rest {

@@ -24,7 +24,7 @@ use kluis_core::{
 };
 
 /// How many vectors the directory holds; fewer means files went missing.
-const EXPECTED_VECTORS: usize = 78;
+const EXPECTED_VECTORS: usize = 96;
 
 /// Every `expect:` value; each must be covered by at least one vector.
 const OUTCOMES: &[&str] = &[
@@ -478,7 +478,8 @@ fn open_batch(vectors: &[&Vector]) {
     }
 }
 
-/// The one success vector that needs a second `unlock_all` round (its first slot fails).
+/// A success vector that needs a second `unlock_all` round (its first slot fails the MAC;
+/// `success_after_low_order_slot` is another, whose first slot fails to unwrap).
 const SECOND_ROUND: &str = "success_fallback_after_bad_slot";
 
 /// All success vectors at once with one `unlock_all` call (one needs a second round).
