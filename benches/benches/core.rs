@@ -1,0 +1,195 @@
+//! Seal and open throughput of kluis-core, in memory, next to raw ring AES-256-GCM.
+//!
+//! Run with `cargo bench -p kluis-benches`; see docs/BENCHMARKS.md. Each size is one
+//! criterion group, so the report shows the raw AEAD and the format side by side.
+
+use std::cell::OnceCell;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement};
+use kluis_core::{
+    Backend, CHUNK_LEN, Header, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
+    open_with_backend, seal_with_backend,
+};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const TAG_LEN: usize = 16;
+
+/// `(name, bytes)`; the last one is large enough to leave the caches far behind.
+const SIZES: [(&str, usize); 3] = [("1KiB", KIB), ("1MiB", MIB), ("256MiB", 256 * MIB)];
+
+fn ring_key() -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[0x42; 32]).expect("32-byte key"))
+}
+
+/// A 96-bit counter nonce, as any chunked format would use.
+fn nonce(i: usize) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&(i as u64).to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// The best a chunked format can do with ring: seal in place, 64 KiB at a time, no copies.
+fn raw_seal(key: &LessSafeKey, buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(CHUNK_LEN).enumerate() {
+        let tag = key
+            .seal_in_place_separate_tag(nonce(i), Aad::empty(), chunk)
+            .expect("within AES-GCM limits");
+        let _ = black_box(tag);
+    }
+}
+
+/// `raw_seal` with each tag after its chunk: the input for `raw_open`.
+fn raw_sealed(key: &LessSafeKey, plain: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(plain.len() + plain.len().div_ceil(CHUNK_LEN) * TAG_LEN);
+    for (i, chunk) in plain.chunks(CHUNK_LEN).enumerate() {
+        let start = out.len();
+        out.extend_from_slice(chunk);
+        let tag = key
+            .seal_in_place_separate_tag(nonce(i), Aad::empty(), &mut out[start..])
+            .expect("within AES-GCM limits");
+        out.extend_from_slice(tag.as_ref());
+    }
+    out
+}
+
+/// Open the chunks of `raw_sealed` in place.
+fn raw_open(key: &LessSafeKey, buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(CHUNK_LEN + TAG_LEN).enumerate() {
+        let plain = key
+            .open_in_place(nonce(i), Aad::empty(), chunk)
+            .expect("authentic chunk");
+        black_box(plain);
+    }
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, measurement::WallTime>, size: usize) {
+    group.throughput(Throughput::Bytes(size as u64));
+    if size >= 64 * MIB {
+        // One iteration takes a tenth of a second or more: few, equal samples.
+        group
+            .sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(6));
+    } else {
+        group
+            .sample_size(30)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+    }
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Ring => "ring",
+        _ => "aes-gcm",
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let label = LabelKey::from_secret_bytes("hr", 1, [0x11; 32]).expect("valid label");
+    let slots = [Slot::single(Recipient::Label(label.public_key().clone()))];
+    let metadata = Metadata::default();
+    let key = ring_key();
+
+    let empty = seal_with_backend(&slots, &metadata, b"", Backend::Ring).expect("seal");
+    let header = Header::parse(&empty).expect("parse");
+    println!(
+        "header length, one org slot (label \"hr\"): {} bytes",
+        header.len()
+    );
+
+    // Without `--bench` (e.g. `cargo test --benches`) criterion runs each benchmark once as a
+    // test, usually unoptimised: skip the largest size there.
+    let smoke_test = !std::env::args().any(|a| a == "--bench");
+    for (name, size) in SIZES {
+        if smoke_test && size > MIB {
+            continue;
+        }
+        let plain: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut group = c.benchmark_group(name);
+        configure(&mut group, size);
+
+        // Inputs are built on first use, so a filtered run (or a profile) only pays for its own.
+        let mut buf: Option<Vec<u8>> = None;
+        group.bench_function("ring AEAD seal (raw)", |b| {
+            let buf = buf.get_or_insert_with(|| plain.clone());
+            b.iter(|| raw_seal(&key, buf))
+        });
+        drop(buf);
+        let sealed = OnceCell::new();
+        group.bench_function("ring AEAD open (raw)", |b| {
+            let sealed = sealed.get_or_init(|| raw_sealed(&key, &plain));
+            b.iter_batched_ref(
+                || sealed.clone(),
+                |buf| raw_open(&key, buf),
+                BatchSize::LargeInput,
+            )
+        });
+        drop(sealed);
+
+        // The streaming API into an output buffer reused across iterations: the format's own
+        // cost (chunk copies, header crypto) without first-touch page faults of a fresh Vec.
+        let sized = Metadata::with_size(size as u64);
+        let mut out = Vec::new();
+        group.bench_function("kluis seal (ring, stream, reused output)", |b| {
+            b.iter(|| {
+                out.clear();
+                let mut w = StreamWriter::with_backend(&mut out, &slots, &sized, Backend::Ring)
+                    .expect("writer");
+                w.write_all(&plain).expect("write");
+                w.finish().expect("finish");
+            })
+        });
+        drop(out);
+        let sealed = OnceCell::new();
+        let mut out = Vec::new();
+        group.bench_function("kluis open (ring, stream, reused output)", |b| {
+            let sealed = sealed.get_or_init(|| {
+                seal_with_backend(&slots, &metadata, &plain, Backend::Ring).expect("seal")
+            });
+            out.resize(size, 0);
+            b.iter(|| {
+                let mut input = &sealed[..];
+                let header = Header::read(&mut input).expect("header");
+                let key = header.unlock(&[&label]).expect("unlock");
+                let mut r = StreamReader::with_backend(&header, &key, input, Backend::Ring)
+                    .expect("reader");
+                r.read_exact(&mut out).expect("read");
+                assert_eq!(r.read(&mut [0]).expect("end"), 0);
+            });
+            assert!(out == plain, "stream round trip at {name}");
+        });
+        drop((sealed, out));
+
+        for &backend in Backend::all() {
+            let bn = backend_name(backend);
+            group.bench_function(format!("kluis seal ({bn})"), |b| {
+                b.iter(|| seal_with_backend(&slots, &metadata, &plain, backend).expect("seal"))
+            });
+            let sealed = OnceCell::new();
+            group.bench_function(format!("kluis open ({bn})"), |b| {
+                let sealed = sealed.get_or_init(|| {
+                    let sealed =
+                        seal_with_backend(&slots, &metadata, &plain, backend).expect("seal");
+                    let (opened, _) = open_with_backend(&sealed, &[&label], backend).expect("open");
+                    assert!(opened == plain, "{bn} round trip at {name}");
+                    sealed
+                });
+                b.iter(|| open_with_backend(sealed, &[&label], backend).expect("open"))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

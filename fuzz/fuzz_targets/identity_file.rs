@@ -1,0 +1,11 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+use kluis_core::Identity;
+
+// A structurally valid file runs Argon2id (64 MiB to 1 GiB): slow, but bounded.
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Identity::from_file_string(text, b"pw");
+    }
+});
