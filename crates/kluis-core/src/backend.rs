@@ -80,26 +80,37 @@ impl ChunkCipher {
         out
     }
 
-    /// Decrypt `buf` (ciphertext ‖ tag) in place; return the plaintext length, or `None` when
-    /// authentication fails.
-    pub(crate) fn open(&self, nonce: [u8; NONCE_LEN], buf: &mut [u8]) -> Option<usize> {
-        if buf.len() < TAG_LEN {
+    /// Decrypt `buf[src..]` (ciphertext ‖ tag) and write the plaintext to `buf[..]` from 0;
+    /// return its length, or `None` when authentication fails (`buf` is then unspecified).
+    pub(crate) fn open_within(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        buf: &mut [u8],
+        src: usize,
+    ) -> Option<usize> {
+        if buf.len() < src + TAG_LEN {
             return None;
         }
         match self {
             ChunkCipher::Ring(k) => k
-                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), buf)
+                .open_within(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    buf,
+                    src..,
+                )
                 .ok()
                 .map(|p| p.len()),
             #[cfg(feature = "aes-gcm")]
             ChunkCipher::AesGcm(k) => {
                 use aes_gcm::aead::AeadInPlace;
-                let n = buf.len() - TAG_LEN;
-                let (ct, tag) = buf.split_at_mut(n);
+                let n = buf.len() - src - TAG_LEN;
+                let (ct, tag) = buf[src..].split_at_mut(n);
                 let tag = aes_gcm::Tag::clone_from_slice(tag);
                 k.decrypt_in_place_detached((&nonce).into(), &[], ct, &tag)
-                    .ok()
-                    .map(|()| n)
+                    .ok()?;
+                buf.copy_within(src..src + n, 0);
+                Some(n)
             }
         }
     }

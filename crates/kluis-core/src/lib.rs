@@ -73,7 +73,9 @@ pub use keys::{Identity, LabelKey, LabelPublicKey, PublicKey};
 pub use metadata::{MAX_NAME_LEN, Metadata};
 pub use padding::padme_padding;
 pub use secret::{DocId, FileKey, Share};
-pub use simple::{open, open_with_backend, rekey, seal, seal_with_backend};
+pub use simple::{
+    open, open_in_place, open_with_backend, rekey, seal, seal_into, seal_with_backend,
+};
 pub use slot::{Recipient, Slot};
 pub use stanza::{
     MAX_LABEL_LEN, MAX_STANZA_LEN, ORG_STANZA, OrgStanza, SlotKind, Stanza, X25519_STANZA,

@@ -2,12 +2,14 @@
 
 use std::io::{self, Read, Write};
 
+use zeroize::Zeroize;
+
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::slot::Slot;
-use crate::stream::{StreamReader, StreamWriter};
+use crate::stream;
 use crate::unwrap::Unwrap;
 
 /// Seal `plaintext` to `slots`. The size in `metadata` is filled in when absent.
@@ -22,16 +24,27 @@ pub fn seal_with_backend(
     plaintext: &[u8],
     backend: Backend,
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    seal_into(slots, metadata, plaintext, &mut out, backend)?;
+    Ok(out)
+}
+
+/// [`seal`], appending the document to `out`: reusing one buffer for many documents avoids a
+/// fresh allocation (and its page faults) per call. Nothing is appended on error.
+pub fn seal_into(
+    slots: &[Slot],
+    metadata: &Metadata,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+    backend: Backend,
+) -> Result<()> {
     let mut metadata = metadata.clone();
     metadata.size.get_or_insert(plaintext.len() as u64);
-    let capacity = plaintext.len() + plaintext.len() / 4096 + 1024;
-    let mut w =
-        StreamWriter::with_backend(Vec::with_capacity(capacity), slots, &metadata, backend)?;
-    w.write_all(plaintext).map_err(Error::from_io)?;
-    w.finish()
+    stream::seal_into(slots, &metadata, plaintext, out, backend)
 }
 
 /// Open a sealed document with the given key holders: its plaintext and sealed metadata.
+/// The input is left untouched.
 pub fn open(sealed: &[u8], unwrappers: &[&dyn Unwrap]) -> Result<(Vec<u8>, Metadata)> {
     open_with_backend(sealed, unwrappers, Backend::default())
 }
@@ -42,14 +55,30 @@ pub fn open_with_backend(
     unwrappers: &[&dyn Unwrap],
     backend: Backend,
 ) -> Result<(Vec<u8>, Metadata)> {
-    let header = Header::parse(sealed)?;
-    let key = header.unlock(unwrappers)?;
-    let mut r = StreamReader::with_backend(&header, &key, &sealed[header.len()..], backend)?;
-    // Never more than the ciphertext: the capacity is bounded by the input.
-    let mut out = Vec::with_capacity(sealed.len() - header.len());
-    r.read_to_end(&mut out).map_err(Error::from_io)?;
-    let metadata = r.metadata().clone();
-    Ok((out, metadata))
+    let mut buf = sealed.to_vec();
+    let metadata = open_in_place(&mut buf, unwrappers, backend)?;
+    Ok((buf, metadata))
+}
+
+/// Open the sealed document in `buf` in place, the fastest way to open in memory: on success
+/// `buf` holds the plaintext; each chunk is decrypted straight to its final position.
+///
+/// On failure `buf` is wiped and emptied (it may have held plaintext of authenticated
+/// chunks): keep a copy of the sealed bytes, or use [`open`], if you need them afterwards.
+pub fn open_in_place(
+    buf: &mut Vec<u8>,
+    unwrappers: &[&dyn Unwrap],
+    backend: Backend,
+) -> Result<Metadata> {
+    let result = Header::parse(buf).and_then(|header| {
+        let key = header.unlock(unwrappers)?;
+        stream::open_payload_in_place(buf, &header, &key, backend)
+    });
+    if result.is_err() {
+        buf.zeroize();
+        buf.clear();
+    }
+    result
 }
 
 /// Re-key the document read from `input` into `output`: recover the file key, write a new

@@ -198,7 +198,7 @@ impl<W: Write> Write for StreamWriter<W> {
 /// but the document as a whole is only valid once `read` returns 0.
 pub struct StreamReader<R: Read> {
     input: R,
-    cipher: ChunkCipher,
+    opener: PayloadOpener,
     /// Sealed chunk plus read-ahead bytes.
     buf: Vec<u8>,
     /// Read-ahead bytes that belong to the next chunk.
@@ -206,12 +206,7 @@ pub struct StreamReader<R: Read> {
     /// How many of `ahead` are valid.
     ahead_len: usize,
     plain: (usize, usize),
-    counter: u64,
-    done: bool,
     failed: bool,
-    content_left: u64,
-    padding_left: u64,
-    seen: u64,
     metadata: Metadata,
 }
 
@@ -229,20 +224,15 @@ impl<R: Read> StreamReader<R> {
         input: R,
         backend: Backend,
     ) -> Result<Self> {
-        let metadata = header.metadata(key)?;
+        let (opener, metadata) = PayloadOpener::new(header, key, backend)?;
         Ok(StreamReader {
             input,
-            cipher: payload_cipher(backend, key, header.payload_salt()),
+            opener,
             buf: vec![0u8; SEALED_CHUNK_LEN + MIN_FINAL_AFTER_FULL],
             ahead: [0; MIN_FINAL_AFTER_FULL],
             ahead_len: 0,
             plain: (0, 0),
-            counter: 0,
-            done: false,
             failed: false,
-            content_left: metadata.size.unwrap_or(u64::MAX),
-            padding_left: metadata.padding,
-            seen: 0,
             metadata,
         })
     }
@@ -272,84 +262,16 @@ impl<R: Read> StreamReader<R> {
         self.buf[..a].copy_from_slice(&self.ahead[..a]);
         self.ahead_len = 0;
         let n = self.fill(a, SEALED_CHUNK_LEN)?;
-        let chunk = self.counter;
-        let last;
-        if n == SEALED_CHUNK_LEN {
-            // Peek enough to tell a following final chunk from trailing junk.
+        // After a full chunk, peek enough to tell a following final chunk from trailing junk.
+        let follow = if n == SEALED_CHUNK_LEN {
             let m = self.fill(n, n + MIN_FINAL_AFTER_FULL)? - n;
-            match m {
-                0 => {
-                    // Either the final chunk is full, or the file was cut at a chunk boundary.
-                    let copy = zeroize::Zeroizing::new(self.buf[..n].to_vec());
-                    if self.open_chunk(n, true).is_some() {
-                        last = true;
-                    } else {
-                        self.buf[..n].copy_from_slice(&copy);
-                        return Err(match self.open_chunk(n, false) {
-                            Some(_) => Error::Truncated { chunks: chunk + 1 },
-                            None => Error::ChunkAuth { chunk },
-                        });
-                    }
-                }
-                MIN_FINAL_AFTER_FULL => {
-                    if self.open_chunk(n, false).is_none() {
-                        return Err(Error::ChunkAuth { chunk });
-                    }
-                    self.ahead.copy_from_slice(&self.buf[n..n + m]);
-                    self.ahead_len = m;
-                    last = false;
-                }
-                _ => {
-                    // Too few bytes follow to be a chunk: this must be the final chunk.
-                    return Err(match self.open_chunk(n, true) {
-                        Some(_) => Error::TrailingData,
-                        None => Error::ChunkAuth { chunk },
-                    });
-                }
-            }
+            self.ahead[..m].copy_from_slice(&self.buf[n..n + m]);
+            self.ahead_len = m;
+            m
         } else {
-            // A short read is the final chunk. (Only chunk 0 can get here: after a full chunk
-            // the 17-byte peek above decides. So an empty final chunk after data is reported as
-            // the failure of the full chunk before it.)
-            if self.open_chunk(n, true).is_none() {
-                return Err(if n == 0 {
-                    Error::Truncated { chunks: 0 }
-                } else {
-                    Error::ChunkAuth { chunk }
-                });
-            }
-            last = true;
-        }
-        let len = n - TAG_LEN;
-        self.counter += 1;
-        self.done = last;
-        self.account(len)
-    }
-
-    fn open_chunk(&mut self, n: usize, last: bool) -> Option<usize> {
-        self.cipher
-            .open(chunk_nonce(self.counter, last), &mut self.buf[..n])
-    }
-
-    /// Split the decrypted chunk into content and padding; check sizes against the metadata.
-    fn account(&mut self, len: usize) -> Result<()> {
-        self.seen = self.seen.saturating_add(len as u64);
-        let content = (len as u64).min(self.content_left) as usize;
-        self.content_left -= content as u64;
-        let pad = &self.buf[content..len];
-        let expected = self.metadata.payload_len();
-        let seen = self.seen;
-        let mismatch = || Error::SizeMismatch {
-            expected: expected.unwrap_or(0),
-            found: seen,
+            0
         };
-        if pad.len() as u64 > self.padding_left || pad.iter().any(|&b| b != 0) {
-            return Err(mismatch());
-        }
-        self.padding_left -= pad.len() as u64;
-        if self.done && expected.is_some() && (self.content_left != 0 || self.padding_left != 0) {
-            return Err(mismatch());
-        }
+        let content = self.opener.open_chunk(&mut self.buf[..n], 0, follow)?;
         self.plain = (0, content);
         Ok(())
     }
@@ -371,7 +293,7 @@ impl<R: Read> Read for StreamReader<R> {
                 self.plain.0 += n;
                 return Ok(n);
             }
-            if self.done || out.is_empty() {
+            if self.opener.done || out.is_empty() {
                 return Ok(0);
             }
             if let Err(e) = self.next_chunk() {
@@ -383,4 +305,189 @@ impl<R: Read> Read for StreamReader<R> {
             }
         }
     }
+}
+
+/// The payload-opening rules of FORMAT.md §8, shared by [`StreamReader`] and the in-place
+/// one-call path: chunk order, the last-chunk flag, the read-ahead verdicts, and the size and
+/// padding checks against the metadata.
+pub(crate) struct PayloadOpener {
+    cipher: ChunkCipher,
+    counter: u64,
+    pub(crate) done: bool,
+    content_left: u64,
+    padding_left: u64,
+    seen: u64,
+    expected: Option<u64>,
+}
+
+impl PayloadOpener {
+    /// Check the key against the header and decrypt the metadata.
+    pub(crate) fn new(
+        header: &Header,
+        key: &FileKey,
+        backend: Backend,
+    ) -> Result<(Self, Metadata)> {
+        let metadata = header.metadata(key)?;
+        let opener = PayloadOpener {
+            cipher: payload_cipher(backend, key, header.payload_salt()),
+            counter: 0,
+            done: false,
+            content_left: metadata.size.unwrap_or(u64::MAX),
+            padding_left: metadata.padding,
+            seen: 0,
+            expected: metadata.payload_len(),
+        };
+        Ok((opener, metadata))
+    }
+
+    /// Open the next sealed chunk, `buf[src..]`, writing its plaintext to `buf[..]` from 0
+    /// (in place when `src` is 0). `follow` is how many input bytes come after the chunk,
+    /// counted up to 17. Returns the length of the content (padding excluded) at `buf[..]`.
+    pub(crate) fn open_chunk(
+        &mut self,
+        buf: &mut [u8],
+        src: usize,
+        follow: usize,
+    ) -> Result<usize> {
+        let n = buf.len() - src;
+        let chunk = self.counter;
+        let last = if n == SEALED_CHUNK_LEN {
+            match follow {
+                0 => {
+                    // Either the final chunk is full, or the file was cut at a chunk boundary.
+                    // A failed open may scribble over the chunk: keep a copy for the retry.
+                    let copy = zeroize::Zeroizing::new(buf[src..].to_vec());
+                    if !self.try_open(buf, src, true) {
+                        buf[src..].copy_from_slice(&copy);
+                        return Err(match self.try_open(buf, src, false) {
+                            true => Error::Truncated { chunks: chunk + 1 },
+                            false => Error::ChunkAuth { chunk },
+                        });
+                    }
+                    true
+                }
+                MIN_FINAL_AFTER_FULL.. => {
+                    if !self.try_open(buf, src, false) {
+                        return Err(Error::ChunkAuth { chunk });
+                    }
+                    false
+                }
+                // Too few bytes follow to be a chunk: this must be the final chunk.
+                _ => {
+                    return Err(match self.try_open(buf, src, true) {
+                        true => Error::TrailingData,
+                        false => Error::ChunkAuth { chunk },
+                    });
+                }
+            }
+        } else {
+            // A short chunk is the final one. (After a full chunk the read-ahead above
+            // decides, so only chunk 0 gets here; an empty final chunk after data is reported
+            // as the failure of the full chunk before it.)
+            if n == 0 {
+                return Err(Error::Truncated { chunks: chunk });
+            }
+            if !self.try_open(buf, src, true) {
+                return Err(Error::ChunkAuth { chunk });
+            }
+            true
+        };
+        self.counter += 1;
+        self.done = last;
+        self.account(&buf[..n - TAG_LEN])
+    }
+
+    fn try_open(&self, buf: &mut [u8], src: usize, last: bool) -> bool {
+        self.cipher
+            .open_within(chunk_nonce(self.counter, last), buf, src)
+            .is_some()
+    }
+
+    /// Split a decrypted chunk into content and padding; check sizes against the metadata.
+    fn account(&mut self, plain: &[u8]) -> Result<usize> {
+        self.seen = self.seen.saturating_add(plain.len() as u64);
+        let content = (plain.len() as u64).min(self.content_left) as usize;
+        self.content_left -= content as u64;
+        let pad = &plain[content..];
+        let mismatch = Error::SizeMismatch {
+            expected: self.expected.unwrap_or(0),
+            found: self.seen,
+        };
+        if pad.len() as u64 > self.padding_left || pad.iter().any(|&b| b != 0) {
+            return Err(mismatch);
+        }
+        self.padding_left -= pad.len() as u64;
+        if self.done
+            && self.expected.is_some()
+            && (self.content_left != 0 || self.padding_left != 0)
+        {
+            return Err(mismatch);
+        }
+        Ok(content)
+    }
+}
+
+/// Open the payload of the sealed document in `buf` in place: on success `buf` holds the
+/// plaintext. No chunk is copied: each is decrypted straight to its final position.
+pub(crate) fn open_payload_in_place(
+    buf: &mut Vec<u8>,
+    header: &Header,
+    key: &FileKey,
+    backend: Backend,
+) -> Result<Metadata> {
+    let (mut opener, metadata) = PayloadOpener::new(header, key, backend)?;
+    let total = buf.len();
+    let (mut read, mut written) = (header.len(), 0);
+    loop {
+        let n = SEALED_CHUNK_LEN.min(total - read);
+        let follow = MIN_FINAL_AFTER_FULL.min(total - read - n);
+        let content = opener.open_chunk(&mut buf[written..read + n], read - written, follow)?;
+        written += content;
+        read += n;
+        if opener.done {
+            break;
+        }
+    }
+    buf.truncate(written);
+    Ok(metadata)
+}
+
+/// Seal `plaintext` (declared in `metadata`) and append the document to `out`: each chunk is
+/// copied once, to its final position, and sealed there.
+pub(crate) fn seal_into(
+    slots: &[Slot],
+    metadata: &Metadata,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+    backend: Backend,
+) -> Result<()> {
+    let len = plaintext.len() as u64;
+    if metadata.size != Some(len) {
+        return Err(Error::SizeMismatch {
+            expected: metadata.size.unwrap_or(0),
+            found: len,
+        });
+    }
+    let (header, key) = new_header(slots, metadata)?;
+    let cipher = payload_cipher(backend, &key, header.payload_salt());
+    let payload = len
+        .checked_add(metadata.padding)
+        .and_then(|p| usize::try_from(p).ok())
+        .ok_or(Error::SizeMismatch {
+            expected: u64::MAX,
+            found: len,
+        })?;
+    let chunks = payload.div_ceil(CHUNK_LEN).max(1);
+    out.reserve(header.len() + payload + chunks * TAG_LEN);
+    out.extend_from_slice(header.as_bytes());
+    for i in 0..chunks {
+        let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(payload));
+        let at = out.len();
+        let from_plain = start.min(plaintext.len())..end.min(plaintext.len());
+        out.extend_from_slice(&plaintext[from_plain]);
+        out.resize(at + (end - start), 0); // padding, if this chunk reaches past the content
+        let tag = cipher.seal(chunk_nonce(i as u64, i + 1 == chunks), &mut out[at..]);
+        out.extend_from_slice(&tag);
+    }
+    Ok(())
 }

@@ -308,6 +308,43 @@ fn identity_file_round_trip_wrong_passphrase_and_file_mode() {
 }
 
 #[test]
+fn seal_into_appends_and_open_in_place_reuses_the_buffer() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    let mut out = b"prefix".to_vec();
+    kluis_core::seal_into(
+        &slots,
+        &Metadata::default(),
+        &data(70_000),
+        &mut out,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(&out[..6], b"prefix");
+    let mut doc = out[6..].to_vec();
+    let meta = kluis_core::open_in_place(&mut doc, &[&hr], Default::default()).unwrap();
+    assert_eq!(doc, data(70_000));
+    assert_eq!(meta.size, Some(70_000));
+    // A declared size that does not match appends nothing.
+    let before = out.len();
+    let e = kluis_core::seal_into(
+        &slots,
+        &Metadata::with_size(5),
+        b"abc",
+        &mut out,
+        Default::default(),
+    );
+    assert!(matches!(
+        e,
+        Err(Error::SizeMismatch {
+            expected: 5,
+            found: 3
+        })
+    ));
+    assert_eq!(out.len(), before);
+}
+
+#[test]
 fn errors_say_what_to_do() {
     assert!(
         Error::HeaderMac

@@ -1,10 +1,11 @@
 //! Property tests: round trips, tamper detection, truncation, slot order and count.
 
 use kluis_core::{
-    Backend, CHUNK_LEN, Error, Identity, LabelKey, Metadata, Recipient, Slot, Unwrap, open,
-    open_with_backend, seal, seal_with_backend,
+    Backend, CHUNK_LEN, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader,
+    StreamWriter, Unwrap, open, open_in_place, open_with_backend, seal, seal_with_backend,
 };
 use proptest::prelude::*;
+use std::io::{Read, Write};
 use std::sync::OnceLock;
 
 struct Keys {
@@ -67,6 +68,40 @@ proptest! {
         prop_assert_eq!(m, meta);
     }
 
+    /// The streaming writer and reader agree with the one-call functions, whatever the
+    /// write and read sizes.
+    #[test]
+    fn streaming_and_one_call_agree(n in size(), pad: bool, piece in 1usize..70_000, read in 1usize..70_000) {
+        let data = payload(n, 7);
+        let mut meta = Metadata::with_size(n as u64);
+        if pad {
+            meta = meta.padded().unwrap();
+        }
+        let mut w = StreamWriter::new(Vec::new(), &one_label_slot(), &meta).unwrap();
+        for p in data.chunks(piece) {
+            w.write_all(p).unwrap();
+        }
+        let streamed = w.finish().unwrap();
+        let (out, m) = open(&streamed, &[&keys().labels[0]]).unwrap();
+        prop_assert_eq!(&out, &data);
+        prop_assert_eq!(&m, &meta);
+
+        let sealed = seal(&one_label_slot(), &meta, &data).unwrap();
+        let mut input = &sealed[..];
+        let header = Header::read(&mut input).unwrap();
+        let key = header.unlock(&[&keys().labels[0]]).unwrap();
+        let mut r = StreamReader::new(&header, &key, input).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; read];
+        loop {
+            let k = r.read(&mut buf).unwrap();
+            if k == 0 { break; }
+            got.extend_from_slice(&buf[..k]);
+        }
+        prop_assert_eq!(got, data);
+        prop_assert_eq!(sealed.len(), streamed.len());
+    }
+
     #[test]
     fn any_single_bit_flip_is_detected(n in size(), seed: u8, pos: prop::sample::Index, bit in 0u8..8) {
         let sealed = seal(&one_label_slot(), &Metadata::default(), &payload(n, seed)).unwrap();
@@ -74,6 +109,9 @@ proptest! {
         let i = pos.index(bad.len());
         bad[i] ^= 1 << bit;
         prop_assert!(open(&bad, &[&keys().labels[0]]).is_err(), "flip at byte {} of {} opened", i, bad.len());
+        // In place, a failure wipes and empties the buffer: no plaintext is left behind.
+        prop_assert!(open_in_place(&mut bad, &[&keys().labels[0]], Backend::Ring).is_err());
+        prop_assert!(bad.is_empty());
     }
 
     #[test]
