@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement};
 use kluis_core::{
     Backend, CHUNK_LEN, Header, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
-    open_with_backend, seal_with_backend,
+    open_in_place, open_with_backend, seal_into, seal_with_backend,
 };
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -182,6 +182,26 @@ fn bench(c: &mut Criterion) {
                     sealed
                 });
                 b.iter(|| open_with_backend(sealed, &[&label], backend).expect("open"))
+            });
+            // The buffer-reusing forms: no fresh allocation per call, like the raw rows.
+            let mut out = Vec::new();
+            group.bench_function(format!("kluis seal_into ({bn}, reused output)"), |b| {
+                b.iter(|| {
+                    out.clear();
+                    seal_into(&slots, &metadata, &plain, &mut out, backend).expect("seal")
+                })
+            });
+            drop(out);
+            let sealed = OnceCell::new();
+            group.bench_function(format!("kluis open_in_place ({bn})"), |b| {
+                let sealed = sealed.get_or_init(|| {
+                    seal_with_backend(&slots, &metadata, &plain, backend).expect("seal")
+                });
+                b.iter_batched_ref(
+                    || sealed.clone(),
+                    |buf| open_in_place(buf, &[&label], backend).expect("open"),
+                    BatchSize::LargeInput,
+                )
             });
         }
         group.finish();
