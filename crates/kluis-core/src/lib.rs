@@ -32,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`seal_into`] and [`open_in_place`] do the same without a fresh buffer per call; opening
+//! in place decrypts every chunk straight to its final position (the fastest path).
+//!
 //! # Streaming
 //!
 //! [`StreamWriter`] seals into any `Write` (call [`StreamWriter::finish`]!);
