@@ -5,11 +5,12 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroize;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::metadata::Metadata;
+use crate::primitives::TAG_LEN;
 use crate::slot::Slot;
-use crate::stream;
+use crate::stream::{self, CHUNK_LEN};
 use crate::unwrap::Unwrap;
 
 /// Seal `plaintext` to `slots`. The size in `metadata` is filled in when absent.
@@ -30,7 +31,8 @@ pub fn seal_with_backend(
 }
 
 /// [`seal`], appending the document to `out`: reusing one buffer for many documents avoids a
-/// fresh allocation (and its page faults) per call. Nothing is appended on error.
+/// fresh allocation (and its page faults) per call. Each chunk is copied once, to its final
+/// position, and sealed there. Nothing is appended on error.
 pub fn seal_into(
     slots: &[Slot],
     metadata: &Metadata,
@@ -38,9 +40,38 @@ pub fn seal_into(
     out: &mut Vec<u8>,
     backend: Backend,
 ) -> Result<()> {
+    let len = plaintext.len() as u64;
     let mut metadata = metadata.clone();
-    metadata.size.get_or_insert(plaintext.len() as u64);
-    stream::seal_into(slots, &metadata, plaintext, out, backend)
+    if *metadata.size.get_or_insert(len) != len {
+        return Err(Error::SizeMismatch {
+            expected: metadata.size.unwrap_or(0),
+            found: len,
+        });
+    }
+    let payload = len
+        .checked_add(metadata.padding)
+        .and_then(|p| usize::try_from(p).ok())
+        .ok_or(Error::SizeMismatch {
+            expected: u64::MAX,
+            found: len,
+        })?;
+    let (header, key) = stream::new_header(slots, &metadata)?;
+    let cipher = stream::payload_cipher(backend, &key, header.payload_salt());
+    let chunks = payload.div_ceil(CHUNK_LEN).max(1);
+    out.reserve(header.len() + payload + chunks * TAG_LEN);
+    out.extend_from_slice(header.as_bytes());
+    for i in 0..chunks {
+        let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(payload));
+        let at = out.len();
+        out.extend_from_slice(&plaintext[start.min(plaintext.len())..end.min(plaintext.len())]);
+        out.resize(at + (end - start), 0); // padding, if this chunk reaches past the content
+        let tag = cipher.seal(
+            stream::chunk_nonce(i as u64, i + 1 == chunks),
+            &mut out[at..],
+        );
+        out.extend_from_slice(&tag);
+    }
+    Ok(())
 }
 
 /// Open a sealed document with the given key holders: its plaintext and sealed metadata.

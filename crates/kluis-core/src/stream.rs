@@ -18,7 +18,7 @@ pub(crate) const SEALED_CHUNK_LEN: usize = CHUNK_LEN + TAG_LEN;
 const MIN_FINAL_AFTER_FULL: usize = TAG_LEN + 1;
 
 /// `BE88(i) ‖ flag`: an 11-byte big-endian counter and the last-chunk flag.
-fn chunk_nonce(counter: u64, last: bool) -> [u8; NONCE_LEN] {
+pub(crate) fn chunk_nonce(counter: u64, last: bool) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     n[3..11].copy_from_slice(&counter.to_be_bytes());
     n[11] = u8::from(last);
@@ -26,7 +26,7 @@ fn chunk_nonce(counter: u64, last: bool) -> [u8; NONCE_LEN] {
 }
 
 /// `PK = HKDF(ikm = K, salt = payload_salt, info = "kluis/v1/payload")`
-fn payload_cipher(backend: Backend, key: &FileKey, salt: &[u8; 16]) -> ChunkCipher {
+pub(crate) fn payload_cipher(backend: Backend, key: &FileKey, salt: &[u8; 16]) -> ChunkCipher {
     ChunkCipher::new(
         backend,
         &primitives::hkdf(key.expose(), salt, b"kluis/v1/payload"),
@@ -450,44 +450,4 @@ pub(crate) fn open_payload_in_place(
     }
     buf.truncate(written);
     Ok(metadata)
-}
-
-/// Seal `plaintext` (declared in `metadata`) and append the document to `out`: each chunk is
-/// copied once, to its final position, and sealed there.
-pub(crate) fn seal_into(
-    slots: &[Slot],
-    metadata: &Metadata,
-    plaintext: &[u8],
-    out: &mut Vec<u8>,
-    backend: Backend,
-) -> Result<()> {
-    let len = plaintext.len() as u64;
-    if metadata.size != Some(len) {
-        return Err(Error::SizeMismatch {
-            expected: metadata.size.unwrap_or(0),
-            found: len,
-        });
-    }
-    let (header, key) = new_header(slots, metadata)?;
-    let cipher = payload_cipher(backend, &key, header.payload_salt());
-    let payload = len
-        .checked_add(metadata.padding)
-        .and_then(|p| usize::try_from(p).ok())
-        .ok_or(Error::SizeMismatch {
-            expected: u64::MAX,
-            found: len,
-        })?;
-    let chunks = payload.div_ceil(CHUNK_LEN).max(1);
-    out.reserve(header.len() + payload + chunks * TAG_LEN);
-    out.extend_from_slice(header.as_bytes());
-    for i in 0..chunks {
-        let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(payload));
-        let at = out.len();
-        let from_plain = start.min(plaintext.len())..end.min(plaintext.len());
-        out.extend_from_slice(&plaintext[from_plain]);
-        out.resize(at + (end - start), 0); // padding, if this chunk reaches past the content
-        let tag = cipher.seal(chunk_nonce(i as u64, i + 1 == chunks), &mut out[at..]);
-        out.extend_from_slice(&tag);
-    }
-    Ok(())
 }
