@@ -9,6 +9,11 @@ use crate::secret::DerivedKey;
 ///
 /// Both produce identical bytes; the choice only changes speed and portability. Header crypto
 /// (stanzas, metadata, MAC) always uses ring.
+///
+/// Memory hygiene differs: ring offers no way to wipe its expanded AES key schedule, so with
+/// [`Backend::Ring`] the payload key's schedule stays in freed memory after use; the
+/// `aes-gcm` backend zeroizes its own. (The file key and every derived key kluis holds itself
+/// are wiped on drop either way.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Backend {

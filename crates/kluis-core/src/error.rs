@@ -95,6 +95,11 @@ pub enum Error {
     },
     /// Padding was requested for a document whose size was not declared up front.
     PaddingNeedsSize,
+    /// The metadata given to seal cannot be written (time out of range, padding too large).
+    InvalidMetadata {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
     /// A public key string is not a valid kluis public key.
     InvalidPublicKey {
         /// Which rule was broken.
@@ -172,7 +177,7 @@ impl fmt::Display for Error {
             ),
             SizeMismatch { expected, found } => write!(
                 f,
-                "payload holds {found} bytes but {expected} were declared: when sealing, write exactly the declared size; when opening, the file is corrupt"
+                "payload does not match its declared size ({found} bytes seen, {expected} declared, padding must be zero): when sealing, write exactly the declared size; when opening, the file is corrupt"
             ),
             ZeroSharedSecret => f.write_str(
                 "X25519 gave an all-zero shared secret (a low-order public key): the key or file is malicious or corrupt",
@@ -188,6 +193,7 @@ impl fmt::Display for Error {
             PaddingNeedsSize => f.write_str(
                 "padding needs the plaintext size up front: declare the size in the metadata",
             ),
+            InvalidMetadata { reason } => write!(f, "cannot seal this metadata: {reason}"),
             InvalidPublicKey { reason } => write!(
                 f,
                 "invalid public key ({reason}): copy the whole key, it starts with `kluis1`"

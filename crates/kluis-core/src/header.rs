@@ -63,9 +63,8 @@ impl Header {
         key: &FileKey,
     ) -> Result<Header> {
         if slots.is_empty() || slots.len() > MAX_SLOTS {
-            return Err(Error::SlotCount {
-                count: slots.len(),
-                max: MAX_SLOTS,
+            return Err(Error::InvalidSlots {
+                reason: "a document needs 1 to 16 slots",
             });
         }
         let mut h = Header {

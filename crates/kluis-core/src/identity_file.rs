@@ -144,8 +144,13 @@ impl Identity {
             opts.mode(0o600);
         }
         let mut f = opts.open(path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+        let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+        if let Err(e) = written {
+            // Leave nothing half-written under the final name.
+            drop(f);
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -153,12 +158,17 @@ impl Identity {
     pub fn read_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
         use std::io::Read;
         let f = std::fs::File::open(path)?;
-        let mut text = Zeroizing::new(String::new());
+        let mut bytes = Zeroizing::new(Vec::new());
         f.take(MAX_IDENTITY_FILE_LEN as u64 + 1)
-            .read_to_string(&mut text)
-            .map_err(|_| Error::InvalidIdentityFile {
-                reason: "not UTF-8 text",
-            })?;
-        Identity::from_file_string(&text, passphrase)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() > MAX_IDENTITY_FILE_LEN {
+            return Err(Error::InvalidIdentityFile {
+                reason: "larger than 4096 bytes",
+            });
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| Error::InvalidIdentityFile {
+            reason: "not UTF-8 text",
+        })?;
+        Identity::from_file_string(text, passphrase)
     }
 }

@@ -8,6 +8,8 @@ use crate::primitives::{self, TAG_LEN};
 use crate::secret::{DocId, FileKey};
 use crate::wire::Cursor;
 
+/// Padding up to this many bytes is allowed whatever the size (see [`Metadata::encode`]).
+const MAX_PADDING_FLOOR: u64 = 1 << 20;
 /// The longest file name the metadata holds, in bytes.
 pub const MAX_NAME_LEN: usize = 4096;
 /// Length of the fixed part of the metadata plaintext.
@@ -19,8 +21,8 @@ const HAS_SIZE: u8 = 0x01;
 const HAS_MTIME: u8 = 0x02;
 
 /// What the sealed header says about the original: only someone who can open the document
-/// can read it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// can read it. `Debug` leaves the name out: file names can be personal data.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
     /// The original file name (empty when none was given). Not sanitised: a caller that
     /// writes files must check it before use.
@@ -31,6 +33,17 @@ pub struct Metadata {
     pub modified: Option<SystemTime>,
     /// How many zero bytes follow the plaintext in the payload to hide its exact size.
     pub padding: u64,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("name", &format_args!("[{} bytes]", self.name.len()))
+            .field("size", &self.size)
+            .field("modified", &self.modified)
+            .field("padding", &self.padding)
+            .finish()
+    }
 }
 
 impl Metadata {
@@ -62,7 +75,8 @@ impl Metadata {
         Ok(self)
     }
 
-    /// Encode the plaintext metadata block (before sealing; see docs/FORMAT.md).
+    /// Encode the plaintext metadata block (before sealing; see docs/FORMAT.md). Refuses
+    /// what a reader would reject, and padding above the larger of the size and 1 MiB.
     pub fn encode(&self) -> Result<Vec<u8>> {
         if self.name.len() > MAX_NAME_LEN {
             return Err(Error::NameTooLong {
@@ -73,6 +87,15 @@ impl Metadata {
         if self.size.is_none() && self.padding != 0 {
             return Err(Error::PaddingNeedsSize);
         }
+        if let Some(size) = self.size {
+            // A writer policy, not a format rule: at most doubling the size (or 1 MiB), so a
+            // mistaken padding cannot demand an absurd allocation or write.
+            if self.padding > size.max(MAX_PADDING_FLOOR) {
+                return Err(Error::InvalidMetadata {
+                    reason: "padding larger than the content (and 1 MiB): use Metadata::padded",
+                });
+            }
+        }
         let mut flags = 0;
         if self.size.is_some() {
             flags |= HAS_SIZE;
@@ -82,7 +105,7 @@ impl Metadata {
                 flags |= HAS_MTIME;
                 let (secs, nanos) = to_unix(t);
                 if !(MIN_MTIME_SECS..=MAX_MTIME_SECS).contains(&secs) {
-                    return Err(Error::Metadata {
+                    return Err(Error::InvalidMetadata {
                         reason: "modification time outside 1601-01-01..9999-12-31",
                     });
                 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::primitives;
 
 /// Length in bytes of a file key and of a share.
@@ -35,20 +35,20 @@ impl FileKey {
     /// Split into two random-looking shares whose XOR is the key (double key).
     pub(crate) fn split(&self) -> Result<(Share, Share)> {
         let s1 = Share::random()?;
-        let mut s2 = [0u8; KEY_LEN];
-        for (i, b) in s2.iter_mut().enumerate() {
+        let mut s2 = Share([0u8; KEY_LEN]);
+        for (i, b) in s2.0.iter_mut().enumerate() {
             *b = self.0[i] ^ s1.0[i];
         }
-        Ok((s1, Share(s2)))
+        Ok((s1, s2))
     }
 
     /// Join two shares of a double-key slot.
     pub(crate) fn join(a: &Share, b: &Share) -> Self {
-        let mut k = [0u8; KEY_LEN];
-        for (i, byte) in k.iter_mut().enumerate() {
+        let mut k = FileKey([0u8; KEY_LEN]);
+        for (i, byte) in k.0.iter_mut().enumerate() {
             *byte = a.0[i] ^ b.0[i];
         }
-        FileKey(k)
+        k
     }
 }
 
@@ -113,15 +113,6 @@ impl DocId {
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
-    }
-
-    /// Parse 32 lower- or upper-case hex digits.
-    pub fn from_hex(s: &str) -> Result<Self> {
-        let mut d = [0u8; 16];
-        hex::decode_to_slice(s, &mut d).map_err(|_| Error::MalformedHeader {
-            reason: "document id is not 32 hex digits",
-        })?;
-        Ok(DocId(d))
     }
 }
 

@@ -48,17 +48,17 @@ pub fn seal_into(
             found: len,
         });
     }
-    let payload = len
-        .checked_add(metadata.padding)
-        .and_then(|p| usize::try_from(p).ok())
-        .ok_or(Error::SizeMismatch {
-            expected: u64::MAX,
-            found: len,
-        })?;
-    let (header, key) = stream::new_header(slots, &metadata)?;
+    let (header, key) = stream::new_header(slots, &metadata)?; // checks size + padding
     let cipher = stream::payload_cipher(backend, &key, header.payload_salt());
+    let too_large = || Error::Io(io::ErrorKind::OutOfMemory.into());
+    let payload = usize::try_from(len + metadata.padding).map_err(|_| too_large())?;
     let chunks = payload.div_ceil(CHUNK_LEN).max(1);
-    out.reserve(header.len() + payload + chunks * TAG_LEN);
+    let total = chunks
+        .checked_mul(TAG_LEN)
+        .and_then(|t| t.checked_add(payload))
+        .and_then(|t| t.checked_add(header.len()))
+        .ok_or_else(too_large)?;
+    out.try_reserve(total).map_err(|_| too_large())?;
     out.extend_from_slice(header.as_bytes());
     for i in 0..chunks {
         let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(payload));

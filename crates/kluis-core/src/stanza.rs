@@ -67,6 +67,7 @@ pub enum Stanza {
     /// Wrapped to a holder's or recovery X25519 key.
     X25519(X25519Stanza),
     /// A stanza type this version does not know; kept verbatim, never used to open.
+    #[non_exhaustive]
     Unknown {
         /// The type byte.
         kind: u8,

@@ -58,10 +58,12 @@ pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header,
 ///
 /// You MUST call `finish`: it writes the last chunk. A writer dropped without it leaves a
 /// document that every reader rejects as truncated. Memory use is one chunk (64 KiB).
+#[must_use = "call finish(), or the document is left truncated"]
 pub struct StreamWriter<W: Write> {
     out: Option<W>,
     cipher: ChunkCipher,
-    buf: Vec<u8>,
+    /// Plaintext waiting to be sealed: wiped on drop.
+    buf: zeroize::Zeroizing<Vec<u8>>,
     filled: usize,
     counter: u64,
     written: u64,
@@ -89,7 +91,7 @@ impl<W: Write> StreamWriter<W> {
         Ok(StreamWriter {
             out: Some(out),
             cipher: payload_cipher(backend, &key, header.payload_salt()),
-            buf: vec![0u8; SEALED_CHUNK_LEN],
+            buf: zeroize::Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN]),
             filled: 0,
             counter: 0,
             written: 0,
@@ -199,8 +201,8 @@ impl<W: Write> Write for StreamWriter<W> {
 pub struct StreamReader<R: Read> {
     input: R,
     opener: PayloadOpener,
-    /// Sealed chunk plus read-ahead bytes.
-    buf: Vec<u8>,
+    /// Sealed chunk plus read-ahead bytes; holds plaintext, so it is wiped on drop.
+    buf: zeroize::Zeroizing<Vec<u8>>,
     /// Read-ahead bytes that belong to the next chunk.
     ahead: [u8; MIN_FINAL_AFTER_FULL],
     /// How many of `ahead` are valid.
@@ -228,7 +230,7 @@ impl<R: Read> StreamReader<R> {
         Ok(StreamReader {
             input,
             opener,
-            buf: vec![0u8; SEALED_CHUNK_LEN + MIN_FINAL_AFTER_FULL],
+            buf: zeroize::Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN + MIN_FINAL_AFTER_FULL]),
             ahead: [0; MIN_FINAL_AFTER_FULL],
             ahead_len: 0,
             plain: (0, 0),

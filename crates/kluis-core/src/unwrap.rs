@@ -41,7 +41,8 @@ struct Progress<'h> {
 }
 
 impl Progress<'_> {
-    /// Keep the most telling error: a MAC failure, then a key holder's refusal, then "no key".
+    /// Keep the most telling error (FORMAT.md §11.1): a MAC failure, then an all-zero shared
+    /// secret, then a key holder's refusal, then "no key".
     fn record(&mut self, e: Error) {
         let rank = |e: &Error| match e {
             Error::HeaderMac => 3,

@@ -252,7 +252,7 @@ fn rekey_moves_to_a_new_version_and_leaves_the_payload_untouched() {
     let key = old.unlock(&[&v1]).unwrap();
     assert!(matches!(
         old.rekey(&key, &[], &[]),
-        Err(Error::SlotCount { .. })
+        Err(Error::InvalidSlots { .. })
     ));
     assert!(old.rekey(&key, &[0, 0], &[]).is_err());
     assert!(old.rekey(&key, &[5], &[]).is_err());
@@ -342,6 +342,42 @@ fn seal_into_appends_and_open_in_place_reuses_the_buffer() {
         })
     ));
     assert_eq!(out.len(), before);
+}
+
+#[test]
+fn absurd_padding_is_refused_before_anything_is_written() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    for padding in [1u64 << 62, u64::MAX] {
+        let meta = Metadata {
+            padding,
+            ..Metadata::with_size(1)
+        };
+        assert!(matches!(
+            seal(&slots, &meta, b"x"),
+            Err(Error::InvalidMetadata { .. })
+        ));
+        let mut out = Vec::new();
+        assert!(StreamWriter::new(&mut out, &slots, &meta).is_err());
+        assert!(out.is_empty(), "no header written");
+    }
+}
+
+#[test]
+fn metadata_debug_hides_the_file_name() {
+    let m = Metadata::with_size(1).name("patient-jansen-dossier.pdf");
+    let shown = format!("{m:?}");
+    assert!(!shown.contains("jansen"), "{shown}");
+    assert!(shown.contains("26 bytes"), "{shown}");
+}
+
+#[test]
+fn reading_an_identity_from_a_directory_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Identity::read_file(dir.path(), b"x"),
+        Err(Error::Io(_))
+    ));
 }
 
 #[test]
