@@ -8,7 +8,7 @@ use crate::primitives::{self, TAG_LEN};
 use crate::secret::{DocId, FileKey};
 use crate::wire::Cursor;
 
-/// Padding up to this many bytes is allowed whatever the size (see [`Metadata::encode`]).
+/// Padding up to this many bytes is allowed whatever the size when sealing.
 const MAX_PADDING_FLOOR: u64 = 1 << 20;
 /// The longest file name the metadata holds, in bytes.
 pub const MAX_NAME_LEN: usize = 4096;
@@ -75,8 +75,8 @@ impl Metadata {
         Ok(self)
     }
 
-    /// Encode the plaintext metadata block (before sealing; see docs/FORMAT.md). Refuses
-    /// what a reader would reject, and padding above the larger of the size and 1 MiB.
+    /// Encode the plaintext metadata block (before sealing; see docs/FORMAT.md): the exact
+    /// inverse of [`Metadata::decode`], refusing what a reader would reject.
     pub fn encode(&self) -> Result<Vec<u8>> {
         if self.name.len() > MAX_NAME_LEN {
             return Err(Error::NameTooLong {
@@ -87,14 +87,10 @@ impl Metadata {
         if self.size.is_none() && self.padding != 0 {
             return Err(Error::PaddingNeedsSize);
         }
-        if let Some(size) = self.size {
-            // A writer policy, not a format rule: at most doubling the size (or 1 MiB), so a
-            // mistaken padding cannot demand an absurd allocation or write.
-            if self.padding > size.max(MAX_PADDING_FLOOR) {
-                return Err(Error::InvalidMetadata {
-                    reason: "padding larger than the content (and 1 MiB): use Metadata::padded",
-                });
-            }
+        if self.size.is_some_and(|size| size.checked_add(self.padding).is_none()) {
+            return Err(Error::InvalidMetadata {
+                reason: "size plus padding overflows",
+            });
         }
         let mut flags = 0;
         if self.size.is_some() {
@@ -170,6 +166,14 @@ impl Metadata {
 
     /// Seal under `HKDF(ikm = K, salt = doc_id, info = "kluis/v1/metadata")`, nonce 0, no AAD.
     pub(crate) fn seal(&self, key: &FileKey, doc_id: &DocId) -> Result<Vec<u8>> {
+        // A writer policy, not a format rule (readers accept any padding §7 allows): at most
+        // the larger of the size and 1 MiB, so a mistaken padding cannot demand an absurd
+        // allocation or write.
+        if self.padding > self.size.unwrap_or(0).max(MAX_PADDING_FLOOR) {
+            return Err(Error::InvalidMetadata {
+                reason: "padding larger than the content (and 1 MiB): use Metadata::padded",
+            });
+        }
         let plain = zeroize::Zeroizing::new(self.encode()?);
         Ok(primitives::aead_seal(
             &metadata_key(key, doc_id),
