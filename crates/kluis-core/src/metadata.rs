@@ -87,7 +87,10 @@ impl Metadata {
         if self.size.is_none() && self.padding != 0 {
             return Err(Error::PaddingNeedsSize);
         }
-        if self.size.is_some_and(|size| size.checked_add(self.padding).is_none()) {
+        if self
+            .size
+            .is_some_and(|size| size.checked_add(self.padding).is_none())
+        {
             return Err(Error::InvalidMetadata {
                 reason: "size plus padding overflows",
             });
