@@ -1,0 +1,113 @@
+//! Error type of the key server.
+
+use std::fmt;
+
+/// What can go wrong in the key server; every message says what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The store (SQLite) failed.
+    Store(rusqlite::Error),
+    /// Reading or writing a file failed.
+    Io(std::io::Error),
+    /// The kluis format library refused something.
+    Core(kluis_core::Error),
+    /// The master key file is readable by others than its owner.
+    KeyFilePermissions {
+        /// The file's mode bits.
+        mode: u32,
+    },
+    /// The master key (file or passphrase) does not open this store.
+    WrongMasterKey,
+    /// The master key file is malformed.
+    BadKeyFile,
+    /// The store was already initialised, or is missing.
+    Init(&'static str),
+    /// No such label.
+    UnknownLabel(String),
+    /// The label exists already.
+    LabelExists(String),
+    /// No such key version.
+    UnknownVersion {
+        /// The label.
+        label: String,
+        /// The key version.
+        kid: u32,
+    },
+    /// The key version was destroyed (crypto-shredded).
+    Destroyed {
+        /// The label.
+        label: String,
+        /// The key version.
+        kid: u32,
+    },
+    /// The request breaks a rule (for example destroying the current version).
+    Refused(String),
+    /// The policy given is invalid.
+    BadPolicy(String),
+    /// The audit trail failed verification.
+    AuditBroken {
+        /// The first sequence number that does not verify.
+        seq: i64,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ServerError::*;
+        match self {
+            Store(e) => write!(f, "store error: {e}: check the store path and disk space"),
+            Io(e) => write!(f, "I/O error: {e}"),
+            Core(e) => write!(f, "{e}"),
+            KeyFilePermissions { mode } => write!(
+                f,
+                "the master key file has mode {mode:o}, readable by others: run `chmod 600` on it"
+            ),
+            WrongMasterKey => f.write_str(
+                "the master key does not open this store: check --key-file or the passphrase",
+            ),
+            BadKeyFile => f.write_str(
+                "the master key file is malformed: it must hold 64 hex digits, as `kluis-server init` writes it",
+            ),
+            Init(m) => write!(f, "{m}"),
+            UnknownLabel(l) => write!(f, "no label `{l}`: list labels with `kluis-server label list`"),
+            LabelExists(l) => write!(f, "label `{l}` exists already"),
+            UnknownVersion { label, kid } => write!(f, "label `{label}` has no key version {kid}"),
+            Destroyed { label, kid } => write!(
+                f,
+                "key version {kid} of label `{label}` was destroyed: its documents cannot be opened by anyone"
+            ),
+            Refused(m) => write!(f, "refused: {m}"),
+            BadPolicy(m) => write!(f, "invalid policy: {m}"),
+            AuditBroken { seq, what } => write!(
+                f,
+                "the audit trail does not verify at record {seq}: {what}; the store was tampered with or damaged"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<rusqlite::Error> for ServerError {
+    fn from(e: rusqlite::Error) -> Self {
+        ServerError::Store(e)
+    }
+}
+
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        ServerError::Io(e)
+    }
+}
+
+impl From<kluis_core::Error> for ServerError {
+    fn from(e: kluis_core::Error) -> Self {
+        ServerError::Core(e)
+    }
+}
+
+/// Short alias.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;

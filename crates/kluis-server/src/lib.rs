@@ -1,0 +1,22 @@
+//! kluis-server: the on-premise key server's store, labels, tokens and audit trail.
+//!
+//! This crate holds the organisation's label private keys, sealed at rest under a master key
+//! (a 0600 key file or an Argon2id passphrase), in SQLite. Every administrative change is
+//! written together with its record in an HMAC-chained audit trail that `audit verify`
+//! checks. The HTTP API (unwrap, batch unwrap, public label records) builds on this.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod audit;
+mod error;
+mod master_key;
+mod policy;
+mod sqlite;
+mod store;
+
+pub use error::{Result, ServerError};
+pub use master_key::MasterKey;
+pub use policy::Policy;
+pub use sqlite::{KeySource, SqliteStore, now_ms};
+pub use store::{LabelInfo, Principal, Store, TokenInfo, VersionInfo, VersionState};

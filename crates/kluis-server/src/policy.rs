@@ -1,0 +1,57 @@
+//! A label's policy: who may open, double key, recovery keys, rotation and retention.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServerError};
+
+/// What a label allows and requires. Stored as JSON with the label.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Users who may open documents under this label.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups whose members may open documents under this label.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Whether documents must be double-key (the server refuses single-key stanzas).
+    #[serde(default)]
+    pub double_key: bool,
+    /// Recovery public keys (`kluis1…`) that clients must add as an extra slot.
+    #[serde(default)]
+    pub recovery: Vec<String>,
+    /// Rotate to a new key version after this many days.
+    #[serde(default)]
+    pub rotation_days: Option<u32>,
+    /// Destroy key versions older than this many days.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+}
+
+impl Policy {
+    /// Check names and recovery keys.
+    pub fn validate(&self) -> Result<()> {
+        for name in self.users.iter().chain(&self.groups) {
+            if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                return Err(ServerError::BadPolicy(
+                    "user and group names must be 1-256 printable characters".into(),
+                ));
+            }
+        }
+        for key in &self.recovery {
+            key.parse::<kluis_core::PublicKey>()
+                .map_err(|e| ServerError::BadPolicy(format!("recovery key: {e}")))?;
+        }
+        if self.retention_days == Some(0) || self.rotation_days == Some(0) {
+            return Err(ServerError::BadPolicy(
+                "rotation and retention periods must be at least one day".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a caller with this user id and groups may open documents under the label.
+    pub fn allows(&self, user: &str, groups: &[String]) -> bool {
+        self.users.iter().any(|u| u == user) || groups.iter().any(|g| self.groups.contains(g))
+    }
+}

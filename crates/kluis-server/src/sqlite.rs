@@ -1,0 +1,635 @@
+//! The SQLite store: WAL, foreign keys, schema migrations, secure delete.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kluis_core::{LabelKey, LabelPublicKey};
+use ring::hmac;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::audit::{self, AuditEntry, AuditRecord, GENESIS};
+use crate::error::{Result, ServerError};
+use crate::master_key::{MasterKey, random};
+use crate::policy::Policy;
+use crate::store::{LabelInfo, Principal, Store, TokenInfo, VersionInfo, VersionState};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE labels (
+    name TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE key_versions (
+    label TEXT NOT NULL REFERENCES labels(name),
+    kid INTEGER NOT NULL CHECK (kid > 0),
+    state TEXT NOT NULL CHECK (state IN ('current', 'active', 'retired', 'destroyed')),
+    public_key TEXT NOT NULL,
+    sealed_secret BLOB,
+    created_ms INTEGER NOT NULL,
+    destroyed_ms INTEGER,
+    PRIMARY KEY (label, kid),
+    CHECK ((state = 'destroyed') = (sealed_secret IS NULL))
+);
+CREATE UNIQUE INDEX one_current ON key_versions(label) WHERE state = 'current';
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    hash BLOB NOT NULL,
+    user TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    label TEXT,
+    kid INTEGER,
+    doc_id TEXT,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    client TEXT,
+    mac BLOB NOT NULL
+);
+CREATE INDEX audit_actor ON audit(actor);
+"#];
+
+/// Text every store seals at init, to recognise the right master key.
+const CHECK: &[u8] = b"kluis-server master key check";
+
+/// How the master key is obtained.
+pub enum KeySource<'a> {
+    /// A key file written by `init` (mode 0600).
+    File(&'a Path),
+    /// A passphrase; the Argon2id salt is kept in the store.
+    Passphrase(&'a [u8]),
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+    master: MasterKey,
+    audit_key: hmac::Key,
+    token_key: hmac::Key,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let done: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if done > MIGRATIONS.len() {
+        return Err(ServerError::Init(
+            "the store was written by a newer kluis-server: upgrade kluis-server",
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Associated data binding a sealed label key to its label and version.
+fn key_aad(label: &str, kid: u32) -> Vec<u8> {
+    let mut aad = b"kluis-server/v1/label-key".to_vec();
+    aad.push(label.len() as u8);
+    aad.extend_from_slice(label.as_bytes());
+    aad.extend_from_slice(&kid.to_be_bytes());
+    aad
+}
+
+fn admin_entry(actor: &str, action: &str, label: Option<&str>, kid: Option<u32>) -> AuditEntry {
+    AuditEntry {
+        time_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        label: label.map(str::to_owned),
+        kid,
+        doc_id: None,
+        outcome: "ok".to_owned(),
+        reason: None,
+        client: None,
+    }
+}
+
+impl SqliteStore {
+    /// Create a new store at `path` (which must not exist) under `key`.
+    pub fn init(path: &Path, key: KeySource<'_>) -> Result<Self> {
+        if path.exists() {
+            return Err(ServerError::Init(
+                "the store exists already: refusing to initialise it again",
+            ));
+        }
+        let mut conn = connect(path)?;
+        migrate(&mut conn)?;
+        let (master, kdf) = match key {
+            KeySource::File(p) => {
+                let m = MasterKey::generate()?;
+                m.write_new_file(p)?;
+                (m, "file".to_owned())
+            }
+            KeySource::Passphrase(pw) => {
+                let salt: [u8; 16] = random()?;
+                (
+                    MasterKey::from_passphrase(pw, &salt)?,
+                    format!("argon2id:{}", hex::encode(salt)),
+                )
+            }
+        };
+        let check = master.seal(b"check", CHECK)?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('kdf', ?1), ('check', ?2)",
+            params![kdf.as_bytes(), check],
+        )?;
+        let mut store = SqliteStore::with_key(conn, master);
+        store.append_audit(&[admin_entry("admin", "store.init", None, None)])?;
+        Ok(store)
+    }
+
+    /// Open an existing store; fails unless the master key is the right one.
+    pub fn open(path: &Path, key: KeySource<'_>) -> Result<Self> {
+        if !path.exists() {
+            return Err(ServerError::Init(
+                "no store at this path: create one with `kluis-server init`",
+            ));
+        }
+        let mut conn = connect(path)?;
+        migrate(&mut conn)?;
+        let kdf: Vec<u8> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'kdf'", [], |r| r.get(0))
+            .optional()?
+            .ok_or(ServerError::Init("the store is not initialised"))?;
+        let kdf = String::from_utf8_lossy(&kdf).into_owned();
+        let master = match (key, kdf.strip_prefix("argon2id:")) {
+            (KeySource::File(p), None) => MasterKey::read_file(p)?,
+            (KeySource::Passphrase(pw), Some(salt)) => {
+                let mut s = [0u8; 16];
+                hex::decode_to_slice(salt, &mut s)
+                    .map_err(|_| ServerError::Init("the store's passphrase salt is damaged"))?;
+                MasterKey::from_passphrase(pw, &s)?
+            }
+            (KeySource::File(_), Some(_)) => {
+                return Err(ServerError::Init(
+                    "this store is protected by a passphrase, not a key file",
+                ));
+            }
+            (KeySource::Passphrase(_), None) => {
+                return Err(ServerError::Init(
+                    "this store is protected by a key file, not a passphrase",
+                ));
+            }
+        };
+        let check: Vec<u8> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'check'", [], |r| {
+                r.get(0)
+            })?;
+        match master.open(b"check", &check) {
+            Some(c) if c.as_slice() == CHECK => Ok(SqliteStore::with_key(conn, master)),
+            _ => Err(ServerError::WrongMasterKey),
+        }
+    }
+
+    fn with_key(conn: Connection, master: MasterKey) -> Self {
+        SqliteStore {
+            audit_key: master.hmac_key(b"audit-chain"),
+            token_key: master.hmac_key(b"token-hash"),
+            conn,
+            master,
+        }
+    }
+
+    /// Append entries inside an open transaction.
+    fn append_in(&self, tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<()> {
+        let (mut seq, mut prev): (i64, Vec<u8>) = tx
+            .query_row(
+                "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, GENESIS.to_vec()));
+        for e in entries {
+            seq += 1;
+            let mac = audit::chain_mac(&self.audit_key, &prev, seq, e);
+            tx.execute(
+                "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![seq, e.time_ms, e.actor, e.action, e.label, e.kid, e.doc_id, e.outcome, e.reason, e.client, mac],
+            )?;
+            prev = mac;
+        }
+        let head = audit::head_mac(&self.audit_key, seq, &prev);
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![[&seq.to_be_bytes()[..], &head].concat()],
+        )?;
+        Ok(())
+    }
+
+    fn new_version(&self, tx: &Transaction<'_>, label: &str, kid: u32) -> Result<LabelPublicKey> {
+        let key = LabelKey::generate(label, kid)?;
+        let sealed = self
+            .master
+            .seal(&key_aad(label, kid), &key.expose_secret()[..])?;
+        tx.execute(
+            "INSERT INTO key_versions (label, kid, state, public_key, sealed_secret, created_ms)
+             VALUES (?1, ?2, 'current', ?3, ?4, ?5)",
+            params![
+                label,
+                kid,
+                key.public_key().key().to_string(),
+                sealed,
+                now_ms()
+            ],
+        )?;
+        Ok(key.public_key().clone())
+    }
+
+    fn version_state(&self, name: &str, kid: u32) -> Result<VersionState> {
+        let state: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM key_versions WHERE label = ?1 AND kid = ?2",
+                params![name, kid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let state = state.ok_or_else(|| self.missing(name, kid))?;
+        VersionState::parse(&state).ok_or(ServerError::Init("unknown key state in the store"))
+    }
+
+    fn missing(&self, name: &str, kid: u32) -> ServerError {
+        match self.label(name) {
+            Err(e) => e,
+            Ok(_) => ServerError::UnknownVersion {
+                label: name.to_owned(),
+                kid,
+            },
+        }
+    }
+
+    /// Change a non-current version's state, with its audit record.
+    fn set_state(&mut self, name: &str, kid: u32, to: VersionState, actor: &str) -> Result<()> {
+        match self.version_state(name, kid)? {
+            VersionState::Current => {
+                return Err(ServerError::Refused(format!(
+                    "version {kid} is the current version of `{name}`: rotate first"
+                )));
+            }
+            VersionState::Destroyed => {
+                return Err(ServerError::Destroyed {
+                    label: name.to_owned(),
+                    kid,
+                });
+            }
+            _ => {}
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        if to == VersionState::Destroyed {
+            tx.execute(
+                "UPDATE key_versions SET state = 'destroyed', sealed_secret = NULL, destroyed_ms = ?3
+                 WHERE label = ?1 AND kid = ?2",
+                params![name, kid, now_ms()],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE key_versions SET state = ?3 WHERE label = ?1 AND kid = ?2",
+                params![name, kid, to.as_str()],
+            )?;
+        }
+        let action = format!(
+            "label.{}",
+            if to == VersionState::Destroyed {
+                "destroy"
+            } else {
+                "retire"
+            }
+        );
+        self.append_in(&tx, &[admin_entry(actor, &action, Some(name), Some(kid))])?;
+        tx.commit()?;
+        if to == VersionState::Destroyed {
+            // Secure delete zeroed the freed page; also push it out of the WAL now.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_label(&mut self, name: &str, policy: &Policy, actor: &str) -> Result<LabelPublicKey> {
+        policy.validate()?;
+        if self.label(name).is_ok() {
+            return Err(ServerError::LabelExists(name.to_owned()));
+        }
+        let json = serde_json::to_string(policy).expect("policy serialises");
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO labels (name, policy, created_ms) VALUES (?1, ?2, ?3)",
+            params![name, json, now_ms()],
+        )?;
+        let public = self.new_version(&tx, name, 1)?;
+        self.append_in(
+            &tx,
+            &[admin_entry(actor, "label.create", Some(name), Some(1))],
+        )?;
+        tx.commit()?;
+        Ok(public)
+    }
+
+    fn labels(&self) -> Result<Vec<LabelInfo>> {
+        let mut stmt = self.conn.prepare("SELECT name FROM labels ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        names.iter().map(|n| self.label(n)).collect()
+    }
+
+    fn label(&self, name: &str) -> Result<LabelInfo> {
+        let policy: Option<String> = self
+            .conn
+            .query_row("SELECT policy FROM labels WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let policy = policy.ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
+        let policy: Policy = serde_json::from_str(&policy)
+            .map_err(|e| ServerError::BadPolicy(format!("stored policy of `{name}`: {e}")))?;
+        let mut stmt = self.conn.prepare(
+            "SELECT kid, state, public_key, created_ms, destroyed_ms FROM key_versions
+             WHERE label = ?1 ORDER BY kid",
+        )?;
+        let versions = stmt
+            .query_map([name], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })?
+            .map(|row| {
+                let (kid, state, public_key, created_ms, destroyed_ms) = row?;
+                Ok(VersionInfo {
+                    kid,
+                    state: VersionState::parse(&state)
+                        .ok_or(ServerError::Init("unknown key state in the store"))?,
+                    public_key,
+                    created_ms,
+                    destroyed_ms,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LabelInfo {
+            name: name.to_owned(),
+            policy,
+            versions,
+        })
+    }
+
+    fn rotate(&mut self, name: &str, actor: &str) -> Result<u32> {
+        let info = self.label(name)?;
+        let kid = info.versions.iter().map(|v| v.kid).max().unwrap_or(0) + 1;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE key_versions SET state = 'active' WHERE label = ?1 AND state = 'current'",
+            [name],
+        )?;
+        self.new_version(&tx, name, kid)?;
+        self.append_in(
+            &tx,
+            &[admin_entry(actor, "label.rotate", Some(name), Some(kid))],
+        )?;
+        tx.commit()?;
+        Ok(kid)
+    }
+
+    fn retire(&mut self, name: &str, kid: u32, actor: &str) -> Result<()> {
+        if self.version_state(name, kid)? == VersionState::Retired {
+            return Ok(());
+        }
+        self.set_state(name, kid, VersionState::Retired, actor)
+    }
+
+    fn destroy(&mut self, name: &str, kid: u32, actor: &str) -> Result<()> {
+        self.set_state(name, kid, VersionState::Destroyed, actor)
+    }
+
+    fn label_key(&self, name: &str, kid: u32) -> Result<(LabelKey, VersionState)> {
+        let row: Option<(String, Option<Vec<u8>>)> = self
+            .conn
+            .query_row(
+                "SELECT state, sealed_secret FROM key_versions WHERE label = ?1 AND kid = ?2",
+                params![name, kid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (state, sealed) = row.ok_or_else(|| self.missing(name, kid))?;
+        let state = VersionState::parse(&state)
+            .ok_or(ServerError::Init("unknown key state in the store"))?;
+        let destroyed = || ServerError::Destroyed {
+            label: name.to_owned(),
+            kid,
+        };
+        let sealed = sealed.ok_or_else(destroyed)?;
+        // The label and version are bound as associated data: a row copied elsewhere fails.
+        let secret = self
+            .master
+            .open(&key_aad(name, kid), &sealed)
+            .ok_or(ServerError::WrongMasterKey)?;
+        let bytes: [u8; 32] = secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| ServerError::WrongMasterKey)?;
+        Ok((LabelKey::from_secret_bytes(name, kid, bytes)?, state))
+    }
+
+    fn create_token(
+        &mut self,
+        user: &str,
+        groups: &[String],
+        expires_ms: Option<i64>,
+        actor: &str,
+    ) -> Result<(String, String)> {
+        Policy {
+            users: vec![user.to_owned()],
+            groups: groups.to_vec(),
+            ..Policy::default()
+        }
+        .validate()?;
+        let raw: [u8; 32] = random()?;
+        let token = format!("kluis_{}", URL_SAFE_NO_PAD.encode(raw));
+        let id = token[..14].to_owned(); // "kluis_" and 8 characters: public, names the token
+        let hash = hmac::sign(&self.token_key, token.as_bytes());
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO tokens (id, hash, user, groups, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, hash.as_ref(), user, serde_json::to_string(groups).expect("strings"), now_ms(), expires_ms],
+        )?;
+        let mut entry = admin_entry(actor, "token.create", None, None);
+        entry.reason = Some(format!("token {id} for user {user}"));
+        self.append_in(&tx, &[entry])?;
+        tx.commit()?;
+        Ok((token, id))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, user, groups, expires_ms, revoked_ms FROM tokens ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let groups: String = r.get(2)?;
+            Ok(TokenInfo {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                groups: serde_json::from_str(&groups).unwrap_or_default(),
+                expires_ms: r.get(3)?,
+                revoked_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let n = tx.execute(
+            "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            params![id, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(ServerError::Refused(format!(
+                "no active token `{id}`: see `kluis-server token list`"
+            )));
+        }
+        let mut entry = admin_entry(actor, "token.revoke", None, None);
+        entry.reason = Some(format!("token {id}"));
+        self.append_in(&tx, &[entry])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn authenticate(&self, token: &str, now_ms: i64) -> Result<Option<Principal>> {
+        if token.len() != 49 || !token.starts_with("kluis_") {
+            return Ok(None);
+        }
+        let id = &token[..14];
+        /// hash, user, groups, expires, revoked
+        type TokenRow = (Vec<u8>, String, String, Option<i64>, Option<i64>);
+        let row: Option<TokenRow> = self
+            .conn
+            .query_row(
+                "SELECT hash, user, groups, expires_ms, revoked_ms FROM tokens WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((hash, user, groups, expires, revoked)) = row else {
+            return Ok(None);
+        };
+        // ring compares the tag in constant time.
+        if hmac::verify(&self.token_key, token.as_bytes(), &hash).is_err()
+            || revoked.is_some()
+            || expires.is_some_and(|e| e <= now_ms)
+        {
+            return Ok(None);
+        }
+        Ok(Some(Principal {
+            user,
+            groups: serde_json::from_str(&groups).unwrap_or_default(),
+            token_id: id.to_owned(),
+        }))
+    }
+
+    fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        self.append_in(&tx, entries)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_records(&self, actor: Option<&str>) -> Result<Vec<AuditRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac
+             FROM audit WHERE ?1 IS NULL OR actor = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([actor], |r| {
+            Ok(AuditRecord {
+                seq: r.get(0)?,
+                entry: AuditEntry {
+                    time_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    label: r.get(4)?,
+                    kid: r.get(5)?,
+                    doc_id: r.get(6)?,
+                    outcome: r.get(7)?,
+                    reason: r.get(8)?,
+                    client: r.get(9)?,
+                },
+                mac: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn verify_audit(&self) -> Result<(i64, String)> {
+        let broken = |seq, what| ServerError::AuditBroken { seq, what };
+        let mut prev = GENESIS.to_vec();
+        let mut expected = 1;
+        for rec in self.audit_records(None)? {
+            if rec.seq != expected {
+                return Err(broken(expected, "a record is missing"));
+            }
+            let mac = audit::chain_mac(&self.audit_key, &prev, rec.seq, &rec.entry);
+            if mac != rec.mac {
+                return Err(broken(rec.seq, "the record or one before it was changed"));
+            }
+            prev = rec.mac;
+            expected += 1;
+        }
+        let count = expected - 1;
+        let head: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'audit_head'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let want = [
+            &count.to_be_bytes()[..],
+            &audit::head_mac(&self.audit_key, count, &prev),
+        ]
+        .concat();
+        if head.as_deref() != Some(&want[..]) {
+            return Err(broken(count + 1, "records were cut off the end"));
+        }
+        Ok((count, hex::encode(&prev)))
+    }
+}
