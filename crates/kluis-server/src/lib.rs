@@ -3,11 +3,12 @@
 //! This crate holds the organisation's label private keys, sealed at rest under a master key
 //! (a 0600 key file or an Argon2id passphrase), in SQLite. Every administrative change is
 //! written together with its record in an HMAC-chained audit trail that `audit verify`
-//! checks. The HTTP API (unwrap, batch unwrap, public label records) builds on this.
+//! checks. [`api`] serves unwrap, batch unwrap and the public label records over HTTP.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod audit;
 mod error;
 mod master_key;

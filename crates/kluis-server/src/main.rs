@@ -1,5 +1,6 @@
 //! The `kluis-server` command: initialise the store and administer labels, tokens and the
-//! audit trail. (`serve`, the HTTP API, is not built yet.)
+//! audit trail, and `serve` the HTTP API (plain HTTP on loopback only, for now: TLS is not
+//! built yet).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,6 +49,18 @@ enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Serve the HTTP API until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Serve plain HTTP. Allowed only on a loopback address (TLS is not built yet).
+        #[arg(long)]
+        insecure_http: bool,
+        /// The most items one batch unwrap may carry.
+        #[arg(long, default_value_t = 1000)]
+        max_batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,9 +184,26 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let mut store = SqliteStore::open(&cli.store, key)?;
+    if let Command::Serve {
+        listen,
+        insecure_http,
+        max_batch,
+    } = cli.command
+    {
+        if !insecure_http || !listen.ip().is_loopback() {
+            return Err(ServerError::Refused(
+                "TLS is not built yet: serve plain HTTP with --insecure-http, and only on a loopback address".into(),
+            ));
+        }
+        let config = kluis_server::api::ApiConfig {
+            max_batch,
+            ..Default::default()
+        };
+        return serve(store, listen, config);
+    }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init => unreachable!("handled above"),
+        Command::Init | Command::Serve { .. } => unreachable!("handled above"),
         Command::Label(cmd) => match cmd {
             LabelCmd::Create {
                 name,
@@ -261,6 +291,49 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
     Ok(())
+}
+
+fn serve(
+    store: SqliteStore,
+    listen: std::net::SocketAddr,
+    config: kluis_server::api::ApiConfig,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        println!("listening on http://{}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        let app = kluis_server::api::router(store, config)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM; in-flight requests then finish.
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn main() -> ExitCode {

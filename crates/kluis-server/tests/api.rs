@@ -1,0 +1,361 @@
+//! The HTTP API against the real `kluis-server serve` process on loopback: documents sealed
+//! with kluis-core to the served label records, opened through batch unwrap.
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use kluis_core::reply::{ReplyKey, SealedShare};
+use kluis_core::{
+    Error, Identity, LabelPublicKey, Metadata, PublicKey, Recipient, Share, Slot, Stanza, Unwrap,
+    UnwrapError, UnwrapRequest, open, seal,
+};
+use serde_json::{Value, json};
+
+struct Server {
+    dir: tempfile::TempDir,
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn admin(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kluis-server"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn start() -> (Server, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--group", "hr-staff"]);
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "medical",
+            "--user",
+            "alice",
+            "--double-key",
+        ],
+    );
+    let alice = admin(
+        d,
+        &["token", "create", "--user", "alice", "--group", "hr-staff"],
+    );
+    let bob = admin(d, &["token", "create", "--user", "bob"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kluis-server"))
+        .current_dir(d)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--max-batch",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    (
+        Server { dir, child, base },
+        alice.trim().to_owned(),
+        bob.trim().to_owned(),
+    )
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// GET; returns (status, body as JSON or text).
+fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = agent().get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value, Option<String>) {
+    let mut req = agent().post(url).header("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.send(body.to_string()).unwrap();
+    let www = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        r.status().as_u16(),
+        serde_json::from_str(&text).unwrap(),
+        www,
+    )
+}
+
+fn label_key(server: &Server, name: &str) -> LabelPublicKey {
+    let (status, body) = get(&format!("{}/v1/labels/{name}", server.base), None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let key: PublicKey = v["public_key"].as_str().unwrap().parse().unwrap();
+    LabelPublicKey::new(name, v["kid"].as_u64().unwrap() as u32, key).unwrap()
+}
+
+/// A key-server client as kluis-client will be: one batch request per `unwrap` call.
+struct Remote<'a> {
+    base: &'a str,
+    token: &'a str,
+    calls: Cell<usize>,
+}
+
+impl Unwrap for Remote<'_> {
+    fn accepts(&self, s: &Stanza) -> bool {
+        matches!(s, Stanza::Org(_))
+    }
+
+    fn unwrap(&self, reqs: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
+        self.calls.set(self.calls.get() + 1);
+        let r = ReplyKey::generate().unwrap();
+        let items: Vec<Value> = reqs
+            .iter()
+            .map(|q| json!({"doc_id": q.doc_id.to_string(), "stanza": B64.encode(q.stanza.to_bytes())}))
+            .collect();
+        let body =
+            json!({"reply_key": B64.encode(r.public_bytes()), "reason": "test", "items": items});
+        let (status, v, _) = post(
+            &format!("{}/v1/unwrap/batch", self.base),
+            Some(self.token),
+            &body,
+        );
+        if status != 200 {
+            let msg = v["message"].as_str().unwrap_or("").to_owned();
+            return reqs
+                .iter()
+                .map(|_| Err(UnwrapError::Unavailable(msg.clone())))
+                .collect();
+        }
+        let s: [u8; 32] = B64
+            .decode(v["server_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let opener = r.opener(&s).unwrap();
+        reqs.iter()
+            .zip(v["items"].as_array().unwrap())
+            .map(|(q, item)| {
+                if let Some(e) = item.get("error") {
+                    let msg = e["message"].as_str().unwrap().to_owned();
+                    return Err(match e["code"].as_str().unwrap() {
+                        "destroyed" => UnwrapError::Destroyed(msg),
+                        "denied" | "double_key_required" | "retired" => UnwrapError::Denied(msg),
+                        _ => UnwrapError::Unavailable(msg),
+                    });
+                }
+                let sealed = SealedShare {
+                    nonce: B64
+                        .decode(item["nonce"].as_str().unwrap())
+                        .unwrap()
+                        .try_into()
+                        .unwrap(),
+                    body: B64
+                        .decode(item["share"].as_str().unwrap())
+                        .unwrap()
+                        .try_into()
+                        .unwrap(),
+                };
+                opener.open(&q.doc_id, &sealed)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn documents_open_through_the_key_server_and_every_opening_is_audited() {
+    let (server, alice, bob) = start();
+    let hr = label_key(&server, "hr");
+    let docs: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            seal(
+                &[Slot::single(Recipient::Label(hr.clone()))],
+                &Metadata::default(),
+                format!("doc {i}").as_bytes(),
+            )
+            .unwrap()
+        })
+        .collect();
+
+    // A whole folder in one round trip.
+    let remote = Remote {
+        base: &server.base,
+        token: &alice,
+        calls: Cell::new(0),
+    };
+    let headers: Vec<kluis_core::Header> = docs
+        .iter()
+        .map(|d| kluis_core::Header::parse(d).unwrap())
+        .collect();
+    let refs: Vec<&kluis_core::Header> = headers.iter().collect();
+    let keys = kluis_core::unlock_all(&refs, &[&remote]);
+    assert_eq!(remote.calls.get(), 1);
+    assert!(keys.iter().all(Result::is_ok));
+    assert_eq!(open(&docs[7], &[&remote]).unwrap().0, b"doc 7");
+
+    // Bob is not in hr-staff: denied, and the denial is recorded too.
+    let as_bob = Remote {
+        base: &server.base,
+        token: &bob,
+        calls: Cell::new(0),
+    };
+    match open(&docs[0], &[&as_bob]) {
+        Err(Error::Unwrap(UnwrapError::Denied(m))) => assert!(m.contains("`hr`"), "{m}"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+
+    // Employees see what is recorded under their name, and nobody else's.
+    let (status, body) = get(&format!("{}/v1/me/audit", server.base), Some(&alice));
+    assert_eq!(status, 200);
+    let mine: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(mine.len(), 31, "30 in the batch and one single open");
+    assert!(
+        mine.iter()
+            .all(|r| r["actor"] == "alice" && r["outcome"] == "granted" && r["reason"] == "test")
+    );
+    let (_, body) = get(&format!("{}/v1/me/audit", server.base), Some(&bob));
+    let bobs: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0]["outcome"], "denied");
+
+    // The chain verifies with the server still running: 5 admin records, 31 + 1 unwraps.
+    let verified = admin(server.dir.path(), &["audit", "verify"]);
+    assert!(verified.contains("verified: 37 records"), "{verified}");
+}
+
+#[test]
+fn unauthenticated_malformed_and_oversized_requests_get_the_right_status() {
+    let (server, alice, _) = start();
+    let url = format!("{}/v1/unwrap", server.base);
+    let (status, v, www) = post(&url, None, &json!({}));
+    assert_eq!((status, v["code"].as_str()), (401, Some("unauthenticated")));
+    assert_eq!(www.as_deref(), Some("Bearer realm=\"kluis\""));
+    let (status, _, _) = post(
+        &url,
+        Some("kluis_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        &json!({}),
+    );
+    assert_eq!(status, 401);
+    let (status, v, _) = post(
+        &url,
+        Some(&alice),
+        &json!({"reply_key": "x", "doc_id": "00", "stanza": ""}),
+    );
+    assert_eq!((status, v["code"].as_str()), (400, Some("malformed")));
+    let items: Vec<Value> = (0..101)
+        .map(|_| json!({"doc_id": "00", "stanza": ""}))
+        .collect();
+    let (status, _, _) = post(
+        &format!("{url}/batch"),
+        Some(&alice),
+        &json!({"reply_key": B64.encode([9u8; 32]), "items": items}),
+    );
+    assert_eq!(status, 413);
+    let (status, _) = get(&format!("{}/v1/labels/nope", server.base), None);
+    assert_eq!(status, 404);
+    let (status, body) = get(&format!("{}/healthz", server.base), None);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[test]
+fn double_key_is_enforced_and_destroyed_versions_answer_410() {
+    let (server, alice, _) = start();
+    let remote = Remote {
+        base: &server.base,
+        token: &alice,
+        calls: Cell::new(0),
+    };
+    let medical = label_key(&server, "medical");
+    let single = seal(
+        &[Slot::single(Recipient::Label(medical.clone()))],
+        &Metadata::default(),
+        b"x",
+    )
+    .unwrap();
+    match open(&single, &[&remote]) {
+        Err(Error::Unwrap(UnwrapError::Denied(m))) => {
+            assert!(m.contains("requires double key"), "{m}")
+        }
+        other => panic!("expected double key refusal, got {other:?}"),
+    }
+    let holder = Identity::generate().unwrap();
+    let slot = Slot::double(
+        Recipient::Label(medical),
+        Recipient::Key(holder.public_key()),
+    )
+    .unwrap();
+    let double = seal(&[slot], &Metadata::default(), b"diagnosis").unwrap();
+    assert_eq!(open(&double, &[&remote, &holder]).unwrap().0, b"diagnosis");
+    assert!(
+        open(&double, &[&remote]).is_err(),
+        "the server alone cannot open it"
+    );
+
+    // Rotate, then destroy version 1: its documents are gone for everyone.
+    let hr = label_key(&server, "hr");
+    let old = seal(
+        &[Slot::single(Recipient::Label(hr))],
+        &Metadata::default(),
+        b"old",
+    )
+    .unwrap();
+    admin(server.dir.path(), &["label", "rotate", "hr"]);
+    assert_eq!(
+        label_key(&server, "hr").kid(),
+        2,
+        "new documents seal to version 2"
+    );
+    assert_eq!(
+        open(&old, &[&remote]).unwrap().0,
+        b"old",
+        "version 1 still opens"
+    );
+    admin(
+        server.dir.path(),
+        &["label", "destroy", "hr", "1", "--confirm", "hr"],
+    );
+    match open(&old, &[&remote]) {
+        Err(Error::Unwrap(UnwrapError::Destroyed(m))) => assert!(m.contains("destroyed"), "{m}"),
+        other => panic!("expected destroyed, got {other:?}"),
+    }
+}
