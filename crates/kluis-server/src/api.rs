@@ -376,6 +376,49 @@ fn base_entry(who: &Principal, client: SocketAddr, reason: Option<String>) -> Au
     }
 }
 
+/// The server's reply key `S` and, per item, a sealed share or why not.
+type Sealed = (
+    [u8; 32],
+    Vec<Result<kluis_core::reply::SealedShare, ApiError>>,
+);
+
+/// For an authenticated caller: authorise, unwrap and audit every item; the audit records of the whole
+/// request are committed in one transaction before any share is sealed to the caller.
+/// Returns `S` and one sealed share or error per item.
+fn unwrap_many(
+    store: &mut SqliteStore,
+    who: &Principal,
+    client: SocketAddr,
+    reply_key_b64: &str,
+    reason_text: Option<String>,
+    purpose: Purpose,
+    items: &[Item],
+) -> Result<Sealed, ApiError> {
+    let r = reply_key(reply_key_b64)?;
+    let mut sealer =
+        ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
+    let base = base_entry(who, client, reason(reason_text)?);
+    let mut results = Vec::with_capacity(items.len());
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        match parse_item(item) {
+            Ok((doc_id, stanza)) => {
+                let (res, entry) = unwrap_item(store, who, purpose, &doc_id, &stanza, &base);
+                entries.push(entry);
+                results.push(res.map(|share| (doc_id, share)));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    // Durable before anything leaves: if the audit cannot be written, nothing is released.
+    store.append_audit(&entries)?;
+    let sealed = results
+        .into_iter()
+        .map(|r| r.map(|(doc_id, share)| sealer.seal(&doc_id, &share)))
+        .collect();
+    Ok((sealer.server_public(), sealed))
+}
+
 async fn unwrap_one(
     State(app): State<Arc<App>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -384,23 +427,25 @@ async fn unwrap_one(
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     blocking(&app, move |store, _| {
+        // Authentication comes before even reading the request.
         let who = authenticate(store, &token)?;
         let req: UnwrapRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad(format!("request body: {e}")))?;
-        let r = reply_key(&req.reply_key)?;
-        let base = base_entry(&who, client, reason(req.reason)?);
-        let (doc_id, stanza) = parse_item(&req.item)?;
-        let (result, entry) = unwrap_item(store, &who, req.purpose, &doc_id, &stanza, &base);
-        // Durable before anything leaves: if the audit cannot be written, nothing is released.
-        store.append_audit(&[entry])?;
-        let share = result?;
-        let mut sealer =
-            ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
-        let sealed = sealer.seal(&doc_id, &share);
+        let items = [req.item];
+        let (server_key, mut sealed) = unwrap_many(
+            store,
+            &who,
+            client,
+            &req.reply_key,
+            req.reason,
+            req.purpose,
+            &items,
+        )?;
+        let s = sealed.pop().expect("one result per item")?;
         Ok(json_response(&json!({
-            "server_key": B64.encode(sealer.server_public()),
-            "nonce": B64.encode(sealed.nonce),
-            "share": B64.encode(sealed.body),
+            "server_key": B64.encode(server_key),
+            "nonce": B64.encode(s.nonce),
+            "share": B64.encode(s.body),
         })))
     })
     .await
@@ -414,6 +459,7 @@ async fn unwrap_batch(
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     blocking(&app, move |store, config| {
+        // Authentication comes before even reading the request.
         let who = authenticate(store, &token)?;
         let req: BatchRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad(format!("request body: {e}")))?;
@@ -424,37 +470,24 @@ async fn unwrap_batch(
                 format!("a batch holds 1 to {} items", config.max_batch),
             ));
         }
-        let r = reply_key(&req.reply_key)?;
-        let mut sealer =
-            ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
-        let base = base_entry(&who, client, reason(req.reason)?);
-        let mut results = Vec::with_capacity(req.items.len());
-        let mut entries = Vec::with_capacity(req.items.len());
-        for item in &req.items {
-            match parse_item(item) {
-                Ok((doc_id, stanza)) => {
-                    let (res, entry) =
-                        unwrap_item(store, &who, req.purpose, &doc_id, &stanza, &base);
-                    entries.push(entry);
-                    results.push(res.map(|share| (doc_id, share)));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        // One transaction for the whole batch, committed before any share is sealed out.
-        store.append_audit(&entries)?;
-        let items: Vec<_> = results
+        let (server_key, sealed) = unwrap_many(
+            store,
+            &who,
+            client,
+            &req.reply_key,
+            req.reason,
+            req.purpose,
+            &req.items,
+        )?;
+        let items: Vec<_> = sealed
             .into_iter()
             .map(|r| match r {
-                Ok((doc_id, share)) => {
-                    let s = sealer.seal(&doc_id, &share);
-                    json!({ "nonce": B64.encode(s.nonce), "share": B64.encode(s.body) })
-                }
+                Ok(s) => json!({ "nonce": B64.encode(s.nonce), "share": B64.encode(s.body) }),
                 Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
             })
             .collect();
         Ok(json_response(&json!({
-            "server_key": B64.encode(sealer.server_public()),
+            "server_key": B64.encode(server_key),
             "items": items,
         })))
     })
