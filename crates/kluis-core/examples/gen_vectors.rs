@@ -36,10 +36,10 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
-use kluis_core::{
-    Error, Identity, LabelKey, Metadata, Recipient, Share, Slot, Stanza, StreamWriter, Unwrap,
-    UnwrapError, UnwrapRequest,
-};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use kluis_core::{Identity, LabelKey, Metadata, Recipient, Slot, StreamWriter, Unwrap};
 
 /// Holder identity "alice" (X25519 secret).
 const ALICE: &str = "522e4ae59946835cd88ddebfa54e58d0234b962d83e9f4ea017f07b72603ef33";
@@ -111,25 +111,6 @@ const K_BOB: Key = Key::Identity(BOB);
 const K_RECOVERY: Key = Key::Identity(RECOVERY);
 const K_HR: Key = Key::Label(HR_LABEL, HR_KID, HR);
 
-/// A key server stand-in that accepts org stanzas for one label version and refuses them.
-struct Refusing {
-    label: &'static str,
-    kid: u32,
-}
-
-impl Unwrap for Refusing {
-    fn accepts(&self, stanza: &Stanza) -> bool {
-        matches!(stanza, Stanza::Org(o) if o.label() == self.label && o.kid() == self.kid)
-    }
-
-    fn unwrap(&self, requests: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
-        requests
-            .iter()
-            .map(|_| Err(UnwrapError::Denied("refused by the test vector".into())))
-            .collect()
-    }
-}
-
 /// What a success vector must open to.
 struct Expected {
     plaintext: Vec<u8>,
@@ -187,21 +168,6 @@ fn ok(
     }
 }
 
-/// Seconds (floored) and nanoseconds since the epoch, as the metadata encodes them.
-fn unix(t: std::time::SystemTime) -> (i64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(e) => {
-            let d = e.duration();
-            if d.subsec_nanos() == 0 {
-                (-(d.as_secs() as i64), 0)
-            } else {
-                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-            }
-        }
-    }
-}
-
 impl Vector {
     fn render(&self) -> String {
         let mut s = String::new();
@@ -231,7 +197,7 @@ impl Vector {
             writeln!(s, "padding: {}", e.metadata.padding).unwrap();
             match e.metadata.modified {
                 Some(t) => {
-                    let (secs, nanos) = unix(t);
+                    let (secs, nanos) = common::unix(t);
                     writeln!(s, "modified: {secs} {nanos}").unwrap();
                 }
                 None => writeln!(s, "modified: none").unwrap(),
@@ -258,7 +224,10 @@ impl Vector {
                     Key::Label(l, kid, h) => {
                         Box::new(LabelKey::from_secret_bytes(l, *kid, secret(h)).unwrap())
                     }
-                    Key::Refusing(label, kid) => Box::new(Refusing { label, kid: *kid }),
+                    Key::Refusing(label, kid) => Box::new(common::Refusing {
+                        label: label.to_string(),
+                        kid: *kid,
+                    }),
                 }
             })
             .collect();
@@ -275,31 +244,10 @@ impl Vector {
             }
             (Ok(_), None) => Some("opened, but should fail".into()),
             (Err(err), _) => {
-                let got = kind(&err);
+                let got = common::outcome(&err).unwrap_or("other");
                 (got != self.expect).then(|| format!("got {got} ({err})"))
             }
         }
-    }
-}
-
-fn kind(e: &Error) -> &'static str {
-    match e {
-        Error::NotSealed => "not-sealed",
-        Error::UnsupportedVersion { .. } => "unsupported-version",
-        Error::HeaderSize { .. } => "header-size",
-        Error::SlotCount { .. } => "slot-count",
-        Error::StanzaBodyLength { .. } => "stanza-body-length",
-        Error::MalformedHeader { .. } => "malformed-header",
-        Error::NoMatchingKey => "no-matching-key",
-        Error::HeaderMac => "header-mac",
-        Error::Metadata { .. } => "metadata",
-        Error::ChunkAuth { .. } => "chunk-auth",
-        Error::Truncated { .. } => "truncated",
-        Error::TrailingData => "trailing-data",
-        Error::SizeMismatch { .. } => "size-mismatch",
-        Error::ZeroSharedSecret => "zero-shared-secret",
-        Error::Unwrap(_) => "unwrap",
-        _ => "other",
     }
 }
 

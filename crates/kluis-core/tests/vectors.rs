@@ -14,13 +14,15 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
+
+mod common;
+use common::{Refusing, unix};
 use kluis_core::{
-    Backend, Error, Header, Identity, LabelKey, Metadata, Recipient, Share, Slot, Stanza,
-    StreamReader, Unwrap, UnwrapError, UnwrapRequest, open_with_backend, seal_with_backend,
-    unlock_all,
+    Backend, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader, Unwrap,
+    open_with_backend, seal_with_backend, unlock_all,
 };
 
 /// How many vectors the directory holds; fewer means files went missing.
@@ -67,25 +69,6 @@ impl KeySpec {
             KeySpec::Label(l) => l,
             KeySpec::Refusing(r) => r,
         }
-    }
-}
-
-/// A key server stand-in that accepts org stanzas for one label version and refuses them.
-struct Refusing {
-    label: String,
-    kid: u32,
-}
-
-impl Unwrap for Refusing {
-    fn accepts(&self, stanza: &Stanza) -> bool {
-        matches!(stanza, Stanza::Org(o) if o.label() == self.label && o.kid() == self.kid)
-    }
-
-    fn unwrap(&self, requests: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
-        requests
-            .iter()
-            .map(|_| Err(UnwrapError::Denied("refused by the test vector".into())))
-            .collect()
     }
 }
 
@@ -266,29 +249,6 @@ fn load_vectors() -> Vec<Vector> {
     vectors
 }
 
-/// The `expect:` name of an error.
-fn outcome(e: &Error) -> String {
-    match e {
-        Error::NotSealed => "not-sealed",
-        Error::UnsupportedVersion { .. } => "unsupported-version",
-        Error::HeaderSize { .. } => "header-size",
-        Error::SlotCount { .. } => "slot-count",
-        Error::StanzaBodyLength { .. } => "stanza-body-length",
-        Error::MalformedHeader { .. } => "malformed-header",
-        Error::NoMatchingKey => "no-matching-key",
-        Error::HeaderMac => "header-mac",
-        Error::Metadata { .. } => "metadata",
-        Error::ChunkAuth { .. } => "chunk-auth",
-        Error::Truncated { .. } => "truncated",
-        Error::TrailingData => "trailing-data",
-        Error::SizeMismatch { .. } => "size-mismatch",
-        Error::ZeroSharedSecret => "zero-shared-secret",
-        Error::Unwrap(_) => "unwrap",
-        other => return format!("unexpected error {other:?}"),
-    }
-    .to_owned()
-}
-
 /// A reader that hands out at most 1, 7, 100, 4096, 65553, 3, ... bytes per call.
 struct Trickle<'a> {
     data: &'a [u8],
@@ -337,24 +297,15 @@ fn open_trickle(sealed: &[u8], keys: &[&dyn Unwrap], backend: Backend) -> Opened
     Ok((out, reader.metadata().clone()))
 }
 
-fn unix(t: SystemTime) -> (i64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(e) => {
-            let d = e.duration();
-            if d.subsec_nanos() == 0 {
-                (-(d.as_secs() as i64), 0)
-            } else {
-                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-            }
-        }
-    }
-}
-
 fn sha256(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, data)
         .as_ref()
         .to_vec()
+}
+
+/// The `expect:` name of an error.
+fn outcome(e: &Error) -> String {
+    common::outcome(e).map_or_else(|| format!("unexpected error {e:?}"), str::to_owned)
 }
 
 /// Compare one outcome with the vector's expectation; `None` when it matches.
