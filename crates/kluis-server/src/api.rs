@@ -4,6 +4,7 @@
 //! Every unwrap is authenticated and authorised before any key operation, and its audit record
 //! is committed before the (sealed) share leaves the server.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -16,14 +17,14 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::ReplySealer;
-use kluis_core::{DocId, SlotKind, Stanza};
+use kluis_core::{DocId, LabelKey, SlotKind, Stanza};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::AuditEntry;
 use crate::error::ServerError;
 use crate::sqlite::{SqliteStore, now_ms};
-use crate::store::{Principal, Store, VersionState};
+use crate::store::{LabelInfo, Principal, Store, VersionState};
 
 /// Server settings that the API needs.
 #[derive(Clone, Debug)]
@@ -67,6 +68,7 @@ pub fn router(store: SqliteStore, config: ApiConfig) -> Router {
 }
 
 /// An API error: JSON `{code, message}` with its status.
+#[derive(Clone)]
 struct ApiError {
     status: StatusCode,
     code: &'static str,
@@ -308,8 +310,40 @@ fn parse_item(item: &Item) -> Result<(DocId, kluis_core::OrgStanza), ApiError> {
 
 /// Authorise, unwrap and record one item. The audit entry is returned for the caller to
 /// commit (in one transaction with the rest of the batch) before any share is released.
+/// Label records and unsealed label keys, looked up once per request rather than once per
+/// item (the store lock is held for the whole request, so they cannot change meanwhile).
+#[derive(Default)]
+struct Lookups {
+    labels: HashMap<String, Result<LabelInfo, ApiError>>,
+    keys: HashMap<(String, u32), Result<(LabelKey, VersionState), ApiError>>,
+}
+
+impl Lookups {
+    fn label(&mut self, store: &SqliteStore, name: &str) -> Result<&LabelInfo, ApiError> {
+        self.labels
+            .entry(name.to_owned())
+            .or_insert_with(|| store.label(name).map_err(ApiError::from))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn key(
+        &mut self,
+        store: &SqliteStore,
+        name: &str,
+        kid: u32,
+    ) -> Result<&(LabelKey, VersionState), ApiError> {
+        self.keys
+            .entry((name.to_owned(), kid))
+            .or_insert_with(|| store.label_key(name, kid).map_err(ApiError::from))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 fn unwrap_item(
     store: &SqliteStore,
+    lookups: &mut Lookups,
     who: &Principal,
     purpose: Purpose,
     doc_id: &DocId,
@@ -321,7 +355,7 @@ fn unwrap_item(
     entry.kid = Some(stanza.kid());
     entry.doc_id = Some(doc_id.to_string());
     let result = (|| {
-        let label = store.label(stanza.label())?;
+        let label = lookups.label(store, stanza.label())?;
         if !label.policy.allows(&who.user, &who.groups) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -343,8 +377,8 @@ fn unwrap_item(
             ));
         }
         // Only now, authorised, the key operation.
-        let (key, state) = store.label_key(stanza.label(), stanza.kid())?;
-        if state == VersionState::Retired && purpose != Purpose::Rekey {
+        let (key, state) = lookups.key(store, stanza.label(), stanza.kid())?;
+        if *state == VersionState::Retired && purpose != Purpose::Rekey {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "retired",
@@ -398,12 +432,14 @@ fn unwrap_many(
     let mut sealer =
         ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
     let base = base_entry(who, client, reason(reason_text)?);
+    let mut lookups = Lookups::default();
     let mut results = Vec::with_capacity(items.len());
     let mut entries = Vec::with_capacity(items.len());
     for item in items {
         match parse_item(item) {
             Ok((doc_id, stanza)) => {
-                let (res, entry) = unwrap_item(store, who, purpose, &doc_id, &stanza, &base);
+                let (res, entry) =
+                    unwrap_item(store, &mut lookups, who, purpose, &doc_id, &stanza, &base);
                 entries.push(entry);
                 results.push(res.map(|share| (doc_id, share)));
             }

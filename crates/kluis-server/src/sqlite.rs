@@ -298,6 +298,8 @@ impl SqliteStore {
     /// Change a non-current version's state, with its audit record.
     fn set_state(&mut self, name: &str, kid: u32, to: VersionState, actor: &str) -> Result<()> {
         match self.version_state(name, kid)? {
+            // Retiring twice changes nothing.
+            VersionState::Retired if to == VersionState::Retired => return Ok(()),
             VersionState::Current => {
                 return Err(ServerError::Refused(format!(
                     "version {kid} is the current version of `{name}`: rotate first"
@@ -433,9 +435,6 @@ impl Store for SqliteStore {
     }
 
     fn retire(&mut self, name: &str, kid: u32, actor: &str) -> Result<()> {
-        if self.version_state(name, kid)? == VersionState::Retired {
-            return Ok(());
-        }
         self.set_state(name, kid, VersionState::Retired, actor)
     }
 
