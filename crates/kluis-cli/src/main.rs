@@ -1,0 +1,3 @@
+//! The `kluis` command (work in progress).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! kluis-client: talks to kluis-server (work in progress).

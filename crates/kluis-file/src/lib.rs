@@ -1,0 +1,1 @@
+//! kluis-file: seal and open files and folders (work in progress).
