@@ -1,30 +1,45 @@
 //! The HTTP API, `/v1`: public label records, unwrap and batch unwrap, the caller's own audit
-//! events, and health checks.
+//! events, health checks and metrics.
 //!
-//! Every unwrap is authenticated and authorised before any key operation, and its audit record
-//! is committed before the (sealed) share leaves the server.
+//! Every unwrap is authenticated, rate limited and authorised before any key operation, and
+//! its audit records are committed (group commit, see [`crate::writer`]) before the sealed
+//! shares leave the server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::ReplySealer;
-use kluis_core::{DocId, LabelKey, SlotKind, Stanza};
+use kluis_core::{DocId, LabelKey, Share, SlotKind, Stanza};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::AuditEntry;
 use crate::error::ServerError;
-use crate::sqlite::{SqliteStore, now_ms};
+use crate::limit::RateLimiter;
+use crate::metrics::{Metrics, route_name};
+use crate::sqlite::SqliteStore;
 use crate::store::{LabelInfo, Principal, Store, VersionState};
+use crate::time::now_ms;
+use crate::writer::AuditWriter;
+
+/// Verifies bearer tokens that are not kluis API tokens (OpenID Connect JWTs).
+pub trait TokenVerifier: Send + Sync {
+    /// Who the token authenticates, or a message for the caller (never the token itself).
+    /// May block (a JWKS fetch); it runs on a blocking thread.
+    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, String>;
+}
 
 /// Server settings that the API needs.
 #[derive(Clone, Debug)]
@@ -33,6 +48,16 @@ pub struct ApiConfig {
     pub max_batch: usize,
     /// How long clients may cache a public label record, in seconds.
     pub record_max_age: u32,
+    /// Unwrapped items each identity may have per second (0 turns rate limiting off).
+    pub rate_per_sec: f64,
+    /// Items an identity may unwrap in a burst.
+    pub rate_burst: f64,
+    /// Longest time a request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body: usize,
+    /// Read connections to the store (the audit writer has its own).
+    pub readers: usize,
 }
 
 impl Default for ApiConfig {
@@ -40,31 +65,130 @@ impl Default for ApiConfig {
         ApiConfig {
             max_batch: 1000,
             record_max_age: 3600,
+            rate_per_sec: 500.0,
+            rate_burst: 5000.0,
+            request_timeout: Duration::from_secs(30),
+            max_body: 1024 * 1024,
+            readers: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
         }
     }
 }
 
-struct App {
-    store: Mutex<SqliteStore>,
-    config: ApiConfig,
+/// Read connections, each used by one request at a time.
+struct Pool {
+    conns: Vec<Mutex<SqliteStore>>,
+    next: AtomicUsize,
 }
 
-/// The router, ready to serve.
-pub fn router(store: SqliteStore, config: ApiConfig) -> Router {
-    let app = Arc::new(App {
-        store: Mutex::new(store),
-        config,
-    });
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/v1/labels", get(labels))
-        .route("/v1/labels/{name}", get(label_record))
-        .route("/v1/unwrap", post(unwrap_one))
-        .route("/v1/unwrap/batch", post(unwrap_batch))
-        .route("/v1/me/audit", get(my_audit))
-        .layer(DefaultBodyLimit::max(1024 * 1024))
-        .with_state(app)
+impl Pool {
+    fn with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> T {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.conns.len() {
+            if let Ok(mut s) = self.conns[(start + i) % self.conns.len()].try_lock() {
+                return f(&mut s);
+            }
+        }
+        let mut s = self.conns[start % self.conns.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+}
+
+/// The running API: store connections, the audit writer, limits, metrics and the optional
+/// OpenID Connect verifier.
+pub struct Api {
+    readers: Pool,
+    writer: AuditWriter,
+    config: ApiConfig,
+    metrics: Metrics,
+    limiter: RateLimiter,
+    oidc: Option<Arc<dyn TokenVerifier>>,
+}
+
+impl Api {
+    /// Take over `store` (its connection becomes the audit writer's) and open the readers.
+    pub fn new(
+        store: SqliteStore,
+        config: ApiConfig,
+        oidc: Option<Arc<dyn TokenVerifier>>,
+    ) -> crate::Result<Arc<Self>> {
+        let conns = (0..config.readers.max(1))
+            .map(|_| store.reopen().map(Mutex::new))
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Arc::new(Api {
+            readers: Pool {
+                conns,
+                next: AtomicUsize::new(0),
+            },
+            writer: AuditWriter::start(store)?,
+            limiter: RateLimiter::new(config.rate_per_sec, config.rate_burst),
+            metrics: Metrics::default(),
+            config,
+            oidc,
+        }))
+    }
+
+    /// The router, ready to serve.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/v1/labels", get(labels))
+            .route("/v1/labels/{name}", get(label_record))
+            .route("/v1/unwrap", post(unwrap_one))
+            .route("/v1/unwrap/batch", post(unwrap_batch))
+            .route("/v1/me/audit", get(my_audit))
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint: see docs/openapi.yaml",
+                )
+            })
+            .layer(DefaultBodyLimit::max(self.config.max_body))
+            .layer(middleware::from_fn_with_state(self.clone(), track))
+            .with_state(self.clone())
+    }
+
+    /// Commit what the audit writer holds and stop it; unwraps are refused afterwards.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+
+    fn authenticate(&self, store: &SqliteStore, bearer: &str) -> Result<Principal, ApiError> {
+        let unauth = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        if bearer.starts_with("kluis_") {
+            return store.authenticate(bearer, now_ms())?.ok_or_else(|| {
+                unauth("the token is unknown, revoked or expired: ask for a new one".into())
+            });
+        }
+        match &self.oidc {
+            Some(oidc) => oidc.verify(bearer, now_ms() / 1000).map_err(unauth),
+            None => Err(unauth(
+                "not a kluis API token (this server accepts no OpenID Connect tokens)".into(),
+            )),
+        }
+    }
+}
+
+/// Time every request out, and count it.
+async fn track(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    let route = route_name(req.uri().path());
+    let start = Instant::now();
+    let response = match tokio::time::timeout(api.config.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; try again later",
+        )
+        .into_response(),
+    };
+    api.metrics
+        .observe(route, response.status().as_u16(), start.elapsed());
+    response
 }
 
 /// An API error: JSON `{code, message}` with its status.
@@ -73,6 +197,7 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -81,7 +206,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     fn bad(message: impl Into<String>) -> Self {
@@ -97,6 +228,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -137,18 +273,15 @@ fn json_response(v: &impl Serialize) -> Response {
     r
 }
 
-/// Run blocking store work off the async threads.
+/// Run blocking store work (SQLite, X25519) off the async threads, on a read connection.
 async fn blocking<T: Send + 'static>(
-    app: &Arc<App>,
-    f: impl FnOnce(&mut SqliteStore, &ApiConfig) -> Result<T, ApiError> + Send + 'static,
+    api: &Arc<Api>,
+    f: impl FnOnce(&Api, &mut SqliteStore) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut store, &app.config)
-    })
-    .await
-    .map_err(|_| ServerError::Init("a request task failed"))?
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || api.readers.with(|store| f(&api, store)))
+        .await
+        .map_err(|_| ServerError::Init("a request task failed"))?
 }
 
 fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -165,25 +298,29 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(|| unauth("use the Bearer scheme"))
 }
 
-fn authenticate(store: &SqliteStore, token: &str) -> Result<Principal, ApiError> {
-    store.authenticate(token, now_ms())?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "the token is unknown, revoked or expired",
-        )
-    })
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match blocking(&app, |s, _| Ok(s.labels().is_ok())).await {
-        Ok(true) => "ready\n".into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response(),
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let store_ok = matches!(
+        blocking(&api, |_, s| Ok(s.labels().is_ok())).await,
+        Ok(true)
+    );
+    if store_ok && api.writer.is_running() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
     }
 }
 
-async fn labels(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let list = blocking(&app, |s, _| {
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let mut r = api.metrics.render(&api.writer).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+async fn labels(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let list = blocking(&api, |_, s| {
         Ok(s.labels()?
             .into_iter()
             .map(|l| json!({ "name": l.name, "current_kid": l.current().map(|v| v.kid) }))
@@ -195,10 +332,10 @@ async fn labels(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
 
 /// The public record clients seal with: no authentication, cacheable.
 async fn label_record(
-    State(app): State<Arc<App>>,
+    State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (record, max_age) = blocking(&app, move |s, c| {
+    let (record, max_age) = blocking(&api, move |api, s| {
         let l = s.label(&name)?;
         let current = l.current().ok_or_else(|| {
             ApiError::new(
@@ -212,6 +349,7 @@ async fn label_record(
             .iter()
             .map(|v| json!({ "kid": v.kid, "state": v.state, "public_key": v.public_key }))
             .collect();
+        let max_age = api.config.record_max_age;
         Ok((
             json!({
                 "label": l.name,
@@ -220,9 +358,9 @@ async fn label_record(
                 "double_key": l.policy.double_key,
                 "recovery": l.policy.recovery,
                 "versions": versions,
-                "max_age": c.record_max_age,
+                "max_age": max_age,
             }),
-            c.record_max_age,
+            max_age,
         ))
     })
     .await?;
@@ -410,44 +548,137 @@ fn base_entry(who: &Principal, client: SocketAddr, reason: Option<String>) -> Au
     }
 }
 
-/// The server's reply key `S` and, per item, a sealed share or why not.
-type Sealed = (
-    [u8; 32],
-    Vec<Result<kluis_core::reply::SealedShare, ApiError>>,
-);
+/// A request authorised and unwrapped, waiting for its audit records to be committed.
+struct Unwrapped {
+    sealer: ReplySealer,
+    results: Vec<Result<(DocId, Share), ApiError>>,
+    entries: Vec<AuditEntry>,
+}
 
-/// For an authenticated caller: authorise, unwrap and audit every item; the audit records of the whole
-/// request are committed in one transaction before any share is sealed to the caller.
-/// Returns `S` and one sealed share or error per item.
-fn unwrap_many(
-    store: &mut SqliteStore,
-    who: &Principal,
-    client: SocketAddr,
-    reply_key_b64: &str,
-    reason_text: Option<String>,
+/// The common body of both unwrap requests.
+struct Common {
+    reply_key: String,
+    reason: Option<String>,
     purpose: Purpose,
-    items: &[Item],
-) -> Result<Sealed, ApiError> {
-    let r = reply_key(reply_key_b64)?;
-    let mut sealer =
+    items: Vec<Item>,
+}
+
+/// Authenticate, then read the request, rate limit, authorise and unwrap every item. No
+/// share leaves this function except inside [`Unwrapped`], which is released only after its
+/// audit records are committed.
+fn authorise_and_unwrap(
+    api: &Api,
+    store: &mut SqliteStore,
+    token: &str,
+    client: SocketAddr,
+    body: &[u8],
+    batch: bool,
+) -> Result<Unwrapped, ApiError> {
+    // Authentication comes before even parsing the request.
+    let who = api.authenticate(store, token)?;
+    let bad_body = |e: serde_json::Error| ApiError::bad(format!("request body: {e}"));
+    let req = if batch {
+        let r: BatchRequest = serde_json::from_slice(body).map_err(bad_body)?;
+        if r.items.is_empty() || r.items.len() > api.config.max_batch {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_size",
+                format!("a batch holds 1 to {} items", api.config.max_batch),
+            ));
+        }
+        Common {
+            reply_key: r.reply_key,
+            reason: r.reason,
+            purpose: r.purpose,
+            items: r.items,
+        }
+    } else {
+        let r: UnwrapRequest = serde_json::from_slice(body).map_err(bad_body)?;
+        Common {
+            reply_key: r.reply_key,
+            reason: r.reason,
+            purpose: r.purpose,
+            items: vec![r.item],
+        }
+    };
+    api.limiter
+        .check(&who.user, req.items.len() as f64)
+        .map_err(|wait| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many unwraps for this identity; slow down",
+            )
+            .retry_after(wait)
+        })?;
+    let r = reply_key(&req.reply_key)?;
+    let sealer =
         ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
-    let base = base_entry(who, client, reason(reason_text)?);
+    let base = base_entry(&who, client, reason(req.reason)?);
     let mut lookups = Lookups::default();
-    let mut results = Vec::with_capacity(items.len());
-    let mut entries = Vec::with_capacity(items.len());
-    for item in items {
+    let mut results = Vec::with_capacity(req.items.len());
+    let mut entries = Vec::with_capacity(req.items.len());
+    for item in &req.items {
         match parse_item(item) {
             Ok((doc_id, stanza)) => {
-                let (res, entry) =
-                    unwrap_item(store, &mut lookups, who, purpose, &doc_id, &stanza, &base);
+                let (res, entry) = unwrap_item(
+                    store,
+                    &mut lookups,
+                    &who,
+                    req.purpose,
+                    &doc_id,
+                    &stanza,
+                    &base,
+                );
                 entries.push(entry);
                 results.push(res.map(|share| (doc_id, share)));
             }
             Err(e) => results.push(Err(e)),
         }
     }
+    api.metrics
+        .items(entries.iter().map(|e| e.outcome.as_str()));
+    Ok(Unwrapped {
+        sealer,
+        results,
+        entries,
+    })
+}
+
+/// Unwrap, commit the audit records, then seal the shares to the caller.
+/// Returns `S` and, per item, a sealed share or why not.
+async fn unwrap_common(
+    api: Arc<Api>,
+    client: SocketAddr,
+    headers: HeaderMap,
+    body: Bytes,
+    batch: bool,
+) -> Result<
+    (
+        [u8; 32],
+        Vec<Result<kluis_core::reply::SealedShare, ApiError>>,
+    ),
+    ApiError,
+> {
+    let token = bearer(&headers)?;
+    let Unwrapped {
+        mut sealer,
+        results,
+        entries,
+    } = blocking(&api, move |api, store| {
+        authorise_and_unwrap(api, store, &token, client, &body, batch)
+    })
+    .await?;
     // Durable before anything leaves: if the audit cannot be written, nothing is released.
-    store.append_audit(&entries)?;
+    if !entries.is_empty() {
+        api.writer.append(entries).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the key server cannot write its audit trail, so it releases no keys; try again later",
+            )
+        })?;
+    }
     let sealed = results
         .into_iter()
         .map(|r| r.map(|(doc_id, share)| sealer.seal(&doc_id, &share)))
@@ -456,86 +687,62 @@ fn unwrap_many(
 }
 
 async fn unwrap_one(
-    State(app): State<Arc<App>>,
+    State(api): State<Arc<Api>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers)?;
-    blocking(&app, move |store, _| {
-        // Authentication comes before even reading the request.
-        let who = authenticate(store, &token)?;
-        let req: UnwrapRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("request body: {e}")))?;
-        let items = [req.item];
-        let (server_key, mut sealed) = unwrap_many(
-            store,
-            &who,
-            client,
-            &req.reply_key,
-            req.reason,
-            req.purpose,
-            &items,
-        )?;
-        let s = sealed.pop().expect("one result per item")?;
-        Ok(json_response(&json!({
-            "server_key": B64.encode(server_key),
-            "nonce": B64.encode(s.nonce),
-            "share": B64.encode(s.body),
-        })))
-    })
-    .await
+    let (server_key, mut sealed) = unwrap_common(api, client, headers, body, false).await?;
+    let s = sealed.pop().expect("one result per item")?;
+    Ok(json_response(&json!({
+        "server_key": B64.encode(server_key),
+        "nonce": B64.encode(s.nonce),
+        "share": B64.encode(s.body),
+    })))
 }
 
 async fn unwrap_batch(
-    State(app): State<Arc<App>>,
+    State(api): State<Arc<Api>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers)?;
-    blocking(&app, move |store, config| {
-        // Authentication comes before even reading the request.
-        let who = authenticate(store, &token)?;
-        let req: BatchRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("request body: {e}")))?;
-        if req.items.is_empty() || req.items.len() > config.max_batch {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "batch_size",
-                format!("a batch holds 1 to {} items", config.max_batch),
-            ));
-        }
-        let (server_key, sealed) = unwrap_many(
-            store,
-            &who,
-            client,
-            &req.reply_key,
-            req.reason,
-            req.purpose,
-            &req.items,
-        )?;
-        let items: Vec<_> = sealed
-            .into_iter()
-            .map(|r| match r {
-                Ok(s) => json!({ "nonce": B64.encode(s.nonce), "share": B64.encode(s.body) }),
-                Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
-            })
-            .collect();
-        Ok(json_response(&json!({
-            "server_key": B64.encode(server_key),
-            "items": items,
-        })))
-    })
-    .await
+    let (server_key, sealed) = unwrap_common(api, client, headers, body, true).await?;
+    let items: Vec<_> = sealed
+        .into_iter()
+        .map(|r| match r {
+            Ok(s) => json!({ "nonce": B64.encode(s.nonce), "share": B64.encode(s.body) }),
+            Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
+        })
+        .collect();
+    Ok(json_response(&json!({
+        "server_key": B64.encode(server_key),
+        "items": items,
+    })))
+}
+
+/// Paging of `/v1/me/audit`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    /// Records after this sequence number.
+    #[serde(default)]
+    after: i64,
+    /// At most this many (default and maximum 1000).
+    limit: Option<usize>,
 }
 
 /// The caller's own recorded openings (employees may see what is recorded under their name).
-async fn my_audit(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn my_audit(
+    State(api): State<Arc<Api>>,
+    Query(page): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
-    let records = blocking(&app, move |store, _| {
-        let who = authenticate(store, &token)?;
-        Ok(store.audit_records(Some(&who.user))?)
+    let records = blocking(&api, move |api, store| {
+        let who = api.authenticate(store, &token)?;
+        let limit = page.limit.unwrap_or(1000).clamp(1, 1000);
+        Ok(store.audit_page(Some(&who.user), page.after, limit)?)
     })
     .await?;
     Ok(json_response(&records))

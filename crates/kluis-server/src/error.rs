@@ -40,11 +40,15 @@ pub enum ServerError {
         label: String,
         /// The key version.
         kid: u32,
+        /// When it was destroyed, if known (ms since the epoch).
+        destroyed_ms: Option<i64>,
     },
     /// The request breaks a rule (for example destroying the current version).
     Refused(String),
     /// The policy given is invalid.
     BadPolicy(String),
+    /// The configuration (file, environment, flags, TLS files) is invalid.
+    Config(String),
     /// The audit trail failed verification.
     AuditBroken {
         /// The first sequence number that does not verify.
@@ -75,12 +79,20 @@ impl fmt::Display for ServerError {
             UnknownLabel(l) => write!(f, "no label `{l}`: list labels with `kluis-server label list`"),
             LabelExists(l) => write!(f, "label `{l}` exists already"),
             UnknownVersion { label, kid } => write!(f, "label `{label}` has no key version {kid}"),
-            Destroyed { label, kid } => write!(
-                f,
-                "key version {kid} of label `{label}` was destroyed: its documents cannot be opened by anyone"
-            ),
+            Destroyed {
+                label,
+                kid,
+                destroyed_ms,
+            } => {
+                write!(f, "key version {kid} of label `{label}` was destroyed")?;
+                if let Some(t) = destroyed_ms {
+                    write!(f, " on {}", crate::time::rfc3339(*t))?;
+                }
+                f.write_str(": its documents cannot be opened by anyone")
+            }
             Refused(m) => write!(f, "refused: {m}"),
             BadPolicy(m) => write!(f, "invalid policy: {m}"),
+            Config(m) => write!(f, "configuration: {m}"),
             AuditBroken { seq, what } => write!(
                 f,
                 "the audit trail does not verify at record {seq}: {what}; the store was tampered with or damaged"

@@ -10,14 +10,24 @@
 
 pub mod api;
 pub mod audit;
+pub mod config;
 mod error;
+mod limit;
 mod master_key;
+pub mod metrics;
+pub mod oidc;
 mod policy;
+pub mod serve;
 mod sqlite;
 mod store;
+mod time;
+pub mod writer;
 
 pub use error::{Result, ServerError};
 pub use master_key::MasterKey;
 pub use policy::Policy;
-pub use sqlite::{KeySource, SqliteStore, now_ms};
-pub use store::{LabelInfo, Principal, Store, TokenInfo, VersionInfo, VersionState};
+pub use sqlite::{KeySource, SqliteStore};
+pub use store::{
+    LabelInfo, Principal, ScheduledChange, Store, TokenInfo, VersionInfo, VersionState,
+};
+pub use time::{now_ms, parse_duration, rfc3339};

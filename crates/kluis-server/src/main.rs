@@ -1,37 +1,48 @@
-//! The `kluis-server` command: initialise the store and administer labels, tokens and the
-//! audit trail, and `serve` the HTTP API (plain HTTP on loopback only, for now: TLS is not
-//! built yet).
+//! The `kluis-server` command: initialise the store, administer labels, tokens and the audit
+//! trail, and `serve` the HTTP API over TLS (or plain HTTP on loopback, for tests and the
+//! quickstart).
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kluis_server::{KeySource, Policy, Result, ServerError, SqliteStore, Store, now_ms};
+use kluis_server::api::{Api, ApiConfig};
+use kluis_server::config::Config;
+use kluis_server::serve::{ListenLimits, serve, signals, tls_config};
+use kluis_server::{
+    KeySource, Policy, Result, ServerError, SqliteStore, Store, now_ms, parse_duration,
+};
+use zeroize::Zeroizing;
 
 /// The kluis on-premise key server.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The SQLite store.
-    #[arg(
-        long,
-        env = "KLUIS_STORE",
-        default_value = "kluis-server.db",
-        global = true
-    )]
-    store: PathBuf,
-    /// The master key file (written 0600 by `init`).
-    #[arg(
-        long,
-        env = "KLUIS_KEY_FILE",
-        default_value = "kluis-master.key",
-        global = true
-    )]
-    key_file: PathBuf,
+    /// A TOML configuration file (see docs/SERVER.md); flags and environment override it.
+    #[arg(long, env = "KLUIS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The SQLite store [default: kluis-server.db].
+    #[arg(long, env = "KLUIS_STORE", global = true)]
+    store: Option<PathBuf>,
+    /// The master key file, written 0600 by `init` [default: kluis-master.key].
+    #[arg(long, env = "KLUIS_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
     /// Use a passphrase from this environment variable instead of a key file.
     #[arg(long, global = true)]
     passphrase_env: Option<String>,
+    /// Use a passphrase read from this file (first line) instead of a key file.
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Use a passphrase read from this open file descriptor (first line).
+    #[arg(long, global = true)]
+    passphrase_fd: Option<u32>,
+    /// Ask for the passphrase on the terminal instead of using a key file.
+    #[arg(long, global = true)]
+    passphrase_prompt: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,18 +60,38 @@ enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Run due scheduled rotations and retention destructions now (`serve` also runs them).
+    Schedule,
     /// Serve the HTTP API until SIGINT or SIGTERM.
-    Serve {
-        /// Address to listen on (port 0 picks a free port; the address is printed).
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: std::net::SocketAddr,
-        /// Serve plain HTTP. Allowed only on a loopback address (TLS is not built yet).
-        #[arg(long)]
-        insecure_http: bool,
-        /// The most items one batch unwrap may carry.
-        #[arg(long, default_value_t = 1000)]
-        max_batch: usize,
-    },
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the address is printed) [default: 127.0.0.1:8443].
+    #[arg(long, env = "KLUIS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "KLUIS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KLUIS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP. Allowed only on a loopback address (tests, the quickstart).
+    #[arg(long)]
+    insecure_http: bool,
+    /// The most items one batch unwrap may carry [default: 1000].
+    #[arg(long, env = "KLUIS_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Unwrapped items per identity per second; 0 turns rate limiting off [default: 500].
+    #[arg(long, env = "KLUIS_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+    /// Items an identity may unwrap in a burst [default: 5000].
+    #[arg(long, env = "KLUIS_RATE_BURST")]
+    rate_burst: Option<f64>,
+    /// How often scheduled rotation and retention run, in seconds [default: 60].
+    #[arg(long, env = "KLUIS_SCHEDULE_INTERVAL")]
+    schedule_interval: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -81,12 +112,14 @@ enum LabelCmd {
         /// A recovery public key (kluis1…) added to every document (repeatable).
         #[arg(long = "recovery")]
         recovery: Vec<String>,
-        /// Rotate to a new key version every N days.
-        #[arg(long)]
-        rotation_days: Option<u32>,
-        /// Destroy key versions older than N days.
-        #[arg(long)]
-        retention_days: Option<u32>,
+        /// Rotate to a new key version this often (`90d`, `12h`, `30m`, `45s`); the server's
+        /// scheduler does it.
+        #[arg(long, value_parser = parse_duration)]
+        rotate_every: Option<u64>,
+        /// Destroy a key version this long after it stopped sealing new documents, which is
+        /// how retention periods are enforced (`365d`, ...).
+        #[arg(long, value_parser = parse_duration)]
+        retain: Option<u64>,
     },
     /// List labels.
     List,
@@ -161,49 +194,130 @@ fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).expect("serialisable")
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let pass;
-    let key = match &cli.passphrase_env {
-        Some(var) => {
-            pass = zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
-                ServerError::Init("the passphrase environment variable is not set")
-            })?);
-            KeySource::Passphrase(pass.as_bytes())
+/// Read a passphrase's first line from a reader, at most 4 KiB.
+fn first_line(r: impl Read, what: &str) -> Result<Zeroizing<String>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    r.take(4097).read_to_end(&mut buf)?;
+    if buf.len() > 4096 {
+        return Err(ServerError::Config(format!(
+            "the passphrase from {what} is longer than 4 KiB"
+        )));
+    }
+    let text = std::str::from_utf8(&buf)
+        .map_err(|_| ServerError::Config(format!("the passphrase from {what} is not UTF-8")))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(ServerError::Config(format!(
+            "the passphrase from {what} is empty"
+        )));
+    }
+    Ok(Zeroizing::new(line.to_owned()))
+}
+
+/// The passphrase, if one of the passphrase sources is chosen (flags, then the file).
+fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizing<String>>> {
+    let env = cli.passphrase_env.as_ref().or(file.passphrase_env.as_ref());
+    let path = cli
+        .passphrase_file
+        .as_ref()
+        .or(file.passphrase_file.as_ref());
+    let fd = cli.passphrase_fd.or(file.passphrase_fd);
+    let prompt = cli.passphrase_prompt || file.passphrase_prompt;
+    let chosen = usize::from(env.is_some())
+        + usize::from(path.is_some())
+        + usize::from(fd.is_some())
+        + usize::from(prompt);
+    if chosen > 1 {
+        return Err(ServerError::Config(
+            "choose one passphrase source: --passphrase-env, --passphrase-file, --passphrase-fd or --passphrase-prompt".into(),
+        ));
+    }
+    if let Some(var) = env {
+        let v = std::env::var(var).map_err(|_| {
+            ServerError::Config(format!(
+                "the passphrase environment variable {var} is not set"
+            ))
+        })?;
+        return first_line(v.as_bytes(), "the environment").map(Some);
+    }
+    if let Some(p) = path {
+        let f = std::fs::File::open(p)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
+        return first_line(f, "the passphrase file").map(Some);
+    }
+    if let Some(fd) = fd {
+        // The descriptor is opened by name; no unsafe descriptor juggling.
+        let f = std::fs::File::open(format!("/dev/fd/{fd}")).map_err(|e| {
+            ServerError::Config(format!("cannot read passphrase file descriptor {fd}: {e}"))
+        })?;
+        return first_line(f, "the file descriptor").map(Some);
+    }
+    if prompt {
+        let ask = |q: &str| {
+            rpassword::prompt_password(q)
+                .map(Zeroizing::new)
+                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+        };
+        let pw = ask("kluis-server passphrase: ")?;
+        if pw.is_empty() {
+            return Err(ServerError::Config("the passphrase is empty".into()));
         }
-        None => KeySource::File(&cli.key_file),
+        if confirm && *ask("again, to confirm: ")? != *pw {
+            return Err(ServerError::Config("the two passphrases differ".into()));
+        }
+        return Ok(Some(pw));
+    }
+    Ok(None)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let file = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let store_path = cli
+        .store
+        .clone()
+        .or(file.store.clone())
+        .unwrap_or_else(|| "kluis-server.db".into());
+    let key_file = cli
+        .key_file
+        .clone()
+        .or(file.key_file.clone())
+        .unwrap_or_else(|| "kluis-master.key".into());
+    let pass = passphrase(&cli, &file, matches!(cli.command, Command::Init))?;
+    let key = match &pass {
+        Some(p) => KeySource::Passphrase(p.as_bytes()),
+        None => KeySource::File(&key_file),
     };
     if let Command::Init = cli.command {
-        SqliteStore::init(&cli.store, key)?;
-        println!("initialised store {}", cli.store.display());
-        if cli.passphrase_env.is_none() {
+        SqliteStore::init(&store_path, key)?;
+        println!("initialised store {}", store_path.display());
+        if pass.is_none() {
             println!(
                 "master key written to {} (mode 0600): back it up offline",
-                cli.key_file.display()
+                key_file.display()
             );
         }
         return Ok(());
     }
-    let mut store = SqliteStore::open(&cli.store, key)?;
-    if let Command::Serve {
-        listen,
-        insecure_http,
-        max_batch,
-    } = cli.command
-    {
-        if !insecure_http || !listen.ip().is_loopback() {
-            return Err(ServerError::Refused(
-                "TLS is not built yet: serve plain HTTP with --insecure-http, and only on a loopback address".into(),
-            ));
-        }
-        let config = kluis_server::api::ApiConfig {
-            max_batch,
-            ..Default::default()
-        };
-        return serve(store, listen, config);
+    let mut store = SqliteStore::open(&store_path, key)?;
+    drop(pass);
+    if let Command::Serve(args) = cli.command {
+        return run_server(store, args, &file);
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init | Command::Serve { .. } => unreachable!("handled above"),
+        Command::Init | Command::Serve(_) => unreachable!("handled above"),
+        Command::Schedule => {
+            for change in store.run_schedule(now_ms(), "scheduler")? {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&change).expect("serialisable")
+                )?;
+            }
+        }
         Command::Label(cmd) => match cmd {
             LabelCmd::Create {
                 name,
@@ -211,16 +325,16 @@ fn run(cli: Cli) -> Result<()> {
                 groups,
                 double_key,
                 recovery,
-                rotation_days,
-                retention_days,
+                rotate_every,
+                retain,
             } => {
                 let policy = Policy {
                     users,
                     groups,
                     double_key,
                     recovery,
-                    rotation_days,
-                    retention_days,
+                    rotation_secs: rotate_every,
+                    retention_secs: retain,
                 };
                 let public = store.create_label(&name, &policy, &actor())?;
                 writeln!(out, "label {name} version 1: {}", public.key())?;
@@ -293,47 +407,128 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn serve(
-    store: SqliteStore,
-    listen: std::net::SocketAddr,
-    config: kluis_server::api::ApiConfig,
-) -> Result<()> {
+fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> {
+    let f = &file.serve;
+    let listen = args
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| "127.0.0.1:8443".parse().expect("address"));
+    let insecure = args.insecure_http || f.insecure_http.unwrap_or(false);
+    let tls = match (
+        args.tls_cert.as_ref().or(f.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(f.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) if !insecure => Some(tls_config(cert, key)?),
+        (Some(_), Some(_)) => {
+            return Err(ServerError::Config(
+                "both TLS files and --insecure-http are given: choose one".into(),
+            ));
+        }
+        (None, None) if insecure && listen.ip().is_loopback() => None,
+        (None, None) if insecure => {
+            return Err(ServerError::Config(
+                "plain HTTP is allowed only on a loopback address: configure --tls-cert and --tls-key".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ServerError::Config(
+                "no TLS certificate: give --tls-cert and --tls-key (or, on loopback only, --insecure-http)".into(),
+            ));
+        }
+        _ => {
+            return Err(ServerError::Config(
+                "give both --tls-cert and --tls-key".into(),
+            ));
+        }
+    };
+    let defaults = ApiConfig::default();
+    let config = ApiConfig {
+        max_batch: args.max_batch.or(f.max_batch).unwrap_or(defaults.max_batch),
+        record_max_age: f.record_max_age_secs.unwrap_or(defaults.record_max_age),
+        rate_per_sec: args
+            .rate_limit
+            .or(f.rate_limit_per_sec)
+            .unwrap_or(defaults.rate_per_sec),
+        rate_burst: args
+            .rate_burst
+            .or(f.rate_limit_burst)
+            .unwrap_or(defaults.rate_burst),
+        request_timeout: f
+            .request_timeout_secs
+            .map_or(defaults.request_timeout, Duration::from_secs),
+        max_body: f.max_body_bytes.unwrap_or(defaults.max_body),
+        readers: defaults.readers,
+    };
+    let limits = ListenLimits {
+        header_timeout: f
+            .header_timeout_secs
+            .map_or(ListenLimits::default().header_timeout, Duration::from_secs),
+        max_connections: f
+            .max_connections
+            .unwrap_or(ListenLimits::default().max_connections),
+        ..ListenLimits::default()
+    };
+    let interval = Duration::from_secs(
+        args.schedule_interval
+            .or(f.schedule_interval_secs)
+            .unwrap_or(60)
+            .max(1),
+    );
+    let oidc = oidc_verifier(file)?;
+    let scheduler = store.reopen()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        println!("listening on http://{}", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("listening on {scheme}://{}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        let app = kluis_server::api::router(store, config)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        let api = Api::new(store, config, oidc)?;
+        let schedule = tokio::spawn(run_schedule(scheduler, interval));
+        serve(listener, api.router(), tls, limits, signals()).await?;
+        schedule.abort();
+        api.shutdown();
+        eprintln!("kluis-server: stopped; the audit trail is flushed");
         Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM; in-flight requests then finish.
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+/// The OpenID Connect verifier, when the configuration has an `[oidc]` table.
+fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::TokenVerifier>>> {
+    match &file.oidc {
+        None => Ok(None),
+        Some(_) => Err(ServerError::Config(
+            "OpenID Connect is not wired into serve yet".into(),
+        )),
+    }
+}
+
+/// Scheduled rotation and retention, every `interval`, on its own connection.
+async fn run_schedule(store: SqliteStore, interval: Duration) {
+    let store = Arc::new(std::sync::Mutex::new(store));
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            s.run_schedule(now_ms(), "scheduler")
+        })
+        .await;
+        match done {
+            Ok(Ok(changes)) => {
+                for c in changes {
+                    eprintln!(
+                        "kluis-server: scheduled {}",
+                        serde_json::to_string(&c).expect("serialisable")
+                    );
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+            Ok(Err(e)) => eprintln!("kluis-server: scheduled rotation/retention failed: {e}"),
+            Err(_) => eprintln!("kluis-server: the scheduler task failed"),
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn main() -> ExitCode {

@@ -20,12 +20,15 @@ pub struct Policy {
     /// Recovery public keys (`kluis1…`) that clients must add as an extra slot.
     #[serde(default)]
     pub recovery: Vec<String>,
-    /// Rotate to a new key version after this many days.
+    /// Rotate to a new key version when the current one is this many seconds old (the
+    /// server's scheduler does it).
     #[serde(default)]
-    pub rotation_days: Option<u32>,
-    /// Destroy key versions older than this many days.
+    pub rotation_secs: Option<u64>,
+    /// Destroy a key version this many seconds after it stopped sealing (was rotated out):
+    /// every document sealed under it is then at least this old. This is how retention
+    /// periods are enforced.
     #[serde(default)]
-    pub retention_days: Option<u32>,
+    pub retention_secs: Option<u64>,
 }
 
 impl Policy {
@@ -42,9 +45,9 @@ impl Policy {
             key.parse::<kluis_core::PublicKey>()
                 .map_err(|e| ServerError::BadPolicy(format!("recovery key: {e}")))?;
         }
-        if self.retention_days == Some(0) || self.rotation_days == Some(0) {
+        if self.retention_secs == Some(0) || self.rotation_secs == Some(0) {
             return Err(ServerError::BadPolicy(
-                "rotation and retention periods must be at least one day".into(),
+                "rotation and retention periods must be at least one second".into(),
             ));
         }
         Ok(())

@@ -1,22 +1,27 @@
 //! The SQLite store: WAL, foreign keys, schema migrations, secure delete.
 
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kluis_core::{LabelKey, LabelPublicKey};
 use ring::hmac;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::audit::{self, AuditEntry, AuditRecord, GENESIS};
 use crate::error::{Result, ServerError};
 use crate::master_key::{MasterKey, random};
 use crate::policy::Policy;
-use crate::store::{LabelInfo, Principal, Store, TokenInfo, VersionInfo, VersionState};
+use crate::store::{
+    LabelInfo, Principal, ScheduledChange, Store, TokenInfo, VersionInfo, VersionState,
+};
+use crate::time::now_ms;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE labels (
     name TEXT PRIMARY KEY,
@@ -58,7 +63,12 @@ CREATE TABLE audit (
     mac BLOB NOT NULL
 );
 CREATE INDEX audit_actor ON audit(actor);
-"#];
+"#,
+    // 2: when a version stopped sealing (rotated out), for retention.
+    r#"
+ALTER TABLE key_versions ADD COLUMN superseded_ms INTEGER;
+"#,
+];
 
 /// Text every store seals at init, to recognise the right master key.
 const CHECK: &[u8] = b"kluis-server master key check";
@@ -71,20 +81,17 @@ pub enum KeySource<'a> {
     Passphrase(&'a [u8]),
 }
 
-/// The SQLite store.
+/// The SQLite store. One connection; [`SqliteStore::reopen`] gives more (WAL lets readers
+/// run beside the one writer).
 pub struct SqliteStore {
     conn: Connection,
+    path: PathBuf,
     master: MasterKey,
     audit_key: hmac::Key,
     token_key: hmac::Key,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    /// Unsealed label keys, keyed by label and version, with the sealed bytes they came
+    /// from: reused only while the row still holds exactly those bytes.
+    keys: RefCell<HashMap<(String, u32), (Vec<u8>, LabelKey)>>,
 }
 
 fn connect(path: &Path) -> Result<Connection> {
@@ -167,7 +174,7 @@ impl SqliteStore {
             "INSERT INTO meta (key, value) VALUES ('kdf', ?1), ('check', ?2)",
             params![kdf.as_bytes(), check],
         )?;
-        let mut store = SqliteStore::with_key(conn, master);
+        let mut store = SqliteStore::with_key(conn, path, master);
         store.append_audit(&[admin_entry("admin", "store.init", None, None)])?;
         Ok(store)
     }
@@ -210,18 +217,38 @@ impl SqliteStore {
                 r.get(0)
             })?;
         match master.open(b"check", &check) {
-            Some(c) if c.as_slice() == CHECK => Ok(SqliteStore::with_key(conn, master)),
+            Some(c) if c.as_slice() == CHECK => Ok(SqliteStore::with_key(conn, path, master)),
             _ => Err(ServerError::WrongMasterKey),
         }
     }
 
-    fn with_key(conn: Connection, master: MasterKey) -> Self {
+    fn with_key(conn: Connection, path: &Path, master: MasterKey) -> Self {
         SqliteStore {
             audit_key: master.hmac_key(b"audit-chain"),
             token_key: master.hmac_key(b"token-hash"),
             conn,
+            path: path.to_owned(),
             master,
+            keys: RefCell::default(),
         }
+    }
+
+    /// Another connection to the same store, under the same (already checked) master key.
+    pub fn reopen(&self) -> Result<Self> {
+        Ok(SqliteStore::with_key(
+            connect(&self.path)?,
+            &self.path,
+            self.master.duplicate(),
+        ))
+    }
+
+    /// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so a
+    /// concurrent writer (the server and an admin command) waits instead of failing.
+    fn write_tx(&self) -> Result<Transaction<'_>> {
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Immediate,
+        )?)
     }
 
     /// Append entries inside an open transaction.
@@ -309,11 +336,12 @@ impl SqliteStore {
                 return Err(ServerError::Destroyed {
                     label: name.to_owned(),
                     kid,
+                    destroyed_ms: None,
                 });
             }
             _ => {}
         }
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         if to == VersionState::Destroyed {
             tx.execute(
                 "UPDATE key_versions SET state = 'destroyed', sealed_secret = NULL, destroyed_ms = ?3
@@ -352,7 +380,7 @@ impl Store for SqliteStore {
             return Err(ServerError::LabelExists(name.to_owned()));
         }
         let json = serde_json::to_string(policy).expect("policy serialises");
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO labels (name, policy, created_ms) VALUES (?1, ?2, ?3)",
             params![name, json, now_ms()],
@@ -377,16 +405,15 @@ impl Store for SqliteStore {
     fn label(&self, name: &str) -> Result<LabelInfo> {
         let policy: Option<String> = self
             .conn
-            .query_row("SELECT policy FROM labels WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT policy FROM labels WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
             .optional()?;
         let policy = policy.ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
         let policy: Policy = serde_json::from_str(&policy)
             .map_err(|e| ServerError::BadPolicy(format!("stored policy of `{name}`: {e}")))?;
-        let mut stmt = self.conn.prepare(
-            "SELECT kid, state, public_key, created_ms, destroyed_ms FROM key_versions
-             WHERE label = ?1 ORDER BY kid",
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kid, state, public_key, created_ms, destroyed_ms, superseded_ms
+             FROM key_versions WHERE label = ?1 ORDER BY kid",
         )?;
         let versions = stmt
             .query_map([name], |r| {
@@ -396,10 +423,11 @@ impl Store for SqliteStore {
                     r.get(2)?,
                     r.get(3)?,
                     r.get(4)?,
+                    r.get(5)?,
                 ))
             })?
             .map(|row| {
-                let (kid, state, public_key, created_ms, destroyed_ms) = row?;
+                let (kid, state, public_key, created_ms, destroyed_ms, superseded_ms) = row?;
                 Ok(VersionInfo {
                     kid,
                     state: VersionState::parse(&state)
@@ -407,6 +435,7 @@ impl Store for SqliteStore {
                     public_key,
                     created_ms,
                     destroyed_ms,
+                    superseded_ms,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -420,10 +449,11 @@ impl Store for SqliteStore {
     fn rotate(&mut self, name: &str, actor: &str) -> Result<u32> {
         let info = self.label(name)?;
         let kid = info.versions.iter().map(|v| v.kid).max().unwrap_or(0) + 1;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
-            "UPDATE key_versions SET state = 'active' WHERE label = ?1 AND state = 'current'",
-            [name],
+            "UPDATE key_versions SET state = 'active', superseded_ms = ?2
+             WHERE label = ?1 AND state = 'current'",
+            params![name, now_ms()],
         )?;
         self.new_version(&tx, name, kid)?;
         self.append_in(
@@ -443,22 +473,32 @@ impl Store for SqliteStore {
     }
 
     fn label_key(&self, name: &str, kid: u32) -> Result<(LabelKey, VersionState)> {
-        let row: Option<(String, Option<Vec<u8>>)> = self
+        let row: Option<(String, Option<Vec<u8>>, Option<i64>)> = self
             .conn
-            .query_row(
-                "SELECT state, sealed_secret FROM key_versions WHERE label = ?1 AND kid = ?2",
-                params![name, kid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached(
+                "SELECT state, sealed_secret, destroyed_ms FROM key_versions
+                 WHERE label = ?1 AND kid = ?2",
+            )?
+            .query_row(params![name, kid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let (state, sealed) = row.ok_or_else(|| self.missing(name, kid))?;
+        let (state, sealed, destroyed_ms) = row.ok_or_else(|| self.missing(name, kid))?;
         let state = VersionState::parse(&state)
             .ok_or(ServerError::Init("unknown key state in the store"))?;
-        let destroyed = || ServerError::Destroyed {
-            label: name.to_owned(),
-            kid,
+        let Some(sealed) = sealed else {
+            self.keys.borrow_mut().remove(&(name.to_owned(), kid));
+            return Err(ServerError::Destroyed {
+                label: name.to_owned(),
+                kid,
+                destroyed_ms,
+            });
         };
-        let sealed = sealed.ok_or_else(destroyed)?;
+        if let Some((bytes, key)) = self.keys.borrow().get(&(name.to_owned(), kid)) {
+            if *bytes == sealed {
+                return Ok((key.clone(), state));
+            }
+        }
         // The label and version are bound as associated data: a row copied elsewhere fails.
         let secret = self
             .master
@@ -468,7 +508,11 @@ impl Store for SqliteStore {
             .as_slice()
             .try_into()
             .map_err(|_| ServerError::WrongMasterKey)?;
-        Ok((LabelKey::from_secret_bytes(name, kid, bytes)?, state))
+        let key = LabelKey::from_secret_bytes(name, kid, bytes)?;
+        self.keys
+            .borrow_mut()
+            .insert((name.to_owned(), kid), (sealed, key.clone()));
+        Ok((key, state))
     }
 
     fn create_token(
@@ -488,7 +532,7 @@ impl Store for SqliteStore {
         let token = format!("kluis_{}", URL_SAFE_NO_PAD.encode(raw));
         let id = token[..14].to_owned(); // "kluis_" and 8 characters: public, names the token
         let hash = hmac::sign(&self.token_key, token.as_bytes());
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO tokens (id, hash, user, groups, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![id, hash.as_ref(), user, serde_json::to_string(groups).expect("strings"), now_ms(), expires_ms],
@@ -518,7 +562,7 @@ impl Store for SqliteStore {
     }
 
     fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let n = tx.execute(
             "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
             params![id, now_ms()],
@@ -544,11 +588,12 @@ impl Store for SqliteStore {
         type TokenRow = (Vec<u8>, String, String, Option<i64>, Option<i64>);
         let row: Option<TokenRow> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT hash, user, groups, expires_ms, revoked_ms FROM tokens WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
+            )?
+            .query_row([id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
         let Some((hash, user, groups, expires, revoked)) = row else {
             return Ok(None);
@@ -567,19 +612,61 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn run_schedule(&mut self, now_ms: i64, actor: &str) -> Result<Vec<ScheduledChange>> {
+        let mut done = Vec::new();
+        for label in self.labels()? {
+            let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
+                if current.created_ms.saturating_add(ms(every)) <= now_ms {
+                    let kid = self.rotate(&label.name, actor)?;
+                    done.push(ScheduledChange::Rotated {
+                        label: label.name.clone(),
+                        kid,
+                    });
+                }
+            }
+            let Some(keep) = label.policy.retention_secs else {
+                continue;
+            };
+            for v in &label.versions {
+                let expired = v
+                    .superseded_ms
+                    .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
+                if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
+                    self.destroy(&label.name, v.kid, actor)?;
+                    done.push(ScheduledChange::Destroyed {
+                        label: label.name.clone(),
+                        kid: v.kid,
+                    });
+                }
+            }
+        }
+        Ok(done)
+    }
+
     fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         self.append_in(&tx, entries)?;
         tx.commit()?;
         Ok(())
     }
 
     fn audit_records(&self, actor: Option<&str>) -> Result<Vec<AuditRecord>> {
-        let mut stmt = self.conn.prepare(
+        self.audit_page(actor, 0, usize::MAX)
+    }
+
+    fn audit_page(
+        &self,
+        actor: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac
-             FROM audit WHERE ?1 IS NULL OR actor = ?1 ORDER BY seq",
+             FROM audit WHERE (?1 IS NULL OR actor = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map([actor], |r| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![actor, after, limit], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
                 entry: AuditEntry {

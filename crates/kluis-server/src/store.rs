@@ -55,6 +55,28 @@ pub struct VersionInfo {
     pub created_ms: i64,
     /// When it was destroyed, if it was.
     pub destroyed_ms: Option<i64>,
+    /// When it stopped sealing (a rotation made another version current), if it did.
+    pub superseded_ms: Option<i64>,
+}
+
+/// A change the scheduler made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum ScheduledChange {
+    /// The label was rotated to a new current version `kid`.
+    Rotated {
+        /// The label.
+        label: String,
+        /// The new current version.
+        kid: u32,
+    },
+    /// Version `kid` was destroyed because its retention period ended.
+    Destroyed {
+        /// The label.
+        label: String,
+        /// The destroyed version.
+        kid: u32,
+    },
 }
 
 /// A label with its policy and versions.
@@ -134,10 +156,17 @@ pub trait Store {
     fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()>;
     /// Check a presented token (constant-time); `None` when unknown, revoked or expired.
     fn authenticate(&self, token: &str, now_ms: i64) -> Result<Option<Principal>>;
+    /// Rotate labels whose rotation period has passed and destroy versions whose retention
+    /// period has ended, as of `now_ms`; each change is audited under `actor`.
+    fn run_schedule(&mut self, now_ms: i64, actor: &str) -> Result<Vec<ScheduledChange>>;
     /// Append audit events durably, all in one transaction (group commit).
     fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()>;
     /// Audit records, oldest first, optionally only those of one actor.
     fn audit_records(&self, actor: Option<&str>) -> Result<Vec<AuditRecord>>;
+    /// At most `limit` audit records after sequence number `after`, oldest first,
+    /// optionally only those of one actor.
+    fn audit_page(&self, actor: Option<&str>, after: i64, limit: usize)
+    -> Result<Vec<AuditRecord>>;
     /// Verify the whole audit chain; returns the number of records and the head MAC (hex).
     fn verify_audit(&self) -> Result<(i64, String)>;
 }

@@ -1,0 +1,170 @@
+//! `/metrics` in the Prometheus text format: requests by route and status, latency
+//! histograms, unwrapped items by outcome, and the audit writer's queue depth and commits.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::writer::AuditWriter;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+    items: BTreeMap<String, u64>,
+}
+
+/// The server's counters.
+#[derive(Default)]
+pub struct Metrics(Mutex<Inner>);
+
+/// The route name a path is counted under (a fixed set, so that callers cannot grow it).
+pub fn route_name(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/v1/labels" => "labels",
+        "/v1/unwrap" => "unwrap",
+        "/v1/unwrap/batch" => "unwrap_batch",
+        "/v1/me/audit" => "me_audit",
+        p if p.starts_with("/v1/labels/") => "label_record",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// Count one finished request.
+    pub fn observe(&self, route: &'static str, status: u16, took: Duration) {
+        let secs = took.as_secs_f64();
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.requests.entry((route, status)).or_default() += 1;
+        let h = m.latency.entry(route).or_default();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// Count unwrapped items by outcome (`granted`, `denied`, `destroyed`, ...).
+    pub fn items<'a>(&self, outcomes: impl IntoIterator<Item = &'a str>) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for o in outcomes {
+            match m.items.get_mut(o) {
+                Some(n) => *n += 1,
+                None => {
+                    m.items.insert(o.to_owned(), 1);
+                }
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, writer: &AuditWriter) -> String {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(
+            w,
+            "# HELP kluis_http_requests_total HTTP requests by route and status."
+        );
+        let _ = writeln!(w, "# TYPE kluis_http_requests_total counter");
+        for ((route, status), n) in &m.requests {
+            let _ = writeln!(
+                w,
+                "kluis_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP kluis_http_request_duration_seconds Request latency by route."
+        );
+        let _ = writeln!(w, "# TYPE kluis_http_request_duration_seconds histogram");
+        for (route, h) in &m.latency {
+            for (le, n) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    w,
+                    "kluis_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                w,
+                "kluis_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                w,
+                "kluis_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                w,
+                "kluis_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP kluis_unwrap_items_total Unwrapped stanzas by outcome."
+        );
+        let _ = writeln!(w, "# TYPE kluis_unwrap_items_total counter");
+        for (outcome, n) in &m.items {
+            let _ = writeln!(w, "kluis_unwrap_items_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let s = writer.stats();
+        let _ = writeln!(
+            w,
+            "# HELP kluis_audit_queue_depth Requests waiting for their audit records to be committed."
+        );
+        let _ = writeln!(w, "# TYPE kluis_audit_queue_depth gauge");
+        let _ = writeln!(w, "kluis_audit_queue_depth {}", writer.depth());
+        let _ = writeln!(
+            w,
+            "# HELP kluis_audit_commits_total Audit transactions committed (group commits)."
+        );
+        let _ = writeln!(w, "# TYPE kluis_audit_commits_total counter");
+        let _ = writeln!(
+            w,
+            "kluis_audit_commits_total {}",
+            s.commits.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            w,
+            "# HELP kluis_audit_records_total Audit records committed."
+        );
+        let _ = writeln!(w, "# TYPE kluis_audit_records_total counter");
+        let _ = writeln!(
+            w,
+            "kluis_audit_records_total {}",
+            s.records.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            w,
+            "# HELP kluis_audit_failures_total Audit transactions that failed; their requests were refused."
+        );
+        let _ = writeln!(w, "# TYPE kluis_audit_failures_total counter");
+        let _ = writeln!(
+            w,
+            "kluis_audit_failures_total {}",
+            s.failures.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
