@@ -91,8 +91,11 @@ pub struct SqliteStore {
     token_key: hmac::Key,
     /// Unsealed label keys, keyed by label and version, with the sealed bytes they came
     /// from: reused only while the row still holds exactly those bytes.
-    keys: RefCell<HashMap<(String, u32), (Vec<u8>, LabelKey)>>,
+    keys: RefCell<KeyCache>,
 }
+
+/// Label keys by (label, kid), with the sealed bytes each was unsealed from.
+type KeyCache = HashMap<(String, u32), (Vec<u8>, LabelKey)>;
 
 fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;

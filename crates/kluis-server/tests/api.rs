@@ -2,44 +2,18 @@
 //! with kluis-core to the served label records, opened through batch unwrap.
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::{ReplyKey, SealedShare};
 use kluis_core::{
-    Error, Identity, LabelPublicKey, Metadata, PublicKey, Recipient, Share, Slot, Stanza, Unwrap,
-    UnwrapError, UnwrapRequest, open, seal,
+    Error, Identity, Metadata, Recipient, Share, Slot, Stanza, Unwrap, UnwrapError, UnwrapRequest,
+    open, seal,
 };
 use serde_json::{Value, json};
 
-struct Server {
-    dir: tempfile::TempDir,
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn admin(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kluis-server"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{LOOPBACK, Server, admin, get, label_key, post, serve};
 
 fn start() -> (Server, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -62,76 +36,11 @@ fn start() -> (Server, String, String) {
         &["token", "create", "--user", "alice", "--group", "hr-staff"],
     );
     let bob = admin(d, &["token", "create", "--user", "bob"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kluis-server"))
-        .current_dir(d)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-            "--max-batch",
-            "100",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    (
-        Server { dir, child, base },
-        alice.trim().to_owned(),
-        bob.trim().to_owned(),
-    )
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-/// GET; returns (status, body as JSON or text).
-fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut req = agent().get(url);
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {t}"));
-    }
-    let mut r = req.call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-}
-
-fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value, Option<String>) {
-    let mut req = agent().post(url).header("Content-Type", "application/json");
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {t}"));
-    }
-    let mut r = req.send(body.to_string()).unwrap();
-    let www = r
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = r.body_mut().read_to_string().unwrap();
-    (
-        r.status().as_u16(),
-        serde_json::from_str(&text).unwrap(),
-        www,
-    )
-}
-
-fn label_key(server: &Server, name: &str) -> LabelPublicKey {
-    let (status, body) = get(&format!("{}/v1/labels/{name}", server.base), None);
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let key: PublicKey = v["public_key"].as_str().unwrap().parse().unwrap();
-    LabelPublicKey::new(name, v["kid"].as_u64().unwrap() as u32, key).unwrap()
+    let server = serve(
+        dir,
+        &[LOOPBACK[0], LOOPBACK[1], LOOPBACK[2], "--max-batch", "100"],
+    );
+    (server, alice.trim().to_owned(), bob.trim().to_owned())
 }
 
 /// A key-server client as kluis-client will be: one batch request per `unwrap` call.

@@ -1,0 +1,149 @@
+//! Shared by the end-to-end tests: the real `kluis-server` binary, its admin commands, a
+//! served process on loopback, and small HTTP helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use kluis_core::{LabelPublicKey, PublicKey};
+use serde_json::Value;
+
+/// A served `kluis-server` process; killed on drop.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// SIGKILL the process (no chance to clean up) and give back its directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+/// The binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kluis-server"))
+}
+
+/// Run an admin command in `dir`; it must succeed. Returns its standard output.
+pub fn admin(dir: &Path, args: &[&str]) -> String {
+    let out = bin().current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Run an admin command that must fail; returns its standard error.
+pub fn admin_fails(dir: &Path, args: &[&str]) -> String {
+    let out = bin().current_dir(dir).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Start `serve` in `dir` with `args` (besides `serve`), and wait for its address.
+pub fn serve(dir: tempfile::TempDir, args: &[&str]) -> Server {
+    serve_with_env(dir, args, &[])
+}
+
+/// [`serve`] with extra environment variables.
+pub fn serve_with_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut child = bin()
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = match line.trim().strip_prefix("listening on ") {
+        Some(b) => b.to_owned(),
+        None => {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "serve did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    Server { dir, child, base }
+}
+
+/// Plain HTTP on loopback, port chosen by the system.
+pub const LOOPBACK: [&str; 3] = ["--listen", "127.0.0.1:0", "--insecure-http"];
+
+/// An HTTP agent that returns error statuses instead of failing.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// GET; returns (status, body text).
+pub fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = agent().get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// POST JSON; returns (status, body JSON, WWW-Authenticate).
+pub fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value, Option<String>) {
+    let (status, v, headers) = post_full(url, token, body);
+    (status, v, headers.get("www-authenticate").cloned())
+}
+
+/// POST JSON; returns (status, body JSON, lower-case headers).
+pub fn post_full(
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value, std::collections::HashMap<String, String>) {
+    let mut req = agent().post(url).header("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.send(body.to_string()).unwrap();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        r.status().as_u16(),
+        serde_json::from_str(&text).unwrap(),
+        headers,
+    )
+}
+
+/// The label's current public key, from its public record.
+pub fn label_key(server: &Server, name: &str) -> LabelPublicKey {
+    let (status, body) = get(&format!("{}/v1/labels/{name}", server.base), None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let key: PublicKey = v["public_key"].as_str().unwrap().parse().unwrap();
+    LabelPublicKey::new(name, v["kid"].as_u64().unwrap() as u32, key).unwrap()
+}
