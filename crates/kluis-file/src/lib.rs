@@ -1,1 +1,119 @@
-//! kluis-file: seal and open files and folders (work in progress).
+//! kluis-file: seal and open files and folders on disk.
+//!
+//! Four calls: [`seal_file`] and [`open_file`] for one file, [`seal_paths`] and
+//! [`open_paths`] for any mix of files and folders. Keys come in as `&[&dyn Unwrap]` (the key
+//! server client, a holder's [`kluis_core::Identity`], a [`kluis_core::LabelKey`]) and
+//! recipients as `&[Slot]`; this crate does no network I/O.
+//!
+//! ```
+//! use kluis_core::{LabelKey, Recipient, Slot};
+//! use kluis_file::{OpenOptions, SealOptions, open_file, seal_file};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let report = dir.path().join("report.docx");
+//! std::fs::write(&report, b"confidential")?;
+//!
+//! let hr = LabelKey::generate("hr", 1)?;
+//! let slots = [Slot::single(Recipient::Label(hr.public_key().clone()))];
+//! let sealed = seal_file(&report, &slots, &SealOptions::default())?;
+//! assert_eq!(sealed.output.as_deref(), Some(dir.path().join("report.docx.kluis").as_path()));
+//!
+//! // Open into another folder: the name and modification time come from the sealed metadata.
+//! let mut options = OpenOptions::default();
+//! options.output_dir = Some(dir.path().join("restored"));
+//! let opened = open_file(&dir.path().join("report.docx.kluis"), &[&hr], &options)?;
+//! assert_eq!(std::fs::read(opened.output.unwrap())?, b"confidential");
+//! # Ok(()) }
+//! ```
+//!
+//! # Where outputs go
+//!
+//! Sealing `report.docx` writes `report.docx.kluis` beside it, or into
+//! [`SealOptions::output_dir`]. A folder is walked recursively and, with an output folder,
+//! mirrored below it starting with its own name (like `cp -r`): sealing `photos` into `out`
+//! gives `out/photos/2024/a.jpg.kluis`. The sealed metadata stores the file name (`a.jpg`).
+//!
+//! Opening restores each document beside its sealed file, or into [`OpenOptions::output_dir`]
+//! with the folders *inside* an opened folder mirrored: opening `out` into `restored` gives
+//! `restored/photos/2024/a.jpg`. The restored name always comes from the sealed metadata (a
+//! renamed sealed file still opens under its real name); a document that stores no name opens
+//! under its file name minus `.kluis`.
+//!
+//! # Hidden names
+//!
+//! With [`SealOptions::hide_names`] every output is named `<26 random characters>.kluis`
+//! (128 bits from the OS CSPRNG, base32 lowercase), so the cloud provider sees neither file
+//! names nor folder names (the DPIA advice that names and paths must not carry personal
+//! data). With an output folder, a sealed folder becomes a *flat* set of such files and each
+//! stores its relative path (`photos/2024/a.jpg`) in its sealed metadata; no folders are
+//! created on the sealed side. This scheme was chosen over a random folder per source folder
+//! because it leaks nothing about the tree's shape (depth, fan-out, which files share a
+//! folder), needs no extra state, and each document restores its own place alone. Without
+//! an output folder each file is sealed beside itself and stores only its own name. Temporary
+//! files are named `.kluis-tmp-<random>` and carry no name either. Sizes still show; set
+//! [`SealOptions::pad`] to blur them.
+//!
+//! # Hostile names
+//!
+//! A stored name is untrusted input. [`safe_relative_path`] splits it on `/` and refuses any
+//! empty, `.` or `..` component, an absolute path, a backslash, a colon, a control character
+//! (NUL included), a trailing dot or space, and reserved Windows device names (`CON`,
+//! `nul.txt`, `COM1`, ...), on every platform, so a document opens the same everywhere. A
+//! refused name fails that one document with [`Error::UnsafeName`], which names the sealed
+//! file but never repeats the hostile name; nothing is ever sanitised into a different,
+//! possibly colliding, path. Sealing applies the same rules, so it never makes a document
+//! that cannot be opened. Folders are never followed through symbolic links, neither while
+//! walking inputs nor while creating output folders ([`Error::SymlinkInOutput`]).
+//!
+//! # Never losing data
+//!
+//! Each output is written to a temporary file created with `create_new` in its target
+//! folder, synced (`sync_all`), then moved into place: without [`SealOptions::force`] by
+//! `hard_link` to the final name, which fails atomically if anything exists there (then the
+//! temporary name is removed); with `force` by `rename`, which replaces atomically. (File
+//! systems without hard links, such as FAT, fall back to check-then-rename, which has a small
+//! race.) Folders are synced afterwards. On any error the temporary file is removed by a drop
+//! guard, the input is untouched, and nothing exists under the final name. A killed process
+//! can leave a `.kluis-tmp-…` file behind (safe to delete; later runs skip it), never a
+//! partial file under the final name.
+//!
+//! [`SealOptions::remove_original`] removes an original only after its sealed copy was opened
+//! back with [`SealOptions::verify_with`] (every chunk authenticated) and compared byte for
+//! byte with the original, which must still be the same file (size, time, identity). If no
+//! key holder can open the copy, the original is kept ([`Outcome::OriginalKept`]).
+//!
+//! # Permissions
+//!
+//! Sealed files are ciphertext and are created with the default mode (0666 less the umask).
+//! Opened files are plaintext and are created owner-only (0600 on unix) from the first byte,
+//! and stay so: the original mode is not stored, and widening access is the user's decision.
+//!
+//! # Speed and memory
+//!
+//! Payloads stream through [`kluis_core::StreamWriter`] and [`kluis_core::StreamReader`] with
+//! 1 MiB reads and writes, so memory stays at a few MiB per worker whatever the file size.
+//! Files are spread over at most [`MAX_THREADS`] worker threads (default: the available
+//! cores). Opening reads every header first and recovers all keys with one
+//! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):
+//! one key server round trip per batch, not per file.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod atomic;
+mod error;
+mod file;
+mod name;
+mod open;
+mod pool;
+mod report;
+mod seal;
+mod walk;
+
+pub use error::{Error, Result};
+pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};
+pub use open::{open_file, open_paths};
+pub use pool::MAX_THREADS;
+pub use report::{Event, OpenOptions, Outcome, Progress, Report, SealOptions, Skip};
+pub use seal::{seal_file, seal_paths};

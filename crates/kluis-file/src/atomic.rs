@@ -1,0 +1,198 @@
+//! Atomic output: a temporary file in the target folder, fsynced, then linked into place.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::name::{TEMP_PREFIX, random_name};
+use crate::report::{Outcome, Report};
+
+/// A temporary file in the folder of its final output. Removed on drop unless committed, so
+/// no failure leaves anything under the final name, and no error path leaves the temporary
+/// file behind (only a killed process can).
+pub(crate) struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// The temporary name no longer exists (it was renamed into place).
+    gone: bool,
+}
+
+impl TempFile {
+    /// Create `.kluis-tmp-RANDOM` in `dir` with `create_new`. `private` makes it owner-only
+    /// (mode 0600 on unix) from the start; otherwise the process umask applies.
+    pub(crate) fn create(dir: &Path, private: bool) -> Result<TempFile> {
+        let mut last = None;
+        for _ in 0..4 {
+            let path = dir.join(format!("{TEMP_PREFIX}{}", random_name()?));
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(if private { 0o600 } else { 0o666 });
+            }
+            #[cfg(not(unix))]
+            let _ = private;
+            match options.open(&path) {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file: Some(file),
+                        gone: false,
+                    });
+                }
+                // 128 random bits collide only if someone plants the name: pick another.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(Error::io(dir, "create a temporary file in", e)),
+            }
+        }
+        Err(Error::io(
+            dir,
+            "create a temporary file in",
+            last.unwrap_or_else(|| io::ErrorKind::AlreadyExists.into()),
+        ))
+    }
+
+    /// The open file, for writing.
+    pub(crate) fn file(&self) -> &File {
+        self.file.as_ref().expect("open until commit")
+    }
+
+    /// Make the contents durable (`sync_all`) and move the file to `target`: without `force`,
+    /// with a no-clobber link that fails if anything exists there; with `force`, with a
+    /// rename that atomically replaces it. The caller syncs the folder afterwards.
+    pub(crate) fn commit(mut self, target: &Path, force: bool) -> Result<()> {
+        let file = self.file.take().expect("open until commit");
+        file.sync_all()
+            .map_err(|e| Error::io(&self.path, "write", e))?;
+        drop(file); // closed before the rename (Windows refuses to rename an open file)
+        let result = if force {
+            fs::rename(&self.path, target).map(|()| self.gone = true)
+        } else {
+            self.link_no_clobber(target)
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::Exists {
+                path: target.to_owned(),
+            }),
+            Err(e) => Err(Error::io(target, "move the finished file to", e)),
+        }
+    }
+
+    /// `hard_link` fails atomically when the target exists (no race, unlike check-then-rename);
+    /// the temporary name is then removed by `Drop`. File systems without hard links (FAT,
+    /// some network shares) fall back to check-then-rename, which has a small race: another
+    /// program creating the target in between would be overwritten.
+    fn link_no_clobber(&mut self, target: &Path) -> io::Result<()> {
+        match fs::hard_link(&self.path, target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+            Err(_) => {
+                if fs::symlink_metadata(target).is_ok() {
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                fs::rename(&self.path, target)?;
+                self.gone = true;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        self.file = None;
+        if !self.gone {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Flush a folder's entries to disk (after files were linked into it or removed from it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, "sync the folder", e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Create the folders of `rel` (normal components only) under `base`, refusing to go
+/// through a symbolic link or a non-folder. `base` itself must exist; it is the caller's
+/// choice and may be a link. Returns `base` joined with `rel`.
+///
+/// A link planted between this check and the write can still redirect the write (there is no
+/// portable `openat` in std); the check stops links that are already there, including any a
+/// hostile document set could otherwise exploit (those only ever create folders and files).
+pub(crate) fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut path = base.to_path_buf();
+    for c in rel.components() {
+        let Component::Normal(c) = c else {
+            // Callers build `rel` from checked names and real folder entries only.
+            return Err(Error::io(
+                &path,
+                "create a folder in",
+                io::Error::other("not a plain relative path"),
+            ));
+        };
+        path.push(c);
+        let mut tries = 0;
+        loop {
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => break,
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Error::SymlinkInOutput { path });
+                }
+                Ok(_) => {
+                    return Err(Error::io(
+                        &path,
+                        "create the folder",
+                        io::ErrorKind::NotADirectory.into(),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries == 0 => {
+                    tries += 1;
+                    match fs::create_dir(&path) {
+                        // Another worker may have created it meanwhile: check it again.
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(Error::io(&path, "create the folder", e)),
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, "create the folder", e)),
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Sync each folder once; a failure turns the reports of the files in it into failures.
+pub(crate) fn sync_dirs(
+    dirs: impl Iterator<Item = PathBuf>,
+    reports: &mut [Report],
+    in_dir: impl Fn(&Path, &Report) -> bool,
+) {
+    let dirs: BTreeSet<PathBuf> = dirs.collect();
+    for dir in dirs {
+        if let Err(e) = sync_dir(&dir) {
+            let mut e = Some(e);
+            for r in reports.iter_mut() {
+                if matches!(r.outcome, Outcome::Done) && in_dir(&dir, r) {
+                    let err = e.take().unwrap_or_else(|| {
+                        Error::io(&dir, "sync the folder", io::ErrorKind::Other.into())
+                    });
+                    r.outcome = Outcome::Failed(err);
+                }
+            }
+        }
+    }
+}

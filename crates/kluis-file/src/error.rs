@@ -1,0 +1,250 @@
+//! Error type.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::name::NameProblem;
+
+/// Everything that can go wrong while sealing or opening files and folders.
+///
+/// Every message names the file it is about and says what to do. Paths are shown quoted and
+/// escaped (a hostile file name cannot inject terminal control sequences); a name stored
+/// inside a sealed document is never shown at all (it may be crafted, and names can be personal
+/// data). No message contains plaintext or key material.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The sealed format refused: the document is damaged, no key opens it, a key holder
+    /// refused, and so on. `error` says which.
+    Format {
+        /// The file being sealed or opened.
+        path: PathBuf,
+        /// What the format layer reported.
+        error: kluis_core::Error,
+    },
+    /// Reading or writing the file system failed.
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What was being done, as a verb phrase ("read", "create a temporary file in").
+        action: &'static str,
+        /// The operating system's error.
+        error: io::Error,
+    },
+    /// The output already exists and `force` was not given. Nothing was overwritten.
+    Exists {
+        /// The existing output.
+        path: PathBuf,
+    },
+    /// The name stored in a sealed document is not a safe relative path (it could write
+    /// outside the output folder or onto a device). Nothing was written for this document.
+    UnsafeName {
+        /// The sealed file whose stored name was refused.
+        sealed: PathBuf,
+        /// Which rule the stored name breaks.
+        problem: NameProblem,
+    },
+    /// A file (or folder) name cannot be sealed because opening would refuse it on some
+    /// system (for example `CON`, a trailing dot, a colon).
+    NameNotPortable {
+        /// The file to be sealed.
+        path: PathBuf,
+        /// Which rule its name (or a folder above it) breaks.
+        problem: NameProblem,
+    },
+    /// A file or folder name is not valid UTF-8, and sealed names are UTF-8.
+    NameNotUtf8 {
+        /// The file to be sealed.
+        path: PathBuf,
+    },
+    /// A sealed document has no stored name and its file name does not end in `.kluis`, so
+    /// there is no name to restore it under.
+    NoOutputName {
+        /// The sealed file.
+        sealed: PathBuf,
+    },
+    /// The input changed while it was being read (size, time, or identity), or a sealed file
+    /// was replaced between reading its header and its payload. Nothing was written.
+    Changed {
+        /// The file that changed.
+        path: PathBuf,
+    },
+    /// The output folder lies inside a folder being sealed.
+    OutputInsideInput {
+        /// The output folder.
+        output: PathBuf,
+        /// The input folder containing it.
+        input: PathBuf,
+    },
+    /// Two inputs would be written to (or restored under) the same output.
+    Collision {
+        /// The input that was refused.
+        path: PathBuf,
+        /// The earlier input that claimed the same output.
+        other: PathBuf,
+    },
+    /// The output would replace one of the inputs of the same run.
+    OutputIsInput {
+        /// The input concerned.
+        path: PathBuf,
+    },
+    /// A folder on the way to the output is a symbolic link; writing through it could leave
+    /// the output folder.
+    SymlinkInOutput {
+        /// The symbolic link.
+        path: PathBuf,
+    },
+    /// The input is not a regular file (a folder, a symbolic link, a device) where a file was
+    /// needed.
+    NotAFile {
+        /// The input.
+        path: PathBuf,
+    },
+    /// Sealing was asked with no recipients.
+    NoRecipients,
+    /// `remove_original` was set but the sealed copy could not be verified, so the original
+    /// was kept.
+    NotVerified {
+        /// The original, still in place.
+        path: PathBuf,
+        /// Why verification failed.
+        reason: Box<Error>,
+    },
+    /// `remove_original` was set but no key holder was given to open the sealed copy with,
+    /// so the original was kept.
+    NoVerifyKeys {
+        /// The original, still in place.
+        path: PathBuf,
+    },
+    /// The operating system's random number generator failed.
+    Random,
+}
+
+/// Short alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, error: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            action,
+            error,
+        }
+    }
+
+    pub(crate) fn format(path: impl Into<PathBuf>, error: kluis_core::Error) -> Self {
+        Error::Format {
+            path: path.into(),
+            error,
+        }
+    }
+
+    /// The format layer's error, if this is one (for mapping to exit codes).
+    pub fn format_error(&self) -> Option<&kluis_core::Error> {
+        match self {
+            Error::Format { error, .. } => Some(error),
+            Error::NotVerified { reason, .. } => reason.format_error(),
+            _ => None,
+        }
+    }
+}
+
+/// What to do about an I/O error of this kind.
+fn io_hint(kind: io::ErrorKind) -> &'static str {
+    match kind {
+        io::ErrorKind::NotFound => "check the path",
+        io::ErrorKind::PermissionDenied => "check the permissions of the file and its folder",
+        io::ErrorKind::StorageFull => "free some space and try again",
+        io::ErrorKind::ReadOnlyFilesystem => "choose a writable output folder",
+        io::ErrorKind::NotADirectory => "a file stands where a folder is needed: move it away",
+        io::ErrorKind::IsADirectory => "a folder stands where a file is needed: move it away",
+        _ => "nothing was changed under the final name; try again",
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Format { path, error } => write!(f, "{path:?}: {error}"),
+            Error::Io {
+                path,
+                action,
+                error,
+            } => write!(
+                f,
+                "{path:?}: could not {action}: {error}: {}",
+                io_hint(error.kind())
+            ),
+            Error::Exists { path } => write!(
+                f,
+                "{path:?} already exists and was left as it is: use --force to replace it, or choose another output folder"
+            ),
+            Error::UnsafeName { sealed, problem } => write!(
+                f,
+                "{sealed:?}: the name stored in this document was refused ({problem}); nothing was written. The file may have been crafted to write outside the output folder: do not trust its sender"
+            ),
+            Error::NameNotPortable { path, problem } => write!(
+                f,
+                "{path:?}: this name could not be restored safely on every system ({problem}): rename it and seal again"
+            ),
+            Error::NameNotUtf8 { path } => write!(
+                f,
+                "{path:?}: the name is not valid UTF-8 and cannot be sealed: rename it and seal again"
+            ),
+            Error::NoOutputName { sealed } => write!(
+                f,
+                "{sealed:?}: the document stores no name and the file name does not end in `.kluis`: rename it to NAME.kluis and open it again"
+            ),
+            Error::Changed { path } => write!(
+                f,
+                "{path:?} changed while it was being read; nothing was written: try again when no other program is using it"
+            ),
+            Error::OutputInsideInput { output, input } => write!(
+                f,
+                "the output folder {output:?} is inside the folder being sealed {input:?}: choose an output folder outside it"
+            ),
+            Error::Collision { path, other } => write!(
+                f,
+                "{path:?} would be written to the same output as {other:?}; it was skipped: seal or open them into separate folders"
+            ),
+            Error::OutputIsInput { path } => write!(
+                f,
+                "{path:?}: the output would replace an input of the same run; it was skipped: use a separate output folder"
+            ),
+            Error::SymlinkInOutput { path } => write!(
+                f,
+                "{path:?} is a symbolic link on the way to the output; refusing to write through it: remove it or choose another output folder"
+            ),
+            Error::NotAFile { path } => write!(
+                f,
+                "{path:?} is not a regular file (a folder, a symbolic link or a device): pass a file, or a folder to seal or open all of it"
+            ),
+            Error::NoRecipients => {
+                f.write_str("no recipients to seal to: give at least one label or public key")
+            }
+            Error::NotVerified { path, reason } => write!(
+                f,
+                "{path:?} was sealed but kept: the sealed copy could not be verified: {reason}"
+            ),
+            Error::NoVerifyKeys { path } => write!(
+                f,
+                "{path:?} was sealed but kept: removing the original needs a key that opens the sealed copy, to verify it first"
+            ),
+            Error::Random => f.write_str(
+                "the operating system's random number generator failed: nothing was written",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Format { error, .. } => Some(error),
+            Error::Io { error, .. } => Some(error),
+            Error::NotVerified { reason, .. } => Some(reason.as_ref()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Names: the stored-name validator, and random names for hidden outputs and temporary files.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::error::{Error, Result};
+
+/// The extension of sealed files.
+pub const EXTENSION: &str = "kluis";
+/// The prefix of temporary files; a leftover one comes from an interrupted run and can be
+/// deleted.
+pub const TEMP_PREFIX: &str = ".kluis-tmp-";
+
+/// Why a name is refused as a relative path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameProblem {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than the format allows (4096 bytes).
+    TooLong,
+    /// The name starts with `/`: an absolute path.
+    Absolute,
+    /// A component is empty (`a//b`, or a trailing `/`).
+    EmptyComponent,
+    /// A component is `.` or `..`.
+    DotComponent,
+    /// The name contains a backslash (a separator on Windows).
+    Backslash,
+    /// The name contains a colon (a drive or an alternate data stream on Windows).
+    Colon,
+    /// The name contains a control character (NUL, newline, escape, DEL, C1 controls...).
+    ControlCharacter,
+    /// A component is a reserved device name on Windows (`CON`, `PRN`, `AUX`, `NUL`,
+    /// `COM0`-`COM9`, `LPT0`-`LPT9`, with or without an extension, in any case).
+    Reserved,
+    /// A component ends in a dot or a space (Windows strips them, so two names could collide).
+    TrailingDotOrSpace,
+}
+
+impl fmt::Display for NameProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameProblem::Empty => "the name is empty",
+            NameProblem::TooLong => "the name is longer than 4096 bytes",
+            NameProblem::Absolute => "the name is an absolute path",
+            NameProblem::EmptyComponent => "the name has an empty path component",
+            NameProblem::DotComponent => "the name has a `.` or `..` component",
+            NameProblem::Backslash => "the name contains a backslash",
+            NameProblem::Colon => "the name contains a colon (a drive or stream on Windows)",
+            NameProblem::ControlCharacter => "the name contains a control character",
+            NameProblem::Reserved => {
+                "the name is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1, LPT1, ...)"
+            }
+            NameProblem::TrailingDotOrSpace => "a part of the name ends in a dot or a space",
+        })
+    }
+}
+
+/// Check a name stored in a sealed document and turn it into a relative path.
+///
+/// The name is split on `/` only; every component must be a plain file name, the same on every
+/// system: not empty, not `.` or `..`, no backslash, colon or control character, no trailing
+/// dot or space, and not a reserved Windows device name. A path built this way has only
+/// normal components, so joined to a base folder it always stays inside it. Nothing is ever
+/// sanitised: a name that breaks a rule is refused, never rewritten into one that might
+/// collide with another.
+///
+/// ```
+/// use kluis_file::{NameProblem, safe_relative_path};
+///
+/// assert_eq!(safe_relative_path("a/b/report.docx").unwrap(), std::path::Path::new("a/b/report.docx"));
+/// assert_eq!(safe_relative_path("../evil"), Err(NameProblem::DotComponent));
+/// assert_eq!(safe_relative_path("nul.txt"), Err(NameProblem::Reserved));
+/// ```
+pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
+    if name.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if name.len() > kluis_core::MAX_NAME_LEN {
+        return Err(NameProblem::TooLong);
+    }
+    if name.starts_with('/') {
+        return Err(NameProblem::Absolute);
+    }
+    let mut path = PathBuf::new();
+    for component in name.split('/') {
+        check_component(component)?;
+        path.push(component);
+    }
+    Ok(path)
+}
+
+/// Check one component of a name (see [`safe_relative_path`]).
+pub(crate) fn check_component(c: &str) -> Result<(), NameProblem> {
+    if c.is_empty() {
+        return Err(NameProblem::EmptyComponent);
+    }
+    if c == "." || c == ".." {
+        return Err(NameProblem::DotComponent);
+    }
+    for ch in c.chars() {
+        match ch {
+            '\\' => return Err(NameProblem::Backslash),
+            ':' => return Err(NameProblem::Colon),
+            // Only reachable for callers that check a component on its own.
+            '/' => return Err(NameProblem::EmptyComponent),
+            ch if ch.is_control() => return Err(NameProblem::ControlCharacter),
+            _ => {}
+        }
+    }
+    if c.ends_with('.') || c.ends_with(' ') {
+        return Err(NameProblem::TrailingDotOrSpace);
+    }
+    if is_reserved(c) {
+        return Err(NameProblem::Reserved);
+    }
+    Ok(())
+}
+
+/// A Windows device name: the part before the first dot, spaces trimmed, in any case.
+fn is_reserved(c: &str) -> bool {
+    let stem = c.split('.').next().unwrap_or(c).trim_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        s => matches!(
+            s.strip_prefix("COM").or_else(|| s.strip_prefix("LPT")),
+            Some("0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³")
+        ),
+    }
+}
+
+/// 128 random bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding).
+pub(crate) fn random_name() -> Result<String> {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Random)?;
+    let bits = u128::from_be_bytes(bytes);
+    Ok((0..26)
+        .map(|i| {
+            let shift = 128i32 - 5 * (i + 1);
+            let v = if shift >= 0 {
+                bits >> shift
+            } else {
+                bits << -shift
+            };
+            ALPHABET[(v & 31) as usize] as char
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_names_are_26_base32_characters_and_differ() {
+        let a = random_name().unwrap();
+        let b = random_name().unwrap();
+        assert_eq!(a.len(), 26);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c))
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn reserved_names() {
+        for n in [
+            "CON",
+            "con",
+            "Con.txt",
+            "nul.tar.gz",
+            "COM1",
+            "lpt9.doc",
+            "AUX",
+            "prn",
+            "COM¹",
+            "conin$",
+            "NUL .txt",
+            "lpt²",
+        ] {
+            assert_eq!(check_component(n), Err(NameProblem::Reserved), "{n}");
+        }
+        for n in [
+            "CONSOLE",
+            "COM10",
+            "LPT",
+            "nulls.txt",
+            "icon",
+            "com1x",
+            "𐬥",
+            "ab",
+        ] {
+            assert_eq!(check_component(n), Ok(()), "{n}");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Opening sealed files and folders: headers first, one batch unwrap, payloads in parallel.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
+use zeroize::Zeroizing;
+
+use crate::atomic::{TempFile, create_dirs, sync_dirs};
+use crate::error::{Error, Result};
+use crate::file::{
+    absolute, buf_len, parent_of, payload_error, read_full, read_header, reopen_sealed,
+};
+use crate::name::{EXTENSION, check_component, safe_relative_path};
+use crate::pool;
+use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
+use crate::walk::{Entry, has_extension, walk};
+
+/// Documents per `unlock_all` call (one key server request per batch).
+pub(crate) const BATCH: usize = 1000;
+/// Most header bytes held at once: a header may be up to 64 KiB, so a batch of hostile
+/// headers is cut short rather than allowed to take 64 MiB.
+const BATCH_HEADER_BYTES: usize = 8 << 20;
+/// Headers read in parallel per step while a batch fills.
+const HEADER_STEP: usize = 64;
+
+/// A sealed file listed for opening.
+struct Pending {
+    input: PathBuf,
+    /// Folders inside the opened folder, mirrored below the output folder.
+    rel_dir: PathBuf,
+    report: usize,
+}
+
+/// A sealed file whose key was recovered and whose output is decided.
+struct Job {
+    input: PathBuf,
+    header: Header,
+    key: FileKey,
+    /// An existing folder: the output folder, or the sealed file's own folder.
+    root: PathBuf,
+    /// The restored path below `root`: normal components only.
+    rel: PathBuf,
+    output: PathBuf,
+    size: Option<u64>,
+    modified: Option<SystemTime>,
+    report: usize,
+}
+
+/// Everything a batch needs besides its headers.
+struct Run<'a> {
+    unwrappers: &'a [&'a dyn Unwrap],
+    out_dir: Option<&'a Path>,
+    shared: Shared<'a>,
+    threads: usize,
+    inputs: HashSet<PathBuf>,
+    claimed: HashMap<PathBuf, PathBuf>,
+}
+
+/// Open sealed files and folders. Folders are walked recursively (symbolic links are
+/// skipped, not followed); files without the `.kluis` extension met inside them are skipped.
+///
+/// Headers are read first, and keys recovered with one [`kluis_core::unlock_all`] call per
+/// batch of up to 1000 documents, so a remote key holder sees one request per batch, not per
+/// file. Payloads are then decrypted in parallel. Each document's stored name is checked
+/// with [`crate::safe_relative_path`]; a document whose name is unsafe fails on its own.
+///
+/// Returns one report per file met, in walk order; a failure of one file does not stop the
+/// others. The `Err` case is for problems with the whole run (an output folder that cannot be
+/// created).
+pub fn open_paths<P: AsRef<Path>>(
+    inputs: &[P],
+    unwrappers: &[&dyn Unwrap],
+    options: &OpenOptions<'_>,
+) -> Result<Vec<Report>> {
+    let out_dir = options.output_dir.as_deref();
+    if let Some(dir) = out_dir {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create the output folder", e))?;
+    }
+    let mut listed = Vec::new();
+    for input in inputs {
+        walk(
+            input.as_ref(),
+            false,
+            &|name| (!has_extension(name)).then_some(Skip::NotSealed),
+            &mut listed,
+        );
+    }
+    let shared = Shared {
+        force: options.force,
+        progress: options.progress,
+    };
+    let mut reports = Vec::with_capacity(listed.len());
+    let mut pending = Vec::new();
+    let mut inputs = HashSet::new();
+    let mut bytes = 0u64;
+    for entry in listed {
+        let (input, outcome) = match entry {
+            Entry::File(f) => {
+                inputs.insert(absolute(&f.path));
+                bytes = bytes.saturating_add(f.len);
+                pending.push(Pending {
+                    input: f.path.clone(),
+                    rel_dir: f.rel_dir,
+                    report: reports.len(),
+                });
+                (f.path, Outcome::Done)
+            }
+            Entry::Skipped(input, skip) => (input, Outcome::Skipped(skip)),
+            Entry::Failed(input, e) => (input, Outcome::Failed(e)),
+        };
+        reports.push(Report {
+            input,
+            output: None,
+            bytes: 0,
+            outcome,
+        });
+    }
+    shared.emit(Event::Planned {
+        files: pending.len(),
+        bytes,
+    });
+    for r in reports
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Done))
+    {
+        shared.emit(Event::Finished(r));
+    }
+
+    let mut run = Run {
+        unwrappers,
+        out_dir,
+        shared,
+        threads: pool::workers(options.threads, pending.len()),
+        inputs,
+        claimed: HashMap::new(),
+    };
+    let mut batch: Vec<(&Pending, Header)> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut next = 0;
+    while next < pending.len() {
+        // Never more than BATCH documents in a batch.
+        let step = &pending[next..pending
+            .len()
+            .min(next + HEADER_STEP.min(BATCH - batch.len()))];
+        next += step.len();
+        let headers = pool::map(step, run.threads, |p| read_header(&p.input));
+        for (p, header) in step.iter().zip(headers) {
+            match header {
+                Ok(h) => {
+                    batch_bytes += h.len();
+                    batch.push((p, h));
+                }
+                Err(e) => {
+                    reports[p.report].outcome = Outcome::Failed(e);
+                    shared.emit(Event::Finished(&reports[p.report]));
+                }
+            }
+        }
+        if batch.len() >= BATCH || batch_bytes >= BATCH_HEADER_BYTES {
+            run.batch(std::mem::take(&mut batch), &mut reports);
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        run.batch(batch, &mut reports);
+    }
+    Ok(reports)
+}
+
+/// Open one sealed file. Fails unless it is a regular file; returns its report.
+pub fn open_file(
+    input: &Path,
+    unwrappers: &[&dyn Unwrap],
+    options: &OpenOptions<'_>,
+) -> Result<Report> {
+    if !fs::symlink_metadata(input)
+        .map_err(|e| Error::io(input, "read", e))?
+        .is_file()
+    {
+        return Err(Error::NotAFile { path: input.into() });
+    }
+    single(open_paths(&[input], unwrappers, options)?, input)
+}
+
+impl Run<'_> {
+    /// Recover the keys of a batch in one call, decide the outputs, decrypt in parallel.
+    fn batch(&mut self, batch: Vec<(&Pending, Header)>, reports: &mut [Report]) {
+        self.shared.emit(Event::Unlocking {
+            documents: batch.len(),
+        });
+        let refs: Vec<&Header> = batch.iter().map(|(_, h)| h).collect();
+        let keys = unlock_all(&refs, self.unwrappers);
+        let mut jobs = Vec::new();
+        for ((p, header), key) in batch.into_iter().zip(keys) {
+            let job = key
+                .map_err(|e| Error::format(&p.input, e))
+                .and_then(|key| self.plan(p, header, key));
+            match job {
+                Ok(job) => {
+                    reports[p.report].output = Some(job.output.clone());
+                    jobs.push(job);
+                }
+                Err(e) => {
+                    reports[p.report].outcome = Outcome::Failed(e);
+                    self.shared.emit(Event::Finished(&reports[p.report]));
+                }
+            }
+        }
+        let shared = self.shared;
+        let results = pool::map(&jobs, self.threads, |job| {
+            let report = match open_one(job, shared) {
+                Ok(bytes) => Report {
+                    input: job.input.clone(),
+                    output: Some(job.output.clone()),
+                    bytes,
+                    outcome: Outcome::Done,
+                },
+                Err(e) => Report {
+                    input: job.input.clone(),
+                    output: Some(job.output.clone()),
+                    bytes: 0,
+                    outcome: Outcome::Failed(e),
+                },
+            };
+            shared.emit(Event::Finished(&report));
+            report
+        });
+        let mut dirs = Vec::new();
+        for (job, report) in jobs.iter().zip(results) {
+            if matches!(report.outcome, Outcome::Done) {
+                dirs.push(parent_of(&job.output));
+            }
+            reports[job.report] = report;
+        }
+        sync_dirs(dirs.into_iter(), reports, |dir, r| {
+            r.output.as_deref().map(parent_of).as_deref() == Some(dir)
+        });
+    }
+
+    /// Decide where a document goes: its stored name, checked, below the output root.
+    fn plan(&mut self, p: &Pending, header: Header, key: FileKey) -> Result<Job> {
+        let metadata = header
+            .metadata(&key)
+            .map_err(|e| Error::format(&p.input, e))?;
+        let unsafe_name = |problem| Error::UnsafeName {
+            sealed: p.input.clone(),
+            problem,
+        };
+        let name = if metadata.name.is_empty() {
+            // No stored name: the file name without `.kluis`.
+            let file = p.input.file_name().unwrap_or_default();
+            if !has_extension(file) {
+                return Err(Error::NoOutputName {
+                    sealed: p.input.clone(),
+                });
+            }
+            let file = file.to_str().ok_or_else(|| Error::NoOutputName {
+                sealed: p.input.clone(),
+            })?;
+            let stem = &file[..file.len() - EXTENSION.len() - 1];
+            check_component(stem).map_err(unsafe_name)?;
+            PathBuf::from(stem)
+        } else {
+            safe_relative_path(&metadata.name).map_err(unsafe_name)?
+        };
+        let (root, rel) = match self.out_dir {
+            Some(out) => (out.to_path_buf(), p.rel_dir.join(name)),
+            None => (parent_of(&p.input), name),
+        };
+        let output = root.join(&rel);
+        let key_path = absolute(&output);
+        if self.inputs.contains(&key_path) {
+            return Err(Error::OutputIsInput {
+                path: p.input.clone(),
+            });
+        }
+        if let Some(other) = self.claimed.get(&key_path) {
+            return Err(Error::Collision {
+                path: p.input.clone(),
+                other: other.clone(),
+            });
+        }
+        self.claimed.insert(key_path, p.input.clone());
+        Ok(Job {
+            input: p.input.clone(),
+            header,
+            key,
+            root,
+            rel,
+            output,
+            size: metadata.size,
+            modified: metadata.modified,
+            report: p.report,
+        })
+    }
+}
+
+/// Counts the bytes read through it, for progress events.
+struct Counting<'c, R> {
+    inner: R,
+    count: &'c Cell<u64>,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Decrypt one document into an owner-only temporary file beside its output, restore the
+/// modification time, then link it into place. Returns the plaintext size.
+fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
+    shared.emit(Event::Started { input: &job.input });
+    if !shared.force && fs::symlink_metadata(&job.output).is_ok() {
+        return Err(Error::Exists {
+            path: job.output.clone(),
+        });
+    }
+    let dir = create_dirs(&job.root, job.rel.parent().unwrap_or(Path::new("")))?;
+    let tmp = TempFile::create(&dir, true)?;
+    let count = Cell::new(job.header.len() as u64);
+    let file = reopen_sealed(&job.input, &job.header)?;
+    let input = Counting {
+        inner: file,
+        count: &count,
+    };
+    let mut reader = StreamReader::new(&job.header, &job.key, input)
+        .map_err(|e| Error::format(&job.input, e))?;
+    let cap = buf_len(job.size.unwrap_or(u64::MAX));
+    let mut buf = Zeroizing::new(vec![0u8; cap]);
+    let mut out = tmp.file();
+    let mut total = 0u64;
+    loop {
+        // A short fill means the reader returned 0: the whole payload is authenticated.
+        let n = read_full(&mut reader, &mut buf).map_err(|e| payload_error(&job.input, e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io(&job.output, "write", e))?;
+        total += n as u64;
+        shared.emit(Event::Read {
+            input: &job.input,
+            bytes: count.take(),
+        });
+        if n < cap {
+            break;
+        }
+    }
+    if let Some(t) = job.modified {
+        tmp.file()
+            .set_modified(t)
+            .map_err(|e| Error::io(&job.output, "set the modification time of", e))?;
+    }
+    tmp.commit(&job.output, shared.force)?;
+    Ok(total)
+}

@@ -1,0 +1,487 @@
+//! Sealing files and folders, and verifying before an original is removed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use kluis_core::{DocId, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
+use zeroize::Zeroizing;
+
+use crate::atomic::{TempFile, create_dirs, sync_dir, sync_dirs};
+use crate::error::{Error, Result};
+use crate::file::{
+    Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, read_header,
+    reopen_sealed,
+};
+use crate::name::{EXTENSION, check_component, random_name};
+use crate::open::BATCH;
+use crate::pool;
+use crate::report::{Event, Outcome, Report, SealOptions, Shared, Skip, single};
+use crate::walk::{Entry, Found, has_extension, walk};
+
+/// One file to seal.
+struct Job {
+    input: PathBuf,
+    /// An existing folder: the output folder, or the input's own folder.
+    root: PathBuf,
+    /// Folders to create below `root` (a mirrored tree).
+    rel_parent: PathBuf,
+    /// `root/rel_parent/NAME.kluis`.
+    output: PathBuf,
+    /// The name stored in the sealed metadata.
+    name: String,
+    /// Index of its report.
+    report: usize,
+}
+
+/// What a sealed file leaves for verification.
+struct Sealed {
+    doc_id: DocId,
+    stamp: Stamp,
+}
+
+/// Seal files and folders. Folders are walked recursively (symbolic links are skipped, not
+/// followed); `.kluis` files met inside them are skipped as already sealed.
+///
+/// Returns one report per file met, in walk order; a failure of one file does not stop the
+/// others. The `Err` case is for problems with the whole run: no recipients, an output folder
+/// that cannot be created or lies inside an input folder.
+pub fn seal_paths<P: AsRef<Path>>(
+    inputs: &[P],
+    slots: &[Slot],
+    options: &SealOptions<'_>,
+) -> Result<Vec<Report>> {
+    if slots.is_empty() {
+        return Err(Error::NoRecipients);
+    }
+    let out_dir = options.output_dir.as_deref();
+    if let Some(dir) = out_dir {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create the output folder", e))?;
+        let real_out = fs::canonicalize(dir).map_err(|e| Error::io(dir, "read", e))?;
+        for input in inputs {
+            let input = input.as_ref();
+            let is_dir = fs::symlink_metadata(input).is_ok_and(|m| m.is_dir());
+            if is_dir && fs::canonicalize(input).is_ok_and(|real| real_out.starts_with(real)) {
+                return Err(Error::OutputInsideInput {
+                    output: dir.into(),
+                    input: input.into(),
+                });
+            }
+        }
+    }
+
+    let mut listed = Vec::new();
+    for input in inputs {
+        walk(
+            input.as_ref(),
+            true,
+            &|name| has_extension(name).then_some(Skip::AlreadySealed),
+            &mut listed,
+        );
+    }
+    let shared = Shared {
+        force: options.force,
+        progress: options.progress,
+    };
+    let (mut reports, jobs, bytes) = plan(listed, out_dir, options.hide_names);
+    shared.emit(Event::Planned {
+        files: jobs.len(),
+        bytes,
+    });
+    for r in reports
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Done))
+    {
+        shared.emit(Event::Finished(r));
+    }
+
+    let threads = pool::workers(options.threads, jobs.len());
+    let (pad, remove) = (options.pad, options.remove_original);
+    let results = pool::map(&jobs, threads, |job| {
+        let result = seal_one(job, slots, pad, shared);
+        let report = Report {
+            input: job.input.clone(),
+            output: Some(job.output.clone()),
+            bytes: 0,
+            outcome: Outcome::Done,
+        };
+        let (report, sealed) = match result {
+            Ok((bytes, sealed)) => (Report { bytes, ..report }, Some(sealed)),
+            Err(e) => (
+                Report {
+                    outcome: Outcome::Failed(e),
+                    ..report
+                },
+                None,
+            ),
+        };
+        if sealed.is_none() || !remove {
+            shared.emit(Event::Finished(&report));
+        }
+        (report, sealed)
+    });
+    let mut sealed = Vec::new();
+    for (job, (report, s)) in jobs.iter().zip(results) {
+        reports[job.report] = report;
+        if let Some(s) = s {
+            sealed.push((job, s));
+        }
+    }
+    sync_dirs(
+        sealed.iter().map(|(j, _)| parent_of(&j.output)),
+        &mut reports,
+        |dir, r| r.output.as_deref().map(parent_of).as_deref() == Some(dir),
+    );
+    sealed.retain(|(j, _)| matches!(reports[j.report].outcome, Outcome::Done));
+
+    if options.remove_original {
+        for chunk in sealed.chunks(BATCH) {
+            verify_and_remove(chunk, options, threads, &mut reports);
+        }
+        for (job, _) in &sealed {
+            shared.emit(Event::Finished(&reports[job.report]));
+        }
+    }
+    Ok(reports)
+}
+
+/// Seal one file. Fails unless it is a regular file; returns its report.
+pub fn seal_file(input: &Path, slots: &[Slot], options: &SealOptions<'_>) -> Result<Report> {
+    if !fs::symlink_metadata(input)
+        .map_err(|e| Error::io(input, "read", e))?
+        .is_file()
+    {
+        return Err(Error::NotAFile { path: input.into() });
+    }
+    single(seal_paths(&[input], slots, options)?, input)
+}
+
+/// Turn the listing into jobs: output paths, stored names, and the checks that keep two
+/// inputs from sharing an output or a restored name. Returns the reports (final for skipped
+/// and refused files), the jobs and their total size.
+fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>, Vec<Job>, u64) {
+    let inputs: HashSet<PathBuf> = listed
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File(f) => Some(absolute(&f.path)),
+            _ => None,
+        })
+        .collect();
+    let mut outputs: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut names: HashMap<(PathBuf, String), PathBuf> = HashMap::new();
+    let mut reports = Vec::with_capacity(listed.len());
+    let mut jobs = Vec::new();
+    let mut bytes = 0u64;
+    for entry in listed {
+        let failed = |input: PathBuf, e| Report {
+            input,
+            output: None,
+            bytes: 0,
+            outcome: Outcome::Failed(e),
+        };
+        let found = match entry {
+            Entry::File(f) => f,
+            Entry::Skipped(input, skip) => {
+                reports.push(Report {
+                    input,
+                    output: None,
+                    bytes: 0,
+                    outcome: Outcome::Skipped(skip),
+                });
+                continue;
+            }
+            Entry::Failed(input, e) => {
+                reports.push(failed(input, e));
+                continue;
+            }
+        };
+        let job = match job_for(&found, out_dir, hide, reports.len()) {
+            Ok(job) => job,
+            Err(e) => {
+                reports.push(failed(found.path, e));
+                continue;
+            }
+        };
+        let output = absolute(&job.output);
+        let clash = if inputs.contains(&output) {
+            Some(Error::OutputIsInput {
+                path: job.input.clone(),
+            })
+        } else if let Some(other) = outputs.get(&output) {
+            Some(Error::Collision {
+                path: job.input.clone(),
+                other: other.clone(),
+            })
+        } else {
+            names
+                .get(&restored_key(&job))
+                .map(|other| Error::Collision {
+                    path: job.input.clone(),
+                    other: other.clone(),
+                })
+        };
+        if let Some(e) = clash {
+            reports.push(Report {
+                output: Some(job.output),
+                ..failed(job.input, e)
+            });
+            continue;
+        }
+        outputs.insert(output, job.input.clone());
+        names.insert(restored_key(&job), job.input.clone());
+        bytes = bytes.saturating_add(found.len);
+        reports.push(Report {
+            input: job.input.clone(),
+            output: Some(job.output.clone()),
+            bytes: 0,
+            outcome: Outcome::Done,
+        });
+        jobs.push(job);
+    }
+    (reports, jobs, bytes)
+}
+
+/// Where a job's file would be restored when its output is opened in place.
+fn restored_key(job: &Job) -> (PathBuf, String) {
+    (absolute(&job.root.join(&job.rel_parent)), job.name.clone())
+}
+
+/// Where one file goes and what name it stores.
+fn job_for(found: &Found, out_dir: Option<&Path>, hide: bool, report: usize) -> Result<Job> {
+    let path = &found.path;
+    let not_utf8 = || Error::NameNotUtf8 { path: path.clone() };
+    let base = path
+        .file_name()
+        .ok_or_else(|| Error::NotAFile { path: path.clone() })?
+        .to_str()
+        .ok_or_else(not_utf8)?;
+    let portable = |c: &str| {
+        check_component(c).map_err(|problem| Error::NameNotPortable {
+            path: path.clone(),
+            problem,
+        })
+    };
+    portable(base)?;
+    let sealed_name = |hidden: bool| -> Result<String> {
+        Ok(if hidden {
+            format!("{}.{EXTENSION}", random_name()?)
+        } else {
+            format!("{base}.{EXTENSION}")
+        })
+    };
+    let (root, rel_parent, file, name) = match out_dir {
+        None => (
+            parent_of(path),
+            PathBuf::new(),
+            sealed_name(hide)?,
+            base.to_owned(),
+        ),
+        Some(out) if !hide => (
+            out.to_path_buf(),
+            found.rel_dir.clone(),
+            sealed_name(false)?,
+            base.to_owned(),
+        ),
+        Some(out) => {
+            // Flat output; the stored name is the whole relative path.
+            let mut name = String::new();
+            for c in found.rel_dir.iter() {
+                let c = c.to_str().ok_or_else(not_utf8)?;
+                portable(c)?;
+                name.push_str(c);
+                name.push('/');
+            }
+            name.push_str(base);
+            (out.to_path_buf(), PathBuf::new(), sealed_name(true)?, name)
+        }
+    };
+    if name.len() > kluis_core::MAX_NAME_LEN {
+        return Err(Error::NameNotPortable {
+            path: path.clone(),
+            problem: crate::NameProblem::TooLong,
+        });
+    }
+    Ok(Job {
+        input: path.clone(),
+        output: root.join(&rel_parent).join(file),
+        root,
+        rel_parent,
+        name,
+        report,
+    })
+}
+
+/// Seal one file to a temporary file beside its output, then link it into place.
+fn seal_one(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<(u64, Sealed)> {
+    shared.emit(Event::Started { input: &job.input });
+    let (mut input, meta) = open_checked(&job.input, None)?;
+    if !shared.force && fs::symlink_metadata(&job.output).is_ok() {
+        return Err(Error::Exists {
+            path: job.output.clone(),
+        });
+    }
+    let dir = create_dirs(&job.root, &job.rel_parent)?;
+    let len = meta.len();
+    let mut metadata = Metadata::with_size(len).name(job.name.clone());
+    if let Ok(t) = meta.modified() {
+        // Times outside 1601..9999 cannot be stored: leave them out rather than fail.
+        let with = metadata.clone().modified(t);
+        if with.encode().is_ok() {
+            metadata = with;
+        }
+    }
+    if pad {
+        metadata = metadata
+            .padded()
+            .map_err(|e| Error::format(&job.input, e))?;
+    }
+
+    let tmp = TempFile::create(&dir, false)?;
+    let cap = buf_len(len);
+    let sink = BufWriter::with_capacity(cap, tmp.file());
+    let mut writer =
+        StreamWriter::new(sink, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
+    let doc_id = writer.header().doc_id();
+    let write_error = |e: io::Error| match kluis_core::Error::from_io(e) {
+        kluis_core::Error::SizeMismatch { .. } => Error::Changed {
+            path: job.input.clone(),
+        },
+        kluis_core::Error::Io(e) => Error::io(&job.output, "write", e),
+        other => Error::format(&job.input, other),
+    };
+    let mut buf = Zeroizing::new(vec![0u8; cap]);
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(&job.input, "read", e)),
+        };
+        writer.write_all(&buf[..n]).map_err(write_error)?;
+        shared.emit(Event::Read {
+            input: &job.input,
+            bytes: n as u64,
+        });
+    }
+    let sink = writer.finish().map_err(|e| write_error(e.into()))?;
+    sink.into_inner()
+        .map_err(|e| Error::io(&job.output, "write", e.into_error()))?;
+    // Written meanwhile (same size, new time) or replaced: the copy may be inconsistent.
+    let after = input
+        .metadata()
+        .map_err(|e| Error::io(&job.input, "read", e))?;
+    if Stamp::of(&after) != Stamp::of(&meta) {
+        return Err(Error::Changed {
+            path: job.input.clone(),
+        });
+    }
+    tmp.commit(&job.output, shared.force)?;
+    Ok((
+        len,
+        Sealed {
+            doc_id,
+            stamp: Stamp::of(&meta),
+        },
+    ))
+}
+
+/// Open each fresh sealed copy back with the verification keys (one `unlock_all` for the
+/// batch), compare it with its original byte for byte, and only then remove the original.
+fn verify_and_remove(
+    batch: &[(&Job, Sealed)],
+    options: &SealOptions<'_>,
+    threads: usize,
+    reports: &mut [Report],
+) {
+    let kept = |path: &Path, reason: Error| {
+        Outcome::OriginalKept(Error::NotVerified {
+            path: path.into(),
+            reason: Box::new(reason),
+        })
+    };
+    if options.verify_with.is_empty() {
+        for (job, _) in batch {
+            reports[job.report].outcome = Outcome::OriginalKept(Error::NoVerifyKeys {
+                path: job.input.clone(),
+            });
+        }
+        return;
+    }
+    let headers = pool::map(batch, threads, |(job, sealed)| {
+        let header = read_header(&job.output)?;
+        if header.doc_id() != sealed.doc_id {
+            return Err(Error::Changed {
+                path: job.output.clone(),
+            });
+        }
+        Ok(header)
+    });
+    let mut todo: Vec<(&Job, &Sealed, Header)> = Vec::new();
+    for ((job, sealed), header) in batch.iter().zip(headers) {
+        match header {
+            Ok(h) => todo.push((job, sealed, h)),
+            Err(e) => reports[job.report].outcome = kept(&job.input, e),
+        }
+    }
+    if let Some(p) = options.progress {
+        p(Event::Unlocking {
+            documents: todo.len(),
+        });
+    }
+    let refs: Vec<&Header> = todo.iter().map(|(_, _, h)| h).collect();
+    let keys = unlock_all(&refs, options.verify_with);
+    let mut work = Vec::new();
+    for ((job, sealed, header), key) in todo.into_iter().zip(keys) {
+        match key {
+            Ok(key) => work.push((job, sealed, header, key)),
+            Err(e) => reports[job.report].outcome = kept(&job.input, Error::format(&job.output, e)),
+        }
+    }
+    let results = pool::map(&work, threads, |(job, sealed, header, key)| {
+        if let Err(e) = compare(job, sealed.stamp, header, key) {
+            return kept(&job.input, e);
+        }
+        match fs::remove_file(&job.input) {
+            Ok(()) => Outcome::OriginalRemoved,
+            Err(e) => Outcome::OriginalKept(Error::io(&job.input, "remove the original", e)),
+        }
+    });
+    let mut removed_from = BTreeSet::new();
+    for ((job, ..), outcome) in work.iter().zip(results) {
+        if matches!(outcome, Outcome::OriginalRemoved) {
+            removed_from.insert(parent_of(&job.input));
+        }
+        reports[job.report].outcome = outcome;
+    }
+    for dir in removed_from {
+        // The sealed copies are durable already; this only makes the removals durable.
+        let _ = sync_dir(&dir);
+    }
+}
+
+/// Decrypt the sealed copy (every chunk authenticated) and compare it with the original,
+/// which must still be the file that was sealed.
+fn compare(job: &Job, stamp: Stamp, header: &Header, key: &kluis_core::FileKey) -> Result<()> {
+    let file = reopen_sealed(&job.output, header)?;
+    let mut sealed =
+        StreamReader::new(header, key, file).map_err(|e| Error::format(&job.output, e))?;
+    let (mut original, _) = open_checked(&job.input, Some(stamp))?;
+    let cap = buf_len(stamp.len());
+    let mut a = Zeroizing::new(vec![0u8; cap]);
+    let mut b = Zeroizing::new(vec![0u8; cap]);
+    let changed = || Error::Changed {
+        path: job.input.clone(),
+    };
+    loop {
+        let n = read_full(&mut sealed, &mut a).map_err(|e| payload_error(&job.output, e))?;
+        let m = read_full(&mut original, &mut b[..n.max(1).min(cap)])
+            .map_err(|e| Error::io(&job.input, "read", e))?;
+        if n == 0 {
+            return if m == 0 { Ok(()) } else { Err(changed()) };
+        }
+        if m != n || a[..n] != b[..n] {
+            return Err(changed());
+        }
+    }
+}
