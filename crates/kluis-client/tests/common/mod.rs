@@ -1,0 +1,338 @@
+//! Test helpers: the real `kluis-server` process, and a small canned HTTP(S) server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use kluis_client::{Client, ClientConfig, Token};
+
+/// The `kluis-server` binary, built once per test run.
+///
+/// Cargo builds only the binaries of the package under test, so the server's binary is
+/// built here with `cargo build -p kluis-server --bin kluis-server` into the same target
+/// directory and profile as this test (a no-op when it is up to date). `KLUIS_SERVER_BIN`
+/// points at a prebuilt binary instead.
+pub fn server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("KLUIS_SERVER_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap();
+        // <target>/<profile>/deps/<test binary>
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        // Cargo sets these for the test; build scripts (ring's) watch some of them, and
+        // inheriting them would make the outer and this build rebuild each other's crates.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*k,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&*k);
+            }
+        }
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "kluis-server",
+                "--bin",
+                "kluis-server",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir);
+        let profile = profile_dir.file_name().unwrap().to_str().unwrap();
+        if profile != "debug" {
+            cmd.args(["--profile", profile]);
+        }
+        let out = cmd.output().expect("run cargo to build kluis-server");
+        assert!(
+            out.status.success(),
+            "building kluis-server failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join(format!("kluis-server{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// A running `kluis-server serve` on loopback, with labels `hr` (group `hr-staff`) and
+/// `medical` (user alice, double key), and tokens for alice (in `hr-staff`) and bob.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub url: String,
+    pub alice: String,
+    pub bob: String,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            dir,
+            child: None,
+            url: String::new(),
+            alice: String::new(),
+            bob: String::new(),
+        };
+        s.admin(&["init"]);
+        s.admin(&["label", "create", "hr", "--group", "hr-staff"]);
+        s.admin(&[
+            "label",
+            "create",
+            "medical",
+            "--user",
+            "alice",
+            "--double-key",
+        ]);
+        s.alice = s
+            .admin(&["token", "create", "--user", "alice", "--group", "hr-staff"])
+            .trim()
+            .to_owned();
+        s.bob = s
+            .admin(&["token", "create", "--user", "bob"])
+            .trim()
+            .to_owned();
+        let mut child = s
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--insecure-http"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        s.child = Some(child);
+        s.url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+            .to_owned();
+        s
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(server_bin());
+        let d = self.dir.path();
+        c.current_dir(d)
+            .arg("--store")
+            .arg(d.join("store.db"))
+            .arg("--key-file")
+            .arg(d.join("master.key"));
+        c
+    }
+
+    /// Run an administrative command; returns its standard output.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Stop the server process (it is not restarted).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client for this server with `token` and a disk cache in `cache`.
+    pub fn client(&self, token: Option<&str>, cache: Option<&Path>) -> Client {
+        let mut c = ClientConfig::new(&self.url);
+        c.token = token.map(|t| Token::new(t).unwrap());
+        c.cache_dir = cache.map(Path::to_owned);
+        c.timeout = Duration::from_secs(10);
+        Client::new(c).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A request the canned server received.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A canned answer: status, extra headers, body. `None` means: never answer (hold the
+/// connection open until the client gives up).
+pub type Answer = Option<(u16, Vec<(&'static str, String)>, String)>;
+
+type Handler = dyn Fn(usize, &Request) -> Answer + Send + Sync;
+
+/// A tiny HTTP/1.1 server on 127.0.0.1, plain or TLS, one request per connection.
+pub struct Canned {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Canned {
+    pub fn start(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(usize, &Request) -> Answer + Send + Sync + 'static,
+    ) -> Canned {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let handler: Arc<Handler> = Arc::new(handler);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (seen, handler, tls) = (seen.clone(), handler.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                    match tls {
+                        Some(cfg) => {
+                            let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                                return;
+                            };
+                            serve(rustls::StreamOwned::new(conn, stream), &seen, &*handler);
+                        }
+                        None => serve(stream, &seen, &*handler),
+                    }
+                });
+            }
+        });
+        Canned { port, requests }
+    }
+
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+fn serve<S: Read + Write>(mut s: S, seen: &Mutex<Vec<Request>>, handler: &Handler) {
+    let Some(req) = read_request(&mut s) else {
+        return;
+    };
+    let n = {
+        let mut v = seen.lock().unwrap();
+        v.push(req.clone());
+        v.len()
+    };
+    match handler(n, &req) {
+        Some((status, headers, body)) => {
+            let mut out = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+            out.push_str("\r\n");
+            out.push_str(&body);
+            let _ = s.write_all(out.as_bytes());
+            let _ = s.flush();
+        }
+        None => {
+            // Hold the connection until the client hangs up.
+            let mut b = [0u8; 64];
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+        }
+    }
+}
+
+fn read_request<S: Read>(s: &mut S) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).ok()? == 0 || buf.len() > 64 * 1024 {
+            return None;
+        }
+        buf.push(b[0]);
+    }
+    let head = String::from_utf8(buf).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_owned();
+    let path = first.next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// A label record as the key server serves it, for label `hr` version 1.
+pub fn record_json(key: &kluis_core::PublicKey) -> String {
+    serde_json::json!({
+        "label": "hr",
+        "kid": 1,
+        "public_key": key.to_string(),
+        "double_key": false,
+        "recovery": [],
+        "versions": [{"kid": 1, "state": "current", "public_key": key.to_string()}],
+        "max_age": 3600,
+    })
+    .to_string()
+}
+
+/// Assert that `token` appears nowhere in the error's `Display` or `Debug`.
+pub fn assert_no_token(e: &dyn std::fmt::Debug, shown: &str, token: &str) {
+    let debug = format!("{e:?}");
+    assert!(!shown.contains(token), "token in Display: {shown}");
+    assert!(!debug.contains(token), "token in Debug: {debug}");
+    // Not even the secret part after the public id prefix.
+    let tail = &token[token.len().saturating_sub(16)..];
+    assert!(!shown.contains(tail) && !debug.contains(tail));
+}
