@@ -179,10 +179,12 @@ async fn track(State(api): State<Arc<Api>>, req: Request, next: Next) -> Respons
     let start = Instant::now();
     let response = match tokio::time::timeout(api.config.request_timeout, next.run(req)).await {
         Ok(r) => r,
+        // 504, not 503: the request may have been processed (and audited) already, so a
+        // client must not blindly send it again.
         Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            "the request took too long; try again later",
+            "the request took too long; it may or may not have been carried out",
         )
         .into_response(),
     };
@@ -198,6 +200,8 @@ struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<Duration>,
+    /// For `destroyed`: when the key version was destroyed (ms since the epoch).
+    destroyed_ms: Option<i64>,
 }
 
 impl ApiError {
@@ -207,7 +211,17 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            destroyed_ms: None,
         }
+    }
+
+    /// `{code, message}`, plus `destroyed_ms` for a destroyed key version.
+    fn to_json(&self) -> serde_json::Value {
+        let mut v = json!({ "code": self.code, "message": self.message });
+        if let Some(t) = self.destroyed_ms {
+            v["destroyed_ms"] = t.into();
+        }
+        v
     }
 
     fn retry_after(mut self, wait: Duration) -> Self {
@@ -222,7 +236,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "code": self.code, "message": self.message }).to_string();
+        let body = self.to_json().to_string();
         let mut r = (self.status, body).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -249,9 +263,10 @@ impl From<ServerError> for ApiError {
             ServerError::UnknownLabel(_) | ServerError::UnknownVersion { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
-            ServerError::Destroyed { .. } => {
-                ApiError::new(StatusCode::GONE, "destroyed", e.to_string())
-            }
+            ServerError::Destroyed { destroyed_ms, .. } => ApiError {
+                destroyed_ms,
+                ..ApiError::new(StatusCode::GONE, "destroyed", e.to_string())
+            },
             // Never leak store internals to callers.
             _ => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -347,7 +362,13 @@ async fn label_record(
         let versions: Vec<_> = l
             .versions
             .iter()
-            .map(|v| json!({ "kid": v.kid, "state": v.state, "public_key": v.public_key }))
+            .map(|v| {
+                let mut j = json!({ "kid": v.kid, "state": v.state, "public_key": v.public_key });
+                if let Some(t) = v.destroyed_ms {
+                    j["destroyed_ms"] = t.into();
+                }
+                j
+            })
             .collect();
         let max_age = api.config.record_max_age;
         Ok((
@@ -719,7 +740,7 @@ async fn unwrap_batch(
         .into_iter()
         .map(|r| match r {
             Ok(s) => json!({ "nonce": B64.encode(s.nonce), "share": B64.encode(s.body) }),
-            Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
+            Err(e) => json!({ "error": e.to_json() }),
         })
         .collect();
     Ok(json_response(&json!({

@@ -267,4 +267,21 @@ fn double_key_is_enforced_and_destroyed_versions_answer_410() {
         Err(Error::Unwrap(UnwrapError::Destroyed(m))) => assert!(m.contains("destroyed"), "{m}"),
         other => panic!("expected destroyed, got {other:?}"),
     }
+    // The single endpoint answers 410 with the date, as text and as a number.
+    let header = kluis_core::Header::parse(&old).unwrap();
+    let body = json!({
+        "reply_key": B64.encode(ReplyKey::generate().unwrap().public_bytes()),
+        "doc_id": header.doc_id().to_string(),
+        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
+    });
+    let (status, v, _) = post(&format!("{}/v1/unwrap", server.base), Some(&alice), &body);
+    assert_eq!(status, 410, "{v}");
+    assert_eq!(v["code"], "destroyed");
+    let when = v["destroyed_ms"].as_i64().expect("destroyed_ms");
+    assert!((kluis_server::now_ms() - when).abs() < 60_000, "{v}");
+    assert!(v["message"].as_str().unwrap().contains(" on 20"), "{v}");
+    let (_, record) = get(&format!("{}/v1/labels/hr", server.base), None);
+    let record: Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["versions"][0]["state"], "destroyed");
+    assert_eq!(record["versions"][0]["destroyed_ms"], when);
 }
