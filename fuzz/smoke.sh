@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Smoke-fuzz every kluis-core target for a short while; fails if any target crashes.
+# Smoke-fuzz every target for a short while; fails if any target crashes.
 #
 #   fuzz/smoke.sh                 # all targets, 20 s each
 #   FUZZ_SECONDS=300 fuzz/smoke.sh open header
@@ -19,7 +19,7 @@ seconds="${FUZZ_SECONDS:-20}"
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(header open metadata stanza public_key identity_file)
+    targets=(header open metadata stanza public_key identity_file jwt)
 fi
 
 logs="$(mktemp -d)"

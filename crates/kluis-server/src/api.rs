@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -36,9 +37,34 @@ use crate::writer::AuditWriter;
 
 /// Verifies bearer tokens that are not kluis API tokens (OpenID Connect JWTs).
 pub trait TokenVerifier: Send + Sync {
-    /// Who the token authenticates, or a message for the caller (never the token itself).
-    /// May block (a JWKS fetch); it runs on a blocking thread.
-    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, String>;
+    /// Who the token authenticates. May block (a JWKS fetch); it runs on a blocking thread.
+    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError>;
+}
+
+/// Why a bearer token was not accepted.
+#[derive(Debug)]
+pub enum VerifyError {
+    /// The token is not valid: 401, with a message for the caller (never the token itself).
+    Invalid(String),
+    /// The token cannot be checked now (the identity provider's keys are unavailable): 503.
+    Unavailable(String),
+}
+
+impl TokenVerifier for crate::oidc::OidcVerifier {
+    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError> {
+        crate::oidc::OidcVerifier::verify(self, token, now_secs).map_err(|e| {
+            if let Some(cause) = e.jwks_cause() {
+                eprintln!("kluis-server: OpenID Connect keys unavailable: {cause}");
+            }
+            match e {
+                crate::oidc::OidcError::JwksUnavailable(_) => VerifyError::Unavailable(
+                    "the identity provider's signing keys cannot be fetched; try again later"
+                        .into(),
+                ),
+                e => VerifyError::Invalid(e.to_string()),
+            }
+        })
+    }
 }
 
 /// Server settings that the API needs.
@@ -81,6 +107,14 @@ struct Pool {
 }
 
 impl Pool {
+    /// Run `f` on a free connection; `None` when all are busy.
+    fn try_with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> Option<T> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.conns.len())
+            .find_map(|i| self.conns[(start + i) % self.conns.len()].try_lock().ok())
+            .map(|mut s| f(&mut s))
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> T {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.conns.len() {
@@ -140,6 +174,13 @@ impl Api {
             .route("/v1/unwrap", post(unwrap_one))
             .route("/v1/unwrap/batch", post(unwrap_batch))
             .route("/v1/me/audit", get(my_audit))
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this endpoint does not take that method: see docs/openapi.yaml",
+                )
+            })
             .fallback(|| async {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -165,7 +206,13 @@ impl Api {
             });
         }
         match &self.oidc {
-            Some(oidc) => oidc.verify(bearer, now_ms() / 1000).map_err(unauth),
+            Some(oidc) => oidc.verify(bearer, now_ms() / 1000).map_err(|e| match e {
+                VerifyError::Invalid(m) => unauth(m),
+                VerifyError::Unavailable(m) => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", m)
+                        .retry_after(Duration::from_secs(30))
+                }
+            }),
             None => Err(unauth(
                 "not a kluis API token (this server accepts no OpenID Connect tokens)".into(),
             )),
@@ -307,10 +354,17 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = value
         .to_str()
         .map_err(|_| unauth("the Authorization header is not text"))?;
-    value
-        .strip_prefix("Bearer ")
-        .map(str::to_owned)
-        .ok_or_else(|| unauth("use the Bearer scheme"))
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim().to_owned())
+        }
+        _ => Err(unauth(
+            "use the Bearer scheme: `Authorization: Bearer <token>`",
+        )),
+    }
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
@@ -348,8 +402,9 @@ async fn labels(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
 /// The public record clients seal with: no authentication, cacheable.
 async fn label_record(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|_| ApiError::bad("the label name is not valid UTF-8"))?;
     let (record, max_age) = blocking(&api, move |api, s| {
         let l = s.label(&name)?;
         let current = l.current().ok_or_else(|| {
@@ -440,9 +495,9 @@ fn reply_key(b64: &str) -> Result<[u8; 32], ApiError> {
 
 fn reason(r: Option<String>) -> Result<Option<String>, ApiError> {
     match r {
-        Some(r) if r.len() > 1024 || r.chars().any(char::is_control) => Err(ApiError::bad(
-            "reason must be at most 1024 printable characters",
-        )),
+        Some(r) if r.chars().count() > 1024 || r.chars().any(char::is_control) => Err(
+            ApiError::bad("reason must be at most 1024 printable characters"),
+        ),
         r => Ok(r),
     }
 }
@@ -463,7 +518,7 @@ fn parse_item(item: &Item) -> Result<(DocId, kluis_core::OrgStanza), ApiError> {
         Ok(_) => Err(ApiError::bad(
             "only org (label) stanzas can be unwrapped here",
         )),
-        Err(e) => Err(ApiError::bad(format!("stanza: {e}"))),
+        Err(_) => Err(ApiError::bad("stanza: not a valid kluis stanza")),
     }
 }
 
@@ -592,11 +647,12 @@ fn authorise_and_unwrap(
     store: &mut SqliteStore,
     token: &str,
     client: SocketAddr,
-    body: &[u8],
+    body: &Result<Bytes, ApiError>,
     batch: bool,
 ) -> Result<Unwrapped, ApiError> {
-    // Authentication comes before even parsing the request.
+    // Authentication comes before even looking at the request body.
     let who = api.authenticate(store, token)?;
+    let body = body.as_ref().map_err(Clone::clone)?;
     let bad_body = |e: serde_json::Error| ApiError::bad(format!("request body: {e}"));
     let req = if batch {
         let r: BatchRequest = serde_json::from_slice(body).map_err(bad_body)?;
@@ -635,7 +691,10 @@ fn authorise_and_unwrap(
     let r = reply_key(&req.reply_key)?;
     let sealer =
         ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
-    let base = base_entry(&who, client, reason(req.reason)?);
+    let mut base = base_entry(&who, client, reason(req.reason)?);
+    if req.purpose == Purpose::Rekey {
+        base.action = "unwrap.rekey".to_owned();
+    }
     let mut lookups = Lookups::default();
     let mut results = Vec::with_capacity(req.items.len());
     let mut entries = Vec::with_capacity(req.items.len());
@@ -672,7 +731,7 @@ async fn unwrap_common(
     api: Arc<Api>,
     client: SocketAddr,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
     batch: bool,
 ) -> Result<
     (
@@ -682,20 +741,28 @@ async fn unwrap_common(
     ApiError,
 > {
     let token = bearer(&headers)?;
+    let body = body.map_err(body_error);
+    // One item with an API token is two X25519 operations and a few indexed reads (about
+    // 0.1 ms): cheaper done here than handed to a blocking thread and back. Batches, JWTs
+    // (a JWKS fetch may block) and a busy pool go to a blocking thread.
+    let inline = (!batch && token.starts_with("kluis_"))
+        .then(|| {
+            api.readers
+                .try_with(|store| authorise_and_unwrap(&api, store, &token, client, &body, batch))
+        })
+        .flatten();
     let Unwrapped {
         mut sealer,
         results,
         entries,
-    } = if batch {
-        blocking(&api, move |api, store| {
-            authorise_and_unwrap(api, store, &token, client, &body, batch)
-        })
-        .await?
-    } else {
-        // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
-        // done here than handed to a blocking thread and back.
-        api.readers
-            .with(|store| authorise_and_unwrap(&api, store, &token, client, &body, batch))?
+    } = match inline {
+        Some(done) => done?,
+        None => {
+            blocking(&api, move |api, store| {
+                authorise_and_unwrap(api, store, &token, client, &body, batch)
+            })
+            .await?
+        }
     };
     // Durable before anything leaves: if the audit cannot be written, nothing is released.
     if !entries.is_empty() {
@@ -718,7 +785,7 @@ async fn unwrap_one(
     State(api): State<Arc<Api>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (server_key, mut sealed) = unwrap_common(api, client, headers, body, false).await?;
     let s = sealed.pop().expect("one result per item")?;
@@ -733,7 +800,7 @@ async fn unwrap_batch(
     State(api): State<Arc<Api>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (server_key, sealed) = unwrap_common(api, client, headers, body, true).await?;
     let items: Vec<_> = sealed
@@ -747,6 +814,19 @@ async fn unwrap_batch(
         "server_key": B64.encode(server_key),
         "items": items,
     })))
+}
+
+/// A body the server could not read: too large (413) or cut off (400).
+fn body_error(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large; send fewer items per batch",
+        )
+    } else {
+        ApiError::bad("the request body could not be read")
+    }
 }
 
 /// Paging of `/v1/me/audit`.
@@ -763,12 +843,15 @@ struct Page {
 /// The caller's own recorded openings (employees may see what is recorded under their name).
 async fn my_audit(
     State(api): State<Arc<Api>>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     let records = blocking(&api, move |api, store| {
         let who = api.authenticate(store, &token)?;
+        let Query(page) = page.map_err(|_| {
+            ApiError::bad("query: only `after` (a sequence number) and `limit` (1-1000)")
+        })?;
         let limit = page.limit.unwrap_or(1000).clamp(1, 1000);
         Ok(store.audit_page(Some(&who.user), page.after, limit)?)
     })

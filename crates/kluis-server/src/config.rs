@@ -47,7 +47,7 @@ pub struct Config {
     #[serde(default)]
     pub serve: ServeConfig,
     /// OpenID Connect bearer tokens; absent means only kluis API tokens are accepted.
-    pub oidc: Option<toml::Table>,
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 /// The `[serve]` table.
@@ -111,13 +111,14 @@ mod tests {
     #[test]
     fn parses_and_refuses_typos() {
         let c = Config::parse(
-            "store = \"s.db\"\n[serve]\nlisten = \"127.0.0.1:9\"\nmax_batch = 7\n[oidc]\nissuer = \"x\"\n",
+            "store = \"s.db\"\n[serve]\nlisten = \"127.0.0.1:9\"\nmax_batch = 7\n\
+             [oidc]\nissuer = \"https://idp\"\naudience = \"kluis\"\njwks_file = \"j.json\"\n",
         )
         .unwrap();
         assert_eq!(c.store.as_deref(), Some(Path::new("s.db")));
         assert_eq!(c.serve.max_batch, Some(7));
         assert_eq!(c.serve.listen.unwrap().port(), 9);
-        assert!(c.oidc.unwrap().contains_key("issuer"));
+        assert_eq!(c.oidc.unwrap().issuer, "https://idp");
         let e = Config::parse("[serve]\nmax_bach = 7\n").unwrap_err();
         assert!(e.contains("max_bach"), "{e}");
         assert!(Config::parse("store = 5").is_err());

@@ -498,9 +498,16 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
 fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::TokenVerifier>>> {
     match &file.oidc {
         None => Ok(None),
-        Some(_) => Err(ServerError::Config(
-            "OpenID Connect is not wired into serve yet".into(),
-        )),
+        Some(c) => {
+            let v = kluis_server::oidc::OidcVerifier::new(c.clone())
+                .map_err(|e| ServerError::Config(format!("[oidc]: {e}")))?;
+            if let Some(e) = v.jwks_error() {
+                eprintln!(
+                    "kluis-server: warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
+                );
+            }
+            Ok(Some(Arc::new(v)))
+        }
     }
 }
 

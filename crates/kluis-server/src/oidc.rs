@@ -44,11 +44,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
-use base64::engine::{DecodePaddingMode, general_purpose};
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::store::Principal;
@@ -250,6 +250,10 @@ impl std::error::Error for JwksError {
 /// The `Display` of every variant that [`OidcVerifier::verify`] returns is safe to send to the
 /// caller: it never contains the token or any part of it. [`OidcError::Config`] and
 /// [`OidcError::Jwks`] come only from [`OidcVerifier::new`] and are meant for operators.
+///
+/// Over HTTP: [`OidcError::JwksUnavailable`] is the server's problem, not the caller's, so it
+/// is best answered 503 (with `Retry-After`) and logged with [`OidcError::jwks_cause`]; every
+/// other variant is 401.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum OidcError {
@@ -432,7 +436,9 @@ impl OidcVerifier {
             return bad("`issuer` is empty: set it to the identity provider's issuer URL");
         }
         if config.audience.is_empty() || config.audience.iter().any(String::is_empty) {
-            return bad("`audience` is empty: set it to this API's audience (`aud`) as the identity provider issues it");
+            return bad(
+                "`audience` is empty: set it to this API's audience (`aud`) as the identity provider issues it",
+            );
         }
         if config.user_claim.is_empty() || config.groups_claim.is_empty() {
             return bad("`user_claim` and `groups_claim` must not be empty");
@@ -495,8 +501,10 @@ impl OidcVerifier {
     }
 
     /// Check a bearer token (without the `Bearer ` prefix) at `now_unix_secs` and return whom it
-    /// authenticates. Blocking: it may (re)load the JWKS, over HTTPS for at most the fetch
-    /// timeout; call it off the async threads.
+    /// authenticates. The principal's `token_id` is `jwt:` and the first 8 hex digits of the
+    /// SHA-256 of the token's `jti` (of the whole token when it has none). Blocking: it may
+    /// (re)load the JWKS, over HTTPS for at most the fetch timeout; call it off the async
+    /// threads.
     pub fn verify(&self, token: &str, now_unix_secs: i64) -> Result<Principal, OidcError> {
         let jws = Jws::parse(token)?;
         let keys = self.keys_for(jws.kid.as_deref())?;
@@ -515,7 +523,10 @@ impl OidcVerifier {
                 None => OidcError::UnknownKey,
             });
         }
-        let mut compatible = candidates.into_iter().filter(|k| k.alg == jws.alg).peekable();
+        let mut compatible = candidates
+            .into_iter()
+            .filter(|k| k.alg == jws.alg)
+            .peekable();
         if compatible.peek().is_none() {
             return Err(OidcError::AlgorithmMismatch);
         }
@@ -536,10 +547,7 @@ impl OidcVerifier {
     }
 
     fn snapshot(&self) -> Cache {
-        self.cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The current keys, reloading them first when they are old or lack `kid`, at most once
@@ -611,7 +619,10 @@ impl OidcVerifier {
             Some(Value::String(_)) => return Err(OidcError::WrongIssuer),
             Some(_) => return Err(bad("iss", "not a string")),
         }
-        let accepted = |v: &Value| v.as_str().is_some_and(|a| self.audience.iter().any(|x| x == a));
+        let accepted = |v: &Value| {
+            v.as_str()
+                .is_some_and(|a| self.audience.iter().any(|x| x == a))
+        };
         let auds: &[Value] = match claims.get("aud") {
             None => return Err(OidcError::MissingClaim("aud".into())),
             Some(aud @ Value::String(_)) => std::slice::from_ref(aud),
@@ -622,7 +633,8 @@ impl OidcVerifier {
             return Err(OidcError::WrongAudience);
         }
 
-        let exp = numeric_date(claims, "exp")?.ok_or_else(|| OidcError::MissingClaim("exp".into()))?;
+        let exp =
+            numeric_date(claims, "exp")?.ok_or_else(|| OidcError::MissingClaim("exp".into()))?;
         if now >= exp.saturating_add(self.leeway) {
             return Err(OidcError::Expired);
         }
@@ -659,7 +671,12 @@ impl OidcVerifier {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|p| bad(&self.groups_claim, p))?
             }
-            Some(_) => return Err(bad(&self.groups_claim, "not a string or an array of strings")),
+            Some(_) => {
+                return Err(bad(
+                    &self.groups_claim,
+                    "not a string or an array of strings",
+                ));
+            }
         };
 
         // The audit trail gets a short, non-secret handle: a hash of `jti` when the token has
@@ -764,7 +781,9 @@ impl<'a> Jws<'a> {
             ));
         };
         if h.is_empty() || p.is_empty() || s.is_empty() {
-            return Err(OidcError::Malformed("a part is empty (unsigned tokens are refused)"));
+            return Err(OidcError::Malformed(
+                "a part is empty (unsigned tokens are refused)",
+            ));
         }
         let b64 = |part: &str| {
             URL_SAFE_NO_PAD
@@ -775,7 +794,9 @@ impl<'a> Jws<'a> {
             OidcError::Malformed("the header is not a JSON object without duplicate members")
         })?;
         let alg = match header.get("alg") {
-            Some(Value::String(alg)) => Alg::from_name(alg).ok_or(OidcError::UnsupportedAlgorithm)?,
+            Some(Value::String(alg)) => {
+                Alg::from_name(alg).ok_or(OidcError::UnsupportedAlgorithm)?
+            }
             _ => return Err(OidcError::UnsupportedAlgorithm),
         };
         if header.contains_key("crit") {
@@ -792,12 +813,16 @@ impl<'a> Jws<'a> {
             let typ = typ.as_str().unwrap_or_default().to_ascii_lowercase();
             let typ = typ.strip_prefix("application/").unwrap_or(&typ);
             if typ != "jwt" && typ != "at+jwt" {
-                return Err(OidcError::UnsupportedHeader("`typ` must be `JWT` or `at+jwt`"));
+                return Err(OidcError::UnsupportedHeader(
+                    "`typ` must be `JWT` or `at+jwt`",
+                ));
             }
         }
         let kid = match header.get("kid") {
             None => None,
-            Some(Value::String(kid)) if !kid.is_empty() && kid.chars().count() <= MAX_NAME_CHARS => {
+            Some(Value::String(kid))
+                if !kid.is_empty() && kid.chars().count() <= MAX_NAME_CHARS =>
+            {
                 Some(kid.clone())
             }
             Some(_) => return Err(OidcError::Malformed("`kid` is not a short string")),
@@ -805,7 +830,7 @@ impl<'a> Jws<'a> {
         Ok(Jws {
             alg,
             kid,
-            signed: token[..h.len() + 1 + p.len()].as_bytes(),
+            signed: &token.as_bytes()[..h.len() + 1 + p.len()],
             payload: b64(p)?,
             signature: b64(s)?,
         })
@@ -851,7 +876,10 @@ struct Jwk {
 
 enum KeyMaterial {
     /// Modulus and exponent, big-endian without leading zeros.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// The uncompressed point `04 ‖ x ‖ y`.
     P256(Vec<u8>),
     Ed25519(Vec<u8>),
@@ -959,7 +987,7 @@ fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, JwksError> {
     Ok(keys)
 }
 
-const TOO_MANY_KEYS: &str = "more than 64 keys";
+const TOO_MANY_KEYS: &str = "kluis: more than 64 keys";
 
 /// The `keys` array, refused as soon as it grows past [`MAX_KEYS`].
 fn at_most_max_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
@@ -1059,7 +1087,7 @@ fn agent(url: &str, ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::A
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .https_only(https)
-        .max_redirects(3)
+        .max_redirects(if https { 3 } else { 0 })
         .user_agent(concat!("kluis-server/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls.build());
     if loopback {
@@ -1113,9 +1141,13 @@ mod tests {
 
     #[test]
     fn jwks_key_count_is_capped_while_parsing() {
-        let key = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let key =
+            r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
         let doc = |n: usize| format!(r#"{{"keys":[{}]}}"#, vec![key; n].join(","));
-        assert_eq!(parse_jwks(doc(MAX_KEYS).as_bytes()).unwrap().len(), MAX_KEYS);
+        assert_eq!(
+            parse_jwks(doc(MAX_KEYS).as_bytes()).unwrap().len(),
+            MAX_KEYS
+        );
         assert!(matches!(
             parse_jwks(doc(MAX_KEYS + 1).as_bytes()),
             Err(JwksError::TooManyKeys)

@@ -406,14 +406,13 @@ fn scheduled_rotation_and_retention_run_in_the_server() {
     }
     assert!(label_key(&server, "hr").kid() >= 2);
     let records = audit(server.dir.path());
-    let by_scheduler = |action: &str| {
-        records.iter().any(|r| {
-            r["actor"] == "scheduler" && r["action"] == action && r["kid"] == 1
-                || (action == "label.rotate" && r["actor"] == "scheduler" && r["action"] == action)
-        })
+    let by_scheduler = |action: &str, kid: u64| {
+        records
+            .iter()
+            .any(|r| r["actor"] == "scheduler" && r["action"] == action && r["kid"] == kid)
     };
-    assert!(by_scheduler("label.rotate"), "{records:?}");
-    assert!(by_scheduler("label.destroy"), "{records:?}");
+    assert!(by_scheduler("label.rotate", 2), "{records:?}");
+    assert!(by_scheduler("label.destroy", 1), "{records:?}");
     admin(server.dir.path(), &["audit", "verify"]);
 }
 
@@ -598,4 +597,130 @@ fn audit_verify_catches_a_record_edited_with_the_sqlite3_tool() {
     }
     let e = admin_fails(d, &["audit", "verify"]);
     assert!(e.contains("does not verify"), "{e}");
+}
+
+/// An Ed25519 signing key and its JWKS document.
+fn idp() -> (ring::signature::Ed25519KeyPair, String) {
+    use ring::signature::KeyPair;
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
+    let jwks = json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1" }] });
+    (key, jwks.to_string())
+}
+
+fn jwt(key: &ring::signature::Ed25519KeyPair, alg: &str, claims: &Value) -> String {
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let signing_input = format!(
+        "{}.{}",
+        b64(&json!({ "alg": alg, "typ": "JWT", "kid": "k1" })),
+        b64(claims)
+    );
+    let sig = key.sign(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref())
+    )
+}
+
+#[test]
+fn openid_connect_tokens_are_checked_against_the_jwks_and_refused_when_it_is_unavailable() {
+    let (dir, _) = store();
+    let d = dir.path();
+    admin(d, &["label", "create", "legal", "--group", "lawyers"]);
+    let (key, jwks) = idp();
+    std::fs::write(d.join("jwks.json"), jwks).unwrap();
+    std::fs::write(
+        d.join("oidc.toml"),
+        "[oidc]\nissuer = \"https://idp.example\"\naudience = \"api://kluis\"\n\
+         jwks_file = \"jwks.json\"\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--config",
+            "oidc.toml",
+        ],
+    );
+    let now = kluis_server::now_ms() / 1000;
+    let claims = |aud: &str, exp: i64| {
+        json!({ "iss": "https://idp.example", "aud": aud, "exp": exp, "iat": now,
+                "preferred_username": "carol", "groups": ["lawyers"] })
+    };
+    let url = format!("{}/v1/unwrap", server.base);
+    let legal = label_key(&server, "legal");
+    // A valid token: carol, by group, may open `legal` but not `hr`.
+    let good = jwt(&key, "EdDSA", &claims("api://kluis", now + 300));
+    let (status, v, _) = post(&url, Some(&good), &unwrap_body(&legal).0);
+    assert_eq!(status, 200, "{v}");
+    let (status, v, _) = post(&url, Some(&good), &unwrap_body(&label_key(&server, "hr")).0);
+    assert_eq!(status, 403, "{v}");
+    let (status, mine) = get(&format!("{}/v1/me/audit", server.base), Some(&good));
+    assert_eq!(status, 200);
+    let mine: Vec<Value> = serde_json::from_str(&mine).unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(mine.iter().all(|r| r["actor"] == "carol"));
+    // Refused: wrong audience, expired, `alg: none`, a bad signature.
+    let bad = [
+        jwt(&key, "EdDSA", &claims("api://other", now + 300)),
+        jwt(&key, "EdDSA", &claims("api://kluis", now - 3600)),
+        {
+            let t = jwt(&key, "EdDSA", &claims("api://kluis", now + 300));
+            let (head, _) = t.rsplit_once('.').unwrap();
+            let none = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(json!({ "alg": "none", "typ": "JWT" }).to_string());
+            format!("{none}.{}.", head.split_once('.').unwrap().1)
+        },
+        {
+            let mut t = jwt(&key, "EdDSA", &claims("api://kluis", now + 300));
+            let last = t.pop().unwrap();
+            t.push(if last == 'A' { 'B' } else { 'A' });
+            t
+        },
+    ];
+    for token in &bad {
+        let (status, v, www) = post(&url, Some(token), &unwrap_body(&legal).0);
+        assert_eq!(status, 401, "{v}");
+        assert!(www.is_some());
+        assert!(!v["message"].as_str().unwrap().contains(token.as_str()));
+    }
+    // Nothing refused was recorded as an opening by anyone but carol.
+    let records = audit(server.dir.path());
+    assert_eq!(
+        records.iter().filter(|r| r["action"] == "unwrap").count(),
+        2
+    );
+
+    // A JWKS URL that cannot be reached: the server starts, and refuses such tokens (503),
+    // never accepting them.
+    let dir = server.kill();
+    std::fs::write(
+        dir.path().join("down.toml"),
+        "[oidc]\nissuer = \"https://idp.example\"\naudience = \"api://kluis\"\n\
+         jwks_url = \"http://127.0.0.1:9/keys\"\njwks_fetch_timeout_secs = 1\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--config",
+            "down.toml",
+        ],
+    );
+    let (status, v, headers) = post_full(&url_of(&server), Some(&good), &unwrap_body(&legal).0);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["code"], "idp_unavailable");
+    assert!(headers.contains_key("retry-after"));
+}
+
+fn url_of(server: &Server) -> String {
+    format!("{}/v1/unwrap", server.base)
 }
