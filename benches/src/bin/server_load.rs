@@ -32,6 +32,17 @@ fn admin(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// CPU time (user + system) the process has used so far, in seconds (Linux `/proc`).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5): here 11 and 12, at 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {
@@ -153,6 +164,7 @@ fn main() {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("listening line");
+    let pid = child.id();
     let _server = Server(child);
     let base = line
         .trim()
@@ -197,8 +209,8 @@ fn main() {
         "kluis-server load test: {secs} s per run, audit trail on (SQLite WAL, synchronous=FULL, group commit), batch of {batch}"
     );
     println!(
-        "{:<8} {:>5} {:>10} {:>10} {:>9} {:>9}",
-        "kind", "conc", "req/s", "items/s", "p50 ms", "p99 ms"
+        "{:<8} {:>5} {:>10} {:>10} {:>9} {:>9} {:>14}",
+        "kind", "conc", "req/s", "items/s", "p50 ms", "p99 ms", "server µs/item"
     );
     let mut items_sent = 0u64;
     for (kind, lua, path, per) in [
@@ -206,14 +218,17 @@ fn main() {
         ("batch", &batch_lua, "/v1/unwrap/batch", batch),
     ] {
         for conns in [1u32, 16, 64] {
+            let cpu_before = cpu_secs(pid);
             let f = wrk(&format!("{base}{path}"), lua, conns, secs);
+            let cpu = cpu_secs(pid) - cpu_before;
             items_sent += f.requests * per as u64;
             println!(
-                "{kind:<8} {conns:>5} {:>10.0} {:>10.0} {:>9.2} {:>9.2}",
+                "{kind:<8} {conns:>5} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>14.1}",
                 f.rps,
                 f.rps * per as f64,
                 f.p50_ms,
-                f.p99_ms
+                f.p99_ms,
+                cpu * 1e6 / (f.requests * per as u64) as f64
             );
         }
     }
