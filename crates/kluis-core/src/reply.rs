@@ -63,11 +63,7 @@ impl ReplySealer {
         let rng = ring::rand::SystemRandom::new();
         let s = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| Error::Random)?;
         let mut server_public = [0u8; 32];
-        server_public.copy_from_slice(
-            s.compute_public_key()
-                .map_err(|_| Error::Random)?
-                .as_ref(),
-        );
+        server_public.copy_from_slice(s.compute_public_key().map_err(|_| Error::Random)?.as_ref());
         let mut salt = [0u8; 64];
         salt[..32].copy_from_slice(&server_public);
         salt[32..].copy_from_slice(client_public);

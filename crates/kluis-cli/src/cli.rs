@@ -1,0 +1,256 @@
+//! The command line: the clap definition (also the source of completions and the man page).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The exit codes, shown after `--help` and in the man page.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  some files failed, or an error not listed below
+  2  usage or configuration error (bad option, no key server or identity configured)
+  3  the key server cannot be reached (sealing still works offline from the label cache)
+  4  authentication needed or failed (no token, token expired or revoked: run `kluis login`;
+     wrong identity passphrase)
+  5  denied by the label's policy (not allowed, double key required, version retired)
+  6  the document's key was destroyed (retention): nobody can open it any more
+  7  corrupt, tampered with or not a kluis document (also: a hostile stored file name)
+  8  the output exists (use --force to replace it)
+When files fail for different reasons the exit code is 1; when they all fail for the same
+reason it is that reason's code.";
+
+const ABOUT: &str = "Seal files before they go to the cloud; open them after download.";
+
+const LONG_ABOUT: &str = "\
+Seal files before they go to the cloud; open them after download.
+
+Sealing needs only a label's public key (fetched from the organisation's key server and cached,
+so sealing works offline). Opening asks the key server, which checks the label's policy and
+records the opening in its audit trail. Double-key labels also need your own identity file.
+
+Without file arguments (or with `-`), `seal` and `open` stream standard input to standard
+output. Progress bars are drawn when standard error is a terminal.
+
+Configuration lives in $KLUIS_CONFIG_DIR, else $XDG_CONFIG_HOME/kluis, else ~/.config/kluis:
+config.toml (see `kluis config show`) and token (written by `kluis login`, mode 0600).";
+
+/// The `kluis` command.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kluis",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The key server's URL (overrides `server` in config.toml).
+    #[arg(long, env = "KLUIS_SERVER", global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Print results as one JSON document on standard output (errors still go to standard
+    /// error).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars, summaries or notes; errors and warnings only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Seal files and folders (or standard input) under a label.
+    #[command(after_help = EXIT_CODES)]
+    Seal(SealArgs),
+    /// Open sealed files and folders (or standard input).
+    #[command(after_help = EXIT_CODES)]
+    Open(OpenArgs),
+    /// Show what a sealed document says about itself, without any key.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(InspectArgs),
+    /// Move sealed documents to their label's current key version (rewrites the header only).
+    #[command(after_help = EXIT_CODES)]
+    Rekey(RekeyArgs),
+    /// Make a holder identity (your own key for double-key labels), sealed with a passphrase.
+    #[command(after_help = EXIT_CODES)]
+    Keygen(KeygenArgs),
+    /// Save a token for the key server (read from standard input or a file, never from the
+    /// command line).
+    #[command(after_help = EXIT_CODES)]
+    Login(LoginArgs),
+    /// Remove the saved token.
+    Logout,
+    /// Show or change the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// List the labels on the key server.
+    #[command(after_help = EXIT_CODES)]
+    Labels,
+    /// List the openings the key server recorded under your name.
+    #[command(after_help = EXIT_CODES)]
+    Audit,
+    /// Check the key server, the token and the label cache.
+    #[command(after_help = EXIT_CODES)]
+    Status,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// Where an identity file's passphrase comes from when it is not asked on the terminal.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PassphraseArgs {
+    /// Read the identity passphrase from the first line of this file (for scripts).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_env")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Read the identity passphrase from this environment variable (for scripts).
+    #[arg(long, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+}
+
+/// `kluis seal`.
+#[derive(Args, Debug)]
+pub struct SealArgs {
+    /// The label to seal under (default: `label` in config.toml).
+    #[arg(short, long, env = "KLUIS_LABEL")]
+    pub label: Option<String>,
+    /// Your holder public key (kluis1…), the second key of a double-key label (default:
+    /// `default_to` in config.toml, else the public key of your identity file). Given for a
+    /// label that does not require double key, it makes the document double key anyway.
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    pub to: Option<String>,
+    /// Write sealed files into this folder (folders are mirrored below it); when streaming,
+    /// write the sealed document to this file instead of standard output.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Give every sealed file a random name; the real name (with -o: the relative path) is
+    /// kept only inside the sealed document.
+    #[arg(long)]
+    pub hide_names: bool,
+    /// Pad each document (Padmé) so its size reveals little about the real size.
+    #[arg(long)]
+    pub pad: bool,
+    /// Replace existing outputs.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Remove each original after its sealed copy was opened back (through the key server,
+    /// which records it) and compared byte for byte.
+    #[arg(long)]
+    pub remove_original: bool,
+    /// Identity file to verify double-key copies with (for --remove-original).
+    #[arg(long, env = "KLUIS_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Files and folders to seal; none or `-` streams standard input to standard output.
+    pub files: Vec<PathBuf>,
+}
+
+/// `kluis open`.
+#[derive(Args, Debug)]
+pub struct OpenArgs {
+    /// Restore files into this folder (created if missing); when streaming, write the
+    /// plaintext to this file instead of standard output.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Your identity file, for double-key documents and holder or recovery keys (default:
+    /// `identity` in config.toml, else identity.key in the configuration folder). Its
+    /// passphrase is asked only when a document needs it.
+    #[arg(long, env = "KLUIS_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Why you open these documents; the key server records it with each opening.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Replace existing outputs.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Sealed files and folders to open; none or `-` streams standard input to standard
+    /// output.
+    pub files: Vec<PathBuf>,
+}
+
+/// `kluis inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Sealed files; none or `-` reads standard input.
+    pub files: Vec<PathBuf>,
+}
+
+/// `kluis rekey`.
+#[derive(Args, Debug)]
+pub struct RekeyArgs {
+    /// Your holder public key for the new double-key slot (default: the key of the identity
+    /// that opened the document, else `default_to`, else your identity file's public key).
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    pub to: Option<String>,
+    /// Your identity file, for double-key documents.
+    #[arg(long, env = "KLUIS_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Why; the key server records it with each unwrap.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Rewrite the slots even of documents already on the current key version (for example
+    /// after the label's recovery keys changed).
+    #[arg(short, long)]
+    pub force: bool,
+    /// Sealed files, and folders to search for `.kluis` files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// `kluis keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the identity file (mode 0600; never overwritten) [default:
+    /// identity.key in the configuration folder].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the public key of an existing identity file instead (no passphrase needed).
+    #[arg(long, value_name = "FILE", conflicts_with = "output")]
+    pub public: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+/// `kluis login`.
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Read the token from this file instead of standard input.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Save the token without checking it with the key server.
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+/// `kluis config`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Show the configuration in effect and where each value comes from.
+    Show,
+    /// Set a value in config.toml: server, ca_file, label, default_to, identity, cache_dir.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Remove a value from config.toml.
+    Unset {
+        /// The key.
+        key: String,
+    },
+}

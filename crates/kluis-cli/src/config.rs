@@ -1,0 +1,411 @@
+//! Configuration: the folder, `config.toml`, the token file, and the settings in effect.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kluis_client::{Client, ClientConfig, Purpose, Token};
+use kluis_core::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Class, CliError};
+
+/// The name of the configuration file in the configuration folder.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The name of the token file in the configuration folder.
+pub const TOKEN_FILE: &str = "token";
+/// The identity file `keygen` writes by default, and `open` uses when none is configured.
+pub const DEFAULT_IDENTITY: &str = "identity.key";
+/// Largest config or token file read.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// The keys `kluis config set` accepts.
+pub const KEYS: [&str; 6] = [
+    "server",
+    "ca_file",
+    "label",
+    "default_to",
+    "identity",
+    "cache_dir",
+];
+
+/// `config.toml`. Relative paths in it are relative to the configuration folder.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The key server's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// A PEM CA bundle to trust for the key server instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The label `seal` uses when `--label` is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The holder public key for double-key labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_to: Option<String>,
+    /// The holder identity file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PathBuf>,
+    /// The label cache folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where a setting came from, for `kluis config show`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line option or its environment variable.
+    Flag,
+    /// An environment variable.
+    Env,
+    /// config.toml or the token file.
+    File,
+    /// The built-in default.
+    Default,
+}
+
+impl Source {
+    /// For people.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Flag => "option or environment",
+            Source::Env => "environment",
+            Source::File => "configuration folder",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// The settings in effect.
+pub struct Settings {
+    /// The configuration folder.
+    pub dir: PathBuf,
+    /// `config.toml` as read.
+    pub file: FileConfig,
+    /// The key server URL and where it came from.
+    pub server: Option<(String, Source)>,
+    /// The token and where it came from.
+    pub token: Option<(Token, Source)>,
+    /// The label cache folder.
+    pub cache_dir: Option<(PathBuf, Source)>,
+}
+
+/// The configuration folder: `$KLUIS_CONFIG_DIR`, else `$XDG_CONFIG_HOME/kluis`, else
+/// `~/.config/kluis` (`%APPDATA%\kluis` on Windows).
+pub fn config_dir() -> Result<PathBuf, CliError> {
+    if let Some(d) = std::env::var_os("KLUIS_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(absolute(Path::new(&d)));
+    }
+    let abs = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(x) = abs(std::env::var_os("XDG_CONFIG_HOME")) {
+        return Ok(x.join("kluis"));
+    }
+    if cfg!(windows) {
+        if let Some(a) = abs(std::env::var_os("APPDATA")) {
+            return Ok(a.join("kluis"));
+        }
+    }
+    match abs(std::env::var_os("HOME")) {
+        Some(h) => Ok(h.join(".config").join("kluis")),
+        None => Err(CliError::usage(
+            "no configuration folder: set KLUIS_CONFIG_DIR (or HOME)",
+        )),
+    }
+}
+
+/// `p` made absolute against the current folder.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+/// Read a small text file (config, token, passphrase), refusing large ones.
+pub fn read_small(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other("larger than 64 KiB"));
+    }
+    let text = std::str::from_utf8(&buf).map_err(|_| std::io::Error::other("not UTF-8 text"))?;
+    Ok(zeroize::Zeroizing::new(text.to_owned()))
+}
+
+impl Settings {
+    /// Read the configuration. `server_flag` is `--server` / `KLUIS_SERVER`.
+    pub fn load(server_flag: Option<String>) -> Result<Settings, CliError> {
+        let dir = config_dir()?;
+        let path = dir.join(CONFIG_FILE);
+        let file = match read_small(&path) {
+            Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|e| {
+                CliError::usage(format!(
+                    "{path:?} is not a valid kluis configuration: {}; fix it or run `kluis config set`",
+                    e.message()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+            Err(e) => return Err(CliError::io(&path, "read", &e)),
+        };
+        let server = match server_flag.filter(|s| !s.is_empty()) {
+            Some(s) => Some((s, Source::Flag)),
+            None => file.server.clone().map(|s| (s, Source::File)),
+        };
+        let token = match std::env::var("KLUIS_TOKEN").ok().filter(|t| !t.is_empty()) {
+            Some(t) => Some((Token::new(t)?, Source::Env)),
+            None => {
+                let tpath = dir.join(TOKEN_FILE);
+                match read_small(&tpath) {
+                    Ok(t) => Some((
+                        Token::new(t.as_str())
+                            .map_err(|e| CliError::new(Class::Auth, format!("{tpath:?}: {e}")))?,
+                        Source::File,
+                    )),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(CliError::io(&tpath, "read", &e)),
+                }
+            }
+        };
+        let cache_dir = match std::env::var_os("KLUIS_CACHE_DIR").filter(|d| !d.is_empty()) {
+            Some(d) => Some((absolute(Path::new(&d)), Source::Env)),
+            None => match &file.cache_dir {
+                Some(d) => Some((dir.join(d), Source::File)),
+                None => ClientConfig::default_cache_dir().map(|d| (d, Source::Default)),
+            },
+        };
+        Ok(Settings {
+            dir,
+            file,
+            server,
+            token,
+            cache_dir,
+        })
+    }
+
+    /// The key server URL, or an error saying how to configure one.
+    pub fn server(&self) -> Result<&str, CliError> {
+        self.server.as_ref().map(|(s, _)| s.as_str()).ok_or_else(|| {
+            CliError::usage(
+                "no key server configured: run `kluis login --server https://…`, `kluis config set server https://…`, or set KLUIS_SERVER",
+            )
+        })
+    }
+
+    /// The client configuration for the configured server (with the label cache).
+    pub fn client_config(&self) -> Result<ClientConfig, CliError> {
+        let mut c = ClientConfig::new(self.server()?);
+        c.token = self.token.as_ref().map(|(t, _)| t.clone());
+        c.ca_file = self.file.ca_file.as_ref().map(|p| self.dir.join(p));
+        c.cache_dir = self.cache_dir.as_ref().map(|(d, _)| d.clone());
+        if let Some(secs) = std::env::var("KLUIS_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            c.timeout = Duration::from_secs(secs.max(1));
+        }
+        Ok(c)
+    }
+
+    /// A client for the configured server.
+    pub fn client(&self, purpose: Purpose, reason: Option<&str>) -> Result<Client, CliError> {
+        let client = Client::new(self.client_config()?)?.with_purpose(purpose);
+        Ok(match reason {
+            Some(r) => client.with_reason(r)?,
+            None => client,
+        })
+    }
+
+    /// The identity file to use: `flag`, else `identity` in config.toml, else the default
+    /// file in the configuration folder when it exists. `(path, explicit)`.
+    pub fn identity_path(&self, flag: Option<&Path>) -> Option<PathBuf> {
+        if let Some(p) = flag {
+            return Some(p.to_owned());
+        }
+        if let Some(p) = &self.file.identity {
+            return Some(self.dir.join(p));
+        }
+        let default = self.dir.join(DEFAULT_IDENTITY);
+        default.exists().then_some(default)
+    }
+
+    /// The holder public key for a double-key slot when `--to` is not given: `default_to`,
+    /// else the public key written in the identity file (its comment line; the file is the
+    /// person's own, trusted like config.toml).
+    pub fn default_holder(&self, identity: Option<&Path>) -> Result<Option<PublicKey>, CliError> {
+        if let Some(k) = &self.file.default_to {
+            return parse_public_key(k, "default_to in config.toml").map(Some);
+        }
+        match self.identity_path(identity) {
+            Some(p) => public_key_of_identity_file(&p).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Parse a `kluis1…` public key, naming where it came from in the error.
+pub fn parse_public_key(s: &str, what: &str) -> Result<PublicKey, CliError> {
+    s.parse::<PublicKey>()
+        .map_err(|e| CliError::usage(format!("{what}: {e}")))
+}
+
+/// The public key recorded in an identity file's `# public key:` line.
+pub fn public_key_of_identity_file(path: &Path) -> Result<PublicKey, CliError> {
+    let text = read_small(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read the identity file {path:?}: {e}: give another with --identity, or make one with `kluis keygen`"
+        ))
+    })?;
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("# public key:"))
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "{path:?} has no `# public key:` line: is it a kluis identity file?"
+            ))
+        })?;
+    parse_public_key(line.trim(), &format!("the public key line of {path:?}"))
+}
+
+/// Write `data` to `path` atomically with mode 0600 (temporary file, fsync, rename), making
+/// its folder (0700) if needed.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("kluis"),
+        crate::atomic::random_suffix()?
+    ));
+    let result = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        crate::atomic::sync_dir(dir);
+        Ok::<_, std::io::Error>(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CliError::io(path, "write", &e)
+    })
+}
+
+/// Create a folder (and its parents) for private files: mode 0700 for the ones created.
+pub fn create_private_dir(dir: &Path) -> Result<(), CliError> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| CliError::io(dir, "create the folder", &e))
+}
+
+impl FileConfig {
+    /// Set `key` to `value`, checking it. Paths are stored absolute.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), CliError> {
+        let path = || Some(absolute(Path::new(value)));
+        match key {
+            "server" => {
+                // Client::new checks the address and sends nothing.
+                Client::new(ClientConfig::new(value))?;
+                self.server = Some(value.trim().to_owned());
+            }
+            "ca_file" => self.ca_file = path(),
+            "label" => {
+                let ok = !value.is_empty()
+                    && value.len() <= kluis_core::MAX_LABEL_LEN
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !ok {
+                    return Err(CliError::usage(format!(
+                        "invalid label name {value:?}: labels are 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+                    )));
+                }
+                self.label = Some(value.to_owned());
+            }
+            "default_to" => {
+                parse_public_key(value, "default_to")?;
+                self.default_to = Some(value.trim().to_owned());
+            }
+            "identity" => self.identity = path(),
+            "cache_dir" => self.cache_dir = path(),
+            _ => return Err(unknown_key(key)),
+        }
+        Ok(())
+    }
+
+    /// Remove `key`.
+    pub fn unset(&mut self, key: &str) -> Result<(), CliError> {
+        match key {
+            "server" => self.server = None,
+            "ca_file" => self.ca_file = None,
+            "label" => self.label = None,
+            "default_to" => self.default_to = None,
+            "identity" => self.identity = None,
+            "cache_dir" => self.cache_dir = None,
+            _ => return Err(unknown_key(key)),
+        }
+        Ok(())
+    }
+
+    /// Save to `<dir>/config.toml`.
+    pub fn save(&self, dir: &Path) -> Result<(), CliError> {
+        let text = toml::to_string(self).map_err(|e| {
+            CliError::new(
+                Class::Failed,
+                format!("cannot write the configuration: {e}"),
+            )
+        })?;
+        let header = "# kluis configuration (`kluis config set KEY VALUE` edits it)\n";
+        write_private(&dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
+    }
+}
+
+fn unknown_key(key: &str) -> CliError {
+    CliError::usage(format!(
+        "unknown configuration key {key:?}: use one of {}",
+        KEYS.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_checks_values_and_round_trips() {
+        let mut c = FileConfig::default();
+        c.set("server", "https://keys.example.org").unwrap();
+        assert!(c.set("server", "http://keys.example.org").is_err());
+        assert!(c.set("label", "a/b").is_err());
+        c.set("label", "hr").unwrap();
+        assert!(c.set("default_to", "kluis1nope").is_err());
+        let k = kluis_core::Identity::generate().unwrap().public_key();
+        c.set("default_to", &k.to_string()).unwrap();
+        assert!(c.set("colour", "blue").is_err());
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<FileConfig>(&text).unwrap(), c);
+        c.unset("label").unwrap();
+        assert_eq!(c.label, None);
+        assert!(toml::from_str::<FileConfig>("nonsense = 1").is_err());
+    }
+}

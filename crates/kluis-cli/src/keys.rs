@@ -1,0 +1,232 @@
+//! The key holders `open` and `rekey` use: the key server, and the holder identity whose
+//! passphrase is asked only when a document needs it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use kluis_client::Client;
+use kluis_core::{Identity, PublicKey, Share, Stanza, Unwrap, UnwrapError, UnwrapRequest};
+use zeroize::Zeroizing;
+
+use crate::cli::PassphraseArgs;
+use crate::error::{Class, CliError, client_class, register};
+use crate::progress::Bars;
+
+/// The key server as a key holder: a [`Client`] whose refusals keep their class (through
+/// [`register`]), or, with no server configured, a stand-in that says how to configure one.
+pub struct KeyServer {
+    client: Option<Client>,
+}
+
+impl KeyServer {
+    /// Unwrap through `client`, or explain that none is configured.
+    pub fn new(client: Option<Client>) -> Self {
+        KeyServer { client }
+    }
+
+    /// How many HTTP requests were sent.
+    pub fn requests(&self) -> u64 {
+        self.client.as_ref().map_or(0, Client::requests_sent)
+    }
+}
+
+/// The refusal when no key server is configured.
+const NO_SERVER: &str = "this document needs the key server, and none is configured: run `kluis login --server https://…` or set KLUIS_SERVER";
+
+impl Unwrap for KeyServer {
+    fn accepts(&self, stanza: &Stanza) -> bool {
+        matches!(stanza, Stanza::Org(_))
+    }
+
+    fn unwrap(&self, requests: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
+        let Some(client) = &self.client else {
+            register(NO_SERVER, Class::Usage);
+            return requests
+                .iter()
+                .map(|_| Err(UnwrapError::Unavailable(NO_SERVER.into())))
+                .collect();
+        };
+        client
+            .unwrap_batch(requests)
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| {
+                    let u = e.to_unwrap_error();
+                    if let UnwrapError::Denied(m)
+                    | UnwrapError::Destroyed(m)
+                    | UnwrapError::Unavailable(m) = &u
+                    {
+                        register(m, client_class(&e));
+                    }
+                    u
+                })
+            })
+            .collect()
+    }
+}
+
+/// Where the identity passphrase comes from.
+#[derive(Clone, Debug)]
+pub enum Passphrase {
+    /// The first line of a file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// Asked on the terminal.
+    Prompt,
+}
+
+impl Passphrase {
+    /// From the command-line options.
+    pub fn from_args(a: &PassphraseArgs) -> Passphrase {
+        match (&a.passphrase_file, &a.passphrase_env) {
+            (Some(f), _) => Passphrase::File(f.clone()),
+            (None, Some(v)) => Passphrase::Env(v.clone()),
+            (None, None) => Passphrase::Prompt,
+        }
+    }
+
+    /// Read it (not for `Prompt`).
+    pub fn read_given(&self) -> Result<Zeroizing<String>, CliError> {
+        match self {
+            Passphrase::File(path) => {
+                let text = crate::config::read_small(path).map_err(|e| {
+                    CliError::usage(format!("cannot read the passphrase file {path:?}: {e}"))
+                })?;
+                let line = text.lines().next().unwrap_or("");
+                Ok(Zeroizing::new(line.trim_end_matches('\r').to_owned()))
+            }
+            Passphrase::Env(var) => std::env::var(var).map(Zeroizing::new).map_err(|_| {
+                CliError::usage(format!(
+                    "the environment variable {var} (--passphrase-env) is not set or not UTF-8"
+                ))
+            }),
+            Passphrase::Prompt => Err(CliError::usage("no passphrase given")),
+        }
+    }
+}
+
+/// Ask for a passphrase on the terminal (without echo).
+pub fn prompt(text: &str) -> Result<Zeroizing<String>, CliError> {
+    rpassword::prompt_password(text).map(Zeroizing::new).map_err(|_| {
+        CliError::new(
+            Class::Auth,
+            "a passphrase is needed and there is no terminal to ask it on: use --passphrase-file FILE or --passphrase-env VAR",
+        )
+    })
+}
+
+/// Open an identity file, asking for its passphrase (up to three times on a terminal).
+pub fn load_identity(
+    path: &Path,
+    source: &Passphrase,
+    bars: Option<&Bars>,
+) -> Result<Identity, CliError> {
+    let open = |pass: &str| {
+        Identity::read_file(path, pass.as_bytes()).map_err(|e| match e {
+            kluis_core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                CliError::usage(format!(
+                    "the identity file {path:?} does not exist: give yours with --identity FILE, or make one with `kluis keygen`"
+                ))
+            }
+            kluis_core::Error::Io(io) => CliError::io(path, "read the identity file", &io),
+            kluis_core::Error::WrongPassphrase => CliError::new(
+                Class::Auth,
+                format!(
+                    "wrong passphrase for the identity file {path:?} (or the file was modified): try again"
+                ),
+            ),
+            other => {
+                let (m, class) = crate::error::describe_core(&other);
+                CliError::new(class, format!("{path:?}: {m}"))
+            }
+        })
+    };
+    if !matches!(source, Passphrase::Prompt) {
+        return open(&source.read_given()?);
+    }
+    if !path.exists() {
+        return open(""); // the "does not exist" message, without asking first
+    }
+    let mut last = None;
+    for _ in 0..3 {
+        let ask = || prompt(&format!("Passphrase for {}: ", path.display()));
+        let pass = match bars {
+            Some(b) => b.suspend(ask)?,
+            None => ask()?,
+        };
+        match open(&pass) {
+            Err(e) if e.class == Class::Auth => {
+                eprintln!("kluis: {e}");
+                last = Some(e);
+            }
+            other => return other,
+        }
+    }
+    Err(last.expect("three failed attempts"))
+}
+
+/// The holder identity as a key holder, opened on first use: the passphrase is asked only
+/// when a document has a stanza that a holder or recovery key opens.
+///
+/// It accepts every X25519 stanza even when no identity is configured, so that a document
+/// that needs one fails with a message saying so, before the key server is asked (and
+/// before it records an opening that could not complete).
+pub struct LazyIdentity<'b> {
+    path: Option<PathBuf>,
+    source: Passphrase,
+    bars: Option<&'b Bars>,
+    loaded: OnceLock<Result<Identity, String>>,
+}
+
+/// The refusal when a document needs an identity and none is configured.
+const NO_IDENTITY: &str = "this document needs your identity file (it is double key, or sealed to a holder or recovery key): give it with --identity FILE or `kluis config set identity FILE`";
+
+impl<'b> LazyIdentity<'b> {
+    /// An identity read from `path` when first needed.
+    pub fn new(path: Option<PathBuf>, source: Passphrase, bars: Option<&'b Bars>) -> Self {
+        LazyIdentity {
+            path,
+            source,
+            bars,
+            loaded: OnceLock::new(),
+        }
+    }
+
+    /// The identity's public key, if it was opened.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        match self.loaded.get() {
+            Some(Ok(id)) => Some(id.public_key()),
+            _ => None,
+        }
+    }
+
+    fn get(&self) -> &Result<Identity, String> {
+        self.loaded.get_or_init(|| {
+            let Some(path) = &self.path else {
+                register(NO_IDENTITY, Class::Usage);
+                return Err(NO_IDENTITY.to_owned());
+            };
+            load_identity(path, &self.source, self.bars).map_err(|e| {
+                register(&e.message, e.class);
+                e.message
+            })
+        })
+    }
+}
+
+impl Unwrap for LazyIdentity<'_> {
+    fn accepts(&self, stanza: &Stanza) -> bool {
+        matches!(stanza, Stanza::X25519(_))
+    }
+
+    fn unwrap(&self, requests: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
+        match self.get() {
+            Ok(id) => id.unwrap(requests),
+            Err(m) => requests
+                .iter()
+                .map(|_| Err(UnwrapError::Denied(m.clone())))
+                .collect(),
+        }
+    }
+}

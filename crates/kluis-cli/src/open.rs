@@ -1,0 +1,206 @@
+//! `kluis open`: files and folders through kluis-file, or standard input as a stream.
+
+use std::io::{BufReader, IsTerminal, Read, Write};
+
+use kluis_client::Purpose;
+use kluis_core::{Header, StreamReader, Unwrap};
+use kluis_file::{Event, OpenOptions, open_paths};
+use serde_json::json;
+
+use crate::Global;
+use crate::atomic::{self, Output};
+use crate::cli::OpenArgs;
+use crate::config::Settings;
+use crate::error::{Class, CliError, describe_core};
+use crate::keys::{KeyServer, LazyIdentity, Passphrase};
+use crate::output;
+use crate::progress::{self, Bars};
+use crate::seal::{BINARY_TO_TERMINAL, STREAM_BUF, is_stream, plural};
+
+/// Run `kluis open`.
+pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
+    let stream = is_stream(&args.files)?;
+    if stream {
+        if std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "nothing to open: give sealed files or folders, or pipe a sealed document into standard input",
+            ));
+        }
+        if args.output.is_none() && g.json {
+            return Err(CliError::usage(
+                "--json needs -o FILE when streaming: standard output carries the plaintext",
+            ));
+        }
+    }
+    let settings = Settings::load(g.server.clone())?;
+    let client = match &settings.server {
+        Some(_) => Some(settings.client(Purpose::Open, args.reason.as_deref())?),
+        None => None,
+    };
+    let to_stdout = stream && args.output.is_none();
+    let bars = if stream {
+        Bars::stream(
+            progress::wanted(g.quiet) && !(to_stdout && std::io::stdout().is_terminal()),
+            "opening",
+        )
+    } else {
+        Bars::files(progress::wanted(g.quiet), "opening")
+    };
+    let identity = LazyIdentity::new(
+        settings.identity_path(args.identity.as_deref()),
+        Passphrase::from_args(&args.passphrase),
+        Some(&bars),
+    );
+    let server = KeyServer::new(client);
+    let holders: [&dyn Unwrap; 2] = [&identity, &server];
+    if stream {
+        return open_stream(&args, g, &holders, &bars, &server);
+    }
+
+    let on_event = |e: Event<'_>| bars.event(e);
+    let mut options = OpenOptions::default();
+    options.output_dir = args.output.clone();
+    options.force = args.force;
+    options.progress = Some(&on_event);
+    let reports = open_paths(&args.files, &holders, &options)?;
+    bars.finish();
+    let (s, items) = output::files(&reports, g.quiet);
+    let code = s.class.map_or(0, Class::code);
+    if g.json {
+        output::print_json(&json!({
+            "command": "open",
+            "files": items,
+            "opened": s.done,
+            "skipped": s.skipped,
+            "failed": s.failed,
+            "bytes": s.bytes,
+            "key_server_requests": server.requests(),
+            "exit_code": code,
+        }));
+    } else if !g.quiet {
+        let mut line = format!(
+            "opened {} file{} ({})",
+            s.done,
+            plural(s.done),
+            output::bytes(s.bytes)
+        );
+        if s.failed > 0 {
+            line.push_str(&format!("; {} failed", s.failed));
+        }
+        eprintln!("{line}");
+    }
+    Ok(code)
+}
+
+/// "standard input: MESSAGE", with the class of a format error.
+fn stdin_error(e: &kluis_core::Error) -> CliError {
+    let (m, class) = describe_core(e);
+    CliError::new(class, format!("standard input: {m}"))
+}
+
+fn open_stream(
+    args: &OpenArgs,
+    g: &Global,
+    holders: &[&dyn Unwrap],
+    bars: &Bars,
+    server: &KeyServer,
+) -> Result<u8, CliError> {
+    let mut input = BufReader::with_capacity(STREAM_BUF, std::io::stdin().lock());
+    let header = Header::read(&mut input).map_err(|e| stdin_error(&e))?;
+    let key = header.unlock(holders).map_err(|e| stdin_error(&e))?;
+    let reader = StreamReader::new(&header, &key, input).map_err(|e| stdin_error(&e))?;
+    let bytes = match &args.output {
+        Some(path) => {
+            if !args.force && std::fs::symlink_metadata(path).is_ok() {
+                return Err(atomic::exists(path));
+            }
+            let mut out = Output::create(path, true, None)?;
+            // On failure `out` is dropped: the temporary file goes, nothing is left.
+            let n = copy_plain(reader, out.file(), false, bars)?;
+            out.commit(args.force)?;
+            n
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let terminal = stdout.is_terminal();
+            copy_plain(reader, stdout.lock(), terminal, bars)?
+        }
+    };
+    bars.finish();
+    if g.json {
+        output::print_json(&json!({
+            "command": "open",
+            "output": args.output.as_ref().map(|p| p.to_string_lossy()),
+            "doc_id": header.doc_id().to_string(),
+            "bytes": bytes,
+            "key_server_requests": server.requests(),
+            "exit_code": 0,
+        }));
+    }
+    Ok(0)
+}
+
+/// Whether the start of a plaintext looks binary (a NUL, or not UTF-8 apart from a
+/// character cut at the end).
+fn looks_binary(b: &[u8]) -> bool {
+    if b.contains(&0) {
+        return true;
+    }
+    match std::str::from_utf8(b) {
+        Ok(_) => false,
+        Err(e) => e.error_len().is_some(),
+    }
+}
+
+/// Copy the authenticated plaintext to `out`. Every chunk is authenticated before any of it
+/// is written; a damaged or truncated document is reported after the good chunks before it
+/// were written, so the caller must discard that output (the exit code is non-zero).
+fn copy_plain<R: Read, W: Write>(
+    mut reader: StreamReader<R>,
+    mut out: W,
+    terminal: bool,
+    bars: &Bars,
+) -> Result<u64, CliError> {
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; STREAM_BUF]);
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let mut err = stdin_error(&kluis_core::Error::from_io(e));
+                if total > 0 {
+                    err.message
+                        .push_str(&format!("; discard the {total} bytes already written"));
+                }
+                return Err(err);
+            }
+        };
+        if terminal && total == 0 && looks_binary(&buf[..n]) {
+            return Err(CliError::usage(BINARY_TO_TERMINAL));
+        }
+        out.write_all(&buf[..n]).map_err(|e| {
+            CliError::new(Class::Failed, format!("could not write the plaintext: {e}"))
+        })?;
+        total += n as u64;
+        bars.inc(n as u64);
+    }
+    out.flush()
+        .map_err(|e| CliError::new(Class::Failed, format!("could not write the plaintext: {e}")))?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_detection() {
+        assert!(!looks_binary(b"hello\nworld"));
+        assert!(!looks_binary("héllo".as_bytes()));
+        assert!(!looks_binary(&"é".as_bytes()[..1]), "cut at the end");
+        assert!(looks_binary(b"a\0b"));
+        assert!(looks_binary(&[0xff, 0xfe, b'a']));
+    }
+}

@@ -1,0 +1,379 @@
+//! `kluis rekey`: move documents to their label's current key version by rewriting the
+//! header only; the payload bytes are copied unchanged.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use kluis_client::{Client, LabelRecord, Purpose};
+use kluis_core::{Header, Stanza, Unwrap, unlock_all};
+use serde_json::{Value, json};
+
+use crate::Global;
+use crate::atomic::Output;
+use crate::cli::RekeyArgs;
+use crate::config::{Settings, parse_public_key};
+use crate::error::{Class, CliError, describe_core};
+use crate::keys::{KeyServer, LazyIdentity, Passphrase};
+use crate::output::warn;
+use crate::progress::{self, Bars};
+use crate::seal::{plural, slots_for, warn_if_stale};
+
+/// Documents per key server request.
+const BATCH: usize = 1000;
+
+/// A sealed document read for re-keying.
+struct Doc {
+    path: PathBuf,
+    header: Header,
+    len: u64,
+    modified: Option<SystemTime>,
+    label: String,
+    kids: Vec<u32>,
+    double: bool,
+}
+
+/// What happened to one document.
+enum Result1 {
+    Moved {
+        label: String,
+        from: Vec<u32>,
+        to: u32,
+    },
+    Current {
+        label: String,
+        kid: u32,
+    },
+    Failed(CliError),
+}
+
+/// Sealed files below `path` (or `path` itself), without following symbolic links.
+fn list(path: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        out.push(path.to_owned()); // reading it reports the error
+        return;
+    };
+    if !meta.is_dir() {
+        out.push(path.to_owned());
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        out.push(path.to_owned());
+        return;
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    entries.sort();
+    for e in entries {
+        let name = e.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name else { continue };
+        match std::fs::symlink_metadata(&e) {
+            Ok(m) if m.is_dir() => list(&e, out),
+            Ok(m)
+                if m.is_file()
+                    && name.ends_with(".kluis")
+                    && !name.starts_with(kluis_file::TEMP_PREFIX) =>
+            {
+                out.push(e)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn read_doc(path: &Path) -> Result<Doc, CliError> {
+    let f = File::open(path).map_err(|e| CliError::io(path, "read", &e))?;
+    let meta = f.metadata().map_err(|e| CliError::io(path, "read", &e))?;
+    if !meta.is_file() {
+        return Err(CliError::usage(format!("{path:?} is not a regular file")));
+    }
+    let header = Header::read(&mut BufReader::new(f)).map_err(|e| {
+        let (m, class) = describe_core(&e);
+        CliError::new(class, format!("{path:?}: {m}"))
+    })?;
+    let mut label = None;
+    let mut kids = Vec::new();
+    let mut double = false;
+    for slot in header.slots() {
+        for s in slot {
+            if let Stanza::Org(o) = s {
+                double |= slot.len() == 2;
+                if label.as_deref().is_some_and(|l| l != o.label()) {
+                    return Err(CliError::usage(format!(
+                        "{path:?} is sealed under several labels; `kluis rekey` handles documents under one label"
+                    )));
+                }
+                label = Some(o.label().to_owned());
+                if !kids.contains(&o.kid()) {
+                    kids.push(o.kid());
+                }
+            }
+        }
+    }
+    let label = label.ok_or_else(|| {
+        CliError::usage(format!(
+            "{path:?} is sealed to holder or recovery keys only, not under a label: there is no key version to move"
+        ))
+    })?;
+    Ok(Doc {
+        path: path.to_owned(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        header,
+        label,
+        kids,
+        double,
+    })
+}
+
+/// The label's current record, asked from the key server even when the cache holds a fresh
+/// one (re-keying is about the *current* version). The answer is checked against the keys
+/// the cache has seen (a known version must keep its key; the current version never goes
+/// back), as the client's own pinning does.
+fn current_record(
+    settings: &Settings,
+    pinned: &Client,
+    label: &str,
+) -> Result<LabelRecord, CliError> {
+    let known = pinned.label_record(label)?;
+    let mut config = settings.client_config()?;
+    config.cache_dir = None;
+    let fresh = match Client::new(config)?.label_record(label) {
+        Ok(r) => r,
+        Err(e) if e.is_offline() => {
+            warn(&format!("{e}; using the cached record of label `{label}`"));
+            warn_if_stale(&known);
+            return Ok(known);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let changed = |kid: u32| {
+        CliError::new(
+            Class::Failed,
+            format!(
+                "refusing the record of label `{label}`: key version {kid} now has a different public key than the one seen before (this may be an attack); nothing was re-keyed. Ask the key server's operators"
+            ),
+        )
+    };
+    if fresh.kid() == known.kid() && fresh.key.key() != known.key.key() {
+        return Err(changed(fresh.kid()));
+    }
+    for v in &known.versions {
+        if let Some(f) = fresh.versions.iter().find(|f| f.kid == v.kid) {
+            if f.public_key != v.public_key {
+                return Err(changed(v.kid));
+            }
+        }
+    }
+    if fresh.kid() < known.kid() {
+        return Err(CliError::new(
+            Class::Failed,
+            format!(
+                "refusing the record of label `{label}`: it offers key version {} but version {} was current before; nothing was re-keyed. Ask the key server's operators",
+                fresh.kid(),
+                known.kid()
+            ),
+        ));
+    }
+    Ok(fresh)
+}
+
+/// Write `new` followed by the unchanged payload of `doc` to a temporary file beside it,
+/// sync it, and rename it over the original (after checking the original did not change).
+fn rewrite(doc: &Doc, new: &Header) -> Result<(), CliError> {
+    let path = &doc.path;
+    let changed = || {
+        CliError::new(
+            Class::Failed,
+            format!(
+                "{path:?} changed while it was being re-keyed; it was left as it is: try again"
+            ),
+        )
+    };
+    let unchanged = |f: &File| -> Result<std::fs::Metadata, CliError> {
+        let m = f.metadata().map_err(|e| CliError::io(path, "read", &e))?;
+        if m.len() != doc.len || m.modified().ok() != doc.modified {
+            return Err(changed());
+        }
+        Ok(m)
+    };
+    let mut src = File::open(path).map_err(|e| CliError::io(path, "read", &e))?;
+    let meta = unchanged(&src)?;
+    let again = Header::read(&mut BufReader::new(&src)).map_err(|_| changed())?;
+    if again.as_bytes() != doc.header.as_bytes() {
+        return Err(changed());
+    }
+    src.seek(SeekFrom::Start(doc.header.len() as u64))
+        .map_err(|e| CliError::io(path, "read", &e))?;
+    let mut out = Output::create(path, false, None)?;
+    out.file()
+        .set_permissions(meta.permissions())
+        .map_err(|e| CliError::io(path, "copy the permissions of", &e))?;
+    let write = |e: std::io::Error| CliError::io(path, "write the re-keyed copy of", &e);
+    std::io::Write::write_all(out.file(), new.as_bytes()).map_err(write)?;
+    let copied = std::io::copy(&mut src, out.file()).map_err(write)?;
+    if copied != doc.len - doc.header.len() as u64 {
+        return Err(changed());
+    }
+    unchanged(&src)?;
+    drop(src); // closed before the rename (Windows refuses to replace an open file)
+    out.commit(true)
+}
+
+/// Run `kluis rekey`.
+pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
+    let settings = Settings::load(g.server.clone())?;
+    let client = settings.client(Purpose::Rekey, args.reason.as_deref())?;
+    let to = args
+        .to
+        .as_deref()
+        .map(|t| parse_public_key(t, "--to"))
+        .transpose()?;
+    let mut paths = Vec::new();
+    for f in &args.files {
+        list(f, &mut paths);
+    }
+    let mut results: Vec<(PathBuf, Result1)> = Vec::new();
+    let mut records: HashMap<String, Result<LabelRecord, String>> = HashMap::new();
+    let mut to_move: Vec<(Doc, u32)> = Vec::new();
+    let mut classes_of_records: HashMap<String, Class> = HashMap::new();
+    for p in paths {
+        let doc = match read_doc(&p) {
+            Ok(d) => d,
+            Err(e) => {
+                results.push((p, Result1::Failed(e)));
+                continue;
+            }
+        };
+        let record = records.entry(doc.label.clone()).or_insert_with(|| {
+            current_record(&settings, &client, &doc.label).map_err(|e| {
+                classes_of_records.insert(doc.label.clone(), e.class);
+                e.message
+            })
+        });
+        match record {
+            Err(m) => {
+                let class = classes_of_records[&doc.label];
+                results.push((p, Result1::Failed(CliError::new(class, m.clone()))));
+            }
+            Ok(r) if !args.force && doc.kids == [r.kid()] => {
+                let (label, kid) = (doc.label.clone(), r.kid());
+                results.push((p, Result1::Current { label, kid }));
+            }
+            Ok(r) => {
+                let kid = r.kid();
+                to_move.push((doc, kid));
+            }
+        }
+    }
+
+    let bars = Bars::stream(
+        progress::wanted(g.quiet) && !to_move.is_empty(),
+        "re-keying",
+    );
+    let identity = LazyIdentity::new(
+        settings.identity_path(args.identity.as_deref()),
+        Passphrase::from_args(&args.passphrase),
+        Some(&bars),
+    );
+    let server = KeyServer::new(Some(client));
+    let holders: [&dyn Unwrap; 2] = [&identity, &server];
+    for batch in to_move.chunks(BATCH) {
+        let headers: Vec<&Header> = batch.iter().map(|(d, _)| &d.header).collect();
+        let keys = unlock_all(&headers, &holders);
+        for ((doc, _), key) in batch.iter().zip(keys) {
+            // Only documents whose label record was found are in `to_move`.
+            let Some(Ok(record)) = records.get(&doc.label) else {
+                continue;
+            };
+            let result = key
+                .map_err(|e| {
+                    let (m, class) = describe_core(&e);
+                    CliError::new(class, format!("{:?}: {m}", doc.path))
+                })
+                .and_then(|key| {
+                    let holder = match to {
+                        Some(t) => Some(t),
+                        None if doc.double || record.double_key => match identity.public_key() {
+                            Some(k) => Some(k),
+                            None => settings.default_holder(args.identity.as_deref())?,
+                        },
+                        None => None,
+                    };
+                    let slots = slots_for(record, holder.as_ref())?;
+                    let new = doc.header.rekey(&key, &[], &slots).map_err(|e| {
+                        let (m, class) = describe_core(&e);
+                        CliError::new(class, format!("{:?}: {m}", doc.path))
+                    })?;
+                    rewrite(doc, &new)
+                });
+            results.push((
+                doc.path.clone(),
+                match result {
+                    Ok(()) => Result1::Moved {
+                        label: doc.label.clone(),
+                        from: doc.kids.clone(),
+                        to: record.kid(),
+                    },
+                    Err(e) => Result1::Failed(e),
+                },
+            ));
+        }
+    }
+    bars.finish();
+    report(results, g, server.requests())
+}
+
+fn report(mut results: Vec<(PathBuf, Result1)>, g: &Global, requests: u64) -> Result<u8, CliError> {
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut moved, mut current, mut classes) = (0, 0, Vec::new());
+    let mut items: Vec<Value> = Vec::new();
+    for (path, r) in &results {
+        let name = path.to_string_lossy();
+        match r {
+            Result1::Moved { label, from, to } => {
+                moved += 1;
+                let from: Vec<String> = from.iter().map(|k| format!("v{k}")).collect();
+                if !g.json {
+                    println!(
+                        "moved    {path:?}: label {label} {} → v{to}",
+                        from.join("+")
+                    );
+                }
+                items.push(json!({"path": name, "outcome": "moved", "label": label, "from": from, "to": to}));
+            }
+            Result1::Current { label, kid } => {
+                current += 1;
+                if !g.json && !g.quiet {
+                    println!("current  {path:?}: label {label} v{kid}");
+                }
+                items.push(json!({"path": name, "outcome": "current", "label": label, "kid": kid}));
+            }
+            Result1::Failed(e) => {
+                eprintln!("kluis: {e}");
+                classes.push(e.class);
+                items.push(json!({"path": name, "outcome": "failed", "error": e.message, "exit_code": e.class.code()}));
+            }
+        }
+    }
+    let failed = classes.len();
+    let code = Class::combine(classes).map_or(0, Class::code);
+    if g.json {
+        crate::output::print_json(&json!({
+            "command": "rekey",
+            "files": items,
+            "moved": moved,
+            "current": current,
+            "failed": failed,
+            "key_server_requests": requests,
+            "exit_code": code,
+        }));
+    } else if !g.quiet {
+        eprintln!(
+            "re-keyed {moved} document{}; {current} already on the current key version; {failed} failed",
+            plural(moved)
+        );
+    }
+    Ok(code)
+}
