@@ -1,1 +1,1 @@
-//! Runnable examples for kluis; see `quickstart.rs`.
+//! Runnable examples for kluis; see `library.rs`.

@@ -184,10 +184,11 @@ enum AuditCmd {
 }
 
 fn actor() -> String {
-    format!(
-        "admin:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
+    let user = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("admin:{user}")
 }
 
 fn json(v: &impl serde::Serialize) -> String {

@@ -1,8 +1,8 @@
-//! The quickstart: seal a document on disk, inspect it without a key, open it, and show that
-//! a double-key document needs both keys.
+//! kluis-core as a library, without a key server: seal a document on disk, inspect it without
+//! a key, open it, and show that a double-key document needs both keys. The label key lives in
+//! this process here; in real use it lives on kluis-server (see `quickstart.sh`).
 //!
-//! Provisional: until `kluis-server` lands, the label key lives in this process instead of on
-//! a key server, and there is no audit trail yet.
+//! Run: `cargo run --release --example library`.
 
 use std::error::Error;
 use std::fs;
@@ -14,7 +14,7 @@ use kluis_core::{
 
 fn main() -> Result<(), Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
-    println!("kluis quickstart (working in {})\n", dir.path().display());
+    println!("kluis-core as a library (working in {})\n", dir.path().display());
 
     // 1. Keys. The organisation's label key would live on kluis-server; the holder's key
     //    lives in a passphrase-protected identity file on the holder's device.
@@ -94,6 +94,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         plain.len()
     );
 
-    println!("audit trail: not yet — it arrives with kluis-server (the key server issue).");
+    println!("no audit trail here: with kluis-server every opening is audited (quickstart.sh).");
     Ok(())
 }
