@@ -32,7 +32,8 @@ python3 -c 'import cryptography' 2>/dev/null ||
 st=(python3 -m schemathesis.cli)
 
 bin="$root/target/debug/kluis-server"
-[ -x "$bin" ] || cargo build -p kluis-server --bin kluis-server
+# Always build (a no-op when up to date), so a stale binary is never the one tested.
+(cd "$root" && cargo build --quiet -p kluis-server --bin kluis-server)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kluis-schemathesis.XXXXXX")
 server_pid=
