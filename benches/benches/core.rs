@@ -162,6 +162,27 @@ fn bench(c: &mut Criterion) {
                 w.finish().expect("finish");
             })
         });
+        // The same on one core only: the parallel speed-up is the ratio of the two.
+        group.bench_function("kluis seal (ring, stream, reused output, 1 thread)", |b| {
+            b.iter(|| {
+                out.clear();
+                let mut w = StreamWriter::with_backend(&mut out, &slots, &sized, Backend::Ring)
+                    .expect("writer")
+                    .threads(1);
+                w.write_all(&plain).expect("write");
+                w.finish().expect("finish");
+            })
+        });
+        // To a sink (like `> /dev/null`): no output buffer at all.
+        group.bench_function("kluis seal (ring, stream, to a sink)", |b| {
+            b.iter(|| {
+                let mut w =
+                    StreamWriter::with_backend(std::io::sink(), &slots, &sized, Backend::Ring)
+                        .expect("writer");
+                w.write_all(&plain).expect("write");
+                w.finish().expect("finish");
+            })
+        });
         drop(out);
         let sealed = OnceCell::new();
         let mut out = Vec::new();

@@ -16,6 +16,37 @@ pub const CHUNK_LEN: usize = 64 * 1024;
 pub(crate) const SEALED_CHUNK_LEN: usize = CHUNK_LEN + TAG_LEN;
 /// A valid final chunk after a full chunk has at least one plaintext byte.
 const MIN_FINAL_AFTER_FULL: usize = TAG_LEN + 1;
+/// Full chunks the writer gathers before sealing them together (4 MiB): enough work to spread
+/// over several cores, little enough to keep memory bounded.
+const BATCH_CHUNKS: usize = 64;
+/// Most threads one writer uses.
+const MAX_THREADS: usize = 8;
+
+/// Seal full (never last) chunks laid out back to back in `buf` (each `CHUNK_LEN` of plaintext
+/// followed by room for its tag), the first one being chunk number `first`, over `threads`
+/// threads. Chunks are independent under STREAM, so the order of sealing does not matter.
+fn seal_full_chunks(cipher: &ChunkCipher, buf: &mut [u8], first: u64, threads: usize) {
+    let seal_run = |run: &mut [u8], start: u64| {
+        for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
+            let (plain, tag) = chunk.split_at_mut(CHUNK_LEN);
+            tag.copy_from_slice(&cipher.seal(chunk_nonce(start + i as u64, false), plain));
+        }
+    };
+    let chunks = buf.len() / SEALED_CHUNK_LEN;
+    let threads = threads.clamp(1, chunks.max(1));
+    if threads == 1 {
+        return seal_run(buf, first);
+    }
+    let per = chunks.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut runs = buf.chunks_mut(per * SEALED_CHUNK_LEN).enumerate();
+        let (_, mine) = runs.next().expect("at least one run");
+        for (k, run) in runs {
+            scope.spawn(move || seal_run(run, first + (k * per) as u64));
+        }
+        seal_run(mine, first);
+    });
+}
 
 /// `BE88(i) ‖ flag`: an 11-byte big-endian counter and the last-chunk flag.
 pub(crate) fn chunk_nonce(counter: u64, last: bool) -> [u8; NONCE_LEN] {
@@ -57,15 +88,25 @@ pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header,
 /// [`StreamWriter::finish`].
 ///
 /// You MUST call `finish`: it writes the last chunk. A writer dropped without it leaves a
-/// document that every reader rejects as truncated. Memory use is one chunk (64 KiB).
+/// document that every reader rejects as truncated.
+///
+/// Payloads up to one chunk (64 KiB) use one chunk of memory. Larger ones are sealed in
+/// batches of 64 chunks (4 MiB), each batch split over the available cores (at most 8; see
+/// [`StreamWriter::threads`]), and written with one call per batch. The bytes written are the
+/// same whatever the number of threads.
 #[must_use = "call finish(), or the document is left truncated"]
 pub struct StreamWriter<W: Write> {
     out: Option<W>,
     cipher: ChunkCipher,
-    /// Plaintext waiting to be sealed: wiped on drop.
+    /// Plaintext waiting to be sealed, chunk after chunk with room for each tag: wiped on drop.
     buf: zeroize::Zeroizing<Vec<u8>>,
+    /// Full chunks in `buf` before the one being filled.
+    full: usize,
+    /// Bytes in the chunk being filled.
     filled: usize,
+    /// Number of the first chunk in `buf`.
     counter: u64,
+    threads: usize,
     written: u64,
     size: Option<u64>,
     padding: u64,
@@ -92,8 +133,12 @@ impl<W: Write> StreamWriter<W> {
             out: Some(out),
             cipher: payload_cipher(backend, &key, header.payload_salt()),
             buf: zeroize::Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN]),
+            full: 0,
             filled: 0,
             counter: 0,
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_THREADS),
             written: 0,
             size: metadata.size,
             padding: metadata.padding,
@@ -106,36 +151,75 @@ impl<W: Write> StreamWriter<W> {
         &self.header
     }
 
-    fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+    /// Use at most `n` threads (1 seals on the calling thread only).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.clamp(1, MAX_THREADS);
+        self
+    }
+
+    /// Seal and write the buffered full chunks and, with `last`, the chunk being filled as
+    /// the final one.
+    fn seal_buffered(&mut self, last: bool) -> io::Result<()> {
         let out = self
             .out
             .as_mut()
             .ok_or_else(|| io::Error::other("the writer already failed"))?;
-        let n = self.filled;
-        let tag = self
-            .cipher
-            .seal(chunk_nonce(self.counter, last), &mut self.buf[..n]);
-        self.buf[n..n + TAG_LEN].copy_from_slice(&tag);
-        if let Err(e) = out.write_all(&self.buf[..n + TAG_LEN]) {
-            self.out = None; // a partial chunk may be out: refuse to go on
+        let full_len = self.full * SEALED_CHUNK_LEN;
+        seal_full_chunks(
+            &self.cipher,
+            &mut self.buf[..full_len],
+            self.counter,
+            self.threads,
+        );
+        let mut end = full_len;
+        let mut sealed = self.full as u64;
+        if last {
+            let n = self.filled;
+            let nonce = chunk_nonce(self.counter + self.full as u64, true);
+            let tag = self.cipher.seal(nonce, &mut self.buf[end..end + n]);
+            self.buf[end + n..end + n + TAG_LEN].copy_from_slice(&tag);
+            end += n + TAG_LEN;
+            sealed += 1;
+        }
+        if let Err(e) = out.write_all(&self.buf[..end]) {
+            self.out = None; // part of a batch may be out: refuse to go on
             return Err(e);
         }
         self.counter = self
             .counter
-            .checked_add(1)
+            .checked_add(sealed)
             .ok_or_else(|| io::Error::other("too many chunks"))?;
-        self.filled = 0;
+        if !last {
+            // Move the chunk being filled to the front.
+            let (done, current) = self.buf.split_at_mut(full_len);
+            done[..self.filled].copy_from_slice(&current[..self.filled]);
+            self.full = 0;
+        }
         Ok(())
     }
 
     fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            // A full buffer is sealed only once more data arrives: the last chunk may be full.
+            // A full chunk is sealed only once more data arrives: the last chunk may be full.
             if self.filled == CHUNK_LEN {
-                self.seal_chunk(false)?;
+                self.full += 1;
+                self.filled = 0;
+                let need = (self.full + 1) * SEALED_CHUNK_LEN;
+                if need > self.buf.len() {
+                    if self.full < BATCH_CHUNKS {
+                        // Grow into a fresh buffer; the old one is wiped when dropped.
+                        let len = (self.buf.len() * 4).clamp(need, BATCH_CHUNKS * SEALED_CHUNK_LEN);
+                        let mut bigger = zeroize::Zeroizing::new(vec![0u8; len]);
+                        bigger[..self.buf.len()].copy_from_slice(&self.buf);
+                        self.buf = bigger;
+                    } else {
+                        self.seal_buffered(false)?;
+                    }
+                }
             }
+            let at = self.full * SEALED_CHUNK_LEN + self.filled;
             let take = (CHUNK_LEN - self.filled).min(data.len());
-            self.buf[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.buf[at..at + take].copy_from_slice(&data[..take]);
             self.filled += take;
             data = &data[take..];
         }
@@ -159,7 +243,7 @@ impl<W: Write> StreamWriter<W> {
             self.push(&zeros[..n])?;
             left -= n as u64;
         }
-        self.seal_chunk(true)?;
+        self.seal_buffered(true)?;
         let mut out = self.out.take().expect("present after a successful chunk");
         out.flush()?;
         Ok(out)

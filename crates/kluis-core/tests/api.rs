@@ -398,3 +398,56 @@ fn errors_say_what_to_do() {
             .contains("truncated")
     );
 }
+
+#[test]
+fn parallel_sealing_gives_the_same_layout_and_opens_at_every_batch_boundary() {
+    const C: usize = kluis_core::CHUNK_LEN;
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    // Around one chunk, one batch of 64 chunks (4 MiB), and two batches.
+    for size in [
+        0,
+        1,
+        C,
+        C + 1,
+        64 * C - 1,
+        64 * C,
+        64 * C + 1,
+        65 * C,
+        129 * C + 7,
+    ] {
+        let plain = data(size);
+        let mut lens = Vec::new();
+        for threads in [1, 2, 3, 8] {
+            let mut w = StreamWriter::new(Vec::new(), &slots, &Metadata::default())
+                .unwrap()
+                .threads(threads);
+            let header_len = w.header().as_bytes().len();
+            // Uneven writes, so chunk and batch edges fall inside writes.
+            for piece in plain.chunks(100_003) {
+                w.write_all(piece).unwrap();
+            }
+            let sealed = w.finish().unwrap();
+            let chunks = size.div_ceil(C).max(1);
+            assert_eq!(
+                sealed.len() - header_len,
+                size + 16 * chunks,
+                "size {size}, {threads} threads"
+            );
+            let (opened, _) = open(&sealed, &[&hr]).unwrap();
+            assert!(opened == plain, "size {size}, {threads} threads");
+            // The streaming reader agrees chunk by chunk.
+            let mut input = &sealed[..];
+            let header = Header::read(&mut input).unwrap();
+            let key = header.unlock(&[&hr]).unwrap();
+            let mut back = Vec::new();
+            StreamReader::new(&header, &key, input)
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == plain, "size {size}, {threads} threads (stream)");
+            lens.push(sealed.len() - header_len);
+        }
+        assert!(lens.windows(2).all(|w| w[0] == w[1]), "{lens:?}");
+    }
+}
