@@ -14,7 +14,10 @@ use kluis_core::{
 
 fn main() -> Result<(), Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
-    println!("kluis-core as a library (working in {})\n", dir.path().display());
+    println!(
+        "kluis-core as a library (working in {})\n",
+        dir.path().display()
+    );
 
     // 1. Keys. The organisation's label key would live on kluis-server; the holder's key
     //    lives in a passphrase-protected identity file on the holder's device.

@@ -2,6 +2,8 @@
 //! trail, and `serve` the HTTP API over TLS (or plain HTTP on loopback, for tests and the
 //! quickstart).
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
