@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod civil;
 mod error;
 mod header;
 mod identity_file;
@@ -69,6 +70,7 @@ mod wire;
 mod wrap;
 
 pub use backend::Backend;
+pub use civil::UtcDateTime;
 pub use error::{Error, Result, UnwrapError};
 pub use header::{Header, MAC_LEN, MAGIC, MAX_HEADER_LEN, MAX_SLOTS, PayloadInfo, VERSION};
 pub use identity_file::{ARGON2_MEMORY_KIB, ARGON2_PASSES, MAX_IDENTITY_FILE_LEN};
