@@ -19,7 +19,8 @@ seconds="${FUZZ_SECONDS:-20}"
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(header open metadata stanza public_key identity_file jwt)
+    targets=(header open metadata stanza public_key identity_file jwt
+        unwrap_request label_record server_config cli_config)
 fi
 
 logs="$(mktemp -d)"

@@ -36,11 +36,11 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn fetched(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.fetched_at)
+        at(self.fetched_at)
     }
 
     pub(crate) fn expires(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.fetched_at.saturating_add(self.max_age))
+        at(self.fetched_at.saturating_add(self.max_age))
     }
 
     /// Fresh: fetched at most `max_age` ago (and not in the future by more than a minute:
@@ -49,6 +49,18 @@ impl Entry {
         self.fetched_at <= now.saturating_add(60)
             && now < self.fetched_at.saturating_add(self.max_age)
     }
+}
+
+/// 9999-12-31T23:59:59Z.
+const LATEST: u64 = 253_402_300_799;
+
+/// `secs` after the Unix epoch, at most [`LATEST`] (a damaged or hostile cache file must not
+/// make the clock arithmetic overflow).
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .filter(|_| secs <= LATEST)
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(LATEST))
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -248,5 +260,17 @@ mod tests {
             .map(|d| d.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn absurd_times_in_a_cache_file_do_not_overflow() {
+        assert_eq!(at(u64::MAX), at(LATEST));
+        assert!(at(0) == UNIX_EPOCH);
+        assert!(at(1_800_000_000) > at(1_700_000_000));
     }
 }

@@ -18,6 +18,8 @@ const SMALL_ANSWER: u64 = 4 * 1024 * 1024;
 const AUDIT_ANSWER: u64 = 256 * 1024 * 1024;
 /// `max_age` when the server gives none.
 const DEFAULT_MAX_AGE: u64 = 3600;
+/// The longest a label record is used without asking the server again: 30 days.
+const MAX_MAX_AGE: u64 = 30 * 86_400;
 
 /// Why the caller unwraps; the key server opens retired key versions only to re-key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -185,17 +187,17 @@ impl Client {
             .cache
             .as_ref()
             .and_then(|c| c.load(name))
-            .filter(|e| self.entry_record(e, false).is_ok());
+            .filter(|e| self.entry_record(e, name, false).is_ok());
         if let Some(e) = &cached {
             if e.is_fresh(unix_now()) {
-                return self.entry_record(e, false);
+                return self.entry_record(e, name, false);
             }
         }
         match self.fetch_record(name, cached.as_ref()) {
             Ok(r) => Ok(r),
             Err(err) if err.is_offline() => match &cached {
                 Some(e) => {
-                    let mut r = self.entry_record(e, true)?;
+                    let mut r = self.entry_record(e, name, true)?;
                     r.refresh_error = Some(err);
                     Ok(r)
                 }
@@ -205,10 +207,11 @@ impl Client {
         }
     }
 
-    fn entry_record(&self, e: &Entry, stale: bool) -> Result<LabelRecord, ClientError> {
+    /// The record of label `name` in `e`; a record for another label is refused.
+    fn entry_record(&self, e: &Entry, name: &str, stale: bool) -> Result<LabelRecord, ClientError> {
         LabelRecord::from_wire(
             &e.record,
-            &e.record.label,
+            name,
             self.server(),
             e.fetched(),
             e.expires(),
@@ -243,7 +246,8 @@ impl Client {
         }
         let wire: WireRecord = self.json(&reply)?;
         let now = unix_now();
-        let max_age = wire.max_age.unwrap_or(DEFAULT_MAX_AGE);
+        // A server cannot make a record live forever (nor overflow the clock arithmetic).
+        let max_age = wire.max_age.unwrap_or(DEFAULT_MAX_AGE).min(MAX_MAX_AGE);
         let entry = Entry {
             format: FORMAT,
             server: self.server().to_owned(),
@@ -253,7 +257,7 @@ impl Client {
             record: wire,
         };
         // Parse and check before comparing or storing anything.
-        let record = self.entry_record(&entry, false)?;
+        let record = self.entry_record(&entry, name, false)?;
         let known_keys = self.pin(name, &record, cached)?;
         if let Some(c) = &self.cache {
             c.store(&Entry {

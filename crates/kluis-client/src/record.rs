@@ -161,7 +161,7 @@ impl LabelRecord {
         };
         let key = LabelPublicKey::new(name, w.kid, parse("public_key", &w.public_key)?)
             .map_err(|e| bad(e.to_string()))?;
-        if w.recovery.len() > 64 || w.versions.len() > 100_000 {
+        if w.recovery.len() > 64 || w.versions.len() > 1024 {
             return Err(bad("too many recovery keys or versions".into()));
         }
         let recovery = w

@@ -294,3 +294,48 @@ fn redirects_are_not_followed() {
     assert!(matches!(e, ClientError::Protocol { .. }), "{e:?}");
     assert_eq!(server.count(), 1);
 }
+
+/// Found by the `label_record` fuzz target: a server answering with another label's record,
+/// or with a `max_age` that overflows the clock, must not be believed (nor crash the client).
+#[test]
+fn a_record_for_another_label_or_with_an_absurd_max_age_is_handled() {
+    let key = kluis_core::Identity::generate().unwrap().public_key();
+    let other = record_json(&key).replace("\"label\":\"hr\"", "\"label\":\"legal\"");
+    assert!(other.contains("legal"));
+    let server = Canned::start(None, move |_, _| Some((200, vec![], other.clone())));
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(server.url("http"));
+    config.cache_dir = Some(cache.path().to_owned());
+    let c = Client::new(config).unwrap();
+    let e = c.label_record("hr").unwrap_err();
+    assert!(e.to_string().contains("hr"), "{e}");
+    // Nothing about `hr` (or `legal`) was cached from that answer.
+    let files: Vec<_> = walk(cache.path());
+    assert!(files.is_empty(), "{files:?}");
+
+    let huge = record_json(&key).replace("\"max_age\":3600", "\"max_age\":18446744073709551615");
+    assert!(huge.contains("18446744073709551615"));
+    let server = Canned::start(None, move |_, _| Some((200, vec![], huge.clone())));
+    let mut config = ClientConfig::new(server.url("http"));
+    config.cache_dir = Some(cache.path().to_owned());
+    let c = Client::new(config).unwrap();
+    let r = c.label_record("hr").unwrap();
+    // Capped at 30 days: served from the cache now, but not forever.
+    let lives = r.expires_at.duration_since(r.fetched_at).unwrap();
+    assert_eq!(lives, Duration::from_secs(30 * 86_400));
+    let again = c.label_record("hr").unwrap();
+    assert_eq!(again.key.key(), &key);
+    assert_eq!(server.count(), 1);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

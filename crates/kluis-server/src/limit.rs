@@ -47,7 +47,11 @@ impl RateLimiter {
             Ok(())
         } else {
             let missing = cost.min(self.burst) - *tokens;
-            Err(Duration::from_secs_f64(missing / self.per_sec))
+            // At most an hour, whatever the configured rate (no overflow on tiny rates).
+            Err(Duration::try_from_secs_f64(missing / self.per_sec)
+                .map_or(Duration::from_secs(3600), |d| {
+                    d.min(Duration::from_secs(3600))
+                }))
         }
     }
 }

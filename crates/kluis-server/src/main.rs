@@ -474,9 +474,9 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     let interval = Duration::from_secs(
         args.schedule_interval
             .or(f.schedule_interval_secs)
-            .unwrap_or(60)
-            .max(1),
+            .unwrap_or(60),
     );
+    check_limits(&config, &limits, interval)?;
     let oidc = oidc_verifier(file)?;
     let scheduler = store.reopen()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -495,6 +495,42 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         eprintln!("kluis-server: stopped; the audit trail is flushed");
         Ok(())
     })
+}
+
+/// Refuse settings that would break the server rather than limit it (found by fuzzing the
+/// configuration: a zero connection cap never accepts, a huge timeout overflows the clock).
+fn check_limits(api: &ApiConfig, listen: &ListenLimits, interval: Duration) -> Result<()> {
+    let bad = |what: &str, range: &str| Err(ServerError::Config(format!("{what} must be {range}")));
+    if !(1..=100_000).contains(&api.max_batch) {
+        return bad("max_batch", "1 to 100000");
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&api.max_body) {
+        return bad("max_body_bytes", "1 KiB to 64 MiB");
+    }
+    if !(1..=86_400 * 30).contains(&api.record_max_age) {
+        return bad("record_max_age_secs", "1 s to 30 days");
+    }
+    let secs = |d: Duration| d.as_secs_f64();
+    if !(1.0..=3600.0).contains(&secs(api.request_timeout)) {
+        return bad("request_timeout_secs", "1 to 3600");
+    }
+    if !(1.0..=3600.0).contains(&secs(listen.header_timeout)) {
+        return bad("header_timeout_secs", "1 to 3600");
+    }
+    if !(1..=1_000_000).contains(&listen.max_connections) {
+        return bad("max_connections", "1 to 1000000");
+    }
+    if !(1.0..=7.0 * 86_400.0).contains(&secs(interval)) {
+        return bad("schedule_interval_secs", "1 s to 7 days");
+    }
+    let rate = api.rate_per_sec;
+    if !(rate == 0.0 || (0.001..=1e9).contains(&rate)) {
+        return bad("rate_limit_per_sec", "0 (off) or 0.001 to 1e9");
+    }
+    if !(1.0..=1e9).contains(&api.rate_burst) {
+        return bad("rate_limit_burst", "1 to 1e9");
+    }
+    Ok(())
 }
 
 /// The OpenID Connect verifier, when the configuration has an `[oidc]` table.

@@ -724,3 +724,37 @@ fn openid_connect_tokens_are_checked_against_the_jwks_and_refused_when_it_is_una
 fn url_of(server: &Server) -> String {
     format!("{}/v1/unwrap", server.base)
 }
+
+#[test]
+fn settings_that_would_break_the_server_are_refused_at_start() {
+    let (dir, _) = store();
+    let d = dir.path();
+    for (setting, name) in [
+        ("max_connections = 0", "max_connections"),
+        ("max_connections = 18446744073709551615", "max_connections"),
+        (
+            "header_timeout_secs = 18446744073709551615",
+            "header_timeout_secs",
+        ),
+        ("request_timeout_secs = 0", "request_timeout_secs"),
+        ("rate_limit_per_sec = 1e-300", "rate_limit_per_sec"),
+        ("rate_limit_per_sec = nan", "rate_limit_per_sec"),
+        ("max_body_bytes = 0", "max_body_bytes"),
+        ("max_batch = 0", "max_batch"),
+        ("schedule_interval_secs = 0", "schedule_interval_secs"),
+    ] {
+        std::fs::write(d.join("bad.toml"), format!("[serve]\n{setting}\n")).unwrap();
+        let e = admin_fails(
+            d,
+            &[
+                "--config",
+                "bad.toml",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-http",
+            ],
+        );
+        assert!(e.contains(name), "{setting}: {e}");
+    }
+}

@@ -147,3 +147,89 @@ pub fn label_key(server: &Server, name: &str) -> LabelPublicKey {
     let key: PublicKey = v["public_key"].as_str().unwrap().parse().unwrap();
     LabelPublicKey::new(name, v["kid"].as_u64().unwrap() as u32, key).unwrap()
 }
+
+/// POST raw bytes (any content type); returns (status, body text, lower-case headers).
+pub fn post_bytes(
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, std::collections::HashMap<String, String>) {
+    let mut req = agent().post(url).header("Content-Type", content_type);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.send(body).unwrap();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let text = r.body_mut().read_to_string().unwrap();
+    (r.status().as_u16(), text, headers)
+}
+
+/// Write `request` to a fresh connection to `addr` (write errors ignored: the server may
+/// answer and close before reading it all), then read one answer: until its
+/// `content-length` is complete, the server closes, or `wait` passes. Returns what was read.
+pub fn raw_exchange(addr: &str, request: &[u8], wait: std::time::Duration) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !raw_complete(&buf) {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
+/// Whether `answer` holds a whole HTTP/1.1 answer with a `content-length`.
+pub fn raw_complete(answer: &[u8]) -> bool {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .is_some_and(|n| answer.len() >= end + 4 + n)
+}
+
+/// The HTTP status of a raw HTTP/1.1 answer, if it starts with a status line.
+pub fn raw_status(answer: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(answer.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.parse().ok()
+}
+
+/// The body of a raw HTTP/1.1 answer with a `content-length` (what follows the headers).
+pub fn raw_body(answer: &[u8]) -> &[u8] {
+    answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(&[][..], |i| &answer[i + 4..])
+}
+
+/// A value from `/proc/<pid>/status`, in KiB (`VmHWM`, `VmRSS`); `None` off Linux.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Collect a child's standard error on a thread, so that it never blocks on a full pipe;
+/// the returned handle gives the text once the process has exited.
+pub fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    let mut err = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = err.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
