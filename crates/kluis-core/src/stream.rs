@@ -21,6 +21,21 @@ const MIN_FINAL_AFTER_FULL: usize = TAG_LEN + 1;
 const BATCH_CHUNKS: usize = 64;
 /// Most threads one writer uses.
 const MAX_THREADS: usize = 8;
+/// Sealed output goes out in writes of at most this size: measured on Linux, copying into the
+/// page cache costs up to several times more per byte in 1-4 MiB writes than in 64-256 KiB
+/// ones (docs/BENCHMARKS.md).
+const WRITE_LEN: usize = 256 * 1024;
+
+/// The threads a writer uses by default: the available cores, at most [`MAX_THREADS`].
+/// Asked once per process (on Linux it reads cgroup files).
+fn default_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS)
+    })
+}
 
 /// Seal full (never last) chunks laid out back to back in `buf` (each `CHUNK_LEN` of plaintext
 /// followed by room for its tag), the first one being chunk number `first`, over `threads`
@@ -136,9 +151,7 @@ impl<W: Write> StreamWriter<W> {
             full: 0,
             filled: 0,
             counter: 0,
-            threads: std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(MAX_THREADS),
+            threads: default_threads(),
             written: 0,
             size: metadata.size,
             padding: metadata.padding,
@@ -181,9 +194,11 @@ impl<W: Write> StreamWriter<W> {
             end += n + TAG_LEN;
             sealed += 1;
         }
-        if let Err(e) = out.write_all(&self.buf[..end]) {
-            self.out = None; // part of a batch may be out: refuse to go on
-            return Err(e);
+        for piece in self.buf[..end].chunks(WRITE_LEN) {
+            if let Err(e) = out.write_all(piece) {
+                self.out = None; // part of a batch may be out: refuse to go on
+                return Err(e);
+            }
         }
         self.counter = self
             .counter

@@ -9,8 +9,9 @@ use kluis_core::Header;
 
 use crate::error::{Error, Result};
 
-/// The largest I/O buffer: reads and writes move up to 1 MiB at a time.
-pub(crate) const BUF_LEN: usize = 1 << 20;
+/// The largest I/O buffer: reads and writes move up to 256 KiB at a time. Larger writes were
+/// measured to copy into the page cache more slowly on Linux (docs/BENCHMARKS.md).
+pub(crate) const BUF_LEN: usize = 256 * 1024;
 
 /// A buffer length for a file of about `len` bytes: large for large files, small for small
 /// ones (a folder of many small files should not allocate 1 MiB per file).
