@@ -129,42 +129,38 @@ impl Metrics {
             let _ = writeln!(w, "kluis_unwrap_items_total{{outcome=\"{outcome}\"}} {n}");
         }
         let s = writer.stats();
-        let _ = writeln!(
-            w,
-            "# HELP kluis_audit_queue_depth Requests waiting for their audit records to be committed."
-        );
-        let _ = writeln!(w, "# TYPE kluis_audit_queue_depth gauge");
-        let _ = writeln!(w, "kluis_audit_queue_depth {}", writer.depth());
-        let _ = writeln!(
-            w,
-            "# HELP kluis_audit_commits_total Audit transactions committed (group commits)."
-        );
-        let _ = writeln!(w, "# TYPE kluis_audit_commits_total counter");
-        let _ = writeln!(
-            w,
-            "kluis_audit_commits_total {}",
-            s.commits.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            w,
-            "# HELP kluis_audit_records_total Audit records committed."
-        );
-        let _ = writeln!(w, "# TYPE kluis_audit_records_total counter");
-        let _ = writeln!(
-            w,
-            "kluis_audit_records_total {}",
-            s.records.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            w,
-            "# HELP kluis_audit_failures_total Audit transactions that failed; their requests were refused."
-        );
-        let _ = writeln!(w, "# TYPE kluis_audit_failures_total counter");
-        let _ = writeln!(
-            w,
-            "kluis_audit_failures_total {}",
-            s.failures.load(Ordering::Relaxed)
-        );
+        let load = |c: &std::sync::atomic::AtomicUsize| c.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "kluis_audit_queue_depth",
+                "gauge",
+                "Requests waiting for their audit records to be committed.",
+                writer.depth(),
+            ),
+            (
+                "kluis_audit_commits_total",
+                "counter",
+                "Audit transactions committed (group commits).",
+                load(&s.commits),
+            ),
+            (
+                "kluis_audit_records_total",
+                "counter",
+                "Audit records committed.",
+                load(&s.records),
+            ),
+            (
+                "kluis_audit_failures_total",
+                "counter",
+                "Audit transactions that failed; their requests were refused.",
+                load(&s.failures),
+            ),
+        ] {
+            let _ = writeln!(
+                w,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out
     }
 }
