@@ -44,7 +44,9 @@ server token create --user alice --group hr-staff > "$work/alice/token" 2>/dev/n
 echo "token for alice written to $work/alice/token (shown once; the store keeps only a keyed hash)"
 
 say "key server: serving on loopback (plain HTTP is allowed only there; use TLS otherwise)"
-server serve --listen 127.0.0.1:0 --insecure-http > "$work/server/serve.log" 2>&1 &
+# Started directly (not through the shell function), so that $! is the server itself.
+"$bin/kluis-server" --store "$work/server/store.db" --key-file "$work/server/master.key" \
+    serve --listen 127.0.0.1:0 --insecure-http > "$work/server/serve.log" 2>&1 &
 server_pid=$!
 url=""
 for _ in $(seq 1 100); do
@@ -97,7 +99,9 @@ say "the key server's audit trail"
 kill -TERM "$server_pid"
 wait "$server_pid" || true
 server_pid=""
+grep -q "audit trail is flushed" "$work/server/serve.log" ||
+    { echo "the key server did not stop cleanly:"; cat "$work/server/serve.log"; exit 1; }
 server audit export
 server audit verify
 
-say "done: the key server stopped cleanly"
+say "done: the key server stopped cleanly (SIGTERM; its log says the audit trail is flushed)"
