@@ -107,24 +107,26 @@ struct Pool {
 }
 
 impl Pool {
+    /// A free connection, looking from the next one round; `None` when all are busy.
+    fn free(&self, start: usize) -> Option<std::sync::MutexGuard<'_, SqliteStore>> {
+        (0..self.conns.len())
+            .find_map(|i| self.conns[(start + i) % self.conns.len()].try_lock().ok())
+    }
+
     /// Run `f` on a free connection; `None` when all are busy.
     fn try_with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> Option<T> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.conns.len())
-            .find_map(|i| self.conns[(start + i) % self.conns.len()].try_lock().ok())
-            .map(|mut s| f(&mut s))
+        self.free(start).map(|mut s| f(&mut s))
     }
 
+    /// Run `f` on a free connection, or wait for one when all are busy.
     fn with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> T {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.conns.len() {
-            if let Ok(mut s) = self.conns[(start + i) % self.conns.len()].try_lock() {
-                return f(&mut s);
-            }
-        }
-        let mut s = self.conns[start % self.conns.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut s = self.free(start).unwrap_or_else(|| {
+            self.conns[start % self.conns.len()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
         f(&mut s)
     }
 }
@@ -368,10 +370,7 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let store_ok = matches!(
-        blocking(&api, |_, s| Ok(s.labels().is_ok())).await,
-        Ok(true)
-    );
+    let store_ok = matches!(blocking(&api, |_, s| Ok(s.is_reachable())).await, Ok(true));
     if store_ok && api.writer.is_running() {
         "ready\n".into_response()
     } else {

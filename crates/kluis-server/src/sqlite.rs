@@ -236,6 +236,14 @@ impl SqliteStore {
         }
     }
 
+    /// Whether the store answers a query (one indexed read, for readiness probes).
+    pub fn is_reachable(&self) -> bool {
+        self.conn
+            .prepare_cached("SELECT 1 FROM meta WHERE key = 'check'")
+            .and_then(|mut s| s.exists([]))
+            .unwrap_or(false)
+    }
+
     /// Another connection to the same store, under the same (already checked) master key.
     pub fn reopen(&self) -> Result<Self> {
         Ok(SqliteStore::with_key(
@@ -264,16 +272,21 @@ impl SqliteStore {
             )
             .optional()?
             .unwrap_or((0, GENESIS.to_vec()));
+        // Prepared once per connection, not once per record: this is the audit writer's loop.
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
         for e in entries {
             seq += 1;
             let mac = audit::chain_mac(&self.audit_key, &prev, seq, e);
-            tx.execute(
-                "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![seq, e.time_ms, e.actor, e.action, e.label, e.kid, e.doc_id, e.outcome, e.reason, e.client, mac],
-            )?;
+            insert.execute(params![
+                seq, e.time_ms, e.actor, e.action, e.label, e.kid, e.doc_id, e.outcome, e.reason,
+                e.client, mac
+            ])?;
             prev = mac;
         }
+        drop(insert);
         let head = audit::head_mac(&self.audit_key, seq, &prev);
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
