@@ -171,7 +171,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     /// Seal and write the buffered full chunks and, with `last`, the chunk being filled as
-    /// the final one.
+    /// the final one. Without `last`, it is called only when the chunk being filled is empty.
     fn seal_buffered(&mut self, last: bool) -> io::Result<()> {
         let out = self
             .out
@@ -204,12 +204,9 @@ impl<W: Write> StreamWriter<W> {
             .counter
             .checked_add(sealed)
             .ok_or_else(|| io::Error::other("too many chunks"))?;
-        if !last {
-            // Move the chunk being filled to the front.
-            let (done, current) = self.buf.split_at_mut(full_len);
-            done[..self.filled].copy_from_slice(&current[..self.filled]);
-            self.full = 0;
-        }
+        // A batch is sealed only when a new chunk starts (empty), so nothing is left over.
+        debug_assert!(last || self.filled == 0);
+        self.full = 0;
         Ok(())
     }
 
