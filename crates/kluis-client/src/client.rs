@@ -182,22 +182,22 @@ impl Client {
     /// is cached, that record is returned with [`LabelRecord::stale`] set.
     pub fn label_record(&self, name: &str) -> Result<LabelRecord, ClientError> {
         check_label(name)?;
-        // A cached record that does not parse any more counts as none.
+        // A cached record that does not parse any more counts as none. Parsed once here,
+        // whether it is then returned fresh, kept for pinning, or returned stale.
         let cached = self
             .cache
             .as_ref()
             .and_then(|c| c.load(name))
-            .filter(|e| self.entry_record(e, name, false).is_ok());
-        if let Some(e) = &cached {
-            if e.is_fresh(unix_now()) {
-                return self.entry_record(e, name, false);
-            }
-        }
-        match self.fetch_record(name, cached.as_ref()) {
+            .and_then(|e| Some((self.entry_record(&e, name).ok()?, e)));
+        let cached = match cached {
+            Some((r, e)) if e.is_fresh(unix_now()) => return Ok(r),
+            other => other,
+        };
+        match self.fetch_record(name, cached.as_ref().map(|(_, e)| e)) {
             Ok(r) => Ok(r),
-            Err(err) if err.is_offline() => match &cached {
-                Some(e) => {
-                    let mut r = self.entry_record(e, name, true)?;
+            Err(err) if err.is_offline() => match cached {
+                Some((mut r, _)) => {
+                    r.stale = true;
                     r.refresh_error = Some(err);
                     Ok(r)
                 }
@@ -208,14 +208,14 @@ impl Client {
     }
 
     /// The record of label `name` in `e`; a record for another label is refused.
-    fn entry_record(&self, e: &Entry, name: &str, stale: bool) -> Result<LabelRecord, ClientError> {
+    fn entry_record(&self, e: &Entry, name: &str) -> Result<LabelRecord, ClientError> {
         LabelRecord::from_wire(
             &e.record,
             name,
             self.server(),
             e.fetched(),
             e.expires(),
-            stale,
+            false,
         )
     }
 
@@ -257,7 +257,7 @@ impl Client {
             record: wire,
         };
         // Parse and check before comparing or storing anything.
-        let record = self.entry_record(&entry, name, false)?;
+        let record = self.entry_record(&entry, name)?;
         let known_keys = self.pin(name, &record, cached)?;
         if let Some(c) = &self.cache {
             c.store(&Entry {

@@ -241,16 +241,8 @@ impl ClientError {
         match self {
             NotForKeyServer => UnwrapError::NotMine,
             Destroyed { .. } => UnwrapError::Destroyed(m),
-            Unreachable { .. }
-            | Timeout { .. }
-            | UntrustedCertificate { .. }
-            | Tls { .. }
-            | RateLimited { .. }
-            | Server { .. }
-            | Protocol { .. }
-            | BadReply { .. }
-            | Random
-            | Cache { .. } => UnwrapError::Unavailable(m),
+            BadReply { .. } | Random | Cache { .. } => UnwrapError::Unavailable(m),
+            e if e.is_offline() => UnwrapError::Unavailable(m),
             _ => UnwrapError::Denied(m),
         }
     }

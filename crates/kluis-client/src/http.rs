@@ -112,6 +112,7 @@ impl Http {
             Some(p) => ca_roots(p)?,
             None => RootCerts::WebPki,
         };
+        let connect_timeout = config.connect_timeout.min(config.timeout);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .https_only(server.https)
@@ -119,7 +120,7 @@ impl Http {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .timeout_global(Some(config.timeout))
-            .timeout_connect(Some(config.connect_timeout.min(config.timeout)))
+            .timeout_connect(Some(connect_timeout))
             .user_agent(concat!("kluis-client/", env!("CARGO_PKG_VERSION")))
             // An https proxy from the environment tunnels TLS end to end; plain http goes only
             // to loopback, never through a proxy.
@@ -136,7 +137,7 @@ impl Http {
             base: server.base,
             token: config.token.clone(),
             timeout: config.timeout,
-            connect_timeout: config.connect_timeout.min(config.timeout),
+            connect_timeout,
             max_attempts: config.max_attempts.max(1),
             max_retry_wait: config.max_retry_wait,
             sent: AtomicU64::new(0),

@@ -6,8 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::{ReplyKey, SealedShare};
 use kluis_core::{DocId, OrgStanza, Share, Stanza, Unwrap, UnwrapError, UnwrapRequest};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, Purpose};
 use crate::error::ClientError;
@@ -30,6 +29,28 @@ struct ItemReply {
     share: Option<String>,
     #[serde(default)]
     error: Option<ApiError>,
+}
+
+/// `POST /v1/unwrap/batch`, serialized straight from borrowed data (no JSON value tree).
+#[derive(Serialize)]
+struct BatchRequest<'a> {
+    reply_key: String,
+    purpose: &'static str,
+    items: Vec<WireItem<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireItem<'a> {
+    doc_id: String,
+    stanza: &'a str,
+}
+
+/// `s` decoded from base64, if it is exactly `N` bytes.
+fn b64_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    (B64.decode_slice(s, &mut out).ok()? == N).then_some(out)
 }
 
 /// One org stanza to send, with its place in the caller's request list.
@@ -97,22 +118,26 @@ impl Client {
     ) -> Result<Vec<Result<Share, ClientError>>, ClientError> {
         let server = || self.server().to_owned();
         let reply_key = ReplyKey::generate().map_err(|_| ClientError::Random)?;
-        let mut body = json!({
-            "reply_key": B64.encode(reply_key.public_bytes()),
-            "purpose": match self.purpose { Purpose::Open => "open", Purpose::Rekey => "rekey" },
-            "items": items
+        let body = serde_json::to_vec(&BatchRequest {
+            reply_key: B64.encode(reply_key.public_bytes()),
+            purpose: match self.purpose {
+                Purpose::Open => "open",
+                Purpose::Rekey => "rekey",
+            },
+            items: items
                 .iter()
-                .map(|i| json!({"doc_id": i.doc_id.to_string(), "stanza": i.bytes}))
-                .collect::<Vec<_>>(),
-        });
-        if let Some(r) = &self.reason {
-            body["reason"] = json!(r);
-        }
-        let body = body.to_string();
+                .map(|i| WireItem {
+                    doc_id: i.doc_id.to_string(),
+                    stanza: &i.bytes,
+                })
+                .collect(),
+            reason: self.reason.as_deref(),
+        })
+        .expect("serializing strings to JSON cannot fail");
         let reply = self.http.request(
             "/v1/unwrap/batch",
             true,
-            Some(body.as_bytes()),
+            Some(&body),
             Retry::NotProcessed,
             BATCH_ANSWER,
         )?;
@@ -126,11 +151,8 @@ impl Client {
                 detail: format!("{} results for {} items", parsed.items.len(), items.len()),
             });
         }
-        let server_key: [u8; 32] = B64
-            .decode(&parsed.server_key)
-            .ok()
-            .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| ClientError::Protocol {
+        let server_key: [u8; 32] =
+            b64_array(&parsed.server_key).ok_or_else(|| ClientError::Protocol {
                 server: server(),
                 detail: "server_key is not 32 bytes of base64".into(),
             })?;
@@ -144,16 +166,16 @@ impl Client {
                 if let Some(e) = r.error {
                     return Err(self.item_error(item.stanza, e));
                 }
-                let sealed = (|| {
-                    Some(SealedShare {
-                        nonce: B64.decode(r.nonce?).ok()?.try_into().ok()?,
-                        body: B64.decode(r.share?).ok()?.try_into().ok()?,
-                    })
-                })()
-                .ok_or_else(|| ClientError::Protocol {
-                    server: server(),
-                    detail: "an item has neither a well-formed share nor an error".into(),
-                })?;
+                let sealed = r
+                    .nonce
+                    .as_deref()
+                    .and_then(b64_array)
+                    .zip(r.share.as_deref().and_then(b64_array))
+                    .map(|(nonce, body)| SealedShare { nonce, body })
+                    .ok_or_else(|| ClientError::Protocol {
+                        server: server(),
+                        detail: "an item has neither a well-formed share nor an error".into(),
+                    })?;
                 // A share that does not authenticate is never used.
                 opener
                     .open(&item.doc_id, &sealed)
