@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::file::parent_of;
 use crate::name::{TEMP_PREFIX, random_name};
 use crate::report::{Outcome, Report};
 
@@ -22,7 +23,7 @@ pub(crate) struct TempFile {
 impl TempFile {
     /// Create `.kluis-tmp-RANDOM` in `dir` with `create_new`. `private` makes it owner-only
     /// (mode 0600 on unix) from the start; otherwise the process umask applies.
-    pub(crate) fn create(dir: &Path, private: bool) -> Result<TempFile> {
+    fn create(dir: &Path, private: bool) -> Result<TempFile> {
         let mut last = None;
         for _ in 0..4 {
             let path = dir.join(format!("{TEMP_PREFIX}{}", random_name()?));
@@ -126,6 +127,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Get ready to write `output`, which lies in `root/rel_dir`: refuse early if it exists and
+/// `force` is not set (the commit checks again, atomically), create the folders of `rel_dir`,
+/// and create the temporary file there (see [`TempFile::create`] for `private`).
+pub(crate) fn start_output(
+    root: &Path,
+    rel_dir: &Path,
+    output: &Path,
+    force: bool,
+    private: bool,
+) -> Result<TempFile> {
+    if !force && fs::symlink_metadata(output).is_ok() {
+        return Err(Error::Exists {
+            path: output.to_owned(),
+        });
+    }
+    let dir = create_dirs(root, rel_dir)?;
+    TempFile::create(&dir, private)
+}
+
 /// Create the folders of `rel` (normal components only) under `base`, refusing to go
 /// through a symbolic link or a non-folder. `base` itself must exist; it is the caller's
 /// choice and may be a link. Returns `base` joined with `rel`.
@@ -133,7 +153,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// A link planted between this check and the write can still redirect the write (there is no
 /// portable `openat` in std); the check stops links that are already there, including any a
 /// hostile document set could otherwise exploit (those only ever create folders and files).
-pub(crate) fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
+fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
     let mut path = base.to_path_buf();
     for c in rel.components() {
         let Component::Normal(c) = c else {
@@ -175,18 +195,17 @@ pub(crate) fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Sync each folder once; a failure turns the reports of the files in it into failures.
-pub(crate) fn sync_dirs(
-    dirs: impl Iterator<Item = PathBuf>,
-    reports: &mut [Report],
-    in_dir: impl Fn(&Path, &Report) -> bool,
-) {
+/// Sync each folder once; a failure turns the reports of the files written into it into
+/// failures.
+pub(crate) fn sync_dirs(dirs: impl Iterator<Item = PathBuf>, reports: &mut [Report]) {
     let dirs: BTreeSet<PathBuf> = dirs.collect();
     for dir in dirs {
         if let Err(e) = sync_dir(&dir) {
             let mut e = Some(e);
             for r in reports.iter_mut() {
-                if matches!(r.outcome, Outcome::Done) && in_dir(&dir, r) {
+                if matches!(r.outcome, Outcome::Done)
+                    && r.output.as_deref().map(parent_of).as_deref() == Some(&*dir)
+                {
                     let err = e.take().unwrap_or_else(|| {
                         Error::io(&dir, "sync the folder", io::ErrorKind::Other.into())
                     });

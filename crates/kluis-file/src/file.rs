@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 pub(crate) const BUF_LEN: usize = 256 * 1024;
 
 /// A buffer length for a file of about `len` bytes: large for large files, small for small
-/// ones (a folder of many small files should not allocate 1 MiB per file).
+/// ones (a folder of many small files should not allocate the largest buffer per file).
 pub(crate) fn buf_len(len: u64) -> usize {
     usize::try_from(len.saturating_add(4096)).map_or(BUF_LEN, |l| l.clamp(16 * 1024, BUF_LEN))
 }
@@ -67,22 +67,40 @@ pub(crate) fn open_checked(path: &Path, expect: Option<Stamp>) -> Result<(File, 
     Ok((file, meta))
 }
 
+/// Open a sealed file and read its header, leaving the file positioned at the payload.
+fn open_sealed(path: &Path) -> Result<(File, Header)> {
+    let (mut file, _) = open_checked(path, None)?;
+    let header = Header::read(&mut file).map_err(|e| Error::format(path, e))?;
+    Ok((file, header))
+}
+
 /// Read just the header of a sealed file.
 pub(crate) fn read_header(path: &Path) -> Result<Header> {
-    let (mut file, _) = open_checked(path, None)?;
-    Header::read(&mut file).map_err(|e| Error::format(path, e))
+    open_sealed(path).map(|(_, header)| header)
 }
 
 /// Open a sealed file again, after its header was read (and unlocked) earlier, positioned at
 /// the payload. The header is read again and must be the same bytes: the file was not swapped
 /// in between.
 pub(crate) fn reopen_sealed(path: &Path, header: &Header) -> Result<File> {
-    let (mut file, _) = open_checked(path, None)?;
-    let again = Header::read(&mut file).map_err(|e| Error::format(path, e))?;
+    let (file, again) = open_sealed(path)?;
     if again.as_bytes() != header.as_bytes() {
         return Err(Error::Changed { path: path.into() });
     }
     Ok(file)
+}
+
+/// Check that `input` is a regular file itself (not a folder or a link), for the one-file
+/// calls.
+pub(crate) fn require_file(input: &Path) -> Result<()> {
+    if fs::symlink_metadata(input)
+        .map_err(|e| Error::io(input, "read", e))?
+        .is_file()
+    {
+        Ok(())
+    } else {
+        Err(Error::NotAFile { path: input.into() })
+    }
 }
 
 /// Read until `buf` is full or the input ends; return how many bytes were read.

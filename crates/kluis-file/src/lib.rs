@@ -92,7 +92,8 @@
 //! # Speed and memory
 //!
 //! Payloads stream through [`kluis_core::StreamWriter`] and [`kluis_core::StreamReader`] with
-//! 1 MiB reads and writes, so memory stays at a few MiB per worker whatever the file size.
+//! reads and writes of up to 256 KiB, so memory stays at a few MiB per worker whatever the
+//! file size.
 //! Files are spread over at most [`MAX_THREADS`] worker threads (default: the available
 //! cores). Opening reads every header first and recovers all keys with one
 //! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):

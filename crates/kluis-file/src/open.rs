@@ -10,10 +10,11 @@ use std::time::SystemTime;
 use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
 use zeroize::Zeroizing;
 
-use crate::atomic::{TempFile, create_dirs, sync_dirs};
+use crate::atomic::{start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
     absolute, buf_len, parent_of, payload_error, read_full, read_header, reopen_sealed,
+    require_file,
 };
 use crate::name::{EXTENSION, check_component, safe_relative_path};
 use crate::pool;
@@ -178,12 +179,7 @@ pub fn open_file(
     unwrappers: &[&dyn Unwrap],
     options: &OpenOptions<'_>,
 ) -> Result<Report> {
-    if !fs::symlink_metadata(input)
-        .map_err(|e| Error::io(input, "read", e))?
-        .is_file()
-    {
-        return Err(Error::NotAFile { path: input.into() });
-    }
+    require_file(input)?;
     single(open_paths(&[input], unwrappers, options)?, input)
 }
 
@@ -237,9 +233,7 @@ impl Run<'_> {
             }
             reports[job.report] = report;
         }
-        sync_dirs(dirs.into_iter(), reports, |dir, r| {
-            r.output.as_deref().map(parent_of).as_deref() == Some(dir)
-        });
+        sync_dirs(dirs.into_iter(), reports);
     }
 
     /// Decide where a document goes: its stored name, checked, below the output root.
@@ -318,13 +312,8 @@ impl<R: Read> Read for Counting<'_, R> {
 /// modification time, then link it into place. Returns the plaintext size.
 fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     shared.emit(Event::Started { input: &job.input });
-    if !shared.force && fs::symlink_metadata(&job.output).is_ok() {
-        return Err(Error::Exists {
-            path: job.output.clone(),
-        });
-    }
-    let dir = create_dirs(&job.root, job.rel.parent().unwrap_or(Path::new("")))?;
-    let tmp = TempFile::create(&dir, true)?;
+    let rel_dir = job.rel.parent().unwrap_or(Path::new(""));
+    let tmp = start_output(&job.root, rel_dir, &job.output, shared.force, true)?;
     let count = Cell::new(job.header.len() as u64);
     let file = reopen_sealed(&job.input, &job.header)?;
     let input = Counting {

@@ -4,8 +4,8 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
-/// The most worker threads used. Each holds about 2 MiB of buffers, so peak memory stays
-/// bounded whatever the machine.
+/// The most worker threads used. Each holds a few MiB of buffers (a sealing worker up to
+/// about 5 MiB), so peak memory stays bounded whatever the machine.
 pub const MAX_THREADS: usize = 8;
 
 /// How many workers to use for `items` pieces of work.

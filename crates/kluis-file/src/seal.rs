@@ -5,14 +5,14 @@ use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use kluis_core::{DocId, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
+use kluis_core::{FileKey, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
 use zeroize::Zeroizing;
 
-use crate::atomic::{TempFile, create_dirs, sync_dir, sync_dirs};
+use crate::atomic::{start_output, sync_dir, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
-    Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, read_header,
-    reopen_sealed,
+    Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, reopen_sealed,
+    require_file,
 };
 use crate::name::{EXTENSION, check_component, random_name};
 use crate::open::BATCH;
@@ -37,7 +37,9 @@ struct Job {
 
 /// What a sealed file leaves for verification.
 struct Sealed {
-    doc_id: DocId,
+    /// The header as written: unlocked for verification, and compared with the one on disk.
+    header: Header,
+    /// The original as it was sealed.
     stamp: Stamp,
 }
 
@@ -99,45 +101,39 @@ pub fn seal_paths<P: AsRef<Path>>(
     let threads = pool::workers(options.threads, jobs.len());
     let (pad, remove) = (options.pad, options.remove_original);
     let results = pool::map(&jobs, threads, |job| {
-        let result = seal_one(job, slots, pad, shared);
+        let (bytes, outcome, sealed) = match seal_one(job, slots, pad, remove, shared) {
+            Ok((bytes, sealed)) => (bytes, Outcome::Done, sealed),
+            Err(e) => (0, Outcome::Failed(e), None),
+        };
         let report = Report {
             input: job.input.clone(),
             output: Some(job.output.clone()),
-            bytes: 0,
-            outcome: Outcome::Done,
+            bytes,
+            outcome,
         };
-        let (report, sealed) = match result {
-            Ok((bytes, sealed)) => (Report { bytes, ..report }, Some(sealed)),
-            Err(e) => (
-                Report {
-                    outcome: Outcome::Failed(e),
-                    ..report
-                },
-                None,
-            ),
-        };
-        if sealed.is_none() || !remove {
+        // A copy still to be verified finishes after verification.
+        if sealed.is_none() {
             shared.emit(Event::Finished(&report));
         }
         (report, sealed)
     });
     let mut sealed = Vec::new();
+    let mut dirs = Vec::new();
     for (job, (report, s)) in jobs.iter().zip(results) {
+        if matches!(report.outcome, Outcome::Done) {
+            dirs.push(parent_of(&job.output));
+        }
         reports[job.report] = report;
         if let Some(s) = s {
             sealed.push((job, s));
         }
     }
-    sync_dirs(
-        sealed.iter().map(|(j, _)| parent_of(&j.output)),
-        &mut reports,
-        |dir, r| r.output.as_deref().map(parent_of).as_deref() == Some(dir),
-    );
+    sync_dirs(dirs.into_iter(), &mut reports);
     sealed.retain(|(j, _)| matches!(reports[j.report].outcome, Outcome::Done));
 
     if options.remove_original {
         for chunk in sealed.chunks(BATCH) {
-            verify_and_remove(chunk, options, threads, &mut reports);
+            verify_and_remove(chunk, options, shared, threads, &mut reports);
         }
         for (job, _) in &sealed {
             shared.emit(Event::Finished(&reports[job.report]));
@@ -148,12 +144,7 @@ pub fn seal_paths<P: AsRef<Path>>(
 
 /// Seal one file. Fails unless it is a regular file; returns its report.
 pub fn seal_file(input: &Path, slots: &[Slot], options: &SealOptions<'_>) -> Result<Report> {
-    if !fs::symlink_metadata(input)
-        .map_err(|e| Error::io(input, "read", e))?
-        .is_file()
-    {
-        return Err(Error::NotAFile { path: input.into() });
-    }
+    require_file(input)?;
     single(seal_paths(&[input], slots, options)?, input)
 }
 
@@ -204,6 +195,7 @@ fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>,
             }
         };
         let output = absolute(&job.output);
+        let restored = restored_key(&job);
         let clash = if inputs.contains(&output) {
             Some(Error::OutputIsInput {
                 path: job.input.clone(),
@@ -214,12 +206,10 @@ fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>,
                 other: other.clone(),
             })
         } else {
-            names
-                .get(&restored_key(&job))
-                .map(|other| Error::Collision {
-                    path: job.input.clone(),
-                    other: other.clone(),
-                })
+            names.get(&restored).map(|other| Error::Collision {
+                path: job.input.clone(),
+                other: other.clone(),
+            })
         };
         if let Some(e) = clash {
             reports.push(Report {
@@ -229,7 +219,7 @@ fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>,
             continue;
         }
         outputs.insert(output, job.input.clone());
-        names.insert(restored_key(&job), job.input.clone());
+        names.insert(restored, job.input.clone());
         bytes = bytes.saturating_add(found.len);
         reports.push(Report {
             input: job.input.clone(),
@@ -263,26 +253,9 @@ fn job_for(found: &Found, out_dir: Option<&Path>, hide: bool, report: usize) -> 
         })
     };
     portable(base)?;
-    let sealed_name = |hidden: bool| -> Result<String> {
-        Ok(if hidden {
-            format!("{}.{EXTENSION}", random_name()?)
-        } else {
-            format!("{base}.{EXTENSION}")
-        })
-    };
-    let (root, rel_parent, file, name) = match out_dir {
-        None => (
-            parent_of(path),
-            PathBuf::new(),
-            sealed_name(hide)?,
-            base.to_owned(),
-        ),
-        Some(out) if !hide => (
-            out.to_path_buf(),
-            found.rel_dir.clone(),
-            sealed_name(false)?,
-            base.to_owned(),
-        ),
+    let (root, rel_parent, name) = match out_dir {
+        None => (parent_of(path), PathBuf::new(), base.to_owned()),
+        Some(out) if !hide => (out.to_path_buf(), found.rel_dir.clone(), base.to_owned()),
         Some(out) => {
             // Flat output; the stored name is the whole relative path.
             let mut name = String::new();
@@ -293,8 +266,13 @@ fn job_for(found: &Found, out_dir: Option<&Path>, hide: bool, report: usize) -> 
                 name.push('/');
             }
             name.push_str(base);
-            (out.to_path_buf(), PathBuf::new(), sealed_name(true)?, name)
+            (out.to_path_buf(), PathBuf::new(), name)
         }
+    };
+    let file = if hide {
+        format!("{}.{EXTENSION}", random_name()?)
+    } else {
+        format!("{base}.{EXTENSION}")
     };
     if name.len() > kluis_core::MAX_NAME_LEN {
         return Err(Error::NameNotPortable {
@@ -312,24 +290,24 @@ fn job_for(found: &Found, out_dir: Option<&Path>, hide: bool, report: usize) -> 
     })
 }
 
-/// Seal one file to a temporary file beside its output, then link it into place.
-fn seal_one(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<(u64, Sealed)> {
+/// Seal one file to a temporary file beside its output, then link it into place. Returns the
+/// size sealed and, with `verify`, what verifying the copy needs.
+fn seal_one(
+    job: &Job,
+    slots: &[Slot],
+    pad: bool,
+    verify: bool,
+    shared: Shared<'_>,
+) -> Result<(u64, Option<Sealed>)> {
     shared.emit(Event::Started { input: &job.input });
     let (mut input, meta) = open_checked(&job.input, None)?;
-    if !shared.force && fs::symlink_metadata(&job.output).is_ok() {
-        return Err(Error::Exists {
-            path: job.output.clone(),
-        });
-    }
-    let dir = create_dirs(&job.root, &job.rel_parent)?;
+    let tmp = start_output(&job.root, &job.rel_parent, &job.output, shared.force, false)?;
     let len = meta.len();
     let mut metadata = Metadata::with_size(len).name(job.name.clone());
-    if let Ok(t) = meta.modified() {
-        // Times outside 1601..9999 cannot be stored: leave them out rather than fail.
-        let with = metadata.clone().modified(t);
-        if with.encode().is_ok() {
-            metadata = with;
-        }
+    metadata.modified = meta.modified().ok();
+    // Times outside 1601..9999 cannot be stored: leave them out rather than fail.
+    if metadata.modified.is_some() && metadata.encode().is_err() {
+        metadata.modified = None;
     }
     if pad {
         metadata = metadata
@@ -337,12 +315,11 @@ fn seal_one(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<
             .map_err(|e| Error::format(&job.input, e))?;
     }
 
-    let tmp = TempFile::create(&dir, false)?;
     let cap = buf_len(len);
     let sink = BufWriter::with_capacity(cap, tmp.file());
     let mut writer =
         StreamWriter::new(sink, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
-    let doc_id = writer.header().doc_id();
+    let header = verify.then(|| writer.header().clone());
     let write_error = |e: io::Error| match kluis_core::Error::from_io(e) {
         kluis_core::Error::SizeMismatch { .. } => Error::Changed {
             path: job.input.clone(),
@@ -364,9 +341,8 @@ fn seal_one(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<
             bytes: n as u64,
         });
     }
-    let sink = writer.finish().map_err(|e| write_error(e.into()))?;
-    sink.into_inner()
-        .map_err(|e| Error::io(&job.output, "write", e.into_error()))?;
+    // `finish` flushes the buffered writer too.
+    writer.finish().map_err(|e| write_error(e.into()))?;
     // Written meanwhile (same size, new time) or replaced: the copy may be inconsistent.
     let after = input
         .metadata()
@@ -377,13 +353,8 @@ fn seal_one(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<
         });
     }
     tmp.commit(&job.output, shared.force)?;
-    Ok((
-        len,
-        Sealed {
-            doc_id,
-            stamp: Stamp::of(&meta),
-        },
-    ))
+    let stamp = Stamp::of(&meta);
+    Ok((len, header.map(|header| Sealed { header, stamp })))
 }
 
 /// Open each fresh sealed copy back with the verification keys (one `unlock_all` for the
@@ -391,6 +362,7 @@ fn seal_one(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<
 fn verify_and_remove(
     batch: &[(&Job, Sealed)],
     options: &SealOptions<'_>,
+    shared: Shared<'_>,
     threads: usize,
     reports: &mut [Report],
 ) {
@@ -408,38 +380,21 @@ fn verify_and_remove(
         }
         return;
     }
-    let headers = pool::map(batch, threads, |(job, sealed)| {
-        let header = read_header(&job.output)?;
-        if header.doc_id() != sealed.doc_id {
-            return Err(Error::Changed {
-                path: job.output.clone(),
-            });
-        }
-        Ok(header)
+    shared.emit(Event::Unlocking {
+        documents: batch.len(),
     });
-    let mut todo: Vec<(&Job, &Sealed, Header)> = Vec::new();
-    for ((job, sealed), header) in batch.iter().zip(headers) {
-        match header {
-            Ok(h) => todo.push((job, sealed, h)),
-            Err(e) => reports[job.report].outcome = kept(&job.input, e),
-        }
-    }
-    if let Some(p) = options.progress {
-        p(Event::Unlocking {
-            documents: todo.len(),
-        });
-    }
-    let refs: Vec<&Header> = todo.iter().map(|(_, _, h)| h).collect();
-    let keys = unlock_all(&refs, options.verify_with);
+    // The headers as written: `compare` checks that the copy on disk still starts with them.
+    let headers: Vec<&Header> = batch.iter().map(|(_, s)| &s.header).collect();
+    let keys = unlock_all(&headers, options.verify_with);
     let mut work = Vec::new();
-    for ((job, sealed, header), key) in todo.into_iter().zip(keys) {
+    for ((job, sealed), key) in batch.iter().zip(keys) {
         match key {
-            Ok(key) => work.push((job, sealed, header, key)),
+            Ok(key) => work.push((*job, sealed, key)),
             Err(e) => reports[job.report].outcome = kept(&job.input, Error::format(&job.output, e)),
         }
     }
-    let results = pool::map(&work, threads, |(job, sealed, header, key)| {
-        if let Err(e) = compare(job, sealed.stamp, header, key) {
+    let results = pool::map(&work, threads, |(job, sealed, key)| {
+        if let Err(e) = compare(job, sealed, key) {
             return kept(&job.input, e);
         }
         match fs::remove_file(&job.input) {
@@ -462,7 +417,8 @@ fn verify_and_remove(
 
 /// Decrypt the sealed copy (every chunk authenticated) and compare it with the original,
 /// which must still be the file that was sealed.
-fn compare(job: &Job, stamp: Stamp, header: &Header, key: &kluis_core::FileKey) -> Result<()> {
+fn compare(job: &Job, written: &Sealed, key: &FileKey) -> Result<()> {
+    let (header, stamp) = (&written.header, written.stamp);
     let file = reopen_sealed(&job.output, header)?;
     let mut sealed =
         StreamReader::new(header, key, file).map_err(|e| Error::format(&job.output, e))?;
