@@ -1,6 +1,6 @@
 //! Configuration: the folder, `config.toml`, the token file, and the settings in effect.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -276,33 +276,8 @@ pub fn public_key_of_identity_file(path: &Path) -> Result<PublicKey, CliError> {
 /// Write `data` to `path` atomically with mode 0600 (temporary file, fsync, rename), making
 /// its folder (0700) if needed.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("kluis"),
-        crate::atomic::random_suffix()?
-    ));
-    let result = (|| {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        crate::atomic::sync_dir(dir);
-        Ok::<_, std::io::Error>(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CliError::io(path, "write", &e)
-    })
+    create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    crate::atomic::replace_private(path, data)
 }
 
 /// Create a folder (and its parents) for private files: mode 0700 for the ones created.

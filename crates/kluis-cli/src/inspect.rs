@@ -105,7 +105,7 @@ fn print_human(v: &Value, header: &Header) {
         "  header       {} bytes, {} slot{}",
         header.len(),
         header.slots().len(),
-        crate::seal::plural(header.slots().len())
+        output::plural(header.slots().len())
     );
     for (i, slot) in header.slots().iter().enumerate() {
         println!("  slot {:<7} {}", i + 1, slot_text(slot));

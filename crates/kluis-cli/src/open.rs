@@ -8,14 +8,15 @@ use kluis_file::{Event, OpenOptions, open_paths};
 use serde_json::json;
 
 use crate::Global;
-use crate::atomic::{self, Output};
+use crate::atomic;
 use crate::cli::OpenArgs;
 use crate::config::Settings;
 use crate::error::{Class, CliError, describe_core};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
 use crate::output;
+use crate::output::plural;
 use crate::progress::{self, Bars};
-use crate::seal::{BINARY_TO_TERMINAL, STREAM_BUF, is_stream, plural};
+use crate::seal::{BINARY_TO_TERMINAL, STREAM_BUF, is_stream};
 
 /// Run `kluis open`.
 pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
@@ -110,16 +111,9 @@ fn open_stream(
     let key = header.unlock(holders).map_err(|e| stdin_error(&e))?;
     let reader = StreamReader::new(&header, &key, input).map_err(|e| stdin_error(&e))?;
     let bytes = match &args.output {
-        Some(path) => {
-            if !args.force && std::fs::symlink_metadata(path).is_ok() {
-                return Err(atomic::exists(path));
-            }
-            let mut out = Output::create(path, true, None)?;
-            // On failure `out` is dropped: the temporary file goes, nothing is left.
-            let n = copy_plain(reader, out.file(), false, bars)?;
-            out.commit(args.force)?;
-            n
-        }
+        Some(path) => atomic::write_new(path, args.force, true, |f| {
+            copy_plain(reader, f, false, bars)
+        })?,
         None => {
             let stdout = std::io::stdout();
             let terminal = stdout.is_terminal();

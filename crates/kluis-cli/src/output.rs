@@ -107,6 +107,11 @@ pub fn files(reports: &[Report], quiet: bool) -> (Summary, Vec<Value>) {
     (s, items)
 }
 
+/// `s` for counts other than one.
+pub fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// Bytes for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -32,15 +32,9 @@ impl Bars {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
-            b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        Bars {
-            bar,
-            verb,
-            files: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-        }
+        Bars::new(bar, verb)
     }
 
     /// A byte counter for streaming, or a silent one.
@@ -52,9 +46,15 @@ impl Bars {
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             b.set_message(verb);
-            b.enable_steady_tick(Duration::from_millis(200));
             b
         });
+        Bars::new(bar, verb)
+    }
+
+    fn new(bar: Option<ProgressBar>, verb: &'static str) -> Bars {
+        if let Some(b) = &bar {
+            b.enable_steady_tick(Duration::from_millis(200));
+        }
         Bars {
             bar,
             verb,

@@ -17,9 +17,9 @@ use crate::cli::RekeyArgs;
 use crate::config::{Settings, parse_public_key};
 use crate::error::{Class, CliError, describe_core};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
-use crate::output::warn;
+use crate::output::{plural, warn};
 use crate::progress::{self, Bars};
-use crate::seal::{plural, slots_for, warn_if_stale};
+use crate::seal::warn_if_stale;
 
 /// Documents per key server request.
 const BATCH: usize = 1000;
@@ -127,19 +127,18 @@ fn read_doc(path: &Path) -> Result<Doc, CliError> {
     })
 }
 
-/// The label's current record, asked from the key server even when the cache holds a fresh
-/// one (re-keying is about the *current* version). The answer is checked against the keys
-/// the cache has seen (a known version must keep its key; the current version never goes
-/// back), as the client's own pinning does.
+/// The label's current record, asked from the key server (through `uncached`, a client
+/// without the label cache) even when the cache holds a fresh one: re-keying is about the
+/// *current* version. The answer is checked against the keys the cache has seen (a known
+/// version must keep its key; the current version never goes back), as the client's own
+/// pinning does.
 fn current_record(
-    settings: &Settings,
     pinned: &Client,
+    uncached: &Client,
     label: &str,
 ) -> Result<LabelRecord, CliError> {
     let known = pinned.label_record(label)?;
-    let mut config = settings.client_config()?;
-    config.cache_dir = None;
-    let fresh = match Client::new(config)?.label_record(label) {
+    let fresh = match uncached.label_record(label) {
         Ok(r) => r,
         Err(e) if e.is_offline() => {
             warn(&format!("{e}; using the cached record of label `{label}`"));
@@ -206,7 +205,7 @@ fn rewrite(doc: &Doc, new: &Header) -> Result<(), CliError> {
     }
     src.seek(SeekFrom::Start(doc.header.len() as u64))
         .map_err(|e| CliError::io(path, "read", &e))?;
-    let mut out = Output::create(path, false, None)?;
+    let mut out = Output::create(path, false)?;
     out.file()
         .set_permissions(meta.permissions())
         .map_err(|e| CliError::io(path, "copy the permissions of", &e))?;
@@ -225,6 +224,11 @@ fn rewrite(doc: &Doc, new: &Header) -> Result<(), CliError> {
 pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
     let settings = Settings::load(g.server.clone())?;
     let client = settings.client(Purpose::Rekey, args.reason.as_deref())?;
+    let uncached = {
+        let mut config = settings.client_config()?;
+        config.cache_dir = None;
+        Client::new(config)?
+    };
     let to = args
         .to
         .as_deref()
@@ -235,9 +239,8 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
         list(f, &mut paths);
     }
     let mut results: Vec<(PathBuf, Result1)> = Vec::new();
-    let mut records: HashMap<String, Result<LabelRecord, String>> = HashMap::new();
-    let mut to_move: Vec<(Doc, u32)> = Vec::new();
-    let mut classes_of_records: HashMap<String, Class> = HashMap::new();
+    let mut records: HashMap<String, Result<LabelRecord, CliError>> = HashMap::new();
+    let mut to_move: Vec<Doc> = Vec::new();
     for p in paths {
         let doc = match read_doc(&p) {
             Ok(d) => d,
@@ -246,25 +249,19 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                 continue;
             }
         };
-        let record = records.entry(doc.label.clone()).or_insert_with(|| {
-            current_record(&settings, &client, &doc.label).map_err(|e| {
-                classes_of_records.insert(doc.label.clone(), e.class);
-                e.message
-            })
-        });
+        let record = records
+            .entry(doc.label.clone())
+            .or_insert_with(|| current_record(&client, &uncached, &doc.label));
         match record {
-            Err(m) => {
-                let class = classes_of_records[&doc.label];
-                results.push((p, Result1::Failed(CliError::new(class, m.clone()))));
+            Err(e) => {
+                let e = CliError::new(e.class, e.message.clone());
+                results.push((p, Result1::Failed(e)));
             }
             Ok(r) if !args.force && doc.kids == [r.kid()] => {
                 let (label, kid) = (doc.label.clone(), r.kid());
                 results.push((p, Result1::Current { label, kid }));
             }
-            Ok(r) => {
-                let kid = r.kid();
-                to_move.push((doc, kid));
-            }
+            Ok(_) => to_move.push(doc),
         }
     }
 
@@ -280,9 +277,9 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
     let server = KeyServer::new(Some(client));
     let holders: [&dyn Unwrap; 2] = [&identity, &server];
     for batch in to_move.chunks(BATCH) {
-        let headers: Vec<&Header> = batch.iter().map(|(d, _)| &d.header).collect();
+        let headers: Vec<&Header> = batch.iter().map(|d| &d.header).collect();
         let keys = unlock_all(&headers, &holders);
-        for ((doc, _), key) in batch.iter().zip(keys) {
+        for (doc, key) in batch.iter().zip(keys) {
             // Only documents whose label record was found are in `to_move`.
             let Some(Ok(record)) = records.get(&doc.label) else {
                 continue;
@@ -301,7 +298,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                         },
                         None => None,
                     };
-                    let slots = slots_for(record, holder.as_ref())?;
+                    let slots = record.slots(holder.as_ref())?;
                     let new = doc.header.rekey(&key, &[], &slots).map_err(|e| {
                         let (m, class) = describe_core(&e);
                         CliError::new(class, format!("{:?}: {m}", doc.path))

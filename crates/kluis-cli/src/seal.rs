@@ -4,17 +4,17 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use kluis_client::{LabelRecord, Purpose};
-use kluis_core::{Metadata, Recipient, Slot, StreamWriter, Unwrap};
+use kluis_core::{Metadata, Slot, StreamWriter, Unwrap};
 use kluis_file::{Event, SealOptions, seal_paths};
 use serde_json::json;
 
 use crate::Global;
-use crate::atomic::{self, Output};
+use crate::atomic;
 use crate::cli::SealArgs;
 use crate::config::{Settings, parse_public_key};
 use crate::error::{Class, CliError};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
-use crate::output::{self, warn};
+use crate::output::{self, plural, warn};
 use crate::progress::{self, Bars};
 
 /// The refusal to write a sealed document to a terminal.
@@ -52,25 +52,6 @@ pub fn warn_if_stale(record: &LabelRecord) {
     }
 }
 
-/// The slots a document under `record` gets: the label key (with `holder` for double key)
-/// and every recovery key of the label as an extra slot.
-pub fn slots_for(
-    record: &LabelRecord,
-    holder: Option<&kluis_core::PublicKey>,
-) -> Result<Vec<Slot>, CliError> {
-    let mut slots = record.slots(holder)?;
-    // The client adds the recovery keys; make sure, since losing them loses documents.
-    for r in &record.recovery {
-        let present = slots
-            .iter()
-            .any(|s| s.recipients() == [&Recipient::Key(*r)]);
-        if !present {
-            slots.push(Slot::single(Recipient::Key(*r)));
-        }
-    }
-    Ok(slots)
-}
-
 /// Run `kluis seal`.
 pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
     let stream = is_stream(&args.files)?;
@@ -99,7 +80,13 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
                 "no label given: use --label NAME (`kluis labels` lists them), or set a default with `kluis config set label NAME`",
             )
         })?;
-    let client = settings.client(Purpose::Open, None)?;
+    // One client: it fetches the label record and, for --remove-original, opens the sealed
+    // copies back (the reason is sent only with unwrap requests).
+    let client = settings.client(
+        Purpose::Open,
+        args.remove_original
+            .then_some("kluis seal --remove-original: verifying the sealed copy"),
+    )?;
     let record = client.label_record(&label)?;
     warn_if_stale(&record);
     let holder = match &args.to {
@@ -107,7 +94,7 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
         None if record.double_key => settings.default_holder(args.identity.as_deref())?,
         None => None,
     };
-    let slots = slots_for(&record, holder.as_ref())?;
+    let slots = record.slots(holder.as_ref())?;
     let about = json!({
         "label": record.label(),
         "kid": record.kid(),
@@ -126,15 +113,7 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
         Passphrase::from_args(&args.passphrase),
         Some(&bars),
     );
-    let verifier = if args.remove_original {
-        Some(settings.client(
-            Purpose::Open,
-            Some("kluis seal --remove-original: verifying the sealed copy"),
-        )?)
-    } else {
-        None
-    };
-    let server = KeyServer::new(verifier);
+    let server = KeyServer::new(args.remove_original.then_some(client));
     let holders: [&dyn Unwrap; 2] = [&identity, &server];
     let mut options = SealOptions::default();
     options.output_dir = args.output.clone();
@@ -188,11 +167,6 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
     Ok(code)
 }
 
-/// `s` for counts other than one.
-pub fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
-}
-
 /// Add the fields of `extra` to the JSON object `v`.
 pub fn merge(v: &mut serde_json::Value, extra: serde_json::Value) {
     if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
@@ -241,15 +215,9 @@ fn seal_stream(
     let to_terminal = args.output.is_none();
     let bars = Bars::stream(progress::wanted(g.quiet), "sealing");
     let (doc_id, bytes) = match &args.output {
-        Some(path) => {
-            if !args.force && std::fs::symlink_metadata(path).is_ok() {
-                return Err(atomic::exists(path));
-            }
-            let mut out = Output::create(path, false, None)?;
-            let r = copy_sealed(out.file(), slots, &metadata, &bars)?;
-            out.commit(args.force)?;
-            r
-        }
+        Some(path) => atomic::write_new(path, args.force, false, |f| {
+            copy_sealed(f, slots, &metadata, &bars)
+        })?,
         None => copy_sealed(std::io::stdout().lock(), slots, &metadata, &bars)?,
     };
     bars.finish();
