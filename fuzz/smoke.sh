@@ -20,7 +20,7 @@ if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
     targets=(header open metadata stanza public_key identity_file jwt
-        unwrap_request label_record server_config cli_config)
+        unwrap_request label_record server_config cli_config rekey_journal)
 fi
 
 logs="$(mktemp -d)"

@@ -1,21 +1,20 @@
 //! `kluis rekey`: move documents to their label's current key version by rewriting the
-//! header only; the payload bytes are copied unchanged.
+//! header only (in place when its length stays the same; see [`kluis_file::replace_header`]).
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use kluis_client::{Client, LabelRecord, Purpose};
 use kluis_core::{Header, Stanza, Unwrap, unlock_all};
+use kluis_file::{Recovery, Rewrite};
 use serde_json::{Value, json};
 
 use crate::Global;
-use crate::atomic::Output;
 use crate::cli::RekeyArgs;
 use crate::config::{Settings, parse_public_key};
-use crate::error::{Class, CliError, describe_core};
+use crate::error::{Class, CliError, describe_core, describe_file};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
 use crate::output::{plural, warn};
 use crate::progress::{self, Bars};
@@ -28,8 +27,6 @@ const BATCH: usize = 1000;
 struct Doc {
     path: PathBuf,
     header: Header,
-    len: u64,
-    modified: Option<SystemTime>,
     label: String,
     kids: Vec<u32>,
     double: bool,
@@ -41,6 +38,8 @@ enum Result1 {
         label: String,
         from: Vec<u32>,
         to: u32,
+        /// The header was written in place (not a copy of the whole document).
+        in_place: bool,
     },
     Current {
         label: String,
@@ -82,6 +81,11 @@ fn list(path: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+fn file_error(e: &kluis_file::Error) -> CliError {
+    let (m, class) = describe_file(e);
+    CliError::new(class, m)
+}
+
 fn read_doc(path: &Path) -> Result<Doc, CliError> {
     let f = File::open(path).map_err(|e| CliError::io(path, "read", &e))?;
     let meta = f.metadata().map_err(|e| CliError::io(path, "read", &e))?;
@@ -118,8 +122,6 @@ fn read_doc(path: &Path) -> Result<Doc, CliError> {
     })?;
     Ok(Doc {
         path: path.to_owned(),
-        len: meta.len(),
-        modified: meta.modified().ok(),
         header,
         label,
         kids,
@@ -178,48 +180,6 @@ fn current_record(
     Ok(fresh)
 }
 
-/// Write `new` followed by the unchanged payload of `doc` to a temporary file beside it,
-/// sync it, and rename it over the original (after checking the original did not change).
-fn rewrite(doc: &Doc, new: &Header) -> Result<(), CliError> {
-    let path = &doc.path;
-    let changed = || {
-        CliError::new(
-            Class::Failed,
-            format!(
-                "{path:?} changed while it was being re-keyed; it was left as it is: try again"
-            ),
-        )
-    };
-    let unchanged = |f: &File| -> Result<std::fs::Metadata, CliError> {
-        let m = f.metadata().map_err(|e| CliError::io(path, "read", &e))?;
-        if m.len() != doc.len || m.modified().ok() != doc.modified {
-            return Err(changed());
-        }
-        Ok(m)
-    };
-    let mut src = File::open(path).map_err(|e| CliError::io(path, "read", &e))?;
-    let meta = unchanged(&src)?;
-    let again = Header::read(&mut BufReader::new(&src)).map_err(|_| changed())?;
-    if again.as_bytes() != doc.header.as_bytes() {
-        return Err(changed());
-    }
-    src.seek(SeekFrom::Start(doc.header.len() as u64))
-        .map_err(|e| CliError::io(path, "read", &e))?;
-    let mut out = Output::create(path, false)?;
-    out.file()
-        .set_permissions(meta.permissions())
-        .map_err(|e| CliError::io(path, "copy the permissions of", &e))?;
-    let write = |e: std::io::Error| CliError::io(path, "write the re-keyed copy of", &e);
-    std::io::Write::write_all(out.file(), new.as_bytes()).map_err(write)?;
-    let copied = std::io::copy(&mut src, out.file()).map_err(write)?;
-    if copied != doc.len - doc.header.len() as u64 {
-        return Err(changed());
-    }
-    unchanged(&src)?;
-    drop(src); // closed before the rename (Windows refuses to replace an open file)
-    out.commit(true)
-}
-
 /// Run `kluis rekey`.
 pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
     let settings = Settings::load(g.server.clone())?;
@@ -242,6 +202,19 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
     let mut records: HashMap<String, Result<LabelRecord, CliError>> = HashMap::new();
     let mut to_move: Vec<Doc> = Vec::new();
     for p in paths {
+        match kluis_file::finish_rekey(&p) {
+            Ok(Recovery::Clean) => {}
+            Ok(Recovery::Discarded) => warn(&format!(
+                "{p:?}: an interrupted re-keying had not started writing; its journal was removed"
+            )),
+            Ok(Recovery::Completed) => {
+                warn(&format!("{p:?}: finished a re-keying that was interrupted"))
+            }
+            Err(e) => {
+                results.push((p, Result1::Failed(file_error(&e))));
+                continue;
+            }
+        }
         let doc = match read_doc(&p) {
             Ok(d) => d,
             Err(e) => {
@@ -303,15 +276,17 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                         let (m, class) = describe_core(&e);
                         CliError::new(class, format!("{:?}: {m}", doc.path))
                     })?;
-                    rewrite(doc, &new)
+                    kluis_file::replace_header(&doc.path, &doc.header, &new)
+                        .map_err(|e| file_error(&e))
                 });
             results.push((
                 doc.path.clone(),
                 match result {
-                    Ok(()) => Result1::Moved {
+                    Ok(how) => Result1::Moved {
                         label: doc.label.clone(),
                         from: doc.kids.clone(),
                         to: record.kid(),
+                        in_place: how == Rewrite::InPlace,
                     },
                     Err(e) => Result1::Failed(e),
                 },
@@ -329,7 +304,12 @@ fn report(mut results: Vec<(PathBuf, Result1)>, g: &Global, requests: u64) -> Re
     for (path, r) in &results {
         let name = path.to_string_lossy();
         match r {
-            Result1::Moved { label, from, to } => {
+            Result1::Moved {
+                label,
+                from,
+                to,
+                in_place,
+            } => {
                 moved += 1;
                 let from: Vec<String> = from.iter().map(|k| format!("v{k}")).collect();
                 if !g.json {
@@ -338,7 +318,8 @@ fn report(mut results: Vec<(PathBuf, Result1)>, g: &Global, requests: u64) -> Re
                         from.join("+")
                     );
                 }
-                items.push(json!({"path": name, "outcome": "moved", "label": label, "from": from, "to": to}));
+                let header = if *in_place { "in place" } else { "copied" };
+                items.push(json!({"path": name, "outcome": "moved", "label": label, "from": from, "to": to, "header": header}));
             }
             Result1::Current { label, kid } => {
                 current += 1;

@@ -613,6 +613,7 @@ fn rotated_label_old_documents_open_and_rekey_moves_them() {
         .json();
     assert_eq!(moved["moved"], 3, "{moved}");
     assert_eq!(moved["files"][0]["to"], 2);
+    assert_eq!(moved["files"][0]["header"], "in place", "{moved}");
     assert_eq!(kids(&a, &alice), [2]);
     assert_eq!(payload(&a, &alice), before, "payload bytes unchanged");
     assert!(
@@ -1073,4 +1074,73 @@ fn completions_and_man_page() {
     let help = u.run(&["--help"]).ok().stdout_text();
     assert!(help.contains("8  the output exists"), "{help}");
     u.run(&["seal", "--bogus"]).fails(2, "--bogus");
+}
+
+#[test]
+fn login_replaces_a_corrupt_token_file_without_showing_it() {
+    let server = Server::start();
+    let alice = User::new();
+    let token_file = alice.config_dir().join("token");
+    // Text that is not a token (it might still be someone's secret: it must not be shown).
+    write(&token_file, b"old secret with spaces\n");
+    alice.run(&["audit"]).fails(4, "kluis login");
+
+    let run = alice
+        .run_in(
+            &["--server", &server.url, "login"],
+            Some(server.alice.as_bytes()),
+        )
+        .ok();
+    assert!(
+        run.stderr.contains("warning") && run.stderr.contains(&format!("{token_file:?}")),
+        "a warning naming the file: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("old secret"), "{}", run.stderr);
+    assert!(!run.stderr.contains(&server.alice), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        server.alice
+    );
+    alice.run(&["audit"]).ok();
+
+    // A file that is not even text is replaced too; no server is needed for that.
+    write(&token_file, b"\xff\xfeold\x00secret");
+    let fresh = "kluis_fresh_token";
+    let run = alice
+        .run_in(&["login", "--no-check"], Some(fresh.as_bytes()))
+        .ok();
+    assert!(
+        run.stderr.contains(&format!("{token_file:?}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("secret"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), fresh);
+
+    // A rejected token still saves nothing: the corrupt file is left as it was.
+    write(&token_file, b"old secret with spaces\n");
+    alice
+        .run_in(&["login"], Some(b"kluis_bogus_token"))
+        .fails(4, "does not accept this token");
+    assert_eq!(
+        std::fs::read(&token_file).unwrap(),
+        b"old secret with spaces\n"
+    );
+}
+
+#[test]
+fn config_set_label_refuses_what_the_client_would_refuse() {
+    let u = User::new();
+    for bad in [".", "..", "a/b", "", &"x".repeat(65)] {
+        u.run(&["config", "set", "label", bad])
+            .fails(2, "invalid label name");
+    }
+    assert!(
+        !u.config_dir().join("config.toml").exists(),
+        "nothing saved"
+    );
+    u.run(&["config", "set", "label", "hr-2025_x.y"]).ok();
+    let v = u.run(&["--json", "config", "show"]).ok().json();
+    assert_eq!(v["label"], "hr-2025_x.y");
 }

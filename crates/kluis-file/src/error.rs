@@ -117,6 +117,22 @@ pub enum Error {
         /// The original, still in place.
         path: PathBuf,
     },
+    /// A re-keying in place of this document was interrupted (see [`crate::finish_rekey`]);
+    /// its journal is still there.
+    RekeyInterrupted {
+        /// The sealed document.
+        path: PathBuf,
+        /// The journal beside it.
+        journal: PathBuf,
+    },
+    /// A re-keying journal does not match its document any more (the document was replaced
+    /// or changed since): it was left alone and so was the document.
+    StaleJournal {
+        /// The sealed document.
+        path: PathBuf,
+        /// The journal beside it.
+        journal: PathBuf,
+    },
     /// The operating system's random number generator failed.
     Random,
 }
@@ -230,6 +246,14 @@ impl fmt::Display for Error {
             Error::NoVerifyKeys { path } => write!(
                 f,
                 "{path:?} was sealed but kept: removing the original needs a key that opens the sealed copy, to verify it first"
+            ),
+            Error::RekeyInterrupted { path, journal } => write!(
+                f,
+                "{path:?}: an earlier re-keying of this document was interrupted (its journal {journal:?} is still there): run `kluis rekey` on it again to finish, then retry"
+            ),
+            Error::StaleJournal { path, journal } => write!(
+                f,
+                "{path:?} no longer matches the re-keying journal {journal:?} left beside it, so the journal was not applied and nothing was changed: if the document was replaced on purpose, delete the journal"
             ),
             Error::Random => f.write_str(
                 "the operating system's random number generator failed: nothing was written",

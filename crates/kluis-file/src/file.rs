@@ -74,8 +74,17 @@ fn open_sealed(path: &Path) -> Result<(File, Header)> {
     Ok((file, header))
 }
 
-/// Read just the header of a sealed file.
+/// Read just the header of a sealed file. A document whose re-keying in place was
+/// interrupted is refused with [`Error::RekeyInterrupted`] (its header may be torn, and the
+/// way out is to finish the re-keying, not to call the document damaged).
 pub(crate) fn read_header(path: &Path) -> Result<Header> {
+    let journal = crate::rekey::journal_path(path);
+    if fs::symlink_metadata(&journal).is_ok() {
+        return Err(Error::RekeyInterrupted {
+            path: path.into(),
+            journal,
+        });
+    }
     open_sealed(path).map(|(_, header)| header)
 }
 

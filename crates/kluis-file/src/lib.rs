@@ -108,6 +108,7 @@ mod file;
 mod name;
 mod open;
 mod pool;
+mod rekey;
 mod report;
 mod seal;
 mod walk;
@@ -116,5 +117,8 @@ pub use error::{Error, Result};
 pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};
 pub use open::{open_file, open_paths};
 pub use pool::MAX_THREADS;
+pub use rekey::{
+    Journal, MAX_JOURNAL_LEN, Recovery, Rewrite, finish_rekey, journal_path, replace_header,
+};
 pub use report::{Event, OpenOptions, Outcome, Progress, Report, SealOptions, Skip};
 pub use seal::{seal_file, seal_paths};
