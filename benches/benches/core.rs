@@ -202,6 +202,23 @@ fn bench(c: &mut Criterion) {
             });
             assert!(out == plain, "stream round trip at {name}");
         });
+        // The same on one core only: the parallel speed-up is the ratio of the two.
+        group.bench_function("kluis open (ring, stream, reused output, 1 thread)", |b| {
+            let sealed = sealed.get_or_init(|| {
+                seal_with_backend(&slots, &metadata, &plain, Backend::Ring).expect("seal")
+            });
+            out.resize(size, 0);
+            b.iter(|| {
+                let mut input = &sealed[..];
+                let header = Header::read(&mut input).expect("header");
+                let key = header.unlock(&[&label]).expect("unlock");
+                let mut r = StreamReader::with_backend(&header, &key, input, Backend::Ring)
+                    .expect("reader")
+                    .threads(1);
+                r.read_exact(&mut out).expect("read");
+                assert_eq!(r.read(&mut [0]).expect("end"), 0);
+            });
+        });
         drop((sealed, out));
 
         for &backend in Backend::all() {

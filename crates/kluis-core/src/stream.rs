@@ -288,22 +288,68 @@ impl<W: Write> Write for StreamWriter<W> {
     }
 }
 
+/// Open full, non-final chunks laid out back to back in `buf` (each sealed chunk
+/// `SEALED_CHUNK_LEN` long), the first one being chunk number `first`, in place over
+/// `threads` threads: chunk `i`'s plaintext ends up at the start of its own slot. Returns the
+/// index (in `buf`) of the first chunk that failed to authenticate, if any.
+fn open_full_chunks(cipher: &ChunkCipher, buf: &mut [u8], first: u64, threads: usize) -> Option<usize> {
+    let open_run = |run: &mut [u8], start: usize| {
+        for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
+            let nonce = chunk_nonce(first + (start + i) as u64, false);
+            if cipher.open_within(nonce, chunk, 0).is_none() {
+                return Some(start + i);
+            }
+        }
+        None
+    };
+    let chunks = buf.len() / SEALED_CHUNK_LEN;
+    let threads = threads.clamp(1, chunks.max(1));
+    if threads == 1 {
+        return open_run(buf, 0);
+    }
+    let per = chunks.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut runs = buf.chunks_mut(per * SEALED_CHUNK_LEN).enumerate();
+        let (_, mine) = runs.next().expect("at least one run");
+        let others: Vec<_> = runs
+            .map(|(k, run)| scope.spawn(move || open_run(run, k * per)))
+            .collect();
+        let failed = std::iter::once(open_run(mine, 0))
+            .chain(others.into_iter().map(|h| h.join().expect("no panic in AEAD")));
+        failed.flatten().min()
+    })
+}
+
 /// Opens a payload from any [`Read`], yielding the plaintext (padding removed).
 ///
 /// Each chunk is authenticated before any of its bytes is returned. A failure (a changed,
 /// truncated or reordered chunk) is returned as an [`io::Error`] wrapping [`Error`]; use
 /// [`Error::from_io`] to get it back. Bytes already returned came from authenticated chunks,
 /// but the document as a whole is only valid once `read` returns 0.
+///
+/// Chunks are read in batches that grow to 64 chunks (4 MiB) on large payloads; the chunks
+/// of a batch that cannot be the last one are opened in parallel over the available cores
+/// (at most 8; see [`StreamReader::threads`]), so memory stays bounded and a small payload
+/// uses one chunk of memory.
 pub struct StreamReader<R: Read> {
     input: R,
     opener: PayloadOpener,
-    /// Sealed chunk plus read-ahead bytes; holds plaintext, so it is wiped on drop.
+    /// Sealed chunks of the batch plus read-ahead bytes; holds plaintext, so it is wiped on
+    /// drop.
     buf: zeroize::Zeroizing<Vec<u8>>,
-    /// Read-ahead bytes that belong to the next chunk.
-    ahead: [u8; MIN_FINAL_AFTER_FULL],
-    /// How many of `ahead` are valid.
-    ahead_len: usize,
-    plain: (usize, usize),
+    /// Chunks per batch: grows from 1 to [`BATCH_CHUNKS`] while batches come in full.
+    batch: usize,
+    /// Read-ahead bytes in `buf` after the batch, which belong to the next one.
+    ahead: usize,
+    /// Where the read-ahead bytes are.
+    ahead_at: usize,
+    /// Plaintext of the batch: `(start, end)` in `buf`, one per chunk, in order.
+    plain: Vec<(usize, usize)>,
+    /// The next of `plain` to read from.
+    next: usize,
+    threads: usize,
+    /// An error to return once the plaintext before it was read.
+    pending: Option<Error>,
     failed: bool,
     metadata: Metadata,
 }
@@ -327,9 +373,13 @@ impl<R: Read> StreamReader<R> {
             input,
             opener,
             buf: zeroize::Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN + MIN_FINAL_AFTER_FULL]),
-            ahead: [0; MIN_FINAL_AFTER_FULL],
-            ahead_len: 0,
-            plain: (0, 0),
+            batch: 1,
+            ahead: 0,
+            ahead_at: 0,
+            plain: Vec::new(),
+            next: 0,
+            threads: default_threads(),
+            pending: None,
             failed: false,
             metadata,
         })
@@ -338,6 +388,12 @@ impl<R: Read> StreamReader<R> {
     /// The sealed metadata (name, size, modification time).
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Use at most `n` threads (1 opens on the calling thread only).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.clamp(1, MAX_THREADS);
+        self
     }
 
     /// Fill `buf[from..to]` as far as the input allows; return the new fill level.
@@ -354,24 +410,79 @@ impl<R: Read> StreamReader<R> {
         Ok(n)
     }
 
-    /// Read, authenticate and decrypt the next chunk into `buf`.
-    fn next_chunk(&mut self) -> Result<()> {
-        let a = self.ahead_len;
-        self.buf[..a].copy_from_slice(&self.ahead[..a]);
-        self.ahead_len = 0;
-        let n = self.fill(a, SEALED_CHUNK_LEN)?;
-        // After a full chunk, peek enough to tell a following final chunk from trailing junk.
-        let follow = if n == SEALED_CHUNK_LEN {
-            let m = self.fill(n, n + MIN_FINAL_AFTER_FULL)? - n;
-            self.ahead[..m].copy_from_slice(&self.buf[n..n + m]);
-            self.ahead_len = m;
-            m
-        } else {
-            0
-        };
-        let content = self.opener.open_chunk(&mut self.buf[..n], 0, follow)?;
-        self.plain = (0, content);
-        Ok(())
+    /// Read the next batch of chunks, authenticate and decrypt them in `buf`. When a chunk
+    /// fails, the authenticated chunks before it in the batch are still handed out, and the
+    /// error after them (as a chunk-by-chunk reader would).
+    fn next_batch(&mut self) -> Result<()> {
+        self.plain.clear();
+        self.next = 0;
+        if self.ahead > 0 {
+            // The last batch came in full: the payload is likely large.
+            self.grow();
+        }
+        match self.load_batch() {
+            Err(e) if !self.plain.is_empty() => {
+                self.pending = Some(e);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn load_batch(&mut self) -> Result<()> {
+        let (at, a) = (self.ahead_at, self.ahead);
+        self.buf.copy_within(at..at + a, 0);
+        self.ahead = 0;
+        let full = self.batch * SEALED_CHUNK_LEN;
+        let n = self.fill(a, full + MIN_FINAL_AFTER_FULL)?;
+        if n == full + MIN_FINAL_AFTER_FULL {
+            // Enough follows the batch for another chunk: none of its chunks is the last, and
+            // all are full. Open them together; account for them in order.
+            let first = self.opener.counter;
+            let cipher = &self.opener.cipher;
+            let failed = open_full_chunks(cipher, &mut self.buf[..full], first, self.threads);
+            for i in 0..failed.unwrap_or(self.batch) {
+                let start = i * SEALED_CHUNK_LEN;
+                let content = self.opener.account(&self.buf[start..start + CHUNK_LEN])?;
+                self.plain.push((start, start + content));
+                self.opener.counter += 1;
+            }
+            if failed.is_some() {
+                return Err(Error::ChunkAuth {
+                    chunk: self.opener.counter,
+                });
+            }
+            (self.ahead_at, self.ahead) = (full, MIN_FINAL_AFTER_FULL);
+            return Ok(());
+        }
+        // The input ends within this batch: open chunk by chunk with the last-chunk rules.
+        let mut at = 0;
+        loop {
+            let len = SEALED_CHUNK_LEN.min(n - at);
+            let follow = MIN_FINAL_AFTER_FULL.min(n - at - len);
+            let content = self.opener.open_chunk(&mut self.buf[at..at + len], 0, follow)?;
+            self.plain.push((at, at + content));
+            at += len;
+            if self.opener.done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Make the batch four times larger, up to [`BATCH_CHUNKS`] (called before reading a
+    /// batch, when the batch before came in full and its plaintext was all read).
+    fn grow(&mut self) {
+        if self.batch < BATCH_CHUNKS {
+            self.batch = (self.batch * 4).min(BATCH_CHUNKS);
+            let len = self.batch * SEALED_CHUNK_LEN + MIN_FINAL_AFTER_FULL;
+            // The read-ahead is carried over; the rest is plaintext already read, wiped as
+            // the old buffer drops.
+            let mut bigger = zeroize::Zeroizing::new(vec![0u8; len]);
+            let (at, a) = (self.ahead_at, self.ahead);
+            bigger[..a].copy_from_slice(&self.buf[at..at + a]);
+            self.buf = bigger;
+            self.ahead_at = 0;
+        }
     }
 }
 
@@ -384,20 +495,27 @@ impl<R: Read> Read for StreamReader<R> {
                     "the sealed payload already failed to open; discard the output",
                 ));
             }
-            let (start, end) = self.plain;
-            if start < end {
+            if let Some(&(start, end)) = self.plain.get(self.next) {
+                if start == end {
+                    self.next += 1;
+                    continue;
+                }
                 let n = (end - start).min(out.len());
                 out[..n].copy_from_slice(&self.buf[start..start + n]);
-                self.plain.0 += n;
+                self.plain[self.next].0 += n;
                 return Ok(n);
             }
-            if self.opener.done || out.is_empty() {
+            if (self.opener.done && self.pending.is_none()) || out.is_empty() {
                 return Ok(0);
             }
-            if let Err(e) = self.next_chunk() {
-                // Wipe whatever plaintext the failed chunk left behind, and stay failed.
+            let next = match self.pending.take() {
+                Some(e) => Err(e),
+                None => self.next_batch(),
+            };
+            if let Err(e) = next {
+                // Wipe whatever plaintext the failed batch left behind, and stay failed.
                 zeroize::Zeroize::zeroize(&mut self.buf[..]);
-                self.plain = (0, 0);
+                self.plain.clear();
                 self.failed = true;
                 return Err(e.into());
             }
@@ -409,8 +527,8 @@ impl<R: Read> Read for StreamReader<R> {
 /// one-call path: chunk order, the last-chunk flag, the read-ahead verdicts, and the size and
 /// padding checks against the metadata.
 pub(crate) struct PayloadOpener {
-    cipher: ChunkCipher,
-    counter: u64,
+    pub(crate) cipher: ChunkCipher,
+    pub(crate) counter: u64,
     pub(crate) done: bool,
     content_left: u64,
     padding_left: u64,
@@ -502,7 +620,7 @@ impl PayloadOpener {
     }
 
     /// Split a decrypted chunk into content and padding; check sizes against the metadata.
-    fn account(&mut self, plain: &[u8]) -> Result<usize> {
+    pub(crate) fn account(&mut self, plain: &[u8]) -> Result<usize> {
         self.seen = self.seen.saturating_add(plain.len() as u64);
         let content = (plain.len() as u64).min(self.content_left) as usize;
         self.content_left -= content as u64;

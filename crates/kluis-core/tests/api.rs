@@ -399,22 +399,77 @@ fn errors_say_what_to_do() {
     );
 }
 
+/// A damaged chunk inside a batch the reader opens in parallel: the chunks before it come
+/// out, then the error names it, whatever the number of threads; so does a cut at a chunk
+/// boundary deep inside the payload.
+#[test]
+fn parallel_opening_fails_at_the_first_damaged_chunk_after_the_ones_before() {
+    const C: usize = kluis_core::CHUNK_LEN;
+    const SEALED: usize = C + 16;
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let plain = data(200 * C + 5);
+    let sealed = seal(&[Slot::single(label(&hr))], &Metadata::default(), &plain).unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    let key = header.unlock(&[&hr]).unwrap();
+    let start = header.len();
+    // Chunk 100 lies in the fourth reader batch (chunks 85..149); chunk 30 in the third.
+    for (bad_chunk, threads) in [(100, 1), (100, 2), (100, 8), (30, 2), (148, 3), (149, 2)] {
+        let mut bad = sealed.clone();
+        bad[start + bad_chunk * SEALED + 5] ^= 1;
+        // A later chunk is damaged too: the first one is reported.
+        bad[start + (bad_chunk + 1) * SEALED + 9] ^= 1;
+        let mut reader = StreamReader::new(&header, &key, &bad[start..])
+            .unwrap()
+            .threads(threads);
+        let mut out = Vec::new();
+        let e = reader.read_to_end(&mut out).unwrap_err();
+        let e = kluis_core::Error::from_io(e);
+        assert!(
+            matches!(e, kluis_core::Error::ChunkAuth { chunk } if chunk == bad_chunk as u64),
+            "{e:?} for chunk {bad_chunk}, {threads} threads"
+        );
+        assert!(out == plain[..bad_chunk * C], "chunk {bad_chunk}, {threads} threads");
+        let mut more = [0u8; 10];
+        assert!(reader.read(&mut more).is_err(), "stays failed");
+    }
+    // Cut after 120 full chunks: the reader cannot tell the last full chunk apart, so it
+    // reports the document as truncated after handing out the 119 chunks before.
+    let cut = &sealed[start..start + 120 * SEALED];
+    let mut out = Vec::new();
+    let e = StreamReader::new(&header, &key, cut)
+        .unwrap()
+        .threads(2)
+        .read_to_end(&mut out)
+        .unwrap_err();
+    let e = kluis_core::Error::from_io(e);
+    assert!(matches!(e, kluis_core::Error::Truncated { chunks: 120 }), "{e:?}");
+    assert!(out == plain[..119 * C]);
+}
+
 #[test]
 fn parallel_sealing_gives_the_same_layout_and_opens_at_every_batch_boundary() {
     const C: usize = kluis_core::CHUNK_LEN;
     let hr = LabelKey::generate("hr", 1).unwrap();
     let slots = [Slot::single(label(&hr))];
-    // Around one chunk, one batch of 64 chunks (4 MiB), and two batches.
+    // Around one chunk, one batch of 64 chunks (4 MiB), and two batches; and around the
+    // reader's batches (1, 4, 16, then 64 chunks: ends after 1, 5, 21, 85 and 149 chunks).
     for size in [
         0,
         1,
         C,
         C + 1,
+        5 * C,
+        5 * C + 1,
+        21 * C - 1,
+        21 * C,
         64 * C - 1,
         64 * C,
         64 * C + 1,
         65 * C,
+        85 * C + 16,
+        85 * C + 17,
         129 * C + 7,
+        149 * C,
     ] {
         let plain = data(size);
         let mut lens = Vec::new();
@@ -443,6 +498,7 @@ fn parallel_sealing_gives_the_same_layout_and_opens_at_every_batch_boundary() {
             let mut back = Vec::new();
             StreamReader::new(&header, &key, input)
                 .unwrap()
+                .threads(threads)
                 .read_to_end(&mut back)
                 .unwrap();
             assert!(back == plain, "size {size}, {threads} threads (stream)");
