@@ -12,7 +12,7 @@ use crate::Global;
 use crate::cli::{ConfigCmd, KeygenArgs, LoginArgs};
 use crate::config::{
     DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, config_dir, create_private_dir,
-    public_key_of_identity_file, read_small, write_private,
+    public_key_of_identity_file, read_small, saved_token, write_private,
 };
 use crate::error::{Class, CliError};
 use crate::keys::{Passphrase, prompt};
@@ -111,7 +111,8 @@ fn read_token(args: &LoginArgs, server: &str) -> Result<Zeroizing<String>, CliEr
 
 /// Run `kluis login`.
 pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
-    let settings = Settings::load(g.server.clone())?;
+    // Not the saved token: it is about to be replaced, and may be what is broken.
+    let settings = Settings::load_without_token(g.server.clone())?;
     let server = settings.server()?.to_owned();
     let text = read_token(&args, &server)?;
     let token = Token::new(text.as_str()).map_err(|e| {
@@ -156,6 +157,11 @@ pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
         file.save(&settings.dir)?;
     }
     let path = settings.dir.join(TOKEN_FILE);
+    // Logging in again is how a damaged token file is fixed: say it is replaced (by name and
+    // problem only; its contents may be a secret).
+    if let Err(bad) = saved_token(&settings.dir) {
+        warn(&format!("{bad}; replacing it"));
+    }
     let mut data = Zeroizing::new(text.trim().to_owned());
     data.push('\n');
     write_private(&path, data.as_bytes())?;

@@ -1,10 +1,11 @@
 //! Configuration: the folder, `config.toml`, the token file, and the settings in effect.
 
+use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kluis_client::{Client, ClientConfig, Purpose, Token};
+use kluis_client::{Client, ClientConfig, ClientError, Purpose, Token};
 use kluis_core::PublicKey;
 use serde::{Deserialize, Serialize};
 
@@ -139,9 +140,64 @@ pub fn read_small(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
     Ok(zeroize::Zeroizing::new(text.to_owned()))
 }
 
+/// A saved token file that holds no usable token: it cannot be read, or its text is not a
+/// token. Names the file and what is wrong, never the contents (they may be a secret).
+#[derive(Debug)]
+pub struct BadTokenFile {
+    /// The token file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+    /// [`Class::Auth`] for text that is not a token, [`Class::Failed`] for a file that cannot
+    /// be read.
+    pub class: Class,
+}
+
+impl fmt::Display for BadTokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} holds no usable token ({})", self.path, self.reason)
+    }
+}
+
+impl From<BadTokenFile> for CliError {
+    fn from(e: BadTokenFile) -> Self {
+        CliError::new(e.class, format!("{e}: run `kluis login` to replace it"))
+    }
+}
+
+/// The token saved in the configuration folder `dir`, or `None` when there is none.
+pub fn saved_token(dir: &Path) -> Result<Option<Token>, BadTokenFile> {
+    let path = dir.join(TOKEN_FILE);
+    let (class, reason) = match read_small(&path) {
+        Ok(text) => match Token::new(text.as_str()) {
+            Ok(token) => return Ok(Some(token)),
+            Err(ClientError::InvalidToken { reason }) => (Class::Auth, reason.to_owned()),
+            Err(e) => (Class::Auth, e.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => (Class::Failed, format!("it cannot be read: {e}")),
+    };
+    Err(BadTokenFile {
+        path,
+        reason,
+        class,
+    })
+}
+
 impl Settings {
     /// Read the configuration. `server_flag` is `--server` / `KLUIS_SERVER`.
     pub fn load(server_flag: Option<String>) -> Result<Settings, CliError> {
+        let mut settings = Settings::load_without_token(server_flag)?;
+        settings.token = match std::env::var("KLUIS_TOKEN").ok().filter(|t| !t.is_empty()) {
+            Some(t) => Some((Token::new(t)?, Source::Env)),
+            None => saved_token(&settings.dir)?.map(|t| (t, Source::File)),
+        };
+        Ok(settings)
+    }
+
+    /// Read the configuration but no token (`token` is `None`): for `kluis login`, which
+    /// replaces the saved token, including one that cannot be read.
+    pub fn load_without_token(server_flag: Option<String>) -> Result<Settings, CliError> {
         let dir = config_dir()?;
         let path = dir.join(CONFIG_FILE);
         let file = match read_small(&path) {
@@ -158,21 +214,6 @@ impl Settings {
             Some(s) => Some((s, Source::Flag)),
             None => file.server.clone().map(|s| (s, Source::File)),
         };
-        let token = match std::env::var("KLUIS_TOKEN").ok().filter(|t| !t.is_empty()) {
-            Some(t) => Some((Token::new(t)?, Source::Env)),
-            None => {
-                let tpath = dir.join(TOKEN_FILE);
-                match read_small(&tpath) {
-                    Ok(t) => Some((
-                        Token::new(t.as_str())
-                            .map_err(|e| CliError::new(Class::Auth, format!("{tpath:?}: {e}")))?,
-                        Source::File,
-                    )),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(CliError::io(&tpath, "read", &e)),
-                }
-            }
-        };
         let cache_dir = match std::env::var_os("KLUIS_CACHE_DIR").filter(|d| !d.is_empty()) {
             Some(d) => Some((absolute(Path::new(&d)), Source::Env)),
             None => match &file.cache_dir {
@@ -184,7 +225,7 @@ impl Settings {
             dir,
             file,
             server,
-            token,
+            token: None,
             cache_dir,
         })
     }
@@ -305,16 +346,12 @@ impl FileConfig {
             }
             "ca_file" => self.ca_file = path(),
             "label" => {
-                let ok = !value.is_empty()
-                    && value.len() <= kluis_core::MAX_LABEL_LEN
-                    && value
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                if !ok {
-                    return Err(CliError::usage(format!(
-                        "invalid label name {value:?}: labels are 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
-                    )));
-                }
+                // The client's own rule, so that a saved label is one `seal` will use.
+                kluis_client::check_label(value).map_err(|e| {
+                    CliError::usage(format!(
+                        "{e}; nothing was saved (`kluis labels` lists the key server's labels)"
+                    ))
+                })?;
                 self.label = Some(value.to_owned());
             }
             "default_to" => {
@@ -371,7 +408,9 @@ mod tests {
         let mut c = FileConfig::default();
         c.set("server", "https://keys.example.org").unwrap();
         assert!(c.set("server", "http://keys.example.org").is_err());
-        assert!(c.set("label", "a/b").is_err());
+        for bad in ["a/b", ".", "..", ""] {
+            assert!(c.set("label", bad).is_err(), "{bad}");
+        }
         c.set("label", "hr").unwrap();
         assert!(c.set("default_to", "kluis1nope").is_err());
         let k = kluis_core::Identity::generate().unwrap().public_key();

@@ -30,7 +30,7 @@ pub enum ClientError {
         /// What is wrong with it (never the token itself).
         reason: &'static str,
     },
-    /// A label name is not 1–64 characters of `[A-Za-z0-9._-]`.
+    /// A label name is not 1–64 characters of `[A-Za-z0-9._-]`, or is `.` or `..`.
     InvalidLabel {
         /// The name given.
         name: String,
@@ -275,7 +275,7 @@ impl fmt::Display for ClientError {
             ),
             InvalidLabel { name } => write!(
                 f,
-                "invalid label name `{}`: labels are 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+                "invalid label name `{}`: labels are 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', other than `.` and `..`",
                 clean(name)
             ),
             InvalidReason => f.write_str(

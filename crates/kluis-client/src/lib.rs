@@ -96,4 +96,4 @@ mod unwrap;
 pub use client::{AuditEvent, CachedLabel, Client, Purpose, ServerHealth, Status};
 pub use config::{ClientConfig, Token};
 pub use error::ClientError;
-pub use record::{KeyState, KeyVersion, LabelRecord, LabelSummary};
+pub use record::{KeyState, KeyVersion, LabelRecord, LabelSummary, check_label};

@@ -201,8 +201,15 @@ impl LabelRecord {
     }
 }
 
-/// Whether `name` is a label name the server can have: 1–64 of `[A-Za-z0-9._-]`.
-pub(crate) fn check_label(name: &str) -> Result<(), ClientError> {
+/// Check a label name the way [`Client::label_record`](crate::Client::label_record) does:
+/// 1–64 of `[A-Za-z0-9._-]`, other than `.` and `..`. For checking a name before it is saved
+/// for later use (a default label in a configuration file).
+///
+/// ```
+/// assert!(kluis_client::check_label("hr-2025").is_ok());
+/// assert!(kluis_client::check_label("..").is_err());
+/// ```
+pub fn check_label(name: &str) -> Result<(), ClientError> {
     let ok = !name.is_empty()
         && name.len() <= kluis_core::MAX_LABEL_LEN
         && name

@@ -292,7 +292,12 @@ impl<W: Write> Write for StreamWriter<W> {
 /// `SEALED_CHUNK_LEN` long), the first one being chunk number `first`, in place over
 /// `threads` threads: chunk `i`'s plaintext ends up at the start of its own slot. Returns the
 /// index (in `buf`) of the first chunk that failed to authenticate, if any.
-fn open_full_chunks(cipher: &ChunkCipher, buf: &mut [u8], first: u64, threads: usize) -> Option<usize> {
+fn open_full_chunks(
+    cipher: &ChunkCipher,
+    buf: &mut [u8],
+    first: u64,
+    threads: usize,
+) -> Option<usize> {
     let open_run = |run: &mut [u8], start: usize| {
         for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
             let nonce = chunk_nonce(first + (start + i) as u64, false);
@@ -314,8 +319,11 @@ fn open_full_chunks(cipher: &ChunkCipher, buf: &mut [u8], first: u64, threads: u
         let others: Vec<_> = runs
             .map(|(k, run)| scope.spawn(move || open_run(run, k * per)))
             .collect();
-        let failed = std::iter::once(open_run(mine, 0))
-            .chain(others.into_iter().map(|h| h.join().expect("no panic in AEAD")));
+        let failed = std::iter::once(open_run(mine, 0)).chain(
+            others
+                .into_iter()
+                .map(|h| h.join().expect("no panic in AEAD")),
+        );
         failed.flatten().min()
     })
 }
@@ -460,7 +468,9 @@ impl<R: Read> StreamReader<R> {
         loop {
             let len = SEALED_CHUNK_LEN.min(n - at);
             let follow = MIN_FINAL_AFTER_FULL.min(n - at - len);
-            let content = self.opener.open_chunk(&mut self.buf[at..at + len], 0, follow)?;
+            let content = self
+                .opener
+                .open_chunk(&mut self.buf[at..at + len], 0, follow)?;
             self.plain.push((at, at + content));
             at += len;
             if self.opener.done {

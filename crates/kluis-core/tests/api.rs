@@ -428,7 +428,10 @@ fn parallel_opening_fails_at_the_first_damaged_chunk_after_the_ones_before() {
             matches!(e, kluis_core::Error::ChunkAuth { chunk } if chunk == bad_chunk as u64),
             "{e:?} for chunk {bad_chunk}, {threads} threads"
         );
-        assert!(out == plain[..bad_chunk * C], "chunk {bad_chunk}, {threads} threads");
+        assert!(
+            out == plain[..bad_chunk * C],
+            "chunk {bad_chunk}, {threads} threads"
+        );
         let mut more = [0u8; 10];
         assert!(reader.read(&mut more).is_err(), "stays failed");
     }
@@ -442,7 +445,10 @@ fn parallel_opening_fails_at_the_first_damaged_chunk_after_the_ones_before() {
         .read_to_end(&mut out)
         .unwrap_err();
     let e = kluis_core::Error::from_io(e);
-    assert!(matches!(e, kluis_core::Error::Truncated { chunks: 120 }), "{e:?}");
+    assert!(
+        matches!(e, kluis_core::Error::Truncated { chunks: 120 }),
+        "{e:?}"
+    );
     assert!(out == plain[..119 * C]);
 }
 

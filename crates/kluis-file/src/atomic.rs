@@ -112,8 +112,11 @@ impl Drop for TempFile {
     }
 }
 
-/// Flush a folder's entries to disk (after files were linked into it or removed from it).
+/// Flush a folder's entries to disk (after files or folders were created in it or removed
+/// from it).
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    tests::SYNCED.with(|s| s.borrow_mut().push(dir.to_owned()));
     #[cfg(unix)]
     {
         File::open(dir)
@@ -125,6 +128,50 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         let _ = dir;
         Ok(())
     }
+}
+
+/// Create the output folder `dir` and any missing folders above it, like
+/// [`fs::create_dir_all`] (it may be or go through a symbolic link: it is the caller's choice),
+/// but syncing the parent of each folder this call creates.
+///
+/// A new folder's entry lives in its parent. Without that sync a power loss could lose the
+/// folder, and with it every file later written, synced and reported as done inside it
+/// ([`sync_dirs`] only syncs the folders files land in). Folders that already existed are
+/// not synced.
+pub(crate) fn create_output_dir(dir: &Path) -> Result<()> {
+    const ACTION: &str = "create the output folder";
+    // The missing folders, deepest first.
+    let mut missing = Vec::new();
+    let mut path = dir;
+    loop {
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => return Err(Error::io(path, ACTION, io::ErrorKind::NotADirectory.into())),
+            // Not a directory: a file above it, which the next round names.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                missing.push(path);
+                match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => path = p,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(Error::io(path, ACTION, e)),
+        }
+    }
+    for path in missing.into_iter().rev() {
+        match fs::create_dir(path) {
+            Ok(()) => sync_dir(&parent_of(path))?,
+            // Created meanwhile by another program (or `..` in the path): use it as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(e) => return Err(Error::io(path, ACTION, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Get ready to write `output`, which lies in `root/rel_dir`: refuse early if it exists and
@@ -148,7 +195,8 @@ pub(crate) fn start_output(
 
 /// Create the folders of `rel` (normal components only) under `base`, refusing to go
 /// through a symbolic link or a non-folder. `base` itself must exist; it is the caller's
-/// choice and may be a link. Returns `base` joined with `rel`.
+/// choice and may be a link. Returns `base` joined with `rel`. The parent of each folder
+/// created is synced, for the reason given at [`create_output_dir`].
 ///
 /// A link planted between this check and the write can still redirect the write (there is no
 /// portable `openat` in std); the check stops links that are already there, including any a
@@ -164,8 +212,10 @@ fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
                 io::Error::other("not a plain relative path"),
             ));
         };
+        let parent = path.clone();
         path.push(c);
-        let mut tries = 0;
+        // Absent when looked at: created now, by this call or by another worker of this run.
+        let mut created = false;
         loop {
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => break,
@@ -179,8 +229,8 @@ fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
                         io::ErrorKind::NotADirectory.into(),
                     ));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && tries == 0 => {
-                    tries += 1;
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !created => {
+                    created = true;
                     match fs::create_dir(&path) {
                         // Another worker may have created it meanwhile: check it again.
                         Ok(()) => {}
@@ -190,6 +240,11 @@ fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
                 }
                 Err(e) => return Err(Error::io(&path, "create the folder", e)),
             }
+        }
+        // Also when another worker won the race to create it: that worker may not have
+        // synced the parent yet, and this file's report must not say done before it is.
+        if created {
+            sync_dir(&parent)?;
         }
     }
     Ok(path)
@@ -213,5 +268,108 @@ pub(crate) fn sync_dirs(dirs: impl Iterator<Item = PathBuf>, reports: &mut [Repo
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    thread_local! {
+        /// The folders [`sync_dir`] was asked to sync on this thread, in order. A missing
+        /// fsync cannot be seen on a running system (only after a power loss), so the tests
+        /// check that the right folders are asked for.
+        pub(super) static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn take_synced() -> Vec<PathBuf> {
+        SYNCED.with(|s| s.take())
+    }
+
+    #[test]
+    fn create_output_dir_creates_missing_folders_and_syncs_only_their_parents() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        fs::create_dir(&a).unwrap();
+        let out = a.join("b").join("c");
+        take_synced();
+
+        create_output_dir(&out).unwrap();
+        assert!(out.is_dir());
+        // `a` existed: its parent is not synced; `a` and `a/b` got new entries.
+        assert_eq!(take_synced(), [a.clone(), a.join("b")]);
+
+        // Nothing created, nothing synced.
+        create_output_dir(&out).unwrap();
+        assert_eq!(take_synced(), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn create_output_dir_names_a_file_in_the_way_and_says_what_to_do() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        take_synced();
+
+        let e = create_output_dir(&file.join("out")).unwrap_err();
+        let Error::Io {
+            path,
+            action,
+            error,
+        } = &e
+        else {
+            panic!("{e:?}");
+        };
+        assert_eq!(path, &file);
+        assert_eq!(*action, "create the output folder");
+        assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{file:?}: could not create the output folder: {error}: a file stands where a folder is needed: move it away"
+            )
+        );
+        assert_eq!(take_synced(), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn create_dirs_creates_nested_folders_and_syncs_only_the_parents_of_new_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let x = t.path().join("x");
+        fs::create_dir(&x).unwrap();
+        take_synced();
+
+        let made = create_dirs(t.path(), Path::new("x/y/z")).unwrap();
+        assert_eq!(made, x.join("y").join("z"));
+        assert!(made.is_dir());
+        assert_eq!(take_synced(), [x.clone(), x.join("y")]);
+
+        assert_eq!(create_dirs(t.path(), Path::new("x/y/z")).unwrap(), made);
+        assert_eq!(take_synced(), Vec::<PathBuf>::new());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn create_dirs_refuses_a_symbolic_link_on_the_way_and_creates_nothing_through_it() {
+        let t = tempfile::tempdir().unwrap();
+        let elsewhere = t.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        take_synced();
+
+        let e = create_dirs(t.path(), Path::new("link/y")).unwrap_err();
+        assert!(
+            matches!(&e, Error::SymlinkInOutput { path } if *path == link),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("remove it or choose another output folder")
+        );
+        assert!(!elsewhere.join("y").exists());
+        assert_eq!(take_synced(), Vec::<PathBuf>::new());
     }
 }

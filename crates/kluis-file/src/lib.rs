@@ -112,6 +112,7 @@ mod rekey;
 mod report;
 mod seal;
 mod walk;
+mod writeback;
 
 pub use error::{Error, Result};
 pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};

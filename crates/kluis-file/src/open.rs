@@ -2,7 +2,6 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -10,7 +9,7 @@ use std::time::SystemTime;
 use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
 use zeroize::Zeroizing;
 
-use crate::atomic::{start_output, sync_dirs};
+use crate::atomic::{create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
     absolute, buf_len, parent_of, payload_error, read_full, read_header, reopen_sealed,
@@ -20,6 +19,7 @@ use crate::name::{EXTENSION, check_component, safe_relative_path};
 use crate::pool;
 use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
 use crate::walk::{Entry, has_extension, walk};
+use crate::writeback::Writeback;
 
 /// Documents per `unlock_all` call (one key server request per batch).
 pub(crate) const BATCH: usize = 1000;
@@ -80,7 +80,7 @@ pub fn open_paths<P: AsRef<Path>>(
 ) -> Result<Vec<Report>> {
     let out_dir = options.output_dir.as_deref();
     if let Some(dir) = out_dir {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create the output folder", e))?;
+        create_output_dir(dir)?;
     }
     let mut listed = Vec::new();
     for input in inputs {
@@ -324,7 +324,7 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
         .map_err(|e| Error::format(&job.input, e))?;
     let cap = buf_len(job.size.unwrap_or(u64::MAX));
     let mut buf = Zeroizing::new(vec![0u8; cap]);
-    let mut out = tmp.file();
+    let mut out = Writeback::new(tmp.file());
     let mut total = 0u64;
     loop {
         // A short fill means the reader returned 0: the whole payload is authenticated.
@@ -340,6 +340,8 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
             break;
         }
     }
+    out.finish()
+        .map_err(|e| Error::io(&job.output, "write", e))?;
     if let Some(t) = job.modified {
         tmp.file()
             .set_modified(t)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kluis_core::{FileKey, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
 use zeroize::Zeroizing;
 
-use crate::atomic::{start_output, sync_dir, sync_dirs};
+use crate::atomic::{create_output_dir, start_output, sync_dir, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
     Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, reopen_sealed,
@@ -19,6 +19,7 @@ use crate::open::BATCH;
 use crate::pool;
 use crate::report::{Event, Outcome, Report, SealOptions, Shared, Skip, single};
 use crate::walk::{Entry, Found, has_extension, walk};
+use crate::writeback::Writeback;
 
 /// One file to seal.
 struct Job {
@@ -59,7 +60,7 @@ pub fn seal_paths<P: AsRef<Path>>(
     }
     let out_dir = options.output_dir.as_deref();
     if let Some(dir) = out_dir {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create the output folder", e))?;
+        create_output_dir(dir)?;
         let real_out = fs::canonicalize(dir).map_err(|e| Error::io(dir, "read", e))?;
         for input in inputs {
             let input = input.as_ref();
@@ -316,7 +317,7 @@ fn seal_one(
     }
 
     let cap = buf_len(len);
-    let sink = BufWriter::with_capacity(cap, tmp.file());
+    let sink = BufWriter::with_capacity(cap, Writeback::new(tmp.file()));
     let mut writer =
         StreamWriter::new(sink, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
     let header = verify.then(|| writer.header().clone());
@@ -342,7 +343,9 @@ fn seal_one(
         });
     }
     // `finish` flushes the buffered writer too.
-    writer.finish().map_err(|e| write_error(e.into()))?;
+    let sink = writer.finish().map_err(|e| write_error(e.into()))?;
+    let (writeback, _) = sink.into_parts();
+    writeback.finish().map_err(write_error)?;
     // Written meanwhile (same size, new time) or replaced: the copy may be inconsistent.
     let after = input
         .metadata()
