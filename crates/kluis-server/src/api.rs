@@ -741,6 +741,7 @@ async fn unwrap_common(
 > {
     let token = bearer(&headers)?;
     let body = body.map_err(body_error);
+    let arriving = api.writer.arriving();
     // One item with an API token is two X25519 operations and a few indexed reads (about
     // 0.1 ms): cheaper done here than handed to a blocking thread and back. Batches, JWTs
     // (a JWKS fetch may block) and a busy pool go to a blocking thread.
@@ -765,7 +766,7 @@ async fn unwrap_common(
     };
     // Durable before anything leaves: if the audit cannot be written, nothing is released.
     if !entries.is_empty() {
-        api.writer.append(entries).await.map_err(|_| {
+        api.writer.append(entries, arriving).await.map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
