@@ -78,6 +78,20 @@
 //! can leave a `.kluis-tmp-…` file behind (safe to delete; later runs skip it), never a
 //! partial file under the final name.
 //!
+//! New output folders are synced into their parent folder as they are created. Outputs larger
+//! than 32 MiB are also synced in the background while they are written (one sync at a time,
+//! never waited for), so the final sync has little left to do; this adds syncs and replaces
+//! none.
+//!
+//! # Re-keying
+//!
+//! [`replace_header`] puts a new header (from [`kluis_core::Header::rekey`]) in front of a
+//! sealed document's unchanged payload: in place, through a redo journal, when the new header
+//! has the old one's length (a few hundred bytes whatever the document's size), by a copy
+//! renamed over the original otherwise. [`finish_rekey`] finishes a re-keying a crash
+//! interrupted; until then opening the document fails with [`Error::RekeyInterrupted`],
+//! which says so. See the `rekey` module's source for the crash analysis.
+//!
 //! [`SealOptions::remove_original`] removes an original only after its sealed copy was opened
 //! back with [`SealOptions::verify_with`] (every chunk authenticated) and compared byte for
 //! byte with the original, which must still be the same file (size, time, identity). If no
@@ -92,8 +106,8 @@
 //! # Speed and memory
 //!
 //! Payloads stream through [`kluis_core::StreamWriter`] and [`kluis_core::StreamReader`] with
-//! reads and writes of up to 256 KiB, so memory stays at a few MiB per worker whatever the
-//! file size.
+//! reads and writes of up to 256 KiB; both seal or open a large payload 4 MiB at a time over
+//! the available cores, so memory stays at a few MiB per worker whatever the file size.
 //! Files are spread over at most [`MAX_THREADS`] worker threads (default: the available
 //! cores). Opening reads every header first and recovers all keys with one
 //! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):
