@@ -255,11 +255,16 @@ fn copy_sealed<W: Write>(
         other => CliError::from(other),
     })?;
     let doc_id = w.header().doc_id().to_string();
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; STREAM_BUF]);
     let mut input = std::io::stdin().lock();
     let mut total = 0u64;
+    let sealing_err = |e: std::io::Error| match kluis_core::Error::from_io(e) {
+        kluis_core::Error::Io(io) => write_err(io),
+        other => CliError::from(other),
+    };
     loop {
-        let n = match input.read(&mut buf) {
+        // Read straight into the writer's buffer: no copy of the plaintext.
+        let space = w.spare().map_err(sealing_err)?;
+        let n = match input.read(space) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -270,11 +275,7 @@ fn copy_sealed<W: Write>(
                 ));
             }
         };
-        w.write_all(&buf[..n])
-            .map_err(|e| match kluis_core::Error::from_io(e) {
-                kluis_core::Error::Io(io) => write_err(io),
-                other => CliError::from(other),
-            })?;
+        w.advance(n).map_err(sealing_err)?;
         total += n as u64;
         bars.inc(n as u64);
     }

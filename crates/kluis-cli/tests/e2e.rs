@@ -868,6 +868,17 @@ fn stdin_to_stdout_round_trip() {
     assert!(sealed.starts_with(b"KLUIS\0"));
     let opened = alice.run_in(&["open"], Some(&sealed)).ok().stdout;
     assert_eq!(opened, data);
+    // A payload that ends exactly on a chunk boundary (64 KiB chunks) and on the writer's
+    // first batch boundary (1 + 4 chunks).
+    for len in [65_536, 5 * 65_536] {
+        let exact: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let sealed = alice
+            .run_in(&["seal", "--label", "hr"], Some(&exact))
+            .ok()
+            .stdout;
+        let opened = alice.run_in(&["open"], Some(&sealed)).ok().stdout;
+        assert!(opened == exact, "{len} bytes");
+    }
     // `-` is standard input too; a redirected file has a size, so --pad works.
     write(&alice.path("in.bin"), &data);
     let padded = alice

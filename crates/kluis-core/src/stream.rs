@@ -204,38 +204,136 @@ impl<W: Write> StreamWriter<W> {
             .counter
             .checked_add(sealed)
             .ok_or_else(|| io::Error::other("too many chunks"))?;
-        // A batch is sealed only when a new chunk starts (empty), so nothing is left over.
-        debug_assert!(last || self.filled == 0);
+        if !last {
+            // The chunk being filled is not sealed yet (it may turn out to be the last one):
+            // it moves to the front for the next batch.
+            let at = self.full * SEALED_CHUNK_LEN;
+            self.buf.copy_within(at..at + self.filled, 0);
+        }
         self.full = 0;
         Ok(())
     }
 
+    /// Make room for a chunk after the one being filled, which is full, without deciding yet
+    /// whether that one is the last (a payload may end on a chunk boundary): grow the batch
+    /// buffer, or seal and write the full chunks before it once the buffer holds
+    /// [`BATCH_CHUNKS`] chunks.
+    fn room_after_full(&mut self) -> io::Result<()> {
+        let need = (self.full + 2) * SEALED_CHUNK_LEN;
+        if need <= self.buf.len() {
+            return Ok(());
+        }
+        if need <= BATCH_CHUNKS * SEALED_CHUNK_LEN {
+            // Grow into a fresh buffer; the old one is wiped when dropped.
+            let len = (self.buf.len() * 4).clamp(need, BATCH_CHUNKS * SEALED_CHUNK_LEN);
+            let mut bigger = zeroize::Zeroizing::new(vec![0u8; len]);
+            bigger[..self.buf.len()].copy_from_slice(&self.buf);
+            self.buf = bigger;
+            Ok(())
+        } else {
+            self.seal_buffered(false)
+        }
+    }
+
     fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            // A full chunk is sealed only once more data arrives: the last chunk may be full.
-            if self.filled == CHUNK_LEN {
-                self.full += 1;
-                self.filled = 0;
-                let need = (self.full + 1) * SEALED_CHUNK_LEN;
-                if need > self.buf.len() {
-                    if self.full < BATCH_CHUNKS {
-                        // Grow into a fresh buffer; the old one is wiped when dropped.
-                        let len = (self.buf.len() * 4).clamp(need, BATCH_CHUNKS * SEALED_CHUNK_LEN);
-                        let mut bigger = zeroize::Zeroizing::new(vec![0u8; len]);
-                        bigger[..self.buf.len()].copy_from_slice(&self.buf);
-                        self.buf = bigger;
-                    } else {
-                        self.seal_buffered(false)?;
-                    }
-                }
-            }
-            let at = self.full * SEALED_CHUNK_LEN + self.filled;
-            let take = (CHUNK_LEN - self.filled).min(data.len());
-            self.buf[at..at + take].copy_from_slice(&data[..take]);
-            self.filled += take;
+            let space = self.spare()?;
+            let take = space.len().min(data.len());
+            space[..take].copy_from_slice(&data[..take]);
+            self.commit(take);
             data = &data[take..];
         }
         Ok(())
+    }
+
+    /// The free space where the next plaintext goes: the rest of the chunk being filled, or,
+    /// when it is full, the whole next chunk.
+    fn spare_range(&self) -> std::ops::Range<usize> {
+        if self.filled == CHUNK_LEN {
+            let at = (self.full + 1) * SEALED_CHUNK_LEN;
+            at..at + CHUNK_LEN
+        } else {
+            let at = self.full * SEALED_CHUNK_LEN + self.filled;
+            at..at + CHUNK_LEN - self.filled
+        }
+    }
+
+    /// Count `n` bytes (at most the spare space) put into the spare space: a full chunk
+    /// becomes one of the batch only now that data follows it.
+    fn commit(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.filled == CHUNK_LEN {
+            self.full += 1;
+            self.filled = 0;
+        }
+        self.filled += n;
+    }
+
+    /// The free part of the chunk being filled (1 to 64 KiB), for reading plaintext straight
+    /// into the writer without a copy; then call [`StreamWriter::advance`] with the number of
+    /// bytes put there. Bytes left there without `advance` are not part of the document.
+    /// May seal and write a full batch first, so it can fail like [`Write::write`].
+    ///
+    /// ```
+    /// # use std::io::Read;
+    /// # use kluis_core::{LabelKey, Metadata, Recipient, Slot, StreamWriter};
+    /// # let hr = LabelKey::generate("hr", 1).unwrap();
+    /// # let slots = [Slot::single(Recipient::Label(hr.public_key().clone()))];
+    /// let mut input: &[u8] = b"read straight into the writer";
+    /// let mut w = StreamWriter::new(Vec::new(), &slots, &Metadata::default())?;
+    /// loop {
+    ///     let n = input.read(w.spare()?)?;
+    ///     if n == 0 {
+    ///         break;
+    ///     }
+    ///     w.advance(n)?;
+    /// }
+    /// let sealed = w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spare(&mut self) -> io::Result<&mut [u8]> {
+        if self.out.is_none() {
+            return Err(io::Error::other("the writer already failed"));
+        }
+        if self.filled == CHUNK_LEN {
+            self.room_after_full()?;
+        }
+        let range = self.spare_range();
+        Ok(&mut self.buf[range])
+    }
+
+    /// Count `n` bytes put into [`StreamWriter::spare`] as written. Fails (and counts
+    /// nothing) when `n` is more than the spare space, or goes past the size the metadata
+    /// promised.
+    pub fn advance(&mut self, n: usize) -> io::Result<()> {
+        let room = self.spare_range().len();
+        if n > room || self.spare_range().end > self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "advance past the spare space of the chunk: call spare() first",
+            ));
+        }
+        let new_total = self.check_size(n)?;
+        self.commit(n);
+        self.written = new_total;
+        Ok(())
+    }
+
+    /// The total written after `n` more bytes; an error when that exceeds the promised size.
+    fn check_size(&self, n: usize) -> io::Result<u64> {
+        let new_total = self.written.saturating_add(n as u64);
+        if let Some(size) = self.size {
+            if new_total > size {
+                return Err(Error::SizeMismatch {
+                    expected: size,
+                    found: new_total,
+                }
+                .into());
+            }
+        }
+        Ok(new_total)
     }
 
     /// Pad, seal the last chunk, flush, and return the inner writer.
@@ -264,16 +362,7 @@ impl<W: Write> StreamWriter<W> {
 
 impl<W: Write> Write for StreamWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let new_total = self.written.saturating_add(data.len() as u64);
-        if let Some(size) = self.size {
-            if new_total > size {
-                return Err(Error::SizeMismatch {
-                    expected: size,
-                    found: new_total,
-                }
-                .into());
-            }
-        }
+        let new_total = self.check_size(data.len())?;
         self.push(data)?;
         self.written = new_total;
         Ok(data.len())

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use kluis_core::{FileKey, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
@@ -328,15 +328,16 @@ fn seal_one(
         kluis_core::Error::Io(e) => Error::io(&job.output, "write", e),
         other => Error::format(&job.input, other),
     };
-    let mut buf = Zeroizing::new(vec![0u8; cap]);
     loop {
-        let n = match input.read(&mut buf) {
+        // Read straight into the writer's buffer: no copy of the plaintext.
+        let space = writer.spare().map_err(write_error)?;
+        let n = match input.read(space) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(&job.input, "read", e)),
         };
-        writer.write_all(&buf[..n]).map_err(write_error)?;
+        writer.advance(n).map_err(write_error)?;
         shared.emit(Event::Read {
             input: &job.input,
             bytes: n as u64,
