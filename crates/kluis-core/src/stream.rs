@@ -106,7 +106,7 @@ pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header,
 /// document that every reader rejects as truncated.
 ///
 /// Payloads up to one chunk (64 KiB) use one chunk of memory. Larger ones are sealed in
-/// batches of 64 chunks (4 MiB), each batch split over the available cores (at most 8; see
+/// batches of up to 64 chunks (4 MiB), each batch split over the available cores (at most 8; see
 /// [`StreamWriter::threads`]), and written with one call per batch. The bytes written are the
 /// same whatever the number of threads.
 #[must_use = "call finish(), or the document is left truncated"]
@@ -308,6 +308,9 @@ impl<W: Write> StreamWriter<W> {
     /// nothing) when `n` is more than the spare space, or goes past the size the metadata
     /// promised.
     pub fn advance(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
         let room = self.spare_range().len();
         if n > room || self.spare_range().end > self.buf.len() {
             return Err(io::Error::new(
