@@ -139,6 +139,13 @@ pub fn replace_header(path: &Path, old: &Header, new: &Header) -> Result<Rewrite
     if old.doc_id() != new.doc_id() {
         return Err(Error::Changed { path: path.into() });
     }
+    // Never write through a symbolic link (it could point out of the tree being re-keyed).
+    if !fs::symlink_metadata(path)
+        .map_err(|e| Error::io(path, "read", e))?
+        .is_file()
+    {
+        return Err(Error::NotAFile { path: path.into() });
+    }
     let journal = journal_path(path);
     if fs::symlink_metadata(&journal).is_ok() {
         return Err(Error::RekeyInterrupted {

@@ -218,3 +218,25 @@ fn a_journal_that_no_longer_matches_its_document_is_not_applied() {
         "the journal is kept for the operator"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symbolic_link_is_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr1 = LabelKey::generate("hr", 1).unwrap();
+    let hr2 = LabelKey::generate("hr", 2).unwrap();
+    let (path, _) = sealed(dir.path(), &hr1);
+    let before = fs::read(&path).unwrap();
+    let link = dir.path().join("link.kluis");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let (old, new) = headers(&link, &hr1, &[label_slot(&hr2)]);
+    let err = replace_header(&link, &old, &new).unwrap_err();
+    assert!(matches!(err, Error::NotAFile { .. }), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
