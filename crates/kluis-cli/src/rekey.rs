@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::Global;
 use crate::cli::RekeyArgs;
 use crate::config::{Settings, parse_public_key};
-use crate::error::{Class, CliError, describe_core, describe_file};
+use crate::error::{Class, CliError, describe_core};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
 use crate::output::{plural, warn};
 use crate::progress::{self, Bars};
@@ -79,11 +79,6 @@ fn list(path: &Path, out: &mut Vec<PathBuf>) {
             _ => {}
         }
     }
-}
-
-fn file_error(e: &kluis_file::Error) -> CliError {
-    let (m, class) = describe_file(e);
-    CliError::new(class, m)
 }
 
 fn read_doc(path: &Path) -> Result<Doc, CliError> {
@@ -211,7 +206,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                 warn(&format!("{p:?}: finished a re-keying that was interrupted"))
             }
             Err(e) => {
-                results.push((p, Result1::Failed(file_error(&e))));
+                results.push((p, Result1::Failed(e.into())));
                 continue;
             }
         }
@@ -276,8 +271,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                         let (m, class) = describe_core(&e);
                         CliError::new(class, format!("{:?}: {m}", doc.path))
                     })?;
-                    kluis_file::replace_header(&doc.path, &doc.header, &new)
-                        .map_err(|e| file_error(&e))
+                    kluis_file::replace_header(&doc.path, &doc.header, &new).map_err(CliError::from)
                 });
             results.push((
                 doc.path.clone(),

@@ -37,30 +37,72 @@ fn default_threads() -> usize {
     })
 }
 
+/// Run `f` over the whole sealed chunks of `buf`, split into up to `threads` runs of
+/// consecutive chunks, one per thread (the calling thread takes the first run). `f` gets a run
+/// and the index in `buf` of its first chunk; the results come back in run order.
+fn on_runs<T: Send>(
+    buf: &mut [u8],
+    threads: usize,
+    f: impl Fn(&mut [u8], usize) -> T + Sync,
+) -> Vec<T> {
+    let chunks = buf.len() / SEALED_CHUNK_LEN;
+    let threads = threads.clamp(1, chunks.max(1));
+    if threads == 1 {
+        return vec![f(buf, 0)];
+    }
+    let per = chunks.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut runs = buf.chunks_mut(per * SEALED_CHUNK_LEN).enumerate();
+        let (_, mine) = runs.next().expect("at least one run");
+        let others: Vec<_> = runs
+            .map(|(k, run)| scope.spawn(move || f(run, k * per)))
+            .collect();
+        let mut results = vec![f(mine, 0)];
+        results.extend(
+            others
+                .into_iter()
+                .map(|h| h.join().expect("no panic in AEAD")),
+        );
+        results
+    })
+}
+
 /// Seal full (never last) chunks laid out back to back in `buf` (each `CHUNK_LEN` of plaintext
 /// followed by room for its tag), the first one being chunk number `first`, over `threads`
 /// threads. Chunks are independent under STREAM, so the order of sealing does not matter.
 fn seal_full_chunks(cipher: &ChunkCipher, buf: &mut [u8], first: u64, threads: usize) {
-    let seal_run = |run: &mut [u8], start: u64| {
+    on_runs(buf, threads, |run, start| {
         for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
             let (plain, tag) = chunk.split_at_mut(CHUNK_LEN);
-            tag.copy_from_slice(&cipher.seal(chunk_nonce(start + i as u64, false), plain));
+            let nonce = chunk_nonce(first + (start + i) as u64, false);
+            tag.copy_from_slice(&cipher.seal(nonce, plain));
         }
-    };
-    let chunks = buf.len() / SEALED_CHUNK_LEN;
-    let threads = threads.clamp(1, chunks.max(1));
-    if threads == 1 {
-        return seal_run(buf, first);
-    }
-    let per = chunks.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut runs = buf.chunks_mut(per * SEALED_CHUNK_LEN).enumerate();
-        let (_, mine) = runs.next().expect("at least one run");
-        for (k, run) in runs {
-            scope.spawn(move || seal_run(run, first + (k * per) as u64));
-        }
-        seal_run(mine, first);
     });
+}
+
+/// Open full, non-final chunks laid out back to back in `buf` (each sealed chunk
+/// `SEALED_CHUNK_LEN` long), the first one being chunk number `first`, in place over
+/// `threads` threads: chunk `i`'s plaintext ends up at the start of its own slot. Returns the
+/// index (in `buf`) of the first chunk that failed to authenticate, if any.
+fn open_full_chunks(
+    cipher: &ChunkCipher,
+    buf: &mut [u8],
+    first: u64,
+    threads: usize,
+) -> Option<usize> {
+    let failed = on_runs(buf, threads, |run, start| {
+        run.chunks_exact_mut(SEALED_CHUNK_LEN)
+            .enumerate()
+            .find_map(|(i, chunk)| {
+                let nonce = chunk_nonce(first + (start + i) as u64, false);
+                cipher
+                    .open_within(nonce, chunk, 0)
+                    .is_none()
+                    .then_some(start + i)
+            })
+    });
+    failed.into_iter().flatten().min()
 }
 
 /// `BE88(i) ‖ flag`: an 11-byte big-endian counter and the last-chunk flag.
@@ -380,46 +422,6 @@ impl<W: Write> Write for StreamWriter<W> {
     }
 }
 
-/// Open full, non-final chunks laid out back to back in `buf` (each sealed chunk
-/// `SEALED_CHUNK_LEN` long), the first one being chunk number `first`, in place over
-/// `threads` threads: chunk `i`'s plaintext ends up at the start of its own slot. Returns the
-/// index (in `buf`) of the first chunk that failed to authenticate, if any.
-fn open_full_chunks(
-    cipher: &ChunkCipher,
-    buf: &mut [u8],
-    first: u64,
-    threads: usize,
-) -> Option<usize> {
-    let open_run = |run: &mut [u8], start: usize| {
-        for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
-            let nonce = chunk_nonce(first + (start + i) as u64, false);
-            if cipher.open_within(nonce, chunk, 0).is_none() {
-                return Some(start + i);
-            }
-        }
-        None
-    };
-    let chunks = buf.len() / SEALED_CHUNK_LEN;
-    let threads = threads.clamp(1, chunks.max(1));
-    if threads == 1 {
-        return open_run(buf, 0);
-    }
-    let per = chunks.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut runs = buf.chunks_mut(per * SEALED_CHUNK_LEN).enumerate();
-        let (_, mine) = runs.next().expect("at least one run");
-        let others: Vec<_> = runs
-            .map(|(k, run)| scope.spawn(move || open_run(run, k * per)))
-            .collect();
-        let failed = std::iter::once(open_run(mine, 0)).chain(
-            others
-                .into_iter()
-                .map(|h| h.join().expect("no panic in AEAD")),
-        );
-        failed.flatten().min()
-    })
-}
-
 /// Opens a payload from any [`Read`], yielding the plaintext (padding removed).
 ///
 /// Each chunk is authenticated before any of its bytes is returned. A failure (a changed,
@@ -538,20 +540,8 @@ impl<R: Read> StreamReader<R> {
         if n == full + MIN_FINAL_AFTER_FULL {
             // Enough follows the batch for another chunk: none of its chunks is the last, and
             // all are full. Open them together; account for them in order.
-            let first = self.opener.counter;
-            let cipher = &self.opener.cipher;
-            let failed = open_full_chunks(cipher, &mut self.buf[..full], first, self.threads);
-            for i in 0..failed.unwrap_or(self.batch) {
-                let start = i * SEALED_CHUNK_LEN;
-                let content = self.opener.account(&self.buf[start..start + CHUNK_LEN])?;
-                self.plain.push((start, start + content));
-                self.opener.counter += 1;
-            }
-            if failed.is_some() {
-                return Err(Error::ChunkAuth {
-                    chunk: self.opener.counter,
-                });
-            }
+            self.opener
+                .open_full(&mut self.buf[..full], self.threads, &mut self.plain)?;
             (self.ahead_at, self.ahead) = (full, MIN_FINAL_AFTER_FULL);
             return Ok(());
         }
@@ -629,8 +619,8 @@ impl<R: Read> Read for StreamReader<R> {
 /// one-call path: chunk order, the last-chunk flag, the read-ahead verdicts, and the size and
 /// padding checks against the metadata.
 pub(crate) struct PayloadOpener {
-    pub(crate) cipher: ChunkCipher,
-    pub(crate) counter: u64,
+    cipher: ChunkCipher,
+    counter: u64,
     pub(crate) done: bool,
     content_left: u64,
     padding_left: u64,
@@ -715,6 +705,31 @@ impl PayloadOpener {
         self.account(&buf[..n - TAG_LEN])
     }
 
+    /// Open the full chunks laid out in `buf`, none of them the last (more input follows),
+    /// over `threads` threads, and push the range of each one's content (padding excluded)
+    /// onto `plain`. When a chunk fails, the chunks before it are still pushed.
+    pub(crate) fn open_full(
+        &mut self,
+        buf: &mut [u8],
+        threads: usize,
+        plain: &mut Vec<(usize, usize)>,
+    ) -> Result<()> {
+        let chunks = buf.len() / SEALED_CHUNK_LEN;
+        let failed = open_full_chunks(&self.cipher, buf, self.counter, threads);
+        for i in 0..failed.unwrap_or(chunks) {
+            let start = i * SEALED_CHUNK_LEN;
+            let content = self.account(&buf[start..start + CHUNK_LEN])?;
+            plain.push((start, start + content));
+            self.counter += 1;
+        }
+        match failed {
+            Some(_) => Err(Error::ChunkAuth {
+                chunk: self.counter,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn try_open(&self, buf: &mut [u8], src: usize, last: bool) -> bool {
         self.cipher
             .open_within(chunk_nonce(self.counter, last), buf, src)
@@ -722,7 +737,7 @@ impl PayloadOpener {
     }
 
     /// Split a decrypted chunk into content and padding; check sizes against the metadata.
-    pub(crate) fn account(&mut self, plain: &[u8]) -> Result<usize> {
+    fn account(&mut self, plain: &[u8]) -> Result<usize> {
         self.seen = self.seen.saturating_add(plain.len() as u64);
         let content = (plain.len() as u64).min(self.content_left) as usize;
         self.content_left -= content as u64;

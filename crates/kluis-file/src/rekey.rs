@@ -165,11 +165,15 @@ pub fn replace_header(path: &Path, old: &Header, new: &Header) -> Result<Rewrite
 }
 
 /// Check that `file` is the regular file at `path`, unchanged since `stamp` when given,
-/// starting with `old`; return its stamp.
-fn check_start(path: &Path, file: &mut File, old: &[u8], stamp: Option<Stamp>) -> Result<Stamp> {
+/// starting with `old`; return its metadata.
+fn check_start(
+    path: &Path,
+    file: &mut File,
+    old: &[u8],
+    stamp: Option<Stamp>,
+) -> Result<fs::Metadata> {
     let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
-    let now = Stamp::of(&meta);
-    if !meta.is_file() || stamp.is_some_and(|s| s != now) {
+    if !meta.is_file() || stamp.is_some_and(|s| s != Stamp::of(&meta)) {
         return Err(Error::Changed { path: path.into() });
     }
     let mut start = vec![0; old.len()];
@@ -179,13 +183,13 @@ fn check_start(path: &Path, file: &mut File, old: &[u8], stamp: Option<Stamp>) -
     if n != old.len() || start != old {
         return Err(Error::Changed { path: path.into() });
     }
-    Ok(now)
+    Ok(meta)
 }
 
 fn in_place(path: &Path, mut file: File, old: &Header, new: &Header, journal: &Path) -> Result<()> {
-    let stamp = check_start(path, &mut file, old.as_bytes(), None)?;
+    let meta = check_start(path, &mut file, old.as_bytes(), None)?;
     let record = Journal {
-        file_len: stamp.len(),
+        file_len: meta.len(),
         old: old.as_bytes().to_vec(),
         new: new.as_bytes().to_vec(),
     };
@@ -217,8 +221,7 @@ fn write_header(path: &Path, file: &mut File, header: &[u8]) -> Result<()> {
 
 fn copy(path: &Path, old: &Header, new: &Header) -> Result<()> {
     let mut src = File::open(path).map_err(|e| Error::io(path, "read", e))?;
-    let stamp = check_start(path, &mut src, old.as_bytes(), None)?;
-    let meta = src.metadata().map_err(|e| Error::io(path, "read", e))?;
+    let meta = check_start(path, &mut src, old.as_bytes(), None)?;
     let dir = parent_of(path);
     let out = start_output(&dir, Path::new(""), path, true, false)?;
     out.file()
@@ -228,10 +231,10 @@ fn copy(path: &Path, old: &Header, new: &Header) -> Result<()> {
     out.file().write_all(new.as_bytes()).map_err(write)?;
     // `io::copy` between files uses `copy_file_range` on Linux: the payload stays in the kernel.
     let copied = io::copy(&mut src, &mut out.file()).map_err(write)?;
-    if copied != stamp.len() - old.len() as u64 {
+    if copied != meta.len() - old.len() as u64 {
         return Err(Error::Changed { path: path.into() });
     }
-    check_start(path, &mut src, old.as_bytes(), Some(stamp))?;
+    check_start(path, &mut src, old.as_bytes(), Some(Stamp::of(&meta)))?;
     drop(src); // closed before the rename (Windows refuses to replace an open file)
     out.commit(path, true)?;
     sync_dir(&dir)

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use kluis_core::{FileKey, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
@@ -316,10 +316,9 @@ fn seal_one(
             .map_err(|e| Error::format(&job.input, e))?;
     }
 
-    let cap = buf_len(len);
-    let sink = BufWriter::with_capacity(cap, Writeback::new(tmp.file()));
-    let mut writer =
-        StreamWriter::new(sink, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
+    // The writer batches its output (whole sealed chunks, in writes of up to 256 KiB).
+    let mut writer = StreamWriter::new(Writeback::new(tmp.file()), slots, &metadata)
+        .map_err(|e| Error::format(&job.input, e))?;
     let header = verify.then(|| writer.header().clone());
     let write_error = |e: io::Error| match kluis_core::Error::from_io(e) {
         kluis_core::Error::SizeMismatch { .. } => Error::Changed {
@@ -343,9 +342,7 @@ fn seal_one(
             bytes: n as u64,
         });
     }
-    // `finish` flushes the buffered writer too.
-    let sink = writer.finish().map_err(|e| write_error(e.into()))?;
-    let (writeback, _) = sink.into_parts();
+    let writeback = writer.finish().map_err(|e| write_error(e.into()))?;
     writeback.finish().map_err(write_error)?;
     // Written meanwhile (same size, new time) or replaced: the copy may be inconsistent.
     let after = input

@@ -2,8 +2,9 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 /// The `kluis-server` binary, built once per test run.
@@ -69,4 +70,21 @@ pub fn server_bin() -> &'static Path {
         assert!(bin.exists(), "{} was not built", bin.display());
         bin
     })
+}
+
+/// Start `command` (a `kluis-server … serve --listen 127.0.0.1:0 …` command line; the caller
+/// chooses where its standard error goes) and wait for its first line, `listening on URL`.
+/// Returns the running server and its URL.
+pub fn spawn_serve(mut command: Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+        .to_owned();
+    (child, url)
 }

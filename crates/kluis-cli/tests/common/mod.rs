@@ -2,7 +2,7 @@
 //! its own configuration and cache folders.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -85,24 +85,14 @@ impl Server {
     }
 
     fn serve(&mut self) {
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        command
             .args(&self.serve_args)
             .args(["serve", "--listen", "127.0.0.1:0", "--insecure-http"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+            .stderr(Stdio::null());
+        let (child, url) = kluis_testkit::spawn_serve(command);
         self.child = Some(child);
-        self.url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_owned();
+        self.url = url;
     }
 
     fn command(&self) -> Command {

@@ -1,7 +1,7 @@
 //! Test helpers: the real `kluis-server` process, and a small canned HTTP(S) server.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -53,23 +53,13 @@ impl Server {
             .admin(&["token", "create", "--user", "bob"])
             .trim()
             .to_owned();
-        let mut child = s
-            .command()
+        let mut command = s.command();
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--insecure-http"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+            .stderr(Stdio::inherit());
+        let (child, url) = kluis_testkit::spawn_serve(command);
         s.child = Some(child);
-        s.url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_owned();
+        s.url = url;
         s
     }
 
