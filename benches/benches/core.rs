@@ -232,26 +232,33 @@ fn bench(c: &mut Criterion) {
                 });
                 b.iter(|| open_with_backend(sealed, &[&label], backend).expect("open"))
             });
-            // The buffer-reusing forms: no fresh allocation per call, like the raw rows.
-            let mut out = Vec::new();
-            group.bench_function(format!("kluis seal_into ({bn}, reused output)"), |b| {
-                b.iter(|| {
-                    out.clear();
-                    seal_into(&slots, &metadata, &plain, &mut out, backend).expect("seal")
-                })
-            });
-            drop(out);
-            let sealed = OnceCell::new();
-            group.bench_function(format!("kluis open_in_place ({bn})"), |b| {
-                let sealed = sealed.get_or_init(|| {
-                    seal_with_backend(&slots, &metadata, &plain, backend).expect("seal")
+            // The buffer-reusing forms: no fresh allocation per call, like the raw rows; on all
+            // cores (threads 0) and on one.
+            for (threads, cores) in [(0, ""), (1, ", 1 thread")] {
+                let mut out = Vec::new();
+                group.bench_function(
+                    format!("kluis seal_into ({bn}, reused output{cores})"),
+                    |b| {
+                        b.iter(|| {
+                            out.clear();
+                            seal_into(&slots, &metadata, &plain, &mut out, backend, threads)
+                                .expect("seal")
+                        })
+                    },
+                );
+                drop(out);
+                let sealed = OnceCell::new();
+                group.bench_function(format!("kluis open_in_place ({bn}{cores})"), |b| {
+                    let sealed = sealed.get_or_init(|| {
+                        seal_with_backend(&slots, &metadata, &plain, backend).expect("seal")
+                    });
+                    b.iter_batched_ref(
+                        || sealed.clone(),
+                        |buf| open_in_place(buf, &[&label], backend, threads).expect("open"),
+                        BatchSize::LargeInput,
+                    )
                 });
-                b.iter_batched_ref(
-                    || sealed.clone(),
-                    |buf| open_in_place(buf, &[&label], backend).expect("open"),
-                    BatchSize::LargeInput,
-                )
-            });
+            }
         }
         group.finish();
     }

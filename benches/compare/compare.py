@@ -193,7 +193,7 @@ def run_entries(entries, reps, case, keep=False):
             e.times.append(wall)
             e.rss_kib.append(rss)
             e.cpu.append(cpu)
-            note(f"  {e.tool:<28} {wall:8.3f} s  {rss / 1024:7.1f} MiB  load {loadavg()}")
+            note(f"  {e.tool:<28} {wall:8.3f} s  cpu {cpu:6.2f} s  {rss / 1024:7.1f} MiB  load {loadavg()}")
             if len(e.times) == n and e.check:
                 sh(e.check.replace("{OUT}", str(d)))
             if not keep:

@@ -58,6 +58,7 @@ mod identity_file;
 mod keys;
 mod metadata;
 mod padding;
+mod parallel;
 mod primitives;
 pub mod reply;
 mod secret;

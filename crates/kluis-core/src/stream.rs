@@ -6,6 +6,7 @@ use crate::backend::{Backend, ChunkCipher};
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::metadata::Metadata;
+use crate::parallel::{self, MAX_THREADS, open_full_chunks, seal_full_chunks};
 use crate::primitives::{self, NONCE_LEN, TAG_LEN};
 use crate::secret::{DocId, FileKey};
 use crate::slot::Slot;
@@ -19,91 +20,10 @@ const MIN_FINAL_AFTER_FULL: usize = TAG_LEN + 1;
 /// Full chunks the writer gathers before sealing them together (4 MiB): enough work to spread
 /// over several cores, little enough to keep memory bounded.
 const BATCH_CHUNKS: usize = 64;
-/// Most threads one writer uses.
-const MAX_THREADS: usize = 8;
 /// Sealed output goes out in writes of at most this size: measured on Linux, copying into the
 /// page cache costs up to several times more per byte in 1-4 MiB writes than in 64-256 KiB
 /// ones (docs/BENCHMARKS.md).
 const WRITE_LEN: usize = 256 * 1024;
-
-/// The threads a writer uses by default: the available cores, at most [`MAX_THREADS`].
-/// Asked once per process (on Linux it reads cgroup files).
-fn default_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_THREADS)
-    })
-}
-
-/// Run `f` over the whole sealed chunks of `buf`, split into up to `threads` runs of
-/// consecutive chunks, one per thread (the calling thread takes the first run). `f` gets a run
-/// and the index in `buf` of its first chunk; the results come back in run order.
-fn on_runs<T: Send>(
-    buf: &mut [u8],
-    threads: usize,
-    f: impl Fn(&mut [u8], usize) -> T + Sync,
-) -> Vec<T> {
-    let chunks = buf.len() / SEALED_CHUNK_LEN;
-    let threads = threads.clamp(1, chunks.max(1));
-    if threads == 1 {
-        return vec![f(buf, 0)];
-    }
-    let per = chunks.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut runs = buf.chunks_mut(per * SEALED_CHUNK_LEN).enumerate();
-        let (_, mine) = runs.next().expect("at least one run");
-        let others: Vec<_> = runs
-            .map(|(k, run)| scope.spawn(move || f(run, k * per)))
-            .collect();
-        let mut results = vec![f(mine, 0)];
-        results.extend(
-            others
-                .into_iter()
-                .map(|h| h.join().expect("no panic in AEAD")),
-        );
-        results
-    })
-}
-
-/// Seal full (never last) chunks laid out back to back in `buf` (each `CHUNK_LEN` of plaintext
-/// followed by room for its tag), the first one being chunk number `first`, over `threads`
-/// threads. Chunks are independent under STREAM, so the order of sealing does not matter.
-fn seal_full_chunks(cipher: &ChunkCipher, buf: &mut [u8], first: u64, threads: usize) {
-    on_runs(buf, threads, |run, start| {
-        for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
-            let (plain, tag) = chunk.split_at_mut(CHUNK_LEN);
-            let nonce = chunk_nonce(first + (start + i) as u64, false);
-            tag.copy_from_slice(&cipher.seal(nonce, plain));
-        }
-    });
-}
-
-/// Open full, non-final chunks laid out back to back in `buf` (each sealed chunk
-/// `SEALED_CHUNK_LEN` long), the first one being chunk number `first`, in place over
-/// `threads` threads: chunk `i`'s plaintext ends up at the start of its own slot. Returns the
-/// index (in `buf`) of the first chunk that failed to authenticate, if any.
-fn open_full_chunks(
-    cipher: &ChunkCipher,
-    buf: &mut [u8],
-    first: u64,
-    threads: usize,
-) -> Option<usize> {
-    let failed = on_runs(buf, threads, |run, start| {
-        run.chunks_exact_mut(SEALED_CHUNK_LEN)
-            .enumerate()
-            .find_map(|(i, chunk)| {
-                let nonce = chunk_nonce(first + (start + i) as u64, false);
-                cipher
-                    .open_within(nonce, chunk, 0)
-                    .is_none()
-                    .then_some(start + i)
-            })
-    });
-    failed.into_iter().flatten().min()
-}
 
 /// `BE88(i) ‖ flag`: an 11-byte big-endian counter and the last-chunk flag.
 pub(crate) fn chunk_nonce(counter: u64, last: bool) -> [u8; NONCE_LEN] {
@@ -163,6 +83,7 @@ pub struct StreamWriter<W: Write> {
     filled: usize,
     /// Number of the first chunk in `buf`.
     counter: u64,
+    /// Threads asked for (0: the default, see `parallel::for_chunks`).
     threads: usize,
     written: u64,
     size: Option<u64>,
@@ -193,7 +114,7 @@ impl<W: Write> StreamWriter<W> {
             full: 0,
             filled: 0,
             counter: 0,
-            threads: default_threads(),
+            threads: 0,
             written: 0,
             size: metadata.size,
             padding: metadata.padding,
@@ -224,7 +145,8 @@ impl<W: Write> StreamWriter<W> {
             &self.cipher,
             &mut self.buf[..full_len],
             self.counter,
-            self.threads,
+            parallel::for_chunks(self.threads, self.full),
+            |_, _| {},
         );
         let mut end = full_len;
         let mut sealed = self.full as u64;
@@ -449,6 +371,7 @@ pub struct StreamReader<R: Read> {
     plain: Vec<(usize, usize)>,
     /// The next of `plain` to read from.
     next: usize,
+    /// Threads asked for (0: the default, see `parallel::for_chunks`).
     threads: usize,
     /// An error to return once the plaintext before it was read.
     pending: Option<Error>,
@@ -480,7 +403,7 @@ impl<R: Read> StreamReader<R> {
             ahead_at: 0,
             plain: Vec::new(),
             next: 0,
-            threads: default_threads(),
+            threads: 0,
             pending: None,
             failed: false,
             metadata,
@@ -715,11 +638,44 @@ impl PayloadOpener {
         plain: &mut Vec<(usize, usize)>,
     ) -> Result<()> {
         let chunks = buf.len() / SEALED_CHUNK_LEN;
+        let threads = parallel::for_chunks(threads, chunks);
         let failed = open_full_chunks(&self.cipher, buf, self.counter, threads);
+        self.account_full(buf, SEALED_CHUNK_LEN, chunks, failed, |start, content| {
+            plain.push((start, start + content))
+        })
+    }
+
+    /// Open the first `n` chunks of the payload at `buf[at..]`, none of them the last, over
+    /// `threads` threads, each one's plaintext moved to `i * CHUNK_LEN`; return the length of
+    /// the content (padding excluded) now at the start of `buf`.
+    fn open_full_in_place(
+        &mut self,
+        buf: &mut [u8],
+        at: usize,
+        n: usize,
+        threads: usize,
+    ) -> Result<usize> {
+        debug_assert_eq!(self.counter, 0);
+        let failed = parallel::open_shifted(&self.cipher, buf, at, n, threads);
+        let mut written = 0;
+        self.account_full(buf, CHUNK_LEN, n, failed, |_, content| written += content)?;
+        Ok(written)
+    }
+
+    /// Account, in order, for `chunks` full chunks just opened (chunk `i`'s plaintext at
+    /// `i * stride` in `buf`) up to the first that failed, calling `each` with the start and
+    /// content length of each; then report the failure, as a chunk-by-chunk opener would.
+    fn account_full(
+        &mut self,
+        buf: &[u8],
+        stride: usize,
+        chunks: usize,
+        failed: Option<usize>,
+        mut each: impl FnMut(usize, usize),
+    ) -> Result<()> {
         for i in 0..failed.unwrap_or(chunks) {
-            let start = i * SEALED_CHUNK_LEN;
-            let content = self.account(&buf[start..start + CHUNK_LEN])?;
-            plain.push((start, start + content));
+            let start = i * stride;
+            each(start, self.account(&buf[start..start + CHUNK_LEN])?);
             self.counter += 1;
         }
         match failed {
@@ -761,16 +717,26 @@ impl PayloadOpener {
 }
 
 /// Open the payload of the sealed document in `buf` in place: on success `buf` holds the
-/// plaintext. No chunk is copied: each is decrypted straight to its final position.
+/// plaintext. No chunk is copied: each is decrypted straight to its final position; the chunks
+/// that cannot be the last are opened over up to `threads` threads (0: the default, see
+/// `parallel::for_chunks`).
 pub(crate) fn open_payload_in_place(
     buf: &mut Vec<u8>,
     header: &Header,
     key: &FileKey,
     backend: Backend,
+    threads: usize,
 ) -> Result<Metadata> {
     let (mut opener, metadata) = PayloadOpener::new(header, key, backend)?;
     let total = buf.len();
     let (mut read, mut written) = (header.len(), 0);
+    // Chunks with at least a minimal final chunk after them are full and not the last.
+    let full = (total - read).saturating_sub(MIN_FINAL_AFTER_FULL) / SEALED_CHUNK_LEN;
+    let threads = parallel::for_chunks(threads, full);
+    if threads > 1 {
+        written = opener.open_full_in_place(buf, read, full, threads)?;
+        read += full * SEALED_CHUNK_LEN;
+    }
     loop {
         let n = SEALED_CHUNK_LEN.min(total - read);
         let follow = MIN_FINAL_AFTER_FULL.min(total - read - n);

@@ -318,11 +318,12 @@ fn seal_into_appends_and_open_in_place_reuses_the_buffer() {
         &data(70_000),
         &mut out,
         Default::default(),
+        0,
     )
     .unwrap();
     assert_eq!(&out[..6], b"prefix");
     let mut doc = out[6..].to_vec();
-    let meta = kluis_core::open_in_place(&mut doc, &[&hr], Default::default()).unwrap();
+    let meta = kluis_core::open_in_place(&mut doc, &[&hr], Default::default(), 0).unwrap();
     assert_eq!(doc, data(70_000));
     assert_eq!(meta.size, Some(70_000));
     // A declared size that does not match appends nothing.
@@ -333,6 +334,7 @@ fn seal_into_appends_and_open_in_place_reuses_the_buffer() {
         b"abc",
         &mut out,
         Default::default(),
+        0,
     );
     assert!(matches!(
         e,
@@ -578,4 +580,121 @@ fn spare_and_advance_seal_what_was_put_there() {
     w.advance(10).unwrap();
     let sealed = w.finish().unwrap();
     assert_eq!(open(&sealed, &[&hr]).unwrap().0, b"0123456789");
+}
+
+/// The one-call forms over several threads: `seal_into` and `open_in_place` agree with each
+/// other and with the streaming reader for every pair of thread counts, around chunk edges
+/// and with padding that spans chunks (each thread's chunks end up shifted into place, some
+/// of them across another thread's part of the buffer).
+#[test]
+fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
+    const C: usize = kluis_core::CHUNK_LEN;
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    for (size, padding) in [
+        (0, 0),
+        (1, 0),
+        (C, 0),
+        (2 * C + 1, 0),
+        (17 * C, 0),
+        (17 * C + 16, 0),
+        (17 * C + 17, 0),
+        (40 * C + 3, 0),
+        (5 * C + 9, 3 * C + 7),
+        (20 * C, 2 * C),
+    ] {
+        let plain = data(size);
+        let mut meta = Metadata::with_size(size as u64);
+        meta.padding = padding as u64;
+        for seal_threads in [1, 2, 3, 8] {
+            let mut sealed = Vec::new();
+            kluis_core::seal_into(
+                &slots,
+                &meta,
+                &plain,
+                &mut sealed,
+                Default::default(),
+                seal_threads,
+            )
+            .unwrap();
+            let chunks = (size + padding).div_ceil(C).max(1);
+            assert_eq!(
+                sealed.len(),
+                w_header_len(&sealed) + size + padding + 16 * chunks
+            );
+            let mut input = &sealed[..];
+            let header = Header::read(&mut input).unwrap();
+            let key = header.unlock(&[&hr]).unwrap();
+            let mut back = Vec::new();
+            StreamReader::new(&header, &key, input)
+                .unwrap()
+                .threads(1)
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(
+                back == plain,
+                "size {size}+{padding}, sealed on {seal_threads} (stream)"
+            );
+            for open_threads in [0, 1, 2, 3, 8] {
+                let mut buf = sealed.clone();
+                let m =
+                    kluis_core::open_in_place(&mut buf, &[&hr], Default::default(), open_threads)
+                        .unwrap();
+                assert!(
+                    buf == plain,
+                    "size {size}+{padding}, sealed on {seal_threads}, opened on {open_threads}"
+                );
+                assert_eq!(m.padding, padding as u64);
+            }
+        }
+    }
+}
+
+/// Damage anywhere in a document opened in place over several threads is reported as the
+/// first damaged chunk, wherever the threads' parts begin and end, and the buffer is wiped; a
+/// cut at a chunk boundary is reported as truncation.
+#[test]
+fn opening_in_place_over_threads_reports_the_first_damaged_chunk() {
+    const C: usize = kluis_core::CHUNK_LEN;
+    const SEALED: usize = C + 16;
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let plain = data(40 * C + 5);
+    let sealed = seal(&[Slot::single(label(&hr))], &Metadata::default(), &plain).unwrap();
+    let start = w_header_len(&sealed);
+    // With 3 threads the 40 full chunks split 14 + 14 + 12; with 2, 20 + 20; chunk 40 is the
+    // final one, opened after the threads.
+    for (damaged, threads) in [
+        (&[0][..], 2),
+        (&[13], 3),
+        (&[14], 3),
+        (&[27, 28], 3),
+        (&[30, 5], 3),
+        (&[19], 2),
+        (&[20], 2),
+        (&[39], 8),
+        (&[40], 2),
+    ] {
+        let mut bad = sealed.clone();
+        for &chunk in damaged {
+            bad[start + chunk * SEALED + 7] ^= 0x10;
+        }
+        let cap = bad.capacity();
+        let e =
+            kluis_core::open_in_place(&mut bad, &[&hr], Default::default(), threads).unwrap_err();
+        let first = *damaged.iter().min().unwrap() as u64;
+        assert!(
+            matches!(e, Error::ChunkAuth { chunk } if chunk == first),
+            "{e:?} for chunks {damaged:?}, {threads} threads"
+        );
+        assert!(bad.is_empty() && bad.capacity() == cap);
+    }
+    for threads in [1, 2, 3] {
+        let mut cut = sealed[..start + 20 * SEALED].to_vec();
+        let e =
+            kluis_core::open_in_place(&mut cut, &[&hr], Default::default(), threads).unwrap_err();
+        assert!(
+            matches!(e, Error::Truncated { chunks: 20 }),
+            "{e:?}, {threads} threads"
+        );
+    }
 }

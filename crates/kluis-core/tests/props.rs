@@ -110,7 +110,7 @@ proptest! {
         bad[i] ^= 1 << bit;
         prop_assert!(open(&bad, &[&keys().labels[0]]).is_err(), "flip at byte {} of {} opened", i, bad.len());
         // In place, a failure wipes and empties the buffer: no plaintext is left behind.
-        prop_assert!(open_in_place(&mut bad, &[&keys().labels[0]], Backend::Ring).is_err());
+        prop_assert!(open_in_place(&mut bad, &[&keys().labels[0]], Backend::Ring, 0).is_err());
         prop_assert!(bad.is_empty());
     }
 

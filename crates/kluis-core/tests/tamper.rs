@@ -275,6 +275,13 @@ enum Paths {
 
 /// Picks the backend for the next case, so that with several backends compiled in (feature
 /// `aes-gcm`) each path runs on each of them over a test, without doubling its cost.
+/// The threads for the next `open_in_place`: the default, or 2, 3 or 8, so that documents of a
+/// few chunks are also opened in parts by threads of their own.
+fn next_threads() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    [0, 2, 3, 8][N.fetch_add(1, Ordering::Relaxed) % 4]
+}
+
 fn next_backend() -> (Backend, Backend) {
     static N: AtomicUsize = AtomicUsize::new(0);
     let all = Backend::all();
@@ -305,9 +312,15 @@ fn check_rejected(
             Err(e) => assert_eq!(&kind(&e), want, "{}: open", case()),
         }
         let mut buf = bad.to_vec();
-        match open_in_place(&mut buf, &holders, in_place) {
+        let threads = next_threads();
+        match open_in_place(&mut buf, &holders, in_place, threads) {
             Ok(_) => panic!("{}: open_in_place ({in_place:?}) accepted it", case()),
-            Err(e) => assert_eq!(&kind(&e), want, "{}: open_in_place ({in_place:?})", case()),
+            Err(e) => assert_eq!(
+                &kind(&e),
+                want,
+                "{}: open_in_place ({in_place:?}, threads {threads})",
+                case()
+            ),
         }
         // The buffer may have held plaintext of chunks decrypted in place before the failure.
         // It is zeroized (zeroize wipes a Vec's whole capacity) and emptied; the spare
@@ -1188,7 +1201,7 @@ fn late_failure_in_place_leaves_no_plaintext() {
     bad[at] ^= 0x80;
     let mut buf = bad.clone();
     let cap = buf.capacity();
-    let e = open_in_place(&mut buf, &doc.shape.holders(), Backend::default()).unwrap_err();
+    let e = open_in_place(&mut buf, &doc.shape.holders(), Backend::default(), 0).unwrap_err();
     assert_eq!(kind(&e), Kind::ChunkAuth(3));
     assert!(buf.is_empty());
     assert_eq!(buf.capacity(), cap, "wiped in place, not reallocated");
@@ -1228,7 +1241,7 @@ fn all_paths_reject(doc: &Doc, bad: &[u8]) -> Result<Kind, TestCaseError> {
         Err(e) => kind(&e),
     };
     let mut buf = bad.to_vec();
-    let in_place = open_in_place(&mut buf, &holders, Backend::default())
+    let in_place = open_in_place(&mut buf, &holders, Backend::default(), next_threads())
         .map(|_| ())
         .map_err(|e| kind(&e));
     prop_assert_eq!(in_place, Err(one.clone()));

@@ -1,0 +1,279 @@
+//! Sealing and opening many payload chunks at once over the available cores. Chunks are
+//! independent under STREAM (each has its own nonce), so the order of work does not matter;
+//! only the bytes each thread touches must not overlap.
+
+use crate::backend::ChunkCipher;
+use crate::stream::{CHUNK_LEN, SEALED_CHUNK_LEN, chunk_nonce};
+
+/// Most threads one call uses.
+pub(crate) const MAX_THREADS: usize = 8;
+/// Fewest chunks worth handing to a thread of its own by default (512 KiB: about 60 µs of
+/// AES-GCM, several times what starting a thread costs).
+const MIN_CHUNKS_PER_THREAD: usize = 8;
+
+/// The threads used by default: the available cores, at most [`MAX_THREADS`]. Asked once per
+/// process (on Linux it reads cgroup files).
+pub(crate) fn default_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS)
+    })
+}
+
+/// The threads to use for `chunks` chunks when the caller asked for `threads`: 0 means the
+/// default (the available cores, at most [`MAX_THREADS`], each with at least
+/// [`MIN_CHUNKS_PER_THREAD`] chunks); any other number is used as given, at most one thread
+/// per chunk and at most [`MAX_THREADS`].
+pub(crate) fn for_chunks(threads: usize, chunks: usize) -> usize {
+    match threads {
+        0 => default_threads().min(chunks / MIN_CHUNKS_PER_THREAD),
+        n => n.min(MAX_THREADS).min(chunks),
+    }
+    .max(1)
+}
+
+/// Run `f` on each of `parts` (in order), the first on the calling thread and each other on a
+/// thread of its own; the results come back in order.
+fn on_threads<P: Send, T: Send>(parts: Vec<P>, f: impl Fn(P) -> T + Sync) -> Vec<T> {
+    let mut parts = parts.into_iter();
+    let Some(mine) = parts.next() else {
+        return Vec::new();
+    };
+    let f = &f;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = parts.map(|p| scope.spawn(move || f(p))).collect();
+        let mut results = vec![f(mine)];
+        results.extend(
+            others
+                .into_iter()
+                .map(|h| h.join().expect("no panic in AEAD")),
+        );
+        results
+    })
+}
+
+/// Run `f` over the whole sealed chunks of `buf`, split into up to `threads` runs of
+/// consecutive chunks, one per thread (the calling thread takes the first run). `f` gets a run
+/// and the index in `buf` of its first chunk; the results come back in run order.
+pub(crate) fn on_runs<T: Send>(
+    buf: &mut [u8],
+    threads: usize,
+    f: impl Fn(&mut [u8], usize) -> T + Sync,
+) -> Vec<T> {
+    let chunks = buf.len() / SEALED_CHUNK_LEN;
+    let per = chunks.div_ceil(threads.max(1));
+    let runs: Vec<_> = buf
+        .chunks_mut(per.max(1) * SEALED_CHUNK_LEN)
+        .enumerate()
+        .collect();
+    on_threads(runs, |(k, run)| f(run, k * per))
+}
+
+/// Seal full (never last) chunks laid out back to back in `buf` (each `CHUNK_LEN` of plaintext
+/// followed by room for its tag), the first one being chunk number `first`, over `threads`
+/// threads. Each thread first calls `fill` with a chunk's number (counted in `buf`) and its
+/// plaintext space, to put the plaintext there itself.
+pub(crate) fn seal_full_chunks(
+    cipher: &ChunkCipher,
+    buf: &mut [u8],
+    first: u64,
+    threads: usize,
+    fill: impl Fn(usize, &mut [u8]) + Sync,
+) {
+    on_runs(buf, threads, |run, start| {
+        for (i, chunk) in run.chunks_exact_mut(SEALED_CHUNK_LEN).enumerate() {
+            let (plain, tag) = chunk.split_at_mut(CHUNK_LEN);
+            fill(start + i, plain);
+            let nonce = chunk_nonce(first + (start + i) as u64, false);
+            tag.copy_from_slice(&cipher.seal(nonce, plain));
+        }
+    });
+}
+
+/// Open full, non-final chunks laid out back to back in `buf` (each sealed chunk
+/// `SEALED_CHUNK_LEN` long), the first one being chunk number `first`, in place over
+/// `threads` threads: chunk `i`'s plaintext ends up at the start of its own slot. Returns the
+/// index (in `buf`) of the first chunk that failed to authenticate, if any.
+pub(crate) fn open_full_chunks(
+    cipher: &ChunkCipher,
+    buf: &mut [u8],
+    first: u64,
+    threads: usize,
+) -> Option<usize> {
+    let failed = on_runs(buf, threads, |run, start| {
+        run.chunks_exact_mut(SEALED_CHUNK_LEN)
+            .enumerate()
+            .find_map(|(i, chunk)| {
+                let nonce = chunk_nonce(first + (start + i) as u64, false);
+                cipher
+                    .open_within(nonce, chunk, 0)
+                    .is_none()
+                    .then_some(start + i)
+            })
+    });
+    failed.into_iter().flatten().min()
+}
+
+/// One thread's share of [`open_shifted`]: chunks `first..end`, whose plaintext goes to its
+/// own `region` (which starts at byte `base` of the document), and the ciphertext that lies
+/// past the region, copied to `tail` (which starts at byte `tail_at`).
+struct ShiftedRun<'a> {
+    first: usize,
+    end: usize,
+    base: usize,
+    region: &'a mut [u8],
+    tail_at: usize,
+    tail: Vec<u8>,
+}
+
+/// Open full, non-final chunks `0..n` of a payload that starts at byte `at` of `buf`, moving
+/// each one's plaintext to `i * CHUNK_LEN` (so the plaintext ends up contiguous at the start
+/// of `buf`, with no copy but the decryption itself), over `threads` threads. Returns the
+/// first chunk that failed to authenticate, if any.
+///
+/// Each thread writes only its own region, `first * CHUNK_LEN .. end * CHUNK_LEN`. A chunk is
+/// shifted left by `at + 16 i` bytes, so a run's last chunks may lie (partly) in the next
+/// region, which that run's thread overwrites: those bytes are copied aside first (at most
+/// `at + 16 n` bytes per run).
+pub(crate) fn open_shifted(
+    cipher: &ChunkCipher,
+    buf: &mut [u8],
+    at: usize,
+    n: usize,
+    threads: usize,
+) -> Option<usize> {
+    let end = at + n * SEALED_CHUNK_LEN;
+    let per = n.div_ceil(threads.max(1)).max(1);
+    let mut runs = Vec::new();
+    let mut rest = &mut buf[..end];
+    let mut base = 0;
+    for first in (0..n).step_by(per) {
+        let last = (first + per).min(n);
+        let region_end = if last == n { end } else { last * CHUNK_LEN };
+        let tail_at = (at + first * SEALED_CHUNK_LEN).max(region_end);
+        let tail = rest[tail_at - base..at + last * SEALED_CHUNK_LEN - base].to_vec();
+        let (region, more) = std::mem::take(&mut rest).split_at_mut(region_end - base);
+        runs.push(ShiftedRun {
+            first,
+            end: last,
+            base,
+            region,
+            tail_at,
+            tail,
+        });
+        rest = more;
+        base = region_end;
+    }
+    let failed = on_threads(runs, |run| open_run(cipher, at, run));
+    failed.into_iter().flatten().min()
+}
+
+/// Open the chunks of one [`ShiftedRun`] in order (each one's plaintext lands before its
+/// ciphertext, and before every later chunk's); the first that fails ends the run.
+fn open_run(cipher: &ChunkCipher, at: usize, run: ShiftedRun<'_>) -> Option<usize> {
+    let ShiftedRun {
+        first,
+        end,
+        base,
+        region,
+        tail_at,
+        tail,
+    } = run;
+    let region_end = base + region.len();
+    let mut scratch: Option<zeroize::Zeroizing<Vec<u8>>> = None;
+    for i in first..end {
+        let nonce = chunk_nonce(i as u64, false);
+        let (from, to, out) = (
+            at + i * SEALED_CHUNK_LEN,
+            at + (i + 1) * SEALED_CHUNK_LEN,
+            i * CHUNK_LEN,
+        );
+        let opened = if to <= region_end {
+            cipher.open_within(nonce, &mut region[out - base..to - base], from - out)
+        } else {
+            // The ciphertext reaches past the region: put it together from the region and
+            // the copy, open it aside, and move the plaintext into place.
+            let s =
+                scratch.get_or_insert_with(|| zeroize::Zeroizing::new(vec![0; SEALED_CHUNK_LEN]));
+            let own = region_end.saturating_sub(from);
+            if own > 0 {
+                s[..own].copy_from_slice(&region[from - base..region_end - base]);
+            }
+            let t = from + own - tail_at;
+            s[own..].copy_from_slice(&tail[t..t + SEALED_CHUNK_LEN - own]);
+            let opened = cipher.open_within(nonce, s, 0);
+            if opened.is_some() {
+                region[out - base..out - base + CHUNK_LEN].copy_from_slice(&s[..CHUNK_LEN]);
+            }
+            opened
+        };
+        if opened.is_none() {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::secret::DerivedKey;
+
+    /// `n` full chunks sealed back to back after `at` bytes of something else, and their
+    /// plaintext.
+    fn layout(cipher: &ChunkCipher, at: usize, n: usize) -> (Vec<u8>, Vec<u8>) {
+        let plain: Vec<u8> = (0..n * CHUNK_LEN).map(|i| (i % 253) as u8).collect();
+        let mut buf = vec![0xee; at];
+        for (i, chunk) in plain.chunks(CHUNK_LEN).enumerate() {
+            let start = buf.len();
+            buf.extend_from_slice(chunk);
+            let tag = cipher.seal(chunk_nonce(i as u64, false), &mut buf[start..]);
+            buf.extend_from_slice(&tag);
+        }
+        (buf, plain)
+    }
+
+    /// Shifts of up to several chunks, so that some chunks of a thread's part lie wholly in
+    /// the next part (opened from the copy set aside), some across the edge, some inside.
+    #[test]
+    fn shifted_opening_puts_every_chunk_in_place_whatever_the_shift_and_threads() {
+        let cipher = ChunkCipher::new(Backend::Ring, &DerivedKey([7; 32]));
+        for at in [0, 1, CHUNK_LEN - 3, CHUNK_LEN + 17, 3 * CHUNK_LEN + 5] {
+            for n in [1, 2, 5, 12] {
+                let (sealed, plain) = layout(&cipher, at, n);
+                for threads in 1..=MAX_THREADS {
+                    let mut buf = sealed.clone();
+                    assert_eq!(open_shifted(&cipher, &mut buf, at, n, threads), None);
+                    assert!(
+                        buf[..n * CHUNK_LEN] == plain[..],
+                        "shift {at}, {n} chunks, {threads} threads"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shifted_opening_reports_the_first_failed_chunk() {
+        let cipher = ChunkCipher::new(Backend::Ring, &DerivedKey([7; 32]));
+        let (at, n) = (3 * CHUNK_LEN + 5, 12);
+        let (sealed, _) = layout(&cipher, at, n);
+        for damaged in [&[0][..], &[11], &[4, 9], &[9, 2], &[6]] {
+            for threads in 1..=MAX_THREADS {
+                let mut buf = sealed.clone();
+                for &i in damaged {
+                    buf[at + i * SEALED_CHUNK_LEN + 100] ^= 1;
+                }
+                let want = damaged.iter().min().copied();
+                assert_eq!(
+                    open_shifted(&cipher, &mut buf, at, n, threads),
+                    want,
+                    "{damaged:?}, {threads} threads"
+                );
+            }
+        }
+    }
+}
