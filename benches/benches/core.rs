@@ -34,10 +34,10 @@ fn nonce(i: usize) -> Nonce {
 }
 
 /// The best a chunked format can do with ring: seal in place, 64 KiB at a time, no copies.
-fn raw_seal(key: &LessSafeKey, buf: &mut [u8]) {
+fn raw_seal(key: &LessSafeKey, buf: &mut [u8], first: usize) {
     for (i, chunk) in buf.chunks_mut(CHUNK_LEN).enumerate() {
         let tag = key
-            .seal_in_place_separate_tag(nonce(i), Aad::empty(), chunk)
+            .seal_in_place_separate_tag(nonce(first + i), Aad::empty(), chunk)
             .expect("within AES-GCM limits");
         let _ = black_box(tag);
     }
@@ -63,14 +63,42 @@ fn raw_seal_into(key: &LessSafeKey, plain: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Open the chunks of `raw_sealed` in place.
-fn raw_open(key: &LessSafeKey, buf: &mut [u8]) {
+/// `raw_seal_into` on two threads: zero the output, then each thread copies its half of the
+/// chunks into place and seals them there.
+fn raw_seal_into_two(key: &LessSafeKey, plain: &[u8], out: &mut Vec<u8>) {
+    out.resize(plain.len() + plain.len().div_ceil(CHUNK_LEN) * TAG_LEN, 0);
+    on_two_threads(out, CHUNK_LEN + TAG_LEN, |half, first| {
+        for (i, chunk) in half.chunks_mut(CHUNK_LEN + TAG_LEN).enumerate() {
+            let from = (first + i) * CHUNK_LEN;
+            let (p, tag) = chunk.split_at_mut(chunk.len() - TAG_LEN);
+            p.copy_from_slice(&plain[from..from + p.len()]);
+            let t = key
+                .seal_in_place_separate_tag(nonce(first + i), Aad::empty(), p)
+                .expect("within AES-GCM limits");
+            tag.copy_from_slice(t.as_ref());
+        }
+    });
+}
+
+/// Open the chunks of `raw_sealed` in place (`buf` starting at chunk `first`).
+fn raw_open(key: &LessSafeKey, buf: &mut [u8], first: usize) {
     for (i, chunk) in buf.chunks_mut(CHUNK_LEN + TAG_LEN).enumerate() {
         let plain = key
-            .open_in_place(nonce(i), Aad::empty(), chunk)
+            .open_in_place(nonce(first + i), Aad::empty(), chunk)
             .expect("authentic chunk");
         black_box(plain);
     }
+}
+
+/// `f` over the two halves of `buf` (split at a `chunk`-byte boundary) on two threads, with
+/// the number of the first chunk of each half: what two cores can do at most.
+fn on_two_threads(buf: &mut [u8], chunk: usize, f: impl Fn(&mut [u8], usize) + Sync) {
+    let half = buf.len().div_ceil(chunk).div_ceil(2) * chunk;
+    let (a, b) = buf.split_at_mut(half.min(buf.len()));
+    std::thread::scope(|s| {
+        s.spawn(|| f(b, half / chunk));
+        f(a, 0);
+    });
 }
 
 fn configure(group: &mut BenchmarkGroup<'_, measurement::WallTime>, size: usize) {
@@ -125,7 +153,11 @@ fn bench(c: &mut Criterion) {
         let mut buf: Option<Vec<u8>> = None;
         group.bench_function("ring AEAD seal (raw)", |b| {
             let buf = buf.get_or_insert_with(|| plain.clone());
-            b.iter(|| raw_seal(&key, buf))
+            b.iter(|| raw_seal(&key, buf, 0))
+        });
+        group.bench_function("ring AEAD seal (raw, 2 threads)", |b| {
+            let buf = buf.get_or_insert_with(|| plain.clone());
+            b.iter(|| on_two_threads(buf, CHUNK_LEN, |half, first| raw_seal(&key, half, first)))
         });
         drop(buf);
         // What any API that leaves the caller's plaintext intact must at least do: copy each
@@ -137,13 +169,34 @@ fn bench(c: &mut Criterion) {
                 raw_seal_into(&key, &plain, &mut out)
             })
         });
+        group.bench_function(
+            "ring AEAD seal (raw, copy into reused output, 2 threads)",
+            |b| {
+                b.iter(|| {
+                    out.clear();
+                    raw_seal_into_two(&key, &plain, &mut out)
+                })
+            },
+        );
         drop(out);
         let sealed = OnceCell::new();
         group.bench_function("ring AEAD open (raw)", |b| {
             let sealed = sealed.get_or_init(|| raw_sealed(&key, &plain));
             b.iter_batched_ref(
                 || sealed.clone(),
-                |buf| raw_open(&key, buf),
+                |buf| raw_open(&key, buf, 0),
+                BatchSize::LargeInput,
+            )
+        });
+        group.bench_function("ring AEAD open (raw, 2 threads)", |b| {
+            let sealed = sealed.get_or_init(|| raw_sealed(&key, &plain));
+            b.iter_batched_ref(
+                || sealed.clone(),
+                |buf| {
+                    on_two_threads(buf, CHUNK_LEN + TAG_LEN, |half, first| {
+                        raw_open(&key, half, first)
+                    })
+                },
                 BatchSize::LargeInput,
             )
         });
