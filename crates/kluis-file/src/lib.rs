@@ -121,12 +121,12 @@ mod error;
 mod file;
 mod name;
 mod open;
+mod output;
 mod pool;
 mod rekey;
 mod report;
 mod seal;
 mod walk;
-mod writeback;
 
 pub use error::{Error, Result};
 pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};

@@ -16,10 +16,10 @@ use crate::file::{
     require_file,
 };
 use crate::name::{EXTENSION, check_component, safe_relative_path};
+use crate::output::Output;
 use crate::pool;
 use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
 use crate::walk::{Entry, has_extension, walk};
-use crate::writeback::Writeback;
 
 /// Documents per `unlock_all` call (one key server request per batch).
 pub(crate) const BATCH: usize = 1000;
@@ -316,6 +316,10 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     let tmp = start_output(&job.root, rel_dir, &job.output, shared.force, true)?;
     let count = Cell::new(job.header.len() as u64);
     let file = reopen_sealed(&job.input, &job.header)?;
+    // The plaintext size, or (sealed without one) the sealed size, which is a little more.
+    let size = job
+        .size
+        .unwrap_or_else(|| file.metadata().map_or(0, |m| m.len()));
     let input = Counting {
         inner: file,
         count: &count,
@@ -324,7 +328,7 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
         .map_err(|e| Error::format(&job.input, e))?;
     let cap = buf_len(job.size.unwrap_or(u64::MAX));
     let mut buf = Zeroizing::new(vec![0u8; cap]);
-    let mut out = Writeback::new(tmp.file());
+    let mut out = Output::new(tmp.file(), size).map_err(|e| Error::io(&job.output, "write", e))?;
     let mut total = 0u64;
     loop {
         // A short fill means the reader returned 0: the whole payload is authenticated.

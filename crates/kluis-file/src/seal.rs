@@ -16,10 +16,10 @@ use crate::file::{
 };
 use crate::name::{EXTENSION, check_component, random_name};
 use crate::open::BATCH;
+use crate::output::Output;
 use crate::pool;
 use crate::report::{Event, Outcome, Report, SealOptions, Shared, Skip, single};
 use crate::walk::{Entry, Found, has_extension, walk};
-use crate::writeback::Writeback;
 
 /// One file to seal.
 struct Job {
@@ -317,8 +317,9 @@ fn seal_one(
     }
 
     // The writer batches its output (whole sealed chunks, in writes of up to 256 KiB).
-    let mut writer = StreamWriter::new(Writeback::new(tmp.file()), slots, &metadata)
-        .map_err(|e| Error::format(&job.input, e))?;
+    let out = Output::new(tmp.file(), len).map_err(|e| Error::io(&job.output, "write", e))?;
+    let mut writer =
+        StreamWriter::new(out, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
     let header = verify.then(|| writer.header().clone());
     let write_error = |e: io::Error| match kluis_core::Error::from_io(e) {
         kluis_core::Error::SizeMismatch { .. } => Error::Changed {
@@ -342,8 +343,8 @@ fn seal_one(
             bytes: n as u64,
         });
     }
-    let writeback = writer.finish().map_err(|e| write_error(e.into()))?;
-    writeback.finish().map_err(write_error)?;
+    let out = writer.finish().map_err(|e| write_error(e.into()))?;
+    out.finish().map_err(write_error)?;
     // Written meanwhile (same size, new time) or replaced: the copy may be inconsistent.
     let after = input
         .metadata()
