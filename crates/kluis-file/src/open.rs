@@ -2,18 +2,16 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
-use zeroize::Zeroizing;
 
 use crate::atomic::{create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
-    absolute, buf_len, parent_of, payload_error, read_full, read_header, reopen_sealed,
-    require_file,
+    absolute, parent_of, payload_error, read_full, read_header, reopen_sealed, require_file,
 };
 use crate::name::{EXTENSION, check_component, safe_relative_path};
 use crate::output::Output;
@@ -326,21 +324,23 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     };
     let mut reader = StreamReader::new(&job.header, &job.key, input)
         .map_err(|e| Error::format(&job.input, e))?;
-    let cap = buf_len(job.size.unwrap_or(u64::MAX));
-    let mut buf = Zeroizing::new(vec![0u8; cap]);
     let mut out = Output::new(tmp.file(), size).map_err(|e| Error::io(&job.output, "write", e))?;
     let mut total = 0u64;
     loop {
-        // A short fill means the reader returned 0: the whole payload is authenticated.
-        let n = read_full(&mut reader, &mut buf).map_err(|e| payload_error(&job.input, e))?;
-        out.write_all(&buf[..n])
+        // Decrypt straight into the output's block. A short fill means the reader returned
+        // 0: the whole payload is authenticated.
+        let space = out
+            .spare()
             .map_err(|e| Error::io(&job.output, "write", e))?;
+        let room = space.len();
+        let n = read_full(&mut reader, space).map_err(|e| payload_error(&job.input, e))?;
+        out.advance(n);
         total += n as u64;
         shared.emit(Event::Read {
             input: &job.input,
             bytes: count.take(),
         });
-        if n < cap {
+        if n < room {
             break;
         }
     }

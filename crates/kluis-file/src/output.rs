@@ -1,5 +1,6 @@
-//! Writing an output file: small outputs straight to the file; large ones from a background
-//! thread, so the disk works while the next megabytes are encrypted.
+//! Writing an output file: in blocks, up to 256 KiB for a small output, written as they
+//! fill; for a large one, 4 MiB written from a background thread, so the disk works while
+//! the next megabytes are encrypted.
 //!
 //! A large output is gathered into 4 MiB blocks, aligned in memory, which a background thread
 //! writes with `O_DIRECT` on Linux: the bytes go from this buffer to the disk without being
@@ -19,6 +20,8 @@ use std::thread::JoinHandle;
 
 use zeroize::Zeroizing;
 
+use crate::file::buf_len;
+
 /// Outputs of at least this size go through the background thread.
 pub(crate) const LARGE: u64 = 8 * 1024 * 1024;
 /// Bytes per block handed to the thread.
@@ -31,112 +34,158 @@ const BLOCKS: usize = 3;
 /// Bytes written through the page cache between two `sync_data` calls.
 const SYNC_WINDOW: u64 = 32 * 1024 * 1024;
 
-/// A 4 MiB block at an aligned address, wiped on drop (an opened document's is plaintext).
+/// A block of memory at an aligned address, wiped on drop (an opened document's is
+/// plaintext).
 struct Block {
     mem: Zeroizing<Vec<u8>>,
     start: usize,
+    len: usize,
 }
 
 impl Block {
-    fn new() -> Block {
-        let mem = Zeroizing::new(vec![0u8; BLOCK + ALIGN]);
+    fn new(len: usize) -> Block {
+        let mem = Zeroizing::new(vec![0u8; len + ALIGN]);
         let start = (ALIGN - mem.as_ptr() as usize % ALIGN) % ALIGN;
-        Block { mem, start }
+        Block { mem, start, len }
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + BLOCK]
+        &mut self.mem[self.start..self.start + self.len]
     }
 }
 
-/// Where an output's bytes go: see the module documentation. Call [`Output::finish`] to write
-/// the rest and learn whether anything failed.
-pub(crate) enum Output<'a> {
-    /// Written straight to the file.
-    Small(&'a File),
-    /// Gathered into blocks for the background thread.
-    Large(Pipeline<'a>),
-}
-
-/// The state of a large output.
-pub(crate) struct Pipeline<'a> {
+/// Where an output's bytes go: gathered into a block, which is written when full (by the
+/// background thread for a large output; see the module documentation). Put bytes in with
+/// [`Write`], or read them straight into [`Output::spare`] and count them with
+/// [`Output::advance`]; then call [`Output::finish`] to write the rest and learn whether
+/// anything failed.
+pub(crate) struct Output<'a> {
     file: &'a File,
     block: Block,
     filled: usize,
-    /// Bytes handed to the thread so far (all whole blocks).
-    sent: u64,
+    /// Bytes written, or handed to the thread, so far: where the block goes in the file.
+    done: u64,
+    thread: Option<Pipeline>,
+}
+
+/// The background thread of a large output and the blocks going to and fro.
+struct Pipeline {
     made: usize,
     full: Option<mpsc::SyncSender<(Block, u64)>>,
     free: mpsc::Receiver<Block>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    handle: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl<'a> Output<'a> {
     /// A writer for `file`, which will receive about `size` bytes. `file` must be empty and
     /// open for writing.
     pub(crate) fn new(file: &'a File, size: u64) -> io::Result<Output<'a>> {
+        let mut out = Output {
+            file,
+            block: Block::new(BLOCK),
+            filled: 0,
+            done: 0,
+            thread: None,
+        };
         if size < LARGE {
-            return Ok(Output::Small(file));
+            out.block = Block::new(buf_len(size));
+            return Ok(out);
         }
         let direct = open_direct(file);
         let buffered = file.try_clone()?;
         let (full_tx, full_rx) = mpsc::sync_channel::<(Block, u64)>(BLOCKS - 2);
         let (free_tx, free_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || write_blocks(direct, buffered, full_rx, free_tx));
-        Ok(Output::Large(Pipeline {
-            file,
-            block: Block::new(),
-            filled: 0,
-            sent: 0,
+        let handle = std::thread::spawn(move || write_blocks(direct, buffered, full_rx, free_tx));
+        out.thread = Some(Pipeline {
             made: 1,
             full: Some(full_tx),
             free: free_rx,
-            thread: Some(thread),
-        }))
+            handle: Some(handle),
+        });
+        Ok(out)
     }
 
-    /// Write what is left and wait for the thread; return the first error anything had.
-    pub(crate) fn finish(self) -> io::Result<()> {
-        match self {
-            Output::Small(_) => Ok(()),
-            Output::Large(mut p) => {
-                p.stop()?;
-                let tail = p.filled;
-                write_at(p.file, &p.block.bytes()[..tail], p.sent)
-            }
+    /// The free rest of the block (never empty): read output bytes straight into it, then
+    /// call [`Output::advance`]. Writes the block first if it is full.
+    pub(crate) fn spare(&mut self) -> io::Result<&mut [u8]> {
+        if self.filled == self.block.len {
+            self.write_block()?;
         }
+        let at = self.filled;
+        Ok(&mut self.block.bytes()[at..])
     }
-}
 
-impl Pipeline<'_> {
-    /// Hand the full block to the thread and take an empty one.
-    fn send(&mut self) -> io::Result<()> {
-        let next = if self.made < BLOCKS {
-            self.made += 1;
-            Block::new()
-        } else {
-            match self.free.recv() {
-                Ok(b) => b,
-                Err(_) => return Err(self.stop().err().unwrap_or_else(thread_gone)),
+    /// Count `n` bytes put into [`Output::spare`] (at most its length).
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.block.len);
+    }
+
+    /// Write the full block: hand it to the thread (taking an empty one), or write it here.
+    fn write_block(&mut self) -> io::Result<()> {
+        let len = self.block.len;
+        match &mut self.thread {
+            None => write_at(self.file, self.block.bytes(), self.done)?,
+            Some(p) => {
+                let next = if p.made < BLOCKS {
+                    p.made += 1;
+                    Block::new(BLOCK)
+                } else {
+                    match p.free.recv() {
+                        Ok(b) => b,
+                        Err(_) => return Err(p.stop().err().unwrap_or_else(thread_gone)),
+                    }
+                };
+                let full = std::mem::replace(&mut self.block, next);
+                let sent = p.full.as_ref().map(|tx| tx.send((full, self.done)));
+                if !matches!(sent, Some(Ok(()))) {
+                    return Err(p.stop().err().unwrap_or_else(thread_gone));
+                }
             }
-        };
-        let full = std::mem::replace(&mut self.block, next);
-        let sent = self.full.as_ref().map(|tx| tx.send((full, self.sent)));
-        if !matches!(sent, Some(Ok(()))) {
-            return Err(self.stop().err().unwrap_or_else(thread_gone));
         }
-        self.sent += BLOCK as u64;
+        self.done += len as u64;
         self.filled = 0;
         Ok(())
     }
 
+    /// Wait for the thread, write what is left; return the first error anything had.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        if let Some(p) = &mut self.thread {
+            p.stop()?;
+        }
+        let tail = self.filled;
+        write_at(self.file, &self.block.bytes()[..tail], self.done)
+    }
+}
+
+impl Pipeline {
     /// Tell the thread there is no more and wait for it.
     fn stop(&mut self) -> io::Result<()> {
         self.full = None;
-        match self.thread.take() {
+        match self.handle.take() {
             Some(h) => h.join().unwrap_or_else(|_| Err(thread_gone())),
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // Never leave a thread writing to the file behind an error return.
+        let _ = self.stop();
+    }
+}
+
+impl Write for Output<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let space = self.spare()?;
+        let n = data.len().min(space.len());
+        space[..n].copy_from_slice(&data[..n]);
+        self.advance(n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -159,35 +208,6 @@ fn write_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
 
 fn thread_gone() -> io::Error {
     io::Error::other("the output writer thread stopped")
-}
-
-impl Write for Output<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            Output::Small(f) => (&mut &**f).write(data),
-            Output::Large(p) => {
-                if p.filled == BLOCK {
-                    p.send()?;
-                }
-                let n = data.len().min(BLOCK - p.filled);
-                let at = p.filled;
-                p.block.bytes()[at..at + n].copy_from_slice(&data[..n]);
-                p.filled += n;
-                Ok(n)
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for Pipeline<'_> {
-    fn drop(&mut self) {
-        // Never leave a thread writing to the file behind an error return.
-        let _ = self.stop();
-    }
 }
 
 /// A second handle on `file` that bypasses the page cache, where the OS offers one.
@@ -219,6 +239,7 @@ fn write_blocks(
 ) -> io::Result<()> {
     let mut unsynced = 0;
     for (mut block, at) in full {
+        let len = block.len as u64;
         let bytes = block.bytes();
         let written = match &direct {
             Some(d) => match write_at(d, bytes, at) {
@@ -235,7 +256,7 @@ fn write_blocks(
             Some(r) => r?,
             None => {
                 write_at(&buffered, bytes, at)?;
-                unsynced += BLOCK as u64;
+                unsynced += len;
                 if unsynced >= SYNC_WINDOW {
                     buffered.sync_data()?;
                     unsynced = 0;
