@@ -78,10 +78,12 @@
 //! can leave a `.kluis-tmp-…` file behind (safe to delete; later runs skip it), never a
 //! partial file under the final name.
 //!
-//! New output folders are synced into their parent folder as they are created. Outputs larger
-//! than 32 MiB are also synced in the background while they are written (one sync at a time,
-//! never waited for), so the final sync has little left to do; this adds syncs and replaces
-//! none.
+//! New output folders are synced into their parent folder as they are created. Outputs of
+//! 8 MiB and more are written in 4 MiB blocks by a background thread while the next blocks are
+//! encrypted: on Linux with `O_DIRECT` (straight from memory to the disk, without a copy into
+//! the page cache), elsewhere or where the file system refuses it through the page cache with
+//! a `sync_data` every 32 MiB. Either way the final `sync_all` still follows; nothing replaces
+//! it.
 //!
 //! # Re-keying
 //!
