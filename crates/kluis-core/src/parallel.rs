@@ -34,24 +34,39 @@ pub(crate) fn for_chunks(threads: usize, chunks: usize) -> usize {
     .max(1)
 }
 
-/// Run `f` on each of `parts` (in order), the first on the calling thread and each other on a
-/// thread of its own; the results come back in order.
+/// Run `f` on each of `parts`, on the calling thread and up to `parts.len() - 1` more; the
+/// results come back in the order of `parts`. Should the OS refuse a thread, the threads it
+/// has (at least the calling one) do all the parts.
 fn on_threads<P: Send, T: Send>(parts: Vec<P>, f: impl Fn(P) -> T + Sync) -> Vec<T> {
-    let mut parts = parts.into_iter();
-    let Some(mine) = parts.next() else {
-        return Vec::new();
+    use std::sync::{Mutex, PoisonError};
+    let n = parts.len();
+    let queue = Mutex::new(parts.into_iter().enumerate().collect::<Vec<_>>());
+    let results = Mutex::new((0..n).map(|_| None).collect::<Vec<Option<T>>>());
+    let work = || {
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let Some((i, part)) = next else { break };
+            let r = f(part);
+            results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(r);
+        }
     };
-    let f = &f;
     std::thread::scope(|scope| {
-        let others: Vec<_> = parts.map(|p| scope.spawn(move || f(p))).collect();
-        let mut results = vec![f(mine)];
-        results.extend(
-            others
-                .into_iter()
-                .map(|h| h.join().expect("no panic in AEAD")),
-        );
-        results
-    })
+        for _ in 1..n {
+            if std::thread::Builder::new()
+                .spawn_scoped(scope, &work)
+                .is_err()
+            {
+                break;
+            }
+        }
+        work();
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .map(|r| r.expect("every part was run"))
+        .collect()
 }
 
 /// Run `f` over the whole sealed chunks of `buf`, split into up to `threads` runs of

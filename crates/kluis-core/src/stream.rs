@@ -68,9 +68,9 @@ pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header,
 /// document that every reader rejects as truncated.
 ///
 /// Payloads up to one chunk (64 KiB) use one chunk of memory. Larger ones are sealed in
-/// batches of up to 64 chunks (4 MiB), each batch split over the available cores (at most 8; see
-/// [`StreamWriter::threads`]), and written with one call per batch. The bytes written are the
-/// same whatever the number of threads.
+/// batches of up to 64 chunks (4 MiB), each batch split over the available cores (at most 8,
+/// and by default at least 8 chunks per thread; see [`StreamWriter::threads`]), and written
+/// in pieces of up to 256 KiB. The bytes written are the same whatever the number of threads.
 #[must_use = "call finish(), or the document is left truncated"]
 pub struct StreamWriter<W: Write> {
     out: Option<W>,
@@ -353,8 +353,8 @@ impl<W: Write> Write for StreamWriter<W> {
 ///
 /// Chunks are read in batches that grow to 64 chunks (4 MiB) on large payloads; the chunks
 /// of a batch that cannot be the last one are opened in parallel over the available cores
-/// (at most 8; see [`StreamReader::threads`]), so memory stays bounded and a small payload
-/// uses one chunk of memory.
+/// (at most 8, and by default at least 8 chunks per thread; see [`StreamReader::threads`]), so
+/// memory stays bounded and a small payload uses one chunk of memory.
 pub struct StreamReader<R: Read> {
     input: R,
     opener: PayloadOpener,
