@@ -53,7 +53,7 @@ fn on_threads<P: Send, T: Send>(parts: Vec<P>, f: impl Fn(P) -> T + Sync) -> Vec
     std::thread::scope(|scope| {
         for _ in 1..n {
             if std::thread::Builder::new()
-                .spawn_scoped(scope, &work)
+                .spawn_scoped(scope, work)
                 .is_err()
             {
                 break;
