@@ -32,8 +32,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`seal_into`] and [`open_in_place`] do the same without a fresh buffer per call; opening
-//! in place decrypts every chunk straight to its final position (the fastest path).
+//! [`seal_into`] and [`open_in_place`] do the same without a fresh buffer per call, over all
+//! cores for documents over 1 MiB (their `threads` argument: 0 for that default, 1 for the
+//! calling thread only); opening in place decrypts every chunk straight to its final position
+//! (the fastest path).
 //!
 //! # Streaming
 //!
