@@ -31,6 +31,17 @@ fuzz_target!(|data: &[u8]| {
         streaming.as_ref().ok(),
         "one-call {one_call:?} vs streaming {streaming:?}"
     );
+    // Opening in place over several threads (3: even a document of a few chunks is split)
+    // gives the same plaintext, or the same error.
+    let mut buf = data.to_vec();
+    let threaded = kluis_core::open_in_place(&mut buf, &keys, Backend::default(), 3)
+        .map(|metadata| (buf, metadata));
+    assert_eq!(one_call.as_ref().ok(), threaded.as_ref().ok(), "3 threads");
+    assert_eq!(
+        one_call.as_ref().err().map(|e| e.to_string()),
+        threaded.as_ref().err().map(|e| e.to_string()),
+        "3 threads"
+    );
     // Both payload backends decrypt the same bytes.
     for &backend in Backend::all() {
         let other = kluis_core::open_with_backend(data, &keys, backend);
