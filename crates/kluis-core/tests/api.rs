@@ -16,6 +16,14 @@ fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// A fresh label key and `len` bytes of data sealed to it: (key, plaintext, sealed).
+fn sealed_doc(len: usize) -> (LabelKey, Vec<u8>, Vec<u8>) {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let plain = data(len);
+    let sealed = seal(&[Slot::single(label(&hr))], &Metadata::default(), &plain).unwrap();
+    (hr, plain, sealed)
+}
+
 /// Counts calls and stanzas, to check batching.
 struct Counting<'a> {
     inner: &'a LabelKey,
@@ -408,9 +416,7 @@ fn errors_say_what_to_do() {
 fn parallel_opening_fails_at_the_first_damaged_chunk_after_the_ones_before() {
     const C: usize = kluis_core::CHUNK_LEN;
     const SEALED: usize = C + 16;
-    let hr = LabelKey::generate("hr", 1).unwrap();
-    let plain = data(200 * C + 5);
-    let sealed = seal(&[Slot::single(label(&hr))], &Metadata::default(), &plain).unwrap();
+    let (hr, plain, sealed) = sealed_doc(200 * C + 5);
     let header = Header::parse(&sealed).unwrap();
     let key = header.unlock(&[&hr]).unwrap();
     let start = header.len();
@@ -657,9 +663,7 @@ fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
 fn opening_in_place_over_threads_reports_the_first_damaged_chunk() {
     const C: usize = kluis_core::CHUNK_LEN;
     const SEALED: usize = C + 16;
-    let hr = LabelKey::generate("hr", 1).unwrap();
-    let plain = data(40 * C + 5);
-    let sealed = seal(&[Slot::single(label(&hr))], &Metadata::default(), &plain).unwrap();
+    let (hr, _, sealed) = sealed_doc(40 * C + 5);
     let start = w_header_len(&sealed);
     // With 3 threads the 40 full chunks split 14 + 14 + 12; with 2, 20 + 20; chunk 40 is the
     // final one, opened after the threads.
