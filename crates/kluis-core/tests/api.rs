@@ -506,20 +506,26 @@ fn parallel_sealing_gives_the_same_layout_and_opens_at_every_batch_boundary() {
             let (opened, _) = open(&sealed, &[&hr]).unwrap();
             assert!(opened == plain, "size {size}, {threads} threads");
             // The streaming reader agrees chunk by chunk.
-            let mut input = &sealed[..];
-            let header = Header::read(&mut input).unwrap();
-            let key = header.unlock(&[&hr]).unwrap();
-            let mut back = Vec::new();
-            StreamReader::new(&header, &key, input)
-                .unwrap()
-                .threads(threads)
-                .read_to_end(&mut back)
-                .unwrap();
+            let back = open_streaming(&sealed, &hr, threads);
             assert!(back == plain, "size {size}, {threads} threads (stream)");
             lens.push(sealed.len() - header_len);
         }
         assert!(lens.windows(2).all(|w| w[0] == w[1]), "{lens:?}");
     }
+}
+
+/// Open `sealed` with `Header::read`, `unlock` and a `StreamReader` on `threads` threads.
+fn open_streaming(sealed: &[u8], hr: &LabelKey, threads: usize) -> Vec<u8> {
+    let mut input = sealed;
+    let header = Header::read(&mut input).unwrap();
+    let key = header.unlock(&[hr]).unwrap();
+    let mut back = Vec::new();
+    StreamReader::new(&header, &key, input)
+        .unwrap()
+        .threads(threads)
+        .read_to_end(&mut back)
+        .unwrap();
+    back
 }
 
 fn w_header_len(sealed: &[u8]) -> usize {
@@ -628,15 +634,7 @@ fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
                 sealed.len(),
                 w_header_len(&sealed) + size + padding + 16 * chunks
             );
-            let mut input = &sealed[..];
-            let header = Header::read(&mut input).unwrap();
-            let key = header.unlock(&[&hr]).unwrap();
-            let mut back = Vec::new();
-            StreamReader::new(&header, &key, input)
-                .unwrap()
-                .threads(1)
-                .read_to_end(&mut back)
-                .unwrap();
+            let back = open_streaming(&sealed, &hr, 1);
             assert!(
                 back == plain,
                 "size {size}+{padding}, sealed on {seal_threads} (stream)"
