@@ -70,8 +70,8 @@ fn on_threads<P: Send, T: Send>(parts: Vec<P>, f: impl Fn(P) -> T + Sync) -> Vec
 }
 
 /// Run `f` over the whole sealed chunks of `buf`, split into up to `threads` runs of
-/// consecutive chunks, one per thread (the calling thread takes the first run). `f` gets a run
-/// and the index in `buf` of its first chunk; the results come back in run order.
+/// consecutive chunks, each on a thread of its own (see [`on_threads`]). `f` gets a run and
+/// the index in `buf` of its first chunk; the results come back in run order.
 pub(crate) fn on_runs<T: Send>(
     buf: &mut [u8],
     threads: usize,
