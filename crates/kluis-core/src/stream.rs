@@ -275,8 +275,8 @@ impl<W: Write> StreamWriter<W> {
         if n == 0 {
             return Ok(());
         }
-        let room = self.spare_range().len();
-        if n > room || self.spare_range().end > self.buf.len() {
+        let spare = self.spare_range();
+        if n > spare.len() || spare.end > self.buf.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "advance past the spare space of the chunk: call spare() first",

@@ -39,18 +39,23 @@ const SYNC_WINDOW: u64 = 32 * 1024 * 1024;
 struct Block {
     mem: Zeroizing<Vec<u8>>,
     start: usize,
-    len: usize,
 }
 
 impl Block {
     fn new(len: usize) -> Block {
         let mem = Zeroizing::new(vec![0u8; len + ALIGN]);
         let start = (ALIGN - mem.as_ptr() as usize % ALIGN) % ALIGN;
-        Block { mem, start, len }
+        Block { mem, start }
+    }
+
+    /// The usable length (the allocation less the alignment slack).
+    fn len(&self) -> usize {
+        self.mem.len() - ALIGN
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + self.len]
+        let end = self.start + self.len();
+        &mut self.mem[self.start..end]
     }
 }
 
@@ -110,7 +115,7 @@ impl<'a> Output<'a> {
     /// The free rest of the block (never empty): read output bytes straight into it, then
     /// call [`Output::advance`]. Writes the block first if it is full.
     pub(crate) fn spare(&mut self) -> io::Result<&mut [u8]> {
-        if self.filled == self.block.len {
+        if self.filled == self.block.len() {
             self.write_block()?;
         }
         let at = self.filled;
@@ -119,12 +124,12 @@ impl<'a> Output<'a> {
 
     /// Count `n` bytes put into [`Output::spare`] (at most its length).
     pub(crate) fn advance(&mut self, n: usize) {
-        self.filled = (self.filled + n).min(self.block.len);
+        self.filled = (self.filled + n).min(self.block.len());
     }
 
     /// Write the full block: hand it to the thread (taking an empty one), or write it here.
     fn write_block(&mut self) -> io::Result<()> {
-        let len = self.block.len;
+        let len = self.block.len();
         match &mut self.thread {
             None => write_at(self.file, self.block.bytes(), self.done)?,
             Some(p) => {
@@ -265,7 +270,7 @@ fn write_blocks(
 ) -> io::Result<()> {
     let mut unsynced = 0;
     for (mut block, at) in full {
-        let len = block.len as u64;
+        let len = block.len() as u64;
         let bytes = block.bytes();
         let written = match &direct {
             Some(d) => match write_at(d, bytes, at) {
