@@ -13,7 +13,18 @@ use crate::report::{Outcome, Report};
 /// A temporary file in the folder of its final output. Removed on drop unless committed, so
 /// no failure leaves anything under the final name, and no error path leaves the temporary
 /// file behind (only a killed process can).
-pub(crate) struct TempFile {
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let target = dir.path().join("report.txt");
+/// use std::io::Write;
+/// let mut tmp = kluis_file::TempFile::beside(&target, false)?;
+/// tmp.file_mut().write_all(b"all or nothing")?;
+/// tmp.commit_synced(&target, false)?; // fails, leaving it as it is, if `target` exists
+/// # assert_eq!(std::fs::read(&target)?, b"all or nothing");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TempFile {
     path: PathBuf,
     file: Option<File>,
     /// The temporary name no longer exists (it was renamed into place).
@@ -56,9 +67,26 @@ impl TempFile {
         ))
     }
 
+    /// A temporary file in the folder `target` goes into (`.` for a bare file name), to become
+    /// `target` on commit. `private` makes it owner-only from the start (mode 0600 on unix).
+    pub fn beside(target: &Path, private: bool) -> Result<TempFile> {
+        TempFile::create(&parent_of(target), private)
+    }
+
     /// The open file, for writing.
     pub(crate) fn file(&self) -> &File {
         self.file.as_ref().expect("open until commit")
+    }
+
+    /// The open file, for writing.
+    pub fn file_mut(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until commit")
+    }
+
+    /// [`TempFile::commit`], then sync `target`'s folder, so the new name is durable too.
+    pub fn commit_synced(self, target: &Path, force: bool) -> Result<()> {
+        self.commit(target, force)?;
+        sync_dir(&parent_of(target))
     }
 
     /// Make the contents durable (`sync_all`) and move the file to `target`: without `force`,

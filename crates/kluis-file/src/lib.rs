@@ -130,6 +130,7 @@ mod report;
 mod seal;
 mod walk;
 
+pub use atomic::TempFile;
 pub use error::{Error, Result};
 pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};
 pub use open::{open_file, open_paths};
