@@ -53,6 +53,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod blocks;
 mod civil;
 mod error;
 mod header;
@@ -73,6 +74,7 @@ mod wire;
 mod wrap;
 
 pub use backend::Backend;
+pub use blocks::{BlockSink, BlockWriter};
 pub use civil::UtcDateTime;
 pub use error::{Error, Result, UnwrapError};
 pub use header::{Header, MAC_LEN, MAGIC, MAX_HEADER_LEN, MAX_SLOTS, PayloadInfo, VERSION};

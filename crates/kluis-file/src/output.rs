@@ -199,6 +199,17 @@ impl Drop for Pipeline {
     }
 }
 
+/// Sealing writes straight into the blocks.
+impl kluis_core::BlockSink for Output<'_> {
+    fn spare(&mut self) -> io::Result<&mut [u8]> {
+        Output::spare(self)
+    }
+
+    fn advance(&mut self, n: usize) {
+        Output::advance(self, n);
+    }
+}
+
 impl Write for Output<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let space = self.spare()?;

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use kluis_core::{FileKey, Header, Metadata, Slot, StreamReader, StreamWriter, unlock_all};
+use kluis_core::{BlockWriter, FileKey, Header, Metadata, Slot, StreamReader, unlock_all};
 use zeroize::Zeroizing;
 
 use crate::atomic::{create_output_dir, start_output, sync_dir, sync_dirs};
@@ -316,10 +316,10 @@ fn seal_one(
             .map_err(|e| Error::format(&job.input, e))?;
     }
 
-    // The writer batches its output (whole sealed chunks, in writes of up to 256 KiB).
+    // The plaintext is read straight into the output's blocks and sealed there.
     let out = Output::new(tmp.file(), len).map_err(|e| Error::io(&job.output, "write", e))?;
     let mut writer =
-        StreamWriter::new(out, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
+        BlockWriter::new(out, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
     let header = verify.then(|| writer.header().clone());
     let write_error = |e: io::Error| match kluis_core::Error::from_io(e) {
         kluis_core::Error::SizeMismatch { .. } => Error::Changed {
@@ -329,8 +329,12 @@ fn seal_one(
         other => Error::format(&job.input, other),
     };
     loop {
-        // Read straight into the writer's buffer: no copy of the plaintext.
+        // Read straight into the output block: no copy of the plaintext. Empty once the
+        // promised size is in: a file that grew is caught by the stamp check below.
         let space = writer.spare().map_err(write_error)?;
+        if space.is_empty() {
+            break;
+        }
         let n = match input.read(space) {
             Ok(0) => break,
             Ok(n) => n,
