@@ -41,7 +41,9 @@
 //!
 //! [`StreamWriter`] seals into any `Write` (call [`StreamWriter::finish`]!);
 //! [`Header::read`] + [`Header::unlock`] + [`StreamReader`] open from any `Read`. Memory stays
-//! at one 64 KiB chunk whatever the size. [`unlock_all`] recovers the keys of many documents
+//! bounded whatever the size: one 64 KiB chunk for small payloads, 4 MiB batches for large.
+//! [`BlockWriter`] seals a payload of known size straight into an output's own memory (a
+//! [`BlockSink`], such as aligned blocks for direct I/O), without copying it. [`unlock_all`] recovers the keys of many documents
 //! with one call per key holder (one key server round trip for a whole folder).
 //!
 //! # Without a key

@@ -107,9 +107,11 @@
 //!
 //! # Speed and memory
 //!
-//! Payloads stream through [`kluis_core::StreamWriter`] and [`kluis_core::StreamReader`] with
-//! reads and writes of up to 256 KiB; both seal or open a large payload 4 MiB at a time over
-//! the available cores, so memory stays at a few MiB per worker whatever the file size.
+//! Sealing reads each file's plaintext straight into the output's blocks, where
+//! [`kluis_core::BlockWriter`] seals it in place (no copy but the read itself); opening goes
+//! through [`kluis_core::StreamReader`] and decrypts straight into the output's blocks. Both
+//! seal or open a large payload up to 4 MiB at a time over the available cores, so memory
+//! stays at a few MiB per worker whatever the file size.
 //! Files are spread over at most [`MAX_THREADS`] worker threads (default: the available
 //! cores). Opening reads every header first and recovers all keys with one
 //! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):
