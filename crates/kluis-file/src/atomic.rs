@@ -83,7 +83,10 @@ impl TempFile {
         self.file.as_mut().expect("open until commit")
     }
 
-    /// [`TempFile::commit`], then sync `target`'s folder, so the new name is durable too.
+    /// Make the contents durable (`sync_all`) and move the file to `target`: without `force`,
+    /// with a no-clobber link that fails ([`Error::Exists`]) if anything exists there; with
+    /// `force`, with a rename that atomically replaces it. Then sync `target`'s folder, so the
+    /// new name is durable too.
     pub fn commit_synced(self, target: &Path, force: bool) -> Result<()> {
         self.commit(target, force)?;
         sync_dir(&parent_of(target))
