@@ -27,6 +27,26 @@ pub trait BlockSink {
     fn advance(&mut self, n: usize);
 }
 
+fn already_failed() -> io::Error {
+    io::Error::other("the writer already failed")
+}
+
+/// The sink broke its contract (an empty or shrinking spare space): refuse rather than panic.
+fn sink_too_short() -> io::Error {
+    io::Error::other("the block sink gave less spare space than it had")
+}
+
+/// A sink borrowed for one document (like `Write for &mut W`).
+impl<S: BlockSink + ?Sized> BlockSink for &mut S {
+    fn spare(&mut self) -> io::Result<&mut [u8]> {
+        (**self).spare()
+    }
+
+    fn advance(&mut self, n: usize) {
+        (**self).advance(n);
+    }
+}
+
 /// Where the chunk being filled lies.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -169,6 +189,9 @@ impl<S: BlockSink> BlockWriter<S> {
     /// [`BlockWriter::advance`] with the number of bytes put there. May seal chunks and make
     /// the sink write a block first, so it can fail like [`Write::write`].
     pub fn spare(&mut self) -> io::Result<&mut [u8]> {
+        if self.failed {
+            return Err(already_failed());
+        }
         let left = self.content_left;
         if left == 0 {
             return Ok(&mut []);
@@ -182,7 +205,7 @@ impl<S: BlockSink> BlockWriter<S> {
     /// nothing) when `n` is more than the spare space.
     pub fn advance(&mut self, n: usize) -> io::Result<()> {
         if self.failed {
-            return Err(io::Error::other("the writer already failed"));
+            return Err(already_failed());
         }
         if n == 0 {
             return Ok(());
@@ -206,7 +229,7 @@ impl<S: BlockSink> BlockWriter<S> {
     /// of the document).
     pub fn finish(mut self) -> Result<S> {
         if self.failed {
-            return Err(Error::Io(io::Error::other("the writer already failed")));
+            return Err(Error::Io(already_failed()));
         }
         if self.content_left > 0 {
             return Err(Error::SizeMismatch {
@@ -243,7 +266,7 @@ impl<S: BlockSink> BlockWriter<S> {
     /// The free plaintext space of the chunk being filled, placing the chunk first.
     fn space(&mut self) -> io::Result<&mut [u8]> {
         if self.failed {
-            return Err(io::Error::other("the writer already failed"));
+            return Err(already_failed());
         }
         if self.place == Place::Unplaced {
             let place = self.placement();
@@ -251,7 +274,15 @@ impl<S: BlockSink> BlockWriter<S> {
         }
         let (filled, len) = (self.filled, self.plain_len());
         match self.place {
-            Place::Block(at) => Ok(&mut self.sink.spare()?[at + filled..at + len]),
+            Place::Block(at) => {
+                self.failed = true; // until the space is in hand
+                let spare = self.sink.spare()?;
+                if spare.len() < at + len + TAG_LEN {
+                    return Err(sink_too_short());
+                }
+                self.failed = false;
+                Ok(&mut spare[at + filled..at + len])
+            }
             _ => {
                 if self.scratch.is_empty() {
                     self.scratch.resize(SEALED_CHUNK_LEN, 0);
@@ -291,6 +322,11 @@ impl<S: BlockSink> BlockWriter<S> {
         self.chunk += 1;
         self.filled = 0;
         self.place = Place::Unplaced;
+        if self.waiting == BATCH_CHUNKS {
+            // After the count moved on: `seal_waiting` numbers the chunks back from it.
+            let sealed = self.seal_waiting();
+            self.fail(sealed)?;
+        }
         Ok(())
     }
 
@@ -301,15 +337,15 @@ impl<S: BlockSink> BlockWriter<S> {
         match w.place {
             Place::Block(_) if !last => {
                 w.waiting += 1;
-                if w.waiting == BATCH_CHUNKS {
-                    w.seal_waiting()?;
-                }
                 Ok(())
             }
             Place::Block(_) => {
                 w.seal_waiting()?;
                 let len = w.last_len;
                 let spare = w.sink.spare()?;
+                if spare.len() < len + TAG_LEN {
+                    return Err(sink_too_short());
+                }
                 let tag = w.cipher.seal(chunk_nonce(w.chunk, true), &mut spare[..len]);
                 spare[len..len + TAG_LEN].copy_from_slice(&tag);
                 w.sink.advance(len + TAG_LEN);
@@ -337,9 +373,13 @@ impl<S: BlockSink> BlockWriter<S> {
         if n == 0 {
             return Ok(());
         }
+        // The waiting chunks are the `n` before the one being filled.
         let first = self.chunk - n as u64;
         let threads = parallel::for_chunks(self.threads, n);
         let spare = self.sink.spare()?;
+        if spare.len() < n * SEALED_CHUNK_LEN {
+            return Err(sink_too_short());
+        }
         seal_full_chunks(
             &self.cipher,
             &mut spare[..n * SEALED_CHUNK_LEN],
@@ -356,6 +396,9 @@ impl<S: BlockSink> BlockWriter<S> {
     fn put(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let spare = self.sink.spare()?;
+            if spare.is_empty() {
+                return Err(sink_too_short());
+            }
             let n = spare.len().min(bytes.len());
             spare[..n].copy_from_slice(&bytes[..n]);
             self.sink.advance(n);
@@ -377,14 +420,16 @@ impl<S: BlockSink> Write for BlockWriter<S> {
         if data.is_empty() {
             return Ok(0);
         }
-        let space = self.spare()?;
-        if space.is_empty() {
+        if self.content_left == 0 && !self.failed {
+            // More than promised: the caller's data does not fit, so no document comes out.
+            self.failed = true;
             return Err(Error::SizeMismatch {
                 expected: self.size,
                 found: self.size.saturating_add(data.len() as u64),
             }
             .into());
         }
+        let space = self.spare()?;
         let n = space.len().min(data.len());
         space[..n].copy_from_slice(&data[..n]);
         self.advance(n)?;

@@ -10,12 +10,17 @@ use proptest::prelude::*;
 
 /// Blocks of a fixed size gathered into a Vec. Each fresh block is full of 0xa5, so bytes the
 /// writer forgets to set (padding) show up. With `fail_after`, taking that many blocks
-/// succeeds and the next fails, like a full disk.
+/// succeeds and the next fails, like a full disk; with `fail_call`, that call of `spare`
+/// fails (counted from 0), wherever the block is.
 struct Blocks {
     done: Vec<u8>,
     block: Vec<u8>,
     filled: usize,
     fail_after: Option<usize>,
+    fail_call: Option<usize>,
+    calls: usize,
+    /// A call failed.
+    tripped: bool,
 }
 
 impl Blocks {
@@ -25,6 +30,9 @@ impl Blocks {
             block: vec![0xa5; len],
             filled: 0,
             fail_after: None,
+            fail_call: None,
+            calls: 0,
+            tripped: false,
         }
     }
 
@@ -36,9 +44,17 @@ impl Blocks {
 
 impl BlockSink for Blocks {
     fn spare(&mut self) -> io::Result<&mut [u8]> {
+        self.calls += 1;
+        if self.fail_call == Some(self.calls - 1) {
+            self.tripped = true;
+            return Err(io::Error::other("no space left"));
+        }
         if self.filled == self.block.len() {
             match &mut self.fail_after {
-                Some(0) => return Err(io::Error::other("no space left")),
+                Some(0) => {
+                    self.tripped = true;
+                    return Err(io::Error::other("no space left"));
+                }
                 Some(n) => *n -= 1,
                 None => {}
             }
@@ -148,6 +164,21 @@ fn every_size_around_chunk_and_block_edges_opens_to_its_plaintext() {
     }
 }
 
+/// Blocks that hold 64 chunks and more: full batches of 64 are sealed while the block fills,
+/// numbered back from the chunk after the batch.
+#[test]
+fn large_blocks_seal_batches_of_64_chunks() {
+    let plain = plaintext(200 * CHUNK_LEN + 5);
+    let metadata = Metadata::with_size(plain.len() as u64);
+    for block in [8 << 20, (9 << 20) + 17, 64 << 20] {
+        for threads in [0, 1, 3] {
+            let doc = seal_blocks(&plain, &metadata, block, usize::MAX, threads);
+            let what = format!("blocks of {block}, {threads} threads");
+            check(&doc, &plain, &metadata, &what);
+        }
+    }
+}
+
 #[test]
 fn the_write_trait_seals_the_same_document() {
     let plain = plaintext(5 * CHUNK_LEN + 77);
@@ -181,7 +212,8 @@ fn the_size_must_be_known_and_kept() {
         })
     ));
 
-    // Too much: no spare space once the content is in, and writing more fails.
+    // Too much: no spare space once the content is in; writing more fails, and then no
+    // document comes out (the caller's data did not fit).
     let mut w = BlockWriter::new(Blocks::new(4096), &slots, &Metadata::with_size(3)).unwrap();
     w.write_all(b"abc").unwrap();
     assert!(w.spare().unwrap().is_empty());
@@ -193,7 +225,10 @@ fn the_size_must_be_known_and_kept() {
             found: 4
         }
     ));
-    let doc = w.finish().unwrap().into_document();
+    assert!(w.finish().is_err());
+
+    // Exactly the size, read through `spare` until it is empty: a document.
+    let doc = seal_blocks(b"abc", &Metadata::with_size(3), 4096, usize::MAX, 1);
     assert_eq!(open(&doc, &[&label]).unwrap().0, b"abc");
 }
 
@@ -212,25 +247,72 @@ fn advancing_past_the_spare_space_is_refused_and_counts_nothing() {
     check(&doc, &plain, &metadata, "after a refused advance");
 }
 
+/// The longest run of `byte` in `bytes`.
+fn longest_run(bytes: &[u8], byte: u8) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for &b in bytes {
+        run = if b == byte { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
+}
+
+/// What the sink took or counted as filled: only ciphertext, never a run of the plaintext's
+/// byte 0x5c.
+fn assert_no_plaintext(sink: &Blocks, what: &str) {
+    let counted = [&sink.done[..], &sink.block[..sink.filled]].concat();
+    assert!(
+        longest_run(&counted, 0x5c) < 16,
+        "{what}: plaintext in the sink"
+    );
+}
+
+/// A sink that fails when a block is taken, or at any call: the error comes out, nothing
+/// more goes in, the document is never finished, and no plaintext reached the sink.
 #[test]
 fn a_failing_sink_stops_the_writer() {
     let label = label();
-    let plain = plaintext(40 * CHUNK_LEN);
+    let plain = vec![0x5c; 40 * CHUNK_LEN + 9];
     let metadata = Metadata::with_size(plain.len() as u64);
-    for fail_after in [0, 1, 5] {
-        let mut sink = Blocks::new(256 * 1024);
-        sink.fail_after = Some(fail_after);
-        let mut w = BlockWriter::new(sink, &slots(&label), &metadata).unwrap();
-        let err = w.write_all(&plain).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no space left",
-            "after {fail_after} blocks"
-        );
-        // Nothing more goes in, and the document is never finished.
-        assert!(w.write(b"x").is_err());
-        assert!(w.spare().is_err());
-        assert!(w.finish().is_err());
+    let failing = (0..6)
+        .map(|n| (Some(n), None))
+        .chain((1..400).step_by(13).map(|n| (None, Some(n))));
+    for (fail_after, fail_call) in failing {
+        for block in [100_000, 256 * 1024, 5 << 20] {
+            let what = format!("{fail_after:?} blocks, call {fail_call:?}, blocks of {block}");
+            let mut sink = Blocks::new(block);
+            sink.fail_after = fail_after;
+            sink.fail_call = fail_call;
+            let mut finished = false;
+            if let Ok(mut w) = BlockWriter::new(&mut sink, &slots(&label), &metadata) {
+                match w.write_all(&plain) {
+                    // The failing call comes later, in `finish`, or never.
+                    Ok(()) => finished = w.finish().is_ok(),
+                    Err(err) => {
+                        assert_eq!(err.to_string(), "no space left", "{what}");
+                        assert!(w.write(b"x").is_err(), "{what}");
+                        assert!(w.spare().is_err(), "{what}");
+                        assert!(w.advance(1).is_err(), "{what}");
+                        assert!(w.finish().is_err(), "{what}: finished after an error");
+                    }
+                }
+            }
+            assert_eq!(finished, !sink.tripped, "{what}");
+            assert_no_plaintext(&sink, &what);
+        }
+    }
+}
+
+/// Plaintext never leaves the writer unsealed: whatever the sink takes is ciphertext.
+#[test]
+fn only_ciphertext_reaches_the_sink() {
+    let plain = vec![0x5c; 70 * CHUNK_LEN + 9];
+    let metadata = Metadata::with_size(plain.len() as u64);
+    for block in [1000, 100_000, 4 << 20, 8 << 20] {
+        let doc = seal_blocks(&plain, &metadata, block, 50_000, 0);
+        let what = format!("blocks of {block}");
+        assert!(longest_run(&doc, 0x5c) < 16, "{what}");
+        check(&doc, &plain, &metadata, &what);
     }
 }
 
