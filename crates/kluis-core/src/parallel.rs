@@ -143,10 +143,11 @@ struct ShiftedRun<'a> {
     tail: Vec<u8>,
 }
 
-/// Open full, non-final chunks `0..n` of a payload that starts at byte `at` of `buf`, moving
-/// each one's plaintext to `i * CHUNK_LEN` (so the plaintext ends up contiguous at the start
-/// of `buf`, with no copy but the decryption itself), over `threads` threads. Returns the
-/// first chunk that failed to authenticate, if any.
+/// Open `n` full, non-final chunks laid out from byte `at` of `buf`, the first being chunk
+/// number `first` of the payload, moving the `i`th one's plaintext to `i * CHUNK_LEN` (so the
+/// plaintext ends up contiguous at the start of `buf`, with no copy but the decryption
+/// itself), over `threads` threads. Returns the index (in `buf`) of the first chunk that
+/// failed to authenticate, if any.
 ///
 /// Each thread writes only its own region, `first * CHUNK_LEN .. end * CHUNK_LEN`. A chunk is
 /// shifted left by `at + 16 i` bytes, so a run's last chunks may lie (partly) in the next
@@ -157,6 +158,7 @@ pub(crate) fn open_shifted(
     buf: &mut [u8],
     at: usize,
     n: usize,
+    first: u64,
     threads: usize,
 ) -> Option<usize> {
     let end = at + n * SEALED_CHUNK_LEN;
@@ -181,13 +183,13 @@ pub(crate) fn open_shifted(
         rest = more;
         base = region_end;
     }
-    let failed = on_threads(runs, |run| open_run(cipher, at, run));
+    let failed = on_threads(runs, |run| open_run(cipher, at, first, run));
     failed.into_iter().flatten().min()
 }
 
 /// Open the chunks of one [`ShiftedRun`] in order (each one's plaintext lands before its
 /// ciphertext, and before every later chunk's); the first that fails ends the run.
-fn open_run(cipher: &ChunkCipher, at: usize, run: ShiftedRun<'_>) -> Option<usize> {
+fn open_run(cipher: &ChunkCipher, at: usize, counter: u64, run: ShiftedRun<'_>) -> Option<usize> {
     let ShiftedRun {
         first,
         end,
@@ -199,7 +201,7 @@ fn open_run(cipher: &ChunkCipher, at: usize, run: ShiftedRun<'_>) -> Option<usiz
     let region_end = base + region.len();
     let mut scratch: Option<zeroize::Zeroizing<Vec<u8>>> = None;
     for i in first..end {
-        let nonce = chunk_nonce(i as u64, false);
+        let nonce = chunk_nonce(counter + i as u64, false);
         let (from, to, out) = (
             at + i * SEALED_CHUNK_LEN,
             at + (i + 1) * SEALED_CHUNK_LEN,
@@ -261,7 +263,7 @@ mod tests {
                 let (sealed, plain) = layout(&cipher, at, n);
                 for threads in 1..=MAX_THREADS {
                     let mut buf = sealed.clone();
-                    assert_eq!(open_shifted(&cipher, &mut buf, at, n, threads), None);
+                    assert_eq!(open_shifted(&cipher, &mut buf, at, n, 0, threads), None);
                     assert!(
                         buf[..n * CHUNK_LEN] == plain[..],
                         "shift {at}, {n} chunks, {threads} threads"
@@ -284,7 +286,7 @@ mod tests {
                 }
                 let want = damaged.iter().min().copied();
                 assert_eq!(
-                    open_shifted(&cipher, &mut buf, at, n, threads),
+                    open_shifted(&cipher, &mut buf, at, n, 0, threads),
                     want,
                     "{damaged:?}, {threads} threads"
                 );

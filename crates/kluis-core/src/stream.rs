@@ -3,6 +3,7 @@
 use std::io::{self, Read, Write};
 
 use crate::backend::{Backend, ChunkCipher};
+use crate::blocks::BlockSink;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::metadata::Metadata;
@@ -439,12 +440,17 @@ impl<R: Read> StreamReader<R> {
     /// fails, the authenticated chunks before it in the batch are still handed out, and the
     /// error after them (as a chunk-by-chunk reader would).
     fn next_batch(&mut self) -> Result<()> {
-        self.plain.clear();
-        self.next = 0;
         if self.ahead > 0 {
             // The last batch came in full: the payload is likely large.
             self.grow();
         }
+        self.take_batch()
+    }
+
+    /// [`StreamReader::next_batch`] at the present batch size.
+    fn take_batch(&mut self) -> Result<()> {
+        self.plain.clear();
+        self.next = 0;
         match self.load_batch() {
             Err(e) if !self.plain.is_empty() => {
                 self.pending = Some(e);
@@ -497,6 +503,141 @@ impl<R: Read> StreamReader<R> {
             bigger[..a].copy_from_slice(&self.buf[at..at + a]);
             self.buf = bigger;
             self.ahead_at = 0;
+        }
+    }
+}
+
+impl<R: Read> StreamReader<R> {
+    /// Open the next chunks straight into `sink`'s block, which the ciphertext is read into
+    /// and decrypted in place (no copy but the read itself), and count the plaintext there with
+    /// [`BlockSink::advance`]. Returns how many bytes that was: 0 only at the end of the
+    /// payload. Fills at most the spare space `sink` has when called (so it never makes the sink
+    /// write a block); a chunk too large for what is left of it is opened in the reader's own
+    /// buffer and copied. Errors are those of [`Read::read`], except that the plaintext of the
+    /// authenticated chunks opened together with a failed one is not counted (it is wiped).
+    ///
+    /// Up to 64 chunks are opened at a time, over the available cores. Mixing calls with
+    /// [`Read::read`] is allowed.
+    pub fn read_into<S: BlockSink + ?Sized>(&mut self, sink: &mut S) -> io::Result<usize> {
+        loop {
+            if self.failed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the sealed payload already failed to open; discard the output",
+                ));
+            }
+            // Plaintext already opened in the reader's buffer goes first.
+            while let Some(&(start, end)) = self.plain.get(self.next) {
+                if start == end {
+                    self.next += 1;
+                    continue;
+                }
+                let spare = sink.spare()?;
+                if spare.is_empty() {
+                    return Err(io::Error::other("the block sink gave no spare space"));
+                }
+                let n = (end - start).min(spare.len());
+                spare[..n].copy_from_slice(&self.buf[start..start + n]);
+                sink.advance(n);
+                self.plain[self.next].0 += n;
+                return Ok(n);
+            }
+            if self.opener.done && self.pending.is_none() {
+                return Ok(0);
+            }
+            let room = sink.spare()?.len().saturating_sub(MIN_FINAL_AFTER_FULL);
+            let chunks = (room / SEALED_CHUNK_LEN).min(BATCH_CHUNKS);
+            let opened = match self.pending.take() {
+                Some(e) => Err(e),
+                None if chunks == 0 => {
+                    // Too little room for a chunk: one chunk in the reader's buffer, then
+                    // copied from there above.
+                    let batch = std::mem::replace(&mut self.batch, 1);
+                    let r = self.take_batch();
+                    self.batch = batch;
+                    r.map(|()| 0)
+                }
+                None => self.open_into(sink, chunks),
+            };
+            match opened {
+                Ok(n) if n > 0 => return Ok(n),
+                // Only padding, or a chunk opened in the reader's buffer: go on.
+                Ok(_) => {}
+                Err(e) => {
+                    zeroize::Zeroize::zeroize(&mut self.buf[..]);
+                    self.plain.clear();
+                    self.failed = true;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Read up to `chunks` chunks (and what follows) into `sink`'s spare space and open them
+    /// there; return the plaintext length counted in the sink. On error the space is wiped.
+    fn open_into<S: BlockSink + ?Sized>(&mut self, sink: &mut S, chunks: usize) -> Result<usize> {
+        let spare = sink.spare()?;
+        let full = chunks * SEALED_CHUNK_LEN;
+        let want = full + MIN_FINAL_AFTER_FULL;
+        let (at, a) = (self.ahead_at, self.ahead);
+        spare[..a].copy_from_slice(&self.buf[at..at + a]);
+        self.ahead = 0;
+        let mut n = a;
+        while n < want {
+            match self.input.read(&mut spare[n..want]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    zeroize::Zeroize::zeroize(&mut spare[..n]);
+                    return Err(e.into());
+                }
+            }
+        }
+        let opened = if n == want {
+            // Another chunk follows: all of these are full and none is the last.
+            let threads = parallel::for_chunks(self.threads, chunks);
+            let first = self.opener.counter;
+            let failed =
+                parallel::open_shifted(&self.opener.cipher, spare, 0, chunks, first, threads);
+            let mut written = 0;
+            self.opener
+                .account_full(spare, CHUNK_LEN, chunks, failed, |_, c| written += c)
+                .map(|()| {
+                    self.buf[..MIN_FINAL_AFTER_FULL].copy_from_slice(&spare[full..want]);
+                    (self.ahead_at, self.ahead) = (0, MIN_FINAL_AFTER_FULL);
+                    written
+                })
+        } else {
+            // The input ends here: chunk by chunk, with the last-chunk rules, each one's
+            // plaintext moved next to the one before.
+            let (mut read, mut written) = (0, 0);
+            loop {
+                let len = SEALED_CHUNK_LEN.min(n - read);
+                let follow = MIN_FINAL_AFTER_FULL.min(n - read - len);
+                match self.opener.open_chunk(
+                    &mut spare[written..read + len],
+                    read - written,
+                    follow,
+                ) {
+                    Ok(content) => written += content,
+                    Err(e) => break Err(e),
+                }
+                read += len;
+                if self.opener.done {
+                    break Ok(written);
+                }
+            }
+        };
+        match opened {
+            Ok(written) => {
+                sink.advance(written);
+                Ok(written)
+            }
+            Err(e) => {
+                zeroize::Zeroize::zeroize(&mut spare[..n]);
+                Err(e)
+            }
         }
     }
 }
@@ -656,7 +797,7 @@ impl PayloadOpener {
         threads: usize,
     ) -> Result<usize> {
         debug_assert_eq!(self.counter, 0);
-        let failed = parallel::open_shifted(&self.cipher, buf, at, n, threads);
+        let failed = parallel::open_shifted(&self.cipher, buf, at, n, 0, threads);
         let mut written = 0;
         self.account_full(buf, CHUNK_LEN, n, failed, |_, content| written += content)?;
         Ok(written)

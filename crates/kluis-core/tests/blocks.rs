@@ -1,10 +1,13 @@
-//! `BlockWriter`: sealing straight into a sink's blocks gives a document that opens to the
-//! same plaintext, whatever the block size, the threads and the way the plaintext comes in.
+//! `BlockWriter` and `StreamReader::read_into`: sealing straight into a sink's blocks gives a
+//! document that opens to the same plaintext, and opening straight into them gives the
+//! plaintext back (or the error `open` gives), whatever the block size, the threads and the
+//! way the bytes come in.
 
 use std::io::{self, Read, Write};
 
 use kluis_core::{
-    BlockSink, BlockWriter, CHUNK_LEN, Error, LabelKey, Metadata, Recipient, Slot, open, seal,
+    BlockSink, BlockWriter, CHUNK_LEN, Error, Header, LabelKey, Metadata, Recipient, Slot,
+    StreamReader, open, seal,
 };
 use proptest::prelude::*;
 
@@ -334,5 +337,100 @@ proptest! {
         }
         let doc = seal_blocks(&plain, &metadata, block, piece, threads);
         check(&doc, &plain, &metadata, "proptest");
+    }
+}
+
+/// Open `doc` with `StreamReader::read_into` into blocks of `block` bytes; every `mix`th call
+/// goes through `Read::read` instead (0: never).
+fn open_blocks(doc: &[u8], block: usize, threads: usize, mix: usize) -> Result<Vec<u8>, Error> {
+    let label = label();
+    let mut input = doc;
+    let header = Header::read(&mut input)?;
+    let key = header.unlock(&[&label])?;
+    let r = StreamReader::new(&header, &key, input)?;
+    let mut r = if threads == 0 { r } else { r.threads(threads) };
+    let mut sink = Blocks::new(block);
+    for call in 1.. {
+        let n = if mix > 0 && call % mix == 0 {
+            let space = sink.spare()?;
+            let take = space.len().min(1000);
+            let n = r.read(&mut space[..take])?;
+            sink.advance(n);
+            n
+        } else {
+            r.read_into(&mut sink).map_err(Error::from_io)?
+        };
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(sink.into_document())
+}
+
+#[test]
+fn opening_into_blocks_gives_the_plaintext_whatever_the_blocks() {
+    let label = label();
+    for size in [
+        0,
+        1,
+        CHUNK_LEN,
+        CHUNK_LEN + 1,
+        3 * CHUNK_LEN - 7,
+        140 * CHUNK_LEN + 3,
+    ] {
+        let plain = plaintext(size);
+        for pad in [false, true] {
+            let mut metadata = Metadata::with_size(size as u64);
+            if pad {
+                metadata = metadata.padded().unwrap();
+            }
+            let doc = seal(&slots(&label), &metadata, &plain).unwrap();
+            for block in [1000, SEALED + 16, SEALED + 17, 256 * 1024, 4 << 20, 9 << 20] {
+                for (threads, mix) in [(0, 0), (1, 3), (3, 0)] {
+                    let what = format!(
+                        "{size} bytes, padded {pad}, blocks of {block}, {threads} threads, mix {mix}"
+                    );
+                    let opened = open_blocks(&doc, block, threads, mix)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(opened == plain, "{what}");
+                }
+            }
+        }
+    }
+}
+
+/// Damage, truncation and trailing bytes give the error the one-call `open` gives.
+#[test]
+fn opening_into_blocks_reports_what_open_reports() {
+    let label = label();
+    let plain = plaintext(150 * CHUNK_LEN + 11);
+    let doc = seal(
+        &slots(&label),
+        &Metadata::with_size(plain.len() as u64),
+        &plain,
+    )
+    .unwrap();
+    let header_len = Header::parse(&doc).unwrap().len();
+    let chunk_at = |i: usize| header_len + i * SEALED + 100;
+    let mut damaged = Vec::new();
+    for i in [0, 1, 62, 63, 64, 100, 149, 150] {
+        let mut d = doc.clone();
+        d[chunk_at(i).min(doc.len() - 1)] ^= 1;
+        damaged.push((format!("chunk {i} changed"), d));
+    }
+    for cut in [1, 16, 17, 1000, SEALED, SEALED + 5, 80 * SEALED] {
+        damaged.push((format!("{cut} bytes cut"), doc[..doc.len() - cut].to_vec()));
+    }
+    let mut longer = doc.clone();
+    longer.extend_from_slice(&[0; 9]);
+    damaged.push(("9 bytes added".into(), longer));
+    for (what, d) in damaged {
+        let want = open(&d, &[&label]).unwrap_err().to_string();
+        for block in [100_000, 4 << 20, 9 << 20] {
+            for threads in [0, 1] {
+                let got = open_blocks(&d, block, threads, 0).unwrap_err().to_string();
+                assert_eq!(got, want, "{what}, blocks of {block}, {threads} threads");
+            }
+        }
     }
 }

@@ -10,9 +10,7 @@ use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
 
 use crate::atomic::{create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
-use crate::file::{
-    absolute, parent_of, payload_error, read_full, read_header, reopen_sealed, require_file,
-};
+use crate::file::{absolute, parent_of, payload_error, read_header, reopen_sealed, require_file};
 use crate::name::{EXTENSION, check_component, safe_relative_path};
 use crate::output::Output;
 use crate::pool;
@@ -327,20 +325,20 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     let mut out = Output::new(tmp.file(), size).map_err(|e| Error::io(&job.output, "write", e))?;
     let mut total = 0u64;
     loop {
-        // Decrypt straight into the output's block. A short fill means the reader returned
-        // 0: the whole payload is authenticated.
-        let space = out
-            .spare()
+        // Writes the block out once it is full (the reader only fills what is spare).
+        out.spare()
             .map_err(|e| Error::io(&job.output, "write", e))?;
-        let room = space.len();
-        let n = read_full(&mut reader, space).map_err(|e| payload_error(&job.input, e))?;
-        out.advance(n);
+        // Read the ciphertext into the output's block and decrypt it there. 0: the whole
+        // payload is authenticated.
+        let n = reader
+            .read_into(&mut out)
+            .map_err(|e| payload_error(&job.input, e))?;
         total += n as u64;
         shared.emit(Event::Read {
             input: &job.input,
             bytes: count.take(),
         });
-        if n < room {
+        if n == 0 {
             break;
         }
     }
