@@ -43,7 +43,8 @@
 //! [`Header::read`] + [`Header::unlock`] + [`StreamReader`] open from any `Read`. Memory stays
 //! bounded whatever the size: one 64 KiB chunk for small payloads, 4 MiB batches for large.
 //! [`BlockWriter`] seals a payload of known size straight into an output's own memory (a
-//! [`BlockSink`], such as aligned blocks for direct I/O), without copying it. [`unlock_all`] recovers the keys of many documents
+//! [`BlockSink`], such as aligned blocks for direct I/O), and [`StreamReader::read_into`] opens
+//! one straight into it, without copying. [`unlock_all`] recovers the keys of many documents
 //! with one call per key holder (one key server round trip for a whole folder).
 //!
 //! # Without a key

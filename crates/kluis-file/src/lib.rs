@@ -108,10 +108,11 @@
 //! # Speed and memory
 //!
 //! Sealing reads each file's plaintext straight into the output's blocks, where
-//! [`kluis_core::BlockWriter`] seals it in place (no copy but the read itself); opening goes
-//! through [`kluis_core::StreamReader`] and decrypts straight into the output's blocks. Both
-//! seal or open a large payload up to 4 MiB at a time over the available cores, so memory
-//! stays at a few MiB per worker whatever the file size.
+//! [`kluis_core::BlockWriter`] seals it in place; opening reads the ciphertext into the
+//! output's blocks, where [`kluis_core::StreamReader::read_into`] decrypts it in place. So
+//! neither copies the data but for the read itself. Both seal or open a large payload up to
+//! 4 MiB at a time over the available cores, so memory stays at a few MiB per worker whatever
+//! the file size.
 //! Files are spread over at most [`MAX_THREADS`] worker threads (default: the available
 //! cores). Opening reads every header first and recovers all keys with one
 //! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):
