@@ -144,7 +144,7 @@ struct ShiftedRun<'a> {
 }
 
 /// Open `n` full, non-final chunks laid out from byte `at` of `buf`, the first being chunk
-/// number `first` of the payload, moving the `i`th one's plaintext to `i * CHUNK_LEN` (so the
+/// number `counter` of the payload, moving the `i`th one's plaintext to `i * CHUNK_LEN` (so the
 /// plaintext ends up contiguous at the start of `buf`, with no copy but the decryption
 /// itself), over `threads` threads. Returns the index (in `buf`) of the first chunk that
 /// failed to authenticate, if any.
@@ -158,7 +158,7 @@ pub(crate) fn open_shifted(
     buf: &mut [u8],
     at: usize,
     n: usize,
-    first: u64,
+    counter: u64,
     threads: usize,
 ) -> Option<usize> {
     let end = at + n * SEALED_CHUNK_LEN;
@@ -183,7 +183,7 @@ pub(crate) fn open_shifted(
         rest = more;
         base = region_end;
     }
-    let failed = on_threads(runs, |run| open_run(cipher, at, first, run));
+    let failed = on_threads(runs, |run| open_run(cipher, at, counter, run));
     failed.into_iter().flatten().min()
 }
 

@@ -545,7 +545,10 @@ impl<R: Read> StreamReader<R> {
             if self.opener.done && self.pending.is_none() {
                 return Ok(0);
             }
-            let room = sink.spare()?.len().saturating_sub(MIN_FINAL_AFTER_FULL);
+            let room = match sink.spare()?.len() {
+                0 => return Err(io::Error::other("the block sink gave no spare space")),
+                n => n.saturating_sub(MIN_FINAL_AFTER_FULL),
+            };
             let chunks = (room / SEALED_CHUNK_LEN).min(BATCH_CHUNKS);
             let opened = match self.pending.take() {
                 Some(e) => Err(e),
@@ -579,6 +582,9 @@ impl<R: Read> StreamReader<R> {
         let spare = sink.spare()?;
         let full = chunks * SEALED_CHUNK_LEN;
         let want = full + MIN_FINAL_AFTER_FULL;
+        if spare.len() < want {
+            return Err(io::Error::other("the block sink's spare space shrank").into());
+        }
         let (at, a) = (self.ahead_at, self.ahead);
         spare[..a].copy_from_slice(&self.buf[at..at + a]);
         self.ahead = 0;

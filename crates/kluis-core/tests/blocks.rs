@@ -250,24 +250,17 @@ fn advancing_past_the_spare_space_is_refused_and_counts_nothing() {
     check(&doc, &plain, &metadata, "after a refused advance");
 }
 
-/// The longest run of `byte` in `bytes`.
-fn longest_run(bytes: &[u8], byte: u8) -> usize {
-    let (mut best, mut run) = (0, 0);
-    for &b in bytes {
-        run = if b == byte { run + 1 } else { 0 };
-        best = best.max(run);
-    }
-    best
+/// Whether `bytes` holds a run of 63 or more `byte`s (it then fills one of the aligned
+/// 32-byte pieces): plaintext of one repeated byte, left where it should not be.
+fn holds_run(bytes: &[u8], byte: u8) -> bool {
+    bytes.chunks_exact(32).any(|c| c.iter().all(|&b| b == byte))
 }
 
 /// What the sink took or counted as filled: only ciphertext, never a run of the plaintext's
 /// byte 0x5c.
 fn assert_no_plaintext(sink: &Blocks, what: &str) {
     let counted = [&sink.done[..], &sink.block[..sink.filled]].concat();
-    assert!(
-        longest_run(&counted, 0x5c) < 16,
-        "{what}: plaintext in the sink"
-    );
+    assert!(!holds_run(&counted, 0x5c), "{what}: plaintext in the sink");
 }
 
 /// A sink that fails when a block is taken, or at any call: the error comes out, nothing
@@ -314,7 +307,7 @@ fn only_ciphertext_reaches_the_sink() {
     for block in [1000, 100_000, 4 << 20, 8 << 20] {
         let doc = seal_blocks(&plain, &metadata, block, 50_000, 0);
         let what = format!("blocks of {block}");
-        assert!(longest_run(&doc, 0x5c) < 16, "{what}");
+        assert!(!holds_run(&doc, 0x5c), "{what}");
         check(&doc, &plain, &metadata, &what);
     }
 }
@@ -343,28 +336,34 @@ proptest! {
 /// Open `doc` with `StreamReader::read_into` into blocks of `block` bytes; every `mix`th call
 /// goes through `Read::read` instead (0: never).
 fn open_blocks(doc: &[u8], block: usize, threads: usize, mix: usize) -> Result<Vec<u8>, Error> {
+    let mut sink = Blocks::new(block);
+    open_into(&mut sink, doc, threads, mix)?;
+    Ok(sink.into_document())
+}
+
+/// [`open_blocks`] into the given sink.
+fn open_into(sink: &mut Blocks, doc: &[u8], threads: usize, mix: usize) -> Result<(), Error> {
     let label = label();
     let mut input = doc;
     let header = Header::read(&mut input)?;
     let key = header.unlock(&[&label])?;
     let r = StreamReader::new(&header, &key, input)?;
     let mut r = if threads == 0 { r } else { r.threads(threads) };
-    let mut sink = Blocks::new(block);
     for call in 1.. {
         let n = if mix > 0 && call % mix == 0 {
             let space = sink.spare()?;
             let take = space.len().min(1000);
-            let n = r.read(&mut space[..take])?;
+            let n = r.read(&mut space[..take]).map_err(Error::from_io)?;
             sink.advance(n);
             n
         } else {
-            r.read_into(&mut sink).map_err(Error::from_io)?
+            r.read_into(sink).map_err(Error::from_io)?
         };
         if n == 0 {
             break;
         }
     }
-    Ok(sink.into_document())
+    Ok(())
 }
 
 #[test]
@@ -399,38 +398,93 @@ fn opening_into_blocks_gives_the_plaintext_whatever_the_blocks() {
     }
 }
 
-/// Damage, truncation and trailing bytes give the error the one-call `open` gives.
+/// Damage, truncation and trailing bytes give the error the one-call `open` gives; and the
+/// failed batch's plaintext is wiped from the sink's spare space.
 #[test]
 fn opening_into_blocks_reports_what_open_reports() {
     let label = label();
-    let plain = plaintext(150 * CHUNK_LEN + 11);
-    let doc = seal(
-        &slots(&label),
-        &Metadata::with_size(plain.len() as u64),
-        &plain,
-    )
-    .unwrap();
-    let header_len = Header::parse(&doc).unwrap().len();
-    let chunk_at = |i: usize| header_len + i * SEALED + 100;
+    // One byte value, so plaintext left in the sink shows as a run of it.
     let mut damaged = Vec::new();
-    for i in [0, 1, 62, 63, 64, 100, 149, 150] {
+    for (size, pad) in [
+        (150 * CHUNK_LEN + 11, false),
+        (20 * CHUNK_LEN, false),
+        (20 * CHUNK_LEN + 5, true),
+    ] {
+        let plain = vec![0x5c; size];
+        let mut metadata = Metadata::with_size(size as u64);
+        if pad {
+            metadata = metadata.padded().unwrap();
+        }
+        let doc = seal(&slots(&label), &metadata, &plain).unwrap();
+        let header_len = Header::parse(&doc).unwrap().len();
+        let chunks = (doc.len() - header_len).div_ceil(SEALED);
+        let last = doc.len() - header_len - (chunks - 1) * SEALED;
+        let chunk_at = |i: usize| header_len + i * SEALED + 100;
+        for i in [0, 1, 62, 63, 64, 100, chunks - 2, chunks - 1] {
+            if i >= chunks {
+                continue;
+            }
+            let mut d = doc.clone();
+            d[chunk_at(i).min(doc.len() - 1)] ^= 1;
+            damaged.push((format!("{size}: chunk {i} changed"), d));
+        }
+        // Two chunks swapped.
         let mut d = doc.clone();
-        d[chunk_at(i).min(doc.len() - 1)] ^= 1;
-        damaged.push((format!("chunk {i} changed"), d));
+        let (a, b) = (header_len + 3 * SEALED, header_len + 4 * SEALED);
+        let third = doc[a..b].to_vec();
+        d.copy_within(b..b + SEALED, a);
+        d[b..b + SEALED].copy_from_slice(&third);
+        damaged.push((format!("{size}: chunks 3 and 4 swapped"), d));
+        // Cut at chunk boundaries (truncated), inside chunks, and with bytes added.
+        for cut in [
+            1,
+            16,
+            17,
+            1000,
+            last,
+            last + SEALED,
+            last + 80 * SEALED,
+            SEALED + 5,
+        ] {
+            if cut >= doc.len() - header_len {
+                continue;
+            }
+            damaged.push((
+                format!("{size}: {cut} bytes cut"),
+                doc[..doc.len() - cut].to_vec(),
+            ));
+        }
+        for extra in [1, 9, 16, 17, 100] {
+            let mut longer = doc.clone();
+            longer.extend_from_slice(&vec![0; extra]);
+            damaged.push((format!("{size}: {extra} bytes added"), longer));
+        }
     }
-    for cut in [1, 16, 17, 1000, SEALED, SEALED + 5, 80 * SEALED] {
-        damaged.push((format!("{cut} bytes cut"), doc[..doc.len() - cut].to_vec()));
-    }
-    let mut longer = doc.clone();
-    longer.extend_from_slice(&[0; 9]);
-    damaged.push(("9 bytes added".into(), longer));
+    let mut kinds = std::collections::BTreeSet::new();
     for (what, d) in damaged {
-        let want = open(&d, &[&label]).unwrap_err().to_string();
-        for block in [100_000, 4 << 20, 9 << 20] {
-            for threads in [0, 1] {
-                let got = open_blocks(&d, block, threads, 0).unwrap_err().to_string();
-                assert_eq!(got, want, "{what}, blocks of {block}, {threads} threads");
+        let want = open(&d, &[&label]).unwrap_err();
+        kinds.insert(
+            format!("{want:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+        for block in [100_000, 4 << 20] {
+            for (threads, mix) in [(0, 0), (1, 3)] {
+                let mut sink = Blocks::new(block);
+                let got = open_into(&mut sink, &d, threads, mix).unwrap_err();
+                let what = format!("{what}, blocks of {block}, {threads} threads, mix {mix}");
+                assert_eq!(got.to_string(), want.to_string(), "{what}");
+                assert!(
+                    !holds_run(&sink.block[sink.filled..], 0x5c),
+                    "{what}: plaintext left"
+                );
             }
         }
+    }
+    // Every rule was reached.
+    for kind in ["ChunkAuth", "Truncated", "TrailingData"] {
+        assert!(kinds.contains(kind), "no case gave {kind}: {kinds:?}");
     }
 }

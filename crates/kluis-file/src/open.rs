@@ -329,7 +329,8 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
         out.spare()
             .map_err(|e| Error::io(&job.output, "write", e))?;
         // Read the ciphertext into the output's block and decrypt it there. 0: the whole
-        // payload is authenticated.
+        // payload is authenticated. Its errors are the input's: it never makes `out` write
+        // (the call above left spare space, and it fills no more than that).
         let n = reader
             .read_into(&mut out)
             .map_err(|e| payload_error(&job.input, e))?;
