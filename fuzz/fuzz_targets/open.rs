@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 
-use kluis_core::{Backend, Header, Identity, LabelKey, StreamReader, Unwrap};
+use kluis_core::{Backend, BlockSink, Error, Header, Identity, LabelKey, StreamReader, Unwrap};
 
 // Fixed keys, so seeds sealed to them (see fuzz/seeds/open) reach the payload.
 static LABEL_KEY: LazyLock<LabelKey> =
@@ -20,6 +20,46 @@ fn open_streaming(mut data: &[u8], keys: &[&dyn Unwrap]) -> kluis_core::Result<V
     r.read_to_end(&mut out)
         .map_err(kluis_core::Error::from_io)?;
     Ok(out)
+}
+
+/// Blocks of `len` bytes gathered into a Vec.
+struct Blocks {
+    done: Vec<u8>,
+    block: Vec<u8>,
+    filled: usize,
+}
+
+impl BlockSink for Blocks {
+    fn spare(&mut self) -> std::io::Result<&mut [u8]> {
+        if self.filled == self.block.len() {
+            self.done.extend_from_slice(&self.block);
+            self.filled = 0;
+        }
+        Ok(&mut self.block[self.filled..])
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.filled += n;
+    }
+}
+
+/// The streaming path into blocks: `StreamReader::read_into`, over 3 threads.
+fn open_into_blocks(
+    mut data: &[u8],
+    keys: &[&dyn Unwrap],
+    block: usize,
+) -> kluis_core::Result<Vec<u8>> {
+    let header = Header::read(&mut data)?;
+    let key = header.unlock(keys)?;
+    let mut r = StreamReader::new(&header, &key, data)?.threads(3);
+    let mut sink = Blocks {
+        done: Vec::new(),
+        block: vec![0; block],
+        filled: 0,
+    };
+    while r.read_into(&mut sink).map_err(kluis_core::Error::from_io)? > 0 {}
+    sink.done.extend_from_slice(&sink.block[..sink.filled]);
+    Ok(sink.done)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -42,6 +82,28 @@ fuzz_target!(|data: &[u8]| {
         threaded.as_ref().err().map(|e| e.to_string()),
         "3 threads"
     );
+    // Opening straight into blocks (some too small for a chunk, some holding several) gives
+    // the same plaintext, or the same error.
+    for block in [1000, 200_000] {
+        let blocks = open_into_blocks(data, &keys, block);
+        assert_eq!(
+            one_call.as_ref().map(|(p, _)| p).ok(),
+            blocks.as_ref().ok(),
+            "blocks of {block}"
+        );
+        // The payload's errors are the same (the header's may be worded differently when
+        // read from a stream).
+        if let Err(
+            e @ (Error::ChunkAuth { .. }
+            | Error::Truncated { .. }
+            | Error::TrailingData
+            | Error::SizeMismatch { .. }),
+        ) = &one_call
+        {
+            let got = blocks.as_ref().err().map(|e| e.to_string());
+            assert_eq!(Some(e.to_string()), got, "blocks of {block}");
+        }
+    }
     // Both payload backends decrypt the same bytes.
     for &backend in Backend::all() {
         let other = kluis_core::open_with_backend(data, &keys, backend);
