@@ -521,34 +521,21 @@ impl<R: Read> StreamReader<R> {
     pub fn read_into<S: BlockSink + ?Sized>(&mut self, sink: &mut S) -> io::Result<usize> {
         loop {
             if self.failed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the sealed payload already failed to open; discard the output",
-                ));
+                return Err(already_failed());
+            }
+            let spare = sink.spare()?;
+            if spare.is_empty() {
+                return Err(io::Error::other("the block sink gave no spare space"));
             }
             // Plaintext already opened in the reader's buffer goes first.
-            while let Some(&(start, end)) = self.plain.get(self.next) {
-                if start == end {
-                    self.next += 1;
-                    continue;
-                }
-                let spare = sink.spare()?;
-                if spare.is_empty() {
-                    return Err(io::Error::other("the block sink gave no spare space"));
-                }
-                let n = (end - start).min(spare.len());
-                spare[..n].copy_from_slice(&self.buf[start..start + n]);
+            if let Some(n) = self.take_plain(spare) {
                 sink.advance(n);
-                self.plain[self.next].0 += n;
                 return Ok(n);
             }
             if self.opener.done && self.pending.is_none() {
                 return Ok(0);
             }
-            let room = match sink.spare()?.len() {
-                0 => return Err(io::Error::other("the block sink gave no spare space")),
-                n => n.saturating_sub(MIN_FINAL_AFTER_FULL),
-            };
+            let room = spare.len().saturating_sub(MIN_FINAL_AFTER_FULL);
             let chunks = (room / SEALED_CHUNK_LEN).min(BATCH_CHUNKS);
             let opened = match self.pending.take() {
                 Some(e) => Err(e),
@@ -566,14 +553,33 @@ impl<R: Read> StreamReader<R> {
                 Ok(n) if n > 0 => return Ok(n),
                 // Only padding, or a chunk opened in the reader's buffer: go on.
                 Ok(_) => {}
-                Err(e) => {
-                    zeroize::Zeroize::zeroize(&mut self.buf[..]);
-                    self.plain.clear();
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e)),
             }
         }
+    }
+
+    /// Copy plaintext already opened in the reader's buffer into `out`; `None` when there is
+    /// none left.
+    fn take_plain(&mut self, out: &mut [u8]) -> Option<usize> {
+        while let Some(&(start, end)) = self.plain.get(self.next) {
+            if start == end {
+                self.next += 1;
+                continue;
+            }
+            let n = (end - start).min(out.len());
+            out[..n].copy_from_slice(&self.buf[start..start + n]);
+            self.plain[self.next].0 += n;
+            return Some(n);
+        }
+        None
+    }
+
+    /// Wipe whatever plaintext a failed batch left behind, stay failed, and pass `e` on.
+    fn fail(&mut self, e: Error) -> io::Error {
+        zeroize::Zeroize::zeroize(&mut self.buf[..]);
+        self.plain.clear();
+        self.failed = true;
+        e.into()
     }
 
     /// Read up to `chunks` chunks (and what follows) into `sink`'s spare space and open them
@@ -652,19 +658,9 @@ impl<R: Read> Read for StreamReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.failed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the sealed payload already failed to open; discard the output",
-                ));
+                return Err(already_failed());
             }
-            if let Some(&(start, end)) = self.plain.get(self.next) {
-                if start == end {
-                    self.next += 1;
-                    continue;
-                }
-                let n = (end - start).min(out.len());
-                out[..n].copy_from_slice(&self.buf[start..start + n]);
-                self.plain[self.next].0 += n;
+            if let Some(n) = self.take_plain(out) {
                 return Ok(n);
             }
             if (self.opener.done && self.pending.is_none()) || out.is_empty() {
@@ -675,14 +671,18 @@ impl<R: Read> Read for StreamReader<R> {
                 None => self.next_batch(),
             };
             if let Err(e) = next {
-                // Wipe whatever plaintext the failed batch left behind, and stay failed.
-                zeroize::Zeroize::zeroize(&mut self.buf[..]);
-                self.plain.clear();
-                self.failed = true;
-                return Err(e.into());
+                return Err(self.fail(e));
             }
         }
     }
+}
+
+/// The error for every read after a failed one.
+fn already_failed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the sealed payload already failed to open; discard the output",
+    )
 }
 
 /// The payload-opening rules of FORMAT.md §8, shared by [`StreamReader`] and the in-place
