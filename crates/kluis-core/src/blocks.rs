@@ -333,34 +333,35 @@ impl<S: BlockSink> BlockWriter<S> {
     /// Seal the full chunk being filled (`last`: the final one), or leave it waiting for its
     /// batch.
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
-        let w = self;
-        match w.place {
+        match self.place {
             Place::Block(_) if !last => {
-                w.waiting += 1;
+                self.waiting += 1;
                 Ok(())
             }
             Place::Block(_) => {
-                w.seal_waiting()?;
-                let len = w.last_len;
-                let spare = w.sink.spare()?;
+                self.seal_waiting()?;
+                let len = self.last_len;
+                let spare = self.sink.spare()?;
                 if spare.len() < len + TAG_LEN {
                     return Err(sink_too_short());
                 }
-                let tag = w.cipher.seal(chunk_nonce(w.chunk, true), &mut spare[..len]);
+                let tag = self
+                    .cipher
+                    .seal(chunk_nonce(self.chunk, true), &mut spare[..len]);
                 spare[len..len + TAG_LEN].copy_from_slice(&tag);
-                w.sink.advance(len + TAG_LEN);
+                self.sink.advance(len + TAG_LEN);
                 Ok(())
             }
             _ => {
-                w.seal_waiting()?;
-                let len = w.plain_len();
-                let tag = w
+                self.seal_waiting()?;
+                let len = self.plain_len();
+                let tag = self
                     .cipher
-                    .seal(chunk_nonce(w.chunk, last), &mut w.scratch[..len]);
-                w.scratch[len..len + TAG_LEN].copy_from_slice(&tag);
-                let sealed = std::mem::take(&mut w.scratch);
-                let put = w.put(&sealed[..len + TAG_LEN]);
-                w.scratch = sealed;
+                    .seal(chunk_nonce(self.chunk, last), &mut self.scratch[..len]);
+                self.scratch[len..len + TAG_LEN].copy_from_slice(&tag);
+                let sealed = std::mem::take(&mut self.scratch);
+                let put = self.put(&sealed[..len + TAG_LEN]);
+                self.scratch = sealed;
                 put
             }
         }

@@ -424,16 +424,7 @@ impl<R: Read> StreamReader<R> {
 
     /// Fill `buf[from..to]` as far as the input allows; return the new fill level.
     fn fill(&mut self, from: usize, to: usize) -> io::Result<usize> {
-        let mut n = from;
-        while n < to {
-            match self.input.read(&mut self.buf[n..to]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(n)
+        fill(&mut self.input, &mut self.buf[..to], from)
     }
 
     /// Read the next batch of chunks, authenticate and decrypt them in `buf`. When a chunk
@@ -594,52 +585,26 @@ impl<R: Read> StreamReader<R> {
         let (at, a) = (self.ahead_at, self.ahead);
         spare[..a].copy_from_slice(&self.buf[at..at + a]);
         self.ahead = 0;
-        let mut n = a;
-        while n < want {
-            match self.input.read(&mut spare[n..want]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    zeroize::Zeroize::zeroize(&mut spare[..n]);
-                    return Err(e.into());
-                }
+        let n = match fill(&mut self.input, &mut spare[..want], a) {
+            Ok(n) => n,
+            Err(e) => {
+                // The read-ahead carried over is ciphertext; nothing was opened yet.
+                zeroize::Zeroize::zeroize(&mut spare[..want]);
+                return Err(e.into());
             }
-        }
+        };
         let opened = if n == want {
             // Another chunk follows: all of these are full and none is the last.
             let threads = parallel::for_chunks(self.threads, chunks);
-            let first = self.opener.counter;
-            let failed =
-                parallel::open_shifted(&self.opener.cipher, spare, 0, chunks, first, threads);
-            let mut written = 0;
             self.opener
-                .account_full(spare, CHUNK_LEN, chunks, failed, |_, c| written += c)
-                .map(|()| {
+                .open_full_in_place(spare, 0, chunks, threads)
+                .inspect(|_| {
                     self.buf[..MIN_FINAL_AFTER_FULL].copy_from_slice(&spare[full..want]);
                     (self.ahead_at, self.ahead) = (0, MIN_FINAL_AFTER_FULL);
-                    written
                 })
         } else {
-            // The input ends here: chunk by chunk, with the last-chunk rules, each one's
-            // plaintext moved next to the one before.
-            let (mut read, mut written) = (0, 0);
-            loop {
-                let len = SEALED_CHUNK_LEN.min(n - read);
-                let follow = MIN_FINAL_AFTER_FULL.min(n - read - len);
-                match self.opener.open_chunk(
-                    &mut spare[written..read + len],
-                    read - written,
-                    follow,
-                ) {
-                    Ok(content) => written += content,
-                    Err(e) => break Err(e),
-                }
-                read += len;
-                if self.opener.done {
-                    break Ok(written);
-                }
-            }
+            // The input ends here: chunk by chunk, with the last-chunk rules.
+            self.opener.open_rest_in_place(&mut spare[..n], 0, 0)
         };
         match opened {
             Ok(written) => {
@@ -675,6 +640,20 @@ impl<R: Read> Read for StreamReader<R> {
             }
         }
     }
+}
+
+/// Fill `buf[from..]` from `input` as far as it allows; return the new fill level.
+fn fill(input: &mut impl Read, buf: &mut [u8], from: usize) -> io::Result<usize> {
+    let mut n = from;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The error for every read after a failed one.
@@ -792,7 +771,7 @@ impl PayloadOpener {
         })
     }
 
-    /// Open the first `n` chunks of the payload at `buf[at..]`, none of them the last, over
+    /// Open the next `n` chunks, laid out from `buf[at..]`, none of them the last, over
     /// `threads` threads, each one's plaintext moved to `i * CHUNK_LEN`; return the length of
     /// the content (padding excluded) now at the start of `buf`.
     fn open_full_in_place(
@@ -802,11 +781,31 @@ impl PayloadOpener {
         n: usize,
         threads: usize,
     ) -> Result<usize> {
-        debug_assert_eq!(self.counter, 0);
-        let failed = parallel::open_shifted(&self.cipher, buf, at, n, 0, threads);
+        let failed = parallel::open_shifted(&self.cipher, buf, at, n, self.counter, threads);
         let mut written = 0;
         self.account_full(buf, CHUNK_LEN, n, failed, |_, content| written += content)?;
         Ok(written)
+    }
+
+    /// Open the rest of the payload, which lies from `buf[read..]` to the end of `buf`, chunk
+    /// by chunk with the last-chunk rules, each one's plaintext moved next to the content
+    /// before it, which ends at `buf[written]`; return where the content now ends.
+    fn open_rest_in_place(
+        &mut self,
+        buf: &mut [u8],
+        mut read: usize,
+        mut written: usize,
+    ) -> Result<usize> {
+        let total = buf.len();
+        loop {
+            let n = SEALED_CHUNK_LEN.min(total - read);
+            let follow = MIN_FINAL_AFTER_FULL.min(total - read - n);
+            written += self.open_chunk(&mut buf[written..read + n], read - written, follow)?;
+            read += n;
+            if self.done {
+                return Ok(written);
+            }
+        }
     }
 
     /// Account, in order, for `chunks` full chunks just opened (chunk `i`'s plaintext at
@@ -884,16 +883,7 @@ pub(crate) fn open_payload_in_place(
         written = opener.open_full_in_place(buf, read, full, threads)?;
         read += full * SEALED_CHUNK_LEN;
     }
-    loop {
-        let n = SEALED_CHUNK_LEN.min(total - read);
-        let follow = MIN_FINAL_AFTER_FULL.min(total - read - n);
-        let content = opener.open_chunk(&mut buf[written..read + n], read - written, follow)?;
-        written += content;
-        read += n;
-        if opener.done {
-            break;
-        }
-    }
+    let written = opener.open_rest_in_place(buf, read, written)?;
     buf.truncate(written);
     Ok(metadata)
 }

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
+use kluis_core::{BlockSink, FileKey, Header, StreamReader, Unwrap, unlock_all};
 
 use crate::atomic::{create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};

@@ -14,10 +14,11 @@
 //! the data and the file's size durable (and on ext4 flushes the disk's write cache).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use kluis_core::BlockSink;
 use zeroize::Zeroizing;
 
 use crate::file::buf_len;
@@ -60,10 +61,9 @@ impl Block {
 }
 
 /// Where an output's bytes go: gathered into a block, which is written when full (by the
-/// background thread for a large output; see the module documentation). Put bytes in with
-/// [`Write`], or read them straight into [`Output::spare`] and count them with
-/// [`Output::advance`]; then call [`Output::finish`] to write the rest and learn whether
-/// anything failed.
+/// background thread for a large output; see the module documentation). Bytes are read or
+/// sealed straight into it through [`BlockSink`] (`spare`, then `advance`); then call
+/// [`Output::finish`] to write the rest and learn whether anything failed.
 pub(crate) struct Output<'a> {
     file: &'a File,
     block: Block,
@@ -110,21 +110,6 @@ impl<'a> Output<'a> {
             done: 0,
             thread,
         })
-    }
-
-    /// The free rest of the block (never empty): read output bytes straight into it, then
-    /// call [`Output::advance`]. Writes the block first if it is full.
-    pub(crate) fn spare(&mut self) -> io::Result<&mut [u8]> {
-        if self.filled == self.block.len() {
-            self.write_block()?;
-        }
-        let at = self.filled;
-        Ok(&mut self.block.bytes()[at..])
-    }
-
-    /// Count `n` bytes put into [`Output::spare`] (at most its length).
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.filled = (self.filled + n).min(self.block.len());
     }
 
     /// Write the full block: hand it to the thread (taking an empty one), or write it here.
@@ -199,28 +184,20 @@ impl Drop for Pipeline {
     }
 }
 
-/// Sealing writes straight into the blocks.
-impl kluis_core::BlockSink for Output<'_> {
+/// Sealing and opening work straight in the blocks.
+impl BlockSink for Output<'_> {
+    /// The free rest of the block (never empty). Writes the block first if it is full.
     fn spare(&mut self) -> io::Result<&mut [u8]> {
-        Output::spare(self)
+        if self.filled == self.block.len() {
+            self.write_block()?;
+        }
+        let at = self.filled;
+        Ok(&mut self.block.bytes()[at..])
     }
 
+    /// Count `n` bytes put into the spare space (at most its length).
     fn advance(&mut self, n: usize) {
-        Output::advance(self, n);
-    }
-}
-
-impl Write for Output<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let space = self.spare()?;
-        let n = data.len().min(space.len());
-        space[..n].copy_from_slice(&data[..n]);
-        self.advance(n);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.filled = (self.filled + n).min(self.block.len());
     }
 }
 
@@ -243,7 +220,7 @@ fn write_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
 
 #[cfg(not(any(unix, windows)))]
 fn write_at(mut file: &File, buf: &[u8], at: u64) -> io::Result<()> {
-    use std::io::Seek;
+    use std::io::{Seek, Write};
     file.seek(io::SeekFrom::Start(at))?;
     file.write_all(buf)
 }
@@ -314,6 +291,18 @@ fn write_blocks(
 mod tests {
     use super::*;
 
+    /// All of `data` into `out`, through its spare space.
+    fn put(out: &mut Output<'_>, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let space = out.spare()?;
+            let n = data.len().min(space.len());
+            space[..n].copy_from_slice(&data[..n]);
+            out.advance(n);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
     }
@@ -342,7 +331,7 @@ mod tests {
                 })
                 .unwrap();
                 for piece in want.chunks(256 * 1024 + 16) {
-                    out.write_all(piece).unwrap();
+                    put(&mut out, piece).unwrap();
                 }
                 out.finish().unwrap();
                 let back = std::fs::read(&path).unwrap();
@@ -351,7 +340,8 @@ mod tests {
         }
     }
 
-    /// `spare` and `advance`, as opening uses them, write the same bytes as `write`.
+    /// `spare` and `advance`, as opening uses them (a read straight into the spare space),
+    /// write the same bytes.
     #[test]
     fn reading_into_the_spare_space_writes_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -384,7 +374,7 @@ mod tests {
             .unwrap();
         for size in [10, LARGE] {
             let mut out = Output::new(&file, size).unwrap();
-            let wrote = out.write_all(&data(size as usize));
+            let wrote = put(&mut out, &data(size as usize));
             assert!(wrote.is_err() || out.finish().is_err(), "{size} bytes");
         }
     }
