@@ -62,15 +62,16 @@ pub fn seal_into(
         .and_then(|t| t.checked_add(payload))
         .and_then(|t| t.checked_add(header.len()))
         .ok_or_else(too_large)?;
-    out.try_reserve(total).map_err(|_| too_large())?;
-    out.extend_from_slice(header.as_bytes());
     // Every chunk but the last is full: over several threads, these are sealed in place in
     // zeroed space (padding stays zero), each thread copying in its own chunks' plaintext.
     let full = chunks - 1;
     let threads = parallel::for_chunks(threads, full);
     let done = if threads > 1 {
-        let at = out.len();
-        out.resize(at + full * SEALED_CHUNK_LEN, 0);
+        let body = header.len() + full * SEALED_CHUNK_LEN;
+        let start = out.len();
+        parallel::grow_zeroed(out, body, total - body).ok_or_else(too_large)?;
+        out[start..start + header.len()].copy_from_slice(header.as_bytes());
+        let at = start + header.len();
         let copy = |i: usize, plain: &mut [u8]| {
             let from = (i * CHUNK_LEN).min(plaintext.len());
             let to = ((i + 1) * CHUNK_LEN).min(plaintext.len());
@@ -79,6 +80,8 @@ pub fn seal_into(
         parallel::seal_full_chunks(&cipher, &mut out[at..], 0, threads, copy);
         full
     } else {
+        out.try_reserve(total).map_err(|_| too_large())?;
+        out.extend_from_slice(header.as_bytes());
         0
     };
     for i in done..chunks {
@@ -107,7 +110,9 @@ pub fn open_with_backend(
     unwrappers: &[&dyn Unwrap],
     backend: Backend,
 ) -> Result<(Vec<u8>, Metadata)> {
-    let mut buf = sealed.to_vec();
+    // A copy made over the cores, so its fresh pages are faulted in side by side.
+    let mut buf = parallel::copy_fresh(sealed, 0)
+        .ok_or_else(|| Error::Io(io::ErrorKind::OutOfMemory.into()))?;
     let metadata = open_in_place(&mut buf, unwrappers, backend, 0)?;
     Ok((buf, metadata))
 }

@@ -619,6 +619,24 @@ fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
         let mut meta = Metadata::with_size(size as u64);
         meta.padding = padding as u64;
         for seal_threads in [1, 2, 3, 8] {
+            // After a prefix, into a buffer with room to spare (zeroed in place) and without
+            // (a fresh zeroed buffer); the prefix stays and the document opens either way.
+            for room in [0, 50 * C] {
+                let mut out = Vec::with_capacity(5 + room);
+                out.extend_from_slice(b"first");
+                kluis_core::seal_into(
+                    &slots,
+                    &meta,
+                    &plain,
+                    &mut out,
+                    Default::default(),
+                    seal_threads,
+                )
+                .unwrap();
+                assert_eq!(&out[..5], b"first");
+                let (back, _) = open(&out[5..], &[&hr]).unwrap();
+                assert!(back == plain, "size {size}+{padding}, room {room}");
+            }
             let mut sealed = Vec::new();
             kluis_core::seal_into(
                 &slots,
