@@ -15,6 +15,9 @@ use crate::stream::{self, CHUNK_LEN, SEALED_CHUNK_LEN};
 use crate::unwrap::Unwrap;
 
 /// Seal `plaintext` to `slots`. The size in `metadata` is filled in when absent.
+///
+/// Documents over 1 MiB are sealed over the available cores, into a fresh buffer whose pages
+/// those threads fault in; to seal many large documents, reuse one buffer with [`seal_into`].
 pub fn seal(slots: &[Slot], metadata: &Metadata, plaintext: &[u8]) -> Result<Vec<u8>> {
     seal_with_backend(slots, metadata, plaintext, Backend::default())
 }
@@ -99,7 +102,8 @@ pub fn seal_into(
 }
 
 /// Open a sealed document with the given key holders: its plaintext and sealed metadata.
-/// The input is left untouched.
+/// The input is left untouched: it is copied (over the available cores, for documents over
+/// 1 MiB) and opened in the copy; [`open_in_place`] saves that copy.
 pub fn open(sealed: &[u8], unwrappers: &[&dyn Unwrap]) -> Result<(Vec<u8>, Metadata)> {
     open_with_backend(sealed, unwrappers, Backend::default())
 }
