@@ -70,24 +70,29 @@ fn on_threads<P: Send, T: Send>(parts: Vec<P>, f: impl Fn(P) -> T + Sync) -> Vec
 }
 
 /// Grow `out` by `n` zero bytes, leaving room for `room` more after them without another
-/// allocation. When `out` has that room already, its memory is zeroed here (`Vec::resize`).
-/// Otherwise the new buffer comes zeroed from the allocator (fresh pages from the kernel, for
-/// large sizes): the threads that fill it then fault its pages in side by side, instead of this
-/// thread zeroing them all first, which for a fresh 256 MiB buffer took longer than sealing it.
-/// `None` if the memory cannot be had; `out` is then unchanged.
+/// allocation. When `out` has that room already, or holds something (so growing it must copy
+/// that anyway, and keeps `Vec`'s doubling for a series of appends), its memory is zeroed
+/// here (`Vec::resize`). An empty `out` without the room gets a new buffer that comes zeroed
+/// from the allocator: for large sizes, fresh pages from the kernel, which the threads that
+/// fill it fault in side by side instead of this thread zeroing them all first (for a fresh
+/// 256 MiB buffer that took longer than sealing it). glibc may serve sizes up to 32 MiB from
+/// its heap instead and zero them here, as before. `None` if the memory cannot be had; `out`
+/// is then unchanged.
 pub(crate) fn grow_zeroed(out: &mut Vec<u8>, n: usize, room: usize) -> Option<()> {
     let at = out.len();
-    let total = at.checked_add(n)?.checked_add(room)?;
-    if out.capacity() >= total {
-        out.resize(at + n, 0);
-        return Some(());
+    let more = n.checked_add(room)?;
+    if out.capacity() - at < more {
+        if at > 0 {
+            out.try_reserve(more).ok()?;
+        } else {
+            // Ask without aborting first: `vec!` aborts the process where memory is refused.
+            Vec::<u8>::new().try_reserve_exact(more).ok()?;
+            *out = vec![0u8; more];
+            out.truncate(n);
+            return Some(());
+        }
     }
-    // Ask without aborting first: `vec!` aborts the process where memory is refused.
-    Vec::<u8>::new().try_reserve_exact(total).ok()?;
-    let mut fresh = vec![0u8; total];
-    fresh[..at].copy_from_slice(out);
-    fresh.truncate(at + n);
-    *out = fresh;
+    out.resize(at + n, 0);
     Some(())
 }
 
@@ -320,6 +325,13 @@ mod tests {
             assert!(out[..prefix].iter().all(|&b| b == 0xa5));
             assert!(out[prefix..].iter().all(|&b| b == 0));
         }
+        // Appending to a buffer that holds something keeps `Vec`'s doubling growth, so a
+        // series of appends does not copy everything each time.
+        let mut out = vec![1u8; 1000];
+        out.shrink_to_fit();
+        let before = out.capacity();
+        grow_zeroed(&mut out, 10, 0).expect("memory");
+        assert!(out.capacity() >= 2 * before);
         let mut out = b"kept".to_vec();
         assert_eq!(grow_zeroed(&mut out, usize::MAX, 1), None);
         assert_eq!(grow_zeroed(&mut out, isize::MAX as usize, 0), None);

@@ -619,11 +619,14 @@ fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
         let mut meta = Metadata::with_size(size as u64);
         meta.padding = padding as u64;
         for seal_threads in [1, 2, 3, 8] {
-            // After a prefix, into a buffer with room to spare (zeroed in place) and without
-            // (a fresh zeroed buffer); the prefix stays and the document opens either way.
+            // After a prefix, into a buffer with room to spare (zeroed in place over old
+            // bytes, which padding must not show) and without (grown); below, into an empty
+            // buffer without room (a fresh zeroed one). The prefix stays and the document
+            // opens every time.
             for room in [0, 50 * C] {
-                let mut out = Vec::with_capacity(5 + room);
-                out.extend_from_slice(b"first");
+                let mut out = vec![0x5a; 5 + room];
+                out.truncate(5);
+                out.copy_from_slice(b"first");
                 kluis_core::seal_into(
                     &slots,
                     &meta,
