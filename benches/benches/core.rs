@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement};
 use kluis_core::{
     Backend, CHUNK_LEN, Header, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
-    open_in_place, open_with_backend, seal_into, seal_with_backend,
+    max_sealed_len, open_in_place, open_with_backend, seal_into, seal_to_slice, seal_with_backend,
 };
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -326,6 +326,22 @@ fn bench(c: &mut Criterion) {
                     },
                 );
                 drop(out);
+                // Into a buffer the caller already has (written once, before timing): no
+                // allocation and nothing zeroed per call.
+                let mut slice = Vec::new();
+                group.bench_function(
+                    format!("kluis seal_to_slice ({bn}, reused output{cores})"),
+                    |b| {
+                        if slice.is_empty() {
+                            slice = vec![0u8; max_sealed_len(size, &metadata).expect("fits")];
+                        }
+                        b.iter(|| {
+                            seal_to_slice(&slots, &metadata, &plain, &mut slice, backend, threads)
+                                .expect("seal")
+                        })
+                    },
+                );
+                drop(slice);
                 let sealed = OnceCell::new();
                 group.bench_function(format!("kluis open_in_place ({bn}{cores})"), |b| {
                     let sealed = sealed.get_or_init(|| {

@@ -79,6 +79,13 @@ pub enum Error {
     },
     /// A recipient public key or a peer's ephemeral key gives an all-zero X25519 shared secret.
     ZeroSharedSecret,
+    /// The buffer given to seal into is too small for the document.
+    OutputTooSmall {
+        /// Bytes the sealed document takes.
+        needed: usize,
+        /// Bytes the buffer has.
+        available: usize,
+    },
     /// The slots given to seal are invalid.
     InvalidSlots {
         /// Which rule was broken.
@@ -181,6 +188,10 @@ impl fmt::Display for Error {
             ),
             ZeroSharedSecret => f.write_str(
                 "X25519 gave an all-zero shared secret (a low-order public key): the key or file is malicious or corrupt",
+            ),
+            OutputTooSmall { needed, available } => write!(
+                f,
+                "the output buffer has {available} bytes but the sealed document needs {needed}: give a buffer of at least max_sealed_len() bytes"
             ),
             InvalidSlots { reason } => write!(f, "invalid recipients: {reason}"),
             InvalidLabel => f.write_str(

@@ -35,7 +35,8 @@
 //! [`seal_into`] and [`open_in_place`] do the same without a fresh buffer per call, over all
 //! cores for documents over 1 MiB (their `threads` argument: 0 for that default, 1 for the
 //! calling thread only); opening in place decrypts every chunk straight to its final position
-//! (the fastest path).
+//! (the fastest path). [`seal_to_slice`] seals into a buffer the caller already has (at least
+//! [`max_sealed_len`] bytes), with no allocation and nothing zeroed first.
 //!
 //! # Streaming
 //!
@@ -87,7 +88,8 @@ pub use metadata::{MAX_NAME_LEN, Metadata};
 pub use padding::padme_padding;
 pub use secret::{DocId, FileKey, Share};
 pub use simple::{
-    open, open_in_place, open_with_backend, rekey, seal, seal_into, seal_with_backend,
+    max_sealed_len, open, open_in_place, open_with_backend, rekey, seal, seal_into, seal_to_slice,
+    seal_with_backend,
 };
 pub use slot::{Recipient, Slot};
 pub use stanza::{

@@ -69,26 +69,23 @@ fn on_threads<P: Send, T: Send>(parts: Vec<P>, f: impl Fn(P) -> T + Sync) -> Vec
         .collect()
 }
 
-/// Grow `out` by `n` zero bytes, leaving room for `room` more after them without another
-/// allocation. When `out` has that room already, or holds something (so growing it must copy
-/// that anyway, and keeps `Vec`'s doubling for a series of appends), its memory is zeroed
-/// here (`Vec::resize`). An empty `out` without the room gets a new buffer that comes zeroed
-/// from the allocator: for large sizes, fresh pages from the kernel, which the threads that
-/// fill it fault in side by side instead of this thread zeroing them all first (for a fresh
-/// 256 MiB buffer that took longer than sealing it). glibc may serve sizes up to 32 MiB from
-/// its heap instead and zero them here, as before. `None` if the memory cannot be had; `out`
-/// is then unchanged.
-pub(crate) fn grow_zeroed(out: &mut Vec<u8>, n: usize, room: usize) -> Option<()> {
+/// Grow `out` by `n` zero bytes. When `out` has the room already, or holds something (so
+/// growing it must copy that anyway, and keeps `Vec`'s doubling for a series of appends), the
+/// new bytes are zeroed here (`Vec::resize`). An empty `out` without the room gets a new buffer
+/// that comes zeroed from the allocator: for large sizes, fresh pages from the kernel, which
+/// the threads that fill it fault in side by side instead of this thread zeroing them all
+/// first (for a fresh 256 MiB buffer that took longer than sealing it). glibc may serve sizes
+/// up to 32 MiB from its heap instead and zero them here, as before. `None` if the memory
+/// cannot be had; `out` is then unchanged.
+pub(crate) fn grow_zeroed(out: &mut Vec<u8>, n: usize) -> Option<()> {
     let at = out.len();
-    let more = n.checked_add(room)?;
-    if out.capacity() - at < more {
+    if out.capacity() - at < n {
         if at > 0 {
-            out.try_reserve(more).ok()?;
+            out.try_reserve(n).ok()?;
         } else {
             // Ask without aborting first: `vec!` aborts the process where memory is refused.
-            Vec::<u8>::new().try_reserve_exact(more).ok()?;
-            *out = vec![0u8; more];
-            out.truncate(n);
+            Vec::<u8>::new().try_reserve_exact(n).ok()?;
+            *out = vec![0u8; n];
             return Some(());
         }
     }
@@ -108,7 +105,7 @@ pub(crate) fn copy_fresh(src: &[u8], threads: usize) -> Option<Vec<u8>> {
         return Some(out);
     }
     let mut out = Vec::new();
-    grow_zeroed(&mut out, src.len(), 0)?;
+    grow_zeroed(&mut out, src.len())?;
     let per = src.len().div_ceil(threads).max(1);
     let parts = out.chunks_mut(per).zip(src.chunks(per)).collect();
     on_threads(parts, |(to, from): (&mut [u8], &[u8])| {
@@ -301,27 +298,27 @@ mod tests {
         (buf, plain)
     }
 
-    /// Growing keeps what was there, adds exactly `n` zero bytes and the room asked for,
-    /// whether the buffer had that room already (zeroed here, over old contents) or not (a
-    /// fresh zeroed buffer).
+    /// Growing keeps what was there and adds exactly `n` zero bytes, whether the buffer had
+    /// the room already (zeroed here, over old contents), held something without it (grown),
+    /// or was empty without it (a fresh zeroed buffer).
     #[test]
-    fn growing_zeroed_keeps_the_prefix_and_adds_zeros_and_room() {
-        for (prefix, capacity, n, room) in [
-            (0, 0, 0, 0),
-            (0, 0, 3 * SEALED_CHUNK_LEN, 100),
-            (7, 7, 5000, 0),
-            (7, 20_000, 5000, 10),
-            (7, 20_000, 5000, 20_000),
-            (7, 0, (1 << 20) + 1, 1),
+    fn growing_zeroed_keeps_the_prefix_and_adds_zeros() {
+        for (prefix, capacity, n) in [
+            (0, 0, 0),
+            (0, 0, 3 * SEALED_CHUNK_LEN),
+            (0, 100, 5000),
+            (7, 7, 5000),
+            (7, 20_000, 5000),
+            (7, 20_000, 19_993),
+            (7, 0, (1 << 20) + 1),
         ] {
             let mut out = Vec::with_capacity(capacity.max(prefix));
             // Old contents beyond the length must not show through.
             out.resize(capacity.max(prefix), 0x5a);
             out.truncate(prefix);
             out.iter_mut().for_each(|b| *b = 0xa5);
-            grow_zeroed(&mut out, n, room).expect("memory");
+            grow_zeroed(&mut out, n).expect("memory");
             assert_eq!(out.len(), prefix + n);
-            assert!(out.capacity() >= prefix + n + room);
             assert!(out[..prefix].iter().all(|&b| b == 0xa5));
             assert!(out[prefix..].iter().all(|&b| b == 0));
         }
@@ -330,12 +327,15 @@ mod tests {
         let mut out = vec![1u8; 1000];
         out.shrink_to_fit();
         let before = out.capacity();
-        grow_zeroed(&mut out, 10, 0).expect("memory");
+        grow_zeroed(&mut out, 10).expect("memory");
         assert!(out.capacity() >= 2 * before);
         let mut out = b"kept".to_vec();
-        assert_eq!(grow_zeroed(&mut out, usize::MAX, 1), None);
-        assert_eq!(grow_zeroed(&mut out, isize::MAX as usize, 0), None);
+        assert_eq!(grow_zeroed(&mut out, usize::MAX), None);
+        assert_eq!(grow_zeroed(&mut out, isize::MAX as usize), None);
         assert_eq!(out, b"kept");
+        let mut out = Vec::new();
+        assert_eq!(grow_zeroed(&mut out, usize::MAX), None);
+        assert!(out.is_empty());
     }
 
     /// The copy is exact whatever the length and threads, including lengths that split

@@ -5,8 +5,10 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroize;
 
 use crate::backend::Backend;
+use crate::backend::ChunkCipher;
 use crate::error::{Error, Result};
 use crate::header::Header;
+use crate::header::MAX_HEADER_LEN;
 use crate::metadata::Metadata;
 use crate::parallel;
 use crate::primitives::TAG_LEN;
@@ -39,6 +41,9 @@ pub fn seal_with_backend(
 /// position, and sealed there, over up to `threads` threads, each copying and sealing its own
 /// chunks (0: the available cores, at most 8, for documents over 1 MiB; 1: the calling thread
 /// only). The bytes are the same whatever the number of threads. Nothing is appended on error.
+///
+/// Over several threads the appended space is zeroed first, on the calling thread (safe Rust
+/// cannot hand out memory that was never written); [`seal_to_slice`] skips that.
 pub fn seal_into(
     slots: &[Slot],
     metadata: &Metadata,
@@ -47,58 +52,143 @@ pub fn seal_into(
     backend: Backend,
     threads: usize,
 ) -> Result<()> {
-    let len = plaintext.len() as u64;
-    let mut metadata = metadata.clone();
-    if *metadata.size.get_or_insert(len) != len {
-        return Err(Error::SizeMismatch {
-            expected: metadata.size.unwrap_or(0),
-            found: len,
-        });
-    }
-    let (header, key) = stream::new_header(slots, &metadata)?; // checks size + padding
-    let cipher = stream::payload_cipher(backend, &key, header.payload_salt());
-    let too_large = || Error::Io(io::ErrorKind::OutOfMemory.into());
-    let payload = usize::try_from(len + metadata.padding).map_err(|_| too_large())?;
-    let chunks = payload.div_ceil(CHUNK_LEN).max(1);
-    let total = chunks
-        .checked_mul(TAG_LEN)
-        .and_then(|t| t.checked_add(payload))
-        .and_then(|t| t.checked_add(header.len()))
-        .ok_or_else(too_large)?;
-    // Every chunk but the last is full: over several threads, these are sealed in place in
-    // zeroed space (padding stays zero), each thread copying in its own chunks' plaintext.
-    let full = chunks - 1;
-    let threads = parallel::for_chunks(threads, full);
-    let done = if threads > 1 {
-        let body = header.len() + full * SEALED_CHUNK_LEN;
+    let sealing = Sealing::new(slots, metadata, plaintext, backend)?;
+    let threads = parallel::for_chunks(threads, sealing.chunks - 1);
+    if threads > 1 {
         let start = out.len();
-        parallel::grow_zeroed(out, body, total - body).ok_or_else(too_large)?;
-        out[start..start + header.len()].copy_from_slice(header.as_bytes());
-        let at = start + header.len();
-        let copy = |i: usize, plain: &mut [u8]| {
-            let from = (i * CHUNK_LEN).min(plaintext.len());
-            let to = ((i + 1) * CHUNK_LEN).min(plaintext.len());
-            plain[..to - from].copy_from_slice(&plaintext[from..to]);
-        };
-        parallel::seal_full_chunks(&cipher, &mut out[at..], 0, threads, copy);
-        full
-    } else {
-        out.try_reserve(total).map_err(|_| too_large())?;
-        out.extend_from_slice(header.as_bytes());
-        0
-    };
-    for i in done..chunks {
-        let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(payload));
+        parallel::grow_zeroed(out, sealing.total).ok_or_else(out_of_memory)?;
+        sealing.write(plaintext, &mut out[start..], threads);
+        return Ok(());
+    }
+    // On one thread, chunk after chunk appended and sealed where it lands: nothing is zeroed.
+    out.try_reserve(sealing.total)
+        .map_err(|_| out_of_memory())?;
+    out.extend_from_slice(sealing.header.as_bytes());
+    for i in 0..sealing.chunks {
+        let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(sealing.payload));
         let at = out.len();
         out.extend_from_slice(&plaintext[start.min(plaintext.len())..end.min(plaintext.len())]);
         out.resize(at + (end - start), 0); // padding, if this chunk reaches past the content
-        let tag = cipher.seal(
-            stream::chunk_nonce(i as u64, i + 1 == chunks),
+        let tag = sealing.cipher.seal(
+            stream::chunk_nonce(i as u64, i + 1 == sealing.chunks),
             &mut out[at..],
         );
         out.extend_from_slice(&tag);
     }
     Ok(())
+}
+
+/// [`seal`] into the start of `out`, a buffer the caller already has (reused, pooled, or
+/// mapped from a file), with no allocation and nothing zeroed first; returns the length of
+/// the document written there. `out` must be large enough for this document: a buffer of
+/// [`max_sealed_len`] bytes always is. `threads` is as for [`seal_into`]. Bytes of `out`
+/// after the document are not touched; on error nothing is written
+/// ([`Error::OutputTooSmall`] says how much is needed).
+pub fn seal_to_slice(
+    slots: &[Slot],
+    metadata: &Metadata,
+    plaintext: &[u8],
+    out: &mut [u8],
+    backend: Backend,
+    threads: usize,
+) -> Result<usize> {
+    let sealing = Sealing::new(slots, metadata, plaintext, backend)?;
+    let available = out.len();
+    let out = out.get_mut(..sealing.total).ok_or(Error::OutputTooSmall {
+        needed: sealing.total,
+        available,
+    })?;
+    sealing.write(
+        plaintext,
+        out,
+        parallel::for_chunks(threads, sealing.chunks - 1),
+    );
+    Ok(sealing.total)
+}
+
+/// The most bytes a document of `plaintext_len` bytes, padded as `metadata` says, can take
+/// sealed, whatever its slots and metadata: its payload after the largest header allowed. A
+/// buffer this long always holds what [`seal_to_slice`] writes. `None` if that is more than
+/// `usize` can count.
+pub fn max_sealed_len(plaintext_len: usize, metadata: &Metadata) -> Option<usize> {
+    let (_, _, sealed) = payload_sizes(plaintext_len, metadata.padding)?;
+    sealed.checked_add(MAX_HEADER_LEN)
+}
+
+/// The payload's length (content and padding), its number of chunks and its sealed length.
+fn payload_sizes(plaintext_len: usize, padding: u64) -> Option<(usize, usize, usize)> {
+    let payload = usize::try_from((plaintext_len as u64).checked_add(padding)?).ok()?;
+    let chunks = payload.div_ceil(CHUNK_LEN).max(1);
+    let sealed = chunks.checked_mul(TAG_LEN)?.checked_add(payload)?;
+    Some((payload, chunks, sealed))
+}
+
+fn out_of_memory() -> Error {
+    Error::Io(io::ErrorKind::OutOfMemory.into())
+}
+
+/// A document about to be sealed: its header (with a fresh file key) and payload cipher, and
+/// its sizes, all settled before anything is written.
+struct Sealing {
+    header: Header,
+    cipher: ChunkCipher,
+    /// Content plus padding.
+    payload: usize,
+    chunks: usize,
+    /// Header and sealed payload.
+    total: usize,
+}
+
+impl Sealing {
+    fn new(
+        slots: &[Slot],
+        metadata: &Metadata,
+        plaintext: &[u8],
+        backend: Backend,
+    ) -> Result<Self> {
+        let len = plaintext.len() as u64;
+        let mut metadata = metadata.clone();
+        if *metadata.size.get_or_insert(len) != len {
+            return Err(Error::SizeMismatch {
+                expected: metadata.size.unwrap_or(0),
+                found: len,
+            });
+        }
+        let (header, key) = stream::new_header(slots, &metadata)?; // checks size + padding
+        let cipher = stream::payload_cipher(backend, &key, header.payload_salt());
+        let (payload, chunks, sealed) =
+            payload_sizes(plaintext.len(), metadata.padding).ok_or_else(out_of_memory)?;
+        let total = sealed.checked_add(header.len()).ok_or_else(out_of_memory)?;
+        Ok(Sealing {
+            header,
+            cipher,
+            payload,
+            chunks,
+            total,
+        })
+    }
+
+    /// Write the whole document into `out` (exactly `total` bytes long): the header, then each
+    /// chunk's plaintext copied into place, its padding zeroed whatever `out` held, and sealed
+    /// there. Every chunk but the last is full; those go over `threads` threads, each copying
+    /// and sealing its own.
+    fn write(&self, plaintext: &[u8], out: &mut [u8], threads: usize) {
+        let (head, body) = out.split_at_mut(self.header.len());
+        head.copy_from_slice(self.header.as_bytes());
+        let full = self.chunks - 1;
+        let (full_chunks, last) = body.split_at_mut(full * SEALED_CHUNK_LEN);
+        let fill = |i: usize, plain: &mut [u8]| {
+            let from = (i * CHUNK_LEN).min(plaintext.len());
+            let to = (from + plain.len()).min(plaintext.len());
+            plain[..to - from].copy_from_slice(&plaintext[from..to]);
+            plain[to - from..].fill(0);
+        };
+        parallel::seal_full_chunks(&self.cipher, full_chunks, 0, threads, fill);
+        let (plain, tag) = last.split_at_mut(last.len() - TAG_LEN);
+        fill(full, plain);
+        let nonce = stream::chunk_nonce(full as u64, true);
+        tag.copy_from_slice(&self.cipher.seal(nonce, plain));
+    }
 }
 
 /// Open a sealed document with the given key holders: its plaintext and sealed metadata.
@@ -115,8 +205,7 @@ pub fn open_with_backend(
     backend: Backend,
 ) -> Result<(Vec<u8>, Metadata)> {
     // A copy made over the cores, so its fresh pages are faulted in side by side.
-    let mut buf = parallel::copy_fresh(sealed, 0)
-        .ok_or_else(|| Error::Io(io::ErrorKind::OutOfMemory.into()))?;
+    let mut buf = parallel::copy_fresh(sealed, 0).ok_or_else(out_of_memory)?;
     let metadata = open_in_place(&mut buf, unwrappers, backend, 0)?;
     Ok((buf, metadata))
 }

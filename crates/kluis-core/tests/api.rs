@@ -354,6 +354,45 @@ fn seal_into_appends_and_open_in_place_reuses_the_buffer() {
     assert_eq!(out.len(), before);
 }
 
+/// A buffer too small for the document is refused before anything is written, with the
+/// size needed; that exact size is enough. No size overflows `max_sealed_len`.
+#[test]
+fn sealing_into_a_slice_needs_room_for_the_document_only() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let slots = [Slot::single(label(&hr))];
+    let plain = data(3 * kluis_core::CHUNK_LEN + 5);
+    let meta = Metadata::default();
+    let mut small = vec![7u8; 1000];
+    let e = kluis_core::seal_to_slice(&slots, &meta, &plain, &mut small, Default::default(), 0);
+    let needed = match e {
+        Err(Error::OutputTooSmall { needed, available }) => {
+            assert_eq!(available, 1000);
+            needed
+        }
+        other => panic!("expected OutputTooSmall, got {other:?}"),
+    };
+    assert!(small.iter().all(|&b| b == 7), "nothing written on error");
+    let message =
+        kluis_core::seal_to_slice(&slots, &meta, &plain, &mut small, Default::default(), 0)
+            .unwrap_err()
+            .to_string();
+    assert!(message.contains("max_sealed_len"), "{message}");
+    let mut short = vec![7u8; needed - 1];
+    assert!(matches!(
+        kluis_core::seal_to_slice(&slots, &meta, &plain, &mut short, Default::default(), 2),
+        Err(Error::OutputTooSmall { .. })
+    ));
+    let mut exact = vec![7u8; needed];
+    let n = kluis_core::seal_to_slice(&slots, &meta, &plain, &mut exact, Default::default(), 2)
+        .unwrap();
+    assert_eq!(n, needed);
+    assert_eq!(open(&exact, &[&hr]).unwrap().0, plain);
+    assert_eq!(kluis_core::max_sealed_len(usize::MAX, &meta), None);
+    let mut padded = Metadata::with_size(10);
+    padded.padding = u64::MAX;
+    assert_eq!(kluis_core::max_sealed_len(10, &padded), None);
+}
+
 #[test]
 fn absurd_padding_is_refused_before_anything_is_written() {
     let hr = LabelKey::generate("hr", 1).unwrap();
@@ -640,6 +679,24 @@ fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
                 let (back, _) = open(&out[5..], &[&hr]).unwrap();
                 assert!(back == plain, "size {size}+{padding}, room {room}");
             }
+            // Into a caller's buffer of old bytes: exactly the document at its start (padding
+            // zeroed over the old bytes), nothing after it touched.
+            let max = kluis_core::max_sealed_len(size, &meta).unwrap();
+            let mut buf = vec![0x5a; max + 3];
+            let n = kluis_core::seal_to_slice(
+                &slots,
+                &meta,
+                &plain,
+                &mut buf,
+                Default::default(),
+                seal_threads,
+            )
+            .unwrap();
+            assert!(n <= max);
+            assert!(buf[n..].iter().all(|&b| b == 0x5a));
+            let (back, m) = open(&buf[..n], &[&hr]).unwrap();
+            assert!(back == plain, "size {size}+{padding}, into a slice");
+            assert_eq!(m.padding, padding as u64);
             let mut sealed = Vec::new();
             kluis_core::seal_into(
                 &slots,
@@ -650,6 +707,7 @@ fn one_call_sealing_and_opening_in_place_agree_over_any_number_of_threads() {
                 seal_threads,
             )
             .unwrap();
+            assert_eq!(sealed.len(), n, "the same length into a slice and a Vec");
             let chunks = (size + padding).div_ceil(C).max(1);
             assert_eq!(
                 sealed.len(),
