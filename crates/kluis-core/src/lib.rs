@@ -36,7 +36,7 @@
 //! cores for documents over 1 MiB (their `threads` argument: 0 for that default, 1 for the
 //! calling thread only); opening in place decrypts every chunk straight to its final position
 //! (the fastest path). [`seal_to_slice`] seals into a buffer the caller already has (at least
-//! [`max_sealed_len`] bytes), with no allocation and nothing zeroed first.
+//! [`max_sealed_len`] bytes), with nothing allocated or zeroed for the output.
 //!
 //! # Streaming
 //!

@@ -42,8 +42,9 @@ pub fn seal_with_backend(
 /// chunks (0: the available cores, at most 8, for documents over 1 MiB; 1: the calling thread
 /// only). The bytes are the same whatever the number of threads. Nothing is appended on error.
 ///
-/// Over several threads the appended space is zeroed first, on the calling thread (safe Rust
-/// cannot hand out memory that was never written); [`seal_to_slice`] skips that.
+/// Over several threads the appended space is zeroed first (safe Rust cannot hand out memory
+/// that was never written): by the calling thread, or for an empty `Vec` without the room, by
+/// the allocator handing out fresh pages. [`seal_to_slice`] skips that.
 pub fn seal_into(
     slots: &[Slot],
     metadata: &Metadata,
@@ -78,12 +79,14 @@ pub fn seal_into(
     Ok(())
 }
 
-/// [`seal`] into the start of `out`, a buffer the caller already has (reused, pooled, or
-/// mapped from a file), with no allocation and nothing zeroed first; returns the length of
-/// the document written there. `out` must be large enough for this document: a buffer of
-/// [`max_sealed_len`] bytes always is. `threads` is as for [`seal_into`]. Bytes of `out`
-/// after the document are not touched; on error nothing is written
-/// ([`Error::OutputTooSmall`] says how much is needed).
+/// [`seal`] into the start of `out`, a buffer the caller already has (reused or pooled), with
+/// nothing allocated or zeroed for the output; returns the length of the document written
+/// there. `out` must be large enough for this document: a buffer of [`max_sealed_len`] bytes
+/// always is. `threads` is as for [`seal_into`]. Bytes of `out` after the document are not
+/// touched; on error nothing is written ([`Error::OutputTooSmall`] says how much is needed).
+///
+/// Each chunk's plaintext is copied into `out` and sealed there, so `out` holds plaintext for
+/// a moment: give it private memory, not a file or shared memory mapping.
 pub fn seal_to_slice(
     slots: &[Slot],
     metadata: &Metadata,
@@ -107,9 +110,10 @@ pub fn seal_to_slice(
 }
 
 /// The most bytes a document of `plaintext_len` bytes, padded as `metadata` says, can take
-/// sealed, whatever its slots and metadata: its payload after the largest header allowed. A
-/// buffer this long always holds what [`seal_to_slice`] writes. `None` if that is more than
-/// `usize` can count.
+/// sealed, whatever its slots and the rest of its metadata: its payload after the largest
+/// header allowed ([`MAX_HEADER_LEN`], where a header with one slot takes a few hundred
+/// bytes). A buffer this long always holds what [`seal_to_slice`] writes. `None` if that is
+/// more than `usize` can count.
 pub fn max_sealed_len(plaintext_len: usize, metadata: &Metadata) -> Option<usize> {
     let (_, _, sealed) = payload_sizes(plaintext_len, metadata.padding)?;
     sealed.checked_add(MAX_HEADER_LEN)

@@ -377,16 +377,31 @@ fn sealing_into_a_slice_needs_room_for_the_document_only() {
             .unwrap_err()
             .to_string();
     assert!(message.contains("max_sealed_len"), "{message}");
+    assert!(needed <= kluis_core::max_sealed_len(plain.len(), &meta).unwrap());
     let mut short = vec![7u8; needed - 1];
     assert!(matches!(
         kluis_core::seal_to_slice(&slots, &meta, &plain, &mut short, Default::default(), 2),
         Err(Error::OutputTooSmall { .. })
     ));
+    assert!(short.iter().all(|&b| b == 7), "nothing written on error");
     let mut exact = vec![7u8; needed];
     let n = kluis_core::seal_to_slice(&slots, &meta, &plain, &mut exact, Default::default(), 2)
         .unwrap();
     assert_eq!(n, needed);
     assert_eq!(open(&exact, &[&hr]).unwrap().0, plain);
+    // The largest header this API can make (every slot, the longest name) still fits the bound.
+    let keys: Vec<LabelKey> = (0..kluis_core::MAX_SLOTS)
+        .map(|i| LabelKey::generate(&format!("label-{i}"), 1).unwrap())
+        .collect();
+    let many: Vec<Slot> = keys.iter().map(|k| Slot::single(label(k))).collect();
+    let named = Metadata {
+        name: "n".repeat(kluis_core::MAX_NAME_LEN),
+        ..Metadata::default()
+    };
+    let mut big = vec![0u8; kluis_core::max_sealed_len(plain.len(), &named).unwrap()];
+    let n =
+        kluis_core::seal_to_slice(&many, &named, &plain, &mut big, Default::default(), 0).unwrap();
+    assert_eq!(open(&big[..n], &[keys.last().unwrap()]).unwrap().0, plain);
     assert_eq!(kluis_core::max_sealed_len(usize::MAX, &meta), None);
     let mut padded = Metadata::with_size(10);
     padded.padding = u64::MAX;
