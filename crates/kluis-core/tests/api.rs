@@ -7,6 +7,7 @@ use kluis_core::{
     Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
     Unwrap, UnwrapError, UnwrapRequest, open, rekey, seal, unlock_all,
 };
+use proptest::prelude::*;
 
 fn label(l: &LabelKey) -> Recipient {
     Recipient::Label(l.public_key().clone())
@@ -792,5 +793,40 @@ fn opening_in_place_over_threads_reports_the_first_damaged_chunk() {
             matches!(e, Error::Truncated { chunks: 20 }),
             "{e:?}, {threads} threads"
         );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// `seal_to_slice` into a buffer of old bytes and `seal_into` after a prefix agree: the
+    /// same length, both open to the plaintext with the declared padding, the prefix and the
+    /// bytes after the document left as they were.
+    #[test]
+    fn sealing_into_a_slice_or_a_vec_agree(
+        size in 0usize..(20 * kluis_core::CHUNK_LEN),
+        padding in 0u64..(3 * kluis_core::CHUNK_LEN as u64),
+        threads in 0usize..4,
+        old in any::<u8>(),
+        prefix in 0usize..10,
+    ) {
+        let hr = LabelKey::generate("hr", 1).unwrap();
+        let slots = [Slot::single(label(&hr))];
+        let plain = data(size);
+        let mut meta = Metadata::with_size(size as u64);
+        meta.padding = padding;
+        let mut buf = vec![old; kluis_core::max_sealed_len(size, &meta).unwrap() + 7];
+        let n = kluis_core::seal_to_slice(&slots, &meta, &plain, &mut buf, Default::default(), threads)
+            .unwrap();
+        prop_assert!(buf[n..].iter().all(|&b| b == old));
+        let (back, m) = open(&buf[..n], &[&hr]).unwrap();
+        prop_assert!(back == plain);
+        prop_assert_eq!(m.padding, padding);
+        let mut out = vec![old; prefix];
+        kluis_core::seal_into(&slots, &meta, &plain, &mut out, Default::default(), threads).unwrap();
+        prop_assert!(out[..prefix].iter().all(|&b| b == old));
+        prop_assert_eq!(out.len() - prefix, n);
+        let (back, _) = open(&out[prefix..], &[&hr]).unwrap();
+        prop_assert!(back == plain);
     }
 }
