@@ -127,6 +127,7 @@ fn payload_sizes(plaintext_len: usize, padding: u64) -> Option<(usize, usize, us
     Some((payload, chunks, sealed))
 }
 
+/// The error for a document too large for memory (or for `usize`).
 fn out_of_memory() -> Error {
     Error::Io(io::ErrorKind::OutOfMemory.into())
 }
