@@ -4,11 +4,9 @@ use std::io::{self, Read, Write};
 
 use zeroize::Zeroize;
 
-use crate::backend::Backend;
-use crate::backend::ChunkCipher;
+use crate::backend::{Backend, ChunkCipher};
 use crate::error::{Error, Result};
-use crate::header::Header;
-use crate::header::MAX_HEADER_LEN;
+use crate::header::{Header, MAX_HEADER_LEN};
 use crate::metadata::Metadata;
 use crate::parallel;
 use crate::primitives::TAG_LEN;
@@ -66,10 +64,10 @@ pub fn seal_into(
         .map_err(|_| out_of_memory())?;
     out.extend_from_slice(sealing.header.as_bytes());
     for i in 0..sealing.chunks {
-        let (start, end) = (i * CHUNK_LEN, ((i + 1) * CHUNK_LEN).min(sealing.payload));
+        let (content, len) = sealing.chunk(plaintext, i);
         let at = out.len();
-        out.extend_from_slice(&plaintext[start.min(plaintext.len())..end.min(plaintext.len())]);
-        out.resize(at + (end - start), 0); // padding, if this chunk reaches past the content
+        out.extend_from_slice(content);
+        out.resize(at + len, 0); // padding, if this chunk reaches past the content
         let tag = sealing.cipher.seal(
             stream::chunk_nonce(i as u64, i + 1 == sealing.chunks),
             &mut out[at..],
@@ -173,6 +171,15 @@ impl Sealing {
         })
     }
 
+    /// Chunk `i`'s content (its plaintext before any padding) and the chunk's whole plaintext
+    /// length, padding included.
+    fn chunk<'p>(&self, plaintext: &'p [u8], i: usize) -> (&'p [u8], usize) {
+        let start = i * CHUNK_LEN;
+        let len = CHUNK_LEN.min(self.payload - start);
+        let content = &plaintext[start.min(plaintext.len())..(start + len).min(plaintext.len())];
+        (content, len)
+    }
+
     /// Write the whole document into `out` (exactly `total` bytes long): the header, then each
     /// chunk's plaintext copied into place, its padding zeroed whatever `out` held, and sealed
     /// there. Every chunk but the last is full; those go over `threads` threads, each copying
@@ -183,10 +190,9 @@ impl Sealing {
         let full = self.chunks - 1;
         let (full_chunks, last) = body.split_at_mut(full * SEALED_CHUNK_LEN);
         let fill = |i: usize, plain: &mut [u8]| {
-            let from = (i * CHUNK_LEN).min(plaintext.len());
-            let to = (from + plain.len()).min(plaintext.len());
-            plain[..to - from].copy_from_slice(&plaintext[from..to]);
-            plain[to - from..].fill(0);
+            let (content, _) = self.chunk(plaintext, i);
+            plain[..content.len()].copy_from_slice(content);
+            plain[content.len()..].fill(0);
         };
         parallel::seal_full_chunks(&self.cipher, full_chunks, 0, threads, fill);
         let (plain, tag) = last.split_at_mut(last.len() - TAG_LEN);
