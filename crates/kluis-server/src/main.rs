@@ -66,6 +66,23 @@ enum Command {
     Schedule,
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Check and repair-free maintenance of the store file (no master key needed).
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Check the store file's integrity (SQLite `integrity_check`); exits non-zero and says
+    /// what is wrong if it is damaged. `serve` runs the quicker `quick_check` at start.
+    Check {
+        /// Run only `quick_check` (what `serve` runs at start), not the full check.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Remove old copies of destroyed keys from the store files (checkpoint and empty the
+    /// write-ahead log); needed when a destroy reported that a reader held them.
+    Scrub,
 }
 
 #[derive(clap::Args)]
@@ -288,6 +305,13 @@ fn run(cli: Cli) -> Result<()> {
         .clone()
         .or(file.key_file.clone())
         .unwrap_or_else(|| "kluis-master.key".into());
+    if let Command::Store(cmd) = &cli.command {
+        return store_command(cmd, &store_path);
+    }
+    if let Command::Serve(_) = &cli.command {
+        // A damaged page must stop the server here, not surface later as 500s (issue 14).
+        SqliteStore::check_integrity(&store_path, false)?;
+    }
     let pass = passphrase(&cli, &file, matches!(cli.command, Command::Init))?;
     let key = match &pass {
         Some(p) => KeySource::Passphrase(p.as_bytes()),
@@ -311,7 +335,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init | Command::Serve(_) => unreachable!("handled above"),
+        Command::Init | Command::Serve(_) | Command::Store(_) => unreachable!("handled above"),
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(
@@ -482,19 +506,66 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("listening on {scheme}://{}", listener.local_addr()?);
-        std::io::stdout().flush()?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
+        stdout.flush()?;
         let api = Api::new(store, config, oidc)?;
-        let schedule = tokio::spawn(run_schedule(scheduler, interval));
-        serve(listener, api.router(), tls, limits, signals()).await?;
+        let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
+        // Supervision: the server does not limp on without the threads it depends on; it
+        // exits non-zero so that the service manager restarts it.
+        let outcome = tokio::select! {
+            served = serve(listener, api.router(), tls, limits, signals()) => {
+                served.map_err(ServerError::from)
+            }
+            _ = &mut schedule => Err(ServerError::ThreadDied("scheduler")),
+            () = stopped(&api) => Err(ServerError::ThreadDied("audit writer thread")),
+        };
         schedule.abort();
         api.shutdown();
-        eprintln!("kluis-server: stopped; the audit trail is flushed");
-        Ok(())
-    })
+        if outcome.is_ok() {
+            kluis_server::log!("stopped; the audit trail is flushed");
+        }
+        outcome
+    });
+    // Requests still blocked in the store must not keep a failing process alive.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    outcome
+}
+
+/// Resolves when the audit writer thread has stopped.
+async fn stopped(api: &Api) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    while api.writer_running() {
+        every.tick().await;
+    }
+}
+
+/// `kluis-server store …`: integrity check and scrub, on the file alone.
+fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    match cmd {
+        StoreCmd::Check { quick } => {
+            SqliteStore::check_integrity(path, !quick)?;
+            let what = if *quick {
+                "quick_check"
+            } else {
+                "integrity_check"
+            };
+            writeln!(out, "store {}: {what} ok", path.display())?;
+        }
+        StoreCmd::Scrub => {
+            SqliteStore::scrub(path, Duration::from_secs(10))?;
+            writeln!(
+                out,
+                "store {}: no old copy of a destroyed key remains in its files",
+                path.display()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuse settings that would break the server rather than limit it (found by fuzzing the
@@ -541,8 +612,8 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
             let v = kluis_server::oidc::OidcVerifier::new(c.clone())
                 .map_err(|e| ServerError::Config(format!("[oidc]: {e}")))?;
             if let Some(e) = v.jwks_error() {
-                eprintln!(
-                    "kluis-server: warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
+                kluis_server::log!(
+                    "warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
                 );
             }
             Ok(Some(Arc::new(v)))
@@ -550,7 +621,9 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
     }
 }
 
-/// Scheduled rotation and retention, every `interval`, on its own connection.
+/// Scheduled rotation and retention, every `interval`, on its own connection. It also
+/// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
+/// full, even a panic) is logged and the next tick tries again.
 async fn run_schedule(store: SqliteStore, interval: Duration) {
     let store = Arc::new(std::sync::Mutex::new(store));
     let mut tick = tokio::time::interval(interval);
@@ -559,20 +632,41 @@ async fn run_schedule(store: SqliteStore, interval: Duration) {
         let store = store.clone();
         let done = tokio::task::spawn_blocking(move || {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-            s.run_schedule(now_ms(), "scheduler")
+            let scrub = s.scrub_if_pending(Duration::from_secs(1));
+            (scrub, s.run_schedule(now_ms(), "scheduler"))
         })
         .await;
         match done {
-            Ok(Ok(changes)) => {
-                for c in changes {
-                    eprintln!(
-                        "kluis-server: scheduled {}",
-                        serde_json::to_string(&c).expect("serialisable")
-                    );
+            Ok((scrub, changes)) => {
+                match scrub {
+                    Ok(true) => kluis_server::log!(
+                        "scheduled scrub: no old copy of a destroyed key remains in the store files"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
+                }
+                match changes {
+                    Ok(changes) => {
+                        for c in changes {
+                            match serde_json::to_string(&c) {
+                                Ok(c) => kluis_server::log!("scheduled {c}"),
+                                Err(_) => kluis_server::log!("scheduled a change"),
+                            }
+                        }
+                    }
+                    Err(e) => kluis_server::log!(
+                        "scheduled rotation/retention failed, retrying at the next tick: {e}"
+                    ),
                 }
             }
-            Ok(Err(e)) => eprintln!("kluis-server: scheduled rotation/retention failed: {e}"),
-            Err(_) => eprintln!("kluis-server: the scheduler task failed"),
+            Err(e) => kluis_server::log!(
+                "the scheduler's work failed ({}), retrying at the next tick",
+                if e.is_panic() {
+                    "panicked"
+                } else {
+                    "cancelled"
+                }
+            ),
         }
     }
 }
@@ -581,7 +675,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kluis-server: {e}");
+            kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
     }
