@@ -514,15 +514,12 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         stdout.flush()?;
         let api = Api::new(store, config, oidc)?;
         let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
-        // Supervision: the server does not limp on without the threads it depends on; it
-        // exits non-zero so that the service manager restarts it.
-        let outcome = tokio::select! {
-            served = serve(listener, api.router(), tls, limits, signals()) => {
-                served.map_err(ServerError::from)
-            }
-            _ = &mut schedule => Err(ServerError::ThreadDied("scheduler")),
-            () = stopped(&api) => Err(ServerError::ThreadDied("audit writer thread")),
-        };
+        let outcome = supervise(
+            serve(listener, api.router(), tls, limits, signals()),
+            &mut schedule,
+            stopped(&api),
+        )
+        .await;
         schedule.abort();
         api.shutdown();
         if outcome.is_ok() {
@@ -533,6 +530,22 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     // Requests still blocked in the store must not keep a failing process alive.
     rt.shutdown_timeout(Duration::from_secs(10));
     outcome
+}
+
+/// Serve until `served` ends, unless a part the server depends on stops first: the
+/// `scheduler` task (which never ends by itself) or the audit writer (`writer_stopped`
+/// resolves). Then the server does not limp on without it; it fails, so that the process
+/// exits non-zero and the service manager restarts it.
+async fn supervise(
+    served: impl std::future::Future<Output = Result<()>>,
+    scheduler: &mut tokio::task::JoinHandle<()>,
+    writer_stopped: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    tokio::select! {
+        served = served => served,
+        _ = scheduler => Err(ServerError::ThreadDied("scheduler")),
+        () = writer_stopped => Err(ServerError::ThreadDied("audit writer thread")),
+    }
 }
 
 /// Resolves when the audit writer thread has stopped.
@@ -625,48 +638,50 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
 /// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
 /// full, even a panic) is logged and the next tick tries again.
 async fn run_schedule(store: SqliteStore, interval: Duration) {
-    let store = Arc::new(std::sync::Mutex::new(store));
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-            let scrub = s.scrub_if_pending(Duration::from_secs(1));
-            (scrub, s.run_schedule(now_ms(), "scheduler"))
-        })
-        .await;
-        match done {
-            Ok((scrub, changes)) => {
-                match scrub {
-                    Ok(true) => kluis_server::log!(
-                        "scheduled scrub: no old copy of a destroyed key remains in the store files"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
-                }
-                match changes {
-                    Ok(changes) => {
-                        for c in changes {
-                            match serde_json::to_string(&c) {
-                                Ok(c) => kluis_server::log!("scheduled {c}"),
-                                Err(_) => kluis_server::log!("scheduled a change"),
-                            }
-                        }
+    let store = std::sync::Mutex::new(store);
+    repeat(interval, move || {
+        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+        match s.scrub_if_pending(Duration::from_secs(1)) {
+            Ok(true) => kluis_server::log!(
+                "scheduled scrub: no old copy of a destroyed key remains in the store files"
+            ),
+            Ok(false) => {}
+            Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
+        }
+        match s.run_schedule(now_ms(), "scheduler") {
+            Ok(changes) => {
+                for c in changes {
+                    match serde_json::to_string(&c) {
+                        Ok(c) => kluis_server::log!("scheduled {c}"),
+                        Err(_) => kluis_server::log!("scheduled a change"),
                     }
-                    Err(e) => kluis_server::log!(
-                        "scheduled rotation/retention failed, retrying at the next tick: {e}"
-                    ),
                 }
             }
             Err(e) => kluis_server::log!(
+                "scheduled rotation/retention failed, retrying at the next tick: {e}"
+            ),
+        }
+    })
+    .await
+}
+
+/// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged
+/// and the next tick runs it again.
+async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
+    let work = Arc::new(work);
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let work = work.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work()).await {
+            kluis_server::log!(
                 "the scheduler's work failed ({}), retrying at the next tick",
                 if e.is_panic() {
                     "panicked"
                 } else {
                     "cancelled"
                 }
-            ),
+            );
         }
     }
 }
@@ -678,5 +693,56 @@ fn main() -> ExitCode {
             kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A panic in the scheduler's work does not stop the scheduler: the next tick runs again.
+    #[tokio::test]
+    async fn the_scheduler_goes_on_after_its_work_panics() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let scheduler = tokio::spawn(repeat(Duration::from_millis(10), move || {
+            if counted.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                panic!("a bug in the scheduled work");
+            }
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while runs.load(Ordering::SeqCst) < 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the scheduler stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!scheduler.is_finished());
+        scheduler.abort();
+    }
+
+    /// Serving ends with an error (the process exits non-zero) when the scheduler task or the
+    /// audit writer stops, and only then.
+    #[tokio::test]
+    async fn serving_fails_when_the_scheduler_or_the_writer_stops() {
+        let never = std::future::pending::<()>;
+        let mut dead = tokio::spawn(async { panic!("scheduler bug") });
+        let e = supervise(std::future::pending(), &mut dead, never()).await;
+        assert!(
+            matches!(e, Err(ServerError::ThreadDied("scheduler"))),
+            "{e:?}"
+        );
+
+        let mut alive = tokio::spawn(never());
+        let e = supervise(std::future::pending(), &mut alive, async {}).await;
+        assert!(
+            matches!(e, Err(ServerError::ThreadDied("audit writer thread"))),
+            "{e:?}"
+        );
+        let e = supervise(async { Ok(()) }, &mut alive, never()).await;
+        assert!(e.is_ok(), "{e:?}");
+        alive.abort();
     }
 }
