@@ -113,14 +113,16 @@ impl fmt::Display for ServerError {
                 "the audit trail does not verify at record {seq}: {what}; the store was tampered with or damaged"
             ),
             ScrubPending { destroyed } => {
-                if let Some((label, kid)) = destroyed {
-                    write!(
+                match destroyed {
+                    Some((label, kid)) => write!(
                         f,
-                        "key version {kid} of label `{label}` is destroyed in the store, but "
-                    )?;
+                        "key version {kid} of label `{label}` is destroyed in the store, but an \
+                         old copy of its sealed key"
+                    )?,
+                    None => f.write_str("an old copy of a destroyed sealed key")?,
                 }
                 f.write_str(
-                    "an old copy of a destroyed sealed key remains in the database file until \
+                    " remains in the database file until \
                      the reader holding it finishes (another process has a read transaction \
                      open on the store since before the destroy): end that reader (`fuser` on \
                      the store file shows it); the serving kluis-server's scheduler then \

@@ -395,7 +395,9 @@ fn run(cli: Cli) -> Result<()> {
                         "destroying is irreversible: pass --confirm {name} to confirm"
                     )));
                 }
-                store.destroy(&name, kid, &actor())?;
+                store
+                    .destroy(&name, kid, &actor())
+                    .inspect_err(|e| name_store_holders(e, &store_path))?;
                 writeln!(
                     out,
                     "label {name}: version {kid} destroyed; its documents can no longer be opened"
@@ -556,6 +558,53 @@ async fn stopped(api: &Api) {
     }
 }
 
+/// When a scrub is pending because of a reader, log which other processes have the store
+/// open (one of them holds the reader), as far as `/proc` lets us see them.
+fn name_store_holders(e: &ServerError, path: &std::path::Path) {
+    if !matches!(e, ServerError::ScrubPending { .. }) {
+        return;
+    }
+    let holders = store_holders(path);
+    if !holders.is_empty() {
+        kluis_server::log!(
+            "other processes with the store open: {}",
+            holders.join(", ")
+        );
+    }
+}
+
+/// Other processes that have the store file (or its log) open: `PID (command)`. Linux only;
+/// processes of other users are not visible without privileges.
+fn store_holders(path: &std::path::Path) -> Vec<String> {
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for p in procs.flatten().take(100_000) {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let open = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == db || t.as_os_str() == wal));
+        if open {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            found.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    found
+}
+
 /// `kluis-server store …`: integrity check and scrub, on the file alone.
 fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
     let out = &mut std::io::stdout().lock();
@@ -570,7 +619,8 @@ fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
             writeln!(out, "store {}: {what} ok", path.display())?;
         }
         StoreCmd::Scrub => {
-            SqliteStore::scrub(path, Duration::from_secs(10))?;
+            SqliteStore::scrub(path, Duration::from_secs(10))
+                .inspect_err(|e| name_store_holders(e, path))?;
             writeln!(
                 out,
                 "store {}: no old copy of a destroyed key remains in its files",
