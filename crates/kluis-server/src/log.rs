@@ -12,11 +12,13 @@ use std::io::Write;
 /// Write one line, `kluis-server: ` and `args`, to standard error; ignore every error.
 pub fn line(args: fmt::Arguments<'_>) {
     // One buffer and one write, so that lines of different threads do not interleave.
-    let mut text = Vec::with_capacity(128);
-    let _ = text.write_all(b"kluis-server: ");
-    let _ = text.write_fmt(args);
-    let _ = text.write_all(b"\n");
-    let _ = std::io::stderr().lock().write_all(&text);
+    // Formatted with `fmt::Write` into a `String`: `io::Write::write_fmt` panics when a
+    // `Display` implementation fails, `fmt::Write` returns the error (ignored here).
+    let mut text = String::with_capacity(128);
+    text.push_str("kluis-server: ");
+    let _ = fmt::Write::write_fmt(&mut text, args);
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Log one line to standard error like `eprintln!`, but never panic: see [`line`]. The
