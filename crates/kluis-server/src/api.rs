@@ -54,7 +54,7 @@ impl TokenVerifier for crate::oidc::OidcVerifier {
     fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError> {
         crate::oidc::OidcVerifier::verify(self, token, now_secs).map_err(|e| {
             if let Some(cause) = e.jwks_cause() {
-                eprintln!("kluis-server: OpenID Connect keys unavailable: {cause}");
+                crate::log!("OpenID Connect keys unavailable: {cause}");
             }
             match e {
                 crate::oidc::OidcError::JwksUnavailable(_) => VerifyError::Unavailable(
@@ -193,6 +193,11 @@ impl Api {
             .layer(DefaultBodyLimit::max(self.config.max_body))
             .layer(middleware::from_fn_with_state(self.clone(), track))
             .with_state(self.clone())
+    }
+
+    /// Whether the audit writer thread is running; the server must not go on without it.
+    pub fn writer_running(&self) -> bool {
+        self.writer.is_running()
     }
 
     /// Commit what the audit writer holds and stop it; unwraps are refused afterwards.

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 mod error;
 mod limit;
+pub mod log;
 mod master_key;
 pub mod metrics;
 pub mod oidc;

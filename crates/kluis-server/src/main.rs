@@ -66,6 +66,23 @@ enum Command {
     Schedule,
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Check and repair-free maintenance of the store file (no master key needed).
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Check the store file's integrity (SQLite `integrity_check`); exits non-zero and says
+    /// what is wrong if it is damaged. `serve` runs the quicker `quick_check` at start.
+    Check {
+        /// Run only `quick_check` (what `serve` runs at start), not the full check.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Remove old copies of destroyed keys from the store files (checkpoint and empty the
+    /// write-ahead log); needed when a destroy reported that a reader held them.
+    Scrub,
 }
 
 #[derive(clap::Args)]
@@ -288,6 +305,13 @@ fn run(cli: Cli) -> Result<()> {
         .clone()
         .or(file.key_file.clone())
         .unwrap_or_else(|| "kluis-master.key".into());
+    if let Command::Store(cmd) = &cli.command {
+        return store_command(cmd, &store_path);
+    }
+    if let Command::Serve(_) = &cli.command {
+        // A damaged page must stop the server here, not surface later as 500s (issue 14).
+        SqliteStore::check_integrity(&store_path, false)?;
+    }
     let pass = passphrase(&cli, &file, matches!(cli.command, Command::Init))?;
     let key = match &pass {
         Some(p) => KeySource::Passphrase(p.as_bytes()),
@@ -311,7 +335,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init | Command::Serve(_) => unreachable!("handled above"),
+        Command::Init | Command::Serve(_) | Command::Store(_) => unreachable!("handled above"),
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(
@@ -371,7 +395,9 @@ fn run(cli: Cli) -> Result<()> {
                         "destroying is irreversible: pass --confirm {name} to confirm"
                     )));
                 }
-                store.destroy(&name, kid, &actor())?;
+                store
+                    .destroy(&name, kid, &actor())
+                    .inspect_err(|e| name_store_holders(e, &store_path))?;
                 writeln!(
                     out,
                     "label {name}: version {kid} destroyed; its documents can no longer be opened"
@@ -482,19 +508,127 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("listening on {scheme}://{}", listener.local_addr()?);
-        std::io::stdout().flush()?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
+        stdout.flush()?;
         let api = Api::new(store, config, oidc)?;
-        let schedule = tokio::spawn(run_schedule(scheduler, interval));
-        serve(listener, api.router(), tls, limits, signals()).await?;
+        let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
+        let outcome = supervise(
+            serve(listener, api.router(), tls, limits, signals()),
+            &mut schedule,
+            stopped(&api),
+        )
+        .await;
         schedule.abort();
         api.shutdown();
-        eprintln!("kluis-server: stopped; the audit trail is flushed");
-        Ok(())
-    })
+        if outcome.is_ok() {
+            kluis_server::log!("stopped; the audit trail is flushed");
+        }
+        outcome
+    });
+    // Requests still blocked in the store must not keep a failing process alive.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    outcome
+}
+
+/// Serve until `served` ends, unless a part the server depends on stops first: the
+/// `scheduler` task (which never ends by itself) or the audit writer (`writer_stopped`
+/// resolves). Then the server does not limp on without it; it fails, so that the process
+/// exits non-zero and the service manager restarts it.
+async fn supervise(
+    served: impl std::future::Future<Output = Result<()>>,
+    scheduler: &mut tokio::task::JoinHandle<()>,
+    writer_stopped: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    tokio::select! {
+        served = served => served,
+        _ = scheduler => Err(ServerError::ThreadDied("scheduler")),
+        () = writer_stopped => Err(ServerError::ThreadDied("audit writer thread")),
+    }
+}
+
+/// Resolves when the audit writer thread has stopped.
+async fn stopped(api: &Api) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    while api.writer_running() {
+        every.tick().await;
+    }
+}
+
+/// When a scrub is pending because of a reader, log which other processes have the store
+/// open (one of them holds the reader), as far as `/proc` lets us see them.
+fn name_store_holders(e: &ServerError, path: &std::path::Path) {
+    if !matches!(e, ServerError::ScrubPending { .. }) {
+        return;
+    }
+    let holders = store_holders(path);
+    if !holders.is_empty() {
+        kluis_server::log!(
+            "other processes with the store open: {}",
+            holders.join(", ")
+        );
+    }
+}
+
+/// Other processes that have the store file (or its log) open: `PID (command)`. Linux only;
+/// processes of other users are not visible without privileges.
+fn store_holders(path: &std::path::Path) -> Vec<String> {
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for p in procs.flatten().take(100_000) {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let open = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == db || t.as_os_str() == wal));
+        if open {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            found.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    found
+}
+
+/// `kluis-server store …`: integrity check and scrub, on the file alone.
+fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    match cmd {
+        StoreCmd::Check { quick } => {
+            SqliteStore::check_integrity(path, !quick)?;
+            let what = if *quick {
+                "quick_check"
+            } else {
+                "integrity_check"
+            };
+            writeln!(out, "store {}: {what} ok", path.display())?;
+        }
+        StoreCmd::Scrub => {
+            SqliteStore::scrub(path, Duration::from_secs(10))
+                .inspect_err(|e| name_store_holders(e, path))?;
+            writeln!(
+                out,
+                "store {}: no old copy of a destroyed key remains in its files",
+                path.display()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuse settings that would break the server rather than limit it (found by fuzzing the
@@ -541,8 +675,8 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
             let v = kluis_server::oidc::OidcVerifier::new(c.clone())
                 .map_err(|e| ServerError::Config(format!("[oidc]: {e}")))?;
             if let Some(e) = v.jwks_error() {
-                eprintln!(
-                    "kluis-server: warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
+                kluis_server::log!(
+                    "warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
                 );
             }
             Ok(Some(Arc::new(v)))
@@ -550,29 +684,54 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
     }
 }
 
-/// Scheduled rotation and retention, every `interval`, on its own connection.
+/// Scheduled rotation and retention, every `interval`, on its own connection. It also
+/// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
+/// full, even a panic) is logged and the next tick tries again.
 async fn run_schedule(store: SqliteStore, interval: Duration) {
-    let store = Arc::new(std::sync::Mutex::new(store));
+    let store = std::sync::Mutex::new(store);
+    repeat(interval, move || {
+        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+        match s.scrub_if_pending(Duration::from_secs(1)) {
+            Ok(true) => kluis_server::log!(
+                "scheduled scrub: no old copy of a destroyed key remains in the store files"
+            ),
+            Ok(false) => {}
+            Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
+        }
+        match s.run_schedule(now_ms(), "scheduler") {
+            Ok(changes) => {
+                for c in changes {
+                    match serde_json::to_string(&c) {
+                        Ok(c) => kluis_server::log!("scheduled {c}"),
+                        Err(_) => kluis_server::log!("scheduled a change"),
+                    }
+                }
+            }
+            Err(e) => kluis_server::log!(
+                "scheduled rotation/retention failed, retrying at the next tick: {e}"
+            ),
+        }
+    })
+    .await
+}
+
+/// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged
+/// and the next tick runs it again.
+async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
+    let work = Arc::new(work);
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-            s.run_schedule(now_ms(), "scheduler")
-        })
-        .await;
-        match done {
-            Ok(Ok(changes)) => {
-                for c in changes {
-                    eprintln!(
-                        "kluis-server: scheduled {}",
-                        serde_json::to_string(&c).expect("serialisable")
-                    );
+        let work = work.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work()).await {
+            kluis_server::log!(
+                "the scheduler's work failed ({}), retrying at the next tick",
+                if e.is_panic() {
+                    "panicked"
+                } else {
+                    "cancelled"
                 }
-            }
-            Ok(Err(e)) => eprintln!("kluis-server: scheduled rotation/retention failed: {e}"),
-            Err(_) => eprintln!("kluis-server: the scheduler task failed"),
+            );
         }
     }
 }
@@ -581,8 +740,59 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kluis-server: {e}");
+            kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A panic in the scheduler's work does not stop the scheduler: the next tick runs again.
+    #[tokio::test]
+    async fn the_scheduler_goes_on_after_its_work_panics() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let scheduler = tokio::spawn(repeat(Duration::from_millis(10), move || {
+            if counted.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                panic!("a bug in the scheduled work");
+            }
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while runs.load(Ordering::SeqCst) < 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the scheduler stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!scheduler.is_finished());
+        scheduler.abort();
+    }
+
+    /// Serving ends with an error (the process exits non-zero) when the scheduler task or the
+    /// audit writer stops, and only then.
+    #[tokio::test]
+    async fn serving_fails_when_the_scheduler_or_the_writer_stops() {
+        let never = std::future::pending::<()>;
+        let mut dead = tokio::spawn(async { panic!("scheduler bug") });
+        let e = supervise(std::future::pending(), &mut dead, never()).await;
+        assert!(
+            matches!(e, Err(ServerError::ThreadDied("scheduler"))),
+            "{e:?}"
+        );
+
+        let mut alive = tokio::spawn(never());
+        let e = supervise(std::future::pending(), &mut alive, async {}).await;
+        assert!(
+            matches!(e, Err(ServerError::ThreadDied("audit writer thread"))),
+            "{e:?}"
+        );
+        let e = supervise(async { Ok(()) }, &mut alive, never()).await;
+        assert!(e.is_ok(), "{e:?}");
+        alive.abort();
     }
 }

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -69,6 +70,10 @@ CREATE INDEX audit_actor ON audit(actor);
 ALTER TABLE key_versions ADD COLUMN superseded_ms INTEGER;
 "#,
 ];
+
+/// How long a destroy waits for readers of older snapshots before it reports the scrub of
+/// old copies as pending.
+const SCRUB_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Text every store seals at init, to recognise the right master key.
 const CHECK: &[u8] = b"kluis-server master key check";
@@ -364,6 +369,15 @@ impl SqliteStore {
                  WHERE label = ?1 AND kid = ?2",
                 params![name, kid, now_ms()],
             )?;
+            // Until a checkpoint has pushed this change into the database file and emptied
+            // the log, old copies of the sealed key remain there: mark the scrub as pending,
+            // in the same transaction, so that it is retried if it cannot finish now.
+            let mark: [u8; 16] = random()?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('scrub_pending', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![&mark[..]],
+            )?;
         } else {
             tx.execute(
                 "UPDATE key_versions SET state = ?3 WHERE label = ?1 AND kid = ?2",
@@ -381,11 +395,129 @@ impl SqliteStore {
         self.append_in(&tx, &[admin_entry(actor, &action, Some(name), Some(kid))])?;
         tx.commit()?;
         if to == VersionState::Destroyed {
-            // Secure delete zeroed the freed page; also push it out of the WAL now.
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            // Secure delete zeroed the freed space in the new page; the checkpoint puts that
+            // page into the database file and empties the log, which held the old copies.
+            SqliteStore::scrub(&self.path, SCRUB_PATIENCE).map_err(|e| match e {
+                ServerError::ScrubPending { .. } => ServerError::ScrubPending {
+                    destroyed: Some((name.to_owned(), kid)),
+                },
+                e => e,
+            })?;
         }
         Ok(())
+    }
+
+    /// Remove every old copy of destroyed sealed keys from the store's files: checkpoint the
+    /// write-ahead log into the database file and truncate the log to zero bytes, then clear
+    /// the pending mark that a destroy leaves.
+    ///
+    /// The checkpoint runs on its own connection that never waits for a lock: a reader that
+    /// holds an older snapshot (which may still see the key) makes it fail at once, and it is
+    /// retried with backoff for up to `patience`. So it never holds the write lock while
+    /// waiting, and the audit writer is never stalled by it. Fails with
+    /// [`ServerError::ScrubPending`] when the readers did not finish in time.
+    pub fn scrub(path: &Path, patience: Duration) -> Result<()> {
+        if !path.exists() {
+            return Err(ServerError::Init(
+                "no store at this path: create one with `kluis-server init`",
+            ));
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::ZERO)?;
+        let mark: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'scrub_pending'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            });
+            match result {
+                // Not busy, and the log is empty: every change is in the database file.
+                Ok((0, 0)) => break,
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() + pause > deadline {
+                return Err(ServerError::ScrubPending { destroyed: None });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        if let Some(mark) = mark {
+            // Cleared only if no destroy set a new mark meanwhile; if this fails the scrub
+            // is simply done again later.
+            conn.busy_timeout(Duration::from_secs(1))?;
+            let _ = conn.execute(
+                "DELETE FROM meta WHERE key = 'scrub_pending' AND value = ?1",
+                params![mark],
+            );
+        }
+        Ok(())
+    }
+
+    /// Run [`SqliteStore::scrub`] if a destroy left one pending (the scheduler does this).
+    /// Returns whether one was pending.
+    pub fn scrub_if_pending(&self, patience: Duration) -> Result<bool> {
+        let pending = self
+            .conn
+            .prepare_cached("SELECT 1 FROM meta WHERE key = 'scrub_pending'")?
+            .exists([])?;
+        if pending {
+            SqliteStore::scrub(&self.path, patience)?;
+        }
+        Ok(pending)
+    }
+
+    /// Check the structure of the store file at `path` with SQLite's `PRAGMA quick_check`
+    /// (`thorough`: `PRAGMA integrity_check`, which also compares every index with its
+    /// table). Needs no master key. Fails with [`ServerError::Damaged`] when problems are
+    /// found, or when the file cannot be read as a database at all.
+    pub fn check_integrity(path: &Path, thorough: bool) -> Result<()> {
+        if !path.exists() {
+            return Err(ServerError::Init(
+                "no store at this path: create one with `kluis-server init`",
+            ));
+        }
+        let damaged = |problems| ServerError::Damaged {
+            path: path.to_owned(),
+            problems,
+        };
+        let sql = if thorough {
+            "PRAGMA integrity_check(100)"
+        } else {
+            "PRAGMA quick_check(100)"
+        };
+        let run = || -> rusqlite::Result<Vec<String>> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        };
+        match run() {
+            Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
+            Ok(rows) => Err(damaged(rows)),
+            Err(rusqlite::Error::SqliteFailure(e, m))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Err(damaged(vec![m.unwrap_or_else(|| e.to_string())]))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -649,7 +781,11 @@ impl Store for SqliteStore {
                     .superseded_ms
                     .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
                 if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                    self.destroy(&label.name, v.kid, actor)?;
+                    match self.destroy(&label.name, v.kid, actor) {
+                        // Destroyed; the scrub of old copies is retried by the scheduler.
+                        Ok(()) | Err(ServerError::ScrubPending { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                     done.push(ScheduledChange::Destroyed {
                         label: label.name.clone(),
                         kid: v.kid,
