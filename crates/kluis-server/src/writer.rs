@@ -217,6 +217,7 @@ mod tests {
             outcome: "granted".into(),
             reason: None,
             client: None,
+            credential: None,
         }
     }
 
