@@ -587,7 +587,11 @@ impl OidcVerifier {
     /// Wait until no background key reload is running, at most `timeout`; `true` when none
     /// is. For tests and diagnostics: requests never wait for a reload.
     pub fn wait_for_reload(&self, timeout: Duration) -> bool {
-        let running = self.keys.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self
+            .keys
+            .reloading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let (running, _) = self
             .keys
             .reloaded

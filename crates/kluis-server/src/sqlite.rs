@@ -308,8 +308,18 @@ impl SqliteStore {
             seq += 1;
             let mac = audit::chain_mac(&self.audit_key, &prev, seq, e);
             insert.execute(params![
-                seq, e.time_ms, e.actor, e.action, e.label, e.kid, e.doc_id, e.outcome, e.reason,
-                e.client, mac, e.credential
+                seq,
+                e.time_ms,
+                e.actor,
+                e.action,
+                e.label,
+                e.kid,
+                e.doc_id,
+                e.outcome,
+                e.reason,
+                e.client,
+                mac,
+                e.credential
             ])?;
             prev = mac;
         }

@@ -146,10 +146,7 @@ fn every_record_names_its_credential_and_can_be_listed_per_credential() {
     assert!(all.len() >= 6, "{all:?}");
     for r in &all {
         let c = r["credential"].as_str().unwrap_or_default();
-        assert!(
-            c.starts_with("token:") || c.starts_with("admin-cli"),
-            "{r}"
-        );
+        assert!(c.starts_with("token:") || c.starts_with("admin-cli"), "{r}");
     }
     assert!(
         all.iter()
@@ -169,7 +166,9 @@ fn identities_from_different_sources_never_mix() {
     let d = dir.path();
     init(d);
     let admin = |args: &[&str]| admin_as_unknown(d, args);
-    admin(&["label", "create", "hr", "--user", "alice", "--group", "staff"]);
+    admin(&[
+        "label", "create", "hr", "--user", "alice", "--group", "staff",
+    ]);
     admin(&[
         "label",
         "create",
@@ -186,7 +185,14 @@ fn identities_from_different_sources_never_mix() {
     for args in [
         &["token", "create", "--user", "oidc:idp:alice"][..],
         &["token", "create", "--user", "admin:unknown"],
-        &["token", "create", "--user", "bob", "--group", "oidc:idp:lawyers"],
+        &[
+            "token",
+            "create",
+            "--user",
+            "bob",
+            "--group",
+            "oidc:idp:lawyers",
+        ],
         &["token", "create", "--user", "scheduler"],
     ] {
         let e = admin_fails(d, args);
@@ -207,12 +213,22 @@ fn identities_from_different_sources_never_mix() {
         ),
     )
     .unwrap();
-    let server = serve(dir, &[LOOPBACK[0], LOOPBACK[1], LOOPBACK[2], "--config", "oidc.toml"]);
+    let server = serve(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--config",
+            "oidc.toml",
+        ],
+    );
     let url = format!("{}/v1/unwrap", server.base);
     let (hr, legal) = (label_key(&server, "hr"), label_key(&server, "legal"));
     let oidc_alice = jwt(&key, "k1", &claims("alice", "sub-alice", "j1", &["staff"]));
     let oidc_admin = jwt(&key, "k1", &claims("admin:unknown", "sub-x", "j2", &[]));
-    let open = |token: &str, label: &LabelPublicKey| post(&url, Some(token), &unwrap_body(label).0).0;
+    let open =
+        |token: &str, label: &LabelPublicKey| post(&url, Some(token), &unwrap_body(label).0).0;
 
     // The API-token alice opens `hr` (by name and by group), not `legal`.
     assert_eq!(open(&token, &hr), 200);
@@ -250,7 +266,13 @@ fn identities_from_different_sources_never_mix() {
         let records = export(server.dir.path(), &["--credential", credential]);
         assert_eq!(records.len(), 2, "{credential}: {records:?}");
     }
-    assert!(export(server.dir.path(), &["--credential", "oidc:idp:sub-alice#j9"]).is_empty());
+    assert!(
+        export(
+            server.dir.path(),
+            &["--credential", "oidc:idp:sub-alice#j9"]
+        )
+        .is_empty()
+    );
     assert!(export(server.dir.path(), &["--credential", "oidc:idp:sub-al"]).is_empty());
 }
 
@@ -293,7 +315,18 @@ fn a_hanging_jwks_url_delays_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     init(d);
-    admin(d, &["label", "create", "hr", "--user", "alice", "--user", "oidc:idp:carol"]);
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "hr",
+            "--user",
+            "alice",
+            "--user",
+            "oidc:idp:carol",
+        ],
+    );
     let token = admin(d, &["token", "create", "--user", "alice"])
         .trim()
         .to_owned();
@@ -307,7 +340,16 @@ fn a_hanging_jwks_url_delays_no_request() {
         ),
     )
     .unwrap();
-    let server = serve(dir, &[LOOPBACK[0], LOOPBACK[1], LOOPBACK[2], "--config", "oidc.toml"]);
+    let server = serve(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--config",
+            "oidc.toml",
+        ],
+    );
     let unwrap_url = Arc::new(format!("{}/v1/unwrap", server.base));
     let hr = label_key(&server, "hr");
     let carol = jwt(&key, "k1", &claims("carol", "sub-carol", "j1", &[]));
@@ -319,7 +361,11 @@ fn a_hanging_jwks_url_delays_no_request() {
         let (others, _) = idp("other");
         let mut threads = Vec::new();
         for i in 0..16 {
-            let made_up = jwt(&others, &format!("unknown-{round}-{i}"), &claims("carol", "s", "j", &[]));
+            let made_up = jwt(
+                &others,
+                &format!("unknown-{round}-{i}"),
+                &claims("carol", "s", "j", &[]),
+            );
             let (url, body) = (unwrap_url.clone(), unwrap_body(&hr).0);
             threads.push(thread::spawn(move || {
                 let t = Instant::now();

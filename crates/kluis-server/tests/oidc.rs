@@ -345,7 +345,10 @@ fn tls_server() -> (Arc<rustls::ServerConfig>, String) {
 fn assert_alice(principal: Principal) {
     assert_eq!(principal.user, "oidc:idp:alice");
     assert_eq!(principal.groups, ["oidc:idp:hr", "oidc:idp:legal"]);
-    assert_eq!(principal.credential, format!("oidc:idp:{SUB}#7d3c2b1a-0001"));
+    assert_eq!(
+        principal.credential,
+        format!("oidc:idp:{SUB}#7d3c2b1a-0001")
+    );
 }
 
 #[test]
@@ -570,7 +573,10 @@ fn expiry_far_ahead_is_refused() {
     // With `iat`, `exp` far ahead of now is refused as well.
     let issued = |t: i64| key.token(&with(with(claims(), "iat", json!(NOW)), "exp", json!(t)));
     v.verify(&issued(NOW + 86_400), NOW).unwrap();
-    refused!(v.verify(&issued(NOW + 86_401), NOW), OidcError::LifetimeTooLong);
+    refused!(
+        v.verify(&issued(NOW + 86_401), NOW),
+        OidcError::LifetimeTooLong
+    );
 }
 
 /// Issue 14, defect 5: a token issued a year ago with `exp` 23 h ahead was accepted.
@@ -921,7 +927,10 @@ fn groups_claim_rules() {
     assert!(v.verify(&absent, NOW).unwrap().groups.is_empty());
     let many: Vec<String> = (0..256).map(|i| format!("g{i}")).collect();
     let prefixed: Vec<String> = many.iter().map(|g| format!("oidc:idp:{g}")).collect();
-    assert_eq!(v.verify(&groups(json!(many)), NOW).unwrap().groups, prefixed);
+    assert_eq!(
+        v.verify(&groups(json!(many)), NOW).unwrap().groups,
+        prefixed
+    );
     let too_many: Vec<String> = (0..257).map(|i| format!("g{i}")).collect();
     for bad in [
         json!(too_many),
@@ -1290,11 +1299,18 @@ fn unknown_kids_fail_fast_while_the_jwks_url_hangs() {
     for t in threads {
         let (result, took) = t.join().unwrap();
         assert!(matches!(result, Err(OidcError::UnknownKey)), "{result:?}");
-        assert!(took < Duration::from_secs(1), "an unknown kid waited {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "an unknown kid waited {took:?}"
+        );
     }
     // The known key is accepted at once while the one reload hangs.
     v.verify(&k1.token(&claims()), NOW).unwrap();
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(!v.wait_for_reload(Duration::ZERO), "the reload is running");
     assert!(v.wait_for_reload(Duration::from_secs(20)));
     assert_eq!(server.hits(), 2, "one reload for sixteen unknown kids");

@@ -629,7 +629,10 @@ fn openid_connect_tokens_are_checked_against_the_jwks_and_refused_when_it_is_una
     let (dir, _) = store();
     let d = dir.path();
     // OpenID Connect groups are named with the issuer's prefix (`idp` by default).
-    admin(d, &["label", "create", "legal", "--group", "oidc:idp:lawyers"]);
+    admin(
+        d,
+        &["label", "create", "legal", "--group", "oidc:idp:lawyers"],
+    );
     let (key, jwks) = idp();
     std::fs::write(d.join("jwks.json"), jwks).unwrap();
     std::fs::write(

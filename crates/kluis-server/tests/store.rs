@@ -305,8 +305,12 @@ fn records_without_a_credential_keep_verifying() {
         client: None,
         credential: credential.map(str::to_owned),
     };
-    s.append_audit(&[entry(None), entry(Some("token:kluis_abcdefgh")), entry(None)])
-        .unwrap();
+    s.append_audit(&[
+        entry(None),
+        entry(Some("token:kluis_abcdefgh")),
+        entry(None),
+    ])
+    .unwrap();
     let (n, _) = s.verify_audit().unwrap();
     let records = s.audit_records(None).unwrap();
     assert_eq!(records.len() as i64, n);
