@@ -293,7 +293,9 @@ pub enum OidcError {
     UnsupportedHeader(&'static str),
     /// The token has no `kid` but the key set holds several keys.
     MissingKeyId,
-    /// No key in the key set has the token's `kid`, even after a reload.
+    /// No key in the key set has the token's `kid`. Refused at once; a background reload is
+    /// started (at most once per minimum gap), so a token signed with a key the identity
+    /// provider has just published is accepted once the reload is done.
     UnknownKey,
     /// The key named by `kid` is of another type than the token's `alg`.
     AlgorithmMismatch,
