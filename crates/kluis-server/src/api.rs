@@ -370,7 +370,7 @@ enum Caller {
 }
 
 impl Caller {
-    /// Sort the bearer token; a JWT is verified here, on a blocking thread that holds no store
+    /// Tell an API token from a JWT; a JWT is verified here, on a blocking thread that holds no store
     /// connection (verification never waits for the identity provider, see
     /// [`TokenVerifier::verify`]).
     async fn of(api: &Arc<Api>, token: String) -> Result<Caller, ApiError> {
@@ -656,7 +656,6 @@ fn unwrap_item(
 
 fn base_entry(who: &Principal, client: SocketAddr, reason: Option<String>) -> AuditEntry {
     AuditEntry {
-        credential: Some(who.credential.clone()),
         time_ms: now_ms(),
         actor: who.user.clone(),
         action: "unwrap".to_owned(),
@@ -666,6 +665,7 @@ fn base_entry(who: &Principal, client: SocketAddr, reason: Option<String>) -> Au
         outcome: String::new(),
         reason,
         client: Some(client.ip().to_string()),
+        credential: Some(who.credential.clone()),
     }
 }
 
