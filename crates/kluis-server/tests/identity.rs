@@ -336,7 +336,7 @@ fn a_hanging_jwks_url_delays_no_request() {
         d.join("oidc.toml"),
         format!(
             "[oidc]\nissuer = \"{ISSUER}\"\naudience = \"api://kluis\"\njwks_url = \"{url}\"\n\
-             jwks_min_refresh_gap_secs = 1\njwks_fetch_timeout_secs = 5\n"
+             jwks_min_refresh_gap_secs = 1\njwks_fetch_timeout_secs = 10\n"
         ),
     )
     .unwrap();
@@ -391,9 +391,9 @@ fn a_hanging_jwks_url_delays_no_request() {
             let (what, status, v, took) = t.join().unwrap();
             let expected = if what == "unknown kid" { 401 } else { 200 };
             assert_eq!(status, expected, "round {round}, {what}: {v}");
-            // Generous for a loaded two-core machine; the stall was the 5 s fetch timeout.
+            // Generous for a loaded two-core machine; the stall was the 10 s fetch timeout.
             assert!(
-                took < Duration::from_millis(2500),
+                took < Duration::from_secs(4),
                 "round {round}: a request with {what} took {took:?}"
             );
         }

@@ -1300,14 +1300,14 @@ fn unknown_kids_fail_fast_while_the_jwks_url_hangs() {
         let (result, took) = t.join().unwrap();
         assert!(matches!(result, Err(OidcError::UnknownKey)), "{result:?}");
         assert!(
-            took < Duration::from_secs(1),
+            took < Duration::from_secs(2),
             "an unknown kid waited {took:?}"
         );
     }
     // The known key is accepted at once while the one reload hangs.
     v.verify(&k1.token(&claims()), NOW).unwrap();
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(4),
         "{:?}",
         start.elapsed()
     );
