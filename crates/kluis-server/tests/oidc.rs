@@ -1280,7 +1280,7 @@ fn unknown_kids_fail_fast_while_the_jwks_url_hangs() {
     let server = JwksServer::http(Reply::Ok(jwks(&[&k1])));
     let v = Arc::new(url_verifier(
         &server.url,
-        "jwks_min_refresh_gap_secs = 1\njwks_fetch_timeout_secs = 5",
+        "jwks_min_refresh_gap_secs = 1\njwks_fetch_timeout_secs = 10",
     ));
     server.set(Reply::Hang);
     thread::sleep(Duration::from_millis(1100));
