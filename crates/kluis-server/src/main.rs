@@ -199,7 +199,13 @@ enum AuditCmd {
     /// Verify the whole hash chain.
     Verify,
     /// Write every record as JSON lines to standard output.
-    Export,
+    Export {
+        /// Only the records made with this credential, as the records' `credential` names it:
+        /// `token:<token id>`, `oidc:<issuer name>:<sub>` (all of that subject's JWTs) or
+        /// `oidc:<issuer name>:<sub>#<jti>` (one JWT), `admin-cli:<os user>`.
+        #[arg(long)]
+        credential: Option<String>,
+    },
 }
 
 fn actor() -> String {
@@ -426,8 +432,12 @@ fn run(cli: Cli) -> Result<()> {
                 let (n, head) = store.verify_audit()?;
                 writeln!(out, "audit trail verified: {n} records, head {head}")?;
             }
-            AuditCmd::Export => {
-                for r in store.audit_records(None)? {
+            AuditCmd::Export { credential } => {
+                let records = match credential {
+                    Some(c) => store.audit_by_credential(&c)?,
+                    None => store.audit_records(None)?,
+                };
+                for r in records {
                     writeln!(out, "{}", serde_json::to_string(&r).expect("serialisable"))?;
                 }
             }

@@ -69,6 +69,11 @@ CREATE INDEX audit_actor ON audit(actor);
     r#"
 ALTER TABLE key_versions ADD COLUMN superseded_ms INTEGER;
 "#,
+    // 3: which credential acted (issue 14, defect 3); NULL in records written before.
+    r#"
+ALTER TABLE audit ADD COLUMN credential TEXT;
+CREATE INDEX audit_credential ON audit(credential);
+"#,
 ];
 
 /// How long a destroy waits for readers of older snapshots before it reports the scrub of
@@ -139,6 +144,27 @@ fn key_aad(label: &str, kid: u32) -> Vec<u8> {
     aad
 }
 
+/// One `audit` row, selected as `seq, time_ms, actor, action, label, kid, doc_id, outcome,
+/// reason, client, mac, credential`.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        entry: AuditEntry {
+            time_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            label: r.get(4)?,
+            kid: r.get(5)?,
+            doc_id: r.get(6)?,
+            outcome: r.get(7)?,
+            reason: r.get(8)?,
+            client: r.get(9)?,
+            credential: r.get(11)?,
+        },
+        mac: r.get(10)?,
+    })
+}
+
 fn admin_entry(actor: &str, action: &str, label: Option<&str>, kid: Option<u32>) -> AuditEntry {
     AuditEntry {
         time_ms: now_ms(),
@@ -150,6 +176,7 @@ fn admin_entry(actor: &str, action: &str, label: Option<&str>, kid: Option<u32>)
         outcome: "ok".to_owned(),
         reason: None,
         client: None,
+        credential: Some(audit::admin_credential(actor)),
     }
 }
 
@@ -279,15 +306,25 @@ impl SqliteStore {
             .unwrap_or((0, GENESIS.to_vec()));
         // Prepared once per connection, not once per record: this is the audit writer's loop.
         let mut insert = tx.prepare_cached(
-            "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for e in entries {
             seq += 1;
             let mac = audit::chain_mac(&self.audit_key, &prev, seq, e);
             insert.execute(params![
-                seq, e.time_ms, e.actor, e.action, e.label, e.kid, e.doc_id, e.outcome, e.reason,
-                e.client, mac
+                seq,
+                e.time_ms,
+                e.actor,
+                e.action,
+                e.label,
+                e.kid,
+                e.doc_id,
+                e.outcome,
+                e.reason,
+                e.client,
+                mac,
+                e.credential
             ])?;
             prev = mac;
         }
@@ -670,6 +707,7 @@ impl Store for SqliteStore {
         expires_ms: Option<i64>,
         actor: &str,
     ) -> Result<(String, String)> {
+        crate::policy::check_token_names(user, groups)?;
         Policy {
             users: vec![user.to_owned()],
             groups: groups.to_vec(),
@@ -753,10 +791,16 @@ impl Store for SqliteStore {
         {
             return Ok(None);
         }
+        let groups: Vec<String> = serde_json::from_str(&groups).unwrap_or_default();
+        // A token issued before names were namespaced may carry a name of another source
+        // (`oidc:…`, `admin:…`) or of the server itself: it authenticates no one.
+        if crate::policy::check_token_names(&user, &groups).is_err() {
+            return Ok(None);
+        }
         Ok(Some(Principal {
             user,
-            groups: serde_json::from_str(&groups).unwrap_or_default(),
-            token_id: id.to_owned(),
+            groups,
+            credential: format!("token:{id}"),
         }))
     }
 
@@ -814,27 +858,23 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac
+            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential
              FROM audit WHERE (?1 IS NULL OR actor = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![actor, after, limit], |r| {
-            Ok(AuditRecord {
-                seq: r.get(0)?,
-                entry: AuditEntry {
-                    time_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    label: r.get(4)?,
-                    kid: r.get(5)?,
-                    doc_id: r.get(6)?,
-                    outcome: r.get(7)?,
-                    reason: r.get(8)?,
-                    client: r.get(9)?,
-                },
-                mac: r.get(10)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![actor, after, limit], audit_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn audit_by_credential(&self, credential: &str) -> Result<Vec<AuditRecord>> {
+        // Exactly this credential, or one of its JWTs (`…#<jti>`) when no `#` was given.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential
+             FROM audit WHERE credential = ?1
+                OR (instr(?1, '#') = 0 AND substr(credential, 1, length(?1) + 1) = ?1 || '#')
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![credential], audit_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

@@ -115,14 +115,21 @@ pub struct TokenInfo {
 }
 
 /// Who a valid token authenticates.
+///
+/// Names are namespaced by where the identity comes from, so that one source can never
+/// produce another's name: an API token's user and groups are plain (`alice`, `hr`; they may
+/// not contain `:`), an OpenID Connect token's are `oidc:<issuer name>:<user>` and
+/// `oidc:<issuer name>:<group>`, the admin CLI acts as `admin:<os user>`. Label policies and
+/// the audit trail use these same strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// The user id.
+    /// The namespaced user id (the audit trail's actor).
     pub user: String,
-    /// The groups.
+    /// The namespaced groups.
     pub groups: Vec<String>,
-    /// The token id, for the audit trail.
-    pub token_id: String,
+    /// The credential that authenticated, for the audit trail: `token:<public token id>` or
+    /// `oidc:<issuer name>:<sub>[#<jti>]`.
+    pub credential: String,
 }
 
 /// The key server's storage. Every administrative change is written together with its
@@ -167,6 +174,9 @@ pub trait Store {
     /// optionally only those of one actor.
     fn audit_page(&self, actor: Option<&str>, after: i64, limit: usize)
     -> Result<Vec<AuditRecord>>;
+    /// Audit records, oldest first, made with one credential: exactly `credential`, or (for an
+    /// OpenID Connect subject given without `#<jti>`) any of its tokens `credential#…`.
+    fn audit_by_credential(&self, credential: &str) -> Result<Vec<AuditRecord>>;
     /// Verify the whole audit chain; returns the number of records and the head MAC (hex).
     fn verify_audit(&self) -> Result<(i64, String)>;
 }

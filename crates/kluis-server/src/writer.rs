@@ -219,6 +219,7 @@ mod tests {
             outcome: "granted".into(),
             reason: None,
             client: None,
+            credential: None,
         }
     }
 
