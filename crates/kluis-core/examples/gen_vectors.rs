@@ -644,7 +644,9 @@ fn success_vectors(v: &mut Vec<Vector>) {
     }
 
     let p = rule(1000);
-    let m = with_size(1000).padded().unwrap();
+    let mut m = with_size(1000).padded().unwrap();
+    // As sealed before the name-padding flag (FORMAT.md 7.1): such files stay readable.
+    m.name_padded = false;
     v.push(ok(
         "success_padded",
         &[K_ALICE],
@@ -656,7 +658,8 @@ fn success_vectors(v: &mut Vec<Vector>) {
     ));
 
     let p = rule(65_500);
-    let m = with_size(65_500).padded().unwrap();
+    let mut m = with_size(65_500).padded().unwrap();
+    m.name_padded = false;
     v.push(ok(
         "success_padded_across_chunks",
         &[K_ALICE],
@@ -667,6 +670,42 @@ fn success_vectors(v: &mut Vec<Vector>) {
         m.clone(),
         seal(&[to_alice()], &m, &p),
     ));
+
+    for (name, file_name, comment) in [
+        (
+            "success_padded_name",
+            "brief.docx".to_owned(),
+            "1000 bytes with Padmé padding and a padded name (FORMAT.md 7.1): metadata flags\n\
+             0x05, the 10-byte name \"brief.docx\" followed by 246 zero bytes, so the sealed\n\
+             metadata is 31 + 256 + 16 bytes whatever the name's length up to 256 bytes.\n\
+             Metadata::with_size(1000).name(\"brief.docx\").padded().",
+        ),
+        (
+            "success_padded_name_two_buckets",
+            "n".repeat(300),
+            "1000 bytes with Padmé padding and a 300-byte name padded to two buckets\n\
+             (512 bytes, FORMAT.md 7.1).",
+        ),
+        (
+            "success_padded_empty_name",
+            String::new(),
+            "1000 bytes with Padmé padding and an empty name, padded to one bucket\n\
+             (256 zero bytes, FORMAT.md 7.1).",
+        ),
+    ] {
+        let p = rule(1000);
+        let m = with_size(1000).name(file_name).padded().unwrap();
+        assert!(m.name_padded);
+        v.push(ok(
+            name,
+            &[K_ALICE],
+            comment,
+            p.clone(),
+            true,
+            m.clone(),
+            seal(&[to_alice()], &m, &p),
+        ));
+    }
 
     let p = b"double key: both the label key and the holder's key are needed\n".to_vec();
     let slot = Slot::double(to_hr(), Recipient::Key(alice().public_key())).unwrap();
@@ -1445,7 +1484,35 @@ fn header_vectors(v: &mut Vec<Vector>) {
     ));
 }
 
+/// Metadata plaintext (flags 0x05: size 10, padded name) with `name` in a field of `field`
+/// bytes, and optionally one non-zero padding byte at `bad` (an offset in the field).
+fn padded_name(name: &[u8], field: usize, bad: Option<usize>) -> Vec<u8> {
+    let mut m = raw::metadata(0x05, 10, 0, 0, 0, name);
+    m.resize(31 + field, 0);
+    if let Some(at) = bad {
+        m[31 + at] = 1;
+    }
+    m
+}
+
 fn metadata_vectors(v: &mut Vec<Vector>) {
+    let mut d = raw::Doc::new(10);
+    d.metadata_plain = padded_name(b"report.pdf", 256, None);
+    let d = d.add_key_slot(alice().public_key().as_bytes());
+    v.push(ok(
+        "success_padded_name_independent",
+        &[K_ALICE],
+        "Independent implementation: metadata flags 0x05, the name \"report.pdf\" followed by\n\
+         246 zero bytes (one 256-byte bucket, FORMAT.md 7.1); size 10, no payload padding.",
+        rule(10),
+        true,
+        Metadata {
+            name_padded: true,
+            ..with_size(10).name("report.pdf")
+        },
+        [d.header(), d.payload(&rule(10))].concat(),
+    ));
+
     let a = *alice().public_key().as_bytes();
     let p = rule(10);
 
@@ -1525,6 +1592,24 @@ fn metadata_vectors(v: &mut Vec<Vector>) {
             name_len,
             "Independent implementation: valid MAC, name_len 4 but 3 name bytes (\"abc\")\n\
              follow.",
+        ),
+        (
+            "metadata_name_padding_nonzero",
+            padded_name(b"a", 256, Some(200)),
+            "Independent implementation: valid MAC, flags 0x05 (size, padded name), name \"a\"\n\
+             in a 256-byte field whose byte 200 is 01: name padding must be zero (FORMAT.md 7.1).",
+        ),
+        (
+            "metadata_name_padding_short",
+            padded_name(b"a", 255, None),
+            "Independent implementation: valid MAC, flags 0x05, name \"a\" in a 255-byte field:\n\
+             a padded name takes a multiple of 256 bytes (FORMAT.md 7.1).",
+        ),
+        (
+            "metadata_name_padding_extra_bucket",
+            padded_name(b"a", 512, None),
+            "Independent implementation: valid MAC, flags 0x05, name \"a\" in a 512-byte field:\n\
+             a padded name takes the smallest bucket that holds it (FORMAT.md 7.1).",
         ),
         (
             "metadata_size_padding_overflow",
