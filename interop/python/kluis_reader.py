@@ -414,6 +414,35 @@ def recover_file_key(header: Header, holders: Sequence[Holder]) -> Tuple[bytes, 
 
 
 # ---------------------------------------------------------------------------
+# Key server replies (§15), client side
+# ---------------------------------------------------------------------------
+INFO_REPLY = b"kluis/v1/reply"
+
+
+def reply_key(r: bytes, server_public: bytes) -> bytes:
+    """RK = HKDF(X25519(r, S), S || R, "kluis/v1/reply"); ZeroSharedSecret for a low-order S."""
+    z = x25519(r, server_public)
+    if z == bytes(32):
+        raise KluisError("ZeroSharedSecret", "reply key S is a low-order point")
+    return hkdf(z, server_public + x25519_public(r), INFO_REPLY)
+
+
+def open_reply_item(rk: bytes, doc_id: bytes, nonce: bytes, body: bytes) -> bytes:
+    """Open one released share with the nonce sent and the doc_id of the request item it
+    answers. A body that fails to open is an Unwrap error (§15)."""
+    share = aead_open(rk, nonce, doc_id, body)
+    if share is None or len(share) != 32:
+        raise KluisError("Unwrap", "the key server's reply did not authenticate")
+    return share
+
+
+def seal_reply_item(rk: bytes, j: int, doc_id: bytes, share: bytes) -> Tuple[bytes, bytes]:
+    """Server side, for checking vectors: item j's nonce 0^4 || BE64(j) and body."""
+    nonce = bytes(4) + j.to_bytes(8, "big")
+    return nonce, AESGCM(rk).encrypt(nonce, share, doc_id)
+
+
+# ---------------------------------------------------------------------------
 # Metadata (§7)
 # ---------------------------------------------------------------------------
 @dataclass
