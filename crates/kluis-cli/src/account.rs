@@ -12,7 +12,7 @@ use crate::Global;
 use crate::cli::{ConfigCmd, KeygenArgs, LoginArgs};
 use crate::config::{
     DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, config_dir, create_private_dir,
-    public_key_of_identity_file, read_small, saved_token, write_private,
+    read_small, saved_token, write_private,
 };
 use crate::error::{Class, CliError};
 use crate::keys::{Passphrase, prompt};
@@ -21,7 +21,7 @@ use crate::output::{self, clean, print_json, utc, utc_ms, warn};
 /// Run `kluis keygen`.
 pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
     if let Some(p) = &args.public {
-        let key = public_key_of_identity_file(p)?;
+        let key = crate::pins::holder_public_key(p, &Passphrase::from_args(&args.passphrase))?;
         if g.json {
             print_json(
                 &json!({"command": "keygen", "identity": p.to_string_lossy(), "public_key": key.to_string()}),
@@ -75,6 +75,7 @@ pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
         other => other.into(),
     })?;
     let key = id.public_key();
+    crate::pins::record(&path, &key);
     if g.json {
         print_json(
             &json!({"command": "keygen", "identity": path.to_string_lossy(), "public_key": key.to_string()}),

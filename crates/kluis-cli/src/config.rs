@@ -277,14 +277,18 @@ impl Settings {
     }
 
     /// The holder public key for a double-key slot when `--to` is not given: `default_to`,
-    /// else the public key written in the identity file (its comment line; the file is the
-    /// person's own, trusted like config.toml).
-    pub fn default_holder(&self, identity: Option<&Path>) -> Result<Option<PublicKey>, CliError> {
+    /// else the identity's public key, authenticated (never just its comment line, which
+    /// anyone who can edit the file can change; see crate::pins).
+    pub fn default_holder(
+        &self,
+        identity: Option<&Path>,
+        passphrase: &crate::keys::Passphrase,
+    ) -> Result<Option<PublicKey>, CliError> {
         if let Some(k) = &self.file.default_to {
             return parse_public_key(k, "default_to in config.toml").map(Some);
         }
         match self.identity_path(identity) {
-            Some(p) => public_key_of_identity_file(&p).map(Some),
+            Some(p) => crate::pins::holder_public_key(&p, passphrase).map(Some),
             None => Ok(None),
         }
     }
@@ -294,24 +298,6 @@ impl Settings {
 pub fn parse_public_key(s: &str, what: &str) -> Result<PublicKey, CliError> {
     s.parse::<PublicKey>()
         .map_err(|e| CliError::usage(format!("{what}: {e}")))
-}
-
-/// The public key recorded in an identity file's `# public key:` line.
-pub fn public_key_of_identity_file(path: &Path) -> Result<PublicKey, CliError> {
-    let text = read_small(path).map_err(|e| {
-        CliError::usage(format!(
-            "cannot read the identity file {path:?}: {e}: give another with --identity, or make one with `kluis keygen`"
-        ))
-    })?;
-    let line = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("# public key:"))
-        .ok_or_else(|| {
-            CliError::usage(format!(
-                "{path:?} has no `# public key:` line: is it a kluis identity file?"
-            ))
-        })?;
-    parse_public_key(line.trim(), &format!("the public key line of {path:?}"))
 }
 
 /// Write `data` to `path` atomically with mode 0600 (temporary file, fsync, rename), making

@@ -123,7 +123,10 @@ pub fn load_identity(
     bars: Option<&Bars>,
 ) -> Result<Identity, CliError> {
     let open = |pass: &str| {
-        Identity::read_file(path, pass.as_bytes()).map_err(|e| match e {
+        Identity::read_file(path, pass.as_bytes())
+            // The key derived from the secret, for use without the passphrase (crate::pins).
+            .inspect(|id| crate::pins::record(path, &id.public_key()))
+            .map_err(|e| match e {
             kluis_core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
                 CliError::usage(format!(
                     "the identity file {path:?} does not exist: give yours with --identity FILE, or make one with `kluis keygen`"

@@ -11,8 +11,10 @@
 //!   server or, offline, from the label cache (a warning says when an expired record is
 //!   used). Every recovery key of the label is added as an extra slot. A label that requires
 //!   double key needs a holder public key: `--to`, else `default_to` in config.toml, else the
-//!   public key written in the identity file; `--to` on another label makes the document
-//!   double key anyway.
+//!   identity's public key as derived from its secret (recorded at `keygen` and at each
+//!   unlock; an identity file whose `# public key:` comment disagrees is refused, and with no
+//!   record the passphrase is asked); `--to` on another label makes the document double key
+//!   anyway.
 //! - `open [-o PATH] [--identity FILE] [--passphrase-file F | --passphrase-env VAR]
 //!   [--reason TEXT] [--force] [FILES…]`: open through the key server (one request per 1000
 //!   documents) and, where a document needs it, the holder identity.
@@ -98,6 +100,7 @@ mod inspect;
 mod keys;
 mod open;
 mod output;
+mod pins;
 mod progress;
 mod rekey;
 mod seal;

@@ -262,7 +262,10 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                         Some(t) => Some(t),
                         None if doc.double || record.double_key => match identity.public_key() {
                             Some(k) => Some(k),
-                            None => settings.default_holder(args.identity.as_deref())?,
+                            None => settings.default_holder(
+                                args.identity.as_deref(),
+                                &Passphrase::from_args(&args.passphrase),
+                            )?,
                         },
                         None => None,
                     };

@@ -91,7 +91,10 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
     warn_if_stale(&record);
     let holder = match &args.to {
         Some(t) => Some(parse_public_key(t, "--to")?),
-        None if record.double_key => settings.default_holder(args.identity.as_deref())?,
+        None if record.double_key => settings.default_holder(
+            args.identity.as_deref(),
+            &Passphrase::from_args(&args.passphrase),
+        )?,
         None => None,
     };
     let slots = record.slots(holder.as_ref())?;
