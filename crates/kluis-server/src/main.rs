@@ -16,7 +16,8 @@ use kluis_server::api::{Api, ApiConfig};
 use kluis_server::config::Config;
 use kluis_server::serve::{ListenLimits, serve, signals, tls_config};
 use kluis_server::{
-    KeySource, Policy, Result, ServerError, SqliteStore, Store, now_ms, parse_duration,
+    KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor, now_ms,
+    parse_duration,
 };
 use zeroize::Zeroizing;
 
@@ -64,6 +65,24 @@ enum Command {
     Audit(AuditCmd),
     /// Run due scheduled rotations and retention destructions now (`serve` also runs them).
     Schedule,
+    /// Write a consistent copy of the store to a new file, also while the server runs.
+    Backup {
+        /// The backup file to create (mode 0600); it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place as the store, after checking it (stop the server first).
+    Restore {
+        /// The backup file, as `backup --to` wrote it.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage the master key.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCmd),
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
 }
@@ -142,6 +161,47 @@ enum LabelCmd {
         /// The key version.
         kid: u32,
     },
+    /// Change a label's policy; takes effect on the next request, and is audited.
+    Update {
+        /// The label.
+        name: String,
+        /// Allow a user (repeatable).
+        #[arg(long)]
+        add_user: Vec<String>,
+        /// Stop allowing a user (repeatable).
+        #[arg(long)]
+        remove_user: Vec<String>,
+        /// Allow a group (repeatable).
+        #[arg(long)]
+        add_group: Vec<String>,
+        /// Stop allowing a group (repeatable).
+        #[arg(long)]
+        remove_group: Vec<String>,
+        /// Add a recovery public key (kluis1…) (repeatable).
+        #[arg(long)]
+        add_recovery: Vec<String>,
+        /// Remove a recovery public key (repeatable).
+        #[arg(long)]
+        remove_recovery: Vec<String>,
+        /// Rotate this often (`90d`, `12h`, ...).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_rotation")]
+        rotate_every: Option<u64>,
+        /// Stop scheduled rotation.
+        #[arg(long)]
+        no_rotation: bool,
+        /// Destroy versions this long after they stopped sealing.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_retention")]
+        retain: Option<u64>,
+        /// Stop destroying versions for retention.
+        #[arg(long)]
+        no_retention: bool,
+        /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
+        #[arg(long, value_enum)]
+        double_key: Option<OnOff>,
+        /// Repeat the label name to confirm turning double key off.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
     /// Destroy a key version: irreversible, its documents become unopenable everywhere.
     Destroy {
         /// The label.
@@ -152,6 +212,20 @@ enum LabelCmd {
         #[arg(long)]
         confirm: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCmd {
+    /// Re-seal the store under a new master key, written over the key file (key files only;
+    /// stop the server first). Older backups then need the old key, which you destroy.
+    Rotate,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -175,12 +249,29 @@ enum TokenCmd {
         /// The token id, as `token list` shows it.
         id: String,
     },
+    /// Revoke every active token of a user (leavers); prints the revoked ids.
+    RevokeUser {
+        /// The user.
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Verify the whole hash chain.
-    Verify,
+    Verify {
+        /// Also check the anchors in this file (`audit anchor` lines): fails on a rollback,
+        /// a truncation past an anchor, or a rewritten record.
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+    },
+    /// Append the verified head (sequence, MAC, time) as a JSON line to a file or standard
+    /// output, to ship to a place admins cannot edit.
+    Anchor {
+        /// Append to this file instead of writing to standard output.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
     /// Write every record as JSON lines to standard output.
     Export,
 }
@@ -304,6 +395,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
+    if let Command::Restore { from, force } = &cli.command {
+        let check = SqliteStore::restore(from, &store_path, key, *force)?;
+        println!(
+            "restored {} from {}: audit trail verified, {} records, head {}",
+            store_path.display(),
+            from.display(),
+            check.records,
+            check.head
+        );
+        return Ok(());
+    }
     let mut store = SqliteStore::open(&store_path, key)?;
     drop(pass);
     if let Command::Serve(args) = cli.command {
@@ -311,7 +413,28 @@ fn run(cli: Cli) -> Result<()> {
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init | Command::Serve(_) => unreachable!("handled above"),
+        Command::Init | Command::Serve(_) | Command::Restore { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Backup { to } => {
+            store.backup_to(&to)?;
+            writeln!(
+                out,
+                "backup written to {} (mode 0600); it opens only with this master key",
+                to.display()
+            )?;
+        }
+        Command::MasterKey(MasterKeyCmd::Rotate) => {
+            let done = store.rotate_master_key(&key_file, &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {} label key(s) re-sealed; the new key is in {}. \
+                 Restart the server, back the new key up offline, and destroy every copy \
+                 of the old key once no backup you must keep needs it",
+                done.label_keys,
+                done.key_file.display()
+            )?;
+        }
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(
@@ -365,6 +488,50 @@ fn run(cli: Cli) -> Result<()> {
                     "label {name}: version {kid} retired (opens only for re-keying)"
                 )?;
             }
+            LabelCmd::Update {
+                name,
+                add_user,
+                remove_user,
+                add_group,
+                remove_group,
+                add_recovery,
+                remove_recovery,
+                rotate_every,
+                no_rotation,
+                retain,
+                no_retention,
+                double_key,
+                confirm,
+            } => {
+                let confirmed = confirm.as_deref() == Some(name.as_str());
+                if confirm.is_some() && !confirmed {
+                    return Err(ServerError::Refused(format!(
+                        "--confirm must repeat the label name `{name}`"
+                    )));
+                }
+                let edit = PolicyEdit {
+                    add_users: add_user,
+                    remove_users: remove_user,
+                    add_groups: add_group,
+                    remove_groups: remove_group,
+                    add_recovery,
+                    remove_recovery,
+                    rotation_secs: if no_rotation {
+                        Some(None)
+                    } else {
+                        rotate_every.map(Some)
+                    },
+                    retention_secs: if no_retention {
+                        Some(None)
+                    } else {
+                        retain.map(Some)
+                    },
+                    double_key: double_key.map(|d| matches!(d, OnOff::On)),
+                    confirm_double_key_off: confirmed,
+                };
+                let (_, new) = store.update_policy(&name, &edit, &actor())?;
+                writeln!(out, "label {name}: policy updated\n{}", json(&new))?;
+            }
             LabelCmd::Destroy { name, kid, confirm } => {
                 if confirm != name {
                     return Err(ServerError::Refused(format!(
@@ -394,11 +561,36 @@ fn run(cli: Cli) -> Result<()> {
                 store.revoke_token(&id, &actor())?;
                 writeln!(out, "token {id} revoked")?;
             }
+            TokenCmd::RevokeUser { user } => {
+                let ids = store.revoke_user_tokens(&user, &actor())?;
+                if ids.is_empty() {
+                    writeln!(out, "user {user} had no active token")?;
+                }
+                for id in ids {
+                    writeln!(out, "token {id} revoked")?;
+                }
+            }
         },
         Command::Audit(cmd) => match cmd {
-            AuditCmd::Verify => {
-                let (n, head) = store.verify_audit()?;
+            AuditCmd::Verify { anchors } => {
+                let (n, head) = match &anchors {
+                    Some(path) => anchor::verify(&store, &anchor::read(path)?)?,
+                    None => store.verify_audit()?,
+                };
                 writeln!(out, "audit trail verified: {n} records, head {head}")?;
+                if let Some(path) = anchors {
+                    writeln!(out, "every anchor in {} matches", path.display())?;
+                }
+            }
+            AuditCmd::Anchor { to } => {
+                let a = anchor::take(&store)?;
+                match to {
+                    Some(path) => {
+                        anchor::append(&path, &a)?;
+                        writeln!(out, "anchored record {} in {}", a.seq, path.display())?;
+                    }
+                    None => writeln!(out, "{}", a.to_line())?,
+                }
             }
             AuditCmd::Export => {
                 for r in store.audit_records(None)? {
