@@ -396,7 +396,7 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Command::Restore { from, force } = &cli.command {
-        let check = SqliteStore::restore(from, &store_path, key, *force)?;
+        let check = SqliteStore::restore(from, &store_path, key, *force, &actor())?;
         println!(
             "restored {} from {}: audit trail verified, {} records, head {}",
             store_path.display(),
@@ -417,7 +417,7 @@ fn run(cli: Cli) -> Result<()> {
             unreachable!("handled above")
         }
         Command::Backup { to } => {
-            store.backup_to(&to)?;
+            store.backup_to(&to, &actor())?;
             writeln!(
                 out,
                 "backup written to {} (mode 0600); it opens only with this master key",

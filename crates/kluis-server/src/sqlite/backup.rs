@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::rekey_master::sync_dir;
-use super::{KeySource, SqliteStore};
+use super::{KeySource, SqliteStore, admin_entry};
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
 use crate::store::Store;
@@ -64,7 +64,7 @@ fn integrity_ok(path: &Path) -> Result<()> {
 /// What a verified backup holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupCheck {
-    /// Audit records, all verified.
+    /// Audit records, all verified (with the `store.restore` record).
     pub records: i64,
     /// The head MAC (hex) of the audit chain.
     pub head: String,
@@ -73,7 +73,8 @@ pub struct BackupCheck {
 impl SqliteStore {
     /// Write a consistent copy of the store to `to`, which must not exist, while other
     /// connections keep reading and writing. The copy is sealed under the same master key.
-    pub fn backup_to(&self, to: &Path) -> Result<()> {
+    /// The backup holds a `store.backup` record naming the file, appended first.
+    pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
         if to.exists() {
             return Err(ServerError::Refused(format!(
                 "{} exists: choose a new backup file name",
@@ -83,9 +84,12 @@ impl SqliteStore {
         let (tmp, file) = temp_beside(to, "backup")?;
         drop(file);
         let mut guard = TempGuard(Some(tmp.clone()));
-        let name = tmp.to_str().ok_or_else(|| {
-            ServerError::Config(format!("{} is not a UTF-8 path", to.display()))
-        })?;
+        let name = tmp
+            .to_str()
+            .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
+        let mut entry = admin_entry(actor, "store.backup", None, None);
+        entry.reason = Some(format!("backup to {}", to.display()));
+        self.append_audit(&[entry])?;
         // VACUUM INTO writes into an existing empty file, keeping its 0600 mode.
         self.conn.execute("VACUUM INTO ?1", [name])?;
         integrity_ok(&tmp)?;
@@ -105,12 +109,13 @@ impl SqliteStore {
     /// Put the backup `from` in place as the store `to`, after checking that it passes
     /// SQLite's integrity check, that `key` opens it and that its audit chain verifies. Refuses
     /// to replace an existing store unless `force`; the server must be stopped. The backup
-    /// file itself is not changed.
+    /// file itself is not changed; the restored store gets a `store.restore` record.
     pub fn restore(
         from: &Path,
         to: &Path,
         key: KeySource<'_>,
         force: bool,
+        actor: &str,
     ) -> Result<BackupCheck> {
         if !from.is_file() {
             return Err(ServerError::Config(format!(
@@ -131,7 +136,11 @@ impl SqliteStore {
         drop(file);
         integrity_ok(&tmp)?;
         let check = {
-            let store = SqliteStore::open(&tmp, key)?;
+            let mut store = SqliteStore::open(&tmp, key)?;
+            store.verify_audit()?;
+            let mut entry = admin_entry(actor, "store.restore", None, None);
+            entry.reason = Some(format!("restored from {}", from.display()));
+            store.append_audit(&[entry])?;
             let (records, head) = store.verify_audit()?;
             // A single file, no WAL beside it, for the rename.
             store

@@ -21,11 +21,9 @@ impl SqliteStore {
         let tx = self.write_tx()?;
         // Read inside the write transaction: a concurrent update cannot slip in between.
         let stored: Option<String> = tx
-            .query_row(
-                "SELECT policy FROM labels WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT policy FROM labels WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?;
         let stored = stored.ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
         let old: Policy = serde_json::from_str(&stored)

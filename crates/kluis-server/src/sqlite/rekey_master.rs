@@ -35,12 +35,16 @@ const SUBKEYS: [(&str, &[u8], &[u8]); 2] = [
 fn subkey_bytes(conn: &Connection, master: &MasterKey, i: usize) -> Result<Zeroizing<[u8; 32]>> {
     let (meta, aad, purpose) = SUBKEYS[i];
     let sealed: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [meta], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = ?1", [meta], |r| {
+            r.get(0)
+        })
         .optional()?;
     let Some(sealed) = sealed else {
         return Ok(master.subkey(purpose));
     };
-    let plain = master.open(aad, &sealed).ok_or(ServerError::WrongMasterKey)?;
+    let plain = master
+        .open(aad, &sealed)
+        .ok_or(ServerError::WrongMasterKey)?;
     let mut out = Zeroizing::new([0u8; 32]);
     if plain.len() != 32 {
         return Err(ServerError::WrongMasterKey);
