@@ -303,6 +303,8 @@ impl SqliteStore {
     }
 
     fn new_version(&self, tx: &Transaction<'_>, label: &str, kid: u32) -> Result<LabelPublicKey> {
+        // Never seal under a master key the store has been rotated away from.
+        self.check_master_in(tx)?;
         let key = LabelKey::generate(label, kid)?;
         let sealed = self
             .master

@@ -662,3 +662,34 @@ fn anchors_detect_a_rollback_past_them_and_a_rewritten_trail() {
     let e = admin_fails(d, &["audit", "verify", "--anchors", "bad.jsonl"]);
     assert!(e.contains("malformed") && e.contains("line 2"), "{e}");
 }
+
+#[test]
+fn a_process_that_opened_the_store_before_a_master_key_rotation_seals_nothing_under_the_old_key() {
+    use kluis_server::{KeySource, SqliteStore, Store};
+    let (dir, _, _) = store();
+    let d = dir.path();
+    let db = d.join("kluis-server.db");
+    let key = d.join("kluis-master.key");
+    // Like a running server's scheduler: opened under the key of the time.
+    let mut stale = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
+    let mut admin_side = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
+    admin_side.rotate_master_key(&key, "admin:test").unwrap();
+    drop(admin_side);
+    let e = stale.rotate("hr", "scheduler").unwrap_err().to_string();
+    assert!(e.contains("restart"), "{e}");
+    let e = stale
+        .create_label("new", &kluis_server::Policy::default(), "admin:test")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("restart"), "{e}");
+    drop(stale);
+    // Under the new key every version opens, and the chain verifies.
+    let fresh = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
+    let hr = fresh.label("hr").unwrap();
+    assert_eq!(hr.versions.len(), 1);
+    for v in &hr.versions {
+        fresh.label_key("hr", v.kid).unwrap();
+    }
+    assert!(fresh.label("new").is_err());
+    fresh.verify_audit().unwrap();
+}

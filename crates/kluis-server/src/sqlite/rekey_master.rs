@@ -92,6 +92,25 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 }
 
 impl SqliteStore {
+    /// Inside a write transaction: fail unless this connection's master key is still the
+    /// store's. A process that opened the store before a master-key rotation (a running
+    /// server's scheduler) would otherwise seal new label keys under the old key, which the
+    /// store can no longer open once the old key is destroyed.
+    pub(super) fn check_master_in(&self, tx: &Connection) -> Result<()> {
+        let check: Vec<u8> =
+            tx.query_row("SELECT value FROM meta WHERE key = 'check'", [], |r| {
+                r.get(0)
+            })?;
+        match self.master.open(b"check", &check) {
+            Some(c) if c.as_slice() == CHECK => Ok(()),
+            _ => Err(ServerError::Refused(
+                "the store's master key was rotated since this process opened it: restart it \
+                 with the new key file"
+                    .into(),
+            )),
+        }
+    }
+
     /// Re-seal everything under `new` in one transaction with its `master-key.rotate` audit
     /// record; a failure or crash before the commit leaves the store under the old key.
     /// Returns how many label keys were re-sealed.
