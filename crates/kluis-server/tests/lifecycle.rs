@@ -366,6 +366,12 @@ fn restore_checks_the_backup_and_overwrites_a_store_only_with_force() {
     // A store exists here: refused without --force.
     let e = admin_fails(d, &["restore", "--from", "b.db"]);
     assert!(e.contains("--force"), "{e}");
+    // The store itself is no backup.
+    let e = admin_fails(d, &["restore", "--from", "kluis-server.db", "--force"]);
+    assert!(e.contains("the store itself"), "{e}");
+    // A backup into a directory that does not exist says where.
+    let e = admin_fails(d, &["backup", "--to", "no/such/dir/b.db"]);
+    assert!(e.contains("no/such/dir/b.db"), "{e}");
     // Another store's key does not open the backup; the target is left alone.
     let other = tempfile::tempdir().unwrap();
     admin(other.path(), &["init"]);

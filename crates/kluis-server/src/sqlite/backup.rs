@@ -30,7 +30,12 @@ fn temp_beside(target: &Path, what: &str) -> Result<(PathBuf, std::fs::File)> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let file = opts.open(&path)?;
+    let file = opts.open(&path).map_err(|e| {
+        ServerError::Config(format!(
+            "cannot create a file beside {}: {e}",
+            target.display()
+        ))
+    })?;
     Ok((path, file))
 }
 
@@ -122,6 +127,15 @@ impl SqliteStore {
                 "no backup file at {}",
                 from.display()
             )));
+        }
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same(from, to) {
+            return Err(ServerError::Refused(
+                "the backup file is the store itself: restore from a file `backup` wrote".into(),
+            ));
         }
         if to.exists() && !force {
             return Err(ServerError::Refused(format!(
