@@ -216,9 +216,20 @@ enum LabelCmd {
 
 #[derive(Subcommand)]
 enum MasterKeyCmd {
-    /// Re-seal the store under a new master key, written over the key file (key files only;
-    /// stop the server first). Older backups then need the old key, which you destroy.
-    Rotate,
+    /// Re-seal the store under a new master key, written over the key file, or derived from
+    /// a new passphrase (stop the server first). Older backups then need the old key, which
+    /// you destroy.
+    Rotate {
+        /// Passphrase stores: the new passphrase, from this environment variable.
+        #[arg(long)]
+        new_passphrase_env: Option<String>,
+        /// Passphrase stores: the new passphrase, from this file (first line).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Passphrase stores: ask for the new passphrase on the terminal.
+        #[arg(long)]
+        new_passphrase_prompt: bool,
+    },
 }
 
 /// `on` or `off`.
@@ -364,6 +375,88 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
     Ok(None)
 }
 
+/// The new passphrase for `master-key rotate`, if one of its sources is given.
+fn new_passphrase(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    prompt: bool,
+) -> Result<Option<Zeroizing<String>>> {
+    let chosen = usize::from(env.is_some()) + usize::from(file.is_some()) + usize::from(prompt);
+    if chosen > 1 {
+        return Err(ServerError::Config(
+            "choose one of --new-passphrase-env, --new-passphrase-file, --new-passphrase-prompt"
+                .into(),
+        ));
+    }
+    if let Some(var) = env {
+        let v = std::env::var(var).map_err(|_| {
+            ServerError::Config(format!(
+                "the new passphrase environment variable {var} is not set"
+            ))
+        })?;
+        return first_line(v.as_bytes(), "the environment").map(Some);
+    }
+    if let Some(p) = file {
+        let f = std::fs::File::open(p)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
+        return first_line(f, "the new passphrase file").map(Some);
+    }
+    if prompt {
+        let ask = |q: &str| {
+            rpassword::prompt_password(q)
+                .map(Zeroizing::new)
+                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+        };
+        let pw = ask("new kluis-server passphrase: ")?;
+        if pw.is_empty() {
+            return Err(ServerError::Config("the passphrase is empty".into()));
+        }
+        if *ask("again, to confirm: ")? != *pw {
+            return Err(ServerError::Config("the two passphrases differ".into()));
+        }
+        return Ok(Some(pw));
+    }
+    Ok(None)
+}
+
+/// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
+fn rotate_master(
+    store: &mut SqliteStore,
+    key_file: &std::path::Path,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    let advice = "Restart the server, and destroy every copy of the old key once no backup you \
+                  must keep needs it";
+    match (old, new) {
+        (Some(_), None) | (None, None) => {
+            let done = store.rotate_master_key(key_file, &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {} label key(s) re-sealed; the new key is in {}: back it \
+                 up offline. {advice}",
+                done.label_keys,
+                done.key_file.display()
+            )?;
+        }
+        (Some(old), Some(new)) if old == new => {
+            return Err(ServerError::Refused(
+                "the new passphrase is the old one: older backups would still open with it".into(),
+            ));
+        }
+        (_, Some(new)) => {
+            let n = store.rotate_master_passphrase(new.as_bytes(), &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {n} label key(s) re-sealed under the new passphrase. \
+                 {advice} (forget the old passphrase)"
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let file = match &cli.config {
         Some(p) => Config::load(p)?,
@@ -407,6 +500,24 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let mut store = SqliteStore::open(&store_path, key)?;
+    if let Command::MasterKey(MasterKeyCmd::Rotate {
+        new_passphrase_env,
+        new_passphrase_file,
+        new_passphrase_prompt,
+    }) = &cli.command
+    {
+        let new = new_passphrase(
+            new_passphrase_env.as_deref(),
+            new_passphrase_file.as_deref(),
+            *new_passphrase_prompt,
+        )?;
+        return rotate_master(
+            &mut store,
+            &key_file,
+            pass.as_ref().map(|p| p.as_str()),
+            new.as_ref().map(|p| p.as_str()),
+        );
+    }
     drop(pass);
     if let Command::Serve(args) = cli.command {
         return run_server(store, args, &file);
@@ -424,17 +535,7 @@ fn run(cli: Cli) -> Result<()> {
                 to.display()
             )?;
         }
-        Command::MasterKey(MasterKeyCmd::Rotate) => {
-            let done = store.rotate_master_key(&key_file, &actor())?;
-            writeln!(
-                out,
-                "master key rotated: {} label key(s) re-sealed; the new key is in {}. \
-                 Restart the server, back the new key up offline, and destroy every copy \
-                 of the old key once no backup you must keep needs it",
-                done.label_keys,
-                done.key_file.display()
-            )?;
-        }
+        Command::MasterKey(_) => unreachable!("handled above"),
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(

@@ -601,25 +601,113 @@ fn a_master_key_rotation_that_fails_midway_leaves_the_store_under_the_old_key() 
 }
 
 #[test]
-fn master_key_rotation_refuses_a_passphrase_store() {
+fn a_passphrase_store_rotates_to_a_new_passphrase_and_older_backups_need_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let pass = |args: &[&str]| {
-        let mut all = vec!["--passphrase-env", "KLUIS_TEST_PASS"];
+    let d = dir.path().to_owned();
+    let env = [
+        ("OLD_PASS", "correct horse battery staple"),
+        ("NEW_PASS", "tr0ub4dor&3 but longer"),
+    ];
+    let run = |pass_var: &str, args: &[&str]| {
+        let mut all = vec!["--passphrase-env", pass_var];
         all.extend_from_slice(args);
         common::bin()
-            .current_dir(d)
-            .env("KLUIS_TEST_PASS", "correct horse battery staple")
+            .current_dir(&d)
+            .envs(env)
             .args(all)
             .output()
             .unwrap()
     };
-    assert!(pass(&["init"]).status.success());
-    let out = pass(&["master-key", "rotate"]);
+    let ok = |pass_var: &str, args: &[&str]| {
+        let out = run(pass_var, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fails = |pass_var: &str, args: &[&str]| {
+        let out = run(pass_var, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    ok("OLD_PASS", &["init"]);
+    ok("OLD_PASS", &["label", "create", "hr", "--user", "alice"]);
+    let token = ok("OLD_PASS", &["token", "create", "--user", "alice"])
+        .trim()
+        .to_owned();
+    ok("OLD_PASS", &["backup", "--to", "before.db"]);
+    // Without a new passphrase, or with the old one again, nothing happens.
+    let e = fails("OLD_PASS", &["master-key", "rotate"]);
+    assert!(e.contains("--new-passphrase-env"), "{e}");
+    let e = fails(
+        "OLD_PASS",
+        &["master-key", "rotate", "--new-passphrase-env", "OLD_PASS"],
+    );
+    assert!(e.contains("the old one"), "{e}");
+    let out = ok(
+        "OLD_PASS",
+        &["master-key", "rotate", "--new-passphrase-env", "NEW_PASS"],
+    );
+    assert!(out.contains("1 label key(s) re-sealed"), "{out}");
+    // The old passphrase no longer opens the store; the new one does, the chain verifies.
+    let e = fails("OLD_PASS", &["audit", "verify"]);
+    assert!(e.contains("master key does not open"), "{e}");
+    ok("NEW_PASS", &["audit", "verify"]);
+    // The backup from before opens only with the old passphrase.
+    let fresh = tempfile::tempdir().unwrap();
+    let before = d.join("before.db");
+    let restore = |pass_var: &str| {
+        common::bin()
+            .current_dir(fresh.path())
+            .envs(env)
+            .args([
+                "--passphrase-env",
+                pass_var,
+                "restore",
+                "--from",
+                before.to_str().unwrap(),
+                "--force",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = restore("NEW_PASS");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master key does not open"));
+    assert!(restore("OLD_PASS").status.success());
+    // The token issued before works and the label key opens, served under the new passphrase.
+    let server = common::serve_with_env(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--passphrase-env",
+            "NEW_PASS",
+        ],
+        &env,
+    );
+    let body = unwrap_body(&label_key(&server, "hr"));
+    let (status, v, _) = post(&format!("{}/v1/unwrap", server.base), Some(&token), &body);
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn a_key_file_store_does_not_take_a_new_passphrase() {
+    let (dir, _, _) = store();
+    let d = dir.path();
+    let out = common::bin()
+        .current_dir(d)
+        .env("NEW_PASS", "something")
+        .args(["master-key", "rotate", "--new-passphrase-env", "NEW_PASS"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("key file only"), "{e}");
-    assert!(pass(&["audit", "verify"]).status.success());
+    assert!(e.contains("key file"), "{e}");
+    admin(d, &["audit", "verify"]);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use super::{CHECK, SqliteStore, admin_entry, key_aad};
 use crate::error::{Result, ServerError};
-use crate::master_key::MasterKey;
+use crate::master_key::{MasterKey, random};
 
 /// The stored subkeys: (meta key, associated data, HKDF purpose of the derived original).
 const SUBKEYS: [(&str, &[u8], &[u8]); 2] = [
@@ -114,7 +114,13 @@ impl SqliteStore {
     /// Re-seal everything under `new` in one transaction with its `master-key.rotate` audit
     /// record; a failure or crash before the commit leaves the store under the old key.
     /// Returns how many label keys were re-sealed.
-    pub(super) fn reseal_under(&mut self, new: MasterKey, actor: &str) -> Result<usize> {
+    /// `kdf`, when given, replaces the stored key derivation (a new passphrase salt).
+    pub(super) fn reseal_under(
+        &mut self,
+        new: MasterKey,
+        kdf: Option<&str>,
+        actor: &str,
+    ) -> Result<usize> {
         let tx = self.write_tx()?;
         let rows = {
             let mut stmt = tx.prepare(
@@ -148,6 +154,12 @@ impl SqliteStore {
                 params![meta, new.seal(aad, &bytes[..])?],
             )?;
         }
+        if let Some(kdf) = kdf {
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'kdf'",
+                params![kdf.as_bytes()],
+            )?;
+        }
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'check'",
             params![new.seal(b"check", CHECK)?],
@@ -174,15 +186,12 @@ impl SqliteStore {
     /// with). The new key is written to `<key_file>.new` (mode 0600, fsynced), the store is
     /// re-sealed in one transaction, then the new file is renamed over `key_file`.
     ///
-    /// Passphrase-protected stores are refused: rotation supports key files only.
+    /// A passphrase-protected store is refused: see [`SqliteStore::rotate_master_passphrase`].
     pub fn rotate_master_key(&mut self, key_file: &Path, actor: &str) -> Result<MasterKeyRotation> {
-        let kdf: Vec<u8> =
-            self.conn
-                .query_row("SELECT value FROM meta WHERE key = 'kdf'", [], |r| r.get(0))?;
-        if kdf != b"file" {
+        if self.kdf()? != b"file" {
             return Err(ServerError::Refused(
-                "master-key rotation supports stores protected by a key file only; \
-                 this store is protected by a passphrase"
+                "this store is protected by a passphrase: give the new one with \
+                 --new-passphrase-env, --new-passphrase-file or --new-passphrase-prompt"
                     .into(),
             ));
         }
@@ -199,7 +208,7 @@ impl SqliteStore {
         let new = MasterKey::generate()?;
         new.write_new_file(&pending)?;
         sync_dir(&pending)?;
-        let label_keys = match self.reseal_under(new, actor) {
+        let label_keys = match self.reseal_under(new, None, actor) {
             Ok(n) => n,
             Err(e) => {
                 // The transaction rolled back: the store is still under the old key.
@@ -213,5 +222,31 @@ impl SqliteStore {
             label_keys,
             key_file: key_file.to_owned(),
         })
+    }
+
+    /// Rotate the master key of a passphrase-protected store: a new Argon2id salt and the
+    /// new passphrase give the new master key; the salt is stored in the same transaction.
+    /// Returns how many label keys were re-sealed. The caller makes sure the new passphrase
+    /// differs from the old one (the same passphrase would still open older backups).
+    pub fn rotate_master_passphrase(
+        &mut self,
+        new_passphrase: &[u8],
+        actor: &str,
+    ) -> Result<usize> {
+        if !self.kdf()?.starts_with(b"argon2id:") {
+            return Err(ServerError::Refused(
+                "this store is protected by a key file: rotate without --new-passphrase-*".into(),
+            ));
+        }
+        let salt: [u8; 16] = random()?;
+        let new = MasterKey::from_passphrase(new_passphrase, &salt)?;
+        let kdf = format!("argon2id:{}", hex::encode(salt));
+        self.reseal_under(new, Some(&kdf), actor)
+    }
+
+    fn kdf(&self) -> Result<Vec<u8>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'kdf'", [], |r| r.get(0))?)
     }
 }
