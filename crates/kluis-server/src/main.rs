@@ -499,6 +499,15 @@ fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
+    if matches!(cli.command, Command::MasterKey(_))
+        && store_path.exists()
+        && SqliteStore::in_use(&store_path)?
+    {
+        return Err(ServerError::Refused(format!(
+            "the store {} is in use (a running server?): stop it, rotate, then start it again",
+            store_path.display()
+        )));
+    }
     let mut store = SqliteStore::open(&store_path, key)?;
     if let Command::MasterKey(MasterKeyCmd::Rotate {
         new_passphrase_env,

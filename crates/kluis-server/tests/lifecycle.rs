@@ -422,6 +422,12 @@ fn restore_checks_the_backup_and_overwrites_a_store_only_with_force() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("k")]);
+    // Not under a running server.
+    let server = serve_loopback(dir);
+    let e = admin_fails(server.dir.path(), &["restore", "--from", "b.db", "--force"]);
+    assert!(e.contains("in use"), "{e}");
+    let dir = server.kill();
+    let d = dir.path();
     // With --force, a newer store is replaced by the backup: the label made since is gone.
     admin(d, &["label", "create", "later", "--user", "x"]);
     admin(d, &["restore", "--from", "b.db", "--force"]);
@@ -581,6 +587,9 @@ fn a_master_key_rotation_that_fails_midway_leaves_the_store_under_the_old_key() 
     let pk = shown["versions"][0]["public_key"].as_str().unwrap();
     let v1 = unwrap_body(&LabelPublicKey::new("hr", 1, pk.parse().unwrap()).unwrap());
     assert_eq!(post(&url, Some(&alice), &v1).0, 200);
+    // Not under a running server (it would keep the old key in memory).
+    let e = admin_fails(server.dir.path(), &["master-key", "rotate"]);
+    assert!(e.contains("in use"), "{e}");
     let dir = server.kill();
     let d = dir.path();
     // A pending key file from an interrupted rotation is not overwritten.

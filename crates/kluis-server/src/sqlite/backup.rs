@@ -54,6 +54,28 @@ impl Drop for TempGuard {
     }
 }
 
+/// Whether another connection has the store open: it holds the WAL's shared lock, so an
+/// exclusive lock cannot be had at once.
+pub(super) fn in_use(path: &Path) -> Result<bool> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    let locked = conn
+        .pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .and_then(|()| conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;"));
+    match locked {
+        Ok(()) => Ok(false),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn integrity_ok(path: &Path) -> Result<()> {
     let conn = Connection::open(path)?;
     let result: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
@@ -140,6 +162,12 @@ impl SqliteStore {
         if to.exists() && !force {
             return Err(ServerError::Refused(format!(
                 "a store exists at {}: stop the server and pass --force to replace it",
+                to.display()
+            )));
+        }
+        if to.exists() && in_use(to)? {
+            return Err(ServerError::Refused(format!(
+                "the store {} is in use (a running server?): stop it first",
                 to.display()
             )));
         }

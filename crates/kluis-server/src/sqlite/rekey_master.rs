@@ -92,6 +92,12 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 }
 
 impl SqliteStore {
+    /// Whether some process (a running server) has the store at `path` open. Checked
+    /// before a master-key rotation, which must not run under a server, and before a restore.
+    pub fn in_use(path: &Path) -> Result<bool> {
+        super::backup::in_use(path)
+    }
+
     /// Inside a write transaction: fail unless this connection's master key is still the
     /// store's. A process that opened the store before a master-key rotation (a running
     /// server's scheduler) would otherwise seal new label keys under the old key, which the
