@@ -71,6 +71,8 @@ pub enum ServerError {
     },
     /// A thread the server depends on stopped; the process must be restarted.
     ThreadDied(&'static str),
+    /// An audit anchor file is malformed.
+    BadAnchor(String),
 }
 
 impl fmt::Display for ServerError {
@@ -108,6 +110,10 @@ impl fmt::Display for ServerError {
             Refused(m) => write!(f, "refused: {m}"),
             BadPolicy(m) => write!(f, "invalid policy: {m}"),
             Config(m) => write!(f, "configuration: {m}"),
+            BadAnchor(m) => write!(
+                f,
+                "the anchor file is malformed: {m}; it holds lines written by `kluis-server audit anchor`"
+            ),
             AuditBroken { seq, what } => write!(
                 f,
                 "the audit trail does not verify at record {seq}: {what}; the store was tampered with or damaged"

@@ -16,7 +16,8 @@ use kluis_server::api::{Api, ApiConfig};
 use kluis_server::config::Config;
 use kluis_server::serve::{ListenLimits, serve, signals, tls_config};
 use kluis_server::{
-    KeySource, Policy, Result, ServerError, SqliteStore, Store, now_ms, parse_duration,
+    KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor, now_ms,
+    parse_duration,
 };
 use zeroize::Zeroizing;
 
@@ -64,6 +65,24 @@ enum Command {
     Audit(AuditCmd),
     /// Run due scheduled rotations and retention destructions now (`serve` also runs them).
     Schedule,
+    /// Write a consistent copy of the store to a new file, also while the server runs.
+    Backup {
+        /// The backup file to create (mode 0600); it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place as the store, after checking it (stop the server first).
+    Restore {
+        /// The backup file, as `backup --to` wrote it.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage the master key.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCmd),
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Check and repair-free maintenance of the store file (no master key needed).
@@ -159,6 +178,47 @@ enum LabelCmd {
         /// The key version.
         kid: u32,
     },
+    /// Change a label's policy; takes effect on the next request, and is audited.
+    Update {
+        /// The label.
+        name: String,
+        /// Allow a user (repeatable).
+        #[arg(long)]
+        add_user: Vec<String>,
+        /// Stop allowing a user (repeatable).
+        #[arg(long)]
+        remove_user: Vec<String>,
+        /// Allow a group (repeatable).
+        #[arg(long)]
+        add_group: Vec<String>,
+        /// Stop allowing a group (repeatable).
+        #[arg(long)]
+        remove_group: Vec<String>,
+        /// Add a recovery public key (kluis1…) (repeatable).
+        #[arg(long)]
+        add_recovery: Vec<String>,
+        /// Remove a recovery public key (repeatable).
+        #[arg(long)]
+        remove_recovery: Vec<String>,
+        /// Rotate this often (`90d`, `12h`, ...).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_rotation")]
+        rotate_every: Option<u64>,
+        /// Stop scheduled rotation.
+        #[arg(long)]
+        no_rotation: bool,
+        /// Destroy versions this long after they stopped sealing.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_retention")]
+        retain: Option<u64>,
+        /// Stop destroying versions for retention.
+        #[arg(long)]
+        no_retention: bool,
+        /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
+        #[arg(long, value_enum)]
+        double_key: Option<OnOff>,
+        /// Repeat the label name to confirm turning double key off.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
     /// Destroy a key version: irreversible, its documents become unopenable everywhere.
     Destroy {
         /// The label.
@@ -169,6 +229,31 @@ enum LabelCmd {
         #[arg(long)]
         confirm: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCmd {
+    /// Re-seal the store under a new master key, written over the key file, or derived from
+    /// a new passphrase (stop the server first). Older backups then need the old key, which
+    /// you destroy.
+    Rotate {
+        /// Passphrase stores: the new passphrase, from this environment variable.
+        #[arg(long)]
+        new_passphrase_env: Option<String>,
+        /// Passphrase stores: the new passphrase, from this file (first line).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Passphrase stores: ask for the new passphrase on the terminal.
+        #[arg(long)]
+        new_passphrase_prompt: bool,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -192,12 +277,29 @@ enum TokenCmd {
         /// The token id, as `token list` shows it.
         id: String,
     },
+    /// Revoke every active token of a user (leavers); prints the revoked ids.
+    RevokeUser {
+        /// The user.
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Verify the whole hash chain.
-    Verify,
+    Verify {
+        /// Also check the anchors in this file (`audit anchor` lines): fails on a rollback,
+        /// a truncation past an anchor, or a rewritten record.
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+    },
+    /// Append the verified head (sequence, MAC, time) as a JSON line to a file or standard
+    /// output, to ship to a place admins cannot edit.
+    Anchor {
+        /// Append to this file instead of writing to standard output.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
     /// Write every record as JSON lines to standard output.
     Export {
         /// Only the records made with this credential, as the records' `credential` names it:
@@ -296,6 +398,88 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
     Ok(None)
 }
 
+/// The new passphrase for `master-key rotate`, if one of its sources is given.
+fn new_passphrase(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    prompt: bool,
+) -> Result<Option<Zeroizing<String>>> {
+    let chosen = usize::from(env.is_some()) + usize::from(file.is_some()) + usize::from(prompt);
+    if chosen > 1 {
+        return Err(ServerError::Config(
+            "choose one of --new-passphrase-env, --new-passphrase-file, --new-passphrase-prompt"
+                .into(),
+        ));
+    }
+    if let Some(var) = env {
+        let v = std::env::var(var).map_err(|_| {
+            ServerError::Config(format!(
+                "the new passphrase environment variable {var} is not set"
+            ))
+        })?;
+        return first_line(v.as_bytes(), "the environment").map(Some);
+    }
+    if let Some(p) = file {
+        let f = std::fs::File::open(p)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
+        return first_line(f, "the new passphrase file").map(Some);
+    }
+    if prompt {
+        let ask = |q: &str| {
+            rpassword::prompt_password(q)
+                .map(Zeroizing::new)
+                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+        };
+        let pw = ask("new kluis-server passphrase: ")?;
+        if pw.is_empty() {
+            return Err(ServerError::Config("the passphrase is empty".into()));
+        }
+        if *ask("again, to confirm: ")? != *pw {
+            return Err(ServerError::Config("the two passphrases differ".into()));
+        }
+        return Ok(Some(pw));
+    }
+    Ok(None)
+}
+
+/// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
+fn rotate_master(
+    store: &mut SqliteStore,
+    key_file: &std::path::Path,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    let advice = "Restart the server, and destroy every copy of the old key once no backup you \
+                  must keep needs it";
+    match (old, new) {
+        (Some(_), None) | (None, None) => {
+            let done = store.rotate_master_key(key_file, &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {} label key(s) re-sealed; the new key is in {}: back it \
+                 up offline. {advice}",
+                done.label_keys,
+                done.key_file.display()
+            )?;
+        }
+        (Some(old), Some(new)) if old == new => {
+            return Err(ServerError::Refused(
+                "the new passphrase is the old one: older backups would still open with it".into(),
+            ));
+        }
+        (_, Some(new)) => {
+            let n = store.rotate_master_passphrase(new.as_bytes(), &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {n} label key(s) re-sealed under the new passphrase. \
+                 {advice} (forget the old passphrase)"
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let file = match &cli.config {
         Some(p) => Config::load(p)?,
@@ -334,14 +518,64 @@ fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
+    if let Command::Restore { from, force } = &cli.command {
+        let check = SqliteStore::restore(from, &store_path, key, *force, &actor())?;
+        println!(
+            "restored {} from {}: audit trail verified, {} records, head {}",
+            store_path.display(),
+            from.display(),
+            check.records,
+            check.head
+        );
+        return Ok(());
+    }
+    if matches!(cli.command, Command::MasterKey(_))
+        && store_path.exists()
+        && SqliteStore::in_use(&store_path)?
+    {
+        return Err(ServerError::Refused(format!(
+            "the store {} is in use (a running server?): stop it, rotate, then start it again",
+            store_path.display()
+        )));
+    }
     let mut store = SqliteStore::open(&store_path, key)?;
+    if let Command::MasterKey(MasterKeyCmd::Rotate {
+        new_passphrase_env,
+        new_passphrase_file,
+        new_passphrase_prompt,
+    }) = &cli.command
+    {
+        let new = new_passphrase(
+            new_passphrase_env.as_deref(),
+            new_passphrase_file.as_deref(),
+            *new_passphrase_prompt,
+        )?;
+        return rotate_master(
+            &mut store,
+            &key_file,
+            pass.as_ref().map(|p| p.as_str()),
+            new.as_ref().map(|p| p.as_str()),
+        );
+    }
     drop(pass);
     if let Command::Serve(args) = cli.command {
         return run_server(store, args, &file);
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init | Command::Serve(_) | Command::Store(_) => unreachable!("handled above"),
+        Command::Init
+        | Command::Serve(_)
+        | Command::Store(_)
+        | Command::Restore { .. }
+        | Command::MasterKey(_) => unreachable!("handled above"),
+        Command::Backup { to } => {
+            store.backup_to(&to, &actor())?;
+            writeln!(
+                out,
+                "backup written to {} (mode 0600); it opens only with this master key",
+                to.display()
+            )?;
+        }
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(
@@ -395,6 +629,50 @@ fn run(cli: Cli) -> Result<()> {
                     "label {name}: version {kid} retired (opens only for re-keying)"
                 )?;
             }
+            LabelCmd::Update {
+                name,
+                add_user,
+                remove_user,
+                add_group,
+                remove_group,
+                add_recovery,
+                remove_recovery,
+                rotate_every,
+                no_rotation,
+                retain,
+                no_retention,
+                double_key,
+                confirm,
+            } => {
+                let confirmed = confirm.as_deref() == Some(name.as_str());
+                if confirm.is_some() && !confirmed {
+                    return Err(ServerError::Refused(format!(
+                        "--confirm must repeat the label name `{name}`"
+                    )));
+                }
+                let edit = PolicyEdit {
+                    add_users: add_user,
+                    remove_users: remove_user,
+                    add_groups: add_group,
+                    remove_groups: remove_group,
+                    add_recovery,
+                    remove_recovery,
+                    rotation_secs: if no_rotation {
+                        Some(None)
+                    } else {
+                        rotate_every.map(Some)
+                    },
+                    retention_secs: if no_retention {
+                        Some(None)
+                    } else {
+                        retain.map(Some)
+                    },
+                    double_key: double_key.map(|d| matches!(d, OnOff::On)),
+                    confirm_double_key_off: confirmed,
+                };
+                let (_, new) = store.update_policy(&name, &edit, &actor())?;
+                writeln!(out, "label {name}: policy updated\n{}", json(&new))?;
+            }
             LabelCmd::Destroy { name, kid, confirm } => {
                 if confirm != name {
                     return Err(ServerError::Refused(format!(
@@ -426,11 +704,36 @@ fn run(cli: Cli) -> Result<()> {
                 store.revoke_token(&id, &actor())?;
                 writeln!(out, "token {id} revoked")?;
             }
+            TokenCmd::RevokeUser { user } => {
+                let ids = store.revoke_user_tokens(&user, &actor())?;
+                if ids.is_empty() {
+                    writeln!(out, "user {user} had no active token")?;
+                }
+                for id in ids {
+                    writeln!(out, "token {id} revoked")?;
+                }
+            }
         },
         Command::Audit(cmd) => match cmd {
-            AuditCmd::Verify => {
-                let (n, head) = store.verify_audit()?;
+            AuditCmd::Verify { anchors } => {
+                let (n, head) = match &anchors {
+                    Some(path) => anchor::verify(&store, &anchor::read(path)?)?,
+                    None => store.verify_audit()?,
+                };
                 writeln!(out, "audit trail verified: {n} records, head {head}")?;
+                if let Some(path) = anchors {
+                    writeln!(out, "every anchor in {} matches", path.display())?;
+                }
+            }
+            AuditCmd::Anchor { to } => {
+                let a = anchor::take(&store)?;
+                match to {
+                    Some(path) => {
+                        anchor::append(&path, &a)?;
+                        writeln!(out, "anchored record {} in {}", a.seq, path.display())?;
+                    }
+                    None => writeln!(out, "{}", a.to_line())?,
+                }
             }
             AuditCmd::Export { credential } => {
                 let records = match credential {

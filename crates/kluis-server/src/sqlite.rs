@@ -15,10 +15,18 @@ use crate::audit::{self, AuditEntry, AuditRecord, GENESIS};
 use crate::error::{Result, ServerError};
 use crate::master_key::{MasterKey, random};
 use crate::policy::Policy;
+use crate::policy_edit::PolicyEdit;
 use crate::store::{
     LabelInfo, Principal, ScheduledChange, Store, TokenInfo, VersionInfo, VersionState,
 };
 use crate::time::now_ms;
+
+mod backup;
+mod lifecycle;
+mod rekey_master;
+
+pub use backup::BackupCheck;
+pub use rekey_master::{MasterKeyRotation, pending_key_file};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -209,7 +217,7 @@ impl SqliteStore {
             "INSERT INTO meta (key, value) VALUES ('kdf', ?1), ('check', ?2)",
             params![kdf.as_bytes(), check],
         )?;
-        let mut store = SqliteStore::with_key(conn, path, master);
+        let mut store = SqliteStore::with_key(conn, path, master)?;
         store.append_audit(&[admin_entry("admin", "store.init", None, None)])?;
         Ok(store)
     }
@@ -252,20 +260,22 @@ impl SqliteStore {
                 r.get(0)
             })?;
         match master.open(b"check", &check) {
-            Some(c) if c.as_slice() == CHECK => Ok(SqliteStore::with_key(conn, path, master)),
+            Some(c) if c.as_slice() == CHECK => SqliteStore::with_key(conn, path, master),
             _ => Err(ServerError::WrongMasterKey),
         }
     }
 
-    fn with_key(conn: Connection, path: &Path, master: MasterKey) -> Self {
-        SqliteStore {
-            audit_key: master.hmac_key(b"audit-chain"),
-            token_key: master.hmac_key(b"token-hash"),
+    fn with_key(conn: Connection, path: &Path, master: MasterKey) -> Result<Self> {
+        // Stored sealed after a master-key rotation, derived from the master key before.
+        let (audit_key, token_key) = rekey_master::hmac_keys(&conn, &master)?;
+        Ok(SqliteStore {
+            audit_key,
+            token_key,
             conn,
             path: path.to_owned(),
             master,
             keys: RefCell::default(),
-        }
+        })
     }
 
     /// Whether the store answers a query (one indexed read, for readiness probes).
@@ -278,11 +288,7 @@ impl SqliteStore {
 
     /// Another connection to the same store, under the same (already checked) master key.
     pub fn reopen(&self) -> Result<Self> {
-        Ok(SqliteStore::with_key(
-            connect(&self.path)?,
-            &self.path,
-            self.master.duplicate(),
-        ))
+        SqliteStore::with_key(connect(&self.path)?, &self.path, self.master.duplicate())
     }
 
     /// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so a
@@ -339,6 +345,8 @@ impl SqliteStore {
     }
 
     fn new_version(&self, tx: &Transaction<'_>, label: &str, kid: u32) -> Result<LabelPublicKey> {
+        // Never seal under a master key the store has been rotated away from.
+        self.check_master_in(tx)?;
         let key = LabelKey::generate(label, kid)?;
         let sealed = self
             .master
@@ -745,6 +753,19 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn update_policy(
+        &mut self,
+        name: &str,
+        edit: &PolicyEdit,
+        actor: &str,
+    ) -> Result<(Policy, Policy)> {
+        self.update_policy_in(name, edit, actor)
+    }
+
+    fn revoke_user_tokens(&mut self, user: &str, actor: &str) -> Result<Vec<String>> {
+        self.revoke_user_in(user, actor)
     }
 
     fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()> {

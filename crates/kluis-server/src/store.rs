@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
 use crate::policy::Policy;
+use crate::policy_edit::PolicyEdit;
 
 /// The life of a key version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -159,6 +160,16 @@ pub trait Store {
     ) -> Result<(String, String)>;
     /// All tokens.
     fn tokens(&self) -> Result<Vec<TokenInfo>>;
+    /// Change a label's policy; takes effect on the next request. Audited as `label.update`
+    /// with the old and the new policy (JSON) in the reason. Returns (old, new).
+    fn update_policy(
+        &mut self,
+        name: &str,
+        edit: &PolicyEdit,
+        actor: &str,
+    ) -> Result<(Policy, Policy)>;
+    /// Revoke every active token of a user (leavers); returns the revoked token ids.
+    fn revoke_user_tokens(&mut self, user: &str, actor: &str) -> Result<Vec<String>>;
     /// Revoke a token by id.
     fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()>;
     /// Check a presented token (constant-time); `None` when unknown, revoked or expired.
