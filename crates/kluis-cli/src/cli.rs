@@ -172,9 +172,14 @@ pub struct OpenArgs {
     /// Why you open these documents; the key server records it with each opening.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Replace existing outputs.
+    /// Replace existing outputs (never a sealed `.kluis` document).
     #[arg(short, long)]
     pub force: bool,
+    /// Restore a document given by name even when its stored name starts with a dot (a
+    /// hidden file such as `.bashrc`); without it such a document is refused. A document
+    /// given by name is always restored under its plain file name, without folders.
+    #[arg(long)]
+    pub allow_dotfiles: bool,
     /// Sealed files and folders to open; none or `-` streams standard input to standard
     /// output.
     pub files: Vec<PathBuf>,

@@ -62,6 +62,7 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
     let mut options = OpenOptions::default();
     options.output_dir = args.output.clone();
     options.force = args.force;
+    options.allow_dotfiles = args.allow_dotfiles;
     options.progress = Some(&on_event);
     let reports = open_paths(&args.files, &holders, &options)?;
     bars.finish();
@@ -79,6 +80,13 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
             "exit_code": code,
         }));
     } else if !g.quiet {
+        // Say where every file went: a crafted document cannot put one anywhere unseen.
+        // Paths are shown escaped (`{:?}`), so a name cannot play tricks on the terminal.
+        for r in &reports {
+            if let (kluis_file::Outcome::Done, Some(out)) = (&r.outcome, &r.output) {
+                eprintln!("wrote {out:?}");
+            }
+        }
         let mut line = format!(
             "opened {} file{} ({})",
             s.done,

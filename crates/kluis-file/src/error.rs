@@ -45,6 +45,13 @@ pub enum Error {
         /// Which rule the stored name breaks.
         problem: NameProblem,
     },
+    /// A document opened on its own (given by name, not found in a folder) stores a name
+    /// that starts with a dot: a hidden file such as `.bashrc` or `.ssh`. Such a name is
+    /// written only when [`crate::OpenOptions::allow_dotfiles`] is set. Nothing was written.
+    DotFile {
+        /// The sealed file.
+        sealed: PathBuf,
+    },
     /// A file (or folder) name cannot be sealed because opening would refuse it on some
     /// system (for example `CON`, a trailing dot, a colon).
     NameNotPortable {
@@ -199,6 +206,10 @@ impl fmt::Display for Error {
             Error::UnsafeName { sealed, problem } => write!(
                 f,
                 "{sealed:?}: the name stored in this document was refused ({problem}); nothing was written. The file may have been crafted to write outside the output folder: do not trust its sender"
+            ),
+            Error::DotFile { sealed } => write!(
+                f,
+                "{sealed:?}: the name stored in this document starts with a dot (a hidden file, such as .bashrc); nothing was written. If you expect a hidden file, open it again with --allow-dotfiles"
             ),
             Error::NameNotPortable { path, problem } => write!(
                 f,

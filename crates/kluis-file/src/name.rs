@@ -38,7 +38,20 @@ pub enum NameProblem {
     Reserved,
     /// A component ends in a dot or a space (Windows strips them, so two names could collide).
     TrailingDotOrSpace,
+    /// The name contains a bidirectional-text control (such as U+202E, RIGHT-TO-LEFT
+    /// OVERRIDE) or another invisible formatting character, which makes a name look like
+    /// another one (`report\u{202E}fdp.exe` shows as `reportexe.pdf`).
+    FormatCharacter,
+    /// A component is longer than 255 bytes, more than file systems allow for one name.
+    ComponentTooLong,
+    /// The file name ends in `.kluis` or starts with `.kluis-tmp-`: restoring it could take
+    /// the place of a sealed document or of a temporary file.
+    KluisName,
 }
+
+/// The most bytes in one path component on common file systems (ext4, APFS, NTFS in UTF-16
+/// units is 255 too, which a 255-byte UTF-8 name never exceeds).
+pub const MAX_COMPONENT_LEN: usize = 255;
 
 impl fmt::Display for NameProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +68,15 @@ impl fmt::Display for NameProblem {
                 "the name is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1, LPT1, ...)"
             }
             NameProblem::TrailingDotOrSpace => "a part of the name ends in a dot or a space",
+            NameProblem::FormatCharacter => {
+                "the name contains a bidirectional or invisible formatting character (such as U+202E), which can disguise it"
+            }
+            NameProblem::ComponentTooLong => {
+                "a part of the name is longer than 255 bytes, more than file systems allow"
+            }
+            NameProblem::KluisName => {
+                "the name is that of a sealed document (.kluis) or of a kluis temporary file"
+            }
         })
     }
 }
@@ -86,11 +108,41 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
         return Err(NameProblem::Absolute);
     }
     let mut path = PathBuf::new();
+    let mut last = "";
     for component in name.split('/') {
         check_component(component)?;
         path.push(component);
+        last = component;
     }
+    check_file_name(last)?;
     Ok(path)
+}
+
+/// Check the last component of a restored name: it must not be a sealed document's or a
+/// temporary file's name, which opening could otherwise put in place of one.
+pub(crate) fn check_file_name(c: &str) -> Result<(), NameProblem> {
+    let lower = c.to_ascii_lowercase();
+    let ext = format!(".{EXTENSION}");
+    if lower.ends_with(&ext) || c.starts_with(TEMP_PREFIX) {
+        return Err(NameProblem::KluisName);
+    }
+    Ok(())
+}
+
+/// Whether `ch` is a bidirectional control or an invisible formatting character that can
+/// make one name look like another.
+fn is_format_character(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{061C}'
+            | '\u{00AD}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 /// Check one component of a name (see [`safe_relative_path`]).
@@ -108,8 +160,12 @@ pub(crate) fn check_component(c: &str) -> Result<(), NameProblem> {
             // Only reachable for callers that check a component on its own.
             '/' => return Err(NameProblem::EmptyComponent),
             ch if ch.is_control() => return Err(NameProblem::ControlCharacter),
+            ch if is_format_character(ch) => return Err(NameProblem::FormatCharacter),
             _ => {}
         }
+    }
+    if c.len() > MAX_COMPONENT_LEN {
+        return Err(NameProblem::ComponentTooLong);
     }
     if c.ends_with('.') || c.ends_with(' ') {
         return Err(NameProblem::TrailingDotOrSpace);

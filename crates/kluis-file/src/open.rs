@@ -11,7 +11,7 @@ use kluis_core::{BlockSink, FileKey, Header, StreamReader, Unwrap, unlock_all};
 use crate::atomic::{create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{absolute, parent_of, payload_error, read_header, reopen_sealed, require_file};
-use crate::name::{EXTENSION, check_component, safe_relative_path};
+use crate::name::{EXTENSION, check_component, check_file_name, safe_relative_path};
 use crate::output::Output;
 use crate::pool;
 use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
@@ -30,6 +30,8 @@ struct Pending {
     input: PathBuf,
     /// Folders inside the opened folder, mirrored below the output folder.
     rel_dir: PathBuf,
+    /// Given directly, not found inside a folder: restored under its plain file name only.
+    direct: bool,
     report: usize,
 }
 
@@ -52,6 +54,7 @@ struct Job {
 struct Run<'a> {
     unwrappers: &'a [&'a dyn Unwrap],
     out_dir: Option<&'a Path>,
+    allow_dotfiles: bool,
     shared: Shared<'a>,
     threads: usize,
     inputs: HashSet<PathBuf>,
@@ -64,7 +67,11 @@ struct Run<'a> {
 /// Headers are read first, and keys recovered with one [`kluis_core::unlock_all`] call per
 /// batch of up to 1000 documents, so a remote key holder sees one request per batch, not per
 /// file. Payloads are then decrypted in parallel. Each document's stored name is checked
-/// with [`crate::safe_relative_path`]; a document whose name is unsafe fails on its own.
+/// with [`crate::safe_relative_path`]; a document whose name is unsafe fails on its own. A
+/// document given directly (not found in a folder) restores only the last component of its
+/// stored name, in the output folder (or beside it), and not a hidden (dot) file unless
+/// [`OpenOptions::allow_dotfiles`] is set. No restored name ends in `.kluis`, so even with
+/// `force` an opening never replaces a sealed document.
 ///
 /// Returns one report per file met, in walk order; a failure of one file does not stop the
 /// others. The `Err` case is for problems with the whole run (an output folder that cannot be
@@ -103,6 +110,7 @@ pub fn open_paths<P: AsRef<Path>>(
                 pending.push(Pending {
                     input: f.path.clone(),
                     rel_dir: f.rel_dir,
+                    direct: f.direct,
                     report: reports.len(),
                 });
                 (f.path, Outcome::Done)
@@ -131,6 +139,7 @@ pub fn open_paths<P: AsRef<Path>>(
     let mut run = Run {
         unwrappers,
         out_dir,
+        allow_dotfiles: options.allow_dotfiles,
         shared,
         threads: pool::workers(options.threads, pending.len()),
         inputs,
@@ -254,9 +263,25 @@ impl Run<'_> {
             })?;
             let stem = &file[..file.len() - EXTENSION.len() - 1];
             check_component(stem).map_err(unsafe_name)?;
+            check_file_name(stem).map_err(unsafe_name)?;
             PathBuf::from(stem)
         } else {
             safe_relative_path(&metadata.name).map_err(unsafe_name)?
+        };
+        // A document given on its own restores a plain file name in the output folder: its
+        // last component only (the folders it was sealed from are not created), and no
+        // hidden file unless asked for.
+        let name = match p.direct {
+            true => {
+                let file = PathBuf::from(name.file_name().unwrap_or_default());
+                if !self.allow_dotfiles && file.as_os_str().as_encoded_bytes().starts_with(b".") {
+                    return Err(Error::DotFile {
+                        sealed: p.input.clone(),
+                    });
+                }
+                file
+            }
+            false => name,
         };
         let (root, rel) = match self.out_dir {
             Some(out) => (out.to_path_buf(), p.rel_dir.join(name)),

@@ -66,8 +66,13 @@ pub struct OpenOptions<'a> {
     /// Restore files here (created if missing) instead of beside each sealed file. The folders
     /// inside an opened folder are mirrored below it.
     pub output_dir: Option<PathBuf>,
-    /// Replace existing outputs.
+    /// Replace existing outputs (never a sealed document: a restored name ending in
+    /// `.kluis` is refused).
     pub force: bool,
+    /// Write a document given on its own (not found in a folder) even when its stored name
+    /// starts with a dot. Off by default: such a document is refused with
+    /// [`crate::Error::DotFile`], so a crafted `.bashrc` or `.profile` is not planted.
+    pub allow_dotfiles: bool,
     /// Worker threads (default: the available cores; at most [`crate::MAX_THREADS`]).
     pub threads: Option<NonZeroUsize>,
     /// Called as work progresses.
@@ -79,6 +84,7 @@ impl fmt::Debug for OpenOptions<'_> {
         f.debug_struct("OpenOptions")
             .field("output_dir", &self.output_dir)
             .field("force", &self.force)
+            .field("allow_dotfiles", &self.allow_dotfiles)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
             .finish()

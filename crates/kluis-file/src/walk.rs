@@ -17,6 +17,8 @@ pub(crate) struct Found {
     pub(crate) rel_dir: PathBuf,
     /// Its size on disk.
     pub(crate) len: u64,
+    /// Given directly as an input, not found inside a folder.
+    pub(crate) direct: bool,
 }
 
 /// One listed input.
@@ -49,6 +51,7 @@ pub(crate) fn walk(
             path: input.into(),
             rel_dir: PathBuf::new(),
             len: meta.len(),
+            direct: true,
         }));
     }
     if !kind.is_dir() {
@@ -109,6 +112,7 @@ pub(crate) fn walk(
                     path,
                     rel_dir: rel.clone(),
                     len: meta.len(),
+                    direct: false,
                 }));
             }
         }
