@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 use crate::Global;
 use crate::cli::{ConfigCmd, KeygenArgs, LoginArgs};
 use crate::config::{
-    DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, config_dir, create_private_dir,
-    public_key_of_identity_file, read_small, saved_token, write_private,
+    DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, TOKEN_SERVER_FILE, config_dir,
+    create_private_dir, public_key_of_identity_file, read_small, saved_token, write_private,
 };
 use crate::error::{Class, CliError};
 use crate::keys::{Passphrase, prompt};
@@ -164,7 +164,18 @@ pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
     }
     let mut data = Zeroizing::new(text.trim().to_owned());
     data.push('\n');
+    // The token is bound to this server: it is never sent to another origin. The old
+    // binding goes first, so an interrupted login never binds the new token elsewhere.
+    let origin = kluis_client::server_origin(&server)?;
+    let binding = settings.dir.join(TOKEN_SERVER_FILE);
+    match std::fs::remove_file(&binding) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(CliError::io(&binding, "remove", &e));
+        }
+        _ => {}
+    }
     write_private(&path, data.as_bytes())?;
+    write_private(&binding, format!("{origin}\n").as_bytes())?;
     if std::env::var_os("KLUIS_TOKEN").is_some_and(|t| !t.is_empty()) {
         warn("KLUIS_TOKEN is set in the environment and overrides the saved token");
     }
@@ -181,6 +192,7 @@ pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
 /// Run `kluis logout`.
 pub fn logout(g: &Global) -> Result<u8, CliError> {
     let path = config_dir()?.join(TOKEN_FILE);
+    let _ = std::fs::remove_file(config_dir()?.join(TOKEN_SERVER_FILE));
     let removed = match std::fs::remove_file(&path) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,

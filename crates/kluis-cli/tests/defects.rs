@@ -97,3 +97,91 @@ fn disguised_and_overlong_names_are_refused_clearly() {
     assert!(!run.stderr.contains(&long));
     assert!(tree(&alice.path("out")).is_empty());
 }
+
+/// A plain HTTP listener on loopback that records every request it gets and answers 503.
+struct Recorder {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+                let mut buf = [0u8; 65536];
+                let mut got = Vec::new();
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                log.lock().unwrap().extend_from_slice(&got);
+                let _ = s.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Recorder { url, seen }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+}
+
+/// Defect 3: the saved token is bound to the server it was saved for: `--server`,
+/// `KLUIS_SERVER` or `config set server` pointing elsewhere never receive it.
+#[test]
+fn the_saved_token_is_never_sent_to_another_server() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("r.txt"), b"report");
+    alice.run(&["seal", "--label", "hr", "r.txt"]).ok();
+    let other = Recorder::start();
+    let token_part = &server.alice[server.alice.len() - 12..];
+
+    let run = alice.run(&["--server", &other.url, "open", "-o", "o1", "r.txt.kluis"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("not sent"), "{}", run.stderr);
+    alice.run(&["--server", &other.url, "audit"]);
+    alice.run(&["--server", &other.url, "status"]);
+    let mut by_env = alice.command();
+    by_env
+        .env("KLUIS_SERVER", &other.url)
+        .args(["open", "-o", "o2", "r.txt.kluis"])
+        .output()
+        .unwrap();
+    alice.run(&["config", "set", "server", &other.url]).ok();
+    alice.run(&["open", "-o", "o3", "r.txt.kluis"]);
+    alice.run(&["audit"]);
+    let seen = other.text();
+    assert!(
+        seen.contains("HTTP/1.1"),
+        "the other server was asked: {seen}"
+    );
+    assert!(
+        !seen.contains(token_part),
+        "the token went to {}",
+        other.url
+    );
+    assert!(
+        !seen.to_ascii_lowercase().contains("authorization"),
+        "{seen}"
+    );
+
+    // Back on the server it was saved for, it is used again.
+    alice.run(&["config", "set", "server", &server.url]).ok();
+    alice.run(&["open", "-o", "o4", "r.txt.kluis"]).ok();
+    assert_eq!(std::fs::read(alice.path("o4/r.txt")).unwrap(), b"report");
+}

@@ -94,6 +94,6 @@ mod record;
 mod unwrap;
 
 pub use client::{AuditEvent, CachedLabel, Client, Purpose, ServerHealth, Status};
-pub use config::{ClientConfig, Token};
+pub use config::{ClientConfig, Token, server_origin};
 pub use error::ClientError;
 pub use record::{KeyState, KeyVersion, LabelRecord, LabelSummary, check_label};
