@@ -35,7 +35,8 @@ pub fn is_stream(files: &[PathBuf]) -> Result<bool, CliError> {
     }
 }
 
-/// Tell the person when the label record comes from an expired cache entry.
+/// Tell the person when the label record comes from the cache because the key server could
+/// not be asked (expired or not).
 pub fn warn_if_stale(record: &LabelRecord) {
     if record.stale {
         let why = record
@@ -48,6 +49,13 @@ pub fn warn_if_stale(record: &LabelRecord) {
             record.label(),
             record.kid(),
             output::utc(record.expires_at),
+        ));
+    } else if let Some(e) = &record.refresh_error {
+        warn(&format!(
+            "sealing from the cached record of label `{}` (key version {}, fetched {} UTC), because the key server could not be asked whether it is still current: {e}",
+            record.label(),
+            record.kid(),
+            output::utc(record.fetched_at),
         ));
     }
 }
@@ -87,7 +95,8 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
         args.remove_original
             .then_some("kluis seal --remove-original: verifying the sealed copy"),
     )?;
-    let record = client.label_record(&label)?;
+    // Asks the server every time (falls back to the cache offline, and says so).
+    let record = client.label_record_to_seal(&label)?;
     warn_if_stale(&record);
     let holder = match &args.to {
         Some(t) => Some(parse_public_key(t, "--to")?),

@@ -185,3 +185,75 @@ fn the_saved_token_is_never_sent_to_another_server() {
     alice.run(&["open", "-o", "o4", "r.txt.kluis"]).ok();
     assert_eq!(std::fs::read(alice.path("o4/r.txt")).unwrap(), b"report");
 }
+
+/// The key versions a sealed document's stanzas name, from `kluis inspect --json`.
+fn kids_of(user: &User, file: &str) -> Vec<u64> {
+    let v = user.run(&["--json", "inspect", file]).ok().json();
+    let text = v.to_string();
+    let mut kids = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("\"kid\":") {
+        rest = &rest[i + 6..];
+        let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        kids.push(n.parse().unwrap());
+    }
+    kids
+}
+
+/// Defect 1: with a label record cached (for an hour by default), a rotation and the
+/// destruction of version 1 on the server must not let new documents be sealed to version 1
+/// while the server is reachable; offline, sealing uses the cache and says so, and a record
+/// that `kluis labels` saw superseded is not used.
+#[test]
+fn sealing_never_uses_a_rotated_away_key_version_while_online() {
+    let mut server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"first");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    assert_eq!(kids_of(&alice, "a.txt.kluis"), [1]);
+
+    server.admin(&["label", "rotate", "hr"]);
+    server.admin(&["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    write(&alice.path("b.txt"), b"second");
+    let v = alice
+        .run(&["--json", "seal", "--label", "hr", "b.txt"])
+        .ok()
+        .json();
+    assert_eq!(v["kid"], 2, "{v}");
+    assert_eq!(kids_of(&alice, "b.txt.kluis"), [2]);
+    alice.run(&["open", "-o", "out", "b.txt.kluis"]).ok();
+    assert_eq!(std::fs::read(alice.path("out/b.txt")).unwrap(), b"second");
+
+    // Offline: the cache is used, and the person is told.
+    server.stop();
+    write(&alice.path("c.txt"), b"third");
+    let run = alice
+        .run(&["--json", "seal", "--label", "hr", "c.txt"])
+        .ok();
+    assert!(
+        run.stderr.contains("sealing from the cached record"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.json()["kid"], 2);
+}
+
+/// Defect 1: `kluis labels` showing a newer version refreshes the cached record, so offline
+/// sealing afterwards uses the new version.
+#[test]
+fn labels_refreshes_a_superseded_cached_record() {
+    let mut server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"first");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    server.admin(&["label", "rotate", "hr"]);
+    server.admin(&["label", "retire", "hr", "1"]);
+    alice.run(&["labels"]).ok();
+    server.stop();
+    write(&alice.path("b.txt"), b"second");
+    let v = alice
+        .run(&["--json", "seal", "--label", "hr", "b.txt"])
+        .ok()
+        .json();
+    assert_eq!(v["kid"], 2, "{v}");
+}

@@ -182,13 +182,7 @@ impl Client {
     /// is cached, that record is returned with [`LabelRecord::stale`] set.
     pub fn label_record(&self, name: &str) -> Result<LabelRecord, ClientError> {
         check_label(name)?;
-        // A cached record that does not parse any more counts as none. Parsed once here,
-        // whether it is then returned fresh, kept for pinning, or returned stale.
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.load(name))
-            .and_then(|e| Some((self.entry_record(&e, name).ok()?, e)));
+        let cached = self.cached_record(name);
         let cached = match cached {
             Some((r, e)) if e.is_fresh(unix_now()) => return Ok(r),
             other => other,
@@ -205,6 +199,43 @@ impl Client {
             },
             Err(err) => Err(err),
         }
+    }
+
+    /// The record of label `name` to seal new documents with. Unlike
+    /// [`Client::label_record`], the key server is asked every time (one small request,
+    /// checked against the pinned keys and cached), so a document is never sealed to a key
+    /// version that was rotated away, retired or destroyed since the record was cached, while
+    /// the server can be reached.
+    ///
+    /// When the server cannot be reached, the cached record is returned, fresh or expired,
+    /// with [`LabelRecord::refresh_error`] set (and [`LabelRecord::stale`] when it is past
+    /// its `max_age`): tell the person the document was sealed from the cache. Without a
+    /// cached record the error is returned.
+    pub fn label_record_to_seal(&self, name: &str) -> Result<LabelRecord, ClientError> {
+        check_label(name)?;
+        let cached = self.cached_record(name);
+        match self.fetch_record(name, cached.as_ref().map(|(_, e)| e)) {
+            Ok(r) => Ok(r),
+            Err(err) if err.is_offline() => match cached {
+                Some((mut r, e)) => {
+                    r.stale = !e.is_fresh(unix_now());
+                    r.refresh_error = Some(err);
+                    Ok(r)
+                }
+                None => Err(err),
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The cached record of label `name` with its cache entry. A cached record that does not
+    /// parse any more counts as none. Parsed once here, whether it is then returned fresh,
+    /// kept for pinning, or returned stale.
+    fn cached_record(&self, name: &str) -> Option<(LabelRecord, Entry)> {
+        self.cache
+            .as_ref()
+            .and_then(|c| c.load(name))
+            .and_then(|e| Some((self.entry_record(&e, name).ok()?, e)))
     }
 
     /// The record of label `name` in `e`; a record for another label is refused.
@@ -311,6 +342,11 @@ impl Client {
     }
 
     /// Every label on the server with its current key version (no token needed).
+    ///
+    /// A cached label record whose key version is older than the one listed is fetched
+    /// again (and checked against the pinned keys), so the cache never keeps a version the
+    /// server has moved away from for offline sealing. A record that cannot be fetched again
+    /// is left as it was.
     pub fn labels(&self) -> Result<Vec<LabelSummary>, ClientError> {
         let reply =
             self.http
@@ -318,7 +354,18 @@ impl Client {
         if reply.status != 200 {
             return Err(self.status_error(&reply));
         }
-        self.json(&reply)
+        let labels: Vec<LabelSummary> = self.json(&reply)?;
+        if let Some(cache) = &self.cache {
+            for l in &labels {
+                let Some(kid) = l.current_kid else { continue };
+                if let Some(entry) = cache.load(&l.name) {
+                    if entry.record.kid < kid {
+                        let _ = self.fetch_record(&l.name, Some(&entry));
+                    }
+                }
+            }
+        }
+        Ok(labels)
     }
 
     /// The audit events recorded under the caller's name (needs the token).
