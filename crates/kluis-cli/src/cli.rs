@@ -132,8 +132,10 @@ pub struct SealArgs {
     /// write the sealed document to this file instead of standard output.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Give every sealed file a random name; the real name (with -o: the relative path) is
-    /// kept only inside the sealed document.
+    /// Give every sealed file a meaningless name; the real name (with -o: the relative
+    /// path) is kept only inside the sealed document. The name is derived from the real one
+    /// with a secret key kept in the configuration folder (names.key), so sealing the same
+    /// path again (with --force) replaces its sealed copy instead of adding a second one.
     #[arg(long)]
     pub hide_names: bool,
     /// Pad each document (Padmé) so its size reveals little about the real size.

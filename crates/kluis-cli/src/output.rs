@@ -72,6 +72,19 @@ pub fn files(reports: &[Report], quiet: bool) -> (Summary, Vec<Value>) {
                 s.bytes += r.bytes;
                 ("original_kept", Some(e))
             }
+            Outcome::Superseded(newer) => {
+                s.skipped += 1;
+                item["newer"] = json!(newer.to_string_lossy());
+                if !quiet {
+                    warn(&format!(
+                        "{:?} and {newer:?} restore to the same file {:?}; the newer, {newer:?}, was opened and {:?} was not",
+                        r.input,
+                        r.output.as_deref().unwrap_or(std::path::Path::new("")),
+                        r.input
+                    ));
+                }
+                ("superseded", None)
+            }
             Outcome::Failed(e) => ("failed", Some(e)),
             _ => ("failed", None),
         };

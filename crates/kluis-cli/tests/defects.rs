@@ -257,3 +257,78 @@ fn labels_refreshes_a_superseded_cached_record() {
         .json();
     assert_eq!(v["kid"], 2, "{v}");
 }
+
+/// Defect 2: re-sealing a changed file with hidden names into the same folder replaces its
+/// sealed copy (one stable hidden name per path), and opening restores the new content.
+#[test]
+fn resealing_with_hidden_names_replaces_the_sealed_copy() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("src/a.txt"), b"version one");
+    write(&alice.path("src/sub/b.txt"), b"bee");
+    let seal = [
+        "seal",
+        "--label",
+        "hr",
+        "--hide-names",
+        "-o",
+        "cloud",
+        "src",
+    ];
+    alice.run(&seal).ok();
+    let first = tree(&alice.path("cloud"));
+    assert_eq!(first.len(), 2);
+    write(&alice.path("src/a.txt"), b"version two, longer");
+    // Without --force the existing copies are left alone and nothing is added.
+    alice.run(&seal).fails(8, "--force");
+    assert_eq!(tree(&alice.path("cloud")), first);
+    let mut forced = seal.to_vec();
+    forced.push("--force");
+    alice.run(&forced).ok();
+    assert_eq!(tree(&alice.path("cloud")), first, "same hidden names");
+    alice.run(&["open", "-o", "back", "cloud"]).ok();
+    assert_eq!(
+        std::fs::read(alice.path("back/src/a.txt")).unwrap(),
+        b"version two, longer"
+    );
+}
+
+/// Defect 2: when two documents claim one path, `open` says so and restores the newest,
+/// whatever their file names (never the one that happens to be listed last).
+#[test]
+fn two_documents_for_one_path_open_the_newest_and_say_so() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    let slots = [Slot::single(Recipient::Label(server.label_key("hr")))];
+    let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let doc = |text: &[u8], secs| {
+        let mut m = Metadata::default().name("dir/same.txt");
+        m.modified = Some(at(secs));
+        kluis_core::seal(&slots, &m, text).unwrap()
+    };
+    for (folder, old_name, new_name) in
+        [("one", "a.kluis", "z.kluis"), ("two", "z.kluis", "a.kluis")]
+    {
+        write(
+            &alice.path(&format!("{folder}/{old_name}")),
+            &doc(b"old", 1_600_000_000),
+        );
+        write(
+            &alice.path(&format!("{folder}/{new_name}")),
+            &doc(b"new", 1_700_000_000),
+        );
+        let run = alice
+            .run(&["open", "-o", &format!("out-{folder}"), folder])
+            .ok();
+        assert!(
+            run.stderr.contains("restore to the same file"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(new_name), "{}", run.stderr);
+        assert_eq!(
+            std::fs::read(alice.path(&format!("out-{folder}/dir/same.txt"))).unwrap(),
+            b"new"
+        );
+    }
+}

@@ -135,7 +135,9 @@ mod walk;
 
 pub use atomic::TempFile;
 pub use error::{Error, Result};
-pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};
+pub use name::{
+    EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
+};
 pub use open::{open_file, open_paths};
 pub use pool::MAX_THREADS;
 pub use rekey::{

@@ -189,15 +189,70 @@ fn is_reserved(c: &str) -> bool {
     }
 }
 
+/// A secret key that turns a stored name into the same hidden file name every time, so
+/// sealing a path again with hidden names replaces its sealed copy instead of adding a
+/// second one (see [`crate::SealOptions::name_key`]).
+///
+/// The hidden name is HMAC-SHA-256 under this key of the stored name, cut to 128 bits: without
+/// the key, nobody who sees the hidden names (the cloud provider) can test a guess of a real
+/// name against them. Keep it with the person's other secrets (the `kluis` tool keeps one per
+/// configuration folder, mode 0600). Its bytes are wiped on drop and never printed.
+pub struct NameKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl NameKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<NameKey> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut key[..])
+            .map_err(|_| Error::Random)?;
+        Ok(NameKey(key))
+    }
+
+    /// A key from its 32 bytes (as saved from [`NameKey::to_bytes`]).
+    pub fn from_bytes(bytes: [u8; 32]) -> NameKey {
+        NameKey(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The key's 32 bytes, to save it. A secret: keep it private.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.0.clone()
+    }
+
+    /// The hidden file name (without `.kluis`) for stored name `name`: 26 lowercase base32
+    /// characters, the same for the same key and name.
+    pub(crate) fn hidden_name(&self, name: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0[..]);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(b"kluis/v1/hidden-name\0");
+        ctx.update(name.as_bytes());
+        let tag = ctx.sign();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&tag.as_ref()[..16]);
+        base32_name(bytes)
+    }
+}
+
+impl fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NameKey([secret])")
+    }
+}
+
 /// 128 random bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding).
 pub(crate) fn random_name() -> Result<String> {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| Error::Random)?;
+    Ok(base32_name(bytes))
+}
+
+/// 128 bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding).
+fn base32_name(bytes: [u8; 16]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let bits = u128::from_be_bytes(bytes);
-    Ok((0..26)
+    (0..26)
         .map(|i| {
             let shift = 128i32 - 5 * (i + 1);
             let v = if shift >= 0 {
@@ -207,7 +262,7 @@ pub(crate) fn random_name() -> Result<String> {
             };
             ALPHABET[(v & 31) as usize] as char
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

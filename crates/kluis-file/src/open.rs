@@ -48,6 +48,10 @@ struct Job {
     size: Option<u64>,
     modified: Option<SystemTime>,
     report: usize,
+    rank: Rank,
+    /// Replace the output even without `force`: a newer document restoring to the path an
+    /// older one was opened to in an earlier batch of this run.
+    replace: bool,
 }
 
 /// Everything a batch needs besides its headers.
@@ -58,7 +62,31 @@ struct Run<'a> {
     shared: Shared<'a>,
     threads: usize,
     inputs: HashSet<PathBuf>,
-    claimed: HashMap<PathBuf, PathBuf>,
+    /// Outputs decided so far, by absolute path.
+    claimed: HashMap<PathBuf, Claim>,
+    /// Which batch is being planned.
+    batch_no: usize,
+}
+
+/// Which document restores to an output path.
+struct Claim {
+    input: PathBuf,
+    rank: Rank,
+    report: usize,
+    batch_no: usize,
+    /// Its index in the current batch's jobs (meaningful while `batch_no` is current).
+    index: usize,
+}
+
+/// How new a document is, to decide between two that restore to one path: the newest
+/// wins. By the modification time sealed in it (none is oldest), then the sealed file's own
+/// modification time, then the sealed file's path (so the choice never depends on the
+/// order files are listed in).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    sealed_modified: Option<SystemTime>,
+    file_modified: Option<SystemTime>,
+    input: PathBuf,
 }
 
 /// Open sealed files and folders. Folders are walked recursively (symbolic links are
@@ -144,6 +172,7 @@ pub fn open_paths<P: AsRef<Path>>(
         threads: pool::workers(options.threads, pending.len()),
         inputs,
         claimed: HashMap::new(),
+        batch_no: 0,
     };
     let mut batch: Vec<(&Pending, Header)> = Vec::new();
     let mut batch_bytes = 0;
@@ -191,6 +220,7 @@ pub fn open_file(
 impl Run<'_> {
     /// Recover the keys of a batch in one call, decide the outputs, decrypt in parallel.
     fn batch(&mut self, batch: Vec<(&Pending, Header)>, reports: &mut [Report]) {
+        self.batch_no += 1;
         self.shared.emit(Event::Unlocking {
             documents: batch.len(),
         });
@@ -202,10 +232,7 @@ impl Run<'_> {
                 .map_err(|e| Error::format(&p.input, e))
                 .and_then(|key| self.plan(p, header, key));
             match job {
-                Ok(job) => {
-                    reports[p.report].output = Some(job.output.clone());
-                    jobs.push(job);
-                }
+                Ok(job) => self.claim(job, &mut jobs, reports),
                 Err(e) => {
                     reports[p.report].outcome = Outcome::Failed(e);
                     self.shared.emit(Event::Finished(&reports[p.report]));
@@ -239,6 +266,62 @@ impl Run<'_> {
             reports[job.report] = report;
         }
         sync_dirs(dirs.into_iter(), reports);
+    }
+
+    /// Add `job` unless a newer document of this run restores to the same path; when `job`
+    /// is the newer one, the older is reported [`Outcome::Superseded`] (and, if it was
+    /// opened in an earlier batch already, its output is replaced).
+    fn claim(&mut self, mut job: Job, jobs: &mut Vec<Job>, reports: &mut [Report]) {
+        let key = absolute(&job.output);
+        let superseded = |reports: &mut [Report], report: usize, newer: &Path| {
+            reports[report].outcome = Outcome::Superseded(newer.to_path_buf());
+        };
+        match self.claimed.get(&key) {
+            Some(c) if c.rank >= job.rank => {
+                superseded(reports, job.report, &c.input);
+                reports[job.report].output = Some(job.output.clone());
+                self.shared.emit(Event::Finished(&reports[job.report]));
+                return;
+            }
+            Some(c) if c.batch_no == self.batch_no => {
+                // The older one is not opened yet: this one takes its place.
+                let older = std::mem::replace(&mut jobs[c.index], job);
+                superseded(reports, older.report, &jobs[c.index].input);
+                self.shared.emit(Event::Finished(&reports[older.report]));
+                let index = c.index;
+                let job = &jobs[index];
+                reports[job.report].output = Some(job.output.clone());
+                self.claimed.insert(
+                    key,
+                    Claim {
+                        input: job.input.clone(),
+                        rank: job.rank.clone(),
+                        report: job.report,
+                        batch_no: self.batch_no,
+                        index,
+                    },
+                );
+                return;
+            }
+            Some(c) => {
+                // Opened in an earlier batch: replace its output.
+                job.replace = true;
+                superseded(reports, c.report, &job.input);
+            }
+            None => {}
+        }
+        reports[job.report].output = Some(job.output.clone());
+        self.claimed.insert(
+            key,
+            Claim {
+                input: job.input.clone(),
+                rank: job.rank.clone(),
+                report: job.report,
+                batch_no: self.batch_no,
+                index: jobs.len(),
+            },
+        );
+        jobs.push(job);
     }
 
     /// Decide where a document goes: its stored name, checked, below the output root.
@@ -294,13 +377,11 @@ impl Run<'_> {
                 path: p.input.clone(),
             });
         }
-        if let Some(other) = self.claimed.get(&key_path) {
-            return Err(Error::Collision {
-                path: p.input.clone(),
-                other: other.clone(),
-            });
-        }
-        self.claimed.insert(key_path, p.input.clone());
+        let rank = Rank {
+            sealed_modified: metadata.modified,
+            file_modified: std::fs::metadata(&p.input).and_then(|m| m.modified()).ok(),
+            input: p.input.clone(),
+        };
         Ok(Job {
             input: p.input.clone(),
             header,
@@ -311,6 +392,8 @@ impl Run<'_> {
             size: metadata.size,
             modified: metadata.modified,
             report: p.report,
+            rank,
+            replace: false,
         })
     }
 }
@@ -334,7 +417,8 @@ impl<R: Read> Read for Counting<'_, R> {
 fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     shared.emit(Event::Started { input: &job.input });
     let rel_dir = job.rel.parent().unwrap_or(Path::new(""));
-    let tmp = start_output(&job.root, rel_dir, &job.output, shared.force, true)?;
+    let force = shared.force || job.replace;
+    let tmp = start_output(&job.root, rel_dir, &job.output, force, true)?;
     let count = Cell::new(job.header.len() as u64);
     let file = reopen_sealed(&job.input, &job.header)?;
     // The plaintext size, or (sealed without one) the sealed size, which is a little more.
@@ -375,6 +459,6 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
             .set_modified(t)
             .map_err(|e| Error::io(&job.output, "set the modification time of", e))?;
     }
-    tmp.commit(&job.output, shared.force)?;
+    tmp.commit(&job.output, force)?;
     Ok(total)
 }

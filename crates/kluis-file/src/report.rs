@@ -24,6 +24,11 @@ pub struct SealOptions<'a> {
     /// written flat into it and each stored name is the file's relative path
     /// (`photos/2024/report.docx`), so no folder name shows either.
     pub hide_names: bool,
+    /// With `hide_names`: derive each hidden name from the stored name with this key
+    /// instead of at random, so sealing the same path into the same folder again gives the
+    /// same file name (and with `force` replaces the earlier sealed copy rather than adding a
+    /// second one). Without it, hidden names are random.
+    pub name_key: Option<&'a crate::NameKey>,
     /// Pad each payload (Padmé) so the sealed size reveals little about the real size.
     pub pad: bool,
     /// Replace existing outputs.
@@ -45,6 +50,7 @@ impl fmt::Debug for SealOptions<'_> {
         f.debug_struct("SealOptions")
             .field("output_dir", &self.output_dir)
             .field("hide_names", &self.hide_names)
+            .field("name_key", &self.name_key.is_some())
             .field("pad", &self.pad)
             .field("force", &self.force)
             .field("remove_original", &self.remove_original)
@@ -149,6 +155,10 @@ pub enum Outcome {
     OriginalKept(Error),
     /// Left alone on purpose.
     Skipped(Skip),
+    /// Not opened: another document of the same run restores to the same path and is newer
+    /// (by the modification time sealed in it, then the sealed file's, then its path). The
+    /// path is that newer sealed document, which was opened instead.
+    Superseded(PathBuf),
     /// Failed: the input is untouched and nothing was written under the output name. (One
     /// exception: when only the final sync of the output's folder failed, an [`Error::Io`]
     /// says so, and the complete output is there but may not survive a crash.)
