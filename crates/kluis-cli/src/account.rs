@@ -9,7 +9,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::Global;
-use crate::cli::{ConfigCmd, KeygenArgs, LoginArgs};
+use crate::cli::{AuditArgs, ConfigCmd, KeygenArgs, LoginArgs};
 use crate::config::{
     DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, TOKEN_SERVER_FILE, config_dir,
     create_private_dir, public_key_of_identity_file, read_small, saved_token, write_private,
@@ -327,10 +327,15 @@ pub fn labels(g: &Global) -> Result<u8, CliError> {
 }
 
 /// Run `kluis audit`.
-pub fn audit(g: &Global) -> Result<u8, CliError> {
+pub fn audit(args: AuditArgs, g: &Global) -> Result<u8, CliError> {
     let settings = Settings::load(g.server.clone())?;
     let client = settings.client(Purpose::Open, None)?;
-    let events = client.my_audit()?;
+    let page = client.my_audit_newest(args.before, args.limit)?;
+    let events = &page.events;
+    // The next page: the events older than the oldest shown.
+    let next = (page.older > 0)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
     if g.json {
         let items: Vec<_> = events
             .iter()
@@ -342,10 +347,14 @@ pub fn audit(g: &Global) -> Result<u8, CliError> {
                 })
             })
             .collect();
-        print_json(&json!({"command": "audit", "server": client.server(), "events": items}));
+        print_json(&json!({
+            "command": "audit", "server": client.server(), "order": "newest_first",
+            "total": page.total, "shown": events.len(), "older": page.older,
+            "next_before": next, "events": items,
+        }));
         return Ok(0);
     }
-    if events.is_empty() {
+    if page.total == 0 {
         println!(
             "the key server at {} has recorded no openings under your name",
             client.server()
@@ -353,12 +362,13 @@ pub fn audit(g: &Global) -> Result<u8, CliError> {
         return Ok(0);
     }
     println!(
-        "{:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} REASON",
-        "TIME (UTC)", "ACTION", "LABEL", "V", "DOCUMENT", "OUTCOME"
+        "{:>8}  {:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} REASON",
+        "SEQ", "TIME (UTC)", "ACTION", "LABEL", "V", "DOCUMENT", "OUTCOME"
     );
-    for e in &events {
+    for e in events {
         println!(
-            "{:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} {}",
+            "{:>8}  {:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} {}",
+            e.seq,
             utc_ms(e.time_ms),
             clean(&e.action),
             clean(e.label.as_deref().unwrap_or("-")),
@@ -367,6 +377,21 @@ pub fn audit(g: &Global) -> Result<u8, CliError> {
             clean(&e.outcome),
             clean(e.reason.as_deref().unwrap_or("")),
         );
+    }
+    if !g.quiet {
+        let mut line = format!(
+            "kluis: {} of {} recorded event{} shown, newest first",
+            events.len(),
+            page.total,
+            output::plural(page.total as usize)
+        );
+        if let Some(seq) = next {
+            line.push_str(&format!(
+                "; {} older: `kluis audit --before {seq}`",
+                page.older
+            ));
+        }
+        eprintln!("{line}");
     }
     Ok(0)
 }

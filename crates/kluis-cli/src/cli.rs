@@ -93,7 +93,7 @@ pub enum Command {
     Labels,
     /// List the openings the key server recorded under your name.
     #[command(after_help = EXIT_CODES)]
-    Audit,
+    Audit(AuditArgs),
     /// Check the key server, the token and the label cache.
     #[command(after_help = EXIT_CODES)]
     Status,
@@ -185,6 +185,17 @@ pub struct OpenArgs {
     /// Sealed files and folders to open; none or `-` streams standard input to standard
     /// output.
     pub files: Vec<PathBuf>,
+}
+
+/// `kluis audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Show at most this many events (the newest first).
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    pub limit: usize,
+    /// Show the events older than this sequence number (the SEQ column): the next page.
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<i64>,
 }
 
 /// `kluis inspect`.

@@ -89,6 +89,18 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// `println!` for this crate, shadowing the standard one: a standard output closed early
+/// (`kluis audit | head -1`) ends the program quietly instead of panicking with "failed
+/// printing to stdout". See [`output::stdout_line`].
+macro_rules! println {
+    () => {
+        $crate::output::stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod account;
 mod atomic;
 mod cli;
@@ -102,7 +114,6 @@ mod progress;
 mod rekey;
 mod seal;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -136,10 +147,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Logout => account::logout(&g),
         Command::Config(c) => account::config(c, &g),
         Command::Labels => account::labels(&g),
-        Command::Audit => account::audit(&g),
+        Command::Audit(args) => account::audit(args, &g),
         Command::Status => account::status(&g),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kluis", &mut std::io::stdout());
+            // Into memory first: the generator panics when its output fails.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kluis", &mut out);
+            output::stdout_bytes(&out);
             Ok(0)
         }
         Command::Man => {
@@ -147,9 +161,7 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut out)
                 .map_err(|e| CliError::new(error::Class::Failed, e.to_string()))?;
-            std::io::stdout()
-                .write_all(&out)
-                .map_err(|e| CliError::new(error::Class::Failed, e.to_string()))?;
+            output::stdout_bytes(&out);
             Ok(0)
         }
     }

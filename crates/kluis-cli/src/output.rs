@@ -160,6 +160,39 @@ pub fn utc(t: SystemTime) -> String {
     utc_ms(ms(t))
 }
 
+/// Write one line to standard output. When standard output is closed (its reader quit,
+/// as `head -1` does) the program ends quietly with exit code 0: there is no one left to
+/// tell. Any other write error is reported on standard error, with exit code 1.
+pub fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let result = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    stdout_result(result);
+}
+
+/// Write bytes to standard output, as [`stdout_line`] does.
+pub fn stdout_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let result = out.write_all(bytes).and_then(|()| out.flush());
+    stdout_result(result);
+}
+
+fn stdout_result(result: std::io::Result<()>) {
+    use std::io::Write;
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "kluis: could not write to standard output: {e}"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Print one JSON document on standard output.
 pub fn print_json(v: &Value) {
     println!(

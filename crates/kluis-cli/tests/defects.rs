@@ -332,3 +332,105 @@ fn two_documents_for_one_path_open_the_newest_and_say_so() {
         );
     }
 }
+
+/// Run `kluis args` with standard output a pipe whose reader has already gone.
+fn with_closed_stdout(user: &User, args: &[&str]) -> common::Run {
+    let mut child = user
+        .command()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Defect 5: after more than 1000 openings `kluis audit` shows the newest first, with the
+/// total and a way to page to older ones.
+#[test]
+fn audit_shows_the_newest_first_with_a_count_and_paging() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    let slots = [Slot::single(Recipient::Label(server.label_key("hr")))];
+    for i in 0..1001 {
+        let d = kluis_core::seal(&slots, &Metadata::default().name(format!("f{i}")), b".").unwrap();
+        write(&alice.path(&format!("many/{i:04}.kluis")), &d);
+    }
+    alice.run(&["open", "-q", "-o", "out", "many"]).ok();
+    let d = kluis_core::seal(&slots, &Metadata::default().name("last.txt"), b"!").unwrap();
+    write(&alice.path("last.kluis"), &d);
+    alice
+        .run(&[
+            "open",
+            "-o",
+            "out",
+            "--reason",
+            "the very latest",
+            "last.kluis",
+        ])
+        .ok();
+
+    let v = alice.run(&["--json", "audit"]).ok().json();
+    assert_eq!(v["total"], 1002, "{}", v["total"]);
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 100);
+    assert_eq!(events[0]["reason"], "the very latest");
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first");
+    assert_eq!(v["older"], 902);
+
+    // The next page continues where this one ended.
+    let before = v["next_before"].as_i64().unwrap();
+    assert_eq!(before, *seqs.last().unwrap());
+    let next = alice
+        .run(&[
+            "--json",
+            "audit",
+            "--before",
+            &before.to_string(),
+            "-n",
+            "5000",
+        ])
+        .ok()
+        .json();
+    let older = next["events"].as_array().unwrap();
+    assert_eq!(older.len(), 902);
+    assert!(older.iter().all(|e| e["seq"].as_i64().unwrap() < before));
+    assert_eq!(next["older"], 0);
+
+    let human = alice.run(&["audit", "-n", "3"]).ok();
+    let lines: Vec<&str> = human
+        .stdout
+        .split(|&b| b == b'\n')
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    assert!(lines[1].contains("the very latest"), "{lines:?}");
+    assert!(human.stderr.contains("3 of 1002"), "{}", human.stderr);
+    assert!(human.stderr.contains("--before"), "{}", human.stderr);
+}
+
+/// Defect 8: `kluis audit | head -1`, `kluis completions bash | true`: a closed standard
+/// output ends the command quietly, without a panic.
+#[test]
+fn a_closed_standard_output_is_not_a_panic() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    // `kluis audit | head -1`, `kluis completions bash | true`: quiet, no panic.
+    for args in [
+        &["audit"][..],
+        &["completions", "bash"],
+        &["man"],
+        &["labels"],
+    ] {
+        let run = with_closed_stdout(&alice, args);
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    }
+}

@@ -112,7 +112,7 @@ fn a_folder_of_1000_files_opens_with_one_batch_request() {
         1,
         "the server saw one batch request"
     );
-    let audit = alice.run(&["--json", "audit"]).ok().json();
+    let audit = alice.run(&["--json", "audit", "-n", "2000"]).ok().json();
     let unwraps = audit["events"]
         .as_array()
         .unwrap()

@@ -79,6 +79,23 @@ pub struct AuditEvent {
     pub mac: String,
 }
 
+/// A page of one's own audit events, newest first (see [`Client::my_audit_newest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditPage {
+    /// The events, newest first.
+    pub events: Vec<AuditEvent>,
+    /// How many events the server has recorded under the caller's name in all.
+    pub total: u64,
+    /// How many of them are older than the oldest in `events` (the next page's worth).
+    pub older: u64,
+}
+
+impl AuditPage {
+    /// The most events [`Client::my_audit_newest`] reads before giving up.
+    pub const MAX_SCANNED: u64 = 10_000_000;
+}
+
 /// Whether the key server answers and is ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -368,7 +385,90 @@ impl Client {
         Ok(labels)
     }
 
-    /// The audit events recorded under the caller's name (needs the token).
+    /// One page of the audit events recorded under the caller's name, oldest first: those
+    /// with a sequence number above `after`, at most `limit` (1 to 1000; the server may send
+    /// fewer). Needs the token.
+    pub fn my_audit_page(&self, after: i64, limit: usize) -> Result<Vec<AuditEvent>, ClientError> {
+        let limit = limit.clamp(1, 1000);
+        let reply = self.http.request(
+            &format!("/v1/me/audit?after={after}&limit={limit}"),
+            true,
+            None,
+            Retry::Idempotent,
+            AUDIT_ANSWER,
+        )?;
+        if reply.status != 200 {
+            return Err(self.status_error(&reply));
+        }
+        let events: Vec<AuditEvent> = self.json(&reply)?;
+        // Sequence numbers must rise, or paging could go round in circles.
+        let mut last = after;
+        for e in &events {
+            if e.seq <= last {
+                return Err(ClientError::Protocol {
+                    server: self.server().to_owned(),
+                    detail: "the audit events are not in rising sequence order".to_owned(),
+                });
+            }
+            last = e.seq;
+        }
+        Ok(events)
+    }
+
+    /// The newest `limit` audit events recorded under the caller's name with a sequence
+    /// number below `before` (all when `None`), newest first, with how many are recorded in
+    /// all. Needs the token.
+    ///
+    /// The server lists events oldest first, 1000 per request, so this reads them all (one
+    /// request per 1000 events) and keeps only the `limit` it returns: memory stays bounded
+    /// whatever the count. At most [`AuditPage::MAX_SCANNED`] events are read.
+    pub fn my_audit_newest(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<AuditPage, ClientError> {
+        let mut window = std::collections::VecDeque::with_capacity(limit.min(10_000));
+        let mut total = 0u64;
+        let mut older = 0u64;
+        let mut after = 0i64;
+        loop {
+            let page = self.my_audit_page(after, 1000)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page {
+                total += 1;
+                if before.is_some_and(|b| e.seq >= b) {
+                    continue;
+                }
+                if limit == 0 {
+                    older += 1;
+                    continue;
+                }
+                if window.len() == limit {
+                    window.pop_front();
+                    older += 1;
+                }
+                window.push_back(e);
+            }
+            if total >= AuditPage::MAX_SCANNED {
+                return Err(ClientError::Protocol {
+                    server: self.server().to_owned(),
+                    detail: format!(
+                        "more than {} audit events under one name",
+                        AuditPage::MAX_SCANNED
+                    ),
+                });
+            }
+        }
+        Ok(AuditPage {
+            events: window.into_iter().rev().collect(),
+            total,
+            older,
+        })
+    }
+
+    /// The audit events recorded under the caller's name (needs the token): the oldest
+    /// 1000 only. See [`Client::my_audit_newest`] for the newest, with a count.
     pub fn my_audit(&self) -> Result<Vec<AuditEvent>, ClientError> {
         let reply =
             self.http
