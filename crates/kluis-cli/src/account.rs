@@ -66,6 +66,13 @@ pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
             "an empty passphrase would leave the key unprotected: choose one",
         ));
     }
+    // Anyone who copies the identity file (a synced home folder, a backup) can guess at the
+    // passphrase offline: refuse what is guessed in moments.
+    if pass.chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(CliError::usage(format!(
+            "the passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters (a few unrelated words are easy to remember); nothing was written"
+        )));
+    }
     let id = Identity::generate()?;
     id.write_file(&path, pass.as_bytes()).map_err(|e| match e {
         kluis_core::Error::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -108,6 +115,9 @@ fn read_token(args: &LoginArgs, server: &str) -> Result<Zeroizing<String>, CliEr
         .map_err(|_| CliError::new(Class::Auth, "the token is not text: check what you pasted"))?;
     Ok(Zeroizing::new(text.to_owned()))
 }
+
+/// The fewest characters a new identity's passphrase may have.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
 /// Run `kluis login`.
 pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
@@ -414,7 +424,21 @@ pub fn status(g: &Global) -> Result<u8, CliError> {
         ServerHealth::Unreachable(e) => (false, false, Some(e.to_string())),
         _ => (false, false, Some("unknown state".to_owned())),
     };
-    let code = if ready { 0 } else { Class::Offline.code() };
+    // Ask the server whether it accepts the token (an empty page of one's own audit trail),
+    // rather than only saying one is configured.
+    let token_ok = match (ready, st.has_token) {
+        (true, true) => Some(client.my_audit_page(i64::MAX - 1, 1)),
+        _ => None,
+    };
+    let token_rejected = matches!(token_ok, Some(Err(ClientError::Unauthenticated { .. })));
+    let code = if !ready {
+        Class::Offline.code()
+    } else if token_rejected {
+        Class::Auth.code()
+    } else {
+        0
+    };
+    let token_accepted = token_ok.as_ref().map(|r| r.is_ok());
     if g.json {
         let cached: Vec<_> = st
             .cached
@@ -426,7 +450,7 @@ pub fn status(g: &Global) -> Result<u8, CliError> {
             .collect();
         print_json(&json!({
             "command": "status", "server": st.server, "reachable": reachable, "ready": ready,
-            "error": error, "token": st.has_token,
+            "error": error, "token": st.has_token, "token_accepted": token_accepted,
             "cache_dir": st.cache_dir.as_ref().map(|d| d.to_string_lossy()),
             "cached_labels": cached, "exit_code": code,
         }));
@@ -446,14 +470,17 @@ pub fn status(g: &Global) -> Result<u8, CliError> {
     if let Some(e) = &error {
         eprintln!("kluis: {e}");
     }
-    println!(
-        "token        {}",
-        if st.has_token {
-            "configured (checked when opening; `kluis audit` tries it)"
-        } else {
-            "none: run `kluis login` to open documents"
+    let token_line = match (&token_ok, st.has_token) {
+        (_, false) => "none: run `kluis login` to open documents".to_owned(),
+        (Some(Ok(_)), true) => "accepted by the key server".to_owned(),
+        (Some(Err(_)), true) if token_rejected => {
+            "REFUSED by the key server (expired or revoked): run `kluis login` with a new one"
+                .to_owned()
         }
-    );
+        (Some(Err(e)), true) => format!("configured, but could not be checked: {e}"),
+        (None, true) => "configured (not checked: the key server is not ready)".to_owned(),
+    };
+    println!("token        {token_line}");
     match &st.cache_dir {
         Some(d) => println!("label cache  {}", d.display()),
         None => println!("label cache  off: sealing needs the key server"),

@@ -434,3 +434,121 @@ fn a_closed_standard_output_is_not_a_panic() {
         assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
     }
 }
+
+/// Defect 8: `rekey -f` of a document already on the current version says it rewrote the
+/// slots (not "moved v2 → v2"), and `-q` prints nothing.
+#[test]
+fn rekey_force_says_rewrote_and_quiet_is_quiet() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"a");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    let quiet = alice.run(&["-q", "rekey", "-f", "a.txt.kluis"]).ok();
+    assert!(quiet.stdout.is_empty(), "{}", quiet.stdout_text());
+    let run = alice.run(&["rekey", "-f", "a.txt.kluis"]).ok();
+    let out = run.stdout_text();
+    assert!(!out.contains("v1 → v1"), "{out}");
+    assert!(out.contains("rewrote"), "{out}");
+    let v = alice
+        .run(&["--json", "rekey", "-f", "a.txt.kluis"])
+        .ok()
+        .json();
+    assert_eq!(v["files"][0]["outcome"], "rewritten", "{v}");
+}
+
+/// Defect 8: a new identity needs a passphrase of some length; an identity file others can
+/// read is used with a warning.
+#[cfg(unix)]
+#[test]
+fn short_passphrases_are_refused_and_open_identity_files_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let mut alice = User::logged_in(&server, &server.alice);
+    alice.env.push(("PASS".into(), "x".into()));
+    alice
+        .run(&["keygen", "--passphrase-env", "PASS"])
+        .fails(2, "at least 12 characters");
+    assert!(!alice.config_dir().join("identity.key").exists());
+    alice.env.clear();
+    alice
+        .env
+        .push(("PASS".into(), "a passphrase long enough".into()));
+    alice.run(&["keygen", "--passphrase-env", "PASS"]).ok();
+    let id = alice.config_dir().join("identity.key");
+    write(&alice.path("d.txt"), b"double");
+    alice.run(&["seal", "--label", "medical", "d.txt"]).ok();
+    let quiet = alice
+        .run(&[
+            "open",
+            "--passphrase-env",
+            "PASS",
+            "-o",
+            "o1",
+            "d.txt.kluis",
+        ])
+        .ok();
+    assert!(!quiet.stderr.contains("other users"), "{}", quiet.stderr);
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = alice
+        .run(&[
+            "open",
+            "--passphrase-env",
+            "PASS",
+            "-o",
+            "o2",
+            "d.txt.kluis",
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("can be read by other users"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+}
+
+/// Defect 8: a symbolic link given as the folder to seal is not a silent success of nothing,
+/// and a `.kluis` file given by name is not sealed a second time.
+#[cfg(unix)]
+#[test]
+fn symlinked_folder_and_sealed_file_arguments_fail_clearly() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("real/a.txt"), b"a");
+    std::os::unix::fs::symlink(alice.path("real"), alice.path("link")).unwrap();
+    alice
+        .run(&["seal", "--label", "hr", "link"])
+        .fails(2, "symbolic link");
+    assert!(tree(&alice.path("real")) == ["a.txt"]);
+
+    write(&alice.path("b.txt"), b"b");
+    alice.run(&["seal", "--label", "hr", "b.txt"]).ok();
+    alice
+        .run(&["seal", "--label", "hr", "b.txt.kluis"])
+        .fails(2, "sealed already");
+    assert!(!alice.path("b.txt.kluis.kluis").exists());
+}
+
+/// Defect 8: `status` asks the server whether it accepts the token.
+#[test]
+fn status_says_when_the_server_refuses_the_token() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    let ok = alice.run(&["status"]).ok();
+    assert!(
+        ok.stdout_text().contains("accepted"),
+        "{}",
+        ok.stdout_text()
+    );
+    server.admin(&["token", "revoke", &server.alice_id]);
+    let run = alice.run(&["status"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stdout_text().contains("REFUSED"),
+        "{}",
+        run.stdout_text()
+    );
+    assert!(run.stdout_text().contains("kluis login"));
+    let v = alice.run(&["--json", "status"]).json();
+    assert_eq!(v["token_accepted"], false);
+}

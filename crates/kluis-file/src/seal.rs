@@ -178,6 +178,11 @@ fn plan(
             outcome: Outcome::Failed(e),
         };
         let found = match entry {
+            Entry::File(f) if f.direct && f.path.file_name().is_some_and(has_extension) => {
+                let path = f.path.clone();
+                reports.push(failed(f.path, Error::AlreadySealed { path }));
+                continue;
+            }
             Entry::File(f) => f,
             Entry::Skipped(input, skip) => {
                 reports.push(Report {

@@ -29,8 +29,9 @@ pub(crate) enum Entry {
 }
 
 /// List `input`: a file as itself, a folder recursively (in name order, each folder's files
-/// before its subfolders). Symbolic links and special files are skipped, at the top as well
-/// as inside. `classify` may skip files met inside a folder by their name; `root_name` starts
+/// before its subfolders). Symbolic links and special files are skipped inside; a symbolic
+/// link given as `input` itself fails with [`Error::SymlinkArgument`], a special file is
+/// skipped. `classify` may skip files met inside a folder by their name; `root_name` starts
 /// every `rel_dir` with the folder's own name.
 pub(crate) fn walk(
     input: &Path,
@@ -44,7 +45,9 @@ pub(crate) fn walk(
     };
     let kind = meta.file_type();
     if kind.is_symlink() {
-        return out.push(Entry::Skipped(input.into(), Skip::Symlink));
+        // Given by name: say so as a failure (a skip would let a run of nothing succeed).
+        let path = input.to_path_buf();
+        return out.push(Entry::Failed(path.clone(), Error::SymlinkArgument { path }));
     }
     if kind.is_file() {
         return out.push(Entry::File(Found {
