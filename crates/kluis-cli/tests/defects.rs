@@ -552,3 +552,52 @@ fn status_says_when_the_server_refuses_the_token() {
     let v = alice.run(&["--json", "status"]).json();
     assert_eq!(v["token_accepted"], false);
 }
+
+/// Run `kluis args` with standard input and output on a pseudo-terminal (via `script`).
+fn on_terminal(user: &User, args: &str) -> Option<(i32, String)> {
+    let script = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let base = user.command();
+    let mut c = std::process::Command::new(script);
+    c.current_dir(user.work());
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_kluis"));
+    let out = c
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// Defect 8: opened text with terminal escape sequences is not written to a terminal (it
+/// could retitle, clear or reprogram it); to a pipe it is written as it is.
+#[test]
+fn escape_sequences_are_not_written_to_a_terminal() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    let evil = b"looks harmless\n\x1b]0;pwned\x07\x1b[2J\x1b[8mhidden\n";
+    let doc = alice
+        .run_in(&["seal", "--label", "hr"], Some(evil))
+        .ok()
+        .stdout;
+    write(&alice.path("evil.kluis"), &doc);
+    let piped = alice.run_in(&["open"], Some(&doc)).ok();
+    assert_eq!(piped.stdout, evil, "a pipe gets the bytes as they are");
+    let Some((code, out)) = on_terminal(&alice, "open - < evil.kluis") else {
+        eprintln!("skipped: `script` (util-linux) is not installed, so there is no pty");
+        return;
+    };
+    assert_eq!(code, 2, "{out:?}");
+    assert!(out.contains("control characters"), "{out:?}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+}
