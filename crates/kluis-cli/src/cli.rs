@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The exit codes, shown after `--help` and in the man page.
+/// The exit codes, shown once: after `kluis --help` and in the man page.
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -17,6 +17,8 @@ Exit codes:
   6  the document's key was destroyed (retention): nobody can open it any more
   7  corrupt, tampered with or not a kluis document (also: a hostile stored file name)
   8  the output exists (use --force to replace it)
+  9  none of your keys opens the document (it is sealed to other keys, or needs an identity
+     file you did not give)
 When files fail for different reasons the exit code is 1; when they all fail for the same
 reason it is that reason's code.";
 
@@ -65,23 +67,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Seal files and folders (or standard input) under a label.
-    #[command(after_help = EXIT_CODES)]
     Seal(SealArgs),
     /// Open sealed files and folders (or standard input).
-    #[command(after_help = EXIT_CODES)]
     Open(OpenArgs),
     /// Show what a sealed document says about itself, without any key.
-    #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
     /// Move sealed documents to their label's current key version (rewrites the header only).
-    #[command(after_help = EXIT_CODES)]
     Rekey(RekeyArgs),
     /// Make a holder identity (your own key for double-key labels), sealed with a passphrase.
-    #[command(after_help = EXIT_CODES)]
     Keygen(KeygenArgs),
     /// Save a token for the key server (read from standard input or a file, never from the
     /// command line).
-    #[command(after_help = EXIT_CODES)]
     Login(LoginArgs),
     /// Remove the saved token.
     Logout,
@@ -89,13 +85,10 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCmd),
     /// List the labels on the key server.
-    #[command(after_help = EXIT_CODES)]
     Labels,
     /// List the openings the key server recorded under your name.
-    #[command(after_help = EXIT_CODES)]
     Audit(AuditArgs),
     /// Check the key server, the token and the label cache.
-    #[command(after_help = EXIT_CODES)]
     Status,
     /// Print a shell completion script.
     Completions {

@@ -601,3 +601,49 @@ fn escape_sequences_are_not_written_to_a_terminal() {
     assert!(out.contains("control characters"), "{out:?}");
     assert!(!out.contains('\u{1b}'), "{out:?}");
 }
+
+/// Defect 8: one exit code per kind of failure: a flipped document-id byte is tampering (7,
+/// like other tampering, not 1), a document sealed to keys one does not have is 9 (not 5,
+/// "denied by policy"); the codes are listed once, in `kluis --help`.
+#[test]
+fn exit_codes_name_the_kind_of_failure_once() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"a");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    let v = alice.run(&["--json", "inspect", "a.txt.kluis"]).ok().json();
+    let doc_id = v.to_string();
+    let at = doc_id.find("\"doc_id\":\"").unwrap() + 10;
+    let hex = &doc_id[at..at + 32];
+    let id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut bytes = std::fs::read(alice.path("a.txt.kluis")).unwrap();
+    let pos = bytes.windows(16).position(|w| w == id).unwrap();
+    bytes[pos + 3] ^= 0x01;
+    write(&alice.path("t.kluis"), &bytes);
+    alice
+        .run(&["open", "-o", "out", "t.kluis"])
+        .fails(7, "tampered");
+
+    let stranger = kluis_core::Identity::generate().unwrap();
+    let slots = [Slot::single(Recipient::Key(stranger.public_key()))];
+    let d = kluis_core::seal(&slots, &Metadata::default().name("s.txt"), b"s").unwrap();
+    write(&alice.path("s.kluis"), &d);
+    let mut alice = alice;
+    alice
+        .env
+        .push(("PASS".into(), "a passphrase long enough".into()));
+    alice.run(&["keygen", "--passphrase-env", "PASS"]).ok();
+    alice
+        .run(&["open", "--passphrase-env", "PASS", "-o", "out", "s.kluis"])
+        .fails(9, "no slot of this document can be opened");
+
+    let top = alice.run(&["--help"]).ok().stdout_text();
+    assert!(top.contains("Exit codes"), "{top}");
+    assert!(top.contains("9  none of your keys"), "{top}");
+    for sub in ["open", "seal", "audit", "status"] {
+        let help = alice.run(&[sub, "--help"]).ok().stdout_text();
+        assert!(!help.contains("Exit codes"), "{sub}: {help}");
+    }
+}
