@@ -58,6 +58,16 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
         return open_stream(&args, g, &holders, &bars, &server);
     }
 
+    // Plaintext goes to -o, or beside each sealed file.
+    if !g.quiet {
+        match &args.output {
+            Some(out) => output::warn_if_sync_folder([out.as_path()], "opening into"),
+            None => output::warn_if_sync_folder(
+                args.files.iter().map(|f| f.as_path()),
+                "opening beside",
+            ),
+        }
+    }
     let on_event = |e: Event<'_>| bars.event(e);
     let mut options = OpenOptions::default();
     options.output_dir = args.output.clone();
@@ -120,6 +130,9 @@ fn open_stream(
     let reader = StreamReader::new(&header, &key, input).map_err(|e| stdin_error(&e))?;
     let bytes = match &args.output {
         Some(path) => atomic::write_new(path, args.force, true, |f| {
+            if !g.quiet {
+                output::warn_if_sync_folder([path.as_path()], "opening into");
+            }
             copy_plain(reader, f, false, bars)
         })?,
         None => {

@@ -62,7 +62,15 @@ pub fn files(reports: &[Report], quiet: bool) -> (Summary, Vec<Value>) {
             Outcome::Skipped(skip) => {
                 s.skipped += 1;
                 item["reason"] = json!(skip.to_string());
-                if !quiet && matches!(skip, Skip::Symlink | Skip::Special | Skip::Temporary) {
+                if !quiet
+                    && matches!(
+                        skip,
+                        Skip::Symlink
+                            | Skip::Special
+                            | Skip::Temporary
+                            | Skip::StaleTemporaryRemoved
+                    )
+                {
                     eprintln!("kluis: skipped {:?}: {skip}", r.input);
                 }
                 ("skipped", None)
@@ -189,6 +197,19 @@ fn stdout_result(result: std::io::Result<()>) {
                 "kluis: could not write to standard output: {e}"
             );
             std::process::exit(1);
+        }
+    }
+}
+
+/// Warn (once per run) when plaintext is written into, or sealed from, a cloud sync
+/// folder: its sync client may upload it (THREAT_MODEL §4.1).
+pub fn warn_if_sync_folder<'p>(paths: impl IntoIterator<Item = &'p std::path::Path>, what: &str) {
+    for p in paths {
+        if let Some(service) = kluis_file::sync_folder(p) {
+            warn(&format!(
+                "{what} {p:?}, which is inside a {service} sync folder: its sync client may upload the plaintext. Work outside the sync folder (open with -o FOLDER elsewhere; seal from elsewhere with -o into it)"
+            ));
+            return;
         }
     }
 }

@@ -154,6 +154,9 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
         return seal_stream(&args, g, &slots, about);
     }
 
+    if !g.quiet {
+        output::warn_if_sync_folder(args.files.iter().map(|f| f.as_path()), "sealing");
+    }
     let bars = Bars::files(progress::wanted(g.quiet), "sealing");
     let on_event = |e: Event<'_>| bars.event(e);
     let identity = LazyIdentity::new(

@@ -647,3 +647,85 @@ fn exit_codes_name_the_kind_of_failure_once() {
         assert!(!help.contains("Exit codes"), "{sub}: {help}");
     }
 }
+
+/// A `.kluis-tmp-` file at `path` as `kill -9` leaves one, last modified `age_secs` ago.
+fn leftover(path: &std::path::Path, age_secs: u64) -> std::fs::File {
+    write(path, b"plaintext of an interrupted run");
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs))
+        .unwrap();
+    f
+}
+
+/// Defect 8: temporary files left by `kill -9` (up to a whole plaintext) are removed by the
+/// next run that meets them, in the folders it reads and the folders it writes; a temporary
+/// file that a running kluis holds, or that is minutes young, is left alone.
+#[cfg(unix)]
+#[test]
+fn stale_temporary_files_are_cleaned_safely_on_the_next_run() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("docs/a.txt"), b"a");
+    let stale_in = alice.path("docs/.kluis-tmp-aaaaaaaaaaaaaaaaaaaaaaaaaa");
+    let young = alice.path("docs/.kluis-tmp-bbbbbbbbbbbbbbbbbbbbbbbbbb");
+    let held = alice.path("docs/.kluis-tmp-cccccccccccccccccccccccccc");
+    drop(leftover(&stale_in, 600));
+    drop(leftover(&young, 5));
+    let lock = leftover(&held, 600);
+    lock.lock().unwrap(); // as a running kluis holds its own
+    let stale_out = alice.path("sealed/docs/.kluis-tmp-dddddddddddddddddddddddddd");
+    drop(leftover(&stale_out, 600));
+
+    let run = alice
+        .run(&["seal", "--label", "hr", "-o", "sealed", "docs"])
+        .ok();
+    assert!(!stale_in.exists(), "stale, in the folder sealed");
+    assert!(!stale_out.exists(), "stale, in the folder written");
+    assert!(young.exists(), "too young to be stale");
+    assert!(held.exists(), "held by a running process");
+    assert!(run.stderr.contains("it was removed"), "{}", run.stderr);
+    assert_eq!(
+        tree(&alice.path("sealed")),
+        ["docs/a.txt.kluis"],
+        "only the sealed file is left in the output"
+    );
+
+    // Opening: the output folder is swept too.
+    let stale_open = alice.path("back/docs/.kluis-tmp-eeeeeeeeeeeeeeeeeeeeeeeeee");
+    drop(leftover(&stale_open, 600));
+    alice.run(&["open", "-o", "back", "sealed"]).ok();
+    assert!(!stale_open.exists());
+    assert_eq!(tree(&alice.path("back")), ["docs/a.txt"]);
+    drop(lock);
+}
+
+/// Defect 8: opening into a cloud sync folder warns that the plaintext may be uploaded.
+#[test]
+fn opening_into_a_sync_folder_warns() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("OneDrive - Gemeente/r.txt"), b"r");
+    alice
+        .run(&[
+            "seal",
+            "--label",
+            "hr",
+            "--remove-original",
+            "OneDrive - Gemeente/r.txt",
+        ])
+        .ok();
+    let run = alice.run(&["open", "OneDrive - Gemeente/r.txt.kluis"]).ok();
+    assert!(
+        run.stderr.contains("OneDrive sync folder"),
+        "{}",
+        run.stderr
+    );
+    let elsewhere = alice
+        .run(&["open", "-o", "local", "OneDrive - Gemeente/r.txt.kluis"])
+        .ok();
+    assert!(
+        !elsewhere.stderr.contains("sync folder"),
+        "{}",
+        elsewhere.stderr
+    );
+}

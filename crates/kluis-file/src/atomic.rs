@@ -49,6 +49,9 @@ impl TempFile {
             let _ = private;
             match options.open(&path) {
                 Ok(file) => {
+                    // Locked while open, so a later run can tell a leftover from a file
+                    // being written (see `crate::stale`).
+                    crate::stale::hold(&file);
                     return Ok(TempFile {
                         path,
                         file: Some(file),
@@ -221,6 +224,8 @@ pub(crate) fn start_output(
         });
     }
     let dir = create_dirs(root, rel_dir)?;
+    // A run killed earlier may have left temporary files here (up to a whole plaintext).
+    crate::stale::sweep(&dir);
     TempFile::create(&dir, private)
 }
 

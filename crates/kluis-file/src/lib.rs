@@ -131,6 +131,8 @@ mod pool;
 mod rekey;
 mod report;
 mod seal;
+mod stale;
+mod sync;
 mod walk;
 
 pub use atomic::TempFile;
@@ -145,3 +147,4 @@ pub use rekey::{
 };
 pub use report::{Event, OpenOptions, Outcome, Progress, Report, SealOptions, Skip};
 pub use seal::{seal_file, seal_paths};
+pub use sync::sync_folder;

@@ -185,8 +185,12 @@ pub enum Skip {
     AlreadySealed,
     /// A file without the `.kluis` extension met while opening a folder.
     NotSealed,
-    /// A temporary file left by an interrupted run (`.kluis-tmp-…`); it can be deleted.
+    /// A temporary file (`.kluis-tmp-…`) of a run still going on, or one left by an
+    /// interrupted run that is not yet stale (see [`Skip::StaleTemporaryRemoved`]).
     Temporary,
+    /// A temporary file left by an interrupted run, which was removed: nobody held it and it
+    /// had not been modified for minutes.
+    StaleTemporaryRemoved,
 }
 
 impl fmt::Display for Skip {
@@ -196,7 +200,12 @@ impl fmt::Display for Skip {
             Skip::Special => "not a regular file",
             Skip::AlreadySealed => "already sealed",
             Skip::NotSealed => "not a .kluis file",
-            Skip::Temporary => "a temporary file left by an interrupted run (safe to delete)",
+            Skip::Temporary => {
+                "a temporary file of a running kluis, or left by an interrupted run (removed once stale)"
+            }
+            Skip::StaleTemporaryRemoved => {
+                "a temporary file left by an interrupted run; it was removed"
+            }
         })
     }
 }

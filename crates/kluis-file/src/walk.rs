@@ -107,7 +107,11 @@ pub(crate) fn walk(
             } else if !kind.is_file() {
                 out.push(Entry::Skipped(path, Skip::Special));
             } else if name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
-                out.push(Entry::Skipped(path, Skip::Temporary));
+                let skip = match crate::stale::remove_if_stale(&path) {
+                    true => Skip::StaleTemporaryRemoved,
+                    false => Skip::Temporary,
+                };
+                out.push(Entry::Skipped(path, skip));
             } else if let Some(skip) = classify(&name) {
                 out.push(Entry::Skipped(path, skip));
             } else {
