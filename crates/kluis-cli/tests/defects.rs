@@ -729,3 +729,22 @@ fn opening_into_a_sync_folder_warns() {
         elsewhere.stderr
     );
 }
+
+/// Defect 8: empty folders survive sealing into an output folder and opening from it.
+#[test]
+fn empty_folders_are_kept_on_seal_and_open() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("src/a.txt"), b"a");
+    std::fs::create_dir_all(alice.path("src/empty/deeper")).unwrap();
+    std::fs::create_dir_all(alice.path("src/also-empty")).unwrap();
+    alice
+        .run(&["seal", "--label", "hr", "-o", "sealed", "src"])
+        .ok();
+    assert!(alice.path("sealed/src/empty/deeper").is_dir());
+    assert!(alice.path("sealed/src/also-empty").is_dir());
+    alice.run(&["open", "-o", "back", "sealed"]).ok();
+    assert!(alice.path("back/src/empty/deeper").is_dir());
+    assert!(alice.path("back/src/also-empty").is_dir());
+    assert_eq!(tree(&alice.path("back")), ["src/a.txt"]);
+}

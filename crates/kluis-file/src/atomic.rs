@@ -237,7 +237,7 @@ pub(crate) fn start_output(
 /// A link planted between this check and the write can still redirect the write (there is no
 /// portable `openat` in std); the check stops links that are already there, including any a
 /// hostile document set could otherwise exploit (those only ever create folders and files).
-fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
+pub(crate) fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
     let mut path = base.to_path_buf();
     for c in rel.components() {
         let Component::Normal(c) = c else {

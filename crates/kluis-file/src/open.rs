@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use kluis_core::{BlockSink, FileKey, Header, StreamReader, Unwrap, unlock_all};
 
-use crate::atomic::{create_output_dir, start_output, sync_dirs};
+use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{absolute, parent_of, payload_error, read_header, reopen_sealed, require_file};
 use crate::name::{EXTENSION, check_component, check_file_name, safe_relative_path};
@@ -130,8 +130,13 @@ pub fn open_paths<P: AsRef<Path>>(
     let mut pending = Vec::new();
     let mut inputs = HashSet::new();
     let mut bytes = 0u64;
+    let mut empty_dirs = Vec::new();
     for entry in listed {
         let (input, outcome) = match entry {
+            Entry::EmptyDir(path, rel) => {
+                empty_dirs.push((path, rel));
+                continue;
+            }
             Entry::File(f) => {
                 inputs.insert(absolute(&f.path));
                 bytes = bytes.saturating_add(f.len);
@@ -152,6 +157,19 @@ pub fn open_paths<P: AsRef<Path>>(
             bytes: 0,
             outcome,
         });
+    }
+    // Empty folders are restored too (with an output folder; in place they are there).
+    if let Some(out) = out_dir {
+        for (path, rel) in empty_dirs {
+            if let Err(e) = create_dirs(out, &rel) {
+                reports.push(Report {
+                    input: path,
+                    output: Some(out.join(&rel)),
+                    bytes: 0,
+                    outcome: Outcome::Failed(e),
+                });
+            }
+        }
     }
     shared.emit(Event::Planned {
         files: pending.len(),

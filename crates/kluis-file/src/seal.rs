@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kluis_core::{BlockWriter, FileKey, Header, Metadata, Slot, StreamReader, unlock_all};
 use zeroize::Zeroizing;
 
-use crate::atomic::{create_output_dir, start_output, sync_dir, sync_dirs};
+use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dir, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
     Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, reopen_sealed,
@@ -178,6 +178,18 @@ fn plan(
             outcome: Outcome::Failed(e),
         };
         let found = match entry {
+            // Mirrored in a non-flat output folder; nothing to seal.
+            Entry::EmptyDir(path, rel) => {
+                if let (Some(out), false) = (out_dir, hide) {
+                    if let Err(e) = create_dirs(out, &rel) {
+                        reports.push(Report {
+                            output: Some(out.join(&rel)),
+                            ..failed(path, e)
+                        });
+                    }
+                }
+                continue;
+            }
             Entry::File(f) if f.direct && f.path.file_name().is_some_and(has_extension) => {
                 let path = f.path.clone();
                 reports.push(failed(f.path, Error::AlreadySealed { path }));

@@ -26,6 +26,9 @@ pub(crate) enum Entry {
     File(Found),
     Skipped(PathBuf, Skip),
     Failed(PathBuf, Error),
+    /// An empty folder met inside a walked folder: its path, and its place below the output
+    /// root (as `rel_dir` of a file in it would be), so it can be mirrored.
+    EmptyDir(PathBuf, PathBuf),
 }
 
 /// List `input`: a file as itself, a folder recursively (in name order, each folder's files
@@ -85,6 +88,10 @@ pub(crate) fn walk(
                 continue;
             }
         };
+        if entries.is_empty() {
+            out.push(Entry::EmptyDir(dir.clone(), rel.clone()));
+            continue;
+        }
         let mut entries: Vec<_> = entries.into_iter().map(|e| (e.file_name(), e)).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
