@@ -40,8 +40,9 @@
 //! The folder is `$KLUIS_CONFIG_DIR`, else `$XDG_CONFIG_HOME/kluis`, else `~/.config/kluis`.
 //! It holds `config.toml` (keys `server`, `ca_file`, `label`, `default_to`, `identity`,
 //! `cache_dir`; relative paths are relative to the folder; unknown keys are errors), `token`
-//! (mode 0600, written by `kluis login`) and, by default, `identity.key` (written by
-//! `kluis keygen`). Overrides: `--server` / `KLUIS_SERVER`, `KLUIS_TOKEN`, `KLUIS_CACHE_DIR`
+//! (mode 0600, written by `kluis login`) with `token.server`, the server origin it is sent to
+//! and to no other, `names.key` (mode 0600, the key hidden names are derived from) and, by
+//! default, `identity.key` (written by `kluis keygen`). Overrides: `--server` / `KLUIS_SERVER`, `KLUIS_TOKEN`, `KLUIS_CACHE_DIR`
 //! (default: the client's per-user cache folder), `--label` / `KLUIS_LABEL`, `--identity` /
 //! `KLUIS_IDENTITY`, `KLUIS_TIMEOUT` (seconds per key server request).
 //!
