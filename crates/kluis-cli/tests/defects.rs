@@ -672,7 +672,8 @@ fn stale_temporary_files_are_cleaned_safely_on_the_next_run() {
     drop(leftover(&stale_in, 600));
     drop(leftover(&young, 5));
     let lock = leftover(&held, 600);
-    lock.lock().unwrap(); // as a running kluis holds its own
+    // As a running kluis holds its own.
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
     let stale_out = alice.path("sealed/docs/.kluis-tmp-dddddddddddddddddddddddddd");
     drop(leftover(&stale_out, 600));
 

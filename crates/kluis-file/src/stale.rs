@@ -30,9 +30,17 @@ const MAX_SWEPT: usize = 10_000;
 /// takes it for stale once it has not been modified for [`GRACE`].
 pub(crate) fn hold(file: &fs::File) {
     #[cfg(unix)]
-    let _ = file.try_lock();
+    let _ = try_lock(file);
     #[cfg(not(unix))]
     let _ = file;
+}
+
+/// Take an exclusive advisory lock on `file` without waiting (`flock`), held until every
+/// handle on this open file is closed.
+#[cfg(unix)]
+fn try_lock(file: &fs::File) -> std::io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(std::io::Error::from)
 }
 
 /// Remove `path`, a temporary file, if it is stale; returns whether it was removed.
@@ -53,7 +61,7 @@ pub(crate) fn remove_if_stale(path: &Path) -> bool {
         let Ok(file) = fs::File::open(path) else {
             return false;
         };
-        if file.try_lock().is_err() {
+        if try_lock(&file).is_err() {
             return false; // a running kluis is writing it
         }
         fs::remove_file(path).is_ok()
