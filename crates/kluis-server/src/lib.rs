@@ -12,15 +12,18 @@ pub mod api;
 pub mod audit;
 pub mod config;
 mod error;
+mod fairness;
 mod limit;
 mod master_key;
 pub mod metrics;
 pub mod oidc;
 mod policy;
+mod refusal;
 pub mod serve;
 mod sqlite;
 mod store;
 mod time;
+mod tls_reload;
 pub mod writer;
 
 pub use error::{Result, ServerError};
