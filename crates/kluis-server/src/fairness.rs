@@ -149,9 +149,7 @@ impl Connections {
             evict: Notify::new(),
             epoch: self.epoch,
         });
-        state
-            .idle_since_ms
-            .store(state.now_ms(), Ordering::SeqCst);
+        state.idle_since_ms.store(state.now_ms(), Ordering::SeqCst);
         inner.open.insert(
             id,
             Entry {
@@ -204,7 +202,10 @@ mod tests {
         let b: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let t1 = c.admit(a).unwrap();
         let _t2 = c.admit(b).unwrap();
-        assert!(c.admit(a).is_none(), "the v4-mapped address counts as the same");
+        assert!(
+            c.admit(a).is_none(),
+            "the v4-mapped address counts as the same"
+        );
         assert!(c.admit("192.0.2.2".parse().unwrap()).is_some());
         drop(t1);
         assert!(c.admit(a).is_some());
@@ -237,12 +238,9 @@ mod tests {
                 .await
                 .unwrap();
             assert!(
-                tokio::time::timeout(
-                    std::time::Duration::from_millis(50),
-                    old.state.evicted()
-                )
-                .await
-                .is_err()
+                tokio::time::timeout(std::time::Duration::from_millis(50), old.state.evicted())
+                    .await
+                    .is_err()
             );
         });
         assert!(!c.evict_oldest_idle(), "only the busy one is left");

@@ -70,7 +70,8 @@ impl<T: AsyncWrite + Unpin> JsonRefusals<T> {
     /// Write out what is pending; `Ready(Ok)` once nothing is.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
+            let n =
+                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -138,7 +139,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonRefusals<T> {
                 let k = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..k]))?;
                 let left = left - n as u64;
-                this.out = if left == 0 { Out::Head } else { Out::Body(left) };
+                this.out = if left == 0 {
+                    Out::Head
+                } else {
+                    Out::Body(left)
+                };
                 Poll::Ready(Ok(n))
             }
             Out::Head => {

@@ -110,7 +110,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let conns = Connections::new(limits.per_address());
-    let reloader = tokio::spawn(reload_on_hangup(tls.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(hangups(), tls.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -226,10 +226,7 @@ fn connection_service(
         let answer = hyper::service::Service::call(&svc, req);
         async move {
             let response = answer.await?;
-            Ok(response.map(|body| Guarded {
-                body,
-                _busy: guard,
-            }))
+            Ok(response.map(|body| Guarded { body, _busy: guard }))
         }
     })
 }
@@ -263,11 +260,10 @@ impl hyper::body::Body for Guarded {
 
 /// On `SIGHUP`, reload the TLS certificate and key (and say so on standard error); with plain
 /// HTTP there is nothing to reload, but the signal must not stop the server either.
-async fn reload_on_hangup(tls: Option<Arc<TlsFiles>>) {
+async fn reload_on_hangup(hup: Option<Hangups>, tls: Option<Arc<TlsFiles>>) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Some(mut hup) = hup else {
             log("cannot watch for SIGHUP: the TLS certificate reloads only on restart");
             return;
         };
@@ -287,7 +283,24 @@ async fn reload_on_hangup(tls: Option<Arc<TlsFiles>>) {
         }
     }
     #[cfg(not(unix))]
-    let _ = tls;
+    let _ = (hup, tls);
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// The `SIGHUP` stream, registered at once (from then on the signal no longer stops the
+/// process).
+fn hangups() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// One line on standard error, never panicking on a closed or full stream.
