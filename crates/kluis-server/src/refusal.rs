@@ -239,7 +239,7 @@ fn json_refusal(head: &[u8], status: u16, max_header_bytes: usize) -> Vec<u8> {
             "the request target is too long: use a shorter path and query".to_owned(),
         ),
         _ => (
-            "malformed_request",
+            "malformed",
             "the request line or headers are not valid HTTP/1.1: fix the client, or whatever sits between it and the server"
                 .to_owned(),
         ),

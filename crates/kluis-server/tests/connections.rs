@@ -125,9 +125,9 @@ fn oversized_and_malformed_request_heads_are_refused_with_a_json_code() {
 
     // Not HTTP at all, and a header name with a space.
     let answer = raw_exchange(&a, b"GE\x01T / HTTP/1.1\r\n\r\n", wait);
-    assert_json_refusal(&answer, 400, "malformed_request", "a bad method");
+    assert_json_refusal(&answer, 400, "malformed", "a bad method");
     let answer = raw_exchange(&a, b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n", wait);
-    assert_json_refusal(&answer, 400, "malformed_request", "a bad header name");
+    assert_json_refusal(&answer, 400, "malformed", "a bad header name");
 
     // The second request on a kept-alive connection gets the same JSON refusal, after the
     // first one's answer, intact.
@@ -142,7 +142,7 @@ fn oversized_and_malformed_request_heads_are_refused_with_a_json_code() {
     assert_json_refusal(
         &answer[second..],
         400,
-        "malformed_request",
+        "malformed",
         "a bad second request",
     );
 
