@@ -139,12 +139,7 @@ fn oversized_and_malformed_request_heads_are_refused_with_a_json_code() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     let second = text.find("ok\nHTTP/1.1 ").expect("two answers") + 3;
-    assert_json_refusal(
-        &answer[second..],
-        400,
-        "malformed",
-        "a bad second request",
-    );
+    assert_json_refusal(&answer[second..], 400, "malformed", "a bad second request");
 
     // A header just under the cap is served.
     let fits = format!(
@@ -298,6 +293,113 @@ fn memory_taken_by_held_connections_is_given_back_with_the_documented_allocator_
         after < start + taken / 2,
         "memory not given back: {start} KiB at start, {holding} KiB held, {after} KiB after"
     );
+}
+
+/// A TLS client configuration trusting only `ca` (DER).
+fn tls_client(ca: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// [`flood`] over TLS: `n` connections, each handshaking and then writing `head`.
+fn tls_flood(
+    a: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    n: usize,
+    head: &[u8],
+) -> Vec<TlsStream> {
+    (0..n)
+        .map(|_| {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            let sock = TcpStream::connect(a).unwrap();
+            sock.set_write_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let _ = s.write_all(head);
+            let _ = s.flush();
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn tls_connections_with_unfinished_headers_fit_the_default_cap_in_256_mib() {
+    const TLS_CONNS: usize = 1000;
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    write_pair(dir.path(), &cert, &key);
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let pid = server.child.id();
+    let Some(start) = proc_status_kib(pid, "VmRSS") else {
+        return;
+    };
+    let a: SocketAddr = server
+        .base
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let config = tls_client(&ca);
+
+    // 390 KiB unfinished heads: refused past the cap, nothing held.
+    let refused = tls_flood(a, &config, TLS_CONNS, &unfinished_head(390 * 1024));
+    let peak = proc_status_kib(pid, "VmHWM").unwrap();
+    assert!(peak < LIMIT_KIB, "peak {peak} KiB");
+    drop(refused);
+
+    // Heads just under the cap, held: what one such connection costs, times the default
+    // 4096 connections, must fit in 256 MiB.
+    let held = tls_flood(a, &config, TLS_CONNS, &unfinished_head(16 * 1024 - 64));
+    let holding = settled_rss(pid).unwrap();
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let per_conn = holding.saturating_sub(start) / TLS_CONNS as u64;
+    let projected = start + per_conn * 4096;
+    eprintln!(
+        "TLS: RSS {start} KiB, {holding} KiB with {TLS_CONNS} held ({per_conn} KiB each): \
+         {projected} KiB for 4096"
+    );
+    assert!(
+        per_conn > 0,
+        "held connections cost nothing: the test measures nothing"
+    );
+    assert!(
+        projected < LIMIT_KIB,
+        "{per_conn} KiB per held TLS connection: 4096 of them would take {projected} KiB"
+    );
+    drop(held);
 }
 
 /// Open a connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
