@@ -153,8 +153,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonRefusals<T> {
                     this.out = Out::Pass;
                     return Pin::new(&mut this.inner).poll_write(cx, buf);
                 };
-                let end = end + 4;
+                let mut end = end + 4;
                 this.take_head(&buf[..end]);
+                // The body bytes hyper gave along go out in the same write as the head, as
+                // they would without this wrapper (one segment; no answer cut after its head).
+                if let Out::Body(left) = this.out {
+                    let k = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len() - end);
+                    this.pending.extend_from_slice(&buf[end..end + k]);
+                    end += k;
+                    let left = left - k as u64;
+                    this.out = if left == 0 {
+                        Out::Head
+                    } else {
+                        Out::Body(left)
+                    };
+                }
                 // Start writing now; whatever is left goes out on the next write or flush.
                 if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                     return Poll::Ready(Err(e));
@@ -286,6 +301,72 @@ mod tests {
             parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n")
                 .is_none()
         );
+    }
+
+    /// Write `chunks` through the wrapper one `poll_write` at a time (each may be taken in
+    /// part); returns what reached the inner stream.
+    fn through(chunks: &[&[u8]], head_request: bool) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut w = JsonRefusals::new(Vec::new(), 8192);
+            if head_request {
+                w.framing_flag().store(true, Ordering::Relaxed);
+            }
+            for chunk in chunks {
+                let mut rest = *chunk;
+                while !rest.is_empty() {
+                    let n = std::future::poll_fn(|cx| Pin::new(&mut w).poll_write(cx, rest))
+                        .await
+                        .unwrap();
+                    rest = &rest[n..];
+                }
+            }
+            std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx))
+                .await
+                .unwrap();
+            w.inner
+        })
+    }
+
+    #[test]
+    fn only_hypers_own_refusals_at_a_response_boundary_are_rewritten() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 31\r\n\r\n";
+        // A body that looks like a refusal must pass untouched.
+        let body = b"HTTP/1.1 400 Bad\r\ncontent-len\r\n";
+        assert_eq!(body.len(), 31);
+        let refusal = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let app_400 = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+
+        let mut whole = ok.to_vec();
+        whole.extend_from_slice(body);
+        whole.extend_from_slice(refusal);
+        // A head split over writes (hyper writes heads whole) stops the following: all passes.
+        for split in [1, 7, whole.len() - 3] {
+            assert_eq!(through(&[&whole[..split], &whole[split..]], false), whole);
+        }
+        for split in [ok.len(), ok.len() + 5, ok.len() + body.len(), whole.len()] {
+            let out = through(&[&whole[..split], &whole[split..]], false);
+            let (first, second) = out.split_at(ok.len() + body.len());
+            assert_eq!(&first[..ok.len()], ok);
+            assert_eq!(&first[ok.len()..], body);
+            let second = String::from_utf8(second.to_vec()).unwrap();
+            assert!(
+                second.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{second}"
+            );
+            assert!(second.contains("\"code\":\"malformed\""), "{second}");
+        }
+        // The app's own 400 (with a body) is left alone.
+        assert_eq!(through(&[app_400], false), app_400);
+        // After a HEAD request nothing is rewritten.
+        assert_eq!(through(&[refusal], true), refusal);
+        // A chunked answer stops the following.
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        let mut both = chunked.to_vec();
+        both.extend_from_slice(refusal);
+        assert_eq!(through(&[chunked, refusal], false), both);
     }
 
     #[test]
