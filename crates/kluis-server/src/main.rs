@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kluis_server::api::{Api, ApiConfig};
 use kluis_server::config::Config;
-use kluis_server::serve::{ListenLimits, serve, signals, tls_config};
+use kluis_server::serve::{ListenLimits, TlsFiles, serve, signals};
 use kluis_server::{
     KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor, now_ms,
     parse_duration,
@@ -760,7 +760,7 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         args.tls_cert.as_ref().or(f.tls_cert.as_ref()),
         args.tls_key.as_ref().or(f.tls_key.as_ref()),
     ) {
-        (Some(cert), Some(key)) if !insecure => Some(tls_config(cert, key)?),
+        (Some(cert), Some(key)) if !insecure => Some(TlsFiles::load(cert, key)?),
         (Some(_), Some(_)) => {
             return Err(ServerError::Config(
                 "both TLS files and --insecure-http are given: choose one".into(),
@@ -808,6 +808,10 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         max_connections: f
             .max_connections
             .unwrap_or(ListenLimits::default().max_connections),
+        max_connections_per_address: f.max_connections_per_address,
+        max_header_bytes: f
+            .max_header_bytes
+            .unwrap_or(ListenLimits::default().max_header_bytes),
         ..ListenLimits::default()
     };
     let interval = Duration::from_secs(
@@ -966,6 +970,15 @@ fn check_limits(api: &ApiConfig, listen: &ListenLimits, interval: Duration) -> R
     }
     if !(1..=1_000_000).contains(&listen.max_connections) {
         return bad("max_connections", "1 to 1000000");
+    }
+    if listen
+        .max_connections_per_address
+        .is_some_and(|n| n > 1_000_000)
+    {
+        return bad("max_connections_per_address", "0 (no cap) to 1000000");
+    }
+    if !(8 * 1024..=1024 * 1024).contains(&listen.max_header_bytes) {
+        return bad("max_header_bytes", "8 KiB to 1 MiB");
     }
     if !(1.0..=7.0 * 86_400.0).contains(&secs(interval)) {
         return bad("schedule_interval_secs", "1 s to 7 days");
