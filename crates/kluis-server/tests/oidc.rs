@@ -1603,3 +1603,35 @@ proptest! {
         prop_assert!(v.verify(&extended, NOW).is_err());
     }
 }
+
+/// The fuzz target `jwt` (mode 1) signs each seed's claims with the fixed key
+/// `Ed25519KeyPair::from_seed_unchecked(&[7; 32])` (kid `k`) and checks what is accepted; its
+/// seeds must reach the checks they are named for. Since `sub` became required, the seeds
+/// without it were all refused as `MissingClaim("sub")`, so the fuzzer started with no
+/// accepted token and no groups-overage token at all.
+#[test]
+fn fuzz_seeds_reach_the_checks_they_are_named_for() {
+    let key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k",
+                     "x": B64.encode(key.public_key().as_ref())});
+    let (_dir, path) = write_jwks(&json!({ "keys": [jwk] }).to_string());
+    let mut c: OidcConfig =
+        toml::from_str("issuer = \"https://idp.example\"\naudience = \"api://kluis\"").unwrap();
+    c.jwks_file = Some(path);
+    let v = OidcVerifier::new(c).unwrap();
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/jwt/");
+    let verify = |name: &str| {
+        let seed = std::fs::read(format!("{seeds}{name}")).unwrap();
+        let (&mode, rest) = seed.split_first().unwrap();
+        assert_eq!(mode % 3, 1, "{name} is a mode-1 seed");
+        let i = rest.iter().position(|&b| b == 0xff).unwrap();
+        let signed = format!("{}.{}", B64.encode(&rest[..i]), B64.encode(&rest[i + 1..]));
+        let sig = key.sign(signed.as_bytes());
+        v.verify(&format!("{signed}.{}", B64.encode(sig.as_ref())), NOW)
+    };
+    for name in ["signed_valid", "signed_aud_array"] {
+        let p = verify(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(p.user, "oidc:idp:alice", "{name}");
+    }
+    refused!(verify("signed_overage"), OidcError::GroupsOverage);
+}
