@@ -400,3 +400,57 @@ fn a_hanging_jwks_url_delays_no_request() {
         thread::sleep(Duration::from_millis(1100));
     }
 }
+
+/// API tokens issued before names were namespaced may carry a name of another source or of
+/// the server itself (`token create` refuses those now): such a token authenticates no one,
+/// so it can neither open a label meant for an OpenID Connect user nor read the records of
+/// an OpenID Connect user, an administrator or the server. (SERVER.md's upgrade notes promise
+/// it; nothing tested it.) The legacy names are written into the real store, as an older
+/// kluis-server would have stored them.
+#[test]
+fn legacy_tokens_with_names_of_other_sources_authenticate_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    init(d);
+    admin_as_unknown(d, &["label", "create", "legal", "--user", "oidc:idp:alice"]);
+    admin_as_unknown(d, &["label", "create", "ops", "--group", "ops"]);
+    let cases = [
+        ("oidc:idp:alice", "[]"),
+        ("admin:unknown", "[]"),
+        ("admin", "[]"),
+        ("scheduler", "[]"),
+        ("bob", r#"["ops", "oidc:idp:lawyers"]"#),
+    ];
+    let mut tokens = Vec::new();
+    for (user, groups) in cases {
+        let token = admin(d, &["token", "create", "--user", "placeholder"])
+            .trim()
+            .to_owned();
+        let changed = rusqlite::Connection::open(d.join("kluis-server.db"))
+            .unwrap()
+            .execute(
+                "UPDATE tokens SET user = ?1, groups = ?2 WHERE id = ?3",
+                [user, groups, token_id(&token)],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        tokens.push((user, token));
+    }
+    let server = serve(dir, &LOOPBACK);
+    let url = format!("{}/v1/unwrap", server.base);
+    let (legal, ops) = (label_key(&server, "legal"), label_key(&server, "ops"));
+    for (user, token) in &tokens {
+        for label in [&legal, &ops] {
+            let (status, v, _) = post(&url, Some(token), &unwrap_body(label).0);
+            assert_eq!(status, 401, "{user}: {v}");
+        }
+        let (status, body) = get(&format!("{}/v1/me/audit", server.base), Some(token));
+        assert_eq!(status, 401, "{user}: {body}");
+    }
+    // Nothing was opened or recorded under those names.
+    let records = export(server.dir.path(), &[]);
+    assert!(
+        records.iter().all(|r| r["action"] != "unwrap"),
+        "{records:?}"
+    );
+}
