@@ -454,3 +454,78 @@ fn legacy_tokens_with_names_of_other_sources_authenticate_no_one() {
         "{records:?}"
     );
 }
+
+/// The identity provider may send a user or group name of up to 256 characters, which the
+/// server accepts; its policy name `oidc:<issuer name>:<name>` is longer. Policies refused
+/// names over 256 bytes, so such a user (or one with 90 CJK characters) could be granted
+/// nothing. The limit now applies to the identity provider's part; plain names keep theirs.
+#[test]
+fn the_longest_openid_connect_names_can_be_named_in_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    init(d);
+    let long_user = "u".repeat(256);
+    let cjk_group = "組".repeat(256);
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "long",
+            "--user",
+            &format!("oidc:idp:{long_user}"),
+        ],
+    );
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "cjk",
+            "--group",
+            &format!("oidc:idp:{cjk_group}"),
+        ],
+    );
+    // One character more than the identity provider may send is still refused, and so are
+    // plain (API-token) names over 256 bytes.
+    let e = admin_fails(
+        d,
+        &[
+            "label",
+            "create",
+            "x",
+            "--user",
+            &format!("oidc:idp:{}", "u".repeat(257)),
+        ],
+    );
+    assert!(e.contains("1-256"), "{e}");
+    let e = admin_fails(d, &["label", "create", "x", "--user", &"u".repeat(257)]);
+    assert!(e.contains("1-256"), "{e}");
+
+    let (key, jwks) = idp("k1");
+    std::fs::write(d.join("jwks.json"), jwks).unwrap();
+    std::fs::write(
+        d.join("oidc.toml"),
+        format!(
+            "[oidc]\nissuer = \"{ISSUER}\"\naudience = \"api://kluis\"\njwks_file = \"jwks.json\"\n"
+        ),
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--config",
+            "oidc.toml",
+        ],
+    );
+    let url = format!("{}/v1/unwrap", server.base);
+    let user = jwt(&key, "k1", &claims(&long_user, "sub-1", "j1", &[]));
+    let member = jwt(&key, "k1", &claims("bob", "sub-2", "j2", &[&cjk_group]));
+    let (long, cjk) = (label_key(&server, "long"), label_key(&server, "cjk"));
+    assert_eq!(post(&url, Some(&user), &unwrap_body(&long).0).0, 200);
+    assert_eq!(post(&url, Some(&member), &unwrap_body(&cjk).0).0, 200);
+    assert_eq!(post(&url, Some(&member), &unwrap_body(&long).0).0, 403);
+}
