@@ -40,7 +40,9 @@
 //! The key set (JWKS) comes from a file or an HTTPS URL and is cached. It is loaded once when
 //! the verifier is made; after that it is reloaded **in the background, never on a request's
 //! path**: one reload at a time, on a thread of its own, started when a token arrives while the
-//! keys are older than `jwks_refresh_secs` or names an unknown `kid`, and never more often than
+//! keys are older than `jwks_refresh_secs` or names an unknown `kid`, and by a timer when the
+//! keys are older than `jwks_refresh_secs` without any token arriving (so that they do not go
+//! stale on an idle server), and never more often than
 //! once per `jwks_min_refresh_gap_secs` (so that tokens with made-up `kid`s cannot make the
 //! server hammer the identity provider). A token with an unknown `kid` is refused at once
 //! ([`OidcError::UnknownKey`]); once the reload has brought its key, the next one is accepted.
@@ -53,7 +55,7 @@ use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -540,6 +542,7 @@ impl OidcVerifier {
             }
             result => verifier.keys.record(result),
         }
+        Keys::keep_fresh(&verifier.keys, verifier.refresh);
         Ok(verifier)
     }
 
@@ -650,6 +653,54 @@ impl Keys {
 
     fn snapshot(&self) -> Cache {
         self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reload the keys when they are older than `refresh` (or missing) also when no token
+    /// arrives: otherwise a server without OpenID Connect traffic for longer than
+    /// `jwks_max_stale_secs` (a weekend) would refuse the next token as if the identity
+    /// provider were down, though it never tried to reload. One timer thread for the whole
+    /// process checks every registered key set once a second and starts the usual background
+    /// reload (one at a time per key set, at most once per minimum gap). It holds the key sets
+    /// only weakly, so a dropped verifier is forgotten. If the thread cannot be started, tokens
+    /// still start reloads as before.
+    fn keep_fresh(keys: &Arc<Keys>, refresh: Duration) {
+        type Registered = Mutex<Vec<(Weak<Keys>, Duration)>>;
+        static TIMER: OnceLock<Registered> = OnceLock::new();
+        let mut first = false;
+        let registered = TIMER.get_or_init(|| {
+            first = true;
+            Mutex::new(Vec::new())
+        });
+        registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Arc::downgrade(keys), refresh));
+        if !first {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("kluis-jwks-timer".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let due: Vec<Arc<Keys>> = {
+                        let mut list = registered.lock().unwrap_or_else(|p| p.into_inner());
+                        list.retain(|(keys, _)| keys.strong_count() > 0);
+                        list.iter()
+                            .filter_map(|(keys, refresh)| {
+                                let keys = keys.upgrade()?;
+                                let loaded = keys.snapshot().loaded;
+                                loaded
+                                    .is_none_or(|t| t.elapsed() >= *refresh)
+                                    .then_some(keys)
+                            })
+                            .collect()
+                    };
+                    for keys in &due {
+                        Keys::reload_in_background(keys);
+                    }
+                }
+            });
     }
 
     /// Start a reload on a thread of its own, unless one is running or the last attempt ended

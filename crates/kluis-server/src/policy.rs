@@ -35,7 +35,14 @@ impl Policy {
     /// Check names and recovery keys.
     pub fn validate(&self) -> Result<()> {
         for name in self.users.iter().chain(&self.groups) {
-            if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            // An OpenID Connect name is `oidc:<issuer name>:` and the name the identity
+            // provider sends, which may itself be 256 characters long (see `oidc`): the
+            // limit applies to that part, or such a user could be named in no policy.
+            let too_long = match name.strip_prefix("oidc:").and_then(|r| r.split_once(':')) {
+                Some((_, own)) => own.chars().count() > 256,
+                None => name.len() > 256,
+            };
+            if name.is_empty() || too_long || name.chars().any(char::is_control) {
                 return Err(ServerError::BadPolicy(
                     "user and group names must be 1-256 printable characters".into(),
                 ));

@@ -400,3 +400,132 @@ fn a_hanging_jwks_url_delays_no_request() {
         thread::sleep(Duration::from_millis(1100));
     }
 }
+
+/// API tokens issued before names were namespaced may carry a name of another source or of
+/// the server itself (`token create` refuses those now): such a token authenticates no one,
+/// so it can neither open a label meant for an OpenID Connect user nor read the records of
+/// an OpenID Connect user, an administrator or the server. (SERVER.md's upgrade notes promise
+/// it; nothing tested it.) The legacy names are written into the real store, as an older
+/// kluis-server would have stored them.
+#[test]
+fn legacy_tokens_with_names_of_other_sources_authenticate_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    init(d);
+    admin_as_unknown(d, &["label", "create", "legal", "--user", "oidc:idp:alice"]);
+    admin_as_unknown(d, &["label", "create", "ops", "--group", "ops"]);
+    let cases = [
+        ("oidc:idp:alice", "[]"),
+        ("admin:unknown", "[]"),
+        ("admin", "[]"),
+        ("scheduler", "[]"),
+        ("bob", r#"["ops", "oidc:idp:lawyers"]"#),
+    ];
+    let mut tokens = Vec::new();
+    for (user, groups) in cases {
+        let token = admin(d, &["token", "create", "--user", "placeholder"])
+            .trim()
+            .to_owned();
+        let changed = rusqlite::Connection::open(d.join("kluis-server.db"))
+            .unwrap()
+            .execute(
+                "UPDATE tokens SET user = ?1, groups = ?2 WHERE id = ?3",
+                [user, groups, token_id(&token)],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        tokens.push((user, token));
+    }
+    let server = serve(dir, &LOOPBACK);
+    let url = format!("{}/v1/unwrap", server.base);
+    let (legal, ops) = (label_key(&server, "legal"), label_key(&server, "ops"));
+    for (user, token) in &tokens {
+        for label in [&legal, &ops] {
+            let (status, v, _) = post(&url, Some(token), &unwrap_body(label).0);
+            assert_eq!(status, 401, "{user}: {v}");
+        }
+        let (status, body) = get(&format!("{}/v1/me/audit", server.base), Some(token));
+        assert_eq!(status, 401, "{user}: {body}");
+    }
+    // Nothing was opened or recorded under those names.
+    let records = export(server.dir.path(), &[]);
+    assert!(
+        records.iter().all(|r| r["action"] != "unwrap"),
+        "{records:?}"
+    );
+}
+
+/// The identity provider may send a user or group name of up to 256 characters, which the
+/// server accepts; its policy name `oidc:<issuer name>:<name>` is longer. Policies refused
+/// names over 256 bytes, so such a user (or one with 90 CJK characters) could be granted
+/// nothing. The limit now applies to the identity provider's part; plain names keep theirs.
+#[test]
+fn the_longest_openid_connect_names_can_be_named_in_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    init(d);
+    let long_user = "u".repeat(256);
+    let cjk_group = "組".repeat(256);
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "long",
+            "--user",
+            &format!("oidc:idp:{long_user}"),
+        ],
+    );
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "cjk",
+            "--group",
+            &format!("oidc:idp:{cjk_group}"),
+        ],
+    );
+    // One character more than the identity provider may send is still refused, and so are
+    // plain (API-token) names over 256 bytes.
+    let e = admin_fails(
+        d,
+        &[
+            "label",
+            "create",
+            "x",
+            "--user",
+            &format!("oidc:idp:{}", "u".repeat(257)),
+        ],
+    );
+    assert!(e.contains("1-256"), "{e}");
+    let e = admin_fails(d, &["label", "create", "x", "--user", &"u".repeat(257)]);
+    assert!(e.contains("1-256"), "{e}");
+
+    let (key, jwks) = idp("k1");
+    std::fs::write(d.join("jwks.json"), jwks).unwrap();
+    std::fs::write(
+        d.join("oidc.toml"),
+        format!(
+            "[oidc]\nissuer = \"{ISSUER}\"\naudience = \"api://kluis\"\njwks_file = \"jwks.json\"\n"
+        ),
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--config",
+            "oidc.toml",
+        ],
+    );
+    let url = format!("{}/v1/unwrap", server.base);
+    let user = jwt(&key, "k1", &claims(&long_user, "sub-1", "j1", &[]));
+    let member = jwt(&key, "k1", &claims("bob", "sub-2", "j2", &[&cjk_group]));
+    let (long, cjk) = (label_key(&server, "long"), label_key(&server, "cjk"));
+    assert_eq!(post(&url, Some(&user), &unwrap_body(&long).0).0, 200);
+    assert_eq!(post(&url, Some(&member), &unwrap_body(&cjk).0).0, 200);
+    assert_eq!(post(&url, Some(&member), &unwrap_body(&long).0).0, 403);
+}

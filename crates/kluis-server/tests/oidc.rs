@@ -1179,9 +1179,9 @@ fn periodic_refresh_drops_removed_keys() {
     v.verify(&k1.token(&claims()), NOW).unwrap();
     server.set(Reply::Ok(jwks(&[&k2])));
     thread::sleep(Duration::from_millis(2100));
-    // The keys are two seconds old: this check still uses them and starts a reload, after
-    // which k1 is gone.
-    v.verify(&k1.token(&claims()), NOW).unwrap();
+    // The keys are two seconds old: a reload is due. This check starts it unless the timer
+    // already has (so it may or may not still see k1; it never waits); after it, k1 is gone.
+    let _ = v.verify(&k1.token(&claims()), NOW);
     assert!(v.wait_for_reload(Duration::from_secs(10)));
     refused!(v.verify(&k1.token(&claims()), NOW), OidcError::UnknownKey);
     assert_eq!(server.hits(), 2);
@@ -1212,8 +1212,9 @@ fn jwks_url_down_at_start_refuses_until_it_is_up() {
     assert!(v.wait_for_reload(Duration::from_secs(10)));
     assert_eq!(server.hits(), 0);
     thread::sleep(Duration::from_millis(2100));
-    // Refused at once, while the reload it starts fetches the keys.
-    refused!(v.verify(&token, NOW), OidcError::JwksUnavailable(_));
+    // After the gap the keys are fetched (by the timer, or by the reload this token starts
+    // if the timer has not yet); the token is never made to wait for it.
+    let _ = v.verify(&token, NOW);
     assert!(v.wait_for_reload(Duration::from_secs(10)));
     v.verify(&token, NOW).unwrap();
     assert_eq!(server.hits(), 1);
@@ -1338,17 +1339,41 @@ fn stale_keys_are_kept_for_a_while_then_everything_is_refused() {
     assert_eq!(server.hits(), 2);
     assert!(v.jwks_error().is_some());
     thread::sleep(Duration::from_millis(3300).saturating_sub(start.elapsed()));
-    // Now older than 3 s: refused (and the reload this starts fails again).
+    // Now older than 3 s: refused (the timer, or this token, keeps trying to reload; each
+    // attempt fails).
     refused!(v.verify(&token, NOW), OidcError::JwksUnavailable(Some(_)));
     assert!(v.wait_for_reload(Duration::from_secs(10)));
-    assert_eq!(server.hits(), 3);
-    // The identity provider is back: after the gap, a token starts a reload and the next
-    // one is accepted.
+    assert!(server.hits() >= 3, "{}", server.hits());
+    // The identity provider is back: the keys are reloaded within the gap (by the timer,
+    // without any token; or by a token) and tokens are accepted again.
     server.set(Reply::Ok(jwks(&[&key])));
-    thread::sleep(Duration::from_millis(1100));
-    refused!(v.verify(&token, NOW), OidcError::JwksUnavailable(_));
-    assert!(v.wait_for_reload(Duration::from_secs(10)));
+    let back = Instant::now();
+    while v.verify(&token, NOW).is_err() {
+        assert!(back.elapsed() < Duration::from_secs(10), "never reloaded");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Review of issue 14, defect 8: keys were reloaded only when a token arrived, so after a
+/// quiet spell longer than `jwks_max_stale_secs` (a weekend, with the defaults) the first
+/// token was refused as if the identity provider were down (`JwksUnavailable`, 503) although
+/// it answered all along. Now a timer reloads keys older than `jwks_refresh_secs` also
+/// without traffic.
+#[test]
+fn keys_stay_fresh_on_an_idle_server() {
+    let key = TestKey::ed("ed");
+    let server = JwksServer::http(Reply::Ok(jwks(&[&key])));
+    let v = url_verifier(
+        &server.url,
+        "jwks_refresh_secs = 1\njwks_min_refresh_gap_secs = 1\njwks_max_stale_secs = 4",
+    );
+    let token = key.token(&claims());
     v.verify(&token, NOW).unwrap();
+    assert_eq!(server.hits(), 1);
+    // No token for longer than the keys may be stale; the identity provider is up.
+    thread::sleep(Duration::from_secs(6));
+    v.verify(&token, NOW).unwrap();
+    assert!(server.hits() >= 2, "reloaded without traffic");
 }
 
 #[test]
@@ -1577,4 +1602,36 @@ proptest! {
         let extended = format!("{token}{extra}");
         prop_assert!(v.verify(&extended, NOW).is_err());
     }
+}
+
+/// The fuzz target `jwt` (mode 1) signs each seed's claims with the fixed key
+/// `Ed25519KeyPair::from_seed_unchecked(&[7; 32])` (kid `k`) and checks what is accepted; its
+/// seeds must reach the checks they are named for. Since `sub` became required, the seeds
+/// without it were all refused as `MissingClaim("sub")`, so the fuzzer started with no
+/// accepted token and no groups-overage token at all.
+#[test]
+fn fuzz_seeds_reach_the_checks_they_are_named_for() {
+    let key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k",
+                     "x": B64.encode(key.public_key().as_ref())});
+    let (_dir, path) = write_jwks(&json!({ "keys": [jwk] }).to_string());
+    let mut c: OidcConfig =
+        toml::from_str("issuer = \"https://idp.example\"\naudience = \"api://kluis\"").unwrap();
+    c.jwks_file = Some(path);
+    let v = OidcVerifier::new(c).unwrap();
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/jwt/");
+    let verify = |name: &str| {
+        let seed = std::fs::read(format!("{seeds}{name}")).unwrap();
+        let (&mode, rest) = seed.split_first().unwrap();
+        assert_eq!(mode % 3, 1, "{name} is a mode-1 seed");
+        let i = rest.iter().position(|&b| b == 0xff).unwrap();
+        let signed = format!("{}.{}", B64.encode(&rest[..i]), B64.encode(&rest[i + 1..]));
+        let sig = key.sign(signed.as_bytes());
+        v.verify(&format!("{signed}.{}", B64.encode(sig.as_ref())), NOW)
+    };
+    for name in ["signed_valid", "signed_aud_array"] {
+        let p = verify(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(p.user, "oidc:idp:alice", "{name}");
+    }
+    refused!(verify("signed_overage"), OidcError::GroupsOverage);
 }
