@@ -31,7 +31,7 @@ use kluis_core::{
     UnwrapError, UnwrapRequest,
 };
 use kluis_server::api::{Api, ApiConfig};
-use kluis_server::{KeySource, Policy, SqliteStore, Store};
+use kluis_server::{KeyService, KeySource, Policy};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -109,7 +109,7 @@ fn fixture(generation: u64) -> Fixture {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut store = SqliteStore::init(
+    let mut store = KeyService::init_sqlite(
         &dir.join("store.db"),
         KeySource::File(&dir.join("master.key")),
     )

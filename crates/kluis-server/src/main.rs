@@ -16,8 +16,8 @@ use kluis_server::api::{Api, ApiConfig};
 use kluis_server::config::Config;
 use kluis_server::serve::{ListenLimits, TlsFiles, serve, signals};
 use kluis_server::{
-    KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor, now_ms,
-    parse_duration,
+    KeyService, KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor,
+    now_ms, parse_duration,
 };
 use zeroize::Zeroizing;
 
@@ -443,8 +443,8 @@ fn new_passphrase(
 }
 
 /// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
-fn rotate_master(
-    store: &mut SqliteStore,
+fn rotate_master<S: Store>(
+    store: &mut KeyService<S>,
     key_file: &std::path::Path,
     old: Option<&str>,
     new: Option<&str>,
@@ -508,7 +508,7 @@ fn run(cli: Cli) -> Result<()> {
         None => KeySource::File(&key_file),
     };
     if let Command::Init = cli.command {
-        SqliteStore::init(&store_path, key)?;
+        KeyService::init_sqlite(&store_path, key)?;
         println!("initialised store {}", store_path.display());
         if pass.is_none() {
             println!(
@@ -519,7 +519,7 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Command::Restore { from, force } = &cli.command {
-        let check = SqliteStore::restore(from, &store_path, key, *force, &actor())?;
+        let check = KeyService::restore(from, &store_path, key, *force, &actor())?;
         println!(
             "restored {} from {}: audit trail verified, {} records, head {}",
             store_path.display(),
@@ -538,7 +538,7 @@ fn run(cli: Cli) -> Result<()> {
             store_path.display()
         )));
     }
-    let mut store = SqliteStore::open(&store_path, key)?;
+    let mut store = KeyService::open_sqlite(&store_path, key)?;
     if let Command::MasterKey(MasterKeyCmd::Rotate {
         new_passphrase_env,
         new_passphrase_file,
@@ -749,7 +749,8 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> {
+/// Serve the API over `store`, whatever its engine.
+fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) -> Result<()> {
     let f = &file.serve;
     let listen = args
         .listen
@@ -868,7 +869,7 @@ async fn supervise(
 }
 
 /// Resolves when the audit writer thread has stopped.
-async fn stopped(api: &Api) {
+async fn stopped<S: Store>(api: &Api<S>) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
     while api.writer_running() {
         every.tick().await;
@@ -1013,11 +1014,11 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
 /// Scheduled rotation and retention, every `interval`, on its own connection. It also
 /// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
 /// full, even a panic) is logged and the next tick tries again.
-async fn run_schedule(store: SqliteStore, interval: Duration) {
+async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
     let store = std::sync::Mutex::new(store);
     repeat(interval, move || {
         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-        match s.scrub_if_pending(Duration::from_secs(1)) {
+        match s.forget_pending_copies() {
             Ok(true) => kluis_server::log!(
                 "scheduled scrub: no old copy of a destroyed key remains in the store files"
             ),

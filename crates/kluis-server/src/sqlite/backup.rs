@@ -9,11 +9,20 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::rekey_master::sync_dir;
-use super::{KeySource, SqliteStore, admin_entry};
+use super::SqliteStore;
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
-use crate::store::Store;
+
+/// Make a rename or a new file in `dir` durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
 
 /// A new empty file beside `target` (mode 0600), named after it with a random suffix.
 fn temp_beside(target: &Path, what: &str) -> Result<(PathBuf, std::fs::File)> {
@@ -99,9 +108,13 @@ pub struct BackupCheck {
 
 impl SqliteStore {
     /// Write a consistent copy of the store to `to`, which must not exist, while other
-    /// connections keep reading and writing. The copy is sealed under the same master key.
-    /// The backup holds a `store.backup` record naming the file, appended first.
-    pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
+    /// connections keep reading and writing. `before` runs first, once the temporary file
+    /// is reserved (the service appends the `store.backup` record there).
+    pub fn backup_file(
+        &mut self,
+        to: &Path,
+        before: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
         if to.exists() {
             return Err(ServerError::Refused(format!(
                 "{} exists: choose a new backup file name",
@@ -114,9 +127,7 @@ impl SqliteStore {
         let name = tmp
             .to_str()
             .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
-        let mut entry = admin_entry(actor, "store.backup", None, None);
-        entry.reason = Some(format!("backup to {}", to.display()));
-        self.append_audit(&[entry])?;
+        before(self)?;
         // VACUUM INTO writes into an existing empty file, keeping its 0600 mode.
         self.conn.execute("VACUUM INTO ?1", [name])?;
         integrity_ok(&tmp)?;
@@ -134,15 +145,15 @@ impl SqliteStore {
     }
 
     /// Put the backup `from` in place as the store `to`, after checking that it passes
-    /// SQLite's integrity check, that `key` opens it and that its audit chain verifies. Refuses
-    /// to replace an existing store unless `force`; the server must be stopped. The backup
-    /// file itself is not changed; the restored store gets a `store.restore` record.
-    pub fn restore(
+    /// SQLite's integrity check and that `check` accepts a copy of it (the service opens it
+    /// with the master key, verifies its audit chain and appends a `store.restore` record).
+    /// Refuses to replace an existing store unless `force`; the server must be stopped. The
+    /// backup file itself is not changed.
+    pub fn restore_file(
         from: &Path,
         to: &Path,
-        key: KeySource<'_>,
         force: bool,
-        actor: &str,
+        check: impl FnOnce(SqliteStore) -> Result<BackupCheck>,
     ) -> Result<BackupCheck> {
         if !from.is_file() {
             return Err(ServerError::Config(format!(
@@ -177,19 +188,9 @@ impl SqliteStore {
         file.sync_all()?;
         drop(file);
         integrity_ok(&tmp)?;
-        let check = {
-            let mut store = SqliteStore::open(&tmp, key)?;
-            store.verify_audit()?;
-            let mut entry = admin_entry(actor, "store.restore", None, None);
-            entry.reason = Some(format!("restored from {}", from.display()));
-            store.append_audit(&[entry])?;
-            let (records, head) = store.verify_audit()?;
-            // A single file, no WAL beside it, for the rename.
-            store
-                .conn
-                .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
-            BackupCheck { records, head }
-        };
+        let check = check(SqliteStore::open(&tmp)?)?;
+        // A single file, no WAL beside it, for the rename.
+        Connection::open(&tmp)?.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
         // The old store's WAL must not be replayed into the restored file.
         for suffix in ["-wal", "-shm"] {
             let mut s = to.as_os_str().to_owned();
