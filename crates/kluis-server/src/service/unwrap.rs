@@ -8,14 +8,31 @@
 //! of a `Pending` are private to the service layer, so code outside it (the HTTP handlers)
 //! cannot release them before the commit:
 //!
-//! ```compile_fail
+//! The right order compiles:
+//!
+//! ```
+//! use kluis_core::reply::{ReplySealer, SealedShare};
+//! use kluis_server::service::unwrap::{Pending, Refusal};
+//! use kluis_server::service::writer::{AuditUnavailable, AuditWriter};
+//!
+//! async fn release(
+//!     writer: &AuditWriter,
+//!     pending: Pending,
+//!     sealer: &mut ReplySealer,
+//! ) -> Result<Vec<Result<SealedShare, Refusal>>, AuditUnavailable> {
+//!     let committed = writer.commit(pending, writer.arriving()).await?;
+//!     Ok(committed.release(sealer))
+//! }
+//! ```
+//!
+//! ```compile_fail,E0616
 //! // Taking the shares out of a `Pending` does not compile: they are private.
 //! fn leak(p: kluis_server::service::unwrap::Pending) -> usize {
 //!     p.results.len()
 //! }
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0423
 //! // Nor can anyone but the audit writer make the receipt that releases them.
 //! use kluis_server::service::{unwrap::Pending, writer::Committed};
 //! fn forge(p: Pending) -> Committed {
