@@ -30,44 +30,12 @@ use crate::error::ServerError;
 use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, route_name};
 use crate::service::KeyService;
+use crate::service::auth::{AuthError, Caller};
 use crate::service::unwrap::{Admitted, Pending, Purpose, Refusal, UnwrapRequest as Unwrap};
 use crate::service::writer::AuditWriter;
-use crate::store::{Principal, Store};
-use crate::time::now_ms;
+use crate::store::Store;
 
-/// Verifies bearer tokens that are not kluis API tokens (OpenID Connect JWTs).
-pub trait TokenVerifier: Send + Sync {
-    /// Who the token authenticates, with names namespaced to the verifier's source (see
-    /// [`Principal`]). Must not wait for the network (reload keys in the background); it runs
-    /// on a blocking thread, without a store connection.
-    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError>;
-}
-
-/// Why a bearer token was not accepted.
-#[derive(Debug)]
-pub enum VerifyError {
-    /// The token is not valid: 401, with a message for the caller (never the token itself).
-    Invalid(String),
-    /// The token cannot be checked now (the identity provider's keys are unavailable): 503.
-    Unavailable(String),
-}
-
-impl TokenVerifier for crate::oidc::OidcVerifier {
-    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError> {
-        crate::oidc::OidcVerifier::verify(self, token, now_secs).map_err(|e| {
-            if let Some(cause) = e.jwks_cause() {
-                crate::log!("OpenID Connect keys unavailable: {cause}");
-            }
-            match e {
-                crate::oidc::OidcError::JwksUnavailable(_) => VerifyError::Unavailable(
-                    "the identity provider's signing keys cannot be fetched; try again later"
-                        .into(),
-                ),
-                e => VerifyError::Invalid(e.to_string()),
-            }
-        })
-    }
-}
+pub use crate::service::auth::{TokenVerifier, VerifyError};
 
 /// Server settings that the API needs.
 #[derive(Clone, Debug)]
@@ -206,39 +174,6 @@ impl<S: Store> Api<S> {
     pub fn shutdown(&self) {
         self.writer.shutdown();
     }
-
-    /// Check an API token (`kluis_…`) against the store.
-    fn authenticate_token(
-        &self,
-        store: &KeyService<S>,
-        bearer: &str,
-    ) -> Result<Principal, ApiError> {
-        store.authenticate(bearer, now_ms())?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the token is unknown, revoked or expired: ask for a new one",
-            )
-        })
-    }
-
-    /// Check a bearer token that is not an API token (an OpenID Connect JWT), without a
-    /// store connection: a slow identity provider must never hold one.
-    fn authenticate_jwt(&self, bearer: &str) -> Result<Principal, ApiError> {
-        let unauth = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-        match &self.oidc {
-            Some(oidc) => oidc.verify(bearer, now_ms() / 1000).map_err(|e| match e {
-                VerifyError::Invalid(m) => unauth(m),
-                VerifyError::Unavailable(m) => {
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", m)
-                        .retry_after(Duration::from_secs(30))
-                }
-            }),
-            None => Err(unauth(
-                "not a kluis API token (this server accepts no OpenID Connect tokens)".into(),
-            )),
-        }
-    }
 }
 
 /// Time every request out, and count it.
@@ -369,37 +304,32 @@ async fn blocking<S: Store, T: Send + 'static>(
         .map_err(|_| ServerError::Init("a request task failed"))?
 }
 
-/// Who is calling: an API token still to be checked against the store, or the principal of a
-/// JWT already verified (without a store connection).
-enum Caller {
-    ApiToken(String),
-    Verified(Principal),
+/// Tell an API token from a JWT; a JWT is verified here, on a blocking thread that holds no
+/// store connection (verification never waits for the identity provider, see
+/// [`TokenVerifier::verify`]).
+async fn caller<S: Store>(api: &Arc<Api<S>>, token: String) -> Result<Caller, ApiError> {
+    if !Caller::needs_verifier(&token) {
+        return Ok(Caller::identify(token, None)?);
+    }
+    let api = api.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || Caller::identify(token, api.oidc.as_deref()))
+            .await
+            .map_err(|_| ServerError::Init("a request task failed"))??,
+    )
 }
 
-impl Caller {
-    /// Tell an API token from a JWT; a JWT is verified here, on a blocking thread that holds no store
-    /// connection (verification never waits for the identity provider, see
-    /// [`TokenVerifier::verify`]).
-    async fn of<S: Store>(api: &Arc<Api<S>>, token: String) -> Result<Caller, ApiError> {
-        if token.starts_with("kluis_") {
-            return Ok(Caller::ApiToken(token));
-        }
-        let api = api.clone();
-        tokio::task::spawn_blocking(move || api.authenticate_jwt(&token))
-            .await
-            .map_err(|_| ServerError::Init("a request task failed"))?
-            .map(Caller::Verified)
-    }
-
-    /// The principal: an API token is looked up on `store`.
-    fn principal<S: Store>(
-        &self,
-        api: &Api<S>,
-        store: &KeyService<S>,
-    ) -> Result<Principal, ApiError> {
-        match self {
-            Caller::ApiToken(token) => api.authenticate_token(store, token),
-            Caller::Verified(p) => Ok(p.clone()),
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
+            }
+            AuthError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", m)
+                    .retry_after(Duration::from_secs(30))
+            }
+            AuthError::Store(e) => e.into(),
         }
     }
 }
@@ -590,7 +520,7 @@ fn authorise_and_unwrap<S: Store>(
     batch: bool,
 ) -> Result<Unwrapped, ApiError> {
     // Authentication comes before even looking at the request body.
-    let who = caller.principal(api, store)?;
+    let who = caller.principal(store)?;
     let body = body.as_ref().map_err(Clone::clone)?;
     let bad_body = |e: serde_json::Error| ApiError::bad(format!("request body: {e}"));
     let req = if batch {
@@ -660,7 +590,7 @@ async fn unwrap_common<S: Store>(
     let body = body.map_err(body_error);
     let arriving = api.writer.arriving();
     // A JWT is verified before a store connection is taken.
-    let caller = Caller::of(&api, token).await?;
+    let caller = caller(&api, token).await?;
     // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
     // done here than handed to a blocking thread and back. Batches and a busy pool go to a
     // blocking thread.
@@ -763,9 +693,9 @@ async fn my_audit<S: Store>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
-    let caller = Caller::of(&api, token).await?;
-    let records = blocking(&api, move |api, store| {
-        let who = caller.principal(api, store)?;
+    let caller = caller(&api, token).await?;
+    let records = blocking(&api, move |_, store| {
+        let who = caller.principal(store)?;
         let Query(page) = page.map_err(|_| {
             ApiError::bad("query: only `after` (a sequence number) and `limit` (1-1000)")
         })?;

@@ -22,6 +22,7 @@ use crate::store::{
 };
 use crate::time::now_ms;
 
+pub mod auth;
 mod backup;
 mod lifecycle;
 mod rekey_master;
