@@ -561,21 +561,36 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Serve(args) = cli.command {
         return run_server(store, args, &file);
     }
+    // Engine-specific (SQLite's `VACUUM INTO`).
+    if let Command::Backup { to } = &cli.command {
+        store.backup_to(to, &actor())?;
+        writeln!(
+            std::io::stdout().lock(),
+            "backup written to {} (mode 0600); it opens only with this master key",
+            to.display()
+        )?;
+        return Ok(());
+    }
+    administer(&mut store, cli.command, &|e| {
+        name_store_holders(e, &store_path)
+    })
+}
+
+/// The administrative commands, on any store. `diagnose` adds what the engine knows about a
+/// failure to the log (SQLite: which processes hold the store open when a scrub is pending).
+fn administer<S: Store>(
+    store: &mut KeyService<S>,
+    command: Command,
+    diagnose: &dyn Fn(&ServerError),
+) -> Result<()> {
     let out = &mut std::io::stdout().lock();
-    match cli.command {
+    match command {
         Command::Init
         | Command::Serve(_)
         | Command::Store(_)
         | Command::Restore { .. }
+        | Command::Backup { .. }
         | Command::MasterKey(_) => unreachable!("handled above"),
-        Command::Backup { to } => {
-            store.backup_to(&to, &actor())?;
-            writeln!(
-                out,
-                "backup written to {} (mode 0600); it opens only with this master key",
-                to.display()
-            )?;
-        }
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(
@@ -679,9 +694,7 @@ fn run(cli: Cli) -> Result<()> {
                         "destroying is irreversible: pass --confirm {name} to confirm"
                     )));
                 }
-                store
-                    .destroy(&name, kid, &actor())
-                    .inspect_err(|e| name_store_holders(e, &store_path))?;
+                store.destroy(&name, kid, &actor()).inspect_err(diagnose)?;
                 writeln!(
                     out,
                     "label {name}: version {kid} destroyed; its documents can no longer be opened"
@@ -717,7 +730,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit(cmd) => match cmd {
             AuditCmd::Verify { anchors } => {
                 let (n, head) = match &anchors {
-                    Some(path) => anchor::verify(&store, &anchor::read(path)?)?,
+                    Some(path) => anchor::verify(store, &anchor::read(path)?)?,
                     None => store.verify_audit()?,
                 };
                 writeln!(out, "audit trail verified: {n} records, head {head}")?;
@@ -726,7 +739,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             AuditCmd::Anchor { to } => {
-                let a = anchor::take(&store)?;
+                let a = anchor::take(store)?;
                 match to {
                     Some(path) => {
                         anchor::append(&path, &a)?;
