@@ -198,7 +198,8 @@ enum LabelCmd {
         /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
         #[arg(long, value_enum)]
         double_key: Option<OnOff>,
-        /// Repeat the label name to confirm turning double key off.
+        /// Repeat the label name to confirm turning double key off, or adding a recovery
+        /// key to a double-key label.
         #[arg(long)]
         confirm: Option<String>,
     },

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::rekey_master::sync_dir;
+use super::rekey_master::{resolve_link, sync_dir};
 use super::{KeySource, SqliteStore, admin_entry};
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
@@ -102,7 +102,8 @@ impl SqliteStore {
     /// connections keep reading and writing. The copy is sealed under the same master key.
     /// The backup holds a `store.backup` record naming the file, appended first.
     pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
-        if to.exists() {
+        // `symlink_metadata`, not `exists`: a dangling symbolic link is an existing name too.
+        if std::fs::symlink_metadata(to).is_ok() {
             return Err(ServerError::Refused(format!(
                 "{} exists: choose a new backup file name",
                 to.display()
@@ -121,14 +122,26 @@ impl SqliteStore {
         self.conn.execute("VACUUM INTO ?1", [name])?;
         integrity_ok(&tmp)?;
         OpenOptions::new().write(true).open(&tmp)?.sync_all()?;
-        if to.exists() {
-            return Err(ServerError::Refused(format!(
+        let appeared = || {
+            ServerError::Refused(format!(
                 "{} appeared meanwhile: choose a new backup file name",
                 to.display()
-            )));
+            ))
+        };
+        // A hard link never replaces an existing name (a rename would, silently): the check
+        // above and the link cannot race. File systems without hard links fall back to a
+        // checked rename.
+        match std::fs::hard_link(&tmp, to) {
+            Ok(()) => drop(guard),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(appeared()),
+            Err(_) => {
+                if std::fs::symlink_metadata(to).is_ok() {
+                    return Err(appeared());
+                }
+                std::fs::rename(&tmp, to)?;
+                guard.0 = None;
+            }
         }
-        std::fs::rename(&tmp, to)?;
-        guard.0 = None;
         sync_dir(to)?;
         Ok(())
     }
@@ -144,6 +157,9 @@ impl SqliteStore {
         force: bool,
         actor: &str,
     ) -> Result<BackupCheck> {
+        // A store reached through a symbolic link is restored where the link points (as
+        // SQLite opens it), not by replacing the link and leaving the old store in place.
+        let to = &resolve_link(to)?;
         if !from.is_file() {
             return Err(ServerError::Config(format!(
                 "no backup file at {}",

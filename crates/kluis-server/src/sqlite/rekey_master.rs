@@ -80,6 +80,20 @@ pub fn pending_key_file(key_file: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `path`, or where it points when it is a symbolic link: a rename then replaces the file
+/// itself, not the link (which would leave the old file in place behind the operator's back).
+pub(crate) fn resolve_link(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().map_err(|e| {
+            ServerError::Config(format!(
+                "{} is a symbolic link whose target cannot be resolved: {e}",
+                path.display()
+            ))
+        }),
+        _ => Ok(path.to_owned()),
+    }
+}
+
 /// Make a rename or a new file in `dir` durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
@@ -201,6 +215,8 @@ impl SqliteStore {
                     .into(),
             ));
         }
+        // Through a symbolic link, the key file it points to is replaced (not the link).
+        let key_file = &resolve_link(key_file)?;
         let pending = pending_key_file(key_file);
         if pending.exists() {
             return Err(ServerError::Refused(format!(

@@ -1,0 +1,189 @@
+//! Regression tests from the adversarial review of the lifecycle commands: backups never
+//! replace an existing name, restore and master-key rotation act on what a symbolic link
+//! points to, an empty anchor file is no proof, and a recovery key cannot side-step the
+//! double-key confirmation.
+
+mod common;
+
+use std::path::Path;
+
+use common::{admin, admin_fails};
+use serde_json::Value;
+
+#[cfg(unix)]
+fn symlink(target: &Path, link: &Path) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+fn is_symlink(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+}
+
+fn labels(dir: &Path, store: &str) -> Vec<String> {
+    let out = admin(dir, &["--store", store, "label", "list"]);
+    out.lines().map(str::to_owned).collect()
+}
+
+#[cfg(unix)]
+#[test]
+fn backup_never_replaces_an_existing_name_not_even_a_dangling_symbolic_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    // A dangling link: `Path::exists` says no, but the name exists and a rename replaces it.
+    symlink(&d.join("elsewhere.db"), &d.join("backup.db"));
+    let e = admin_fails(d, &["backup", "--to", "backup.db"]);
+    assert!(e.contains("exists"), "{e}");
+    assert!(is_symlink(&d.join("backup.db")), "the link was replaced");
+    assert!(!d.join("elsewhere.db").exists());
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".backup-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A free name still works.
+    admin(d, &["backup", "--to", "fresh.db"]);
+    admin(d, &["--store", "fresh.db", "audit", "verify"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn restore_through_a_symbolic_link_replaces_the_store_it_points_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).unwrap();
+    admin(d, &["--store", "data/store.db", "init"]);
+    symlink(Path::new("data/store.db"), &d.join("link.db"));
+    admin(
+        d,
+        &["--store", "link.db", "label", "create", "hr", "--user", "a"],
+    );
+    admin(d, &["--store", "link.db", "backup", "--to", "b.db"]);
+    admin(
+        d,
+        &[
+            "--store", "link.db", "label", "create", "later", "--user", "a",
+        ],
+    );
+    admin(
+        d,
+        &["--store", "link.db", "restore", "--from", "b.db", "--force"],
+    );
+    // The link still leads to the store, and the store it leads to is the restored one:
+    // replacing the link would leave the old store (with `later`) where the link pointed.
+    assert!(is_symlink(&d.join("link.db")), "the link was replaced");
+    let real = labels(d, "data/store.db");
+    assert!(!real.iter().any(|l| l.contains("later")), "{real:?}");
+    assert!(real.iter().any(|l| l.contains("hr")), "{real:?}");
+    admin(d, &["--store", "link.db", "audit", "verify"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn master_key_rotation_through_a_symbolic_link_replaces_the_key_file_it_points_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("secret")).unwrap();
+    admin(d, &["--key-file", "secret/master.key", "init"]);
+    admin(
+        d,
+        &[
+            "--key-file",
+            "secret/master.key",
+            "label",
+            "create",
+            "hr",
+            "--user",
+            "a",
+        ],
+    );
+    let old = std::fs::read(d.join("secret/master.key")).unwrap();
+    symlink(Path::new("secret/master.key"), &d.join("link.key"));
+    admin(d, &["--key-file", "link.key", "master-key", "rotate"]);
+    // Replacing the link would leave the old key in secret/master.key, where the operator
+    // keeps the key, while the message says the key file holds the new key.
+    assert!(is_symlink(&d.join("link.key")), "the link was replaced");
+    let new = std::fs::read(d.join("secret/master.key")).unwrap();
+    assert_ne!(
+        old, new,
+        "the old key is still in the file the link points to"
+    );
+    admin(d, &["--key-file", "secret/master.key", "audit", "verify"]);
+    admin(d, &["--key-file", "link.key", "label", "show", "hr"]);
+    assert!(!d.join("secret/master.key.new").exists());
+    assert!(!d.join("link.key.new").exists());
+}
+
+#[test]
+fn audit_verify_refuses_an_anchor_file_without_any_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    std::fs::write(d.join("empty.jsonl"), "").unwrap();
+    std::fs::write(d.join("blank.jsonl"), "\n\n  \n").unwrap();
+    for f in ["empty.jsonl", "blank.jsonl"] {
+        let e = admin_fails(d, &["audit", "verify", "--anchors", f]);
+        assert!(e.contains("no anchor"), "{f}: {e}");
+    }
+    admin(d, &["audit", "anchor", "--to", "a.jsonl"]);
+    let out = admin(d, &["audit", "verify", "--anchors", "a.jsonl"]);
+    assert!(out.contains("every anchor"), "{out}");
+}
+
+#[test]
+fn adding_a_recovery_key_to_a_double_key_label_needs_the_same_confirmation_as_double_key_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--user", "a", "--double-key"]);
+    admin(d, &["label", "create", "other", "--user", "x"]);
+    let shown: Value = serde_json::from_str(&admin(d, &["label", "show", "other"])).unwrap();
+    let key = shown["versions"][0]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recovery = |d: &Path| -> Value {
+        serde_json::from_str::<Value>(&admin(d, &["label", "show", "hr"])).unwrap()["policy"]
+            ["recovery"]
+            .clone()
+    };
+    // A recovery slot opens new documents alone: on a double-key label that is what
+    // `--double-key off` allows, which needs --confirm.
+    let e = admin_fails(d, &["label", "update", "hr", "--add-recovery", &key]);
+    assert!(e.contains("--confirm hr"), "{e}");
+    assert_eq!(recovery(d), serde_json::json!([]));
+    let e = admin_fails(
+        d,
+        &[
+            "label",
+            "update",
+            "hr",
+            "--add-recovery",
+            &key,
+            "--confirm",
+            "other",
+        ],
+    );
+    assert!(e.contains("repeat the label name"), "{e}");
+    assert_eq!(recovery(d), serde_json::json!([]));
+    admin(
+        d,
+        &[
+            "label",
+            "update",
+            "hr",
+            "--add-recovery",
+            &key,
+            "--confirm",
+            "hr",
+        ],
+    );
+    assert_eq!(recovery(d), serde_json::json!([key]));
+    // Removing it, or adding one already there, widens nothing: no confirmation.
+    admin(d, &["label", "update", "hr", "--remove-recovery", &key]);
+    assert_eq!(recovery(d), serde_json::json!([]));
+}
