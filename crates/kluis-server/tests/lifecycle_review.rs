@@ -187,3 +187,87 @@ fn adding_a_recovery_key_to_a_double_key_label_needs_the_same_confirmation_as_do
     admin(d, &["label", "update", "hr", "--remove-recovery", &key]);
     assert_eq!(recovery(d), serde_json::json!([]));
 }
+
+/// The body of a single unwrap for a fresh document sealed to `label`.
+fn unwrap_body(label: &kluis_core::LabelPublicKey) -> Value {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use kluis_core::reply::ReplyKey;
+    use kluis_core::{Header, Metadata, Recipient, Slot};
+    let sealed = kluis_core::seal(
+        &[Slot::single(Recipient::Label(label.clone()))],
+        &Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    let stanza = B64.encode(header.slots()[0][0].to_bytes());
+    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
+    serde_json::json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
+}
+
+#[test]
+fn audit_anchor_and_verify_succeed_while_the_server_appends_records() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["init"]);
+    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
+    let alice = admin(dir.path(), &["token", "create", "--user", "alice"])
+        .trim()
+        .to_owned();
+    let server = common::serve(
+        dir,
+        &[
+            common::LOOPBACK[0],
+            common::LOOPBACK[1],
+            common::LOOPBACK[2],
+            "--rate-limit",
+            "0",
+        ],
+    );
+    let d = server.dir.path().to_owned();
+    let url = format!("{}/v1/unwrap", server.base);
+    let body = unwrap_body(&common::label_key(&server, "hr"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, done) = (stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, v, _) = common::post(&url, Some(&alice), &body);
+                assert_eq!(status, 200, "{v}");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while done.load(Ordering::Relaxed) < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Run from cron while the server serves: a record appended between reading the records
+    // and reading the stored head must not read as "records were cut off".
+    let mut failures = Vec::new();
+    for _ in 0..30 {
+        for args in [
+            &["audit", "anchor", "--to", "a.jsonl"][..],
+            &["audit", "verify", "--anchors", "a.jsonl"][..],
+        ] {
+            let out = common::bin().current_dir(&d).args(args).output().unwrap();
+            if !out.status.success() {
+                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(
+        done.load(Ordering::Relaxed) > 20,
+        "too little load to mean anything"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
