@@ -271,3 +271,50 @@ fn audit_anchor_and_verify_succeed_while_the_server_appends_records() {
         failures.first()
     );
 }
+
+/// Clears the immutable attribute it set, so the temporary directory can be removed.
+#[cfg(target_os = "linux")]
+struct Immutable(std::path::PathBuf);
+
+#[cfg(target_os = "linux")]
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_rotation_that_commits_but_cannot_replace_the_key_file_says_the_new_key_is_the_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--user", "a"]);
+    let key = d.join("kluis-master.key");
+    // An immutable key file: the new key can be written beside it and the store re-sealed,
+    // but the rename over it fails (the same as a key file bind-mounted or owned by another
+    // user in a sticky directory). Needs CAP_LINUX_IMMUTABLE.
+    let set = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&key)
+        .status();
+    if !set.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: chattr +i is not available or not permitted here");
+        return;
+    }
+    let guard = Immutable(key.clone());
+    let e = admin_fails(d, &["master-key", "rotate"]);
+    drop(guard);
+    // The store now opens only with the new key: the message must say so, not just
+    // "Operation not permitted" (after which deleting the `.new` file loses every key).
+    assert!(e.contains("WAS rotated"), "{e}");
+    assert!(e.contains("Do not delete"), "{e}");
+    admin_fails(d, &["label", "show", "hr"]);
+    admin(
+        d,
+        &["--key-file", "kluis-master.key.new", "label", "show", "hr"],
+    );
+}
