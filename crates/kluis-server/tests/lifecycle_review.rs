@@ -318,3 +318,41 @@ fn a_rotation_that_commits_but_cannot_replace_the_key_file_says_the_new_key_is_t
         &["--key-file", "kluis-master.key.new", "label", "show", "hr"],
     );
 }
+
+#[test]
+fn a_store_left_under_the_pending_key_by_a_cut_off_rotation_says_where_its_key_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--user", "a"]);
+    let key = d.join("kluis-master.key");
+    let pending = d.join("kluis-master.key.new");
+    let old = std::fs::read(&key).unwrap();
+    admin(d, &["master-key", "rotate"]);
+    // The state a kill between the commit and the rename leaves: the old key in the key
+    // file, the new (only working) key in KEYFILE.new.
+    std::fs::rename(&key, &pending).unwrap();
+    std::fs::write(&key, &old).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    for args in [&["label", "show", "hr"][..], &["audit", "verify"][..]] {
+        let e = admin_fails(d, args);
+        assert!(
+            e.contains("kluis-master.key.new") && e.contains("interrupted"),
+            "{args:?}: {e}"
+        );
+    }
+    // The advice works.
+    std::fs::rename(&pending, &key).unwrap();
+    admin(d, &["label", "show", "hr"]);
+    // And a plainly wrong key, with no pending file, is still reported as a wrong key.
+    std::fs::write(&key, &old).unwrap();
+    let e = admin_fails(d, &["label", "show", "hr"]);
+    assert!(
+        e.contains("does not open this store") && !e.contains("interrupted"),
+        "{e}"
+    );
+}
