@@ -356,3 +356,65 @@ fn a_store_left_under_the_pending_key_by_a_cut_off_rotation_says_where_its_key_i
         "{e}"
     );
 }
+
+fn audit_records(dir: &Path) -> Vec<Value> {
+    admin(dir, &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Unmounts the small file system it mounted.
+#[cfg(target_os = "linux")]
+struct Mounted(std::path::PathBuf);
+
+#[cfg(target_os = "linux")]
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_backup_that_fails_is_on_record_as_failed_not_as_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--user", "a"]);
+    // A successful backup: "started" (which the backup holds), then "ok".
+    admin(d, &["backup", "--to", "good.db"]);
+    let records = audit_records(d);
+    let backups: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "store.backup")
+        .collect();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    assert_eq!(backups[0]["outcome"], "started");
+    assert_eq!(backups[1]["outcome"], "ok");
+    let held = admin(d, &["--store", "good.db", "audit", "export"]);
+    assert!(held.lines().last().unwrap().contains("\"started\""), "{held}");
+
+    // A backup onto a full disk (a 16 KiB tmpfs; needs CAP_SYS_ADMIN).
+    let small = d.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&small)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED (full disk part): cannot mount a tmpfs here");
+        return;
+    }
+    let _guard = Mounted(small.clone());
+    let e = admin_fails(d, &["backup", "--to", "small/b.db"]);
+    assert!(e.contains("full"), "{e}");
+    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0);
+    // The trail must not say a backup to small/b.db was made: its last word is "failed".
+    let records = audit_records(d);
+    let last = records.last().unwrap();
+    assert_eq!(last["action"], "store.backup", "{last}");
+    assert_eq!(last["outcome"], "failed", "{last}");
+    assert!(last["reason"].as_str().unwrap().contains("small/b.db"), "{last}");
+    admin(d, &["audit", "verify"]);
+}

@@ -100,7 +100,8 @@ pub struct BackupCheck {
 impl SqliteStore {
     /// Write a consistent copy of the store to `to`, which must not exist, while other
     /// connections keep reading and writing. The copy is sealed under the same master key.
-    /// The backup holds a `store.backup` record naming the file, appended first.
+    /// The backup holds a `store.backup` record naming the file, appended first (outcome
+    /// `started`); the store then gets a second one, `ok` or `failed` with the error.
     pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
         // `symlink_metadata`, not `exists`: a dangling symbolic link is an existing name too.
         if std::fs::symlink_metadata(to).is_ok() {
@@ -111,17 +112,35 @@ impl SqliteStore {
         }
         let (tmp, file) = temp_beside(to, "backup")?;
         drop(file);
-        let mut guard = TempGuard(Some(tmp.clone()));
+        let guard = TempGuard(Some(tmp.clone()));
         let name = tmp
             .to_str()
             .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
+        // Recorded first, so the backup holds the record of its own making; as "started",
+        // because it may still fail. A second record says how it ended.
         let mut entry = admin_entry(actor, "store.backup", None, None);
+        entry.outcome = "started".into();
         entry.reason = Some(format!("backup to {}", to.display()));
         self.append_audit(&[entry])?;
+        let result = self.write_backup(&tmp, name, to, guard);
+        let mut end = admin_entry(actor, "store.backup", None, None);
+        end.reason = Some(match &result {
+            Ok(()) => format!("backup to {} written", to.display()),
+            Err(e) => {
+                end.outcome = "failed".into();
+                format!("backup to {} failed: {e}", to.display())
+            }
+        });
+        let recorded = self.append_audit(&[end]);
+        result.and(recorded)
+    }
+
+    /// The copy itself: `VACUUM INTO` the temporary file, check, fsync, link into place.
+    fn write_backup(&self, tmp: &Path, name: &str, to: &Path, mut guard: TempGuard) -> Result<()> {
         // VACUUM INTO writes into an existing empty file, keeping its 0600 mode.
         self.conn.execute("VACUUM INTO ?1", [name])?;
-        integrity_ok(&tmp)?;
-        OpenOptions::new().write(true).open(&tmp)?.sync_all()?;
+        integrity_ok(tmp)?;
+        OpenOptions::new().write(true).open(tmp)?.sync_all()?;
         let appeared = || {
             ServerError::Refused(format!(
                 "{} appeared meanwhile: choose a new backup file name",
@@ -131,14 +150,14 @@ impl SqliteStore {
         // A hard link never replaces an existing name (a rename would, silently): the check
         // above and the link cannot race. File systems without hard links fall back to a
         // checked rename.
-        match std::fs::hard_link(&tmp, to) {
+        match std::fs::hard_link(tmp, to) {
             Ok(()) => drop(guard),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(appeared()),
             Err(_) => {
                 if std::fs::symlink_metadata(to).is_ok() {
                     return Err(appeared());
                 }
-                std::fs::rename(&tmp, to)?;
+                std::fs::rename(tmp, to)?;
                 guard.0 = None;
             }
         }
