@@ -80,6 +80,12 @@ fn restore_through_a_symbolic_link_replaces_the_store_it_points_to() {
     assert!(!real.iter().any(|l| l.contains("later")), "{real:?}");
     assert!(real.iter().any(|l| l.contains("hr")), "{real:?}");
     admin(d, &["--store", "link.db", "audit", "verify"]);
+    // A link whose store is gone (the disk lost): restored where the link points.
+    std::fs::remove_file(d.join("data/store.db")).unwrap();
+    admin(d, &["--store", "link.db", "restore", "--from", "b.db"]);
+    assert!(is_symlink(&d.join("link.db")), "the link was replaced");
+    assert!(d.join("data/store.db").is_file());
+    admin(d, &["--store", "link.db", "audit", "verify"]);
 }
 
 #[cfg(unix)]
@@ -393,7 +399,10 @@ fn a_backup_that_fails_is_on_record_as_failed_not_as_made() {
     assert_eq!(backups[0]["outcome"], "started");
     assert_eq!(backups[1]["outcome"], "ok");
     let held = admin(d, &["--store", "good.db", "audit", "export"]);
-    assert!(held.lines().last().unwrap().contains("\"started\""), "{held}");
+    assert!(
+        held.lines().last().unwrap().contains("\"started\""),
+        "{held}"
+    );
 
     // A backup onto a full disk (a 16 KiB tmpfs; needs CAP_SYS_ADMIN).
     let small = d.join("small");
@@ -415,6 +424,9 @@ fn a_backup_that_fails_is_on_record_as_failed_not_as_made() {
     let last = records.last().unwrap();
     assert_eq!(last["action"], "store.backup", "{last}");
     assert_eq!(last["outcome"], "failed", "{last}");
-    assert!(last["reason"].as_str().unwrap().contains("small/b.db"), "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("small/b.db"),
+        "{last}"
+    );
     admin(d, &["audit", "verify"]);
 }

@@ -84,11 +84,24 @@ pub fn pending_key_file(key_file: &Path) -> PathBuf {
 /// itself, not the link (which would leave the old file in place behind the operator's back).
 pub(crate) fn resolve_link(path: &Path) -> Result<PathBuf> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => path.canonicalize().map_err(|e| {
-            ServerError::Config(format!(
-                "{} is a symbolic link whose target cannot be resolved: {e}",
-                path.display()
-            ))
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().or_else(|e| {
+            // A link to a file not there yet (a store to restore after losing the disk):
+            // the target it names, when that is a free name and not another link.
+            let bad = || {
+                ServerError::Config(format!(
+                    "{} is a symbolic link whose target cannot be resolved: {e}",
+                    path.display()
+                ))
+            };
+            let target = std::fs::read_link(path).map_err(|_| bad())?;
+            let target = match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(target),
+                _ => target,
+            };
+            match std::fs::symlink_metadata(&target) {
+                Err(n) if n.kind() == std::io::ErrorKind::NotFound => Ok(target),
+                _ => Err(bad()),
+            }
         }),
         _ => Ok(path.to_owned()),
     }
