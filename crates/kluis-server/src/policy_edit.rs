@@ -73,16 +73,6 @@ impl PolicyEdit {
         if let Some(r) = self.retention_secs {
             new.retention_secs = r;
         }
-        // A recovery key is a slot of its own: its holder opens every new document alone.
-        // On a double-key label that is what turning double key off allows, so it needs the
-        // same confirmation (or the confirmation could be side-stepped).
-        let adds_recovery = self.add_recovery.iter().any(|r| !old.recovery.contains(r));
-        if old.double_key && adds_recovery && !self.confirm_double_key_off {
-            return Err(ServerError::Refused(format!(
-                "a recovery key opens new documents of the double-key label `{label}` alone, \
-                 without the server and the holder's key: pass --confirm {label} to confirm"
-            )));
-        }
         if let Some(d) = self.double_key {
             if old.double_key && !d && !self.confirm_double_key_off {
                 return Err(ServerError::Refused(format!(
@@ -93,6 +83,16 @@ impl PolicyEdit {
             new.double_key = d;
         }
         new.validate()?;
+        // A recovery key is a slot of its own: its holder opens every new document alone.
+        // On a double-key label that is what turning double key off allows, so it needs the
+        // same confirmation (or the confirmation could be side-stepped).
+        let adds_recovery = self.add_recovery.iter().any(|r| !old.recovery.contains(r));
+        if old.double_key && adds_recovery && !self.confirm_double_key_off {
+            return Err(ServerError::Refused(format!(
+                "a recovery key opens new documents of the double-key label `{label}` alone, \
+                 without the server and the holder's key: pass --confirm {label} to confirm"
+            )));
+        }
         Ok(new)
     }
 }
@@ -183,5 +183,31 @@ mod tests {
         let mut single = policy();
         single.double_key = false;
         assert!(on.apply("l", &single).unwrap().double_key);
+    }
+
+    #[test]
+    fn a_new_recovery_key_on_a_double_key_label_needs_confirmation() {
+        let key = kluis_core::Identity::generate()
+            .unwrap()
+            .public_key()
+            .to_string();
+        let mut edit = PolicyEdit {
+            add_recovery: vec![key.clone()],
+            ..PolicyEdit::default()
+        };
+        assert!(matches!(
+            edit.apply("l", &policy()),
+            Err(ServerError::Refused(_))
+        ));
+        let mut single = policy();
+        single.double_key = false;
+        assert_eq!(edit.apply("l", &single).unwrap().recovery, [key.clone()]);
+        edit.confirm_double_key_off = true;
+        let with = edit.apply("l", &policy()).unwrap();
+        assert_eq!(with.recovery, [key]);
+        // Adding one already there widens nothing.
+        edit.confirm_double_key_off = false;
+        edit.rotation_secs = Some(Some(60));
+        assert!(edit.apply("l", &with).is_ok());
     }
 }
