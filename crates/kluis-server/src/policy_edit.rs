@@ -201,7 +201,10 @@ mod tests {
         ));
         let mut single = policy();
         single.double_key = false;
-        assert_eq!(edit.apply("l", &single).unwrap().recovery, [key.clone()]);
+        assert_eq!(
+            edit.apply("l", &single).unwrap().recovery,
+            vec![key.clone()]
+        );
         edit.confirm_double_key_off = true;
         let with = edit.apply("l", &policy()).unwrap();
         assert_eq!(with.recovery, [key]);
