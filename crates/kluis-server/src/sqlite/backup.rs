@@ -88,6 +88,32 @@ fn integrity_ok(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Every live label key of `store` opens under its master key and matches its stored
+/// public key: the chain and `integrity_check` do not look inside the sealed keys, and a
+/// backup with a damaged one must not replace a working store.
+fn keys_open(store: &SqliteStore) -> Result<()> {
+    for label in store.labels()? {
+        for v in &label.versions {
+            if v.state == crate::store::VersionState::Destroyed {
+                continue;
+            }
+            let damaged = |what: &str| {
+                ServerError::Refused(format!(
+                    "the backup's key version {} of label `{}` {what}: use another backup",
+                    v.kid, label.name
+                ))
+            };
+            let (key, _) = store
+                .label_key(&label.name, v.kid)
+                .map_err(|_| damaged("does not open with this master key"))?;
+            if key.public_key().key().to_string() != v.public_key {
+                return Err(damaged("does not match its public key"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a verified backup holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupCheck {
@@ -215,6 +241,7 @@ impl SqliteStore {
         let check = {
             let mut store = SqliteStore::open(&tmp, key)?;
             store.verify_audit()?;
+            keys_open(&store)?;
             let mut entry = admin_entry(actor, "store.restore", None, None);
             entry.reason = Some(format!("restored from {}", from.display()));
             store.append_audit(&[entry])?;
