@@ -80,7 +80,7 @@ pub fn parse(text: &str) -> Result<Vec<Anchor>> {
     Ok(out)
 }
 
-/// Read and parse an anchor file (at most 64 MiB).
+/// Read and parse an anchor file (at most 64 MiB); a file without any anchor is refused.
 pub fn read(path: &Path) -> Result<Vec<Anchor>> {
     let mut text = String::new();
     std::fs::File::open(path)?
@@ -93,7 +93,15 @@ pub fn read(path: &Path) -> Result<Vec<Anchor>> {
             path.display()
         )));
     }
-    parse(&text)
+    let anchors = parse(&text)?;
+    if anchors.is_empty() {
+        // An empty file (a failed copy, the wrong file) must not read as "every anchor matches".
+        return Err(ServerError::BadAnchor(format!(
+            "{} holds no anchor",
+            path.display()
+        )));
+    }
+    Ok(anchors)
 }
 
 /// Verify the chain and check every anchor against it: fails when an anchored record is

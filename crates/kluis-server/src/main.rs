@@ -215,7 +215,8 @@ enum LabelCmd {
         /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
         #[arg(long, value_enum)]
         double_key: Option<OnOff>,
-        /// Repeat the label name to confirm turning double key off.
+        /// Repeat the label name to confirm turning double key off, or adding a recovery
+        /// key to a double-key label.
         #[arg(long)]
         confirm: Option<String>,
     },
@@ -442,6 +443,30 @@ fn new_passphrase(
     Ok(None)
 }
 
+/// A key file that does not open the store while `KEYFILE.new` exists: a master-key
+/// rotation committed and was cut off before renaming the new key into place. Say so, or
+/// the operator sees only "wrong key" and may delete the one key that opens the store.
+fn interrupted_rotation(
+    e: ServerError,
+    key_file: &std::path::Path,
+    uses_file: bool,
+) -> ServerError {
+    let pending = kluis_server::pending_key_file(key_file);
+    if uses_file && matches!(e, ServerError::WrongMasterKey) && pending.exists() {
+        return ServerError::Refused(format!(
+            "the key in {} does not open this store, and {} exists: a master-key rotation was \
+             interrupted after it re-sealed the store. Check that the store opens with \
+             --key-file {}, then rename that file over {} (see docs/SERVER.md, Master-key \
+             rotation); do not delete it",
+            key_file.display(),
+            pending.display(),
+            pending.display(),
+            key_file.display()
+        ));
+    }
+    e
+}
+
 /// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
 fn rotate_master(
     store: &mut SqliteStore,
@@ -538,7 +563,8 @@ fn run(cli: Cli) -> Result<()> {
             store_path.display()
         )));
     }
-    let mut store = SqliteStore::open(&store_path, key)?;
+    let mut store = SqliteStore::open(&store_path, key)
+        .map_err(|e| interrupted_rotation(e, &key_file, pass.is_none()))?;
     if let Command::MasterKey(MasterKeyCmd::Rotate {
         new_passphrase_env,
         new_passphrase_file,

@@ -900,6 +900,13 @@ impl Store for SqliteStore {
     }
 
     fn verify_audit(&self) -> Result<(i64, String)> {
+        // One read snapshot: the records and the stored head must be read at the same moment,
+        // or a record the server appends in between reads as "cut off" (rolled back on drop).
+        let _snapshot = if self.conn.is_autocommit() {
+            Some(self.conn.unchecked_transaction()?)
+        } else {
+            None
+        };
         let broken = |seq, what| ServerError::AuditBroken { seq, what };
         let mut prev = GENESIS.to_vec();
         let mut expected = 1;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::rekey_master::sync_dir;
+use super::rekey_master::{resolve_link, sync_dir};
 use super::{KeySource, SqliteStore, admin_entry};
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
@@ -88,6 +88,32 @@ fn integrity_ok(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Every live label key of `store` opens under its master key and matches its stored
+/// public key: the chain and `integrity_check` do not look inside the sealed keys, and a
+/// backup with a damaged one must not replace a working store.
+fn keys_open(store: &SqliteStore) -> Result<()> {
+    for label in store.labels()? {
+        for v in &label.versions {
+            if v.state == crate::store::VersionState::Destroyed {
+                continue;
+            }
+            let damaged = |what: &str| {
+                ServerError::Refused(format!(
+                    "the backup's key version {} of label `{}` {what}: use another backup",
+                    v.kid, label.name
+                ))
+            };
+            let (key, _) = store
+                .label_key(&label.name, v.kid)
+                .map_err(|_| damaged("does not open with this master key"))?;
+            if key.public_key().key().to_string() != v.public_key {
+                return Err(damaged("does not match its public key"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a verified backup holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupCheck {
@@ -100,9 +126,11 @@ pub struct BackupCheck {
 impl SqliteStore {
     /// Write a consistent copy of the store to `to`, which must not exist, while other
     /// connections keep reading and writing. The copy is sealed under the same master key.
-    /// The backup holds a `store.backup` record naming the file, appended first.
+    /// The backup holds a `store.backup` record naming the file, appended first (outcome
+    /// `started`); the store then gets a second one, `ok` or `failed` with the error.
     pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
-        if to.exists() {
+        // `symlink_metadata`, not `exists`: a dangling symbolic link is an existing name too.
+        if std::fs::symlink_metadata(to).is_ok() {
             return Err(ServerError::Refused(format!(
                 "{} exists: choose a new backup file name",
                 to.display()
@@ -110,25 +138,55 @@ impl SqliteStore {
         }
         let (tmp, file) = temp_beside(to, "backup")?;
         drop(file);
-        let mut guard = TempGuard(Some(tmp.clone()));
+        let guard = TempGuard(Some(tmp.clone()));
         let name = tmp
             .to_str()
             .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
+        // Recorded first, so the backup holds the record of its own making; as "started",
+        // because it may still fail. A second record says how it ended.
         let mut entry = admin_entry(actor, "store.backup", None, None);
+        entry.outcome = "started".into();
         entry.reason = Some(format!("backup to {}", to.display()));
         self.append_audit(&[entry])?;
+        let result = self.write_backup(&tmp, name, to, guard);
+        let mut end = admin_entry(actor, "store.backup", None, None);
+        end.reason = Some(match &result {
+            Ok(()) => format!("backup to {} written", to.display()),
+            Err(e) => {
+                end.outcome = "failed".into();
+                format!("backup to {} failed: {e}", to.display())
+            }
+        });
+        let recorded = self.append_audit(&[end]);
+        result.and(recorded)
+    }
+
+    /// The copy itself: `VACUUM INTO` the temporary file, check, fsync, link into place.
+    fn write_backup(&self, tmp: &Path, name: &str, to: &Path, mut guard: TempGuard) -> Result<()> {
         // VACUUM INTO writes into an existing empty file, keeping its 0600 mode.
         self.conn.execute("VACUUM INTO ?1", [name])?;
-        integrity_ok(&tmp)?;
-        OpenOptions::new().write(true).open(&tmp)?.sync_all()?;
-        if to.exists() {
-            return Err(ServerError::Refused(format!(
+        integrity_ok(tmp)?;
+        OpenOptions::new().write(true).open(tmp)?.sync_all()?;
+        let appeared = || {
+            ServerError::Refused(format!(
                 "{} appeared meanwhile: choose a new backup file name",
                 to.display()
-            )));
+            ))
+        };
+        // A hard link never replaces an existing name (a rename would, silently): the check
+        // above and the link cannot race. File systems without hard links fall back to a
+        // checked rename.
+        match std::fs::hard_link(tmp, to) {
+            Ok(()) => drop(guard),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(appeared()),
+            Err(_) => {
+                if std::fs::symlink_metadata(to).is_ok() {
+                    return Err(appeared());
+                }
+                std::fs::rename(tmp, to)?;
+                guard.0 = None;
+            }
         }
-        std::fs::rename(&tmp, to)?;
-        guard.0 = None;
         sync_dir(to)?;
         Ok(())
     }
@@ -144,6 +202,9 @@ impl SqliteStore {
         force: bool,
         actor: &str,
     ) -> Result<BackupCheck> {
+        // A store reached through a symbolic link is restored where the link points (as
+        // SQLite opens it), not by replacing the link and leaving the old store in place.
+        let to = &resolve_link(to)?;
         if !from.is_file() {
             return Err(ServerError::Config(format!(
                 "no backup file at {}",
@@ -180,6 +241,7 @@ impl SqliteStore {
         let check = {
             let mut store = SqliteStore::open(&tmp, key)?;
             store.verify_audit()?;
+            keys_open(&store)?;
             let mut entry = admin_entry(actor, "store.restore", None, None);
             entry.reason = Some(format!("restored from {}", from.display()));
             store.append_audit(&[entry])?;

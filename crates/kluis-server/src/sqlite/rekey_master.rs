@@ -80,6 +80,33 @@ pub fn pending_key_file(key_file: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `path`, or where it points when it is a symbolic link: a rename then replaces the file
+/// itself, not the link (which would leave the old file in place behind the operator's back).
+pub(crate) fn resolve_link(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().or_else(|e| {
+            // A link to a file not there yet (a store to restore after losing the disk):
+            // the target it names, when that is a free name and not another link.
+            let bad = || {
+                ServerError::Config(format!(
+                    "{} is a symbolic link whose target cannot be resolved: {e}",
+                    path.display()
+                ))
+            };
+            let target = std::fs::read_link(path).map_err(|_| bad())?;
+            let target = match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(target),
+                _ => target,
+            };
+            match std::fs::symlink_metadata(&target) {
+                Err(n) if n.kind() == std::io::ErrorKind::NotFound => Ok(target),
+                _ => Err(bad()),
+            }
+        }),
+        _ => Ok(path.to_owned()),
+    }
+}
+
 /// Make a rename or a new file in `dir` durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
@@ -201,6 +228,8 @@ impl SqliteStore {
                     .into(),
             ));
         }
+        // Through a symbolic link, the key file it points to is replaced (not the link).
+        let key_file = &resolve_link(key_file)?;
         let pending = pending_key_file(key_file);
         if pending.exists() {
             return Err(ServerError::Refused(format!(
@@ -222,8 +251,30 @@ impl SqliteStore {
                 return Err(e);
             }
         };
-        std::fs::rename(&pending, key_file)?;
-        sync_dir(key_file)?;
+        // Committed: from here on only the new key opens the store. A failure must say so,
+        // or the operator takes the rotation for failed and deletes the only key that works.
+        let committed = |step: &str, e: std::io::Error| {
+            ServerError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the master key WAS rotated: the store opens only with the new key in {}, \
+                     but {step} failed ({e}). Do not delete {}: move it over {} yourself \
+                     (the old key no longer opens the store)",
+                    pending.display(),
+                    pending.display(),
+                    key_file.display()
+                ),
+            ))
+        };
+        std::fs::rename(&pending, key_file)
+            .map_err(|e| committed("renaming it over the key file", e))?;
+        sync_dir(key_file).map_err(|e| {
+            ServerError::Io(std::io::Error::other(format!(
+                "the master key was rotated and the new key is in {}, but syncing its \
+                     directory failed ({e}): run `sync` before relying on it",
+                key_file.display()
+            )))
+        })?;
         Ok(MasterKeyRotation {
             label_keys,
             key_file: key_file.to_owned(),
