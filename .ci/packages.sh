@@ -81,7 +81,12 @@ as_user /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file 
 chmod 0400 "$work/master.key"
 as_user /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" \
   label create ci --user ci-user >/dev/null
-as_user /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" \
+: >"$work/serve.out"
+: >"$work/serve.err"
+# setpriv directly (not through the as_user function, which would run in a subshell), so that
+# $! is the server's own process id.
+setpriv --reuid=kluis-server --regid=kluis-server --init-groups -- \
+  /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" \
   serve --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
 server_pid=$!
 url=
@@ -98,8 +103,12 @@ ca=(--cacert "$work/cert.pem" --resolve "localhost:${url##*:}:127.0.0.1" --max-t
 curl "${ca[@]}" -o /dev/null "$url/readyz" || fail "/readyz"
 curl "${ca[@]}" "$url/v1/labels" | grep -q '"ci"' || fail "/v1/labels does not list the label"
 kill -TERM "$server_pid"
-wait "$server_pid" || fail "the installed server did not stop cleanly on SIGTERM"
+rc=0
+wait "$server_pid" || rc=$?
 server_pid=
+[ "$rc" = 0 ] || { cat "$work/serve.err" >&2; fail "the installed server exited $rc on SIGTERM, not 0"; }
+grep -q 'audit trail is flushed' "$work/serve.err" ||
+  { cat "$work/serve.err" >&2; fail "the installed server did not say it flushed the audit trail"; }
 
 # Remove: the binaries go; the user, the state directory and (on purge) nothing of the data.
 touch /var/lib/kluis-server/.packages-ci-sentinel
