@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages: build kluis-server and kluis with cargo-deb, install both with dpkg -i, run
-# the installed binaries, check the installed systemd unit with `systemd-analyze verify`, start
-# the installed server by hand (there is no systemd PID 1 here) as the package's user with the
-# shipped configuration, a temporary store, TLS and a 0400 key file (as LoadCredential makes it),
-# ask /healthz and /readyz, then remove the packages. Installs what it needs (cargo-deb,
-# systemd-analyze) itself. Prints its own duration at the end.
+# Debian packages: build kluis-server and kluis with cargo-deb (one release build, then
+# --no-build), install both with dpkg -i, run the installed binaries, check what postinst set
+# up and the installed unit (`systemd-analyze verify`, no warnings), then start the installed
+# server by hand (there is no systemd PID 1 here) as the package's user with the shipped
+# configuration, a temporary store, TLS from a throwaway CA and a 0400 key file (as
+# LoadCredential makes it), under strace; the installed kluis logs in, seals and opens a file
+# through it; the server must stop cleanly on SIGTERM, and every system call, socket family and
+# memory mapping it made must pass the unit's SystemCallFilter=, RestrictAddressFamilies= and
+# MemoryDenyWriteExecute=. Then purge both packages (the state directory must survive).
+# Installs what it needs (cargo-deb, systemd-analyze, strace, ...) itself; prints its duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -15,6 +19,8 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v adduser >/dev/null || need_apt+=(adduser)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v strace >/dev/null || need_apt+=(strace)
+command -v pgrep >/dev/null || need_apt+=(procps)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   apt-get update -qq
@@ -56,7 +62,7 @@ getent passwd kluis-server >/dev/null || fail "no user kluis-server"
   fail "/var/lib/kluis-server is $(stat -c '%U:%G %a' /var/lib/kluis-server)"
 [ "$(stat -c '%U:%G %a' /etc/kluis-server/config.toml)" = "root:kluis-server 640" ] ||
   fail "/etc/kluis-server/config.toml is $(stat -c '%U:%G %a' /etc/kluis-server/config.toml)"
-dpkg-query -W -f='${Conffiles}\n' kluis-server | grep -q '/etc/kluis-server/config.toml' ||
+[[ "$(dpkg-query -W -f='${Conffiles}' kluis-server)" == *" /etc/kluis-server/config.toml "* ]] ||
   fail "config.toml is not a conffile"
 
 # The installed unit: syntax, directives, the binary path, specifiers. verify exits 0 on
@@ -69,46 +75,119 @@ systemd-analyze security --offline=true "$unit" 2>/dev/null | tail -n 1 || true
 
 # The installed server, as the service would run it: user kluis-server, the shipped
 # configuration (its store and TLS paths overridden), a key file of mode 0400 like the one
-# LoadCredential gives, TLS from a throwaway CA on loopback.
+# LoadCredential gives, TLS from a throwaway certificate on loopback. It runs under strace, and
+# the installed kluis command logs in, seals and opens a file through it, so that what the
+# server really does can be checked against the unit's SystemCallFilter=,
+# RestrictAddressFamilies= and MemoryDenyWriteExecute= (which only a systemd PID 1 enforces).
 chown kluis-server:kluis-server "$work"
 chmod 0700 "$work"
 as_user() { setpriv --reuid=kluis-server --regid=kluis-server --init-groups -- "$@"; }
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-chown kluis-server:kluis-server "$work"/*.pem
+admin() {
+  as_user /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" "$@"
+}
+# A throwaway "organisation CA" and a server certificate it signs, as OPERATIONS.md describes.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=kluis CI CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout "$work/key.pem" -out "$work/server.csr" 2>/dev/null
+printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+  "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$work/server.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 2 -extfile "$work/server.ext" -out "$work/cert.pem" 2>/dev/null
+rm -f "$work/ca.key"
+chown kluis-server:kluis-server "$work/key.pem" "$work/cert.pem"
 export KLUIS_STORE="$work/store.db" KLUIS_TLS_CERT="$work/cert.pem" KLUIS_TLS_KEY="$work/key.pem"
-as_user /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" init >/dev/null
+admin init >/dev/null
 chmod 0400 "$work/master.key"
-as_user /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" \
-  label create ci --user ci-user >/dev/null
+admin label create ci --user ci-user >/dev/null
+admin token create --user ci-user >"$work/token" 2>/dev/null
 : >"$work/serve.out"
 : >"$work/serve.err"
-# setpriv directly (not through the as_user function, which would run in a subshell), so that
-# $! is the server's own process id.
-setpriv --reuid=kluis-server --regid=kluis-server --init-groups -- \
+strace -f -qq -o "$work/strace.log" \
+  setpriv --reuid=kluis-server --regid=kluis-server --init-groups -- \
   /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" \
   serve --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
-server_pid=$!
+tracer_pid=$!
+server_pid=$tracer_pid
 url=
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   url=$(sed -n 's|^listening on \(https://[^ ]*\)$|\1|p' "$work/serve.out")
   [ -n "$url" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.err" >&2; fail "the installed server exited"; }
+  kill -0 "$tracer_pid" 2>/dev/null || { cat "$work/serve.err" >&2; fail "the installed server exited"; }
   sleep 0.1
 done
 [ -n "$url" ] || { cat "$work/serve.err" >&2; fail "the installed server did not start"; }
-url=${url/127.0.0.1/localhost}
-ca=(--cacert "$work/cert.pem" --resolve "localhost:${url##*:}:127.0.0.1" --max-time 10 -fsS)
+server_pid=$(pgrep -P "$tracer_pid" -x kluis-server) || fail "no kluis-server process under strace"
+ca=(--cacert "$work/ca.pem" --max-time 10 -fsS)
 [ "$(curl "${ca[@]}" "$url/healthz")" = ok ] || fail "/healthz"
 curl "${ca[@]}" -o /dev/null "$url/readyz" || fail "/readyz"
-curl "${ca[@]}" "$url/v1/labels" | grep -q '"ci"' || fail "/v1/labels does not list the label"
+# (Outputs are read whole before grep: with pipefail, grep -q closing a pipe early could fail.)
+labels=$(curl "${ca[@]}" "$url/v1/labels") || fail "/v1/labels"
+grep -q '"ci"' <<<"$labels" || fail "/v1/labels does not list the label"
+
+# The installed kluis, over TLS: log in, seal, open (audited), read the audit back.
+export KLUIS_CONFIG_DIR="$work/cli/config" KLUIS_CACHE_DIR="$work/cli/cache"
+mkdir -p "$work/cli/docs"
+printf 'installed-package check %s\n' "$started" >"$work/cli/docs/note.txt"
+/usr/bin/kluis config set ca_file "$work/ca.pem" >/dev/null
+/usr/bin/kluis --server "$url" login --token-file "$work/token" >/dev/null
+/usr/bin/kluis seal --label ci -o "$work/cli/sealed" "$work/cli/docs" >/dev/null
+/usr/bin/kluis open --reason ci -o "$work/cli/opened" "$work/cli/sealed" >/dev/null
+cmp "$work/cli/docs/note.txt" "$work/cli/opened/docs/note.txt" || fail "the opened file differs"
+audit=$(/usr/bin/kluis audit) || fail "kluis audit"
+grep -q granted <<<"$audit" || fail "kluis audit shows no granted opening"
+metrics=$(curl "${ca[@]}" "$url/metrics") || fail "/metrics"
+grep -q '^kluis_unwrap_items_total{outcome="granted"} 1$' <<<"$metrics" ||
+  fail "/metrics does not count the opening"
+
 kill -TERM "$server_pid"
 rc=0
-wait "$server_pid" || rc=$?
+wait "$tracer_pid" || rc=$?
 server_pid=
 [ "$rc" = 0 ] || { cat "$work/serve.err" >&2; fail "the installed server exited $rc on SIGTERM, not 0"; }
 grep -q 'audit trail is flushed' "$work/serve.err" ||
   { cat "$work/serve.err" >&2; fail "the installed server did not say it flushed the audit trail"; }
+
+# What the server did after setpriv exec'd it, against the unit's filters as this systemd
+# expands them.
+awk 'f; /execve\("\/usr\/bin\/kluis-server"/ {f=1}' "$work/strace.log" >"$work/server.trace"
+[ -s "$work/server.trace" ] || fail "empty system call trace"
+sed -E 's/^[0-9]+ +//; s/^<\.\.\. ([a-z0-9_]+) resumed.*/\1/; s/^([a-z0-9_]+)\(.*/\1/' \
+  "$work/server.trace" | grep -E '^[a-z0-9_]+$' | sort -u >"$work/used"
+expand() {
+  systemd-analyze syscall-filter "$1" | sed -n '2,$p' | sed 's/^ *//' | grep -v '^#\|^$' |
+    while read -r x; do case "$x" in @*) expand "$x" ;; *) echo "$x" ;; esac; done
+}
+: >"$work/allow"
+: >"$work/deny"
+# One line is an allow list, or with a leading ~ a deny list, of names and @groups.
+while read -r line; do
+  list="$work/allow"
+  case "$line" in "~"*) line=${line#"~"}; list="$work/deny" ;; esac
+  for value in $line; do
+    case "$value" in @*) expand "$value" >>"$list" ;; *) echo "$value" >>"$list" ;; esac
+  done
+done < <(sed -n 's/^SystemCallFilter=//p' "$unit")
+sort -u -o "$work/allow" "$work/allow"
+sort -u -o "$work/deny" "$work/deny"
+[ -s "$work/allow" ] || fail "could not expand the unit's SystemCallFilter="
+comm -23 "$work/allow" "$work/deny" >"$work/effective"
+bad=$(comm -23 "$work/used" "$work/effective" | tr '\n' ' ')
+[ -z "$bad" ] || fail "the server uses system calls the unit's SystemCallFilter= refuses: $bad"
+families=$({ grep -oE 'socket\((AF_[A-Z0-9]+)' "$work/server.trace" || true; } |
+  sed 's/socket(//' | sort -u | tr '\n' ' ')
+allowed_families=" $(sed -n 's/^RestrictAddressFamilies=//p' "$unit") "
+for f in $families; do
+  [[ "$allowed_families" == *" $f "* ]] || fail "the server opens $f sockets; the unit allows only$allowed_families"
+done
+# MemoryDenyWriteExecute= refuses mappings both writable and executable, and making memory
+# executable afterwards.
+sed -E 's/^[0-9]+ +//' "$work/server.trace" | grep -E '^(mmap|mprotect|pkey_mprotect)\(' |
+  grep -E 'PROT_EXEC' >"$work/exec-maps" || true
+if grep -qE 'PROT_WRITE|^mprotect|^pkey_mprotect' "$work/exec-maps"; then
+  fail "the server maps memory writable and executable; MemoryDenyWriteExecute= would refuse it"
+fi
+say "the server's $(wc -l <"$work/used") distinct system calls and socket families (${families% }) all pass the unit's filters"
 
 # Remove: the binaries go; the user, the state directory and (on purge) nothing of the data.
 touch /var/lib/kluis-server/.packages-ci-sentinel
