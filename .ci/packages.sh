@@ -21,6 +21,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v strace >/dev/null || need_apt+=(strace)
 command -v pgrep >/dev/null || need_apt+=(procps)
+command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   apt-get update -qq
@@ -42,7 +43,9 @@ dpkg-deb --info "$out/kluis-server.deb" | sed -n '/Package:/,/Description:/p'
 
 work=$(mktemp -d)
 server_pid=
+idp_pid=
 cleanup() {
+  if [ -n "$idp_pid" ]; then kill "$idp_pid" 2>/dev/null || true; wait "$idp_pid" 2>/dev/null || true; fi
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   dpkg -r kluis-server kluis >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -101,11 +104,30 @@ admin init >/dev/null
 chmod 0400 "$work/master.key"
 admin label create ci --user ci-user >/dev/null
 admin token create --user ci-user >"$work/token" 2>/dev/null
+# An identity provider's (empty) key set on loopback, so that the JWKS fetch at start (name
+# resolution, an outbound connection) is traced too: the shipped configuration plus [oidc].
+mkdir -p "$work/idp"
+echo '{"keys":[]}' >"$work/idp/jwks.json"
+: >"$work/idp.log"
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work/idp" >"$work/idp.log" 2>&1 &
+idp_pid=$!
+idp_port=
+for _ in $(seq 1 100); do
+  idp_port=$(sed -n 's/^Serving HTTP on .* port \([0-9]*\) .*/\1/p' "$work/idp.log")
+  [ -n "$idp_port" ] && break
+  sleep 0.1
+done
+[ -n "$idp_port" ] || { cat "$work/idp.log" >&2; fail "the JWKS server did not start"; }
+cp /etc/kluis-server/config.toml "$work/config.toml"
+printf '\n[oidc]\nissuer = "https://idp.invalid"\naudience = "kluis"\njwks_url = "http://localhost:%s/jwks.json"\n' \
+  "$idp_port" >>"$work/config.toml"
+chown root:kluis-server "$work/config.toml"
+chmod 0640 "$work/config.toml"
 : >"$work/serve.out"
 : >"$work/serve.err"
 strace -f -qq -o "$work/strace.log" \
   setpriv --reuid=kluis-server --regid=kluis-server --init-groups -- \
-  /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/master.key" \
+  /usr/bin/kluis-server --config "$work/config.toml" --key-file "$work/master.key" \
   serve --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
 tracer_pid=$!
 server_pid=$tracer_pid
@@ -118,6 +140,7 @@ for _ in $(seq 1 300); do
 done
 [ -n "$url" ] || { cat "$work/serve.err" >&2; fail "the installed server did not start"; }
 server_pid=$(pgrep -P "$tracer_pid" -x kluis-server) || fail "no kluis-server process under strace"
+grep -q 'GET /jwks.json' "$work/idp.log" || fail "the server did not fetch the JWKS"
 ca=(--cacert "$work/ca.pem" --max-time 10 -fsS)
 [ "$(curl "${ca[@]}" "$url/healthz")" = ok ] || fail "/healthz"
 curl "${ca[@]}" -o /dev/null "$url/readyz" || fail "/readyz"
