@@ -9,6 +9,8 @@
 # memory mapping it made must pass the unit's SystemCallFilter=, RestrictAddressFamilies= and
 # MemoryDenyWriteExecute=. Then purge both packages (the state directory must survive).
 # Installs what it needs (cargo-deb, systemd-analyze, strace, ...) itself; prints its duration.
+# Run it only on CI or a throwaway machine: it installs and purges both packages system-wide
+# (purging keeps any store and master key, but removes /etc/kluis-server/config.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -47,11 +49,13 @@ idp_pid=
 cleanup() {
   if [ -n "$idp_pid" ]; then kill "$idp_pid" 2>/dev/null || true; wait "$idp_pid" 2>/dev/null || true; fi
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  dpkg -r kluis-server kluis >/dev/null 2>&1 || true
+  dpkg -P kluis-server kluis >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+# A fresh install: no leftovers of an earlier, interrupted run (their conffiles).
+dpkg -P kluis-server kluis >/dev/null 2>&1 || true
 dpkg -i "$out/kluis-server.deb" "$out/kluis.deb"
 
 # The installed binaries answer.
@@ -67,6 +71,13 @@ getent passwd kluis-server >/dev/null || fail "no user kluis-server"
   fail "/etc/kluis-server/config.toml is $(stat -c '%U:%G %a' /etc/kluis-server/config.toml)"
 [[ "$(dpkg-query -W -f='${Conffiles}' kluis-server)" == *" /etc/kluis-server/config.toml "* ]] ||
   fail "config.toml is not a conffile"
+
+# An upgrade (here: the same version again) keeps the administrator's edits and the owners.
+echo '# edited by .ci/packages.sh' >>/etc/kluis-server/config.toml
+dpkg -i "$out/kluis-server.deb" >/dev/null
+grep -q '^# edited by .ci/packages.sh$' /etc/kluis-server/config.toml || fail "an upgrade lost config.toml's edits"
+[ "$(stat -c '%U:%G %a' /etc/kluis-server/config.toml)" = "root:kluis-server 640" ] ||
+  fail "after an upgrade /etc/kluis-server/config.toml is $(stat -c '%U:%G %a' /etc/kluis-server/config.toml)"
 
 # The installed unit: syntax, directives, the binary path, specifiers. verify exits 0 on
 # warnings too, so its output must be empty.
@@ -215,7 +226,7 @@ say "the server's $(wc -l <"$work/used") distinct system calls and socket famili
 # Remove: the binaries go; the user, the state directory and (on purge) nothing of the data.
 touch /var/lib/kluis-server/.packages-ci-sentinel
 dpkg -P kluis-server kluis >/dev/null
-[ ! -e /usr/bin/kluis-server ] && [ ! -e /usr/bin/kluis ] || fail "binaries left after removal"
+if [ -e /usr/bin/kluis-server ] || [ -e /usr/bin/kluis ]; then fail "binaries left after removal"; fi
 [ -e /var/lib/kluis-server/.packages-ci-sentinel ] || fail "purge deleted the state directory"
 rm -f /var/lib/kluis-server/.packages-ci-sentinel
 say "built, installed, ran, verified and removed kluis-server and kluis in $(($(date +%s) - started)) s"
