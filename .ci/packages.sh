@@ -50,7 +50,7 @@ cleanup() {
   if [ -n "$idp_pid" ]; then kill "$idp_pid" 2>/dev/null || true; wait "$idp_pid" 2>/dev/null || true; fi
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   dpkg -P kluis-server kluis >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [ "${KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -221,7 +221,29 @@ sed -E 's/^[0-9]+ +//' "$work/server.trace" | grep -E '^(mmap|mprotect|pkey_mpro
 if grep -qE 'PROT_WRITE|^mprotect|^pkey_mprotect' "$work/exec-maps"; then
   fail "the server maps memory writable and executable; MemoryDenyWriteExecute= would refuse it"
 fi
-say "the server's $(wc -l <"$work/used") distinct system calls and socket families (${families% }) all pass the unit's filters"
+# ProtectSystem=strict (writes only to the state directory, standing in here as $work, and the
+# private /tmp), ProtectHome=, ProcSubset=pid and PrivateDevices=: the paths it touched.
+sed -E 's/^[0-9]+ +//' "$work/server.trace" |
+  sed -nE 's/^(openat|open|creat|mkdir|mkdirat|unlink|unlinkat|rename|renameat2?|truncate|chmod|fchmodat|linkat|symlinkat)\((AT_FDCWD, )?"([^"]*)"(, ([A-Z_|]+))?.*/\1 \3 \5/p' |
+  sort -u >"$work/paths"
+[ -s "$work/paths" ] || fail "no file access in the trace"
+while read -r call path flags; do
+  case "$call $flags" in
+    "openat "*O_WRONLY* | "openat "*O_RDWR* | "openat "*O_CREAT* | "open "*O_WRONLY* | "open "*O_RDWR* | \
+      "open "*O_CREAT* | mkdir* | unlink* | rename* | creat* | truncate* | chmod* | fchmodat* | link* | symlink*)
+      case "$path" in "$work"/* | /tmp/* | /var/tmp/* | /dev/null) ;; *)
+        fail "the server writes $path ($call $flags); ProtectSystem=strict makes it read-only" ;;
+      esac ;;
+  esac
+  case "$path" in
+    /home/* | /root/* | /run/user/*) fail "the server reads $path; ProtectHome= hides it" ;;
+    /proc/self/* | /proc/thread-self/*) ;;
+    /proc/*) fail "the server reads $path; ProcSubset=pid hides it" ;;
+    /dev/null | /dev/zero | /dev/full | /dev/random | /dev/urandom | /dev/tty | /dev/pts/* | /dev/shm/*) ;;
+    /dev/*) fail "the server opens $path; PrivateDevices= hides it" ;;
+  esac
+done <"$work/paths"
+say "the server's $(wc -l <"$work/used") distinct system calls, socket families (${families% }) and $(wc -l <"$work/paths") file accesses all pass the unit's restrictions"
 
 # Remove: the binaries go; the user, the state directory and (on purge) nothing of the data.
 touch /var/lib/kluis-server/.packages-ci-sentinel
