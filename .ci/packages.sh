@@ -71,6 +71,8 @@ getent passwd kluis-server >/dev/null || fail "no user kluis-server"
   fail "/etc/kluis-server/config.toml is $(stat -c '%U:%G %a' /etc/kluis-server/config.toml)"
 [[ "$(dpkg-query -W -f='${Conffiles}' kluis-server)" == *" /etc/kluis-server/config.toml "* ]] ||
   fail "config.toml is not a conffile"
+[ ! -e /etc/systemd/system/multi-user.target.wants/kluis-server.service ] ||
+  fail "the package enabled the service; it must wait for the operator (OPERATIONS.md, Install)"
 
 # An upgrade (here: the same version again) keeps the administrator's edits and the owners.
 echo '# edited by .ci/packages.sh' >>/etc/kluis-server/config.toml
