@@ -38,7 +38,7 @@ static VERIFIER: LazyLock<OidcVerifier> = LazyLock::new(|| {
     .unwrap()
 });
 static VALID: LazyLock<String> = LazyLock::new(|| {
-    let claims = json!({"iss": ISSUER, "aud": "api://kluis", "exp": NOW + 300,
+    let claims = json!({"iss": ISSUER, "aud": "api://kluis", "exp": NOW + 300, "sub": "s1",
                         "preferred_username": "alice", "groups": ["hr"]});
     sign(
         br#"{"alg":"EdDSA","kid":"k"}"#,
@@ -82,10 +82,14 @@ fuzz_target!(|data: &[u8]| {
                 let claims: Value = serde_json::from_slice(claims).unwrap();
                 assert_eq!(claims["iss"], ISSUER);
                 assert!(claims["exp"].is_number());
-                assert!(!p.user.is_empty() && p.user.chars().count() <= 256);
+                // Namespaced: the issuer's prefix, then 1-256 characters.
+                let user = p.user.strip_prefix("oidc:idp:").expect("the issuer's prefix");
+                assert!(!user.is_empty() && user.chars().count() <= 256);
                 assert!(!p.user.chars().any(char::is_control));
                 assert!(p.groups.len() <= 256);
-                assert!(p.token_id.starts_with("jwt:") && p.token_id.len() == 12);
+                assert!(p.groups.iter().all(|g| g.starts_with("oidc:idp:")));
+                assert!(p.credential.starts_with("oidc:idp:"));
+                assert!(!p.credential.chars().any(char::is_control));
             }
             // Deterministic: the same token gets the same answer.
             assert_eq!(
@@ -96,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             if let Ok(verifier) = OidcVerifier::new(config(rest, "fuzzed.json")) {
                 if let Ok(p) = verifier.verify(&VALID, NOW) {
-                    assert_eq!(p.user, "alice");
+                    assert_eq!(p.user, "oidc:idp:alice");
                 }
             }
         }

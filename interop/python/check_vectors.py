@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Run every kluis v1 test vector (crates/kluis-core/tests/vectors/*.vec) through the
-independent Python reader in kluis_reader.py. File format per the vectors README.
+"""Run every kluis v1 test vector (crates/kluis-core/tests/vectors/*.vec, and the key server
+reply vectors *.rvec) through the independent Python reader in kluis_reader.py. File format
+per the vectors README.
 
 Usage: python3 interop/python/check_vectors.py [-v] [VECTOR_DIR]
 """
@@ -182,6 +183,61 @@ def run_one(path: Path):
     return True, f"success ({len(opened.content)} bytes, slot {opened.slot_index})"
 
 
+def run_reply(path: Path):
+    """A reply vector (*.rvec, §15). Returns (ok, message)."""
+    try:
+        lines = path.read_text("utf-8").splitlines()
+        f = {}
+        items = []
+        for line in lines:
+            key, _, value = line.partition(": ")
+            if key == "item":
+                items.append(value.split(" "))
+            elif key != "comment":
+                f[key] = value
+        r = bytes.fromhex(f["client-secret"])
+        s = bytes.fromhex(f["server-secret"])
+        big_s = bytes.fromhex(f["server-public"])
+        expect = f["expect"]
+    except (KeyError, ValueError) as e:
+        return False, f"bad reply vector file: {e}"
+    try:
+        rk = kr.reply_key(r, big_s)
+    except kr.KluisError as e:
+        if expect == "zero-shared-secret" and e.kind == "ZeroSharedSecret":
+            return True, "ZeroSharedSecret"
+        return False, f"expected {expect}, got {e.kind}"
+    if expect != "ok":
+        return False, f"expected {expect}, but the reply key derived"
+    if kr.x25519_public(s) != big_s:
+        return False, "server-public is not X25519(server-secret, 9)"
+    j = 0  # §15: j counts released shares; a refused item takes none
+    results = []
+    for item in items:
+        doc_id = bytes.fromhex(item[0])
+        if item[1:] == ["refused"]:
+            results.append("Unwrap(refused)")
+            continue
+        _, nonce_hex, body_hex, want = item[1:]
+        nonce, body = bytes.fromhex(nonce_hex), bytes.fromhex(body_hex)
+        try:
+            share = kr.open_reply_item(rk, doc_id, nonce, body)
+        except kr.KluisError as e:
+            if want != "fails":
+                return False, f"item {doc_id.hex()}: {e.kind}, expected a share"
+            results.append(e.kind)
+            j += 1
+            continue
+        if want == "fails" or share != bytes.fromhex(want):
+            return False, f"item {doc_id.hex()}: opened to the wrong share"
+        # Server side: a counter-form nonce must be item j's, with the body §15 gives.
+        if nonce[:4] == bytes(4) and kr.seal_reply_item(rk, j, doc_id, share) != (nonce, body):
+            return False, f"item {doc_id.hex()}: not sealed as released share j = {j}"
+        results.append("share")
+        j += 1
+    return True, ", ".join(results)
+
+
 def main(argv) -> int:
     args = [a for a in argv[1:] if not a.startswith("-")]
     vec_dir = Path(args[0]) if args else DEFAULT_DIR
@@ -194,6 +250,13 @@ def main(argv) -> int:
     passed = failed = 0
     for f in files:
         ok, msg = run_one(f)
+        if ok:
+            passed += 1
+        else:
+            failed += 1
+        print(f"{'PASS' if ok else 'FAIL'} {f.stem}: {msg}")
+    for f in sorted(vec_dir.glob("*.rvec")):
+        ok, msg = run_reply(f)
         if ok:
             passed += 1
         else:

@@ -47,6 +47,7 @@ TAG_LEN = 16
 NONCE_LEN = 12
 META_FIXED_LEN = 31
 MAX_NAME_LEN = 4096
+NAME_BUCKET = 256               # §7.1: a padded name field is a multiple of this
 MIN_SEALED_META = META_FIXED_LEN + TAG_LEN  # 47
 MAX_SEALED_META = META_FIXED_LEN + MAX_NAME_LEN + TAG_LEN  # 4143
 CHUNK_LEN = 65536
@@ -413,6 +414,35 @@ def recover_file_key(header: Header, holders: Sequence[Holder]) -> Tuple[bytes, 
 
 
 # ---------------------------------------------------------------------------
+# Key server replies (§15), client side
+# ---------------------------------------------------------------------------
+INFO_REPLY = b"kluis/v1/reply"
+
+
+def reply_key(r: bytes, server_public: bytes) -> bytes:
+    """RK = HKDF(X25519(r, S), S || R, "kluis/v1/reply"); ZeroSharedSecret for a low-order S."""
+    z = x25519(r, server_public)
+    if z == bytes(32):
+        raise KluisError("ZeroSharedSecret", "reply key S is a low-order point")
+    return hkdf(z, server_public + x25519_public(r), INFO_REPLY)
+
+
+def open_reply_item(rk: bytes, doc_id: bytes, nonce: bytes, body: bytes) -> bytes:
+    """Open one released share with the nonce sent and the doc_id of the request item it
+    answers. A body that fails to open is an Unwrap error (§15)."""
+    share = aead_open(rk, nonce, doc_id, body)
+    if share is None or len(share) != 32:
+        raise KluisError("Unwrap", "the key server's reply did not authenticate")
+    return share
+
+
+def seal_reply_item(rk: bytes, j: int, doc_id: bytes, share: bytes) -> Tuple[bytes, bytes]:
+    """Server side, for checking vectors: item j's nonce 0^4 || BE64(j) and body."""
+    nonce = bytes(4) + j.to_bytes(8, "big")
+    return nonce, AESGCM(rk).encrypt(nonce, share, doc_id)
+
+
+# ---------------------------------------------------------------------------
 # Metadata (§7)
 # ---------------------------------------------------------------------------
 @dataclass
@@ -432,19 +462,27 @@ def open_metadata(header: Header, k: bytes) -> Metadata:
     if not (META_FIXED_LEN <= len(pt) <= META_FIXED_LEN + MAX_NAME_LEN):
         raise KluisError("Metadata", f"plaintext length {len(pt)}")
     flags = pt[0]
-    if flags & 0xFC:
+    if flags & 0xF8:
         raise KluisError("Metadata", f"unknown flag bits {flags:#04x}")
     size = int.from_bytes(pt[1:9], "big")
     secs = int.from_bytes(pt[9:17], "big", signed=True)
     nanos = int.from_bytes(pt[17:21], "big")
     padding = int.from_bytes(pt[21:29], "big")
     name_len = int.from_bytes(pt[29:31], "big")
-    if name_len != len(pt) - META_FIXED_LEN:
-        raise KluisError("Metadata", f"name_len {name_len} != {len(pt) - META_FIXED_LEN}")
+    field = len(pt) - META_FIXED_LEN
+    if flags & 0x04:
+        # §7.1: the name padded with zero bytes to bucket(name_len).
+        bucket = NAME_BUCKET * max(1, -(-name_len // NAME_BUCKET))
+        if name_len > MAX_NAME_LEN or field != bucket:
+            raise KluisError("Metadata", f"padded name field {field} != bucket({name_len})")
+    elif name_len != field:
+        raise KluisError("Metadata", f"name_len {name_len} != {field}")
     try:
-        name = pt[31:].decode("utf-8", errors="strict")
+        name = pt[31:31 + name_len].decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise KluisError("Metadata", "name is not valid UTF-8") from None
+    if any(pt[31 + name_len:]):
+        raise KluisError("Metadata", "non-zero name padding")
     if not flags & 0x01 and (size != 0 or padding != 0):
         raise KluisError("Metadata", "size or padding without the size flag")
     if not flags & 0x02 and (secs != 0 or nanos != 0):

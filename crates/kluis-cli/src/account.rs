@@ -9,10 +9,10 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::Global;
-use crate::cli::{ConfigCmd, KeygenArgs, LoginArgs};
+use crate::cli::{AuditArgs, ConfigCmd, KeygenArgs, LoginArgs};
 use crate::config::{
-    DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, config_dir, create_private_dir,
-    public_key_of_identity_file, read_small, saved_token, write_private,
+    DEFAULT_IDENTITY, KEYS, Settings, Source, TOKEN_FILE, TOKEN_SERVER_FILE, config_dir,
+    create_private_dir, read_small, saved_token, write_private,
 };
 use crate::error::{Class, CliError};
 use crate::keys::{Passphrase, prompt};
@@ -21,7 +21,7 @@ use crate::output::{self, clean, print_json, utc, utc_ms, warn};
 /// Run `kluis keygen`.
 pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
     if let Some(p) = &args.public {
-        let key = public_key_of_identity_file(p)?;
+        let key = crate::pins::holder_public_key(p, &Passphrase::from_args(&args.passphrase))?;
         if g.json {
             print_json(
                 &json!({"command": "keygen", "identity": p.to_string_lossy(), "public_key": key.to_string()}),
@@ -66,6 +66,13 @@ pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
             "an empty passphrase would leave the key unprotected: choose one",
         ));
     }
+    // Anyone who copies the identity file (a synced home folder, a backup) can guess at the
+    // passphrase offline: refuse what is guessed in moments.
+    if pass.chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(CliError::usage(format!(
+            "the passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters (a few unrelated words are easy to remember); nothing was written"
+        )));
+    }
     let id = Identity::generate()?;
     id.write_file(&path, pass.as_bytes()).map_err(|e| match e {
         kluis_core::Error::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -75,6 +82,7 @@ pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
         other => other.into(),
     })?;
     let key = id.public_key();
+    crate::pins::record(&path, &key);
     if g.json {
         print_json(
             &json!({"command": "keygen", "identity": path.to_string_lossy(), "public_key": key.to_string()}),
@@ -108,6 +116,9 @@ fn read_token(args: &LoginArgs, server: &str) -> Result<Zeroizing<String>, CliEr
         .map_err(|_| CliError::new(Class::Auth, "the token is not text: check what you pasted"))?;
     Ok(Zeroizing::new(text.to_owned()))
 }
+
+/// The fewest characters a new identity's passphrase may have.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
 /// Run `kluis login`.
 pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
@@ -164,7 +175,18 @@ pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
     }
     let mut data = Zeroizing::new(text.trim().to_owned());
     data.push('\n');
+    // The token is bound to this server: it is never sent to another origin. The old
+    // binding goes first, so an interrupted login never binds the new token elsewhere.
+    let origin = kluis_client::server_origin(&server)?;
+    let binding = settings.dir.join(TOKEN_SERVER_FILE);
+    match std::fs::remove_file(&binding) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(CliError::io(&binding, "remove", &e));
+        }
+        _ => {}
+    }
     write_private(&path, data.as_bytes())?;
+    write_private(&binding, format!("{origin}\n").as_bytes())?;
     if std::env::var_os("KLUIS_TOKEN").is_some_and(|t| !t.is_empty()) {
         warn("KLUIS_TOKEN is set in the environment and overrides the saved token");
     }
@@ -181,6 +203,7 @@ pub fn login(args: LoginArgs, g: &Global) -> Result<u8, CliError> {
 /// Run `kluis logout`.
 pub fn logout(g: &Global) -> Result<u8, CliError> {
     let path = config_dir()?.join(TOKEN_FILE);
+    let _ = std::fs::remove_file(config_dir()?.join(TOKEN_SERVER_FILE));
     let removed = match std::fs::remove_file(&path) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -315,10 +338,15 @@ pub fn labels(g: &Global) -> Result<u8, CliError> {
 }
 
 /// Run `kluis audit`.
-pub fn audit(g: &Global) -> Result<u8, CliError> {
+pub fn audit(args: AuditArgs, g: &Global) -> Result<u8, CliError> {
     let settings = Settings::load(g.server.clone())?;
     let client = settings.client(Purpose::Open, None)?;
-    let events = client.my_audit()?;
+    let page = client.my_audit_newest(args.before, args.limit)?;
+    let events = &page.events;
+    // The next page: the events older than the oldest shown.
+    let next = (page.older > 0)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
     if g.json {
         let items: Vec<_> = events
             .iter()
@@ -330,10 +358,14 @@ pub fn audit(g: &Global) -> Result<u8, CliError> {
                 })
             })
             .collect();
-        print_json(&json!({"command": "audit", "server": client.server(), "events": items}));
+        print_json(&json!({
+            "command": "audit", "server": client.server(), "order": "newest_first",
+            "total": page.total, "shown": events.len(), "older": page.older,
+            "next_before": next, "events": items,
+        }));
         return Ok(0);
     }
-    if events.is_empty() {
+    if page.total == 0 {
         println!(
             "the key server at {} has recorded no openings under your name",
             client.server()
@@ -341,12 +373,13 @@ pub fn audit(g: &Global) -> Result<u8, CliError> {
         return Ok(0);
     }
     println!(
-        "{:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} REASON",
-        "TIME (UTC)", "ACTION", "LABEL", "V", "DOCUMENT", "OUTCOME"
+        "{:>8}  {:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} REASON",
+        "SEQ", "TIME (UTC)", "ACTION", "LABEL", "V", "DOCUMENT", "OUTCOME"
     );
-    for e in &events {
+    for e in events {
         println!(
-            "{:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} {}",
+            "{:>8}  {:<19}  {:<8} {:<12} {:>3}  {:<32}  {:<8} {}",
+            e.seq,
             utc_ms(e.time_ms),
             clean(&e.action),
             clean(e.label.as_deref().unwrap_or("-")),
@@ -355,6 +388,21 @@ pub fn audit(g: &Global) -> Result<u8, CliError> {
             clean(&e.outcome),
             clean(e.reason.as_deref().unwrap_or("")),
         );
+    }
+    if !g.quiet {
+        let mut line = format!(
+            "kluis: {} of {} recorded event{} shown, newest first",
+            events.len(),
+            page.total,
+            output::plural(page.total as usize)
+        );
+        if let Some(seq) = next {
+            line.push_str(&format!(
+                "; {} older: `kluis audit --before {seq}`",
+                page.older
+            ));
+        }
+        eprintln!("{line}");
     }
     Ok(0)
 }
@@ -377,7 +425,21 @@ pub fn status(g: &Global) -> Result<u8, CliError> {
         ServerHealth::Unreachable(e) => (false, false, Some(e.to_string())),
         _ => (false, false, Some("unknown state".to_owned())),
     };
-    let code = if ready { 0 } else { Class::Offline.code() };
+    // Ask the server whether it accepts the token (an empty page of one's own audit trail),
+    // rather than only saying one is configured.
+    let token_ok = match (ready, st.has_token) {
+        (true, true) => Some(client.my_audit_page(i64::MAX - 1, 1)),
+        _ => None,
+    };
+    let token_rejected = matches!(token_ok, Some(Err(ClientError::Unauthenticated { .. })));
+    let code = if !ready {
+        Class::Offline.code()
+    } else if token_rejected {
+        Class::Auth.code()
+    } else {
+        0
+    };
+    let token_accepted = token_ok.as_ref().map(|r| r.is_ok());
     if g.json {
         let cached: Vec<_> = st
             .cached
@@ -389,7 +451,7 @@ pub fn status(g: &Global) -> Result<u8, CliError> {
             .collect();
         print_json(&json!({
             "command": "status", "server": st.server, "reachable": reachable, "ready": ready,
-            "error": error, "token": st.has_token,
+            "error": error, "token": st.has_token, "token_accepted": token_accepted,
             "cache_dir": st.cache_dir.as_ref().map(|d| d.to_string_lossy()),
             "cached_labels": cached, "exit_code": code,
         }));
@@ -409,14 +471,17 @@ pub fn status(g: &Global) -> Result<u8, CliError> {
     if let Some(e) = &error {
         eprintln!("kluis: {e}");
     }
-    println!(
-        "token        {}",
-        if st.has_token {
-            "configured (checked when opening; `kluis audit` tries it)"
-        } else {
-            "none: run `kluis login` to open documents"
+    let token_line = match (&token_ok, st.has_token) {
+        (_, false) => "none: run `kluis login` to open documents".to_owned(),
+        (Some(Ok(_)), true) => "accepted by the key server".to_owned(),
+        (Some(Err(_)), true) if token_rejected => {
+            "REFUSED by the key server (expired or revoked): run `kluis login` with a new one"
+                .to_owned()
         }
-    );
+        (Some(Err(e)), true) => format!("configured, but could not be checked: {e}"),
+        (None, true) => "configured (not checked: the key server is not ready)".to_owned(),
+    };
+    println!("token        {token_line}");
     match &st.cache_dir {
         Some(d) => println!("label cache  {}", d.display()),
         None => println!("label cache  off: sealing needs the key server"),

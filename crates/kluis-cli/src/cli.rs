@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The exit codes, shown after `--help` and in the man page.
+/// The exit codes, shown once: after `kluis --help` and in the man page.
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -17,6 +17,8 @@ Exit codes:
   6  the document's key was destroyed (retention): nobody can open it any more
   7  corrupt, tampered with or not a kluis document (also: a hostile stored file name)
   8  the output exists (use --force to replace it)
+  9  none of your keys opens the document (it is sealed to other keys, or needs an identity
+     file you did not give)
 When files fail for different reasons the exit code is 1; when they all fail for the same
 reason it is that reason's code.";
 
@@ -65,23 +67,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Seal files and folders (or standard input) under a label.
-    #[command(after_help = EXIT_CODES)]
     Seal(SealArgs),
     /// Open sealed files and folders (or standard input).
-    #[command(after_help = EXIT_CODES)]
     Open(OpenArgs),
     /// Show what a sealed document says about itself, without any key.
-    #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
     /// Move sealed documents to their label's current key version (rewrites the header only).
-    #[command(after_help = EXIT_CODES)]
     Rekey(RekeyArgs),
     /// Make a holder identity (your own key for double-key labels), sealed with a passphrase.
-    #[command(after_help = EXIT_CODES)]
     Keygen(KeygenArgs),
     /// Save a token for the key server (read from standard input or a file, never from the
     /// command line).
-    #[command(after_help = EXIT_CODES)]
     Login(LoginArgs),
     /// Remove the saved token.
     Logout,
@@ -89,13 +85,10 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCmd),
     /// List the labels on the key server.
-    #[command(after_help = EXIT_CODES)]
     Labels,
     /// List the openings the key server recorded under your name.
-    #[command(after_help = EXIT_CODES)]
-    Audit,
+    Audit(AuditArgs),
     /// Check the key server, the token and the label cache.
-    #[command(after_help = EXIT_CODES)]
     Status,
     /// Print a shell completion script.
     Completions {
@@ -132,8 +125,10 @@ pub struct SealArgs {
     /// write the sealed document to this file instead of standard output.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Give every sealed file a random name; the real name (with -o: the relative path) is
-    /// kept only inside the sealed document.
+    /// Give every sealed file a meaningless name; the real name (with -o: the relative
+    /// path) is kept only inside the sealed document. The name is derived from the real one
+    /// with a secret key kept in the configuration folder (names.key), so sealing the same
+    /// path again (with --force) replaces its sealed copy instead of adding a second one.
     #[arg(long)]
     pub hide_names: bool,
     /// Pad each document (Padmé) so its size reveals little about the real size.
@@ -172,12 +167,28 @@ pub struct OpenArgs {
     /// Why you open these documents; the key server records it with each opening.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Replace existing outputs.
+    /// Replace existing outputs (never a sealed `.kluis` document).
     #[arg(short, long)]
     pub force: bool,
+    /// Restore a document given by name even when its stored name starts with a dot (a
+    /// hidden file such as `.bashrc`); without it such a document is refused. A document
+    /// given by name is always restored under its plain file name, without folders.
+    #[arg(long)]
+    pub allow_dotfiles: bool,
     /// Sealed files and folders to open; none or `-` streams standard input to standard
     /// output.
     pub files: Vec<PathBuf>,
+}
+
+/// `kluis audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Show at most this many events (the newest first).
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    pub limit: usize,
+    /// Show the events older than this sequence number (the SEQ column): the next page.
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<i64>,
 }
 
 /// `kluis inspect`.
@@ -218,7 +229,9 @@ pub struct KeygenArgs {
     /// identity.key in the configuration folder].
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Print the public key of an existing identity file instead (no passphrase needed).
+    /// Print the public key of an existing identity file instead: the key recorded when it
+    /// was made or last opened here, else the passphrase is asked to derive it (its
+    /// `# public key:` comment alone is never trusted).
     #[arg(long, value_name = "FILE", conflicts_with = "output")]
     pub public: Option<PathBuf>,
     #[command(flatten)]

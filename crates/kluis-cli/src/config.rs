@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kluis_client::{Client, ClientConfig, ClientError, Purpose, Token};
+use kluis_client::{Client, ClientConfig, ClientError, Purpose, Token, server_origin};
 use kluis_core::PublicKey;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,9 @@ use crate::error::{Class, CliError};
 pub const CONFIG_FILE: &str = "config.toml";
 /// The name of the token file in the configuration folder.
 pub const TOKEN_FILE: &str = "token";
+/// The file beside the token that names the server origin it was saved for (see
+/// [`kluis_client::server_origin`]); the token is sent to that origin only.
+pub const TOKEN_SERVER_FILE: &str = "token.server";
 /// The identity file `keygen` writes by default, and `open` uses when none is configured.
 pub const DEFAULT_IDENTITY: &str = "identity.key";
 /// Largest config or token file read.
@@ -190,9 +193,43 @@ impl Settings {
         let mut settings = Settings::load_without_token(server_flag)?;
         settings.token = match std::env::var("KLUIS_TOKEN").ok().filter(|t| !t.is_empty()) {
             Some(t) => Some((Token::new(t)?, Source::Env)),
-            None => saved_token(&settings.dir)?.map(|t| (t, Source::File)),
+            None => match saved_token(&settings.dir)? {
+                Some(t) => settings.bound_token(t),
+                None => None,
+            },
         };
         Ok(settings)
+    }
+
+    /// The saved token `token`, if it was saved for the server in effect; otherwise `None`,
+    /// with a warning that says which server it belongs to. A token saved before the server
+    /// was recorded beside it belongs to the server in config.toml.
+    fn bound_token(&self, token: Token) -> Option<(Token, Source)> {
+        let (server, _) = self.server.as_ref()?;
+        let current = server_origin(server).ok()?;
+        let bound = match read_small(&self.dir.join(TOKEN_SERVER_FILE)) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(_) => self
+                .file
+                .server
+                .as_deref()
+                .and_then(|s| server_origin(s).ok()),
+        };
+        match bound {
+            Some(b) if b == current => Some((token, Source::File)),
+            Some(b) => {
+                crate::output::warn(&format!(
+                    "the saved token belongs to {b}, not {current}: it is not sent there. To use {current}, run `kluis --server {server} login`"
+                ));
+                None
+            }
+            None => {
+                crate::output::warn(&format!(
+                    "the saved token does not say which key server it is for, so it is not sent to {current}: run `kluis --server {server} login` again"
+                ));
+                None
+            }
+        }
     }
 
     /// Read the configuration but no token (`token` is `None`): for `kluis login`, which
@@ -277,14 +314,18 @@ impl Settings {
     }
 
     /// The holder public key for a double-key slot when `--to` is not given: `default_to`,
-    /// else the public key written in the identity file (its comment line; the file is the
-    /// person's own, trusted like config.toml).
-    pub fn default_holder(&self, identity: Option<&Path>) -> Result<Option<PublicKey>, CliError> {
+    /// else the identity's public key, authenticated (never just its comment line, which
+    /// anyone who can edit the file can change; see crate::pins).
+    pub fn default_holder(
+        &self,
+        identity: Option<&Path>,
+        passphrase: &crate::keys::Passphrase,
+    ) -> Result<Option<PublicKey>, CliError> {
         if let Some(k) = &self.file.default_to {
             return parse_public_key(k, "default_to in config.toml").map(Some);
         }
         match self.identity_path(identity) {
-            Some(p) => public_key_of_identity_file(&p).map(Some),
+            Some(p) => crate::pins::holder_public_key(&p, passphrase).map(Some),
             None => Ok(None),
         }
     }
@@ -294,24 +335,6 @@ impl Settings {
 pub fn parse_public_key(s: &str, what: &str) -> Result<PublicKey, CliError> {
     s.parse::<PublicKey>()
         .map_err(|e| CliError::usage(format!("{what}: {e}")))
-}
-
-/// The public key recorded in an identity file's `# public key:` line.
-pub fn public_key_of_identity_file(path: &Path) -> Result<PublicKey, CliError> {
-    let text = read_small(path).map_err(|e| {
-        CliError::usage(format!(
-            "cannot read the identity file {path:?}: {e}: give another with --identity, or make one with `kluis keygen`"
-        ))
-    })?;
-    let line = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("# public key:"))
-        .ok_or_else(|| {
-            CliError::usage(format!(
-                "{path:?} has no `# public key:` line: is it a kluis identity file?"
-            ))
-        })?;
-    parse_public_key(line.trim(), &format!("the public key line of {path:?}"))
 }
 
 /// Write `data` to `path` atomically with mode 0600 (temporary file, fsync, rename), making

@@ -26,6 +26,8 @@ pub enum Class {
     Corrupt,
     /// 8: the output exists.
     Exists,
+    /// 9: none of the keys at hand opens the document (it is not sealed to them).
+    NoKey,
 }
 
 impl Class {
@@ -40,6 +42,7 @@ impl Class {
             Class::Destroyed => 6,
             Class::Corrupt => 7,
             Class::Exists => 8,
+            Class::NoKey => 9,
         }
     }
 
@@ -124,6 +127,7 @@ pub fn client_class(e: &ClientError) -> Class {
         NoToken { .. } | Unauthenticated { .. } | InvalidToken { .. } => Class::Auth,
         Denied { .. } | DoubleKeyRequired { .. } | Retired { .. } | Refused { .. } => Class::Denied,
         Destroyed { .. } | LabelGone { .. } => Class::Destroyed,
+        CorruptStanza { .. } => Class::Corrupt,
         InvalidServerUrl { .. }
         | InsecureServerUrl { .. }
         | InvalidLabel { .. }
@@ -205,7 +209,7 @@ pub fn describe_core(e: &kluis_core::Error) -> (String, Class) {
         | TrailingData
         | SizeMismatch { .. }
         | ZeroSharedSecret => Class::Corrupt,
-        NoMatchingKey => Class::Denied,
+        NoMatchingKey => Class::NoKey,
         WrongPassphrase => Class::Auth,
         InvalidPublicKey { .. }
         | InvalidIdentityFile { .. }
@@ -228,6 +232,7 @@ pub fn describe_file(e: &kluis_file::Error) -> (String, Class) {
     let class = match e {
         F::Exists { .. } => Class::Exists,
         F::UnsafeName { .. } => Class::Corrupt,
+        F::DotFile { .. } | F::SymlinkArgument { .. } | F::AlreadySealed { .. } => Class::Usage,
         F::NotVerified { reason, .. } => describe_file(reason).1,
         F::NameNotPortable { .. }
         | F::NameNotUtf8 { .. }

@@ -82,6 +82,7 @@ fn inspect(
         "path": name,
         "doc_id": header.doc_id().to_string(),
         "header_bytes": header.len(),
+        "name_bytes_at_most": header.name_len_bound(),
         "total_bytes": total,
         "slots": slots_json(&header),
     });
@@ -110,9 +111,16 @@ fn print_human(v: &Value, header: &Header) {
     for (i, slot) in header.slots().iter().enumerate() {
         println!("  slot {:<7} {}", i + 1, slot_text(slot));
     }
+    // What the lengths show, said precisely: without the key nobody can tell whether the
+    // document was padded, so both cases are stated (docs/FORMAT.md §7.1).
+    println!(
+        "  name         sealed; its length shows: {} bytes if sealed without --pad, else only that it is at most {} bytes",
+        header.name_len_bound(),
+        header.name_len_bound()
+    );
     if let Some(p) = v.get("payload") {
         println!(
-            "  payload      {} chunk{}, {} bytes of content and padding (the exact size and the name are sealed)",
+            "  payload      {} chunk{}, {} bytes of content and padding: the exact size if sealed without --pad, else a size up to 12% below it",
             p["chunks"],
             if p["chunks"] == 1 { "" } else { "s" },
             p["padded_len"]

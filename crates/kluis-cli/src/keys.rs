@@ -116,6 +116,26 @@ pub fn prompt(text: &str) -> Result<Zeroizing<String>, CliError> {
     })
 }
 
+/// Warn when an identity file can be read by other users of the machine (a 0644 file): they
+/// could copy it and guess at its passphrase offline.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                crate::output::warn(&format!(
+                    "the identity file {path:?} can be read by other users (mode {mode:04o}): run `chmod 600 {}`",
+                    path.display()
+                ));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// Open an identity file, asking for its passphrase (up to three times on a terminal).
 pub fn load_identity(
     path: &Path,
@@ -123,7 +143,10 @@ pub fn load_identity(
     bars: Option<&Bars>,
 ) -> Result<Identity, CliError> {
     let open = |pass: &str| {
-        Identity::read_file(path, pass.as_bytes()).map_err(|e| match e {
+        Identity::read_file(path, pass.as_bytes())
+            // The key derived from the secret, for use without the passphrase (crate::pins).
+            .inspect(|id| crate::pins::record(path, &id.public_key()))
+            .map_err(|e| match e {
             kluis_core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
                 CliError::usage(format!(
                     "the identity file {path:?} does not exist: give yours with --identity FILE, or make one with `kluis keygen`"
@@ -142,6 +165,7 @@ pub fn load_identity(
             }
         })
     };
+    warn_if_readable_by_others(path);
     if !matches!(source, Passphrase::Prompt) {
         return open(&source.read_given()?);
     }

@@ -11,8 +11,10 @@
 //!   server or, offline, from the label cache (a warning says when an expired record is
 //!   used). Every recovery key of the label is added as an extra slot. A label that requires
 //!   double key needs a holder public key: `--to`, else `default_to` in config.toml, else the
-//!   public key written in the identity file; `--to` on another label makes the document
-//!   double key anyway.
+//!   identity's public key as derived from its secret (recorded at `keygen` and at each
+//!   unlock; an identity file whose `# public key:` comment disagrees is refused, and with no
+//!   record the passphrase is asked); `--to` on another label makes the document double key
+//!   anyway.
 //! - `open [-o PATH] [--identity FILE] [--passphrase-file F | --passphrase-env VAR]
 //!   [--reason TEXT] [--force] [FILES…]`: open through the key server (one request per 1000
 //!   documents) and, where a document needs it, the holder identity.
@@ -40,8 +42,9 @@
 //! The folder is `$KLUIS_CONFIG_DIR`, else `$XDG_CONFIG_HOME/kluis`, else `~/.config/kluis`.
 //! It holds `config.toml` (keys `server`, `ca_file`, `label`, `default_to`, `identity`,
 //! `cache_dir`; relative paths are relative to the folder; unknown keys are errors), `token`
-//! (mode 0600, written by `kluis login`) and, by default, `identity.key` (written by
-//! `kluis keygen`). Overrides: `--server` / `KLUIS_SERVER`, `KLUIS_TOKEN`, `KLUIS_CACHE_DIR`
+//! (mode 0600, written by `kluis login`) with `token.server`, the server origin it is sent to
+//! and to no other, `names.key` (mode 0600, the key hidden names are derived from) and, by
+//! default, `identity.key` (written by `kluis keygen`). Overrides: `--server` / `KLUIS_SERVER`, `KLUIS_TOKEN`, `KLUIS_CACHE_DIR`
 //! (default: the client's per-user cache folder), `--label` / `KLUIS_LABEL`, `--identity` /
 //! `KLUIS_IDENTITY`, `KLUIS_TIMEOUT` (seconds per key server request).
 //!
@@ -84,10 +87,23 @@
 //! 0 success; 1 some files failed, or another error; 2 usage or configuration; 3 key server
 //! unreachable; 4 authentication needed or failed (token, identity passphrase); 5 denied by
 //! policy; 6 key destroyed; 7 corrupt or not a kluis document (also a hostile stored name);
-//! 8 output exists. When files fail for different reasons the code is 1.
+//! 8 output exists; 9 none of the keys at hand opens the document. When files fail for
+//! different reasons the code is 1.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+/// `println!` for this crate, shadowing the standard one: a standard output closed early
+/// (`kluis audit | head -1`) ends the program quietly instead of panicking with "failed
+/// printing to stdout". See [`output::stdout_line`].
+macro_rules! println {
+    () => {
+        $crate::output::stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout_line(format_args!($($arg)*))
+    };
+}
 
 mod account;
 mod atomic;
@@ -98,11 +114,11 @@ mod inspect;
 mod keys;
 mod open;
 mod output;
+mod pins;
 mod progress;
 mod rekey;
 mod seal;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -136,10 +152,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Logout => account::logout(&g),
         Command::Config(c) => account::config(c, &g),
         Command::Labels => account::labels(&g),
-        Command::Audit => account::audit(&g),
+        Command::Audit(args) => account::audit(args, &g),
         Command::Status => account::status(&g),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kluis", &mut std::io::stdout());
+            // Into memory first: the generator panics when its output fails.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kluis", &mut out);
+            output::stdout_bytes(&out);
             Ok(0)
         }
         Command::Man => {
@@ -147,9 +166,7 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut out)
                 .map_err(|e| CliError::new(error::Class::Failed, e.to_string()))?;
-            std::io::stdout()
-                .write_all(&out)
-                .map_err(|e| CliError::new(error::Class::Failed, e.to_string()))?;
+            output::stdout_bytes(&out);
             Ok(0)
         }
     }

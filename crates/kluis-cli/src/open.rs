@@ -58,10 +58,21 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
         return open_stream(&args, g, &holders, &bars, &server);
     }
 
+    // Plaintext goes to -o, or beside each sealed file.
+    if !g.quiet {
+        match &args.output {
+            Some(out) => output::warn_if_sync_folder([out.as_path()], "opening into"),
+            None => output::warn_if_sync_folder(
+                args.files.iter().map(|f| f.as_path()),
+                "opening beside",
+            ),
+        }
+    }
     let on_event = |e: Event<'_>| bars.event(e);
     let mut options = OpenOptions::default();
     options.output_dir = args.output.clone();
     options.force = args.force;
+    options.allow_dotfiles = args.allow_dotfiles;
     options.progress = Some(&on_event);
     let reports = open_paths(&args.files, &holders, &options)?;
     bars.finish();
@@ -79,6 +90,13 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
             "exit_code": code,
         }));
     } else if !g.quiet {
+        // Say where every file went: a crafted document cannot put one anywhere unseen.
+        // Paths are shown escaped (`{:?}`), so a name cannot play tricks on the terminal.
+        for r in &reports {
+            if let (kluis_file::Outcome::Done, Some(out)) = (&r.outcome, &r.output) {
+                eprintln!("wrote {out:?}");
+            }
+        }
         let mut line = format!(
             "opened {} file{} ({})",
             s.done,
@@ -112,6 +130,9 @@ fn open_stream(
     let reader = StreamReader::new(&header, &key, input).map_err(|e| stdin_error(&e))?;
     let bytes = match &args.output {
         Some(path) => atomic::write_new(path, args.force, true, |f| {
+            if !g.quiet {
+                output::warn_if_sync_folder([path.as_path()], "opening into");
+            }
             copy_plain(reader, f, false, bars)
         })?,
         None => {
@@ -132,6 +153,26 @@ fn open_stream(
         }));
     }
     Ok(0)
+}
+
+/// The refusal when opened text would change the terminal.
+const CONTROLS_TO_TERMINAL: &str = "refusing to write this document to a terminal: it contains control characters (such as ESC) that could change the terminal or hide text; use -o FILE, or pipe it into a viewer that shows them (`| less`)";
+
+/// Whether `b` holds a byte that a terminal acts on beyond printing: a C0 control other than
+/// tab, newline and carriage return, DEL, or a C1 control in UTF-8 (`0xC2 0x80..=0x9F`, such
+/// as U+009B, a one-character CSI). `after_c2` carries a `0xC2` at the end of one chunk to
+/// the next.
+fn controls_terminal(b: &[u8], after_c2: &mut bool) -> bool {
+    for &c in b {
+        if *after_c2 && (0x80..=0x9f).contains(&c) {
+            return true;
+        }
+        *after_c2 = c == 0xc2;
+        if (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')) || c == 0x7f {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether the start of a plaintext looks binary (a NUL, or not UTF-8 apart from a
@@ -157,6 +198,8 @@ fn copy_plain<R: Read, W: Write>(
 ) -> Result<u64, CliError> {
     let mut buf = zeroize::Zeroizing::new(vec![0u8; STREAM_BUF]);
     let mut total = 0u64;
+    // Whether the last byte written was 0xC2, the first half of a UTF-8 C1 control.
+    let mut after_c2 = false;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -173,6 +216,13 @@ fn copy_plain<R: Read, W: Write>(
         };
         if terminal && total == 0 && looks_binary(&buf[..n]) {
             return Err(CliError::usage(BINARY_TO_TERMINAL));
+        }
+        if terminal && controls_terminal(&buf[..n], &mut after_c2) {
+            let mut message = CONTROLS_TO_TERMINAL.to_owned();
+            if total > 0 {
+                message.push_str(&format!(" ({total} bytes before it were written)"));
+            }
+            return Err(CliError::usage(message));
         }
         out.write_all(&buf[..n]).map_err(|e| {
             CliError::new(Class::Failed, format!("could not write the plaintext: {e}"))
@@ -196,5 +246,22 @@ mod tests {
         assert!(!looks_binary(&"é".as_bytes()[..1]), "cut at the end");
         assert!(looks_binary(b"a\0b"));
         assert!(looks_binary(&[0xff, 0xfe, b'a']));
+    }
+
+    #[test]
+    fn terminal_controls() {
+        let mut c2 = false;
+        assert!(!controls_terminal(
+            b"plain	text
+",
+            &mut c2
+        ));
+        assert!(!controls_terminal("héllo ✓".as_bytes(), &mut c2));
+        assert!(controls_terminal(b"\x1b]0;owned\x07", &mut c2));
+        assert!(controls_terminal(b"del\x7f", &mut false));
+        assert!(controls_terminal("\u{9b}2J".as_bytes(), &mut false));
+        let mut c2 = false;
+        assert!(!controls_terminal(b"split \xc2", &mut c2));
+        assert!(controls_terminal(b"\x9b", &mut c2), "across chunks");
     }
 }

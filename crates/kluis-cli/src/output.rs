@@ -62,7 +62,15 @@ pub fn files(reports: &[Report], quiet: bool) -> (Summary, Vec<Value>) {
             Outcome::Skipped(skip) => {
                 s.skipped += 1;
                 item["reason"] = json!(skip.to_string());
-                if !quiet && matches!(skip, Skip::Symlink | Skip::Special | Skip::Temporary) {
+                if !quiet
+                    && matches!(
+                        skip,
+                        Skip::Symlink
+                            | Skip::Special
+                            | Skip::Temporary
+                            | Skip::StaleTemporaryRemoved
+                    )
+                {
                     eprintln!("kluis: skipped {:?}: {skip}", r.input);
                 }
                 ("skipped", None)
@@ -71,6 +79,19 @@ pub fn files(reports: &[Report], quiet: bool) -> (Summary, Vec<Value>) {
                 s.done += 1;
                 s.bytes += r.bytes;
                 ("original_kept", Some(e))
+            }
+            Outcome::Superseded(newer) => {
+                s.skipped += 1;
+                item["newer"] = json!(newer.to_string_lossy());
+                if !quiet {
+                    warn(&format!(
+                        "{:?} and {newer:?} restore to the same file {:?}; the newer, {newer:?}, was opened and {:?} was not",
+                        r.input,
+                        r.output.as_deref().unwrap_or(std::path::Path::new("")),
+                        r.input
+                    ));
+                }
+                ("superseded", None)
             }
             Outcome::Failed(e) => ("failed", Some(e)),
             _ => ("failed", None),
@@ -145,6 +166,52 @@ pub fn ms(t: SystemTime) -> i64 {
 /// `utc_ms` of a time.
 pub fn utc(t: SystemTime) -> String {
     utc_ms(ms(t))
+}
+
+/// Write one line to standard output. When standard output is closed (its reader quit,
+/// as `head -1` does) the program ends quietly with exit code 0: there is no one left to
+/// tell. Any other write error is reported on standard error, with exit code 1.
+pub fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let result = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    stdout_result(result);
+}
+
+/// Write bytes to standard output, as [`stdout_line`] does.
+pub fn stdout_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let result = out.write_all(bytes).and_then(|()| out.flush());
+    stdout_result(result);
+}
+
+fn stdout_result(result: std::io::Result<()>) {
+    use std::io::Write;
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "kluis: could not write to standard output: {e}"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Warn (once per run) when plaintext is written into, or sealed from, a cloud sync
+/// folder: its sync client may upload it (THREAT_MODEL §4.1).
+pub fn warn_if_sync_folder<'p>(paths: impl IntoIterator<Item = &'p std::path::Path>, what: &str) {
+    for p in paths {
+        if let Some(service) = kluis_file::sync_folder(p) {
+            warn(&format!(
+                "{what} {p:?}, which is inside a {service} sync folder: its sync client may upload the plaintext. Work outside the sync folder (open with -o FOLDER elsewhere; seal from elsewhere with -o into it)"
+            ));
+            return;
+        }
+    }
 }
 
 /// Print one JSON document on standard output.

@@ -262,7 +262,10 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
                         Some(t) => Some(t),
                         None if doc.double || record.double_key => match identity.public_key() {
                             Some(k) => Some(k),
-                            None => settings.default_holder(args.identity.as_deref())?,
+                            None => settings.default_holder(
+                                args.identity.as_deref(),
+                                &Passphrase::from_args(&args.passphrase),
+                            )?,
                         },
                         None => None,
                     };
@@ -305,15 +308,23 @@ fn report(mut results: Vec<(PathBuf, Result1)>, g: &Global, requests: u64) -> Re
                 in_place,
             } => {
                 moved += 1;
+                // With --force a document already on the current version gets its slots
+                // rewritten: say so, not "moved v2 → v2".
+                let rewritten = from.iter().all(|k| k == to);
                 let from: Vec<String> = from.iter().map(|k| format!("v{k}")).collect();
-                if !g.json {
-                    println!(
-                        "moved    {path:?}: label {label} {} → v{to}",
-                        from.join("+")
-                    );
+                if !g.json && !g.quiet {
+                    if rewritten {
+                        println!("rewrote  {path:?}: label {label} v{to} (slots rewritten)");
+                    } else {
+                        println!(
+                            "moved    {path:?}: label {label} {} → v{to}",
+                            from.join("+")
+                        );
+                    }
                 }
                 let header = if *in_place { "in place" } else { "copied" };
-                items.push(json!({"path": name, "outcome": "moved", "label": label, "from": from, "to": to, "header": header}));
+                let outcome = if rewritten { "rewritten" } else { "moved" };
+                items.push(json!({"path": name, "outcome": outcome, "label": label, "from": from, "to": to, "header": header}));
             }
             Result1::Current { label, kid } => {
                 current += 1;

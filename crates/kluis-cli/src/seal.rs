@@ -35,7 +35,8 @@ pub fn is_stream(files: &[PathBuf]) -> Result<bool, CliError> {
     }
 }
 
-/// Tell the person when the label record comes from an expired cache entry.
+/// Tell the person when the label record comes from the cache because the key server could
+/// not be asked (expired or not).
 pub fn warn_if_stale(record: &LabelRecord) {
     if record.stale {
         let why = record
@@ -49,6 +50,52 @@ pub fn warn_if_stale(record: &LabelRecord) {
             record.kid(),
             output::utc(record.expires_at),
         ));
+    } else if let Some(e) = &record.refresh_error {
+        warn(&format!(
+            "sealing from the cached record of label `{}` (key version {}, fetched {} UTC), because the key server could not be asked whether it is still current: {e}",
+            record.label(),
+            record.kid(),
+            output::utc(record.fetched_at),
+        ));
+    }
+}
+
+/// The file in the configuration folder that holds the key hidden names are derived from.
+pub const NAME_KEY_FILE: &str = "names.key";
+
+/// The key that makes hidden names stable (see [`kluis_file::NameKey`]): read from
+/// `names.key` in the configuration folder, created (mode 0600) on first use.
+fn name_key(dir: &std::path::Path) -> Result<kluis_file::NameKey, CliError> {
+    let path = dir.join(NAME_KEY_FILE);
+    match crate::config::read_small(&path) {
+        Ok(text) => {
+            let text = text.trim();
+            let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+            let ok = text.len() == 64
+                && text.is_ascii()
+                && bytes.iter_mut().enumerate().all(|(i, b)| {
+                    u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                        .map(|v| *b = v)
+                        .is_ok()
+                });
+            if !ok {
+                return Err(CliError::usage(format!(
+                    "{path:?} holds no usable hidden-name key: delete it and seal again (a new key is made; files sealed with the old one keep their names)"
+                )));
+            }
+            Ok(kluis_file::NameKey::from_bytes(*bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = kluis_file::NameKey::generate()?;
+            let mut text = zeroize::Zeroizing::new(String::with_capacity(65));
+            for b in key.to_bytes().iter() {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+            crate::config::write_private(&path, text.as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(CliError::io(&path, "read", &e)),
     }
 }
 
@@ -87,11 +134,15 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
         args.remove_original
             .then_some("kluis seal --remove-original: verifying the sealed copy"),
     )?;
-    let record = client.label_record(&label)?;
+    // Asks the server every time (falls back to the cache offline, and says so).
+    let record = client.label_record_to_seal(&label)?;
     warn_if_stale(&record);
     let holder = match &args.to {
         Some(t) => Some(parse_public_key(t, "--to")?),
-        None if record.double_key => settings.default_holder(args.identity.as_deref())?,
+        None if record.double_key => settings.default_holder(
+            args.identity.as_deref(),
+            &Passphrase::from_args(&args.passphrase),
+        )?,
         None => None,
     };
     let slots = record.slots(holder.as_ref())?;
@@ -106,6 +157,9 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
         return seal_stream(&args, g, &slots, about);
     }
 
+    if !g.quiet {
+        output::warn_if_sync_folder(args.files.iter().map(|f| f.as_path()), "sealing");
+    }
     let bars = Bars::files(progress::wanted(g.quiet), "sealing");
     let on_event = |e: Event<'_>| bars.event(e);
     let identity = LazyIdentity::new(
@@ -118,6 +172,11 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
     let mut options = SealOptions::default();
     options.output_dir = args.output.clone();
     options.hide_names = args.hide_names;
+    let name_key = match args.hide_names {
+        true => Some(name_key(&settings.dir)?),
+        false => None,
+    };
+    options.name_key = name_key.as_ref();
     options.pad = args.pad;
     options.force = args.force;
     options.remove_original = args.remove_original;

@@ -112,7 +112,7 @@ fn a_folder_of_1000_files_opens_with_one_batch_request() {
         1,
         "the server saw one batch request"
     );
-    let audit = alice.run(&["--json", "audit"]).ok().json();
+    let audit = alice.run(&["--json", "audit", "-n", "2000"]).ok().json();
     let unwraps = audit["events"]
         .as_array()
         .unwrap()
@@ -470,7 +470,7 @@ fn remove_original_only_after_verification() {
     assert_eq!(std::fs::read(alice.path("a.txt")).unwrap(), b"remove me");
 
     // Double key: verified with the identity too.
-    alice.env.push(("PASS".into(), "pw".into()));
+    alice.env.push(("PASS".into(), "pw of 12+ chars".into()));
     alice.run(&["keygen", "--passphrase-env", "PASS"]).ok();
     write(&alice.path("d.txt"), b"double");
     alice

@@ -79,6 +79,23 @@ pub struct AuditEvent {
     pub mac: String,
 }
 
+/// A page of one's own audit events, newest first (see [`Client::my_audit_newest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditPage {
+    /// The events, newest first.
+    pub events: Vec<AuditEvent>,
+    /// How many events the server has recorded under the caller's name in all.
+    pub total: u64,
+    /// How many of them are older than the oldest in `events` (the next page's worth).
+    pub older: u64,
+}
+
+impl AuditPage {
+    /// The most events [`Client::my_audit_newest`] reads before giving up.
+    pub const MAX_SCANNED: u64 = 10_000_000;
+}
+
 /// Whether the key server answers and is ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -182,13 +199,7 @@ impl Client {
     /// is cached, that record is returned with [`LabelRecord::stale`] set.
     pub fn label_record(&self, name: &str) -> Result<LabelRecord, ClientError> {
         check_label(name)?;
-        // A cached record that does not parse any more counts as none. Parsed once here,
-        // whether it is then returned fresh, kept for pinning, or returned stale.
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.load(name))
-            .and_then(|e| Some((self.entry_record(&e, name).ok()?, e)));
+        let cached = self.cached_record(name);
         let cached = match cached {
             Some((r, e)) if e.is_fresh(unix_now()) => return Ok(r),
             other => other,
@@ -205,6 +216,43 @@ impl Client {
             },
             Err(err) => Err(err),
         }
+    }
+
+    /// The record of label `name` to seal new documents with. Unlike
+    /// [`Client::label_record`], the key server is asked every time (one small request,
+    /// checked against the pinned keys and cached), so a document is never sealed to a key
+    /// version that was rotated away, retired or destroyed since the record was cached, while
+    /// the server can be reached.
+    ///
+    /// When the server cannot be reached, the cached record is returned, fresh or expired,
+    /// with [`LabelRecord::refresh_error`] set (and [`LabelRecord::stale`] when it is past
+    /// its `max_age`): tell the person the document was sealed from the cache. Without a
+    /// cached record the error is returned.
+    pub fn label_record_to_seal(&self, name: &str) -> Result<LabelRecord, ClientError> {
+        check_label(name)?;
+        let cached = self.cached_record(name);
+        match self.fetch_record(name, cached.as_ref().map(|(_, e)| e)) {
+            Ok(r) => Ok(r),
+            Err(err) if err.is_offline() => match cached {
+                Some((mut r, e)) => {
+                    r.stale = !e.is_fresh(unix_now());
+                    r.refresh_error = Some(err);
+                    Ok(r)
+                }
+                None => Err(err),
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The cached record of label `name` with its cache entry. A cached record that does not
+    /// parse any more counts as none. Parsed once here, whether it is then returned fresh,
+    /// kept for pinning, or returned stale.
+    fn cached_record(&self, name: &str) -> Option<(LabelRecord, Entry)> {
+        self.cache
+            .as_ref()
+            .and_then(|c| c.load(name))
+            .and_then(|e| Some((self.entry_record(&e, name).ok()?, e)))
     }
 
     /// The record of label `name` in `e`; a record for another label is refused.
@@ -311,6 +359,11 @@ impl Client {
     }
 
     /// Every label on the server with its current key version (no token needed).
+    ///
+    /// A cached label record whose key version is older than the one listed is fetched
+    /// again (and checked against the pinned keys), so the cache never keeps a version the
+    /// server has moved away from for offline sealing. A record that cannot be fetched again
+    /// is left as it was.
     pub fn labels(&self) -> Result<Vec<LabelSummary>, ClientError> {
         let reply =
             self.http
@@ -318,10 +371,104 @@ impl Client {
         if reply.status != 200 {
             return Err(self.status_error(&reply));
         }
-        self.json(&reply)
+        let labels: Vec<LabelSummary> = self.json(&reply)?;
+        if let Some(cache) = &self.cache {
+            for l in &labels {
+                let Some(kid) = l.current_kid else { continue };
+                if let Some(entry) = cache.load(&l.name) {
+                    if entry.record.kid < kid {
+                        let _ = self.fetch_record(&l.name, Some(&entry));
+                    }
+                }
+            }
+        }
+        Ok(labels)
     }
 
-    /// The audit events recorded under the caller's name (needs the token).
+    /// One page of the audit events recorded under the caller's name, oldest first: those
+    /// with a sequence number above `after`, at most `limit` (1 to 1000; the server may send
+    /// fewer). Needs the token.
+    pub fn my_audit_page(&self, after: i64, limit: usize) -> Result<Vec<AuditEvent>, ClientError> {
+        let limit = limit.clamp(1, 1000);
+        let reply = self.http.request(
+            &format!("/v1/me/audit?after={after}&limit={limit}"),
+            true,
+            None,
+            Retry::Idempotent,
+            AUDIT_ANSWER,
+        )?;
+        if reply.status != 200 {
+            return Err(self.status_error(&reply));
+        }
+        let events: Vec<AuditEvent> = self.json(&reply)?;
+        // Sequence numbers must rise, or paging could go round in circles.
+        let mut last = after;
+        for e in &events {
+            if e.seq <= last {
+                return Err(ClientError::Protocol {
+                    server: self.server().to_owned(),
+                    detail: "the audit events are not in rising sequence order".to_owned(),
+                });
+            }
+            last = e.seq;
+        }
+        Ok(events)
+    }
+
+    /// The newest `limit` audit events recorded under the caller's name with a sequence
+    /// number below `before` (all when `None`), newest first, with how many are recorded in
+    /// all. Needs the token.
+    ///
+    /// The server lists events oldest first, 1000 per request, so this reads them all (one
+    /// request per 1000 events) and keeps only the `limit` it returns: memory stays bounded
+    /// whatever the count. At most [`AuditPage::MAX_SCANNED`] events are read.
+    pub fn my_audit_newest(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<AuditPage, ClientError> {
+        let mut window = std::collections::VecDeque::with_capacity(limit.min(10_000));
+        let mut total = 0u64;
+        let mut older = 0u64;
+        let mut after = 0i64;
+        loop {
+            let page = self.my_audit_page(after, 1000)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page {
+                total += 1;
+                if before.is_some_and(|b| e.seq >= b) {
+                    continue;
+                }
+                if limit == 0 {
+                    older += 1;
+                    continue;
+                }
+                if window.len() == limit {
+                    window.pop_front();
+                    older += 1;
+                }
+                window.push_back(e);
+            }
+            if total >= AuditPage::MAX_SCANNED {
+                return Err(ClientError::Protocol {
+                    server: self.server().to_owned(),
+                    detail: format!(
+                        "more than {} audit events under one name",
+                        AuditPage::MAX_SCANNED
+                    ),
+                });
+            }
+        }
+        Ok(AuditPage {
+            events: window.into_iter().rev().collect(),
+            total,
+            older,
+        })
+    }
+
+    /// The audit events recorded under the caller's name (needs the token): the oldest
+    /// 1000 only. See [`Client::my_audit_newest`] for the newest, with a count.
     pub fn my_audit(&self) -> Result<Vec<AuditEvent>, ClientError> {
         let reply =
             self.http

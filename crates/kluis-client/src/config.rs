@@ -139,6 +139,34 @@ impl ClientConfig {
     }
 }
 
+/// The origin of a key server address: `scheme://host:port`, in lower case and with the
+/// port always written (443 for https, 80 for http). Two addresses with the same origin reach
+/// the same server, so a credential saved for one may be sent to the other and to no other.
+///
+/// ```
+/// use kluis_client::server_origin;
+/// assert_eq!(server_origin("https://Keys.Example.org/kluis/").unwrap(), "https://keys.example.org:443");
+/// assert_ne!(server_origin("https://keys.example.org").unwrap(), server_origin("https://keys.example.org.evil").unwrap());
+/// ```
+pub fn server_origin(url: &str) -> Result<String, ClientError> {
+    let server = parse_server(url)?;
+    let uri: ureq::http::Uri = server
+        .base
+        .parse()
+        .map_err(|_| ClientError::InvalidServerUrl {
+            url: url.to_owned(),
+            reason: "not a URL",
+        })?;
+    let (scheme, default_port) = if server.https {
+        ("https", 443)
+    } else {
+        ("http", 80)
+    };
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(default_port);
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
 /// A checked server base URL: scheme, authority and path prefix, without a trailing `/`.
 pub(crate) struct ServerUrl {
     pub(crate) base: String,

@@ -147,6 +147,19 @@ pub enum ClientError {
         /// Its message.
         message: String,
     },
+    /// The key server could not use one document's stanza (it does not parse, or does not
+    /// authenticate for the document id and key version it names): the document is corrupt
+    /// or was tampered with.
+    CorruptStanza {
+        /// The key server.
+        server: String,
+        /// The label the stanza names.
+        label: String,
+        /// The key version it names.
+        kid: u32,
+        /// The server's message.
+        message: String,
+    },
     /// A batch was larger than the key server accepts even after splitting (413).
     BatchTooLarge {
         /// The key server.
@@ -371,6 +384,17 @@ impl fmt::Display for ClientError {
                 f,
                 "the key server at {server} refused ({}): {}",
                 clean(code),
+                clean(message)
+            ),
+            CorruptStanza {
+                server,
+                label,
+                kid,
+                message,
+            } => write!(
+                f,
+                "the key server at {server} could not use this document's stanza for label `{}` version {kid} ({}): the document is corrupt or was tampered with; ask its sender for a new copy",
+                clean(label),
                 clean(message)
             ),
             Malformed { server, message } => write!(

@@ -93,7 +93,7 @@ mod http;
 mod record;
 mod unwrap;
 
-pub use client::{AuditEvent, CachedLabel, Client, Purpose, ServerHealth, Status};
-pub use config::{ClientConfig, Token};
+pub use client::{AuditEvent, AuditPage, CachedLabel, Client, Purpose, ServerHealth, Status};
+pub use config::{ClientConfig, Token, server_origin};
 pub use error::ClientError;
 pub use record::{KeyState, KeyVersion, LabelRecord, LabelSummary, check_label};

@@ -203,8 +203,12 @@ impl Client {
                 label,
                 kid: Some(kid),
             },
-            "malformed" => ClientError::Malformed {
+            // One item refused as malformed: the request as a whole was fine, so it is this
+            // document's stanza (a flipped document id or stanza byte).
+            "malformed" => ClientError::CorruptStanza {
                 server,
+                label,
+                kid,
                 message: e.message,
             },
             "internal" => ClientError::Server {

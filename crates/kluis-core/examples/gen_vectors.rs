@@ -644,7 +644,9 @@ fn success_vectors(v: &mut Vec<Vector>) {
     }
 
     let p = rule(1000);
-    let m = with_size(1000).padded().unwrap();
+    let mut m = with_size(1000).padded().unwrap();
+    // As sealed before the name-padding flag (FORMAT.md 7.1): such files stay readable.
+    m.name_padded = false;
     v.push(ok(
         "success_padded",
         &[K_ALICE],
@@ -656,7 +658,8 @@ fn success_vectors(v: &mut Vec<Vector>) {
     ));
 
     let p = rule(65_500);
-    let m = with_size(65_500).padded().unwrap();
+    let mut m = with_size(65_500).padded().unwrap();
+    m.name_padded = false;
     v.push(ok(
         "success_padded_across_chunks",
         &[K_ALICE],
@@ -667,6 +670,42 @@ fn success_vectors(v: &mut Vec<Vector>) {
         m.clone(),
         seal(&[to_alice()], &m, &p),
     ));
+
+    for (name, file_name, comment) in [
+        (
+            "success_padded_name",
+            "brief.docx".to_owned(),
+            "1000 bytes with Padmé padding and a padded name (FORMAT.md 7.1): metadata flags\n\
+             0x05, the 10-byte name \"brief.docx\" followed by 246 zero bytes, so the sealed\n\
+             metadata is 31 + 256 + 16 bytes whatever the name's length up to 256 bytes.\n\
+             Metadata::with_size(1000).name(\"brief.docx\").padded().",
+        ),
+        (
+            "success_padded_name_two_buckets",
+            "n".repeat(300),
+            "1000 bytes with Padmé padding and a 300-byte name padded to two buckets\n\
+             (512 bytes, FORMAT.md 7.1).",
+        ),
+        (
+            "success_padded_empty_name",
+            String::new(),
+            "1000 bytes with Padmé padding and an empty name, padded to one bucket\n\
+             (256 zero bytes, FORMAT.md 7.1).",
+        ),
+    ] {
+        let p = rule(1000);
+        let m = with_size(1000).name(file_name).padded().unwrap();
+        assert!(m.name_padded);
+        v.push(ok(
+            name,
+            &[K_ALICE],
+            comment,
+            p.clone(),
+            true,
+            m.clone(),
+            seal(&[to_alice()], &m, &p),
+        ));
+    }
 
     let p = b"double key: both the label key and the holder's key are needed\n".to_vec();
     let slot = Slot::double(to_hr(), Recipient::Key(alice().public_key())).unwrap();
@@ -1168,6 +1207,22 @@ fn header_vectors(v: &mut Vec<Vector>) {
     ));
     let mut b = small_to_hr();
     let s = layout(&b).slots[0].1[0];
+    let at = s.slot_kind(&b);
+    b[at] = 3;
+    set_u16(&mut b, s.start + 1, (s.len - 1) as u16);
+    let at = s.body(&b) + 47;
+    remove_in_header(&mut b, at, 1);
+    v.push(fail(
+        "malformed_unknown_slot_kind_short_body",
+        "malformed-header",
+        &[K_HR],
+        "An org stanza with slot kind 3 and a 47-byte body: an unknown slot kind is checked in\n\
+         byte order, before the body length (FORMAT.md 4 rule 4, 5.2), so this is\n\
+         malformed-header, not stanza-body-length.",
+        b,
+    ));
+    let mut b = small_to_hr();
+    let s = layout(&b).slots[0].1[0];
     b[s.content() + 1] = b'/';
     v.push(fail(
         "malformed_bad_label",
@@ -1445,7 +1500,35 @@ fn header_vectors(v: &mut Vec<Vector>) {
     ));
 }
 
+/// Metadata plaintext (flags 0x05: size 10, padded name) with `name` in a field of `field`
+/// bytes, and optionally one non-zero padding byte at `bad` (an offset in the field).
+fn padded_name(name: &[u8], field: usize, bad: Option<usize>) -> Vec<u8> {
+    let mut m = raw::metadata(0x05, 10, 0, 0, 0, name);
+    m.resize(31 + field, 0);
+    if let Some(at) = bad {
+        m[31 + at] = 1;
+    }
+    m
+}
+
 fn metadata_vectors(v: &mut Vec<Vector>) {
+    let mut d = raw::Doc::new(10);
+    d.metadata_plain = padded_name(b"report.pdf", 256, None);
+    let d = d.add_key_slot(alice().public_key().as_bytes());
+    v.push(ok(
+        "success_padded_name_independent",
+        &[K_ALICE],
+        "Independent implementation: metadata flags 0x05, the name \"report.pdf\" followed by\n\
+         246 zero bytes (one 256-byte bucket, FORMAT.md 7.1); size 10, no payload padding.",
+        rule(10),
+        true,
+        Metadata {
+            name_padded: true,
+            ..with_size(10).name("report.pdf")
+        },
+        [d.header(), d.payload(&rule(10))].concat(),
+    ));
+
     let a = *alice().public_key().as_bytes();
     let p = rule(10);
 
@@ -1525,6 +1608,24 @@ fn metadata_vectors(v: &mut Vec<Vector>) {
             name_len,
             "Independent implementation: valid MAC, name_len 4 but 3 name bytes (\"abc\")\n\
              follow.",
+        ),
+        (
+            "metadata_name_padding_nonzero",
+            padded_name(b"a", 256, Some(200)),
+            "Independent implementation: valid MAC, flags 0x05 (size, padded name), name \"a\"\n\
+             in a 256-byte field whose byte 200 is 01: name padding must be zero (FORMAT.md 7.1).",
+        ),
+        (
+            "metadata_name_padding_short",
+            padded_name(b"a", 255, None),
+            "Independent implementation: valid MAC, flags 0x05, name \"a\" in a 255-byte field:\n\
+             a padded name takes a multiple of 256 bytes (FORMAT.md 7.1).",
+        ),
+        (
+            "metadata_name_padding_extra_bucket",
+            padded_name(b"a", 512, None),
+            "Independent implementation: valid MAC, flags 0x05, name \"a\" in a 512-byte field:\n\
+             a padded name takes the smallest bucket that holds it (FORMAT.md 7.1).",
         ),
         (
             "metadata_size_padding_overflow",
@@ -1731,6 +1832,181 @@ enum Select {
     Only(Vec<String>),
 }
 
+// Reply vectors (FORMAT.md §15): `reply_*.rvec`, fully deterministic (fixed secrets, no
+// randomness), so they are rewritten on every run with the same bytes.
+
+/// The client's reply key secret `r`.
+const REPLY_CLIENT: &str = "3f1c2b8e9a0d4c6b7e5f1a2d3c4b5a69788796a5b4c3d2e1f001122334455667";
+/// The server's reply secret `s` (fresh per reply in real use; fixed here).
+const REPLY_SERVER: &str = "c0ffee00112233445566778899aabbccddeeff00112233445566778899aabb0c";
+
+/// One item of a reply vector.
+enum ReplyItem {
+    /// A released share: (doc_id the request item names, nonce, body, expected share or
+    /// `None` when the client must fail to open it).
+    Sealed([u8; 16], [u8; 12], Vec<u8>, Option<[u8; 32]>),
+    /// An item the server refused: no nonce, no body.
+    Refused([u8; 16]),
+}
+
+struct ReplyVector {
+    name: &'static str,
+    comment: &'static str,
+    expect: &'static str,
+    server_public: [u8; 32],
+    items: Vec<ReplyItem>,
+}
+
+impl ReplyVector {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        for line in self.comment.lines() {
+            writeln!(s, "comment: {line}").unwrap();
+        }
+        writeln!(s, "expect: {}", self.expect).unwrap();
+        writeln!(s, "client-secret: {REPLY_CLIENT}").unwrap();
+        writeln!(s, "server-secret: {REPLY_SERVER}").unwrap();
+        writeln!(s, "server-public: {}", hex::encode(self.server_public)).unwrap();
+        for item in &self.items {
+            match item {
+                ReplyItem::Sealed(doc, nonce, body, share) => writeln!(
+                    s,
+                    "item: {} sealed {} {} {}",
+                    hex::encode(doc),
+                    hex::encode(nonce),
+                    hex::encode(body),
+                    share.map_or("fails".to_owned(), hex::encode)
+                )
+                .unwrap(),
+                ReplyItem::Refused(doc) => {
+                    writeln!(s, "item: {} refused", hex::encode(doc)).unwrap()
+                }
+            }
+        }
+        s
+    }
+}
+
+/// `RK = HKDF(X25519(s, R), S ‖ R, "kluis/v1/reply")`.
+fn reply_key() -> [u8; 32] {
+    let s = x25519_dalek::StaticSecret::from(secret(REPLY_SERVER));
+    let r = x25519_dalek::StaticSecret::from(secret(REPLY_CLIENT));
+    let r_pub = x25519_dalek::PublicKey::from(&r).to_bytes();
+    let s_pub = x25519_dalek::PublicKey::from(&s).to_bytes();
+    let z = s.diffie_hellman(&x25519_dalek::PublicKey::from(r_pub));
+    raw::hkdf(z.as_bytes(), &[s_pub, r_pub].concat(), b"kluis/v1/reply")
+}
+
+fn reply_nonce(j: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&j.to_be_bytes());
+    n
+}
+
+fn reply_vectors() -> Vec<ReplyVector> {
+    let rk = reply_key();
+    let s_pub =
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret(REPLY_SERVER)))
+            .to_bytes();
+    let doc = |b: u8| [b; 16];
+    let share = |b: u8| [b; 32];
+    let seal = |j: u64, d: [u8; 16], sh: [u8; 32]| raw::seal(&rk, reply_nonce(j), &d, &sh);
+    let ok = |j: u64, d: u8, sh: u8| {
+        ReplyItem::Sealed(
+            doc(d),
+            reply_nonce(j),
+            seal(j, doc(d), share(sh)),
+            Some(share(sh)),
+        )
+    };
+    let mut flipped = seal(0, doc(1), share(0xa1));
+    flipped[40] ^= 0x01;
+    vec![
+        ReplyVector {
+            name: "reply_single",
+            comment: "One released share: j = 0, nonce 0^4 || BE64(0), AAD = the item's doc_id.",
+            expect: "ok",
+            server_public: s_pub,
+            items: vec![ok(0, 1, 0xa1)],
+        },
+        ReplyVector {
+            name: "reply_batch_with_refused_item",
+            comment: "A batch of four request items: the second was refused (an error item, no\n\
+                      nonce, no body). j counts released shares, not item positions: the\n\
+                      items after the refusal use j = 1 and j = 2. The client reports the\n\
+                      refused item as Unwrap and opens the others.",
+            expect: "ok",
+            server_public: s_pub,
+            items: vec![
+                ok(0, 1, 0xa1),
+                ReplyItem::Refused(doc(2)),
+                ok(1, 3, 0xa3),
+                ok(2, 4, 0xa4),
+            ],
+        },
+        ReplyVector {
+            name: "reply_wrong_doc_id",
+            comment: "The body was sealed for doc_id 01.. but answers a request item for doc_id\n\
+                      02..: the AAD differs, the body does not open (Unwrap), and no share\n\
+                      reaches the header MAC.",
+            expect: "ok",
+            server_public: s_pub,
+            items: vec![ReplyItem::Sealed(
+                doc(2),
+                reply_nonce(0),
+                seal(0, doc(1), share(0xa1)),
+                None,
+            )],
+        },
+        ReplyVector {
+            name: "reply_flipped_body",
+            comment: "One bit of the tag flipped: the body does not open (Unwrap).",
+            expect: "ok",
+            server_public: s_pub,
+            items: vec![ReplyItem::Sealed(doc(1), reply_nonce(0), flipped, None)],
+        },
+        ReplyVector {
+            name: "reply_changed_nonce",
+            comment: "Sealed with j = 0, sent with the nonce of j = 5: the client opens with the\n\
+                      nonce sent, so the body does not open (Unwrap).",
+            expect: "ok",
+            server_public: s_pub,
+            items: vec![ReplyItem::Sealed(
+                doc(1),
+                reply_nonce(5),
+                seal(0, doc(1), share(0xa1)),
+                None,
+            )],
+        },
+        ReplyVector {
+            name: "reply_nonce_not_a_counter",
+            comment: "A nonce that is not of the form 0^4 || BE64(j) (all bytes 0x77) that the\n\
+                      body was sealed with: a client need not check the form, and opens it.",
+            expect: "ok",
+            server_public: s_pub,
+            items: vec![ReplyItem::Sealed(
+                doc(1),
+                [0x77; 12],
+                raw::seal(&rk, [0x77; 12], &doc(1), &share(0xa1)),
+                Some(share(0xa1)),
+            )],
+        },
+        ReplyVector {
+            name: "reply_low_order_server_key",
+            comment: "S is the all-zero point (low order): X25519(r, S) is all zero, and the\n\
+                      client rejects the whole reply (ZeroSharedSecret) before opening any item.",
+            expect: "zero-shared-secret",
+            server_public: [0; 32],
+            items: vec![ReplyItem::Sealed(
+                doc(1),
+                reply_nonce(0),
+                seal(0, doc(1), share(0xa1)),
+                None,
+            )],
+        },
+    ]
+}
+
 const USAGE: &str = "usage: gen_vectors <output directory> [--missing | --only NAME...]";
 
 fn main() {
@@ -1770,6 +2046,12 @@ fn main() {
                 "no vector named {n:?}"
             );
         }
+    }
+
+    for r in reply_vectors() {
+        let path = dir.join(format!("{}.rvec", r.name));
+        std::fs::write(&path, r.render()).expect("write reply vector");
+        println!("{:<44} {}", r.name, r.expect);
     }
 
     let (mut written, mut skipped, mut total, mut mismatches) = (0, 0, 0, 0);

@@ -235,6 +235,16 @@ impl Header {
         self.bytes.len()
     }
 
+    /// The longest original name the sealed metadata can hold, in bytes, read from its
+    /// length without a key: the metadata's length shows the name's length exactly unless
+    /// the document was sealed with padding ([`Metadata::padded`]), which pads the name to a
+    /// multiple of 256 bytes. Only someone who can open the document learns which.
+    pub fn name_len_bound(&self) -> usize {
+        self.sealed_metadata
+            .len()
+            .saturating_sub(metadata::FIXED_LEN + TAG_LEN)
+    }
+
     /// Always false: a header is never empty. Present because `len` is.
     pub fn is_empty(&self) -> bool {
         false

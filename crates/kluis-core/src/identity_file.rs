@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::keys::Identity;
+use crate::keys::{Identity, PublicKey};
 use crate::primitives::{self, DerivedKey};
 use crate::wire::Cursor;
 
@@ -28,6 +28,8 @@ const AAD_LEN: usize = 1 + 4 + 4 + 4 + 16;
 const BLOB_LEN: usize = AAD_LEN + 12 + 48;
 /// Identity files are small; refuse anything larger before parsing.
 pub const MAX_IDENTITY_FILE_LEN: usize = 4096;
+/// The comment line that records the public key (for people; see docs/FORMAT.md §14).
+const PUBLIC_KEY_COMMENT: &str = "# public key:";
 
 fn derive(passphrase: &[u8], salt: &[u8; 16], m: u32, t: u32, p: u32) -> Result<DerivedKey> {
     let params = Params::new(m, t, p, Some(32)).map_err(|_| Error::IdentityParams {
@@ -72,7 +74,38 @@ impl Identity {
         Ok(s)
     }
 
+    /// The public key an identity file's `# public key:` comment *claims*, without the
+    /// passphrase (`None` when there is no such line). Nothing authenticates it: whoever can
+    /// edit the file can change it. Compare it with a copy pinned elsewhere before trusting
+    /// it, or open the file ([`Identity::from_file_string`] checks the comment against the
+    /// key derived from the secret). See docs/FORMAT.md §14.
+    pub fn claimed_public_key(text: &str) -> Result<Option<PublicKey>> {
+        let bad = |reason| Error::InvalidIdentityFile { reason };
+        if text.len() > MAX_IDENTITY_FILE_LEN {
+            return Err(bad("larger than 4096 bytes"));
+        }
+        let mut found: Option<PublicKey> = None;
+        for line in text.lines().map(str::trim) {
+            let Some(rest) = line.strip_prefix(PUBLIC_KEY_COMMENT) else {
+                continue;
+            };
+            let key: PublicKey = rest
+                .trim()
+                .parse()
+                .map_err(|_| bad("its `# public key:` line is not a valid kluis1… key"))?;
+            if found.is_some_and(|f| f != key) {
+                return Err(bad("it has two different `# public key:` lines"));
+            }
+            found = Some(key);
+        }
+        Ok(found)
+    }
+
     /// Open the text of an identity file with `passphrase`.
+    ///
+    /// The public key is always derived from the unlocked secret. A `# public key:` comment
+    /// that names another key (or is not a key) is refused: someone edited the file, perhaps
+    /// to redirect documents sealed "to this identity" to a key of their own.
     pub fn from_file_string(text: &str, passphrase: &[u8]) -> Result<Identity> {
         let bad = |reason| Error::InvalidIdentityFile { reason };
         if text.len() > MAX_IDENTITY_FILE_LEN {
@@ -127,6 +160,15 @@ impl Identity {
         secret.copy_from_slice(&plain);
         let id = Identity::from_secret_bytes(secret);
         zeroize::Zeroize::zeroize(&mut secret);
+        match Identity::claimed_public_key(text) {
+            Ok(None) => {}
+            Ok(Some(claimed)) if claimed == id.public_key() => {}
+            _ => {
+                return Err(bad(
+                    "its `# public key:` line does not match its secret key: the file was edited; do not seal to that key, and restore the file from a copy you trust (or delete that line)",
+                ));
+            }
+        }
         Ok(id)
     }
 
@@ -170,5 +212,62 @@ impl Identity {
             reason: "not UTF-8 text",
         })?;
         Identity::from_file_string(text, passphrase)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap_file(id: &Identity, pass: &[u8]) -> String {
+        // The real writer (64 MiB Argon2id) is what a user gets; tests use the same code.
+        id.to_file_string(pass).unwrap().to_string()
+    }
+
+    /// Issue 17 defect 7: the comment was never checked, so an edited `# public key:` line
+    /// redirected the holder's share. Opening now refuses a file whose comment names another
+    /// key, and a file without the comment still opens.
+    #[test]
+    fn an_edited_public_key_comment_is_detected_on_open() {
+        let id = Identity::generate().unwrap();
+        let other = Identity::generate().unwrap();
+        let text = cheap_file(&id, b"pw");
+        assert_eq!(
+            Identity::claimed_public_key(&text).unwrap(),
+            Some(id.public_key())
+        );
+        assert_eq!(
+            Identity::from_file_string(&text, b"pw")
+                .unwrap()
+                .public_key(),
+            id.public_key()
+        );
+        let edited = text.replace(
+            &id.public_key().to_string(),
+            &other.public_key().to_string(),
+        );
+        assert_ne!(edited, text);
+        assert!(matches!(
+            Identity::from_file_string(&edited, b"pw"),
+            Err(Error::InvalidIdentityFile { reason }) if reason.contains("was edited")
+        ));
+        let garbled = text.replace("# public key: kluis1", "# public key: kluis1x");
+        assert!(Identity::from_file_string(&garbled, b"pw").is_err());
+        let second = format!("{text}# public key: {}\n", other.public_key());
+        assert!(Identity::claimed_public_key(&second).is_err());
+        assert!(Identity::from_file_string(&second, b"pw").is_err());
+        // §14 allows a file without the comment: it opens, and claims nothing.
+        let bare: String = text
+            .lines()
+            .filter(|l| !l.starts_with(PUBLIC_KEY_COMMENT))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Identity::claimed_public_key(&bare).unwrap(), None);
+        assert_eq!(
+            Identity::from_file_string(&bare, b"pw")
+                .unwrap()
+                .public_key(),
+            id.public_key()
+        );
     }
 }

@@ -19,6 +19,18 @@ pub(crate) const MAX_SEALED_LEN: usize = FIXED_LEN + MAX_NAME_LEN + TAG_LEN;
 
 const HAS_SIZE: u8 = 0x01;
 const HAS_MTIME: u8 = 0x02;
+/// The name is followed by zero bytes up to its bucket (docs/FORMAT.md §7.1).
+const NAME_PADDED: u8 = 0x04;
+/// A padded name takes a multiple of this many bytes (at least one bucket), so the sealed
+/// metadata's length shows the name's length only in steps of 256 bytes: nothing at all for
+/// names up to 256 bytes, which covers every single file name on common file systems.
+pub(crate) const NAME_BUCKET: usize = 256;
+
+/// The bytes a padded name of `len` bytes takes: `len` rounded up to a multiple of
+/// [`NAME_BUCKET`], at least one bucket.
+pub(crate) fn padded_name_len(len: usize) -> usize {
+    len.max(1).div_ceil(NAME_BUCKET) * NAME_BUCKET
+}
 
 /// What the sealed header says about the original: only someone who can open the document
 /// can read it. `Debug` leaves the name out: file names can be personal data.
@@ -33,6 +45,10 @@ pub struct Metadata {
     pub modified: Option<SystemTime>,
     /// How many zero bytes follow the plaintext in the payload to hide its exact size.
     pub padding: u64,
+    /// Whether the sealed name is padded with zero bytes to a multiple of 256 bytes, so the
+    /// header's length does not reveal the name's length ([`Metadata::padded`] sets it).
+    /// Readers older than this flag refuse such a document (`Metadata`, "unknown flags").
+    pub name_padded: bool,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -42,6 +58,7 @@ impl std::fmt::Debug for Metadata {
             .field("size", &self.size)
             .field("modified", &self.modified)
             .field("padding", &self.padding)
+            .field("name_padded", &self.name_padded)
             .finish()
     }
 }
@@ -68,10 +85,12 @@ impl Metadata {
     }
 
     /// Pad the payload with Padmé so the ciphertext length reveals only O(log log n) bits of
-    /// the size. Needs the size.
+    /// the size, and pad the sealed name to a multiple of 256 bytes so the header's length
+    /// does not reveal the name's length (see [`Metadata::name_padded`]). Needs the size.
     pub fn padded(mut self) -> Result<Self> {
         let size = self.size.ok_or(Error::PaddingNeedsSize)?;
         self.padding = padme_padding(size);
+        self.name_padded = true;
         Ok(self)
     }
 
@@ -99,6 +118,9 @@ impl Metadata {
         if self.size.is_some() {
             flags |= HAS_SIZE;
         }
+        if self.name_padded {
+            flags |= NAME_PADDED;
+        }
         let (secs, nanos) = match self.modified {
             Some(t) => {
                 flags |= HAS_MTIME;
@@ -112,7 +134,12 @@ impl Metadata {
             }
             None => (0, 0),
         };
-        let mut out = Vec::with_capacity(FIXED_LEN + self.name.len());
+        let name_field = if self.name_padded {
+            padded_name_len(self.name.len())
+        } else {
+            self.name.len()
+        };
+        let mut out = Vec::with_capacity(FIXED_LEN + name_field);
         out.push(flags);
         out.extend_from_slice(&self.size.unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&secs.to_be_bytes());
@@ -120,6 +147,7 @@ impl Metadata {
         out.extend_from_slice(&self.padding.to_be_bytes());
         out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
         out.extend_from_slice(self.name.as_bytes());
+        out.resize(FIXED_LEN + name_field, 0);
         Ok(out)
     }
 
@@ -131,20 +159,28 @@ impl Metadata {
         }
         let mut c = Cursor::new(bytes);
         let flags = c.u8()?;
-        if flags & !(HAS_SIZE | HAS_MTIME) != 0 {
+        if flags & !(HAS_SIZE | HAS_MTIME | NAME_PADDED) != 0 {
             return Err(bad("unknown flags"));
         }
+        let name_padded = flags & NAME_PADDED != 0;
         let size = u64::from_be_bytes(c.array()?);
         let secs = i64::from_be_bytes(c.array()?);
         let nanos = c.u32()?;
         let padding = u64::from_be_bytes(c.array()?);
         let name_len = c.u16()? as usize;
-        if c.remaining() != name_len {
+        if name_padded {
+            if name_len > MAX_NAME_LEN || c.remaining() != padded_name_len(name_len) {
+                return Err(bad("padded name length does not match"));
+            }
+        } else if c.remaining() != name_len {
             return Err(bad("name length does not match"));
         }
         let name = std::str::from_utf8(c.bytes(name_len)?)
             .map_err(|_| bad("name is not UTF-8"))?
             .to_owned();
+        if c.bytes(c.remaining())?.iter().any(|&b| b != 0) {
+            return Err(bad("non-zero name padding"));
+        }
         if flags & HAS_SIZE == 0 && (size != 0 || padding != 0) {
             return Err(bad("size or padding without the size flag"));
         }
@@ -164,6 +200,7 @@ impl Metadata {
             size: (flags & HAS_SIZE != 0).then_some(size),
             modified,
             padding,
+            name_padded,
         })
     }
 
@@ -276,6 +313,41 @@ mod tests {
         assert!(edge(i64::MIN).is_err());
         let far = UNIX_EPOCH + Duration::from_secs(MAX_MTIME_SECS as u64 + 1);
         assert!(Metadata::default().modified(far).encode().is_err());
+    }
+
+    #[test]
+    fn padded_names_fill_a_256_byte_bucket_and_decode_strictly() {
+        for (name, field) in [
+            ("", 256),
+            ("a", 256),
+            (&*"b".repeat(256), 256),
+            (&*"c".repeat(257), 512),
+        ] {
+            let m = Metadata::with_size(5).name(name).padded().unwrap();
+            let bytes = m.encode().unwrap();
+            assert_eq!(bytes.len(), FIXED_LEN + field);
+            assert_eq!(bytes[0], HAS_SIZE | NAME_PADDED);
+            assert_eq!(Metadata::decode(&bytes).unwrap(), m);
+        }
+        let good = Metadata::with_size(5)
+            .name("a")
+            .padded()
+            .unwrap()
+            .encode()
+            .unwrap();
+        let mut nonzero = good.clone();
+        nonzero[FIXED_LEN + 1] = 1;
+        assert!(Metadata::decode(&nonzero).is_err());
+        let mut short = good.clone();
+        short.pop();
+        assert!(Metadata::decode(&short).is_err());
+        let mut long = good.clone();
+        long.push(0);
+        assert!(Metadata::decode(&long).is_err());
+        // A name_len that does not fit in the padded field.
+        let mut over = good;
+        over[FIXED_LEN - 2..FIXED_LEN].copy_from_slice(&257u16.to_be_bytes());
+        assert!(Metadata::decode(&over).is_err());
     }
 
     #[test]

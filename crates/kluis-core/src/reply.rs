@@ -109,6 +109,15 @@ impl ReplyKey {
         Ok(ReplyKey { secret, public })
     }
 
+    /// A key from a known secret `r`: for test vectors (docs/FORMAT.md §15) and tests. A real
+    /// request uses [`ReplyKey::generate`]: reusing `r` lets anyone who learns it read every
+    /// reply sealed to it.
+    pub fn from_secret_bytes(secret: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(secret);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        ReplyKey { secret, public }
+    }
+
     /// `R`, to send with the request.
     pub fn public_bytes(&self) -> [u8; 32] {
         self.public

@@ -147,6 +147,39 @@ fn padding_hides_the_size_and_is_removed_on_open() {
     assert_eq!(m.padding, 24);
 }
 
+/// Issue 17 defect 6: with `--hide-names --pad` the header's length gave away the name's
+/// length (229 vs 279 bytes for names of 1 and 50 characters). With padding, every name up to
+/// 256 bytes gives the same header length, and the name and padding come back on open.
+#[test]
+fn padding_hides_the_name_length_in_the_header() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let mut lens = Vec::new();
+    for name in ["a", &"n".repeat(50), &"é".repeat(128), ""] {
+        let meta = Metadata::with_size(1000).name(name).padded().unwrap();
+        let sealed = seal(&[Slot::single(label(&hr))], &meta, &data(1000)).unwrap();
+        let header = Header::parse(&sealed).unwrap();
+        lens.push((header.len(), sealed.len()));
+        assert_eq!(header.name_len_bound(), 256);
+        let (out, m) = open(&sealed, &[&hr]).unwrap();
+        assert_eq!(out, data(1000));
+        assert_eq!(m.name, name);
+        assert!(m.name_padded);
+    }
+    assert!(lens.windows(2).all(|w| w[0] == w[1]), "{lens:?}");
+    // Past one bucket, only the 256-byte step shows.
+    let long = Metadata::with_size(1)
+        .name("x".repeat(257))
+        .padded()
+        .unwrap();
+    let sealed = seal(&[Slot::single(label(&hr))], &long, b"1").unwrap();
+    assert_eq!(Header::parse(&sealed).unwrap().name_len_bound(), 512);
+    // Without padding nothing changes: old readers keep reading what this writer seals.
+    let plain = Metadata::with_size(1).name("ab");
+    let sealed = seal(&[Slot::single(label(&hr))], &plain, b"1").unwrap();
+    assert_eq!(Header::parse(&sealed).unwrap().name_len_bound(), 2);
+    assert!(!open(&sealed, &[&hr]).unwrap().1.name_padded);
+}
+
 #[test]
 fn double_key_needs_both_keys_and_binds_the_slot_kind() {
     let hr = LabelKey::generate("medical", 3).unwrap();

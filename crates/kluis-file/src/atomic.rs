@@ -49,6 +49,9 @@ impl TempFile {
             let _ = private;
             match options.open(&path) {
                 Ok(file) => {
+                    // Locked while open, so a later run can tell a leftover from a file
+                    // being written (see `crate::stale`).
+                    crate::stale::hold(&file);
                     return Ok(TempFile {
                         path,
                         file: Some(file),
@@ -221,6 +224,8 @@ pub(crate) fn start_output(
         });
     }
     let dir = create_dirs(root, rel_dir)?;
+    // A run killed earlier may have left temporary files here (up to a whole plaintext).
+    crate::stale::sweep(&dir);
     TempFile::create(&dir, private)
 }
 
@@ -232,7 +237,7 @@ pub(crate) fn start_output(
 /// A link planted between this check and the write can still redirect the write (there is no
 /// portable `openat` in std); the check stops links that are already there, including any a
 /// hostile document set could otherwise exploit (those only ever create folders and files).
-fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
+pub(crate) fn create_dirs(base: &Path, rel: &Path) -> Result<PathBuf> {
     let mut path = base.to_path_buf();
     for c in rel.components() {
         let Component::Normal(c) = c else {

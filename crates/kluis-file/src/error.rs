@@ -45,6 +45,25 @@ pub enum Error {
         /// Which rule the stored name breaks.
         problem: NameProblem,
     },
+    /// An input given by name is a symbolic link, which is never followed (not even at the
+    /// top): nothing was done with it.
+    SymlinkArgument {
+        /// The link.
+        path: PathBuf,
+    },
+    /// A file given by name to seal is a sealed document already (`.kluis`): it was not
+    /// sealed a second time.
+    AlreadySealed {
+        /// The sealed document.
+        path: PathBuf,
+    },
+    /// A document opened on its own (given by name, not found in a folder) stores a name
+    /// that starts with a dot: a hidden file such as `.bashrc` or `.ssh`. Such a name is
+    /// written only when [`crate::OpenOptions::allow_dotfiles`] is set. Nothing was written.
+    DotFile {
+        /// The sealed file.
+        sealed: PathBuf,
+    },
     /// A file (or folder) name cannot be sealed because opening would refuse it on some
     /// system (for example `CON`, a trailing dot, a colon).
     NameNotPortable {
@@ -199,6 +218,18 @@ impl fmt::Display for Error {
             Error::UnsafeName { sealed, problem } => write!(
                 f,
                 "{sealed:?}: the name stored in this document was refused ({problem}); nothing was written. The file may have been crafted to write outside the output folder: do not trust its sender"
+            ),
+            Error::SymlinkArgument { path } => write!(
+                f,
+                "{path:?} is a symbolic link, which kluis does not follow; nothing was done with it: give the file or folder it points to instead"
+            ),
+            Error::AlreadySealed { path } => write!(
+                f,
+                "{path:?} is sealed already (.kluis) and was not sealed again: to open it, use `kluis open`"
+            ),
+            Error::DotFile { sealed } => write!(
+                f,
+                "{sealed:?}: the name stored in this document starts with a dot (a hidden file, such as .bashrc); nothing was written. If you expect a hidden file, open it again with --allow-dotfiles"
             ),
             Error::NameNotPortable { path, problem } => write!(
                 f,

@@ -131,11 +131,15 @@ mod pool;
 mod rekey;
 mod report;
 mod seal;
+mod stale;
+mod sync;
 mod walk;
 
 pub use atomic::TempFile;
 pub use error::{Error, Result};
-pub use name::{EXTENSION, NameProblem, TEMP_PREFIX, safe_relative_path};
+pub use name::{
+    EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
+};
 pub use open::{open_file, open_paths};
 pub use pool::MAX_THREADS;
 pub use rekey::{
@@ -143,3 +147,4 @@ pub use rekey::{
 };
 pub use report::{Event, OpenOptions, Outcome, Progress, Report, SealOptions, Skip};
 pub use seal::{seal_file, seal_paths};
+pub use sync::sync_folder;

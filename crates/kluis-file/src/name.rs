@@ -38,7 +38,20 @@ pub enum NameProblem {
     Reserved,
     /// A component ends in a dot or a space (Windows strips them, so two names could collide).
     TrailingDotOrSpace,
+    /// The name contains a bidirectional-text control (such as U+202E, RIGHT-TO-LEFT
+    /// OVERRIDE) or another invisible formatting character, which makes a name look like
+    /// another one (`report\u{202E}fdp.exe` shows as `reportexe.pdf`).
+    FormatCharacter,
+    /// A component is longer than 255 bytes, more than file systems allow for one name.
+    ComponentTooLong,
+    /// The file name ends in `.kluis` or starts with `.kluis-tmp-`: restoring it could take
+    /// the place of a sealed document or of a temporary file.
+    KluisName,
 }
+
+/// The most bytes in one path component on common file systems (ext4, APFS, NTFS in UTF-16
+/// units is 255 too, which a 255-byte UTF-8 name never exceeds).
+pub const MAX_COMPONENT_LEN: usize = 255;
 
 impl fmt::Display for NameProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +68,15 @@ impl fmt::Display for NameProblem {
                 "the name is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1, LPT1, ...)"
             }
             NameProblem::TrailingDotOrSpace => "a part of the name ends in a dot or a space",
+            NameProblem::FormatCharacter => {
+                "the name contains a bidirectional or invisible formatting character (such as U+202E), which can disguise it"
+            }
+            NameProblem::ComponentTooLong => {
+                "a part of the name is longer than 255 bytes, more than file systems allow"
+            }
+            NameProblem::KluisName => {
+                "the name is that of a sealed document (.kluis) or of a kluis temporary file"
+            }
         })
     }
 }
@@ -86,11 +108,41 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
         return Err(NameProblem::Absolute);
     }
     let mut path = PathBuf::new();
+    let mut last = "";
     for component in name.split('/') {
         check_component(component)?;
         path.push(component);
+        last = component;
     }
+    check_file_name(last)?;
     Ok(path)
+}
+
+/// Check the last component of a restored name: it must not be a sealed document's or a
+/// temporary file's name, which opening could otherwise put in place of one.
+pub(crate) fn check_file_name(c: &str) -> Result<(), NameProblem> {
+    let lower = c.to_ascii_lowercase();
+    let ext = format!(".{EXTENSION}");
+    if lower.ends_with(&ext) || c.starts_with(TEMP_PREFIX) {
+        return Err(NameProblem::KluisName);
+    }
+    Ok(())
+}
+
+/// Whether `ch` is a bidirectional control or an invisible formatting character that can
+/// make one name look like another.
+fn is_format_character(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{061C}'
+            | '\u{00AD}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 /// Check one component of a name (see [`safe_relative_path`]).
@@ -108,8 +160,12 @@ pub(crate) fn check_component(c: &str) -> Result<(), NameProblem> {
             // Only reachable for callers that check a component on its own.
             '/' => return Err(NameProblem::EmptyComponent),
             ch if ch.is_control() => return Err(NameProblem::ControlCharacter),
+            ch if is_format_character(ch) => return Err(NameProblem::FormatCharacter),
             _ => {}
         }
+    }
+    if c.len() > MAX_COMPONENT_LEN {
+        return Err(NameProblem::ComponentTooLong);
     }
     if c.ends_with('.') || c.ends_with(' ') {
         return Err(NameProblem::TrailingDotOrSpace);
@@ -133,15 +189,70 @@ fn is_reserved(c: &str) -> bool {
     }
 }
 
+/// A secret key that turns a stored name into the same hidden file name every time, so
+/// sealing a path again with hidden names replaces its sealed copy instead of adding a
+/// second one (see [`crate::SealOptions::name_key`]).
+///
+/// The hidden name is HMAC-SHA-256 under this key of the stored name, cut to 128 bits: without
+/// the key, nobody who sees the hidden names (the cloud provider) can test a guess of a real
+/// name against them. Keep it with the person's other secrets (the `kluis` tool keeps one per
+/// configuration folder, mode 0600). Its bytes are wiped on drop and never printed.
+pub struct NameKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl NameKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<NameKey> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut key[..])
+            .map_err(|_| Error::Random)?;
+        Ok(NameKey(key))
+    }
+
+    /// A key from its 32 bytes (as saved from [`NameKey::to_bytes`]).
+    pub fn from_bytes(bytes: [u8; 32]) -> NameKey {
+        NameKey(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The key's 32 bytes, to save it. A secret: keep it private.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.0.clone()
+    }
+
+    /// The hidden file name (without `.kluis`) for stored name `name`: 26 lowercase base32
+    /// characters, the same for the same key and name.
+    pub(crate) fn hidden_name(&self, name: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0[..]);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(b"kluis/v1/hidden-name\0");
+        ctx.update(name.as_bytes());
+        let tag = ctx.sign();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&tag.as_ref()[..16]);
+        base32_name(bytes)
+    }
+}
+
+impl fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NameKey([secret])")
+    }
+}
+
 /// 128 random bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding).
 pub(crate) fn random_name() -> Result<String> {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| Error::Random)?;
+    Ok(base32_name(bytes))
+}
+
+/// 128 bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding).
+fn base32_name(bytes: [u8; 16]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let bits = u128::from_be_bytes(bytes);
-    Ok((0..26)
+    (0..26)
         .map(|i| {
             let shift = 128i32 - 5 * (i + 1);
             let v = if shift >= 0 {
@@ -151,7 +262,7 @@ pub(crate) fn random_name() -> Result<String> {
             };
             ALPHABET[(v & 31) as usize] as char
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

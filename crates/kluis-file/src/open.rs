@@ -8,10 +8,10 @@ use std::time::SystemTime;
 
 use kluis_core::{BlockSink, FileKey, Header, StreamReader, Unwrap, unlock_all};
 
-use crate::atomic::{create_output_dir, start_output, sync_dirs};
+use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{absolute, parent_of, payload_error, read_header, reopen_sealed, require_file};
-use crate::name::{EXTENSION, check_component, safe_relative_path};
+use crate::name::{EXTENSION, check_component, check_file_name, safe_relative_path};
 use crate::output::Output;
 use crate::pool;
 use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
@@ -30,6 +30,8 @@ struct Pending {
     input: PathBuf,
     /// Folders inside the opened folder, mirrored below the output folder.
     rel_dir: PathBuf,
+    /// Given directly, not found inside a folder: restored under its plain file name only.
+    direct: bool,
     report: usize,
 }
 
@@ -46,16 +48,45 @@ struct Job {
     size: Option<u64>,
     modified: Option<SystemTime>,
     report: usize,
+    rank: Rank,
+    /// Replace the output even without `force`: a newer document restoring to the path an
+    /// older one was opened to in an earlier batch of this run.
+    replace: bool,
 }
 
 /// Everything a batch needs besides its headers.
 struct Run<'a> {
     unwrappers: &'a [&'a dyn Unwrap],
     out_dir: Option<&'a Path>,
+    allow_dotfiles: bool,
     shared: Shared<'a>,
     threads: usize,
     inputs: HashSet<PathBuf>,
-    claimed: HashMap<PathBuf, PathBuf>,
+    /// Outputs decided so far, by absolute path.
+    claimed: HashMap<PathBuf, Claim>,
+    /// Which batch is being planned.
+    batch_no: usize,
+}
+
+/// Which document restores to an output path.
+struct Claim {
+    input: PathBuf,
+    rank: Rank,
+    report: usize,
+    batch_no: usize,
+    /// Its index in the current batch's jobs (meaningful while `batch_no` is current).
+    index: usize,
+}
+
+/// How new a document is, to decide between two that restore to one path: the newest
+/// wins. By the modification time sealed in it (none is oldest), then the sealed file's own
+/// modification time, then the sealed file's path (so the choice never depends on the
+/// order files are listed in).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    sealed_modified: Option<SystemTime>,
+    file_modified: Option<SystemTime>,
+    input: PathBuf,
 }
 
 /// Open sealed files and folders. Folders are walked recursively (symbolic links are
@@ -64,7 +95,11 @@ struct Run<'a> {
 /// Headers are read first, and keys recovered with one [`kluis_core::unlock_all`] call per
 /// batch of up to 1000 documents, so a remote key holder sees one request per batch, not per
 /// file. Payloads are then decrypted in parallel. Each document's stored name is checked
-/// with [`crate::safe_relative_path`]; a document whose name is unsafe fails on its own.
+/// with [`crate::safe_relative_path`]; a document whose name is unsafe fails on its own. A
+/// document given directly (not found in a folder) restores only the last component of its
+/// stored name, in the output folder (or beside it), and not a hidden (dot) file unless
+/// [`OpenOptions::allow_dotfiles`] is set. No restored name ends in `.kluis`, so even with
+/// `force` an opening never replaces a sealed document.
 ///
 /// Returns one report per file met, in walk order; a failure of one file does not stop the
 /// others. The `Err` case is for problems with the whole run (an output folder that cannot be
@@ -95,14 +130,20 @@ pub fn open_paths<P: AsRef<Path>>(
     let mut pending = Vec::new();
     let mut inputs = HashSet::new();
     let mut bytes = 0u64;
+    let mut empty_dirs = Vec::new();
     for entry in listed {
         let (input, outcome) = match entry {
+            Entry::EmptyDir(path, rel) => {
+                empty_dirs.push((path, rel));
+                continue;
+            }
             Entry::File(f) => {
                 inputs.insert(absolute(&f.path));
                 bytes = bytes.saturating_add(f.len);
                 pending.push(Pending {
                     input: f.path.clone(),
                     rel_dir: f.rel_dir,
+                    direct: f.direct,
                     report: reports.len(),
                 });
                 (f.path, Outcome::Done)
@@ -116,6 +157,19 @@ pub fn open_paths<P: AsRef<Path>>(
             bytes: 0,
             outcome,
         });
+    }
+    // Empty folders are restored too (with an output folder; in place they are there).
+    if let Some(out) = out_dir {
+        for (path, rel) in empty_dirs {
+            if let Err(e) = create_dirs(out, &rel) {
+                reports.push(Report {
+                    input: path,
+                    output: Some(out.join(&rel)),
+                    bytes: 0,
+                    outcome: Outcome::Failed(e),
+                });
+            }
+        }
     }
     shared.emit(Event::Planned {
         files: pending.len(),
@@ -131,10 +185,12 @@ pub fn open_paths<P: AsRef<Path>>(
     let mut run = Run {
         unwrappers,
         out_dir,
+        allow_dotfiles: options.allow_dotfiles,
         shared,
         threads: pool::workers(options.threads, pending.len()),
         inputs,
         claimed: HashMap::new(),
+        batch_no: 0,
     };
     let mut batch: Vec<(&Pending, Header)> = Vec::new();
     let mut batch_bytes = 0;
@@ -182,6 +238,7 @@ pub fn open_file(
 impl Run<'_> {
     /// Recover the keys of a batch in one call, decide the outputs, decrypt in parallel.
     fn batch(&mut self, batch: Vec<(&Pending, Header)>, reports: &mut [Report]) {
+        self.batch_no += 1;
         self.shared.emit(Event::Unlocking {
             documents: batch.len(),
         });
@@ -193,10 +250,7 @@ impl Run<'_> {
                 .map_err(|e| Error::format(&p.input, e))
                 .and_then(|key| self.plan(p, header, key));
             match job {
-                Ok(job) => {
-                    reports[p.report].output = Some(job.output.clone());
-                    jobs.push(job);
-                }
+                Ok(job) => self.claim(job, &mut jobs, reports),
                 Err(e) => {
                     reports[p.report].outcome = Outcome::Failed(e);
                     self.shared.emit(Event::Finished(&reports[p.report]));
@@ -232,6 +286,62 @@ impl Run<'_> {
         sync_dirs(dirs.into_iter(), reports);
     }
 
+    /// Add `job` unless a newer document of this run restores to the same path; when `job`
+    /// is the newer one, the older is reported [`Outcome::Superseded`] (and, if it was
+    /// opened in an earlier batch already, its output is replaced).
+    fn claim(&mut self, mut job: Job, jobs: &mut Vec<Job>, reports: &mut [Report]) {
+        let key = absolute(&job.output);
+        let superseded = |reports: &mut [Report], report: usize, newer: &Path| {
+            reports[report].outcome = Outcome::Superseded(newer.to_path_buf());
+        };
+        match self.claimed.get(&key) {
+            Some(c) if c.rank >= job.rank => {
+                superseded(reports, job.report, &c.input);
+                reports[job.report].output = Some(job.output.clone());
+                self.shared.emit(Event::Finished(&reports[job.report]));
+                return;
+            }
+            Some(c) if c.batch_no == self.batch_no => {
+                // The older one is not opened yet: this one takes its place.
+                let older = std::mem::replace(&mut jobs[c.index], job);
+                superseded(reports, older.report, &jobs[c.index].input);
+                self.shared.emit(Event::Finished(&reports[older.report]));
+                let index = c.index;
+                let job = &jobs[index];
+                reports[job.report].output = Some(job.output.clone());
+                self.claimed.insert(
+                    key,
+                    Claim {
+                        input: job.input.clone(),
+                        rank: job.rank.clone(),
+                        report: job.report,
+                        batch_no: self.batch_no,
+                        index,
+                    },
+                );
+                return;
+            }
+            Some(c) => {
+                // Opened in an earlier batch: replace its output.
+                job.replace = true;
+                superseded(reports, c.report, &job.input);
+            }
+            None => {}
+        }
+        reports[job.report].output = Some(job.output.clone());
+        self.claimed.insert(
+            key,
+            Claim {
+                input: job.input.clone(),
+                rank: job.rank.clone(),
+                report: job.report,
+                batch_no: self.batch_no,
+                index: jobs.len(),
+            },
+        );
+        jobs.push(job);
+    }
+
     /// Decide where a document goes: its stored name, checked, below the output root.
     fn plan(&mut self, p: &Pending, header: Header, key: FileKey) -> Result<Job> {
         let metadata = header
@@ -254,9 +364,25 @@ impl Run<'_> {
             })?;
             let stem = &file[..file.len() - EXTENSION.len() - 1];
             check_component(stem).map_err(unsafe_name)?;
+            check_file_name(stem).map_err(unsafe_name)?;
             PathBuf::from(stem)
         } else {
             safe_relative_path(&metadata.name).map_err(unsafe_name)?
+        };
+        // A document given on its own restores a plain file name in the output folder: its
+        // last component only (the folders it was sealed from are not created), and no
+        // hidden file unless asked for.
+        let name = match p.direct {
+            true => {
+                let file = PathBuf::from(name.file_name().unwrap_or_default());
+                if !self.allow_dotfiles && file.as_os_str().as_encoded_bytes().starts_with(b".") {
+                    return Err(Error::DotFile {
+                        sealed: p.input.clone(),
+                    });
+                }
+                file
+            }
+            false => name,
         };
         let (root, rel) = match self.out_dir {
             Some(out) => (out.to_path_buf(), p.rel_dir.join(name)),
@@ -269,13 +395,11 @@ impl Run<'_> {
                 path: p.input.clone(),
             });
         }
-        if let Some(other) = self.claimed.get(&key_path) {
-            return Err(Error::Collision {
-                path: p.input.clone(),
-                other: other.clone(),
-            });
-        }
-        self.claimed.insert(key_path, p.input.clone());
+        let rank = Rank {
+            sealed_modified: metadata.modified,
+            file_modified: std::fs::metadata(&p.input).and_then(|m| m.modified()).ok(),
+            input: p.input.clone(),
+        };
         Ok(Job {
             input: p.input.clone(),
             header,
@@ -286,6 +410,8 @@ impl Run<'_> {
             size: metadata.size,
             modified: metadata.modified,
             report: p.report,
+            rank,
+            replace: false,
         })
     }
 }
@@ -309,7 +435,8 @@ impl<R: Read> Read for Counting<'_, R> {
 fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     shared.emit(Event::Started { input: &job.input });
     let rel_dir = job.rel.parent().unwrap_or(Path::new(""));
-    let tmp = start_output(&job.root, rel_dir, &job.output, shared.force, true)?;
+    let force = shared.force || job.replace;
+    let tmp = start_output(&job.root, rel_dir, &job.output, force, true)?;
     let count = Cell::new(job.header.len() as u64);
     let file = reopen_sealed(&job.input, &job.header)?;
     // The plaintext size, or (sealed without one) the sealed size, which is a little more.
@@ -350,6 +477,6 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
             .set_modified(t)
             .map_err(|e| Error::io(&job.output, "set the modification time of", e))?;
     }
-    tmp.commit(&job.output, shared.force)?;
+    tmp.commit(&job.output, force)?;
     Ok(total)
 }

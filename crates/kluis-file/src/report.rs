@@ -24,6 +24,11 @@ pub struct SealOptions<'a> {
     /// written flat into it and each stored name is the file's relative path
     /// (`photos/2024/report.docx`), so no folder name shows either.
     pub hide_names: bool,
+    /// With `hide_names`: derive each hidden name from the stored name with this key
+    /// instead of at random, so sealing the same path into the same folder again gives the
+    /// same file name (and with `force` replaces the earlier sealed copy rather than adding a
+    /// second one). Without it, hidden names are random.
+    pub name_key: Option<&'a crate::NameKey>,
     /// Pad each payload (Padmé) so the sealed size reveals little about the real size.
     pub pad: bool,
     /// Replace existing outputs.
@@ -45,6 +50,7 @@ impl fmt::Debug for SealOptions<'_> {
         f.debug_struct("SealOptions")
             .field("output_dir", &self.output_dir)
             .field("hide_names", &self.hide_names)
+            .field("name_key", &self.name_key.is_some())
             .field("pad", &self.pad)
             .field("force", &self.force)
             .field("remove_original", &self.remove_original)
@@ -66,8 +72,13 @@ pub struct OpenOptions<'a> {
     /// Restore files here (created if missing) instead of beside each sealed file. The folders
     /// inside an opened folder are mirrored below it.
     pub output_dir: Option<PathBuf>,
-    /// Replace existing outputs.
+    /// Replace existing outputs (never a sealed document: a restored name ending in
+    /// `.kluis` is refused).
     pub force: bool,
+    /// Write a document given on its own (not found in a folder) even when its stored name
+    /// starts with a dot. Off by default: such a document is refused with
+    /// [`crate::Error::DotFile`], so a crafted `.bashrc` or `.profile` is not planted.
+    pub allow_dotfiles: bool,
     /// Worker threads (default: the available cores; at most [`crate::MAX_THREADS`]).
     pub threads: Option<NonZeroUsize>,
     /// Called as work progresses.
@@ -79,6 +90,7 @@ impl fmt::Debug for OpenOptions<'_> {
         f.debug_struct("OpenOptions")
             .field("output_dir", &self.output_dir)
             .field("force", &self.force)
+            .field("allow_dotfiles", &self.allow_dotfiles)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
             .finish()
@@ -143,6 +155,10 @@ pub enum Outcome {
     OriginalKept(Error),
     /// Left alone on purpose.
     Skipped(Skip),
+    /// Not opened: another document of the same run restores to the same path and is newer
+    /// (by the modification time sealed in it, then the sealed file's, then its path). The
+    /// path is that newer sealed document, which was opened instead.
+    Superseded(PathBuf),
     /// Failed: the input is untouched and nothing was written under the output name. (One
     /// exception: when only the final sync of the output's folder failed, an [`Error::Io`]
     /// says so, and the complete output is there but may not survive a crash.)
@@ -169,8 +185,12 @@ pub enum Skip {
     AlreadySealed,
     /// A file without the `.kluis` extension met while opening a folder.
     NotSealed,
-    /// A temporary file left by an interrupted run (`.kluis-tmp-…`); it can be deleted.
+    /// A temporary file (`.kluis-tmp-…`) of a run still going on, or one left by an
+    /// interrupted run that is not yet stale (see [`Skip::StaleTemporaryRemoved`]).
     Temporary,
+    /// A temporary file left by an interrupted run, which was removed: nobody held it and it
+    /// had not been modified for minutes.
+    StaleTemporaryRemoved,
 }
 
 impl fmt::Display for Skip {
@@ -180,7 +200,12 @@ impl fmt::Display for Skip {
             Skip::Special => "not a regular file",
             Skip::AlreadySealed => "already sealed",
             Skip::NotSealed => "not a .kluis file",
-            Skip::Temporary => "a temporary file left by an interrupted run (safe to delete)",
+            Skip::Temporary => {
+                "a temporary file of a running kluis, or left by an interrupted run (removed once stale)"
+            }
+            Skip::StaleTemporaryRemoved => {
+                "a temporary file left by an interrupted run; it was removed"
+            }
         })
     }
 }

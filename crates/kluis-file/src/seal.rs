@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use kluis_core::{BlockWriter, FileKey, Header, Metadata, Slot, StreamReader, unlock_all};
 use zeroize::Zeroizing;
 
-use crate::atomic::{create_output_dir, start_output, sync_dir, sync_dirs};
+use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dir, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{
     Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, reopen_sealed,
     require_file,
 };
-use crate::name::{EXTENSION, check_component, random_name};
+use crate::name::{EXTENSION, NameKey, check_component, random_name};
 use crate::open::BATCH;
 use crate::output::Output;
 use crate::pool;
@@ -87,7 +87,7 @@ pub fn seal_paths<P: AsRef<Path>>(
         force: options.force,
         progress: options.progress,
     };
-    let (mut reports, jobs, bytes) = plan(listed, out_dir, options.hide_names);
+    let (mut reports, jobs, bytes) = plan(listed, out_dir, options.hide_names, options.name_key);
     shared.emit(Event::Planned {
         files: jobs.len(),
         bytes,
@@ -152,7 +152,12 @@ pub fn seal_file(input: &Path, slots: &[Slot], options: &SealOptions<'_>) -> Res
 /// Turn the listing into jobs: output paths, stored names, and the checks that keep two
 /// inputs from sharing an output or a restored name. Returns the reports (final for skipped
 /// and refused files), the jobs and their total size.
-fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>, Vec<Job>, u64) {
+fn plan(
+    listed: Vec<Entry>,
+    out_dir: Option<&Path>,
+    hide: bool,
+    name_key: Option<&NameKey>,
+) -> (Vec<Report>, Vec<Job>, u64) {
     let inputs: HashSet<PathBuf> = listed
         .iter()
         .filter_map(|e| match e {
@@ -173,6 +178,23 @@ fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>,
             outcome: Outcome::Failed(e),
         };
         let found = match entry {
+            // Mirrored in a non-flat output folder; nothing to seal.
+            Entry::EmptyDir(path, rel) => {
+                if let (Some(out), false) = (out_dir, hide) {
+                    if let Err(e) = create_dirs(out, &rel) {
+                        reports.push(Report {
+                            output: Some(out.join(&rel)),
+                            ..failed(path, e)
+                        });
+                    }
+                }
+                continue;
+            }
+            Entry::File(f) if f.direct && f.path.file_name().is_some_and(has_extension) => {
+                let path = f.path.clone();
+                reports.push(failed(f.path, Error::AlreadySealed { path }));
+                continue;
+            }
             Entry::File(f) => f,
             Entry::Skipped(input, skip) => {
                 reports.push(Report {
@@ -188,7 +210,7 @@ fn plan(listed: Vec<Entry>, out_dir: Option<&Path>, hide: bool) -> (Vec<Report>,
                 continue;
             }
         };
-        let job = match job_for(&found, out_dir, hide, reports.len()) {
+        let job = match job_for(&found, out_dir, hide, name_key, reports.len()) {
             Ok(job) => job,
             Err(e) => {
                 reports.push(failed(found.path, e));
@@ -239,7 +261,13 @@ fn restored_key(job: &Job) -> (PathBuf, String) {
 }
 
 /// Where one file goes and what name it stores.
-fn job_for(found: &Found, out_dir: Option<&Path>, hide: bool, report: usize) -> Result<Job> {
+fn job_for(
+    found: &Found,
+    out_dir: Option<&Path>,
+    hide: bool,
+    name_key: Option<&NameKey>,
+    report: usize,
+) -> Result<Job> {
     let path = &found.path;
     let not_utf8 = || Error::NameNotUtf8 { path: path.clone() };
     let base = path
@@ -271,7 +299,11 @@ fn job_for(found: &Found, out_dir: Option<&Path>, hide: bool, report: usize) -> 
         }
     };
     let file = if hide {
-        format!("{}.{EXTENSION}", random_name()?)
+        let hidden = match name_key {
+            Some(k) => k.hidden_name(&name),
+            None => random_name()?,
+        };
+        format!("{hidden}.{EXTENSION}")
     } else {
         format!("{base}.{EXTENSION}")
     };

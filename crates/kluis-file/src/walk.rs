@@ -17,6 +17,8 @@ pub(crate) struct Found {
     pub(crate) rel_dir: PathBuf,
     /// Its size on disk.
     pub(crate) len: u64,
+    /// Given directly as an input, not found inside a folder.
+    pub(crate) direct: bool,
 }
 
 /// One listed input.
@@ -24,11 +26,15 @@ pub(crate) enum Entry {
     File(Found),
     Skipped(PathBuf, Skip),
     Failed(PathBuf, Error),
+    /// An empty folder met inside a walked folder: its path, and its place below the output
+    /// root (as `rel_dir` of a file in it would be), so it can be mirrored.
+    EmptyDir(PathBuf, PathBuf),
 }
 
 /// List `input`: a file as itself, a folder recursively (in name order, each folder's files
-/// before its subfolders). Symbolic links and special files are skipped, at the top as well
-/// as inside. `classify` may skip files met inside a folder by their name; `root_name` starts
+/// before its subfolders). Symbolic links and special files are skipped inside; a symbolic
+/// link given as `input` itself fails with [`Error::SymlinkArgument`], a special file is
+/// skipped. `classify` may skip files met inside a folder by their name; `root_name` starts
 /// every `rel_dir` with the folder's own name.
 pub(crate) fn walk(
     input: &Path,
@@ -42,13 +48,16 @@ pub(crate) fn walk(
     };
     let kind = meta.file_type();
     if kind.is_symlink() {
-        return out.push(Entry::Skipped(input.into(), Skip::Symlink));
+        // Given by name: say so as a failure (a skip would let a run of nothing succeed).
+        let path = input.to_path_buf();
+        return out.push(Entry::Failed(path.clone(), Error::SymlinkArgument { path }));
     }
     if kind.is_file() {
         return out.push(Entry::File(Found {
             path: input.into(),
             rel_dir: PathBuf::new(),
             len: meta.len(),
+            direct: true,
         }));
     }
     if !kind.is_dir() {
@@ -79,6 +88,10 @@ pub(crate) fn walk(
                 continue;
             }
         };
+        if entries.is_empty() {
+            out.push(Entry::EmptyDir(dir.clone(), rel.clone()));
+            continue;
+        }
         let mut entries: Vec<_> = entries.into_iter().map(|e| (e.file_name(), e)).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
@@ -101,7 +114,11 @@ pub(crate) fn walk(
             } else if !kind.is_file() {
                 out.push(Entry::Skipped(path, Skip::Special));
             } else if name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
-                out.push(Entry::Skipped(path, Skip::Temporary));
+                let skip = match crate::stale::remove_if_stale(&path) {
+                    true => Skip::StaleTemporaryRemoved,
+                    false => Skip::Temporary,
+                };
+                out.push(Entry::Skipped(path, skip));
             } else if let Some(skip) = classify(&name) {
                 out.push(Entry::Skipped(path, skip));
             } else {
@@ -109,6 +126,7 @@ pub(crate) fn walk(
                     path,
                     rel_dir: rel.clone(),
                     len: meta.len(),
+                    direct: false,
                 }));
             }
         }

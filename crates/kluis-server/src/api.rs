@@ -37,7 +37,9 @@ use crate::writer::AuditWriter;
 
 /// Verifies bearer tokens that are not kluis API tokens (OpenID Connect JWTs).
 pub trait TokenVerifier: Send + Sync {
-    /// Who the token authenticates. May block (a JWKS fetch); it runs on a blocking thread.
+    /// Who the token authenticates, with names namespaced to the verifier's source (see
+    /// [`Principal`]). Must not wait for the network (reload keys in the background); it runs
+    /// on a blocking thread, without a store connection.
     fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError>;
 }
 
@@ -54,7 +56,7 @@ impl TokenVerifier for crate::oidc::OidcVerifier {
     fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError> {
         crate::oidc::OidcVerifier::verify(self, token, now_secs).map_err(|e| {
             if let Some(cause) = e.jwks_cause() {
-                eprintln!("kluis-server: OpenID Connect keys unavailable: {cause}");
+                crate::log!("OpenID Connect keys unavailable: {cause}");
             }
             match e {
                 crate::oidc::OidcError::JwksUnavailable(_) => VerifyError::Unavailable(
@@ -195,18 +197,31 @@ impl Api {
             .with_state(self.clone())
     }
 
+    /// Whether the audit writer thread is running; the server must not go on without it.
+    pub fn writer_running(&self) -> bool {
+        self.writer.is_running()
+    }
+
     /// Commit what the audit writer holds and stop it; unwraps are refused afterwards.
     pub fn shutdown(&self) {
         self.writer.shutdown();
     }
 
-    fn authenticate(&self, store: &SqliteStore, bearer: &str) -> Result<Principal, ApiError> {
+    /// Check an API token (`kluis_…`) against the store.
+    fn authenticate_token(&self, store: &SqliteStore, bearer: &str) -> Result<Principal, ApiError> {
+        store.authenticate(bearer, now_ms())?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the token is unknown, revoked or expired: ask for a new one",
+            )
+        })
+    }
+
+    /// Check a bearer token that is not an API token (an OpenID Connect JWT), without a
+    /// store connection: a slow identity provider must never hold one.
+    fn authenticate_jwt(&self, bearer: &str) -> Result<Principal, ApiError> {
         let unauth = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-        if bearer.starts_with("kluis_") {
-            return store.authenticate(bearer, now_ms())?.ok_or_else(|| {
-                unauth("the token is unknown, revoked or expired: ask for a new one".into())
-            });
-        }
         match &self.oidc {
             Some(oidc) => oidc.verify(bearer, now_ms() / 1000).map_err(|e| match e {
                 VerifyError::Invalid(m) => unauth(m),
@@ -346,6 +361,37 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || api.readers.with(|store| f(&api, store)))
         .await
         .map_err(|_| ServerError::Init("a request task failed"))?
+}
+
+/// Who is calling: an API token still to be checked against the store, or the principal of a
+/// JWT already verified (without a store connection).
+enum Caller {
+    ApiToken(String),
+    Verified(Principal),
+}
+
+impl Caller {
+    /// Tell an API token from a JWT; a JWT is verified here, on a blocking thread that holds no store
+    /// connection (verification never waits for the identity provider, see
+    /// [`TokenVerifier::verify`]).
+    async fn of(api: &Arc<Api>, token: String) -> Result<Caller, ApiError> {
+        if token.starts_with("kluis_") {
+            return Ok(Caller::ApiToken(token));
+        }
+        let api = api.clone();
+        tokio::task::spawn_blocking(move || api.authenticate_jwt(&token))
+            .await
+            .map_err(|_| ServerError::Init("a request task failed"))?
+            .map(Caller::Verified)
+    }
+
+    /// The principal: an API token is looked up on `store`.
+    fn principal(&self, api: &Api, store: &SqliteStore) -> Result<Principal, ApiError> {
+        match self {
+            Caller::ApiToken(token) => api.authenticate_token(store, token),
+            Caller::Verified(p) => Ok(p.clone()),
+        }
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -620,6 +666,7 @@ fn base_entry(who: &Principal, client: SocketAddr, reason: Option<String>) -> Au
         outcome: String::new(),
         reason,
         client: Some(client.ip().to_string()),
+        credential: Some(who.credential.clone()),
     }
 }
 
@@ -644,13 +691,13 @@ struct Common {
 fn authorise_and_unwrap(
     api: &Api,
     store: &mut SqliteStore,
-    token: &str,
+    caller: &Caller,
     client: SocketAddr,
     body: &Result<Bytes, ApiError>,
     batch: bool,
 ) -> Result<Unwrapped, ApiError> {
     // Authentication comes before even looking at the request body.
-    let who = api.authenticate(store, token)?;
+    let who = caller.principal(api, store)?;
     let body = body.as_ref().map_err(Clone::clone)?;
     let bad_body = |e: serde_json::Error| ApiError::bad(format!("request body: {e}"));
     let req = if batch {
@@ -742,13 +789,15 @@ async fn unwrap_common(
     let token = bearer(&headers)?;
     let body = body.map_err(body_error);
     let arriving = api.writer.arriving();
-    // One item with an API token is two X25519 operations and a few indexed reads (about
-    // 0.1 ms): cheaper done here than handed to a blocking thread and back. Batches, JWTs
-    // (a JWKS fetch may block) and a busy pool go to a blocking thread.
-    let inline = (!batch && token.starts_with("kluis_"))
+    // A JWT is verified before a store connection is taken.
+    let caller = Caller::of(&api, token).await?;
+    // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
+    // done here than handed to a blocking thread and back. Batches and a busy pool go to a
+    // blocking thread.
+    let inline = (!batch)
         .then(|| {
             api.readers
-                .try_with(|store| authorise_and_unwrap(&api, store, &token, client, &body, batch))
+                .try_with(|store| authorise_and_unwrap(&api, store, &caller, client, &body, batch))
         })
         .flatten();
     let Unwrapped {
@@ -759,7 +808,7 @@ async fn unwrap_common(
         Some(done) => done?,
         None => {
             blocking(&api, move |api, store| {
-                authorise_and_unwrap(api, store, &token, client, &body, batch)
+                authorise_and_unwrap(api, store, &caller, client, &body, batch)
             })
             .await?
         }
@@ -840,15 +889,18 @@ struct Page {
     limit: Option<usize>,
 }
 
-/// The caller's own recorded openings (employees may see what is recorded under their name).
+/// The caller's own recorded openings (employees may see what is recorded under their name):
+/// the records of the caller's namespaced actor only, so an OpenID Connect `alice`
+/// (`oidc:<issuer>:alice`) never sees the API-token `alice`'s records, nor anyone the admin's.
 async fn my_audit(
     State(api): State<Arc<Api>>,
     page: Result<Query<Page>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
+    let caller = Caller::of(&api, token).await?;
     let records = blocking(&api, move |api, store| {
-        let who = api.authenticate(store, &token)?;
+        let who = caller.principal(api, store)?;
         let Query(page) = page.map_err(|_| {
             ApiError::bad("query: only `after` (a sequence number) and `limit` (1-1000)")
         })?;

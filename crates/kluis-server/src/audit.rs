@@ -14,7 +14,9 @@ use serde::Serialize;
 pub struct AuditEntry {
     /// Milliseconds since the Unix epoch.
     pub time_ms: i64,
-    /// Who: a user id, `token:<id>`, or `admin:<os user>`.
+    /// Who, namespaced by where the identity comes from (see [`crate::store::Principal`]): an
+    /// API-token user `alice`, an OpenID Connect user `oidc:<issuer name>:<user>`, an
+    /// administrator `admin:<os user>`, or the server itself (`scheduler`).
     pub actor: String,
     /// What: `unwrap`, `label.create`, `label.rotate`, `token.revoke`, ...
     pub action: String,
@@ -30,6 +32,10 @@ pub struct AuditEntry {
     pub reason: Option<String>,
     /// The client's address.
     pub client: Option<String>,
+    /// Which credential acted: `token:<public token id>`, `oidc:<issuer name>:<sub>[#<jti>]`,
+    /// `admin-cli:<os user>` or `server:<task>`. `None` only in records written before
+    /// kluis-server recorded credentials.
+    pub credential: Option<String>,
 }
 
 /// A stored audit record.
@@ -79,7 +85,28 @@ pub(crate) fn chain_mac(key: &hmac::Key, prev: &[u8], seq: i64, e: &AuditEntry) 
     field(&mut m, e.outcome.as_bytes());
     opt(&mut m, e.reason.as_deref().map(str::as_bytes));
     opt(&mut m, e.client.as_deref().map(str::as_bytes));
+    // The credential was added later. Records written before it (credential `None`) keep
+    // their original MAC input, so they still verify; a record with a credential appends it as
+    // one more length-prefixed field. This stays unambiguous: the encoding above is
+    // self-delimiting (fixed-size integers, length-prefixed fields, tagged options), so the
+    // old input is parsed to its exact end and cannot equal a new input, which has bytes
+    // after that point. Clearing or adding a credential in the database therefore breaks the
+    // chain like any other edit.
+    if let Some(c) = &e.credential {
+        field(&mut m, c.as_bytes());
+    }
     hmac::sign(key, &m).as_ref().to_vec()
+}
+
+/// The credential recorded for an administrative change made under `actor`: the admin CLI
+/// (`admin:<os user>` → `admin-cli:<os user>`, the bare `admin` of `init` → `admin-cli`) or the
+/// server itself (`scheduler` → `server:scheduler`).
+pub(crate) fn admin_credential(actor: &str) -> String {
+    match actor.strip_prefix("admin:") {
+        Some(user) => format!("admin-cli:{user}"),
+        None if actor == "admin" => "admin-cli".to_owned(),
+        None => format!("server:{actor}"),
+    }
 }
 
 /// The MAC over the chain head, stored beside the records.

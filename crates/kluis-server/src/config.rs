@@ -76,6 +76,10 @@ pub struct ServeConfig {
     pub header_timeout_secs: Option<u64>,
     /// Open connections at most.
     pub max_connections: Option<usize>,
+    /// Open connections per client address (IPv6: per /64) at most; 0 means no cap.
+    pub max_connections_per_address: Option<usize>,
+    /// Bytes of request line and headers at most.
+    pub max_header_bytes: Option<usize>,
     /// Largest request body, in bytes.
     pub max_body_bytes: Option<usize>,
     /// How often scheduled rotation and retention run, in seconds.

@@ -56,6 +56,23 @@ pub enum ServerError {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// A destroy committed, but an old copy of the destroyed sealed key may remain in the
+    /// database file or its write-ahead log: another connection still reads an older snapshot.
+    ScrubPending {
+        /// The version just destroyed, when the scrub followed a destroy.
+        destroyed: Option<(String, u32)>,
+    },
+    /// The store file is damaged (SQLite's integrity check found problems).
+    Damaged {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// What the integrity check reported (at most a few lines).
+        problems: Vec<String>,
+    },
+    /// A thread the server depends on stopped; the process must be restarted.
+    ThreadDied(&'static str),
+    /// An audit anchor file is malformed.
+    BadAnchor(String),
 }
 
 impl fmt::Display for ServerError {
@@ -93,9 +110,50 @@ impl fmt::Display for ServerError {
             Refused(m) => write!(f, "refused: {m}"),
             BadPolicy(m) => write!(f, "invalid policy: {m}"),
             Config(m) => write!(f, "configuration: {m}"),
+            BadAnchor(m) => write!(
+                f,
+                "the anchor file is malformed: {m}; it holds lines written by `kluis-server audit anchor`"
+            ),
             AuditBroken { seq, what } => write!(
                 f,
                 "the audit trail does not verify at record {seq}: {what}; the store was tampered with or damaged"
+            ),
+            ScrubPending { destroyed } => {
+                match destroyed {
+                    Some((label, kid)) => write!(
+                        f,
+                        "key version {kid} of label `{label}` is destroyed in the store, but an \
+                         old copy of its sealed key"
+                    )?,
+                    None => f.write_str("an old copy of a destroyed sealed key")?,
+                }
+                f.write_str(
+                    " remains in the database file until \
+                     the reader holding it finishes (another process has a read transaction \
+                     open on the store since before the destroy): end that reader (`fuser` on \
+                     the store file shows it); the serving kluis-server's scheduler then \
+                     completes the scrub, or run `kluis-server store scrub`",
+                )
+            }
+            Damaged { path, problems } => {
+                write!(f, "the store {} is damaged:", path.display())?;
+                for p in problems.iter().take(5) {
+                    write!(f, " [{p}]")?;
+                }
+                if problems.len() > 5 {
+                    write!(f, " and {} more", problems.len() - 5)?;
+                }
+                f.write_str(
+                    "; do not serve from it: `kluis-server store check` gives the full report; \
+                     stop the server, keep this file for analysis, restore the latest backup of \
+                     the store in its place (remove the old -wal and -shm files), then run \
+                     `kluis-server store check` and `kluis-server audit verify` (docs/SERVER.md, \
+                     \"Integrity checks\")",
+                )
+            }
+            ThreadDied(what) => write!(
+                f,
+                "the {what} stopped unexpectedly; exiting so that the service manager restarts the server"
             ),
         }
     }

@@ -8,25 +8,32 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod anchor;
 pub mod api;
 pub mod audit;
 pub mod config;
 mod error;
+mod fairness;
 mod limit;
+pub mod log;
 mod master_key;
 pub mod metrics;
 pub mod oidc;
 mod policy;
+mod policy_edit;
+mod refusal;
 pub mod serve;
 mod sqlite;
 mod store;
 mod time;
+mod tls_reload;
 pub mod writer;
 
 pub use error::{Result, ServerError};
 pub use master_key::MasterKey;
 pub use policy::Policy;
-pub use sqlite::{KeySource, SqliteStore};
+pub use policy_edit::PolicyEdit;
+pub use sqlite::{BackupCheck, KeySource, MasterKeyRotation, SqliteStore, pending_key_file};
 pub use store::{
     LabelInfo, Principal, ScheduledChange, Store, TokenInfo, VersionInfo, VersionState,
 };

@@ -14,9 +14,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kluis_server::api::{Api, ApiConfig};
 use kluis_server::config::Config;
-use kluis_server::serve::{ListenLimits, serve, signals, tls_config};
+use kluis_server::serve::{ListenLimits, TlsFiles, serve, signals};
 use kluis_server::{
-    KeySource, Policy, Result, ServerError, SqliteStore, Store, now_ms, parse_duration,
+    KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor, now_ms,
+    parse_duration,
 };
 use zeroize::Zeroizing;
 
@@ -64,8 +65,43 @@ enum Command {
     Audit(AuditCmd),
     /// Run due scheduled rotations and retention destructions now (`serve` also runs them).
     Schedule,
+    /// Write a consistent copy of the store to a new file, also while the server runs.
+    Backup {
+        /// The backup file to create (mode 0600); it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place as the store, after checking it (stop the server first).
+    Restore {
+        /// The backup file, as `backup --to` wrote it.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage the master key.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCmd),
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Check and repair-free maintenance of the store file (no master key needed).
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Check the store file's integrity (SQLite `integrity_check`); exits non-zero and says
+    /// what is wrong if it is damaged. `serve` runs the quicker `quick_check` at start.
+    Check {
+        /// Run only `quick_check` (what `serve` runs at start), not the full check.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Remove old copies of destroyed keys from the store files (checkpoint and empty the
+    /// write-ahead log); needed when a destroy reported that a reader held them.
+    Scrub,
 }
 
 #[derive(clap::Args)]
@@ -142,6 +178,47 @@ enum LabelCmd {
         /// The key version.
         kid: u32,
     },
+    /// Change a label's policy; takes effect on the next request, and is audited.
+    Update {
+        /// The label.
+        name: String,
+        /// Allow a user (repeatable).
+        #[arg(long)]
+        add_user: Vec<String>,
+        /// Stop allowing a user (repeatable).
+        #[arg(long)]
+        remove_user: Vec<String>,
+        /// Allow a group (repeatable).
+        #[arg(long)]
+        add_group: Vec<String>,
+        /// Stop allowing a group (repeatable).
+        #[arg(long)]
+        remove_group: Vec<String>,
+        /// Add a recovery public key (kluis1…) (repeatable).
+        #[arg(long)]
+        add_recovery: Vec<String>,
+        /// Remove a recovery public key (repeatable).
+        #[arg(long)]
+        remove_recovery: Vec<String>,
+        /// Rotate this often (`90d`, `12h`, ...).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_rotation")]
+        rotate_every: Option<u64>,
+        /// Stop scheduled rotation.
+        #[arg(long)]
+        no_rotation: bool,
+        /// Destroy versions this long after they stopped sealing.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_retention")]
+        retain: Option<u64>,
+        /// Stop destroying versions for retention.
+        #[arg(long)]
+        no_retention: bool,
+        /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
+        #[arg(long, value_enum)]
+        double_key: Option<OnOff>,
+        /// Repeat the label name to confirm turning double key off.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
     /// Destroy a key version: irreversible, its documents become unopenable everywhere.
     Destroy {
         /// The label.
@@ -152,6 +229,31 @@ enum LabelCmd {
         #[arg(long)]
         confirm: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCmd {
+    /// Re-seal the store under a new master key, written over the key file, or derived from
+    /// a new passphrase (stop the server first). Older backups then need the old key, which
+    /// you destroy.
+    Rotate {
+        /// Passphrase stores: the new passphrase, from this environment variable.
+        #[arg(long)]
+        new_passphrase_env: Option<String>,
+        /// Passphrase stores: the new passphrase, from this file (first line).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Passphrase stores: ask for the new passphrase on the terminal.
+        #[arg(long)]
+        new_passphrase_prompt: bool,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -175,14 +277,37 @@ enum TokenCmd {
         /// The token id, as `token list` shows it.
         id: String,
     },
+    /// Revoke every active token of a user (leavers); prints the revoked ids.
+    RevokeUser {
+        /// The user.
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Verify the whole hash chain.
-    Verify,
+    Verify {
+        /// Also check the anchors in this file (`audit anchor` lines): fails on a rollback,
+        /// a truncation past an anchor, or a rewritten record.
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+    },
+    /// Append the verified head (sequence, MAC, time) as a JSON line to a file or standard
+    /// output, to ship to a place admins cannot edit.
+    Anchor {
+        /// Append to this file instead of writing to standard output.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
     /// Write every record as JSON lines to standard output.
-    Export,
+    Export {
+        /// Only the records made with this credential, as the records' `credential` names it:
+        /// `token:<token id>`, `oidc:<issuer name>:<sub>` (all of that subject's JWTs) or
+        /// `oidc:<issuer name>:<sub>#<jti>` (one JWT), `admin-cli:<os user>`.
+        #[arg(long)]
+        credential: Option<String>,
+    },
 }
 
 fn actor() -> String {
@@ -273,6 +398,88 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
     Ok(None)
 }
 
+/// The new passphrase for `master-key rotate`, if one of its sources is given.
+fn new_passphrase(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    prompt: bool,
+) -> Result<Option<Zeroizing<String>>> {
+    let chosen = usize::from(env.is_some()) + usize::from(file.is_some()) + usize::from(prompt);
+    if chosen > 1 {
+        return Err(ServerError::Config(
+            "choose one of --new-passphrase-env, --new-passphrase-file, --new-passphrase-prompt"
+                .into(),
+        ));
+    }
+    if let Some(var) = env {
+        let v = std::env::var(var).map_err(|_| {
+            ServerError::Config(format!(
+                "the new passphrase environment variable {var} is not set"
+            ))
+        })?;
+        return first_line(v.as_bytes(), "the environment").map(Some);
+    }
+    if let Some(p) = file {
+        let f = std::fs::File::open(p)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
+        return first_line(f, "the new passphrase file").map(Some);
+    }
+    if prompt {
+        let ask = |q: &str| {
+            rpassword::prompt_password(q)
+                .map(Zeroizing::new)
+                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+        };
+        let pw = ask("new kluis-server passphrase: ")?;
+        if pw.is_empty() {
+            return Err(ServerError::Config("the passphrase is empty".into()));
+        }
+        if *ask("again, to confirm: ")? != *pw {
+            return Err(ServerError::Config("the two passphrases differ".into()));
+        }
+        return Ok(Some(pw));
+    }
+    Ok(None)
+}
+
+/// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
+fn rotate_master(
+    store: &mut SqliteStore,
+    key_file: &std::path::Path,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    let advice = "Restart the server, and destroy every copy of the old key once no backup you \
+                  must keep needs it";
+    match (old, new) {
+        (Some(_), None) | (None, None) => {
+            let done = store.rotate_master_key(key_file, &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {} label key(s) re-sealed; the new key is in {}: back it \
+                 up offline. {advice}",
+                done.label_keys,
+                done.key_file.display()
+            )?;
+        }
+        (Some(old), Some(new)) if old == new => {
+            return Err(ServerError::Refused(
+                "the new passphrase is the old one: older backups would still open with it".into(),
+            ));
+        }
+        (_, Some(new)) => {
+            let n = store.rotate_master_passphrase(new.as_bytes(), &actor())?;
+            writeln!(
+                out,
+                "master key rotated: {n} label key(s) re-sealed under the new passphrase. \
+                 {advice} (forget the old passphrase)"
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let file = match &cli.config {
         Some(p) => Config::load(p)?,
@@ -288,6 +495,13 @@ fn run(cli: Cli) -> Result<()> {
         .clone()
         .or(file.key_file.clone())
         .unwrap_or_else(|| "kluis-master.key".into());
+    if let Command::Store(cmd) = &cli.command {
+        return store_command(cmd, &store_path);
+    }
+    if let Command::Serve(_) = &cli.command {
+        // A damaged page must stop the server here, not surface later as 500s (issue 14).
+        SqliteStore::check_integrity(&store_path, false)?;
+    }
     let pass = passphrase(&cli, &file, matches!(cli.command, Command::Init))?;
     let key = match &pass {
         Some(p) => KeySource::Passphrase(p.as_bytes()),
@@ -304,14 +518,64 @@ fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
+    if let Command::Restore { from, force } = &cli.command {
+        let check = SqliteStore::restore(from, &store_path, key, *force, &actor())?;
+        println!(
+            "restored {} from {}: audit trail verified, {} records, head {}",
+            store_path.display(),
+            from.display(),
+            check.records,
+            check.head
+        );
+        return Ok(());
+    }
+    if matches!(cli.command, Command::MasterKey(_))
+        && store_path.exists()
+        && SqliteStore::in_use(&store_path)?
+    {
+        return Err(ServerError::Refused(format!(
+            "the store {} is in use (a running server?): stop it, rotate, then start it again",
+            store_path.display()
+        )));
+    }
     let mut store = SqliteStore::open(&store_path, key)?;
+    if let Command::MasterKey(MasterKeyCmd::Rotate {
+        new_passphrase_env,
+        new_passphrase_file,
+        new_passphrase_prompt,
+    }) = &cli.command
+    {
+        let new = new_passphrase(
+            new_passphrase_env.as_deref(),
+            new_passphrase_file.as_deref(),
+            *new_passphrase_prompt,
+        )?;
+        return rotate_master(
+            &mut store,
+            &key_file,
+            pass.as_ref().map(|p| p.as_str()),
+            new.as_ref().map(|p| p.as_str()),
+        );
+    }
     drop(pass);
     if let Command::Serve(args) = cli.command {
         return run_server(store, args, &file);
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Init | Command::Serve(_) => unreachable!("handled above"),
+        Command::Init
+        | Command::Serve(_)
+        | Command::Store(_)
+        | Command::Restore { .. }
+        | Command::MasterKey(_) => unreachable!("handled above"),
+        Command::Backup { to } => {
+            store.backup_to(&to, &actor())?;
+            writeln!(
+                out,
+                "backup written to {} (mode 0600); it opens only with this master key",
+                to.display()
+            )?;
+        }
         Command::Schedule => {
             for change in store.run_schedule(now_ms(), "scheduler")? {
                 writeln!(
@@ -365,13 +629,59 @@ fn run(cli: Cli) -> Result<()> {
                     "label {name}: version {kid} retired (opens only for re-keying)"
                 )?;
             }
+            LabelCmd::Update {
+                name,
+                add_user,
+                remove_user,
+                add_group,
+                remove_group,
+                add_recovery,
+                remove_recovery,
+                rotate_every,
+                no_rotation,
+                retain,
+                no_retention,
+                double_key,
+                confirm,
+            } => {
+                let confirmed = confirm.as_deref() == Some(name.as_str());
+                if confirm.is_some() && !confirmed {
+                    return Err(ServerError::Refused(format!(
+                        "--confirm must repeat the label name `{name}`"
+                    )));
+                }
+                let edit = PolicyEdit {
+                    add_users: add_user,
+                    remove_users: remove_user,
+                    add_groups: add_group,
+                    remove_groups: remove_group,
+                    add_recovery,
+                    remove_recovery,
+                    rotation_secs: if no_rotation {
+                        Some(None)
+                    } else {
+                        rotate_every.map(Some)
+                    },
+                    retention_secs: if no_retention {
+                        Some(None)
+                    } else {
+                        retain.map(Some)
+                    },
+                    double_key: double_key.map(|d| matches!(d, OnOff::On)),
+                    confirm_double_key_off: confirmed,
+                };
+                let (_, new) = store.update_policy(&name, &edit, &actor())?;
+                writeln!(out, "label {name}: policy updated\n{}", json(&new))?;
+            }
             LabelCmd::Destroy { name, kid, confirm } => {
                 if confirm != name {
                     return Err(ServerError::Refused(format!(
                         "destroying is irreversible: pass --confirm {name} to confirm"
                     )));
                 }
-                store.destroy(&name, kid, &actor())?;
+                store
+                    .destroy(&name, kid, &actor())
+                    .inspect_err(|e| name_store_holders(e, &store_path))?;
                 writeln!(
                     out,
                     "label {name}: version {kid} destroyed; its documents can no longer be opened"
@@ -394,14 +704,43 @@ fn run(cli: Cli) -> Result<()> {
                 store.revoke_token(&id, &actor())?;
                 writeln!(out, "token {id} revoked")?;
             }
+            TokenCmd::RevokeUser { user } => {
+                let ids = store.revoke_user_tokens(&user, &actor())?;
+                if ids.is_empty() {
+                    writeln!(out, "user {user} had no active token")?;
+                }
+                for id in ids {
+                    writeln!(out, "token {id} revoked")?;
+                }
+            }
         },
         Command::Audit(cmd) => match cmd {
-            AuditCmd::Verify => {
-                let (n, head) = store.verify_audit()?;
+            AuditCmd::Verify { anchors } => {
+                let (n, head) = match &anchors {
+                    Some(path) => anchor::verify(&store, &anchor::read(path)?)?,
+                    None => store.verify_audit()?,
+                };
                 writeln!(out, "audit trail verified: {n} records, head {head}")?;
+                if let Some(path) = anchors {
+                    writeln!(out, "every anchor in {} matches", path.display())?;
+                }
             }
-            AuditCmd::Export => {
-                for r in store.audit_records(None)? {
+            AuditCmd::Anchor { to } => {
+                let a = anchor::take(&store)?;
+                match to {
+                    Some(path) => {
+                        anchor::append(&path, &a)?;
+                        writeln!(out, "anchored record {} in {}", a.seq, path.display())?;
+                    }
+                    None => writeln!(out, "{}", a.to_line())?,
+                }
+            }
+            AuditCmd::Export { credential } => {
+                let records = match credential {
+                    Some(c) => store.audit_by_credential(&c)?,
+                    None => store.audit_records(None)?,
+                };
+                for r in records {
                     writeln!(out, "{}", serde_json::to_string(&r).expect("serialisable"))?;
                 }
             }
@@ -421,7 +760,7 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         args.tls_cert.as_ref().or(f.tls_cert.as_ref()),
         args.tls_key.as_ref().or(f.tls_key.as_ref()),
     ) {
-        (Some(cert), Some(key)) if !insecure => Some(tls_config(cert, key)?),
+        (Some(cert), Some(key)) if !insecure => Some(TlsFiles::load(cert, key)?),
         (Some(_), Some(_)) => {
             return Err(ServerError::Config(
                 "both TLS files and --insecure-http are given: choose one".into(),
@@ -469,6 +808,10 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         max_connections: f
             .max_connections
             .unwrap_or(ListenLimits::default().max_connections),
+        max_connections_per_address: f.max_connections_per_address,
+        max_header_bytes: f
+            .max_header_bytes
+            .unwrap_or(ListenLimits::default().max_header_bytes),
         ..ListenLimits::default()
     };
     let interval = Duration::from_secs(
@@ -482,19 +825,127 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("listening on {scheme}://{}", listener.local_addr()?);
-        std::io::stdout().flush()?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
+        stdout.flush()?;
         let api = Api::new(store, config, oidc)?;
-        let schedule = tokio::spawn(run_schedule(scheduler, interval));
-        serve(listener, api.router(), tls, limits, signals()).await?;
+        let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
+        let outcome = supervise(
+            serve(listener, api.router(), tls, limits, signals()),
+            &mut schedule,
+            stopped(&api),
+        )
+        .await;
         schedule.abort();
         api.shutdown();
-        eprintln!("kluis-server: stopped; the audit trail is flushed");
-        Ok(())
-    })
+        if outcome.is_ok() {
+            kluis_server::log!("stopped; the audit trail is flushed");
+        }
+        outcome
+    });
+    // Requests still blocked in the store must not keep a failing process alive.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    outcome
+}
+
+/// Serve until `served` ends, unless a part the server depends on stops first: the
+/// `scheduler` task (which never ends by itself) or the audit writer (`writer_stopped`
+/// resolves). Then the server does not limp on without it; it fails, so that the process
+/// exits non-zero and the service manager restarts it.
+async fn supervise(
+    served: impl std::future::Future<Output = Result<()>>,
+    scheduler: &mut tokio::task::JoinHandle<()>,
+    writer_stopped: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    tokio::select! {
+        served = served => served,
+        _ = scheduler => Err(ServerError::ThreadDied("scheduler")),
+        () = writer_stopped => Err(ServerError::ThreadDied("audit writer thread")),
+    }
+}
+
+/// Resolves when the audit writer thread has stopped.
+async fn stopped(api: &Api) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    while api.writer_running() {
+        every.tick().await;
+    }
+}
+
+/// When a scrub is pending because of a reader, log which other processes have the store
+/// open (one of them holds the reader), as far as `/proc` lets us see them.
+fn name_store_holders(e: &ServerError, path: &std::path::Path) {
+    if !matches!(e, ServerError::ScrubPending { .. }) {
+        return;
+    }
+    let holders = store_holders(path);
+    if !holders.is_empty() {
+        kluis_server::log!(
+            "other processes with the store open: {}",
+            holders.join(", ")
+        );
+    }
+}
+
+/// Other processes that have the store file (or its log) open: `PID (command)`. Linux only;
+/// processes of other users are not visible without privileges.
+fn store_holders(path: &std::path::Path) -> Vec<String> {
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for p in procs.flatten().take(100_000) {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let open = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == db || t.as_os_str() == wal));
+        if open {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            found.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    found
+}
+
+/// `kluis-server store …`: integrity check and scrub, on the file alone.
+fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    match cmd {
+        StoreCmd::Check { quick } => {
+            SqliteStore::check_integrity(path, !quick)?;
+            let what = if *quick {
+                "quick_check"
+            } else {
+                "integrity_check"
+            };
+            writeln!(out, "store {}: {what} ok", path.display())?;
+        }
+        StoreCmd::Scrub => {
+            SqliteStore::scrub(path, Duration::from_secs(10))
+                .inspect_err(|e| name_store_holders(e, path))?;
+            writeln!(
+                out,
+                "store {}: no old copy of a destroyed key remains in its files",
+                path.display()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuse settings that would break the server rather than limit it (found by fuzzing the
@@ -520,6 +971,15 @@ fn check_limits(api: &ApiConfig, listen: &ListenLimits, interval: Duration) -> R
     if !(1..=1_000_000).contains(&listen.max_connections) {
         return bad("max_connections", "1 to 1000000");
     }
+    if listen
+        .max_connections_per_address
+        .is_some_and(|n| n > 1_000_000)
+    {
+        return bad("max_connections_per_address", "0 (no cap) to 1000000");
+    }
+    if !(8 * 1024..=1024 * 1024).contains(&listen.max_header_bytes) {
+        return bad("max_header_bytes", "8 KiB to 1 MiB");
+    }
     if !(1.0..=7.0 * 86_400.0).contains(&secs(interval)) {
         return bad("schedule_interval_secs", "1 s to 7 days");
     }
@@ -541,8 +1001,8 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
             let v = kluis_server::oidc::OidcVerifier::new(c.clone())
                 .map_err(|e| ServerError::Config(format!("[oidc]: {e}")))?;
             if let Some(e) = v.jwks_error() {
-                eprintln!(
-                    "kluis-server: warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
+                kluis_server::log!(
+                    "warning: OpenID Connect keys not loaded yet ({e}); such tokens are refused until they are"
                 );
             }
             Ok(Some(Arc::new(v)))
@@ -550,29 +1010,54 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
     }
 }
 
-/// Scheduled rotation and retention, every `interval`, on its own connection.
+/// Scheduled rotation and retention, every `interval`, on its own connection. It also
+/// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
+/// full, even a panic) is logged and the next tick tries again.
 async fn run_schedule(store: SqliteStore, interval: Duration) {
-    let store = Arc::new(std::sync::Mutex::new(store));
+    let store = std::sync::Mutex::new(store);
+    repeat(interval, move || {
+        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+        match s.scrub_if_pending(Duration::from_secs(1)) {
+            Ok(true) => kluis_server::log!(
+                "scheduled scrub: no old copy of a destroyed key remains in the store files"
+            ),
+            Ok(false) => {}
+            Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
+        }
+        match s.run_schedule(now_ms(), "scheduler") {
+            Ok(changes) => {
+                for c in changes {
+                    match serde_json::to_string(&c) {
+                        Ok(c) => kluis_server::log!("scheduled {c}"),
+                        Err(_) => kluis_server::log!("scheduled a change"),
+                    }
+                }
+            }
+            Err(e) => kluis_server::log!(
+                "scheduled rotation/retention failed, retrying at the next tick: {e}"
+            ),
+        }
+    })
+    .await
+}
+
+/// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged
+/// and the next tick runs it again.
+async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
+    let work = Arc::new(work);
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-            s.run_schedule(now_ms(), "scheduler")
-        })
-        .await;
-        match done {
-            Ok(Ok(changes)) => {
-                for c in changes {
-                    eprintln!(
-                        "kluis-server: scheduled {}",
-                        serde_json::to_string(&c).expect("serialisable")
-                    );
+        let work = work.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work()).await {
+            kluis_server::log!(
+                "the scheduler's work failed ({}), retrying at the next tick",
+                if e.is_panic() {
+                    "panicked"
+                } else {
+                    "cancelled"
                 }
-            }
-            Ok(Err(e)) => eprintln!("kluis-server: scheduled rotation/retention failed: {e}"),
-            Err(_) => eprintln!("kluis-server: the scheduler task failed"),
+            );
         }
     }
 }
@@ -581,8 +1066,59 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kluis-server: {e}");
+            kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A panic in the scheduler's work does not stop the scheduler: the next tick runs again.
+    #[tokio::test]
+    async fn the_scheduler_goes_on_after_its_work_panics() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let scheduler = tokio::spawn(repeat(Duration::from_millis(10), move || {
+            if counted.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                panic!("a bug in the scheduled work");
+            }
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while runs.load(Ordering::SeqCst) < 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the scheduler stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!scheduler.is_finished());
+        scheduler.abort();
+    }
+
+    /// Serving ends with an error (the process exits non-zero) when the scheduler task or the
+    /// audit writer stops, and only then.
+    #[tokio::test]
+    async fn serving_fails_when_the_scheduler_or_the_writer_stops() {
+        let never = std::future::pending::<()>;
+        let mut dead = tokio::spawn(async { panic!("scheduler bug") });
+        let e = supervise(std::future::pending(), &mut dead, never()).await;
+        assert!(
+            matches!(e, Err(ServerError::ThreadDied("scheduler"))),
+            "{e:?}"
+        );
+
+        let mut alive = tokio::spawn(never());
+        let e = supervise(std::future::pending(), &mut alive, async {}).await;
+        assert!(
+            matches!(e, Err(ServerError::ThreadDied("audit writer thread"))),
+            "{e:?}"
+        );
+        let e = supervise(async { Ok(()) }, &mut alive, never()).await;
+        assert!(e.is_ok(), "{e:?}");
+        alive.abort();
     }
 }

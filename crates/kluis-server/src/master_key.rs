@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::{hkdf, hmac};
 use zeroize::Zeroizing;
 
 use crate::error::{Result, ServerError};
@@ -87,7 +87,7 @@ impl MasterKey {
     }
 
     /// A 32-byte subkey for one purpose.
-    fn subkey(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn subkey(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"kluis-server/v1").extract(&self.0[..]);
         let mut out = Zeroizing::new([0u8; 32]);
         prk.expand(&[purpose], Len32)
@@ -132,10 +132,5 @@ impl MasterKey {
             .len();
         buf.truncate(n);
         Some(buf)
-    }
-
-    /// The HMAC key for one purpose (audit chain, token hashes).
-    pub(crate) fn hmac_key(&self, purpose: &[u8]) -> hmac::Key {
-        hmac::Key::new(hmac::HMAC_SHA256, &self.subkey(purpose)[..])
     }
 }

@@ -17,8 +17,12 @@
 //! - only after the signature verifies is the claims set parsed: `iss` equals the configured
 //!   issuer exactly; `aud` (a string or an array) contains one of the configured audiences;
 //!   `exp` is required and the token is refused from `exp + leeway` on; `nbf` and `iat`, when
-//!   present, may not lie more than the leeway in the future; `exp` may lie at most
-//!   `max_token_lifetime_secs` (24 h by default) ahead;
+//!   present, may not lie more than the leeway in the future; the token's lifetime, from `iat`
+//!   (or `nbf` when it has no `iat`) to `exp`, is at most `max_token_lifetime_secs` (24 h by
+//!   default), and `exp` may lie at most that far ahead (the only bound for a token with
+//!   neither `iat` nor `nbf`);
+//! - `sub` is a string of 1–256 characters without control characters: with `jti`, it names
+//!   the credential in the audit trail;
 //! - the user claim (`user_claim`) is a string of 1–256 characters without control characters.
 //!   There is **no fallback** to another claim when it is missing: mixing claims would mix name
 //!   spaces (one user's `sub` could be another's `preferred_username`), so such a token is
@@ -28,19 +32,30 @@
 //!   Entra ID left it out ("groups overage": `_claim_names` names it, or `hasgroups` is true),
 //!   the token is refused rather than read as "no groups".
 //!
-//! The key set (JWKS) comes from a file or an HTTPS URL and is cached. It is reloaded when it is
-//! older than `jwks_refresh_secs` and when a token names an unknown `kid`, but never more often
-//! than once per `jwks_min_refresh_gap_secs`, so that tokens with made-up `kid`s cannot make the
-//! server hammer the identity provider. A failed reload keeps the previous keys, until they are
-//! older than `jwks_max_stale_secs`: from then on every token is refused. Without keys nothing is
-//! accepted: the verifier never fails open. The cache runs on the monotonic clock; the
-//! `now_unix_secs` given to `verify` is used for the token's time claims only.
+//! The principal is namespaced by the issuer's configured `name` (default `idp`): user
+//! `oidc:<name>:<user claim>`, groups `oidc:<name>:<group>`, credential
+//! `oidc:<name>:<sub>[#<jti>]` (`%` and `#` in `sub` and `jti` written as `%25` and `%23`), so
+//! that an OpenID Connect identity can never pass for an API-token user or an administrator.
+//!
+//! The key set (JWKS) comes from a file or an HTTPS URL and is cached. It is loaded once when
+//! the verifier is made; after that it is reloaded **in the background, never on a request's
+//! path**: one reload at a time, on a thread of its own, started when a token arrives while the
+//! keys are older than `jwks_refresh_secs` or names an unknown `kid`, and by a timer when the
+//! keys are older than `jwks_refresh_secs` without any token arriving (so that they do not go
+//! stale on an idle server), and never more often than
+//! once per `jwks_min_refresh_gap_secs` (so that tokens with made-up `kid`s cannot make the
+//! server hammer the identity provider). A token with an unknown `kid` is refused at once
+//! ([`OidcError::UnknownKey`]); once the reload has brought its key, the next one is accepted.
+//! A failed reload keeps the previous keys, until they are older than `jwks_max_stale_secs`:
+//! from then on every token is refused. Without keys nothing is accepted: the verifier never
+//! fails open. The cache runs on the monotonic clock; the `now_unix_secs` given to `verify` is
+//! used for the token's time claims only.
 
 use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -85,6 +100,12 @@ const B64_JWK: GeneralPurpose = GeneralPurpose::new(
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
+    /// The issuer's short name in this server's identities: its users are
+    /// `oidc:<name>:<user>` and its groups `oidc:<name>:<group>` in label policies and the
+    /// audit trail (default `idp`; 1–32 of `a-z 0-9 . _ -`). Changing it renames every user of
+    /// this issuer: their policy entries must change with it.
+    #[serde(default = "default_name")]
+    pub name: String,
     /// The issuer (`iss`) every token must carry, compared exactly (mind a trailing `/`).
     pub issuer: String,
     /// The accepted audiences: a token is accepted when its `aud` contains one of them. In TOML
@@ -131,6 +152,9 @@ pub struct OidcConfig {
     pub jwks_fetch_timeout_secs: u64,
 }
 
+fn default_name() -> String {
+    "idp".into()
+}
 fn default_user_claim() -> String {
     "preferred_username".into()
 }
@@ -271,7 +295,9 @@ pub enum OidcError {
     UnsupportedHeader(&'static str),
     /// The token has no `kid` but the key set holds several keys.
     MissingKeyId,
-    /// No key in the key set has the token's `kid`, even after a reload.
+    /// No key in the key set has the token's `kid`. Refused at once; a background reload is
+    /// started (at most once per minimum gap), so a token signed with a key the identity
+    /// provider has just published is accepted once the reload is done.
     UnknownKey,
     /// The key named by `kid` is of another type than the token's `alg`.
     AlgorithmMismatch,
@@ -375,6 +401,8 @@ impl std::error::Error for OidcError {
 
 /// Checks OpenID Connect bearer tokens; `Send + Sync`, share it in an `Arc`.
 pub struct OidcVerifier {
+    /// `oidc:<name>:`, the prefix of this issuer's users, groups and credentials.
+    prefix: String,
     issuer: String,
     audience: Vec<String>,
     user_claim: String,
@@ -382,12 +410,19 @@ pub struct OidcVerifier {
     leeway: i64,
     max_lifetime: i64,
     refresh: Duration,
-    min_gap: Duration,
     max_stale: Duration,
+    keys: Arc<Keys>,
+}
+
+/// The key set and its background reloading, shared with the reloading thread.
+struct Keys {
     source: Source,
+    min_gap: Duration,
     cache: RwLock<Cache>,
-    /// Held while (re)loading, so that concurrent requests load once.
-    loading: Mutex<()>,
+    /// Whether a reload is running (at most one is).
+    reloading: Mutex<bool>,
+    /// Signalled when a reload ends.
+    reloaded: Condvar,
 }
 
 impl fmt::Debug for OidcVerifier {
@@ -395,7 +430,7 @@ impl fmt::Debug for OidcVerifier {
         f.debug_struct("OidcVerifier")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
-            .field("source", &self.source)
+            .field("source", &self.keys.source)
             .finish_non_exhaustive()
     }
 }
@@ -432,6 +467,9 @@ impl OidcVerifier {
     /// `jwks_min_refresh_gap_secs`). See [`OidcVerifier::jwks_error`] to log why.
     pub fn new(config: OidcConfig) -> Result<Self, OidcError> {
         let bad = |m: &str| Err(OidcError::Config(m.to_owned()));
+        if !crate::policy::valid_issuer_name(&config.name) {
+            return bad("`name` must be 1-32 of a-z 0-9 . _ - (it prefixes this issuer's users)");
+        }
         if config.issuer.is_empty() {
             return bad("`issuer` is empty: set it to the identity provider's issuer URL");
         }
@@ -478,6 +516,7 @@ impl OidcVerifier {
             _ => return bad("set exactly one of `jwks_file` and `jwks_url`"),
         };
         let verifier = OidcVerifier {
+            prefix: format!("oidc:{}:", config.name),
             issuer: config.issuer,
             audience: config.audience,
             user_claim: config.user_claim,
@@ -486,25 +525,32 @@ impl OidcVerifier {
             leeway: config.leeway_secs as i64,
             max_lifetime: config.max_token_lifetime_secs as i64,
             refresh: Duration::from_secs(config.jwks_refresh_secs),
-            min_gap: Duration::from_secs(config.jwks_min_refresh_gap_secs),
             max_stale: Duration::from_secs(config.jwks_max_stale_secs),
-            source,
-            cache: RwLock::new(Cache::default()),
-            loading: Mutex::new(()),
+            keys: Arc::new(Keys {
+                source,
+                min_gap: Duration::from_secs(config.jwks_min_refresh_gap_secs),
+                cache: RwLock::new(Cache::default()),
+                reloading: Mutex::new(false),
+                reloaded: Condvar::new(),
+            }),
         };
-        // A JWKS file is local configuration and must load; a URL may be down for a while.
-        match verifier.load() {
-            Err(e) if matches!(verifier.source, Source::File(_)) => return Err(OidcError::Jwks(e)),
-            result => verifier.record(result),
+        // The first load happens here, before any request. A JWKS file is local configuration
+        // and must load; a URL may be down for a while.
+        match verifier.keys.load() {
+            Err(e) if matches!(verifier.keys.source, Source::File(_)) => {
+                return Err(OidcError::Jwks(e));
+            }
+            result => verifier.keys.record(result),
         }
+        Keys::keep_fresh(&verifier.keys, verifier.refresh);
         Ok(verifier)
     }
 
     /// Check a bearer token (without the `Bearer ` prefix) at `now_unix_secs` and return whom it
-    /// authenticates. The principal's `token_id` is `jwt:` and the first 8 hex digits of the
-    /// SHA-256 of the token's `jti` (of the whole token when it has none). Blocking: it may
-    /// (re)load the JWKS, over HTTPS for at most the fetch timeout; call it off the async
-    /// threads.
+    /// authenticates: user `oidc:<name>:<user claim>`, groups `oidc:<name>:<group>`, credential
+    /// `oidc:<name>:<sub>[#<jti>]`. It never waits for the identity provider: when the keys
+    /// need reloading, a background reload is started and the token is checked against the
+    /// keys at hand (only signature checks, no I/O).
     pub fn verify(&self, token: &str, now_unix_secs: i64) -> Result<Principal, OidcError> {
         let jws = Jws::parse(token)?;
         let keys = self.keys_for(jws.kid.as_deref())?;
@@ -517,11 +563,8 @@ impl OidcVerifier {
             None => return Err(OidcError::MissingKeyId),
         };
         if candidates.is_empty() {
-            // Still unknown after the reload `keys_for` may have done.
-            return Err(match self.snapshot().error {
-                Some(e) => OidcError::JwksUnavailable(Some(e)),
-                None => OidcError::UnknownKey,
-            });
+            // `keys_for` started a reload (if the gap allows); this token is refused now.
+            return Err(OidcError::UnknownKey);
         }
         let mut compatible = candidates
             .into_iter()
@@ -537,51 +580,55 @@ impl OidcVerifier {
         let claims = json_object(&jws.payload).map_err(|_| {
             OidcError::Malformed("the claims set is not a JSON object without duplicate members")
         })?;
-        self.principal(&claims, token, now_unix_secs)
+        self.principal(&claims, now_unix_secs)
     }
 
     /// Why the last JWKS load failed, if it did (for the server log and readiness checks); `None`
     /// once a load succeeded again.
     pub fn jwks_error(&self) -> Option<Arc<JwksError>> {
-        self.snapshot().error
+        self.keys.snapshot().error
     }
 
-    fn snapshot(&self) -> Cache {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Wait until no background key reload is running, at most `timeout`; `true` when none
+    /// is. For tests and diagnostics: requests never wait for a reload.
+    pub fn wait_for_reload(&self, timeout: Duration) -> bool {
+        let running = self
+            .keys
+            .reloading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (running, _) = self
+            .keys
+            .reloaded
+            .wait_timeout_while(running, timeout, |r| *r)
+            .unwrap_or_else(|p| p.into_inner());
+        !*running
     }
 
-    /// The current keys, reloading them first when they are old or lack `kid`, at most once
-    /// per minimum gap. Refuses when there are none or they are too old.
+    /// The current keys, without waiting. When they are old, missing, or lack `kid`, a
+    /// background reload is started (at most one at a time, at most once per minimum gap).
+    /// Refuses when there are none or they are too old.
     fn keys_for(&self, kid: Option<&str>) -> Result<Arc<Vec<Jwk>>, OidcError> {
-        let wants_reload = |c: &Cache| match (&c.keys, c.loaded) {
+        let cache = self.keys.snapshot();
+        let wants_reload = match (&cache.keys, cache.loaded) {
             (Some(keys), Some(loaded)) => {
                 loaded.elapsed() >= self.refresh
                     || kid.is_some_and(|kid| !keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
             }
             _ => true,
         };
-        let may_reload = |c: &Cache| c.attempted.is_none_or(|t| t.elapsed() >= self.min_gap);
-        let cache = self.snapshot();
-        if wants_reload(&cache) && may_reload(&cache) {
-            let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-            // Another request may have reloaded while this one waited.
-            let cache = self.snapshot();
-            if wants_reload(&cache) && may_reload(&cache) {
-                self.reload();
-            }
+        if wants_reload {
+            Keys::reload_in_background(&self.keys);
         }
-        let cache = self.snapshot();
         match (cache.keys, cache.loaded) {
             (Some(keys), Some(loaded)) if loaded.elapsed() <= self.max_stale => Ok(keys),
             _ => Err(OidcError::JwksUnavailable(cache.error)),
         }
     }
+}
 
-    /// Load the key set once and record the outcome; a failure keeps the previous keys.
-    fn reload(&self) {
-        self.record(self.load());
-    }
-
+impl Keys {
+    /// Load the key set once; the caller records the outcome.
     fn load(&self) -> Result<Vec<Jwk>, JwksError> {
         match &self.source {
             Source::File(path) => read_capped(path).and_then(|b| parse_jwks(&b)),
@@ -589,6 +636,7 @@ impl OidcVerifier {
         }
     }
 
+    /// Record a load's outcome; a failure keeps the previous keys.
     fn record(&self, result: Result<Vec<Jwk>, JwksError>) {
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -603,12 +651,99 @@ impl OidcVerifier {
         }
     }
 
-    fn principal(
-        &self,
-        claims: &Map<String, Value>,
-        token: &str,
-        now: i64,
-    ) -> Result<Principal, OidcError> {
+    fn snapshot(&self) -> Cache {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reload the keys when they are older than `refresh` (or missing) also when no token
+    /// arrives: otherwise a server without OpenID Connect traffic for longer than
+    /// `jwks_max_stale_secs` (a weekend) would refuse the next token as if the identity
+    /// provider were down, though it never tried to reload. One timer thread for the whole
+    /// process checks every registered key set once a second and starts the usual background
+    /// reload (one at a time per key set, at most once per minimum gap). It holds the key sets
+    /// only weakly, so a dropped verifier is forgotten. If the thread cannot be started, tokens
+    /// still start reloads as before.
+    fn keep_fresh(keys: &Arc<Keys>, refresh: Duration) {
+        type Registered = Mutex<Vec<(Weak<Keys>, Duration)>>;
+        static TIMER: OnceLock<Registered> = OnceLock::new();
+        let mut first = false;
+        let registered = TIMER.get_or_init(|| {
+            first = true;
+            Mutex::new(Vec::new())
+        });
+        registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Arc::downgrade(keys), refresh));
+        if !first {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("kluis-jwks-timer".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let due: Vec<Arc<Keys>> = {
+                        let mut list = registered.lock().unwrap_or_else(|p| p.into_inner());
+                        list.retain(|(keys, _)| keys.strong_count() > 0);
+                        list.iter()
+                            .filter_map(|(keys, refresh)| {
+                                let keys = keys.upgrade()?;
+                                let loaded = keys.snapshot().loaded;
+                                loaded
+                                    .is_none_or(|t| t.elapsed() >= *refresh)
+                                    .then_some(keys)
+                            })
+                            .collect()
+                    };
+                    for keys in &due {
+                        Keys::reload_in_background(keys);
+                    }
+                }
+            });
+    }
+
+    /// Start a reload on a thread of its own, unless one is running or the last attempt ended
+    /// less than the minimum gap ago. Never waits for the reload.
+    fn reload_in_background(keys: &Arc<Keys>) {
+        let mut running = keys.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = keys
+            .snapshot()
+            .attempted
+            .is_some_and(|t| t.elapsed() < keys.min_gap);
+        if *running || recent {
+            return;
+        }
+        *running = true;
+        drop(running);
+        /// Clears the flag and wakes waiters however the reload ends (even by a panic).
+        struct Done(Arc<Keys>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                *self.0.reloading.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                self.0.reloaded.notify_all();
+            }
+        }
+        let done = Done(keys.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kluis-jwks".into())
+            .spawn(move || {
+                let keys = &done.0;
+                keys.record(keys.load());
+            });
+        if spawned.is_err() {
+            // No thread (resources exhausted): the closure and its `Done` were dropped, which
+            // cleared the flag. Record the attempt so that the gap applies before the next.
+            keys.record(Err(JwksError::Fetch {
+                url: "(the JWKS)".into(),
+                detail: "cannot start a thread to reload it".into(),
+            }));
+        }
+    }
+}
+
+impl OidcVerifier {
+    fn principal(&self, claims: &Map<String, Value>, now: i64) -> Result<Principal, OidcError> {
         let bad = |claim: &str, problem| OidcError::BadClaim {
             claim: claim.to_owned(),
             problem,
@@ -641,13 +776,25 @@ impl OidcVerifier {
         if exp.saturating_sub(now) > self.max_lifetime {
             return Err(OidcError::LifetimeTooLong);
         }
-        for claim in ["nbf", "iat"] {
-            if let Some(t) = numeric_date(claims, claim)? {
-                if t > now.saturating_add(self.leeway) {
-                    return Err(OidcError::NotYetValid);
-                }
+        let (nbf, iat) = (numeric_date(claims, "nbf")?, numeric_date(claims, "iat")?);
+        for t in [nbf, iat].into_iter().flatten() {
+            if t > now.saturating_add(self.leeway) {
+                return Err(OidcError::NotYetValid);
             }
         }
+        // The lifetime runs from issue (`iat`, else `nbf`) to `exp`: a token issued long ago
+        // with an `exp` just within reach is still a long-lived token. Without either claim,
+        // the check of `exp` against now above is the only bound.
+        if let Some(start) = iat.or(nbf) {
+            if exp.saturating_sub(start) > self.max_lifetime {
+                return Err(OidcError::LifetimeTooLong);
+            }
+        }
+        let sub = match claims.get("sub") {
+            None => return Err(OidcError::MissingClaim("sub".into())),
+            Some(Value::String(s)) => name(s).map_err(|p| bad("sub", p))?,
+            Some(_) => return Err(bad("sub", "not a string")),
+        };
 
         let user = match claims.get(&self.user_claim) {
             None => return Err(OidcError::MissingClaim(self.user_claim.clone())),
@@ -679,17 +826,26 @@ impl OidcVerifier {
             }
         };
 
-        // The audit trail gets a short, non-secret handle: a hash of `jti` when the token has
-        // one (so it can be matched against the identity provider's logs), else of the token.
-        let handle = match claims.get("jti") {
-            Some(Value::String(jti)) if name(jti).is_ok() => jti.as_bytes(),
-            _ => token.as_bytes(),
-        };
-        let digest = ring::digest::digest(&ring::digest::SHA256, handle);
+        // The credential: the subject, and the token's own id when it has one (so that the
+        // records of one stolen token can be told apart, and matched against the identity
+        // provider's logs). `%` and `#` are escaped so that the `#` separator is unambiguous.
+        let mut credential = format!("{}{}", self.prefix, escape(&sub));
+        match claims.get("jti") {
+            None => {}
+            Some(Value::String(jti)) => {
+                let jti = name(jti).map_err(|p| bad("jti", p))?;
+                credential.push('#');
+                credential.push_str(&escape(&jti));
+            }
+            Some(_) => return Err(bad("jti", "not a string")),
+        }
         Ok(Principal {
-            user,
-            groups,
-            token_id: format!("jwt:{}", hex::encode(&digest.as_ref()[..4])),
+            user: format!("{}{user}", self.prefix),
+            groups: groups
+                .into_iter()
+                .map(|g| format!("{}{g}", self.prefix))
+                .collect(),
+            credential,
         })
     }
 
@@ -716,6 +872,11 @@ fn name(s: &str) -> Result<String, &'static str> {
         return Err("contains control characters");
     }
     Ok(s.to_owned())
+}
+
+/// `%` and `#` written as `%25` and `%23`, for a part of a credential.
+fn escape(s: &str) -> String {
+    s.replace('%', "%25").replace('#', "%23")
 }
 
 /// A NumericDate claim (seconds since the epoch, possibly fractional), if present.

@@ -2,10 +2,12 @@
 //! header read timeout (slow clients cannot hold connections forever), a cap on open
 //! connections, and graceful shutdown (in-flight requests finish).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,14 +23,28 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Result, ServerError};
+use crate::fairness::{BusyGuard, ConnState, Connections};
+use crate::refusal::JsonRefusals;
+pub use crate::tls_reload::TlsFiles;
+
+/// hyper's smallest read buffer; the header cap cannot be lower.
+const MIN_HEADER_BYTES: usize = 8192;
+/// Header lines per request at most (beyond: 431).
+const MAX_HEADERS: usize = 64;
 
 /// Connection-level limits.
 #[derive(Clone, Debug)]
 pub struct ListenLimits {
     /// Time a client has for its TLS handshake and for each request's headers.
     pub header_timeout: Duration,
-    /// Open connections at most; further clients wait in the accept queue.
+    /// Open connections at most; at the cap, the connection idle the longest is closed to
+    /// make room (further clients wait only while every connection is busy).
     pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) at most; `None` is a quarter of
+    /// `max_connections` (at least 1), `Some(0)` no per-address cap.
+    pub max_connections_per_address: Option<usize>,
+    /// Bytes of request line and headers at most (at least 8 KiB); beyond, 431.
+    pub max_header_bytes: usize,
     /// After shutdown is asked for, how long in-flight requests may take.
     pub drain_timeout: Duration,
 }
@@ -38,8 +54,18 @@ impl Default for ListenLimits {
         ListenLimits {
             header_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_connections_per_address: None,
+            max_header_bytes: 16 * 1024,
             drain_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl ListenLimits {
+    /// The per-address cap in force (0: none).
+    fn per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or((self.max_connections / 4).max(1))
     }
 }
 
@@ -73,23 +99,20 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then let in-flight requests finish
-/// (up to the drain timeout).
+/// (up to the drain timeout). With TLS, `SIGHUP` reloads the certificate and key.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<TlsFiles>>,
     limits: ListenLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let tls = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let conns = Connections::new(limits.per_address());
+    let reloader = tokio::spawn(reload_on_hangup(hangups(), tls.clone()));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => p.map_err(|_| ServerError::Init("connection limiter closed"))?,
-        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             a = listener.accept() => match a {
@@ -101,42 +124,189 @@ pub async fn serve(
                 }
             },
         };
+        // One address may hold only its share of the connections: beyond it, close at once.
+        let Some(ticket) = conns.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
+        // At the cap, close the connection idle the longest (a silent or slow client, or a
+        // kept-alive one) rather than make this one wait; wait only if all are busy.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let mut got = None;
+                loop {
+                    conns.evict_oldest_idle();
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        p = slots.clone().acquire_owned() => {
+                            got = Some(p.map_err(|_| ServerError::Init("connection limiter closed"))?);
+                            break;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                match got {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            },
-        ));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
+            .max_headers(MAX_HEADERS);
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.current()));
         let timeout = limits.header_timeout;
+        let app = app.clone();
+        let max_header_bytes = limits.max_header_bytes;
         tokio::spawn(async move {
             let _permit = permit;
-            match tls {
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
+            let state = ticket.state.clone();
+            let run = async move {
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        let io = JsonRefusals::new(stream, max_header_bytes);
+                        let service =
+                            connection_service(app, peer, ticket.state.clone(), io.framing_flag());
+                        let conn = http.serve_connection(TokioIo::new(io), service);
+                        let _ = watcher.watch(conn).await;
+                    }
+                    None => {
+                        let io = JsonRefusals::new(stream, max_header_bytes);
+                        let service =
+                            connection_service(app, peer, ticket.state.clone(), io.framing_flag());
+                        let conn = http.serve_connection(TokioIo::new(io), service);
+                        let _ = watcher.watch(conn).await;
+                    }
                 }
-                None => {
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                }
+            };
+            tokio::select! {
+                _ = run => {}
+                _ = state.evicted() => {}
             }
         });
     }
     drop(listener);
+    reloader.abort();
     let _ = tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await;
     Ok(())
+}
+
+/// The hyper service for one connection: the app, told the peer's address; each request
+/// marks the connection busy until its answer's body is written, so that it is not evicted.
+fn connection_service(
+    app: Router,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    framing: Arc<AtomicBool>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<Guarded>,
+    Error = Infallible,
+    Future = impl Future<Output = std::result::Result<hyper::Response<Guarded>, Infallible>> + Send,
+> + Send
++ 'static {
+    let svc = TowerToHyperService::new(app);
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        if req.method() == hyper::Method::HEAD {
+            // Its answer has a content-length but no body: stop following the framing.
+            framing.store(true, Ordering::Relaxed);
+        }
+        let guard = state.busy();
+        let answer = hyper::service::Service::call(&svc, req);
+        async move {
+            let response = answer.await?;
+            Ok(response.map(|body| Guarded { body, _busy: guard }))
+        }
+    })
+}
+
+/// A response body that keeps its connection marked busy until it is dropped.
+struct Guarded {
+    body: axum::body::Body,
+    _busy: BusyGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// On `SIGHUP`, reload the TLS certificate and key (and say so on standard error); with plain
+/// HTTP there is nothing to reload, but the signal must not stop the server either.
+async fn reload_on_hangup(hup: Option<Hangups>, tls: Option<Arc<TlsFiles>>) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hup else {
+            log("cannot watch for SIGHUP: the TLS certificate reloads only on restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match &tls {
+                None => log("SIGHUP: plain HTTP, no TLS certificate to reload"),
+                Some(t) => match t.reload() {
+                    Ok(()) => log(&format!(
+                        "SIGHUP: TLS certificate reloaded from {}; new connections use it",
+                        t.cert_path().display()
+                    )),
+                    Err(e) => log(&format!(
+                        "SIGHUP: TLS certificate not reloaded, still serving the previous one: {e}"
+                    )),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (hup, tls);
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// The `SIGHUP` stream, registered at once (from then on the signal no longer stops the
+/// process).
+fn hangups() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// One line on standard error, never panicking on a closed or full stream.
+fn log(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "kluis-server: {line}");
 }
 
 /// Resolves on SIGINT or SIGTERM.

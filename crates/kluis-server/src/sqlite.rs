@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,10 +15,18 @@ use crate::audit::{self, AuditEntry, AuditRecord, GENESIS};
 use crate::error::{Result, ServerError};
 use crate::master_key::{MasterKey, random};
 use crate::policy::Policy;
+use crate::policy_edit::PolicyEdit;
 use crate::store::{
     LabelInfo, Principal, ScheduledChange, Store, TokenInfo, VersionInfo, VersionState,
 };
 use crate::time::now_ms;
+
+mod backup;
+mod lifecycle;
+mod rekey_master;
+
+pub use backup::BackupCheck;
+pub use rekey_master::{MasterKeyRotation, pending_key_file};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -68,7 +77,16 @@ CREATE INDEX audit_actor ON audit(actor);
     r#"
 ALTER TABLE key_versions ADD COLUMN superseded_ms INTEGER;
 "#,
+    // 3: which credential acted (issue 14, defect 3); NULL in records written before.
+    r#"
+ALTER TABLE audit ADD COLUMN credential TEXT;
+CREATE INDEX audit_credential ON audit(credential);
+"#,
 ];
+
+/// How long a destroy waits for readers of older snapshots before it reports the scrub of
+/// old copies as pending.
+const SCRUB_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Text every store seals at init, to recognise the right master key.
 const CHECK: &[u8] = b"kluis-server master key check";
@@ -134,6 +152,27 @@ fn key_aad(label: &str, kid: u32) -> Vec<u8> {
     aad
 }
 
+/// One `audit` row, selected as `seq, time_ms, actor, action, label, kid, doc_id, outcome,
+/// reason, client, mac, credential`.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        entry: AuditEntry {
+            time_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            label: r.get(4)?,
+            kid: r.get(5)?,
+            doc_id: r.get(6)?,
+            outcome: r.get(7)?,
+            reason: r.get(8)?,
+            client: r.get(9)?,
+            credential: r.get(11)?,
+        },
+        mac: r.get(10)?,
+    })
+}
+
 fn admin_entry(actor: &str, action: &str, label: Option<&str>, kid: Option<u32>) -> AuditEntry {
     AuditEntry {
         time_ms: now_ms(),
@@ -145,6 +184,7 @@ fn admin_entry(actor: &str, action: &str, label: Option<&str>, kid: Option<u32>)
         outcome: "ok".to_owned(),
         reason: None,
         client: None,
+        credential: Some(audit::admin_credential(actor)),
     }
 }
 
@@ -177,7 +217,7 @@ impl SqliteStore {
             "INSERT INTO meta (key, value) VALUES ('kdf', ?1), ('check', ?2)",
             params![kdf.as_bytes(), check],
         )?;
-        let mut store = SqliteStore::with_key(conn, path, master);
+        let mut store = SqliteStore::with_key(conn, path, master)?;
         store.append_audit(&[admin_entry("admin", "store.init", None, None)])?;
         Ok(store)
     }
@@ -220,20 +260,22 @@ impl SqliteStore {
                 r.get(0)
             })?;
         match master.open(b"check", &check) {
-            Some(c) if c.as_slice() == CHECK => Ok(SqliteStore::with_key(conn, path, master)),
+            Some(c) if c.as_slice() == CHECK => SqliteStore::with_key(conn, path, master),
             _ => Err(ServerError::WrongMasterKey),
         }
     }
 
-    fn with_key(conn: Connection, path: &Path, master: MasterKey) -> Self {
-        SqliteStore {
-            audit_key: master.hmac_key(b"audit-chain"),
-            token_key: master.hmac_key(b"token-hash"),
+    fn with_key(conn: Connection, path: &Path, master: MasterKey) -> Result<Self> {
+        // Stored sealed after a master-key rotation, derived from the master key before.
+        let (audit_key, token_key) = rekey_master::hmac_keys(&conn, &master)?;
+        Ok(SqliteStore {
+            audit_key,
+            token_key,
             conn,
             path: path.to_owned(),
             master,
             keys: RefCell::default(),
-        }
+        })
     }
 
     /// Whether the store answers a query (one indexed read, for readiness probes).
@@ -246,11 +288,7 @@ impl SqliteStore {
 
     /// Another connection to the same store, under the same (already checked) master key.
     pub fn reopen(&self) -> Result<Self> {
-        Ok(SqliteStore::with_key(
-            connect(&self.path)?,
-            &self.path,
-            self.master.duplicate(),
-        ))
+        SqliteStore::with_key(connect(&self.path)?, &self.path, self.master.duplicate())
     }
 
     /// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so a
@@ -274,15 +312,25 @@ impl SqliteStore {
             .unwrap_or((0, GENESIS.to_vec()));
         // Prepared once per connection, not once per record: this is the audit writer's loop.
         let mut insert = tx.prepare_cached(
-            "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO audit (seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for e in entries {
             seq += 1;
             let mac = audit::chain_mac(&self.audit_key, &prev, seq, e);
             insert.execute(params![
-                seq, e.time_ms, e.actor, e.action, e.label, e.kid, e.doc_id, e.outcome, e.reason,
-                e.client, mac
+                seq,
+                e.time_ms,
+                e.actor,
+                e.action,
+                e.label,
+                e.kid,
+                e.doc_id,
+                e.outcome,
+                e.reason,
+                e.client,
+                mac,
+                e.credential
             ])?;
             prev = mac;
         }
@@ -297,6 +345,8 @@ impl SqliteStore {
     }
 
     fn new_version(&self, tx: &Transaction<'_>, label: &str, kid: u32) -> Result<LabelPublicKey> {
+        // Never seal under a master key the store has been rotated away from.
+        self.check_master_in(tx)?;
         let key = LabelKey::generate(label, kid)?;
         let sealed = self
             .master
@@ -364,6 +414,15 @@ impl SqliteStore {
                  WHERE label = ?1 AND kid = ?2",
                 params![name, kid, now_ms()],
             )?;
+            // Until a checkpoint has pushed this change into the database file and emptied
+            // the log, old copies of the sealed key remain there: mark the scrub as pending,
+            // in the same transaction, so that it is retried if it cannot finish now.
+            let mark: [u8; 16] = random()?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('scrub_pending', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![&mark[..]],
+            )?;
         } else {
             tx.execute(
                 "UPDATE key_versions SET state = ?3 WHERE label = ?1 AND kid = ?2",
@@ -381,11 +440,129 @@ impl SqliteStore {
         self.append_in(&tx, &[admin_entry(actor, &action, Some(name), Some(kid))])?;
         tx.commit()?;
         if to == VersionState::Destroyed {
-            // Secure delete zeroed the freed page; also push it out of the WAL now.
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            // Secure delete zeroed the freed space in the new page; the checkpoint puts that
+            // page into the database file and empties the log, which held the old copies.
+            SqliteStore::scrub(&self.path, SCRUB_PATIENCE).map_err(|e| match e {
+                ServerError::ScrubPending { .. } => ServerError::ScrubPending {
+                    destroyed: Some((name.to_owned(), kid)),
+                },
+                e => e,
+            })?;
         }
         Ok(())
+    }
+
+    /// Remove every old copy of destroyed sealed keys from the store's files: checkpoint the
+    /// write-ahead log into the database file and truncate the log to zero bytes, then clear
+    /// the pending mark that a destroy leaves.
+    ///
+    /// The checkpoint runs on its own connection that never waits for a lock: a reader that
+    /// holds an older snapshot (which may still see the key) makes it fail at once, and it is
+    /// retried with backoff for up to `patience`. So it never holds the write lock while
+    /// waiting, and the audit writer is never stalled by it. Fails with
+    /// [`ServerError::ScrubPending`] when the readers did not finish in time.
+    pub fn scrub(path: &Path, patience: Duration) -> Result<()> {
+        if !path.exists() {
+            return Err(ServerError::Init(
+                "no store at this path: create one with `kluis-server init`",
+            ));
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::ZERO)?;
+        let mark: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'scrub_pending'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            });
+            match result {
+                // Not busy, and the log is empty: every change is in the database file.
+                Ok((0, 0)) => break,
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() + pause > deadline {
+                return Err(ServerError::ScrubPending { destroyed: None });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        if let Some(mark) = mark {
+            // Cleared only if no destroy set a new mark meanwhile; if this fails the scrub
+            // is simply done again later.
+            conn.busy_timeout(Duration::from_secs(1))?;
+            let _ = conn.execute(
+                "DELETE FROM meta WHERE key = 'scrub_pending' AND value = ?1",
+                params![mark],
+            );
+        }
+        Ok(())
+    }
+
+    /// Run [`SqliteStore::scrub`] if a destroy left one pending (the scheduler does this).
+    /// Returns whether one was pending.
+    pub fn scrub_if_pending(&self, patience: Duration) -> Result<bool> {
+        let pending = self
+            .conn
+            .prepare_cached("SELECT 1 FROM meta WHERE key = 'scrub_pending'")?
+            .exists([])?;
+        if pending {
+            SqliteStore::scrub(&self.path, patience)?;
+        }
+        Ok(pending)
+    }
+
+    /// Check the structure of the store file at `path` with SQLite's `PRAGMA quick_check`
+    /// (`thorough`: `PRAGMA integrity_check`, which also compares every index with its
+    /// table). Needs no master key. Fails with [`ServerError::Damaged`] when problems are
+    /// found, or when the file cannot be read as a database at all.
+    pub fn check_integrity(path: &Path, thorough: bool) -> Result<()> {
+        if !path.exists() {
+            return Err(ServerError::Init(
+                "no store at this path: create one with `kluis-server init`",
+            ));
+        }
+        let damaged = |problems| ServerError::Damaged {
+            path: path.to_owned(),
+            problems,
+        };
+        let sql = if thorough {
+            "PRAGMA integrity_check(100)"
+        } else {
+            "PRAGMA quick_check(100)"
+        };
+        let run = || -> rusqlite::Result<Vec<String>> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        };
+        match run() {
+            Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
+            Ok(rows) => Err(damaged(rows)),
+            Err(rusqlite::Error::SqliteFailure(e, m))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Err(damaged(vec![m.unwrap_or_else(|| e.to_string())]))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -538,6 +715,7 @@ impl Store for SqliteStore {
         expires_ms: Option<i64>,
         actor: &str,
     ) -> Result<(String, String)> {
+        crate::policy::check_token_names(user, groups)?;
         Policy {
             users: vec![user.to_owned()],
             groups: groups.to_vec(),
@@ -575,6 +753,19 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn update_policy(
+        &mut self,
+        name: &str,
+        edit: &PolicyEdit,
+        actor: &str,
+    ) -> Result<(Policy, Policy)> {
+        self.update_policy_in(name, edit, actor)
+    }
+
+    fn revoke_user_tokens(&mut self, user: &str, actor: &str) -> Result<Vec<String>> {
+        self.revoke_user_in(user, actor)
     }
 
     fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()> {
@@ -621,10 +812,16 @@ impl Store for SqliteStore {
         {
             return Ok(None);
         }
+        let groups: Vec<String> = serde_json::from_str(&groups).unwrap_or_default();
+        // A token issued before names were namespaced may carry a name of another source
+        // (`oidc:…`, `admin:…`) or of the server itself: it authenticates no one.
+        if crate::policy::check_token_names(&user, &groups).is_err() {
+            return Ok(None);
+        }
         Ok(Some(Principal {
             user,
-            groups: serde_json::from_str(&groups).unwrap_or_default(),
-            token_id: id.to_owned(),
+            groups,
+            credential: format!("token:{id}"),
         }))
     }
 
@@ -649,7 +846,11 @@ impl Store for SqliteStore {
                     .superseded_ms
                     .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
                 if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                    self.destroy(&label.name, v.kid, actor)?;
+                    match self.destroy(&label.name, v.kid, actor) {
+                        // Destroyed; the scrub of old copies is retried by the scheduler.
+                        Ok(()) | Err(ServerError::ScrubPending { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                     done.push(ScheduledChange::Destroyed {
                         label: label.name.clone(),
                         kid: v.kid,
@@ -678,27 +879,23 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac
+            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential
              FROM audit WHERE (?1 IS NULL OR actor = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![actor, after, limit], |r| {
-            Ok(AuditRecord {
-                seq: r.get(0)?,
-                entry: AuditEntry {
-                    time_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    label: r.get(4)?,
-                    kid: r.get(5)?,
-                    doc_id: r.get(6)?,
-                    outcome: r.get(7)?,
-                    reason: r.get(8)?,
-                    client: r.get(9)?,
-                },
-                mac: r.get(10)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![actor, after, limit], audit_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn audit_by_credential(&self, credential: &str) -> Result<Vec<AuditRecord>> {
+        // Exactly this credential, or one of its JWTs (`…#<jti>`) when no `#` was given.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential
+             FROM audit WHERE credential = ?1
+                OR (instr(?1, '#') = 0 AND substr(credential, 1, length(?1) + 1) = ?1 || '#')
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![credential], audit_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

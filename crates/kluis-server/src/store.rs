@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
 use crate::policy::Policy;
+use crate::policy_edit::PolicyEdit;
 
 /// The life of a key version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -115,14 +116,21 @@ pub struct TokenInfo {
 }
 
 /// Who a valid token authenticates.
+///
+/// Names are namespaced by where the identity comes from, so that one source can never
+/// produce another's name: an API token's user and groups are plain (`alice`, `hr`; they may
+/// not contain `:`), an OpenID Connect token's are `oidc:<issuer name>:<user>` and
+/// `oidc:<issuer name>:<group>`, the admin CLI acts as `admin:<os user>`. Label policies and
+/// the audit trail use these same strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// The user id.
+    /// The namespaced user id (the audit trail's actor).
     pub user: String,
-    /// The groups.
+    /// The namespaced groups.
     pub groups: Vec<String>,
-    /// The token id, for the audit trail.
-    pub token_id: String,
+    /// The credential that authenticated, for the audit trail: `token:<public token id>` or
+    /// `oidc:<issuer name>:<sub>[#<jti>]`.
+    pub credential: String,
 }
 
 /// The key server's storage. Every administrative change is written together with its
@@ -152,6 +160,16 @@ pub trait Store {
     ) -> Result<(String, String)>;
     /// All tokens.
     fn tokens(&self) -> Result<Vec<TokenInfo>>;
+    /// Change a label's policy; takes effect on the next request. Audited as `label.update`
+    /// with the old and the new policy (JSON) in the reason. Returns (old, new).
+    fn update_policy(
+        &mut self,
+        name: &str,
+        edit: &PolicyEdit,
+        actor: &str,
+    ) -> Result<(Policy, Policy)>;
+    /// Revoke every active token of a user (leavers); returns the revoked token ids.
+    fn revoke_user_tokens(&mut self, user: &str, actor: &str) -> Result<Vec<String>>;
     /// Revoke a token by id.
     fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()>;
     /// Check a presented token (constant-time); `None` when unknown, revoked or expired.
@@ -167,6 +185,9 @@ pub trait Store {
     /// optionally only those of one actor.
     fn audit_page(&self, actor: Option<&str>, after: i64, limit: usize)
     -> Result<Vec<AuditRecord>>;
+    /// Audit records, oldest first, made with one credential: exactly `credential`, or (for an
+    /// OpenID Connect subject given without `#<jti>`) any of its tokens `credential#…`.
+    fn audit_by_credential(&self, credential: &str) -> Result<Vec<AuditRecord>>;
     /// Verify the whole audit chain; returns the number of records and the head MAC (hex).
     fn verify_audit(&self) -> Result<(i64, String)>;
 }

@@ -119,8 +119,10 @@ impl AuditWriter {
                         }
                         Err(e) => {
                             st.failures.fetch_add(1, Ordering::Relaxed);
-                            eprintln!(
-                                "kluis-server: writing the audit trail failed, {} requests refused: {e}",
+                            // Never `eprintln!`: it panics when standard error cannot be
+                            // written, which killed this thread for good (issue 14).
+                            crate::log!(
+                                "writing the audit trail failed, {} requests refused: {e}",
                                 jobs.len()
                             );
                         }
@@ -217,6 +219,7 @@ mod tests {
             outcome: "granted".into(),
             reason: None,
             client: None,
+            credential: None,
         }
     }
 

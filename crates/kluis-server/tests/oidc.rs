@@ -165,10 +165,8 @@ fn jwks(keys: &[&TestKey]) -> String {
     json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string()
 }
 
-fn sha256_id(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    format!("jwt:{}", &hex::encode(digest.as_ref())[..8])
-}
+/// The `sub` of [`claims`].
+const SUB: &str = "2f1c0a2e-6a55-4b8a-9c1e-6d7b3a0f9e11";
 
 // ---------------------------------------------------------------------------------------------
 // Verifiers
@@ -343,10 +341,14 @@ fn tls_server() -> (Arc<rustls::ServerConfig>, String) {
 // ---------------------------------------------------------------------------------------------
 // Accepted tokens
 
-fn assert_alice(principal: Principal, token_id_of: &[u8]) {
-    assert_eq!(principal.user, "alice");
-    assert_eq!(principal.groups, ["hr", "legal"]);
-    assert_eq!(principal.token_id, sha256_id(token_id_of));
+/// Alice of [`claims`], namespaced by the default issuer name `idp`.
+fn assert_alice(principal: Principal) {
+    assert_eq!(principal.user, "oidc:idp:alice");
+    assert_eq!(principal.groups, ["oidc:idp:hr", "oidc:idp:legal"]);
+    assert_eq!(
+        principal.credential,
+        format!("oidc:idp:{SUB}#7d3c2b1a-0001")
+    );
 }
 
 #[test]
@@ -361,18 +363,58 @@ fn valid_rs256_es256_eddsa_tokens_are_accepted_with_user_and_groups() {
     let (_dir, v) = file_verifier(&keys.iter().collect::<Vec<_>>(), "");
     for key in &keys {
         let principal = v.verify(&key.token(&claims()), NOW).unwrap();
-        assert_alice(principal, b"7d3c2b1a-0001");
+        assert_alice(principal);
     }
 }
 
 #[test]
-fn token_id_hashes_the_token_when_there_is_no_jti() {
+fn the_credential_is_the_subject_and_the_jti() {
     let key = TestKey::ed("ed");
     let (_dir, v) = file_verifier(&[&key], "");
     let token = key.token(&without(claims(), "jti"));
     let principal = v.verify(&token, NOW).unwrap();
-    assert_eq!(principal.token_id, sha256_id(token.as_bytes()));
-    assert!(!principal.token_id.contains(&token[..20]));
+    assert_eq!(principal.credential, format!("oidc:idp:{SUB}"));
+    // `#` and `%` cannot make one subject's credential look like another's with a `jti`.
+    let odd = with(with(claims(), "sub", json!("a#b%")), "jti", json!("c#d"));
+    let p = v.verify(&key.token(&odd), NOW).unwrap();
+    assert_eq!(p.credential, "oidc:idp:a%23b%25#c%23d");
+    // The subject is required (it names the credential), the user claim does not replace it.
+    let no_sub = v.verify(&key.token(&without(claims(), "sub")), NOW);
+    assert!(
+        matches!(&no_sub, Err(OidcError::MissingClaim(c)) if c == "sub"),
+        "{no_sub:?}"
+    );
+    for bad in [json!(""), json!(7), json!("a\nb")] {
+        refused!(
+            v.verify(&key.token(&with(claims(), "sub", bad.clone())), NOW),
+            OidcError::BadClaim { .. }
+        );
+        refused!(
+            v.verify(&key.token(&with(claims(), "jti", bad)), NOW),
+            OidcError::BadClaim { .. }
+        );
+    }
+}
+
+#[test]
+fn the_issuer_name_prefixes_users_groups_and_credentials() {
+    let key = TestKey::ed("ed");
+    let (_dir, v) = file_verifier(&[&key], "name = \"entra\"");
+    let p = v.verify(&key.token(&claims()), NOW).unwrap();
+    assert_eq!(p.user, "oidc:entra:alice");
+    assert_eq!(p.groups, ["oidc:entra:hr", "oidc:entra:legal"]);
+    assert_eq!(p.credential, format!("oidc:entra:{SUB}#7d3c2b1a-0001"));
+    // A user claim that looks like another source's name stays in this issuer's namespace.
+    for user in ["admin:unknown", "scheduler", "oidc:other:alice"] {
+        let c = with(claims(), "preferred_username", json!(user));
+        let p = v.verify(&key.token(&c), NOW).unwrap();
+        assert_eq!(p.user, format!("oidc:entra:{user}"));
+    }
+    for bad in ["", "Entra", "en:tra", "a b", &"x".repeat(33)] {
+        let (_dir, mut c) = file_config(&jwks(&[&key]), "");
+        c.name = bad.to_owned();
+        refused!(OidcVerifier::new(c), OidcError::Config(_));
+    }
 }
 
 #[test]
@@ -386,8 +428,8 @@ fn configured_claim_names_pick_user_and_groups() {
     );
     let c = with(c, "roles", json!(["admin"]));
     let p = v.verify(&key.token(&c), NOW).unwrap();
-    assert_eq!(p.user, "00000000-0000-0000-0000-00000000000a");
-    assert_eq!(p.groups, ["admin"]);
+    assert_eq!(p.user, "oidc:idp:00000000-0000-0000-0000-00000000000a");
+    assert_eq!(p.groups, ["oidc:idp:admin"]);
     // No fallback to another claim: without `oid` the token is refused.
     let result = v.verify(&key.token(&without(c, "oid")), NOW);
     assert!(
@@ -517,7 +559,9 @@ fn not_yet_valid_with_leeway_edges() {
 fn expiry_far_ahead_is_refused() {
     let key = TestKey::ed("ed");
     let (_dir, v) = file_verifier(&[&key], "");
-    let exp = |t: i64| key.token(&with(claims(), "exp", json!(t)));
+    // Without `iat` and `nbf` (with them, see `lifetime_is_measured_from_iat_or_nbf`).
+    let untimed = without(without(claims(), "iat"), "nbf");
+    let exp = |t: i64| key.token(&with(untimed.clone(), "exp", json!(t)));
     v.verify(&exp(NOW + 86_400), NOW).unwrap();
     refused!(
         v.verify(&exp(NOW + 86_401), NOW),
@@ -526,6 +570,60 @@ fn expiry_far_ahead_is_refused() {
     refused!(v.verify(&exp(i64::MAX), NOW), OidcError::LifetimeTooLong);
     let huge = key.token(&with(claims(), "exp", json!(1e300)));
     refused!(v.verify(&huge, NOW), OidcError::LifetimeTooLong);
+    // With `iat`, `exp` far ahead of now is refused as well.
+    let issued = |t: i64| key.token(&with(with(claims(), "iat", json!(NOW)), "exp", json!(t)));
+    v.verify(&issued(NOW + 86_400), NOW).unwrap();
+    refused!(
+        v.verify(&issued(NOW + 86_401), NOW),
+        OidcError::LifetimeTooLong
+    );
+}
+
+/// Issue 14, defect 5: a token issued a year ago with `exp` 23 h ahead was accepted.
+#[test]
+fn lifetime_is_measured_from_iat_or_nbf() {
+    let key = TestKey::ed("ed");
+    let (_dir, v) = file_verifier(&[&key], ""); // at most 86400 s
+    let year = 365 * 86_400;
+    let times = |iat: Option<i64>, nbf: Option<i64>, exp: i64| {
+        let mut c = with(without(without(claims(), "iat"), "nbf"), "exp", json!(exp));
+        if let Some(t) = iat {
+            c = with(c, "iat", json!(t));
+        }
+        if let Some(t) = nbf {
+            c = with(c, "nbf", json!(t));
+        }
+        key.token(&c)
+    };
+    let exp = NOW + 23 * 3600;
+    refused!(
+        v.verify(&times(Some(NOW - year), None, exp), NOW),
+        OidcError::LifetimeTooLong
+    );
+    refused!(
+        v.verify(&times(None, Some(NOW - year), exp), NOW),
+        OidcError::LifetimeTooLong
+    );
+    // `iat` decides when both are present: a late `nbf` does not shorten a long life.
+    refused!(
+        v.verify(&times(Some(NOW - year), Some(NOW - 10), exp), NOW),
+        OidcError::LifetimeTooLong
+    );
+    // Edges: exactly 24 h from issue to expiry is accepted, a second more is not.
+    v.verify(&times(Some(NOW - 3600), None, NOW - 3600 + 86_400), NOW)
+        .unwrap();
+    refused!(
+        v.verify(&times(Some(NOW - 3600), None, NOW - 3600 + 86_401), NOW),
+        OidcError::LifetimeTooLong
+    );
+    v.verify(&times(None, Some(NOW - 3600), NOW - 3600 + 86_400), NOW)
+        .unwrap();
+    // Neither claim: only `exp - now` bounds it.
+    v.verify(&times(None, None, exp), NOW).unwrap();
+    refused!(
+        v.verify(&times(None, None, NOW + 86_401), NOW),
+        OidcError::LifetimeTooLong
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -797,8 +895,9 @@ fn user_claim_rules() {
     let (_dir, v) = file_verifier(&[&key], "");
     let user = |u: Value| key.token(&with(claims(), "preferred_username", u));
     let long = "u".repeat(256);
-    assert_eq!(v.verify(&user(json!(long)), NOW).unwrap().user, long);
-    assert_eq!(v.verify(&user(json!("ß·ü")), NOW).unwrap().user, "ß·ü");
+    let user_of = |u: Value| v.verify(&user(u), NOW).unwrap().user;
+    assert_eq!(user_of(json!(long)), format!("oidc:idp:{long}"));
+    assert_eq!(user_of(json!("ß·ü")), "oidc:idp:ß·ü");
     for bad in [
         json!(""),
         json!("u".repeat(257)),
@@ -819,12 +918,19 @@ fn groups_claim_rules() {
     let key = TestKey::ed("ed");
     let (_dir, v) = file_verifier(&[&key], "");
     let groups = |g: Value| key.token(&with(claims(), "groups", g));
-    assert_eq!(v.verify(&groups(json!("hr")), NOW).unwrap().groups, ["hr"]);
+    assert_eq!(
+        v.verify(&groups(json!("hr")), NOW).unwrap().groups,
+        ["oidc:idp:hr"]
+    );
     assert!(v.verify(&groups(json!([])), NOW).unwrap().groups.is_empty());
     let absent = key.token(&without(claims(), "groups"));
     assert!(v.verify(&absent, NOW).unwrap().groups.is_empty());
     let many: Vec<String> = (0..256).map(|i| format!("g{i}")).collect();
-    assert_eq!(v.verify(&groups(json!(many)), NOW).unwrap().groups, many);
+    let prefixed: Vec<String> = many.iter().map(|g| format!("oidc:idp:{g}")).collect();
+    assert_eq!(
+        v.verify(&groups(json!(many)), NOW).unwrap().groups,
+        prefixed
+    );
     let too_many: Vec<String> = (0..257).map(|i| format!("g{i}")).collect();
     for bad in [
         json!(too_many),
@@ -981,6 +1087,9 @@ fn a_rewritten_jwks_file_is_reread_for_an_unknown_kid() {
     let (dir, v) = file_verifier(&[&old], "jwks_min_refresh_gap_secs = 1");
     std::fs::write(dir.path().join("jwks.json"), jwks(&[&old, &new])).unwrap();
     thread::sleep(Duration::from_millis(1100));
+    // Refused at once; the reload it starts brings the new key for the next token.
+    refused!(v.verify(&new.token(&claims()), NOW), OidcError::UnknownKey);
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
     v.verify(&new.token(&claims()), NOW).unwrap();
     v.verify(&old.token(&claims()), NOW).unwrap();
 }
@@ -1001,7 +1110,9 @@ fn unknown_kid_refreshes_once_and_then_is_accepted() {
     // The identity provider rotates in k2.
     server.set(Reply::Ok(jwks(&[&k1, &k2])));
     thread::sleep(Duration::from_millis(1100));
-    v.verify(&k2.token(&claims()), NOW).unwrap();
+    // The first k2 token is refused at once and starts a reload in the background.
+    refused!(v.verify(&k2.token(&claims()), NOW), OidcError::UnknownKey);
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
     assert_eq!(server.hits(), 2);
     v.verify(&k2.token(&claims()), NOW).unwrap();
     v.verify(&k1.token(&claims()), NOW).unwrap();
@@ -1045,8 +1156,14 @@ fn concurrent_unknown_kids_fetch_once() {
         })
         .collect();
     for t in threads {
-        assert_eq!(t.join().unwrap().unwrap(), "alice");
+        // Each is refused at once or, once the reload is done, accepted.
+        match t.join().unwrap() {
+            Ok(user) => assert_eq!(user, "oidc:idp:alice"),
+            Err(e) => assert!(matches!(e, OidcError::UnknownKey), "{e:?}"),
+        }
     }
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
+    assert_eq!(v.verify(&token, NOW).unwrap().user, "oidc:idp:alice");
     assert_eq!(server.hits(), 2);
 }
 
@@ -1062,7 +1179,10 @@ fn periodic_refresh_drops_removed_keys() {
     v.verify(&k1.token(&claims()), NOW).unwrap();
     server.set(Reply::Ok(jwks(&[&k2])));
     thread::sleep(Duration::from_millis(2100));
-    // The keys are two seconds old: reloaded before this check, and k1 is gone.
+    // The keys are two seconds old: a reload is due. This check starts it unless the timer
+    // already has (so it may or may not still see k1; it never waits); after it, k1 is gone.
+    let _ = v.verify(&k1.token(&claims()), NOW);
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
     refused!(v.verify(&k1.token(&claims()), NOW), OidcError::UnknownKey);
     assert_eq!(server.hits(), 2);
     v.verify(&k2.token(&claims()), NOW).unwrap();
@@ -1089,8 +1209,13 @@ fn jwks_url_down_at_start_refuses_until_it_is_up() {
     };
     let server = JwksServer::start(listener, Reply::Ok(jwks(&[&key])), None);
     refused!(v.verify(&token, NOW), OidcError::JwksUnavailable(_)); // within the gap
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
     assert_eq!(server.hits(), 0);
     thread::sleep(Duration::from_millis(2100));
+    // After the gap the keys are fetched (by the timer, or by the reload this token starts
+    // if the timer has not yet); the token is never made to wait for it.
+    let _ = v.verify(&token, NOW);
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
     v.verify(&token, NOW).unwrap();
     assert_eq!(server.hits(), 1);
     assert!(v.jwks_error().is_none());
@@ -1147,6 +1272,53 @@ fn jwks_url_that_hangs_times_out_and_refuses() {
     assert_eq!(server.hits(), 1);
 }
 
+/// Issue 14, defect 8: with the JWKS URL hanging, tokens with unknown `kid`s each waited for
+/// the fetch. Now they are refused at once, one reload runs in the background, and tokens
+/// with known keys are accepted meanwhile.
+#[test]
+fn unknown_kids_fail_fast_while_the_jwks_url_hangs() {
+    let k1 = TestKey::ed("k1");
+    let server = JwksServer::http(Reply::Ok(jwks(&[&k1])));
+    let v = Arc::new(url_verifier(
+        &server.url,
+        "jwks_min_refresh_gap_secs = 1\njwks_fetch_timeout_secs = 10",
+    ));
+    server.set(Reply::Hang);
+    thread::sleep(Duration::from_millis(1100));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let v = v.clone();
+            let token = TestKey::ed(&format!("made-up-{i}")).token(&claims());
+            thread::spawn(move || {
+                let t = Instant::now();
+                let result = v.verify(&token, NOW).map(|p| p.user);
+                (result, t.elapsed())
+            })
+        })
+        .collect();
+    for t in threads {
+        let (result, took) = t.join().unwrap();
+        assert!(matches!(result, Err(OidcError::UnknownKey)), "{result:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "an unknown kid waited {took:?}"
+        );
+    }
+    // The known key is accepted at once while the one reload hangs.
+    v.verify(&k1.token(&claims()), NOW).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!v.wait_for_reload(Duration::ZERO), "the reload is running");
+    assert!(v.wait_for_reload(Duration::from_secs(20)));
+    assert_eq!(server.hits(), 2, "one reload for sixteen unknown kids");
+    // The reload timed out: the old keys stay in use.
+    v.verify(&k1.token(&claims()), NOW).unwrap();
+}
+
 #[test]
 fn stale_keys_are_kept_for_a_while_then_everything_is_refused() {
     let key = TestKey::ed("ed");
@@ -1160,18 +1332,48 @@ fn stale_keys_are_kept_for_a_while_then_everything_is_refused() {
     v.verify(&token, NOW).unwrap();
     server.set(Reply::Status(503));
     thread::sleep(Duration::from_millis(1200));
-    // The reload fails; the keys are 1.2 s old, under the 3 s limit: still accepted.
+    // The keys are 1.2 s old, under the 3 s limit: still accepted; the reload this starts
+    // fails.
     v.verify(&token, NOW).unwrap();
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
     assert_eq!(server.hits(), 2);
     assert!(v.jwks_error().is_some());
     thread::sleep(Duration::from_millis(3300).saturating_sub(start.elapsed()));
-    // Now older than 3 s and the reload fails again: refused.
+    // Now older than 3 s: refused (the timer, or this token, keeps trying to reload; each
+    // attempt fails).
     refused!(v.verify(&token, NOW), OidcError::JwksUnavailable(Some(_)));
-    assert_eq!(server.hits(), 3);
-    // The identity provider is back: accepted after the gap.
+    assert!(v.wait_for_reload(Duration::from_secs(10)));
+    assert!(server.hits() >= 3, "{}", server.hits());
+    // The identity provider is back: the keys are reloaded within the gap (by the timer,
+    // without any token; or by a token) and tokens are accepted again.
     server.set(Reply::Ok(jwks(&[&key])));
-    thread::sleep(Duration::from_millis(1100));
+    let back = Instant::now();
+    while v.verify(&token, NOW).is_err() {
+        assert!(back.elapsed() < Duration::from_secs(10), "never reloaded");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Review of issue 14, defect 8: keys were reloaded only when a token arrived, so after a
+/// quiet spell longer than `jwks_max_stale_secs` (a weekend, with the defaults) the first
+/// token was refused as if the identity provider were down (`JwksUnavailable`, 503) although
+/// it answered all along. Now a timer reloads keys older than `jwks_refresh_secs` also
+/// without traffic.
+#[test]
+fn keys_stay_fresh_on_an_idle_server() {
+    let key = TestKey::ed("ed");
+    let server = JwksServer::http(Reply::Ok(jwks(&[&key])));
+    let v = url_verifier(
+        &server.url,
+        "jwks_refresh_secs = 1\njwks_min_refresh_gap_secs = 1\njwks_max_stale_secs = 4",
+    );
+    let token = key.token(&claims());
     v.verify(&token, NOW).unwrap();
+    assert_eq!(server.hits(), 1);
+    // No token for longer than the keys may be stale; the identity provider is up.
+    thread::sleep(Duration::from_secs(6));
+    v.verify(&token, NOW).unwrap();
+    assert!(server.hits() >= 2, "reloaded without traffic");
 }
 
 #[test]
@@ -1400,4 +1602,36 @@ proptest! {
         let extended = format!("{token}{extra}");
         prop_assert!(v.verify(&extended, NOW).is_err());
     }
+}
+
+/// The fuzz target `jwt` (mode 1) signs each seed's claims with the fixed key
+/// `Ed25519KeyPair::from_seed_unchecked(&[7; 32])` (kid `k`) and checks what is accepted; its
+/// seeds must reach the checks they are named for. Since `sub` became required, the seeds
+/// without it were all refused as `MissingClaim("sub")`, so the fuzzer started with no
+/// accepted token and no groups-overage token at all.
+#[test]
+fn fuzz_seeds_reach_the_checks_they_are_named_for() {
+    let key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k",
+                     "x": B64.encode(key.public_key().as_ref())});
+    let (_dir, path) = write_jwks(&json!({ "keys": [jwk] }).to_string());
+    let mut c: OidcConfig =
+        toml::from_str("issuer = \"https://idp.example\"\naudience = \"api://kluis\"").unwrap();
+    c.jwks_file = Some(path);
+    let v = OidcVerifier::new(c).unwrap();
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/jwt/");
+    let verify = |name: &str| {
+        let seed = std::fs::read(format!("{seeds}{name}")).unwrap();
+        let (&mode, rest) = seed.split_first().unwrap();
+        assert_eq!(mode % 3, 1, "{name} is a mode-1 seed");
+        let i = rest.iter().position(|&b| b == 0xff).unwrap();
+        let signed = format!("{}.{}", B64.encode(&rest[..i]), B64.encode(&rest[i + 1..]));
+        let sig = key.sign(signed.as_bytes());
+        v.verify(&format!("{signed}.{}", B64.encode(sig.as_ref())), NOW)
+    };
+    for name in ["signed_valid", "signed_aud_array"] {
+        let p = verify(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(p.user, "oidc:idp:alice", "{name}");
+    }
+    refused!(verify("signed_overage"), OidcError::GroupsOverage);
 }

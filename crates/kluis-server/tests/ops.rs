@@ -628,7 +628,11 @@ fn jwt(key: &ring::signature::Ed25519KeyPair, alg: &str, claims: &Value) -> Stri
 fn openid_connect_tokens_are_checked_against_the_jwks_and_refused_when_it_is_unavailable() {
     let (dir, _) = store();
     let d = dir.path();
-    admin(d, &["label", "create", "legal", "--group", "lawyers"]);
+    // OpenID Connect groups are named with the issuer's prefix (`idp` by default).
+    admin(
+        d,
+        &["label", "create", "legal", "--group", "oidc:idp:lawyers"],
+    );
     let (key, jwks) = idp();
     std::fs::write(d.join("jwks.json"), jwks).unwrap();
     std::fs::write(
@@ -650,7 +654,7 @@ fn openid_connect_tokens_are_checked_against_the_jwks_and_refused_when_it_is_una
     let now = kluis_server::now_ms() / 1000;
     let claims = |aud: &str, exp: i64| {
         json!({ "iss": "https://idp.example", "aud": aud, "exp": exp, "iat": now,
-                "preferred_username": "carol", "groups": ["lawyers"] })
+                "sub": "carol-1", "preferred_username": "carol", "groups": ["lawyers"] })
     };
     let url = format!("{}/v1/unwrap", server.base);
     let legal = label_key(&server, "legal");
@@ -664,7 +668,7 @@ fn openid_connect_tokens_are_checked_against_the_jwks_and_refused_when_it_is_una
     assert_eq!(status, 200);
     let mine: Vec<Value> = serde_json::from_str(&mine).unwrap();
     assert_eq!(mine.len(), 2, "{mine:?}");
-    assert!(mine.iter().all(|r| r["actor"] == "carol"));
+    assert!(mine.iter().all(|r| r["actor"] == "oidc:idp:carol"));
     // Refused: wrong audience, expired, `alg: none`, a bad signature.
     let bad = [
         jwt(&key, "EdDSA", &claims("api://other", now + 300)),

@@ -197,8 +197,8 @@ fn tokens_authenticate_until_revoked_or_expired() {
     let (token, id) = s.create_token("alice", &groups, None, "a").unwrap();
     let p = s.authenticate(&token, now_ms()).unwrap().unwrap();
     assert_eq!(
-        (p.user.as_str(), p.groups.clone(), p.token_id.as_str()),
-        ("alice", groups.clone(), id.as_str())
+        (p.user.as_str(), p.groups.clone(), p.credential.as_str()),
+        ("alice", groups.clone(), format!("token:{id}").as_str())
     );
     // Any change to the token fails.
     let mut bad = token.clone().into_bytes();
@@ -246,11 +246,19 @@ fn audit_verify_detects_edits_deletions_insertions_reordering_and_truncation() {
         ),
         (
             "insert",
-            "INSERT INTO audit SELECT seq + 100, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac FROM audit WHERE seq = 2",
+            "INSERT INTO audit SELECT seq + 100, time_ms, actor, action, label, kid, doc_id, outcome, reason, client, mac, credential FROM audit WHERE seq = 2",
         ),
         (
             "reorder",
             "UPDATE audit SET seq = CASE seq WHEN 2 THEN 3 WHEN 3 THEN 2 END WHERE seq IN (2, 3)",
+        ),
+        (
+            "credential changed",
+            "UPDATE audit SET credential = 'token:kluis_AAAAAAAA' WHERE seq = 3",
+        ),
+        (
+            "credential removed",
+            "UPDATE audit SET credential = NULL WHERE seq = 3",
         ),
         (
             "recompute-free forgery",
@@ -278,4 +286,94 @@ fn audit_verify_detects_edits_deletions_insertions_reordering_and_truncation() {
             "{what} went unnoticed"
         );
     }
+}
+
+/// Records written before credentials were recorded (no `credential`) keep verifying beside
+/// new ones; giving such a record a credential afterwards is detected.
+#[test]
+fn records_without_a_credential_keep_verifying() {
+    let (f, mut s) = fixture();
+    let entry = |credential: Option<&str>| kluis_server::audit::AuditEntry {
+        time_ms: now_ms(),
+        actor: "alice".into(),
+        action: "unwrap".into(),
+        label: Some("hr".into()),
+        kid: Some(1),
+        doc_id: None,
+        outcome: "granted".into(),
+        reason: None,
+        client: None,
+        credential: credential.map(str::to_owned),
+    };
+    s.append_audit(&[
+        entry(None),
+        entry(Some("token:kluis_abcdefgh")),
+        entry(None),
+    ])
+    .unwrap();
+    let (n, _) = s.verify_audit().unwrap();
+    let records = s.audit_records(None).unwrap();
+    assert_eq!(records.len() as i64, n);
+    let old = records
+        .iter()
+        .find(|r| r.entry.credential.is_none())
+        .expect("a record without a credential");
+    let by_token = s.audit_by_credential("token:kluis_abcdefgh").unwrap();
+    assert_eq!(by_token.len(), 1);
+    Connection::open(&f.db)
+        .unwrap()
+        .execute(
+            "UPDATE audit SET credential = 'token:kluis_abcdefgh' WHERE seq = ?1",
+            [old.seq],
+        )
+        .unwrap();
+    assert!(matches!(
+        s.verify_audit(),
+        Err(ServerError::AuditBroken { seq, .. }) if seq == old.seq
+    ));
+}
+
+/// A store from before the credential column (schema version 2, records without
+/// credentials) is upgraded on open: its records keep verifying and new ones carry their
+/// credential.
+#[test]
+fn a_store_from_before_credentials_is_upgraded_and_keeps_verifying() {
+    let (f, mut s) = fixture();
+    let old = kluis_server::audit::AuditEntry {
+        time_ms: now_ms(),
+        actor: "admin".into(),
+        action: "store.init".into(),
+        label: None,
+        kid: None,
+        doc_id: None,
+        outcome: "ok".into(),
+        reason: None,
+        client: None,
+        credential: None,
+    };
+    // Rewrite the trail as an older kluis-server wrote it (no credential is MACed then),
+    // and take the schema back to version 2.
+    let conn = Connection::open(&f.db).unwrap();
+    conn.execute_batch("DELETE FROM audit; DELETE FROM meta WHERE key = 'audit_head';")
+        .unwrap();
+    s.append_audit(&[old.clone(), old]).unwrap();
+    drop(s);
+    conn.execute_batch(
+        "DROP INDEX audit_credential; ALTER TABLE audit DROP COLUMN credential;
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut s = reopen(&f);
+    assert_eq!(s.verify_audit().unwrap().0, 2);
+    s.create_label("hr", &hr_policy(), "admin:test").unwrap();
+    let (n, _) = s.verify_audit().unwrap();
+    assert_eq!(n, 3);
+    let records = s.audit_records(None).unwrap();
+    assert!(records[..2].iter().all(|r| r.entry.credential.is_none()));
+    assert_eq!(
+        records[2].entry.credential.as_deref(),
+        Some("admin-cli:test")
+    );
 }

@@ -1,0 +1,174 @@
+//! What the sealed files give away about their names (issue 17 defect 6) and what leaves
+//! the machine, against a real `kluis-server` on loopback.
+
+mod common;
+use common::*;
+
+/// `--hide-names --pad` used to give the name's length away in the header (229 vs 279 bytes
+/// for names of 1 and 50 characters). Now every name up to 256 bytes gives the same header,
+/// `inspect` says precisely what shows, and the names come back on open.
+#[test]
+fn hide_names_with_pad_gives_one_header_length_for_any_short_name() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    let long = format!("{}.txt", "n".repeat(46));
+    write(&alice.path("src/a"), b"same content");
+    write(&alice.path(&format!("src/{long}")), b"same content");
+    alice
+        .run(&[
+            "seal",
+            "--label",
+            "hr",
+            "--hide-names",
+            "--pad",
+            "-o",
+            "cloud",
+            "src",
+        ])
+        .ok();
+    let sealed = tree(&alice.path("cloud"));
+    assert_eq!(sealed.len(), 2, "{sealed:?}");
+    let mut headers = Vec::new();
+    for name in &sealed {
+        let v = alice
+            .run(&["--json", "inspect", &format!("cloud/{name}")])
+            .ok()
+            .json();
+        let f = &v["files"][0];
+        assert_eq!(f["name_bytes_at_most"], 256, "{v}");
+        headers.push((
+            f["header_bytes"].as_u64().unwrap(),
+            f["total_bytes"].clone(),
+        ));
+        let human = alice
+            .run(&["inspect", &format!("cloud/{name}")])
+            .ok()
+            .stdout_text();
+        assert!(
+            human.contains("else only that it is at most 256 bytes"),
+            "{human}"
+        );
+        assert!(
+            !human.contains("the exact size and the name are sealed"),
+            "{human}"
+        );
+    }
+    assert_eq!(headers[0], headers[1], "header and file sizes differ");
+    alice.run(&["open", "-o", "back", "cloud"]).ok();
+    assert_eq!(tree(&alice.path("back/src")), tree(&alice.path("src")));
+}
+
+/// Issue 17 defect 7: `kluis seal` to a double-key label wrapped the holder's half to whatever
+/// key the identity file's `# public key:` comment named, and `keygen --public` printed it, so
+/// whoever could edit the file redirected the holder's share. A file without the comment was
+/// refused by `--public`. Now the key used is the one derived from the secret (recorded at
+/// keygen and at each unlock), an edited comment is refused, and a file without the comment
+/// works.
+#[test]
+fn an_edited_identity_comment_does_not_redirect_the_holder_share() {
+    let server = Server::start();
+    let mut alice = User::logged_in(&server, &server.alice);
+    alice.env.push(("PASS".into(), "correct horse".into()));
+    let key = alice
+        .run(&["keygen", "--passphrase-env", "PASS"])
+        .ok()
+        .stdout_text()
+        .trim()
+        .to_owned();
+    let identity = alice.config_dir().join("identity.key");
+    let id_arg = identity.to_str().unwrap();
+    let original = std::fs::read_to_string(&identity).unwrap();
+    assert!(original.contains(&key));
+
+    // Someone who can write the file puts their own key in the comment.
+    let mallory = kluis_core::Identity::generate()
+        .unwrap()
+        .public_key()
+        .to_string();
+    std::fs::write(&identity, original.replace(&key, &mallory)).unwrap();
+    write(&alice.path("dossier.txt"), b"diagnosis");
+    let run = alice
+        .run(&["seal", "--label", "medical", "dossier.txt"])
+        .fails(7, "was edited");
+    assert!(
+        !run.stderr.contains(&mallory) || run.stderr.contains(&key),
+        "{}",
+        run.stderr
+    );
+    assert!(!alice.path("dossier.txt.kluis").exists(), "sealed anyway");
+    alice
+        .run(&["keygen", "--public", id_arg])
+        .fails(7, "was edited");
+    // With the passphrase the secret decides, and the edit is refused as well.
+    alice
+        .run(&["keygen", "--public", id_arg, "--passphrase-env", "PASS"])
+        .fails(7, "was edited");
+    // (That one is caught by the record; the next, on a machine without one, by the secret,
+    // and reported like any other invalid identity file.)
+    // Opening with the edited file is refused too (the derived key disagrees).
+    let other = User::logged_in(&server, &server.alice);
+    let mut other = other;
+    other.env.push(("PASS".into(), "correct horse".into()));
+    std::fs::write(other.path("id.key"), original.replace(&key, &mallory)).unwrap();
+    other
+        .run(&["keygen", "--public", "id.key", "--passphrase-env", "PASS"])
+        .fails(2, "was edited");
+
+    // Without the comment line (FORMAT.md §14 allows it) the recorded key is used.
+    let bare: String = original
+        .lines()
+        .filter(|l| !l.starts_with("# public key:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&identity, &bare).unwrap();
+    assert_eq!(
+        alice
+            .run(&["keygen", "--public", id_arg])
+            .ok()
+            .stdout_text()
+            .trim(),
+        key
+    );
+    alice
+        .run(&["seal", "--label", "medical", "dossier.txt"])
+        .ok();
+    let v = alice
+        .run(&["--json", "inspect", "dossier.txt.kluis"])
+        .ok()
+        .json();
+    assert_eq!(v["files"][0]["slots"][0]["stanzas"][1]["type"], "x25519");
+    alice
+        .run(&[
+            "open",
+            "-o",
+            "back",
+            "--passphrase-env",
+            "PASS",
+            "dossier.txt.kluis",
+        ])
+        .ok();
+    assert_eq!(
+        std::fs::read(alice.path("back/dossier.txt")).unwrap(),
+        b"diagnosis"
+    );
+
+    // Someone else's copy, never unlocked there: the passphrase is needed once, then the
+    // key derived from the secret is recorded.
+    std::fs::write(other.path("bare.key"), &bare).unwrap();
+    other
+        .run(&["keygen", "--public", "bare.key"])
+        .fails(4, "passphrase");
+    let derived = other
+        .run(&["keygen", "--public", "bare.key", "--passphrase-env", "PASS"])
+        .ok()
+        .stdout_text();
+    assert_eq!(derived.trim(), key);
+    assert_eq!(
+        other
+            .run(&["keygen", "--public", "bare.key"])
+            .ok()
+            .stdout_text()
+            .trim(),
+        key
+    );
+}

@@ -1,0 +1,621 @@
+//! The listener under hostile connections, against the real binary on loopback: oversized
+//! and malformed request heads refused with a JSON body; thousands of connections sending
+//! unfinished headers in bounded memory that is given back; one address, or many, holding
+//! silent connections without delaying anyone else; and the TLS certificate reloaded on
+//! `SIGHUP`, a bad replacement leaving the old one in service.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{
+    Server, admin, drain_stderr, get, label_key, post, proc_status_kib, raw_body, raw_exchange,
+    raw_status, serve,
+};
+use kluis_core::reply::ReplyKey;
+use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
+use serde_json::{Value, json};
+
+/// A store with label `hr` (user alice) and a token for alice.
+fn store() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["init"]);
+    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
+    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
+    (dir, token.trim().to_owned())
+}
+
+/// `serve` on plain loopback HTTP with a `[serve]` table written to `kluis.toml`.
+fn serve_with(dir: tempfile::TempDir, serve_table: &str) -> Server {
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        format!("[serve]\nrate_limit_per_sec = 0\n{serve_table}"),
+    )
+    .unwrap();
+    serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    )
+}
+
+fn addr(server: &Server) -> SocketAddr {
+    server
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A single unwrap body for a fresh document sealed to `label`.
+fn unwrap_body(label: &LabelPublicKey) -> Value {
+    let sealed = kluis_core::seal(
+        &[Slot::single(Recipient::Label(label.clone()))],
+        &Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    let reply = ReplyKey::generate().unwrap();
+    json!({
+        "doc_id": header.doc_id().to_string(),
+        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
+        "reply_key": B64.encode(reply.public_bytes()),
+    })
+}
+
+/// The answer must be a JSON `{code, message}` refusal with `status` and `code`.
+fn assert_json_refusal(answer: &[u8], status: u16, code: &str, what: &str) {
+    let text = String::from_utf8_lossy(answer);
+    assert_eq!(raw_status(answer), Some(status), "{what}: {text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{what}: {text}"
+    );
+    let v: Value = serde_json::from_slice(raw_body(answer))
+        .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e}): {text}"));
+    assert_eq!(v["code"], code, "{what}: {v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
+}
+
+#[test]
+fn oversized_and_malformed_request_heads_are_refused_with_a_json_code() {
+    let (dir, _) = store();
+    let server = serve_with(dir, "");
+    let a = addr(&server).to_string();
+    let wait = Duration::from_secs(5);
+
+    // A header larger than the cap (16 KiB by default), whole or unfinished.
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = raw_exchange(&a, big.as_bytes(), wait);
+    assert_json_refusal(&answer, 431, "headers_too_large", "a 20 KB header");
+    let unfinished = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}",
+        "a".repeat(390 * 1024)
+    );
+    let answer = raw_exchange(&a, unfinished.as_bytes(), wait);
+    assert_json_refusal(&answer, 431, "headers_too_large", "390 KiB unfinished");
+    // Too many header lines.
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = raw_exchange(&a, many.as_bytes(), wait);
+    assert_json_refusal(&answer, 431, "headers_too_large", "200 header lines");
+
+    // Not HTTP at all, and a header name with a space.
+    let answer = raw_exchange(&a, b"GE\x01T / HTTP/1.1\r\n\r\n", wait);
+    assert_json_refusal(&answer, 400, "malformed", "a bad method");
+    let answer = raw_exchange(&a, b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n", wait);
+    assert_json_refusal(&answer, 400, "malformed", "a bad header name");
+
+    // The second request on a kept-alive connection gets the same JSON refusal, after the
+    // first one's answer, intact.
+    let answer = raw_exchange(
+        &a,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHo st: x\r\n\r\n",
+        wait,
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let second = text.find("ok\nHTTP/1.1 ").expect("two answers") + 3;
+    assert_json_refusal(&answer[second..], 400, "malformed", "a bad second request");
+
+    // A header just under the cap is served.
+    let fits = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fits: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(15_000)
+    );
+    let answer = raw_exchange(&a, fits.as_bytes(), wait);
+    assert_eq!(
+        raw_status(&answer),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(get(&format!("{}/healthz", server.base), None).0, 200);
+}
+
+/// Open `n` connections to `a`, each writing `head` (an unfinished request head); write
+/// errors are ignored (the server may refuse and close). Returns the connections.
+fn flood(a: SocketAddr, n: usize, head: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(head);
+            s
+        })
+        .collect()
+}
+
+/// Wait until the server's resident memory has been steady for a moment; returns it in KiB.
+fn settled_rss(pid: u32) -> Option<u64> {
+    let mut last = proc_status_kib(pid, "VmRSS")?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = proc_status_kib(pid, "VmRSS")?;
+        if now.abs_diff(last) < 1024 {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
+}
+
+const CONNS: usize = 2000;
+const LIMIT_KIB: u64 = 256 * 1024;
+
+/// `serve` with no per-address cap (every connection comes from 127.0.0.1), time to hold
+/// connections, and `env`; waits until it answers.
+fn serve_for_floods(env: &[(&str, &str)]) -> Server {
+    let (dir, _) = store();
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let server = common::serve_with_env(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+        env,
+    );
+    assert_eq!(get(&format!("{}/healthz", server.base), None).0, 200);
+    server
+}
+
+/// An unfinished request head of `len` bytes.
+fn unfinished_head(len: usize) -> Vec<u8> {
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    head.resize(len, b'a');
+    head
+}
+
+/// [`CONNS`] connections, each holding an unfinished head just under the 16 KiB cap, all
+/// open at once, then closed. Returns the server's resident memory (KiB) while they were
+/// held and after they closed.
+fn hold_and_release(server: &Server) -> (u64, u64) {
+    let pid = server.child.id();
+    let held = flood(addr(server), CONNS, &unfinished_head(16 * 1024 - 64));
+    let holding = settled_rss(pid).unwrap();
+    // Still serving meanwhile.
+    assert_eq!(get(&format!("{}/healthz", server.base), None).0, 200);
+    drop(held);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = settled_rss(pid).unwrap();
+    (holding, after)
+}
+
+#[test]
+fn thousands_of_connections_with_unfinished_headers_stay_under_256_mib() {
+    let server = serve_for_floods(&[]);
+    let pid = server.child.id();
+    let Some(start) = proc_status_kib(pid, "VmRSS") else {
+        eprintln!("no /proc: memory not measured");
+        return;
+    };
+
+    // 390 KiB of unfinished headers on each connection, as in the report: each is refused
+    // (431) once it passes the cap, so they hold nothing.
+    let held = flood(addr(&server), CONNS, &unfinished_head(390 * 1024));
+    let flooded = settled_rss(pid).unwrap();
+    let peak = proc_status_kib(pid, "VmHWM").unwrap();
+    eprintln!("{CONNS} x 390 KiB: RSS {start} -> {flooded} KiB, peak {peak} KiB");
+    assert!(
+        peak < LIMIT_KIB,
+        "peak memory {peak} KiB with {CONNS} connections sending 390 KiB headers"
+    );
+    drop(held);
+
+    // Just under the cap on each, all held open at once; twice: the second wave reuses what
+    // the first one freed instead of taking more.
+    let (holding, after) = hold_and_release(&server);
+    let (holding2, after2) = hold_and_release(&server);
+    let peak = proc_status_kib(pid, "VmHWM").unwrap();
+    eprintln!(
+        "{CONNS} x 16 KiB held: RSS {holding} KiB, {after} KiB after; again: {holding2} KiB, \
+         {after2} KiB after; peak {peak} KiB"
+    );
+    assert!(
+        peak < LIMIT_KIB,
+        "peak memory {peak} KiB with {CONNS} connections holding 16 KiB headers"
+    );
+    assert!(
+        holding2 < holding + 16 * 1024,
+        "memory grew from one wave to the next: {holding} KiB, then {holding2} KiB"
+    );
+}
+
+/// With glibc, freed memory goes back to the system when the operator sets the allocator's
+/// mmap threshold low (docs/SERVER.md, "Limits and abuse"); by default glibc keeps it for
+/// reuse (the test above).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn memory_taken_by_held_connections_is_given_back_with_the_documented_allocator_setting() {
+    let server = serve_for_floods(&[("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096")]);
+    let Some(start) = proc_status_kib(server.child.id(), "VmRSS") else {
+        return;
+    };
+    let (holding, after) = hold_and_release(&server);
+    eprintln!("RSS {start} KiB, {holding} KiB held, {after} KiB after they closed");
+    let taken = holding.saturating_sub(start);
+    assert!(
+        taken > 8 * 1024,
+        "{CONNS} held connections took only {taken} KiB: the test measures nothing"
+    );
+    assert!(
+        after < start + taken / 2,
+        "memory not given back: {start} KiB at start, {holding} KiB held, {after} KiB after"
+    );
+}
+
+/// A TLS client configuration trusting only `ca` (DER).
+fn tls_client(ca: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// [`flood`] over TLS: `n` connections, each handshaking and then writing `head`.
+fn tls_flood(
+    a: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    n: usize,
+    head: &[u8],
+) -> Vec<TlsStream> {
+    (0..n)
+        .map(|_| {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            let sock = TcpStream::connect(a).unwrap();
+            sock.set_write_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let _ = s.write_all(head);
+            let _ = s.flush();
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn tls_connections_with_unfinished_headers_fit_the_default_cap_in_256_mib() {
+    const TLS_CONNS: usize = 1000;
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    write_pair(dir.path(), &cert, &key);
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let pid = server.child.id();
+    let Some(start) = proc_status_kib(pid, "VmRSS") else {
+        return;
+    };
+    let a: SocketAddr = server
+        .base
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let config = tls_client(&ca);
+
+    // 390 KiB unfinished heads: refused past the cap, nothing held.
+    let refused = tls_flood(a, &config, TLS_CONNS, &unfinished_head(390 * 1024));
+    let peak = proc_status_kib(pid, "VmHWM").unwrap();
+    assert!(peak < LIMIT_KIB, "peak {peak} KiB");
+    drop(refused);
+
+    // Heads just under the cap, held: what one such connection costs, times the default
+    // 4096 connections, must fit in 256 MiB.
+    let held = tls_flood(a, &config, TLS_CONNS, &unfinished_head(16 * 1024 - 64));
+    let holding = settled_rss(pid).unwrap();
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let per_conn = holding.saturating_sub(start) / TLS_CONNS as u64;
+    let projected = start + per_conn * 4096;
+    eprintln!(
+        "TLS: RSS {start} KiB, {holding} KiB with {TLS_CONNS} held ({per_conn} KiB each): \
+         {projected} KiB for 4096"
+    );
+    assert!(
+        per_conn > 0,
+        "held connections cost nothing: the test measures nothing"
+    );
+    assert!(
+        projected < LIMIT_KIB,
+        "{per_conn} KiB per held TLS connection: 4096 of them would take {projected} KiB"
+    );
+    drop(held);
+}
+
+/// Open a connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
+fn connect_from(rt: &tokio::runtime::Runtime, from: &str, to: SocketAddr) -> TcpStream {
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let s = s.connect(to).await.unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// `/healthz` and an unwrap from 127.0.0.1, each on a new connection, answered within 1 s.
+fn assert_served_promptly(server: &Server, token: &str, label: &LabelPublicKey, what: &str) {
+    for round in 0..3 {
+        let t = Instant::now();
+        let (status, body) = get(&format!("{}/healthz", server.base), None);
+        let took = t.elapsed();
+        assert_eq!(status, 200, "{what}: {body}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: /healthz took {took:?} (round {round})"
+        );
+        let body = unwrap_body(label);
+        let t = Instant::now();
+        let (status, v, _) = post(&format!("{}/v1/unwrap", server.base), Some(token), &body);
+        let took = t.elapsed();
+        assert_eq!(status, 200, "{what}: {v}");
+        assert!(v["share"].is_string(), "{what}: {v}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: the unwrap took {took:?} (round {round})"
+        );
+    }
+}
+
+/// How many of `conns` the server has closed (a read sees the end or a reset at once).
+fn closed_by_server(conns: &mut [TcpStream]) -> usize {
+    conns
+        .iter_mut()
+        .filter(|s| {
+            let mut s: &TcpStream = s;
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut b = [0u8; 1];
+            match s.read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .count()
+}
+
+#[test]
+fn one_address_holding_many_silent_connections_does_not_delay_others() {
+    let (dir, token) = store();
+    let server = serve_with(dir, "max_connections = 64\nheader_timeout_secs = 60\n");
+    let label = label_key(&server, "hr");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // The attacker: 164 silent connections from 127.0.0.2.
+    let mut attacker: Vec<TcpStream> = (0..164)
+        .map(|_| connect_from(&rt, "127.0.0.2", a))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_served_promptly(
+        &server,
+        &token,
+        &label,
+        "one address with 164 silent connections",
+    );
+    // It got only its share (a quarter of 64); the rest were closed.
+    let closed = closed_by_server(&mut attacker);
+    assert!(closed >= 164 - 16, "only {closed} of 164 closed");
+}
+
+#[test]
+fn many_addresses_filling_the_connection_cap_do_not_delay_others() {
+    let (dir, token) = store();
+    let server = serve_with(dir, "max_connections = 64\nheader_timeout_secs = 60\n");
+    let label = label_key(&server, "hr");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // Ten addresses, 16 silent connections each (their share): 160 for 64 places.
+    let mut attacker = Vec::new();
+    for i in 2..12 {
+        for _ in 0..16 {
+            attacker.push(connect_from(&rt, &format!("127.0.0.{i}"), a));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_served_promptly(&server, &token, &label, "ten addresses filling the cap");
+    // The oldest idle ones made room: at least the first 160 - 64 were closed.
+    let closed = closed_by_server(&mut attacker[..96]);
+    assert!(closed >= 90, "only {closed} of the 96 oldest closed");
+}
+
+/// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
+fn make_cert() -> (Vec<u8>, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.der().to_vec(), cert.pem(), key.serialize_pem())
+}
+
+/// `/healthz` over a new TLS connection that trusts only `ca`; `Err` if the handshake fails.
+fn healthz_trusting(base: &str, ca: &[u8]) -> Result<u16, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_der(ca).to_owned(),
+                ]))
+                .build(),
+        )
+        .build()
+        .into();
+    agent
+        .get(&format!("{base}/healthz"))
+        .call()
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+fn hangup(server: &Server) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP failed");
+}
+
+fn write_pair(dir: &Path, cert: &str, key: &str) {
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_tls_certificate_and_a_bad_replacement_keeps_the_old_one() {
+    let (dir, _) = store();
+    let (ca_a, cert_a, key_a) = make_cert();
+    let (ca_b, cert_b, key_b) = make_cert();
+    write_pair(dir.path(), &cert_a, &key_a);
+    let mut server = serve(
+        dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    let stderr = drain_stderr(&mut server.child);
+    let d = server.dir.path().to_owned();
+    assert_eq!(healthz_trusting(&server.base, &ca_a), Ok(200));
+    assert!(healthz_trusting(&server.base, &ca_b).is_err());
+
+    // B replaces A on disk; after SIGHUP new connections get B.
+    write_pair(&d, &cert_b, &key_b);
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while healthz_trusting(&server.base, &ca_b).is_err() {
+        assert!(Instant::now() < deadline, "B was not served after SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(healthz_trusting(&server.base, &ca_a).is_err());
+
+    // Bad replacements: a key that does not fit the certificate, then garbage. The server
+    // keeps serving B after each SIGHUP.
+    for (cert, key) in [(cert_a.as_str(), key_b.as_str()), ("not a pem", "nor this")] {
+        write_pair(&d, cert, key);
+        hangup(&server);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(healthz_trusting(&server.base, &ca_b), Ok(200));
+        assert!(healthz_trusting(&server.base, &ca_a).is_err());
+    }
+    // And a good one again is taken.
+    write_pair(&d, &cert_a, &key_a);
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while healthz_trusting(&server.base, &ca_a).is_err() {
+        assert!(Instant::now() < deadline, "A was not served after SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = stderr.join().unwrap();
+    assert!(log.contains("TLS certificate reloaded"), "{log}");
+    assert_eq!(
+        log.matches("TLS certificate not reloaded, still serving the previous one")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}

@@ -1,0 +1,443 @@
+//! The server recovers by itself and never reports a false destroy (issue 14, defects 1, 2
+//! and 9), against the real binary and real SQLite files: an unwritable standard error and a
+//! store locked by another process do not kill the audit writer or the scheduler; a destroy
+//! while another process reads the store fails loudly instead of leaving the sealed key in
+//! the files, does not stall unwraps, and the scrub is finished later; a damaged store is
+//! refused at start and reported by `store check`.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{LOOPBACK, Server, admin, admin_fails, bin, drain_stderr, get, label_key, post};
+use kluis_core::reply::ReplyKey;
+use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
+use serde_json::{Value, json};
+
+const DB: &str = "kluis-server.db";
+
+/// The body of a single unwrap for a fresh document sealed to `label`.
+fn unwrap_body(label: &LabelPublicKey) -> Value {
+    let sealed = kluis_core::seal(
+        &[Slot::single(Recipient::Label(label.clone()))],
+        &Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    let stanza = B64.encode(header.slots()[0][0].to_bytes());
+    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
+    json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
+}
+
+/// A store with label `hr` (user alice, `extra` label options) and a token for alice.
+fn store(extra: &[&str]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["init"]);
+    let mut args = vec!["label", "create", "hr", "--user", "alice"];
+    args.extend_from_slice(extra);
+    admin(dir.path(), &args);
+    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
+    (dir, token.trim().to_owned())
+}
+
+/// Start `serve` with `args` and standard error going to `stderr`; wait for its address.
+fn serve_to(dir: tempfile::TempDir, args: &[&str], stderr: Stdio) -> Server {
+    let mut child = bin()
+        .current_dir(dir.path())
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+        .to_owned();
+    Server { dir, child, base }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The store file, its write-ahead log and its shared-memory index, concatenated.
+fn store_bytes(dir: &Path) -> Vec<u8> {
+    [DB, "kluis-server.db-wal", "kluis-server.db-shm"]
+        .iter()
+        .filter_map(|f| std::fs::read(dir.join(f)).ok())
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// The sealed key of `hr` version `kid`, as stored.
+fn sealed_key(dir: &Path, kid: u32) -> Vec<u8> {
+    let conn = rusqlite::Connection::open(dir.join(DB)).unwrap();
+    conn.query_row(
+        "SELECT sealed_secret FROM key_versions WHERE label = 'hr' AND kid = ?1",
+        [kid],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Poll `f` every 200 ms until it is true or `within` passed.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn still_running(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(None))
+}
+
+/// Defect 1: with standard error unwritable, an audit commit that fails (the store locked
+/// by another process for 7 s) used to kill the audit writer (a panicking `eprintln!`):
+/// every later unwrap was 503 and `/readyz` stayed 503 until restart; the scheduler died at
+/// its first log line. Now both recover by themselves once the store accepts writes again.
+#[test]
+fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwritable() {
+    let (dir, token) = store(&["--rotate-every", "2s"]);
+    let full = File::options().write(true).open("/dev/full").unwrap();
+    let mut server = serve_to(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--schedule-interval",
+            "1",
+        ],
+        Stdio::from(full),
+    );
+    let unwrap_url = format!("{}/v1/unwrap", server.base);
+    let v = label_key(&server, "hr");
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+
+    // Another process takes the write lock and keeps it for 7 s (longer than the server's
+    // 5 s busy timeout), while unwraps come in: they may be refused, that is right.
+    let db = server.dir.path().join(DB);
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let during = std::thread::spawn({
+        let (url, token, body) = (unwrap_url.clone(), token.clone(), unwrap_body(&v));
+        move || post(&url, Some(&token), &body).0
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let status = during.join().unwrap();
+    assert!(
+        [200, 503, 504].contains(&status),
+        "unwrap during the lock: {status}"
+    );
+    assert!(still_running(&mut server.child), "the server exited");
+
+    // The writer recovers: unwraps succeed again and the server is ready.
+    assert!(
+        eventually(Duration::from_secs(15), || post(
+            &unwrap_url,
+            Some(&token),
+            &unwrap_body(&v)
+        )
+        .0 == 200),
+        "unwraps are still refused after the store was released"
+    );
+    assert_eq!(get(&format!("{}/readyz", server.base), None).0, 200);
+    // The scheduler recovers: it keeps rotating (every 2 s) after the lock.
+    let kid = label_key(&server, "hr").kid();
+    assert!(
+        eventually(Duration::from_secs(20), || label_key(&server, "hr").kid()
+            >= kid + 2),
+        "the scheduler stopped rotating (version {kid} stays current)"
+    );
+    assert!(still_running(&mut server.child), "the server exited");
+    admin(server.dir.path(), &["audit", "verify"]);
+}
+
+/// Defect 2: `label destroy` while another process holds a read transaction on the store
+/// used to exit 0 after 5 s with the sealed key still in the files, and stalled every unwrap
+/// for those 5 s. Now it fails saying why, unwraps go on, and the serving process's
+/// scheduler completes the scrub once the reader is gone.
+#[test]
+fn a_destroy_while_another_process_reads_fails_loudly_and_the_scheduler_scrubs_later() {
+    let (dir, token) = store(&[]);
+    admin(dir.path(), &["label", "rotate", "hr"]);
+    let mut server = serve_to(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--schedule-interval",
+            "1",
+        ],
+        Stdio::piped(),
+    );
+    let stderr = drain_stderr(&mut server.child);
+    let d = server.dir.path().to_owned();
+    let sealed = sealed_key(&d, 1);
+    assert_eq!(sealed.len(), 60, "a sealed label key");
+    let v2 = label_key(&server, "hr");
+    assert_eq!(v2.kid(), 2);
+
+    // Unwraps keep coming in; the slowest one while the destroy runs is measured.
+    let stop = Arc::new(AtomicBool::new(false));
+    let slowest_ms = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let load = std::thread::spawn({
+        let (stop, slowest_ms, failures) = (stop.clone(), slowest_ms.clone(), failures.clone());
+        let (url, token) = (format!("{}/v1/unwrap", server.base), token.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let body = unwrap_body(&v2);
+                let start = Instant::now();
+                let (status, v, _) = post(&url, Some(&token), &body);
+                let ms = start.elapsed().as_millis() as u64;
+                slowest_ms.fetch_max(ms, Ordering::Relaxed);
+                if status != 200 {
+                    failures.lock().unwrap().push(format!("{status} {v}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+
+    // Another process holds a read transaction (an old snapshot, which sees the key).
+    let reader = rusqlite::Connection::open(d.join(DB)).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM key_versions;")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    slowest_ms.store(0, Ordering::Relaxed);
+    let e = admin_fails(&d, &["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(
+        e.contains("version 1 of label `hr` is destroyed in the store")
+            && e.contains("remains in the database file")
+            && e.contains("store scrub"),
+        "{e}"
+    );
+    let slowest = slowest_ms.load(Ordering::Relaxed);
+    assert!(
+        slowest < 1500,
+        "an unwrap stalled {slowest} ms behind the destroy"
+    );
+    assert_eq!(*failures.lock().unwrap(), Vec::<String>::new());
+    // Destroyed in the store, at once: version 1 no longer opens.
+    let show: Value = serde_json::from_str(&admin(&d, &["label", "show", "hr"])).unwrap();
+    assert_eq!(show["versions"][0]["state"], "destroyed");
+    // The old copy is still in the files while the reader holds it (what the message says).
+    assert!(contains(&store_bytes(&d), &sealed));
+
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    assert!(
+        eventually(Duration::from_secs(20), || !contains(
+            &store_bytes(&d),
+            &sealed
+        )),
+        "the scheduler never scrubbed the destroyed key from the store files"
+    );
+    // And the pending mark is cleared: nothing left to do.
+    let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        conn.query_row(
+            "SELECT count(*) FROM meta WHERE key = 'scrub_pending'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 0
+    }));
+    drop(conn);
+    assert!(still_running(&mut server.child));
+    admin(&d, &["audit", "verify"]);
+    drop(server);
+    let log = stderr.join().unwrap();
+    assert!(log.contains("scheduled scrub"), "{log}");
+}
+
+/// Defect 2 without a server: `store scrub` refuses while the reader holds the old copy and
+/// removes it once the reader is gone.
+#[test]
+fn store_scrub_finishes_a_destroy_once_the_reader_is_gone() {
+    let (dir, _) = store(&[]);
+    let d = dir.path();
+    admin(d, &["label", "rotate", "hr"]);
+    let sealed = sealed_key(d, 1);
+    let reader = rusqlite::Connection::open(d.join(DB)).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM key_versions;")
+        .unwrap();
+    let e = admin_fails(d, &["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    assert!(e.contains("remains in the database file"), "{e}");
+    let e = admin_fails(d, &["store", "scrub"]);
+    assert!(e.contains("remains in the database file"), "{e}");
+    assert!(contains(&store_bytes(d), &sealed));
+    reader.execute_batch("COMMIT").unwrap();
+    let out = admin(d, &["store", "scrub"]);
+    assert!(out.contains("no old copy"), "{out}");
+    drop(reader);
+    assert!(!contains(&store_bytes(d), &sealed));
+    // A destroy with no reader in the way succeeds at once and leaves nothing behind.
+    admin(d, &["label", "rotate", "hr"]);
+    let sealed2 = sealed_key(d, 2);
+    admin(d, &["label", "destroy", "hr", "2", "--confirm", "hr"]);
+    assert!(!contains(&store_bytes(d), &sealed2));
+}
+
+/// Page numbers of interior table b-tree pages (type 0x05) in a database file.
+fn interior_pages(db: &[u8]) -> (usize, Vec<usize>) {
+    let size = match u16::from_be_bytes([db[16], db[17]]) {
+        1 => 65536,
+        n => usize::from(n),
+    };
+    let pages = (2..=db.len() / size)
+        .filter(|p| db[(p - 1) * size] == 0x05)
+        .collect();
+    (size, pages)
+}
+
+/// Defect 9: a zeroed interior page used to be found only when `/v1/labels` answered 500.
+/// Now `serve` refuses to start on it, and `store check` says what is wrong.
+#[test]
+fn a_damaged_store_is_refused_at_start_and_reported_by_store_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--user", "alice"]);
+    // Enough audit records for the audit table to have interior pages (written directly:
+    // the chain does not matter to the page structure).
+    {
+        let mut conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+        let tx = conn.transaction().unwrap();
+        for seq in 3..3000 {
+            tx.execute(
+                "INSERT INTO audit (seq, time_ms, actor, action, outcome, reason, mac)
+                 VALUES (?1, 0, 'alice', 'unwrap', 'granted', ?2, x'00')",
+                rusqlite::params![seq, "r".repeat(200)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    let out = admin(d, &["store", "check"]);
+    assert!(out.contains("ok"), "{out}");
+    admin(d, &["store", "check", "--quick"]);
+
+    let mut db = std::fs::read(d.join(DB)).unwrap();
+    let (size, pages) = interior_pages(&db);
+    let page = *pages.first().expect("an interior page");
+    db[(page - 1) * size..page * size].fill(0);
+    std::fs::write(d.join(DB), &db).unwrap();
+
+    let e = admin_fails(d, &["store", "check"]);
+    assert!(e.contains("is damaged"), "{e}");
+    assert!(e.contains("backup"), "{e}");
+
+    let mut child = bin()
+        .current_dir(d)
+        .args(["serve"])
+        .args(LOOPBACK)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = drain_stderr(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started on a damaged store");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let e = stderr.join().unwrap();
+    assert!(
+        e.contains("is damaged")
+            && e.contains("store check")
+            && e.contains("restore the latest backup"),
+        "{e}"
+    );
+}
+
+/// Under steady unwrap load (no long reader), a destroy still completes, promptly, with no
+/// copy of the sealed key left in the files, and no unwrap fails meanwhile: the scrub's
+/// checkpoint finds the short gaps between the server's transactions.
+#[test]
+fn a_destroy_under_unwrap_load_succeeds_and_leaves_no_copy() {
+    let (dir, token) = store(&[]);
+    admin(dir.path(), &["label", "create", "legal", "--user", "alice"]);
+    let server = serve_to(dir, &LOOPBACK, Stdio::null());
+    let d = server.dir.path().to_owned();
+    let legal = label_key(&server, "legal");
+    let stop = Arc::new(AtomicBool::new(false));
+    let unwraps = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, unwraps, legal) = (stop.clone(), unwraps.clone(), legal.clone());
+            let (url, token) = (format!("{}/v1/unwrap", server.base), token.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, v, _) = post(&url, Some(&token), &unwrap_body(&legal));
+                    assert_eq!(status, 200, "{v}");
+                    unwraps.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for kid in 1..=3u32 {
+        std::thread::sleep(Duration::from_millis(500));
+        admin(&d, &["label", "rotate", "hr"]);
+        let sealed = sealed_key(&d, kid);
+        admin(
+            &d,
+            &[
+                "label",
+                "destroy",
+                "hr",
+                &kid.to_string(),
+                "--confirm",
+                "hr",
+            ],
+        );
+        assert!(!contains(&store_bytes(&d), &sealed), "version {kid}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(unwraps.load(Ordering::Relaxed) > 0);
+}
