@@ -176,6 +176,16 @@ metrics=$(curl "${ca[@]}" "$url/metrics") || fail "/metrics"
 grep -q '^kluis_unwrap_items_total{outcome="granted"} 1$' <<<"$metrics" ||
   fail "/metrics does not count the opening"
 
+# `systemctl reload` (ExecReload: SIGHUP) reloads the TLS files and keeps serving.
+kill -HUP "$server_pid"
+for _ in $(seq 1 100); do
+  grep -q 'SIGHUP: TLS certificate reloaded' "$work/serve.err" && break
+  sleep 0.1
+done
+grep -q 'SIGHUP: TLS certificate reloaded' "$work/serve.err" ||
+  { cat "$work/serve.err" >&2; fail "SIGHUP did not reload the TLS certificate"; }
+[ "$(curl "${ca[@]}" "$url/healthz")" = ok ] || fail "/healthz after SIGHUP"
+
 kill -TERM "$server_pid"
 rc=0
 wait "$tracer_pid" || rc=$?
