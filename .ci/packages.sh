@@ -46,7 +46,14 @@ dpkg-deb --info "$out/kluis-server.deb" | sed -n '/Package:/,/Description:/p'
 work=$(mktemp -d)
 server_pid=
 idp_pid=
+doc_pid=
+doc_paths=
 cleanup() {
+  if [ -n "$doc_pid" ]; then kill "$doc_pid" 2>/dev/null || true; wait "$doc_pid" 2>/dev/null || true; fi
+  if [ -n "$doc_paths" ]; then
+    rm -rf /etc/kluis-server/master.key /etc/kluis-server/master.key.new /etc/kluis-server/tls \
+      /var/lib/kluis-server/store.db /var/lib/kluis-server/store.db-wal /var/lib/kluis-server/store.db-shm
+  fi
   if [ -n "$idp_pid" ]; then kill "$idp_pid" 2>/dev/null || true; wait "$idp_pid" 2>/dev/null || true; fi
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   dpkg -P kluis-server kluis >/dev/null 2>&1 || true
@@ -110,7 +117,6 @@ printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=crit
   "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$work/server.ext"
 openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
   -CAcreateserial -days 2 -extfile "$work/server.ext" -out "$work/cert.pem" 2>/dev/null
-rm -f "$work/ca.key"
 chown kluis-server:kluis-server "$work/key.pem" "$work/cert.pem"
 export KLUIS_STORE="$work/store.db" KLUIS_TLS_CERT="$work/cert.pem" KLUIS_TLS_KEY="$work/key.pem"
 admin init >/dev/null
@@ -256,6 +262,85 @@ while read -r call path flags; do
   esac
 done <"$work/paths"
 say "the server's $(wc -l <"$work/used") distinct system calls, socket families (${families% }) and $(wc -l <"$work/paths") file accesses all pass the unit's restrictions"
+
+# The documented procedures (OPERATIONS.md: Install, Backup, Restore, Master-key rotation,
+# Anchoring) as root on the real paths, the service simulated by hand as kluis-server with a
+# 0400 copy of the key (as LoadCredential makes). Root's admin commands must leave the store
+# usable by the service. Only on a machine without a kluis-server store or master key; what it
+# creates is removed afterwards.
+if [ -e /etc/kluis-server/master.key ] || [ -e /var/lib/kluis-server/store.db ]; then
+  say "skipping the documented procedures: this machine has a kluis-server store or master key"
+else
+  doc_paths=1
+  unset KLUIS_STORE KLUIS_TLS_CERT KLUIS_TLS_KEY
+  export KLUIS_CONFIG=/etc/kluis-server/config.toml
+  install -d -m 0750 -o root -g kluis-server /etc/kluis-server/tls
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout /etc/kluis-server/tls/key.pem -out "$work/doc.csr" 2>/dev/null
+  openssl x509 -req -in "$work/doc.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/server.ext" -out /etc/kluis-server/tls/cert.pem 2>/dev/null
+  chown root:kluis-server /etc/kluis-server/tls/key.pem
+  chmod 0640 /etc/kluis-server/tls/key.pem
+  kluis-server init >/dev/null
+  chown kluis-server:kluis-server /var/lib/kluis-server/store.db
+  chmod 0600 /var/lib/kluis-server/store.db
+  kluis-server label create hr --user alice >/dev/null
+  doc_start() {
+    install -d -m 0700 -o kluis-server "$work/cred"
+    install -m 0400 -o kluis-server /etc/kluis-server/master.key "$work/cred/master.key"
+    : >"$work/doc.out"
+    setpriv --reuid=kluis-server --regid=kluis-server --init-groups -- \
+      /usr/bin/kluis-server --config /etc/kluis-server/config.toml --key-file "$work/cred/master.key" \
+      serve --listen 127.0.0.1:0 >"$work/doc.out" 2>"$work/doc.err" &
+    doc_pid=$!
+    doc_url=
+    for _ in $(seq 1 100); do
+      doc_url=$(sed -n 's|^listening on \(https://[^ ]*\)$|\1|p' "$work/doc.out")
+      [ -n "$doc_url" ] && break
+      kill -0 "$doc_pid" 2>/dev/null || { cat "$work/doc.err" >&2; fail "the server did not start after: $1"; }
+      sleep 0.1
+    done
+    [ -n "$doc_url" ] || fail "the server did not start after: $1"
+    [ "$(curl "${ca[@]}" "$doc_url/readyz")" = ready ] || fail "/readyz after: $1"
+  }
+  doc_stop() {
+    kill -TERM "$doc_pid"
+    wait "$doc_pid" || fail "the server did not stop cleanly"
+    doc_pid=
+    rm -rf "$work/cred"
+  }
+  doc_start "init as root"
+  mkdir -p "$work/backups"
+  kluis-server backup --to "$work/backups/store.db" >/dev/null
+  kluis-server label create later --user bob >/dev/null
+  kluis-server audit anchor --to "$work/anchors.jsonl" >/dev/null
+  kluis-server token create --user alice >/dev/null 2>&1
+  doc_stop
+  kluis-server --store "$work/backups/store.db" store check >/dev/null
+  kluis-server restore --from "$work/backups/store.db" --force >/dev/null
+  chown kluis-server:kluis-server /var/lib/kluis-server/store.db
+  kluis-server store check >/dev/null
+  if kluis-server audit verify --anchors "$work/anchors.jsonl" >/dev/null 2>&1; then
+    fail "audit verify --anchors passed after a restore to before the anchor"
+  fi
+  doc_start "restore"
+  labels=$(curl "${ca[@]}" "$doc_url/v1/labels")
+  [[ "$labels" == *'"hr"'* && "$labels" != *'"later"'* ]] || fail "after the restore the labels are $labels"
+  doc_stop
+  kluis-server master-key rotate >/dev/null
+  kluis-server audit verify >/dev/null
+  doc_start "master-key rotate"
+  [[ "$(curl "${ca[@]}" "$doc_url/v1/labels")" == *'"hr"'* ]] || fail "labels after the rotation"
+  kill -HUP "$doc_pid"
+  doc_stop
+  for f in /var/lib/kluis-server/store.db*; do
+    [ "$(stat -c %U "$f")" = kluis-server ] || fail "$f belongs to $(stat -c %U "$f") after the procedures"
+  done
+  rm -rf /etc/kluis-server/master.key /etc/kluis-server/tls /var/lib/kluis-server/store.db \
+    /var/lib/kluis-server/store.db-wal /var/lib/kluis-server/store.db-shm
+  doc_paths=
+  say "install, backup while serving, restore, anchors and master-key rotation work as OPERATIONS.md says"
+fi
 
 # Remove: the binaries go; the user, the state directory and (on purge) nothing of the data.
 touch /var/lib/kluis-server/.packages-ci-sentinel
