@@ -1,0 +1,114 @@
+//! Review of issue 17 (defects 4 and 8) at the library level: attacks that the first round
+//! of fixes let through.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use kluis_core::{LabelKey, Metadata};
+use kluis_file::{OpenOptions, Outcome, SealOptions, journal_path, open_paths, seal_paths};
+
+fn doc(hr: &LabelKey, name: &str, secs: Option<u64>, text: &[u8]) -> Vec<u8> {
+    let mut m = Metadata::default().name(name);
+    m.modified = secs.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    kluis_core::seal(&[label_slot(hr)], &m, text).unwrap()
+}
+
+/// Write `path` and make it look `age_secs` old, as a file left by an earlier run.
+fn old_file(path: &std::path::Path, contents: &[u8], age_secs: u64) {
+    fs::write(path, contents).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(age_secs))
+        .unwrap();
+}
+
+/// Defect 8: the stale-temporary cleanup removes only names kluis gives its own temporary
+/// files (`.kluis-tmp-` and 26 base32 characters). A re-keying journal (`.kluis-tmp-rekey-…`,
+/// the only way to finish an interrupted in-place re-keying) and a person's own file that
+/// merely starts with `.kluis-tmp-` are not its temporaries and must survive a run.
+#[test]
+fn stale_cleanup_spares_rekey_journals_and_files_that_only_look_like_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let src = dir.path().join("src");
+    let out = dir.path().join("out");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    fs::write(src.join("a.txt"), b"a").unwrap();
+    let journal = journal_path(&src.join("b.txt.kluis"));
+    let spared = [
+        journal.clone(),
+        src.join(".kluis-tmp-my-notes.txt"),
+        src.join(".kluis-tmp-AAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        out.join(".kluis-tmp-aaaaaaaaaaaaaaaaaaaaaaaaaa.bak"),
+        out.join(".kluis-tmp-rekey-00112233445566778899aabbccddeeff"),
+    ];
+    for p in &spared {
+        old_file(p, b"not a kluis temporary", 3600);
+    }
+    // A real leftover is still removed.
+    let stale = out.join(".kluis-tmp-aaaaaaaaaaaaaaaaaaaaaaaaaa");
+    old_file(&stale, b"leftover plaintext", 3600);
+
+    let mut o = SealOptions::default();
+    o.output_dir = Some(out.clone());
+    let reports = seal_paths(&[&src], &[label_slot(&hr)], &o).unwrap();
+    assert!(
+        reports.iter().any(|r| matches!(r.outcome, Outcome::Done)),
+        "{reports:?}"
+    );
+    let mut o = OpenOptions::default();
+    o.output_dir = Some(dir.path().join("back"));
+    open_paths(&[&out], &[&hr], &o).unwrap();
+    for p in &spared {
+        assert!(p.exists(), "{p:?} was removed as a stale temporary");
+    }
+    assert!(!stale.exists(), "a real stale temporary is still removed");
+}
+
+/// Defect 4: without `-f`, opening never replaces a file that was there before the run. Two
+/// documents restoring to one path in different batches (1000 documents per batch): the
+/// older fails because the file exists, and the newer must fail too, not replace it.
+#[test]
+fn a_newer_document_in_a_later_batch_does_not_replace_an_existing_file_without_force() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("in");
+    let out = dir.path().join("out");
+    fs::create_dir_all(&inbox).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("important.txt"), b"the user's own file").unwrap();
+    fs::write(
+        inbox.join("a.kluis"),
+        doc(&hr, "important.txt", Some(1_600_000_000), b"old"),
+    )
+    .unwrap();
+    for i in 0..1000 {
+        fs::write(
+            inbox.join(format!("m{i:04}.kluis")),
+            doc(&hr, &format!("f{i}"), None, b"."),
+        )
+        .unwrap();
+    }
+    fs::write(
+        inbox.join("z.kluis"),
+        doc(&hr, "important.txt", Some(1_700_000_000), b"attacker's"),
+    )
+    .unwrap();
+    let mut o = OpenOptions::default();
+    o.output_dir = Some(out.clone());
+    let reports = open_paths(&[&inbox], &[&hr], &o).unwrap();
+    assert_eq!(
+        fs::read(out.join("important.txt")).unwrap(),
+        b"the user's own file",
+        "replaced without -f"
+    );
+    let z = reports.iter().find(|r| r.input.ends_with("z.kluis")).unwrap();
+    assert!(
+        matches!(z.outcome, Outcome::Failed(kluis_file::Error::Exists { .. })),
+        "{:?}",
+        z.outcome
+    );
+}
