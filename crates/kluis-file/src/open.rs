@@ -322,9 +322,13 @@ impl Run<'_> {
                 return;
             }
             Some(c) => {
-                // Opened in an earlier batch: replace its output.
-                job.replace = true;
-                superseded(reports, c.report, &job.input);
+                // Opened in an earlier batch: replace its output, but only if that opening
+                // wrote it. If it failed (say, because a file was there before the run and
+                // `force` is not set), this one must not replace what it did not write.
+                if matches!(reports[c.report].outcome, Outcome::Done) {
+                    job.replace = true;
+                    superseded(reports, c.report, &job.input);
+                }
             }
             None => {}
         }
