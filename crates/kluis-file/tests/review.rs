@@ -112,3 +112,23 @@ fn a_newer_document_in_a_later_batch_does_not_replace_an_existing_file_without_f
         z.outcome
     );
 }
+
+/// Defect 4: `-f` never replaces a sealed document, on case-insensitive file systems too.
+/// APFS and NTFS compare names by Unicode case folding, under which U+212A KELVIN SIGN is
+/// `k` and U+017F LONG S is `s`: `d.\u{212A}luis` is the file `d.kluis` there.
+#[test]
+fn names_that_fold_to_a_sealed_documents_name_are_refused() {
+    for name in [
+        "d.\u{212A}luis",
+        "d.kluiſ",
+        "sub/D.\u{212A}LUIS",
+        ".KLUIS-TMP-aaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        assert_eq!(
+            kluis_file::safe_relative_path(name),
+            Err(kluis_file::NameProblem::KluisName),
+            "{name:?}"
+        );
+    }
+    assert!(kluis_file::safe_relative_path("d.kluis.txt").is_ok());
+}
