@@ -132,3 +132,34 @@ fn names_that_fold_to_a_sealed_documents_name_are_refused() {
     }
     assert!(kluis_file::safe_relative_path("d.kluis.txt").is_ok());
 }
+
+/// Defect 4: a stored name within the format's limits (every part under 255 bytes, 4096
+/// in all) can still make a path longer than the file system allows once joined to the
+/// output folder. It fails on its own, with a message that says so, not "try again".
+#[cfg(unix)]
+#[test]
+fn a_path_too_long_for_the_file_system_says_so() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("in");
+    fs::create_dir_all(&inbox).unwrap();
+    let part = "p".repeat(254);
+    let name = vec![part.as_str(); 16].join("/");
+    assert!(name.len() <= 4096);
+    fs::write(inbox.join("long.kluis"), doc(&hr, &name, None, b"x")).unwrap();
+    fs::write(inbox.join("ok.kluis"), doc(&hr, "ok.txt", None, b"ok")).unwrap();
+    let mut o = OpenOptions::default();
+    o.output_dir = Some(dir.path().join("out"));
+    let reports = open_paths(&[&inbox], &[&hr], &o).unwrap();
+    let long = reports
+        .iter()
+        .find(|r| r.input.ends_with("long.kluis"))
+        .unwrap();
+    let Outcome::Failed(e) = &long.outcome else {
+        panic!("{:?}", long.outcome)
+    };
+    let text = e.to_string();
+    assert!(!text.contains("try again"), "{text}");
+    assert!(text.contains("shorter path"), "{text}");
+    assert_eq!(fs::read(dir.path().join("out/ok.txt")).unwrap(), b"ok");
+}
