@@ -69,10 +69,20 @@ fn a_legacy_token_does_not_follow_config_set_server() {
     alice.run(&["audit"]);
     alice.run(&["status"]);
     let seen = other.text();
-    assert!(seen.contains("HTTP/1.1"), "the other server was asked: {seen}");
+    assert!(
+        seen.contains("HTTP/1.1"),
+        "the other server was asked: {seen}"
+    );
     let token_part = &server.alice[server.alice.len() - 12..];
-    assert!(!seen.contains(token_part), "the token went to {}", other.url);
-    assert!(!seen.to_ascii_lowercase().contains("authorization"), "{seen}");
+    assert!(
+        !seen.contains(token_part),
+        "the token went to {}",
+        other.url
+    );
+    assert!(
+        !seen.to_ascii_lowercase().contains("authorization"),
+        "{seen}"
+    );
 
     // Back on its own server, it works again.
     alice.run(&["config", "set", "server", &server.url]).ok();

@@ -48,12 +48,13 @@ fn try_lock(file: &fs::File) -> std::io::Result<()> {
 /// re-keying journal (`.kluis-tmp-rekey-…`, needed to finish an interrupted re-keying) or
 /// a person's own file.
 pub(crate) fn is_temp_name(name: &[u8]) -> bool {
-    name.strip_prefix(TEMP_PREFIX.as_bytes()).is_some_and(|rest| {
-        rest.len() == 26
-            && rest
-                .iter()
-                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(c))
-    })
+    name.strip_prefix(TEMP_PREFIX.as_bytes())
+        .is_some_and(|rest| {
+            rest.len() == 26
+                && rest
+                    .iter()
+                    .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(c))
+        })
 }
 
 /// Remove `path`, a temporary file, if it is stale; returns whether it was removed. Only a

@@ -105,7 +105,10 @@ fn a_newer_document_in_a_later_batch_does_not_replace_an_existing_file_without_f
         b"the user's own file",
         "replaced without -f"
     );
-    let z = reports.iter().find(|r| r.input.ends_with("z.kluis")).unwrap();
+    let z = reports
+        .iter()
+        .find(|r| r.input.ends_with("z.kluis"))
+        .unwrap();
     assert!(
         matches!(z.outcome, Outcome::Failed(kluis_file::Error::Exists { .. })),
         "{:?}",
