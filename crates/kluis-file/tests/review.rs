@@ -166,3 +166,44 @@ fn a_path_too_long_for_the_file_system_says_so() {
     assert!(text.contains("shorter path"), "{text}");
     assert_eq!(fs::read(dir.path().join("out/ok.txt")).unwrap(), b"ok");
 }
+
+/// Defect 4 (folder opens list what they wrote): when a newer document in a later batch
+/// fails (a damaged payload), the older one's file is what stays on disk, so its report
+/// must stay done (and listed), not "superseded" by a document that wrote nothing.
+#[test]
+fn an_older_document_stays_reported_when_the_newer_fails_in_a_later_batch() {
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("in");
+    fs::create_dir_all(&inbox).unwrap();
+    fs::write(
+        inbox.join("a.kluis"),
+        doc(&hr, "same.txt", Some(1_600_000_000), b"older"),
+    )
+    .unwrap();
+    for i in 0..1000 {
+        fs::write(
+            inbox.join(format!("m{i:04}.kluis")),
+            doc(&hr, &format!("f{i}"), None, b"."),
+        )
+        .unwrap();
+    }
+    let mut damaged = doc(&hr, "same.txt", Some(1_700_000_000), b"newer");
+    *damaged.last_mut().unwrap() ^= 1;
+    fs::write(inbox.join("z.kluis"), damaged).unwrap();
+    let mut o = OpenOptions::default();
+    o.output_dir = Some(dir.path().join("out"));
+    let reports = open_paths(&[&inbox], &[&hr], &o).unwrap();
+    assert_eq!(fs::read(dir.path().join("out/same.txt")).unwrap(), b"older");
+    let find = |n: &str| reports.iter().find(|r| r.input.ends_with(n)).unwrap();
+    assert!(
+        matches!(find("z.kluis").outcome, Outcome::Failed(_)),
+        "{:?}",
+        find("z.kluis").outcome
+    );
+    assert!(
+        matches!(find("a.kluis").outcome, Outcome::Done),
+        "{:?}",
+        find("a.kluis").outcome
+    );
+}
