@@ -737,13 +737,18 @@ async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let code = match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Log lines are written by a logging thread: let it finish, but never wait for ever on
+    // a standard error that takes nothing (the process must still exit, so that the service
+    // manager restarts it).
+    kluis_server::log::flush(Duration::from_secs(2));
+    code
 }
 
 #[cfg(test)]

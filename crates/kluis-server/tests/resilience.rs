@@ -177,6 +177,78 @@ fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwrit
     admin(server.dir.path(), &["audit", "verify"]);
 }
 
+/// A standard error that takes nothing (a pipe or journal stream whose reader stopped
+/// reading, here a FIFO filled to the brim that nobody reads) must not wedge the audit
+/// writer: its log line about a failed commit used to block for ever, so every later unwrap
+/// timed out (504 after 30 s) while `/readyz` said ready and the supervision saw a live
+/// thread. Log lines are now handed to a logging thread and dropped when it cannot keep up.
+#[test]
+fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
+    use std::io::Write;
+    let (dir, token) = store(&[]);
+    let fifo = dir.path().join("stderr.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    // Opened for reading and writing: never blocks, and the FIFO stays open while nobody
+    // reads it. A thread fills it until its writes block (the pipe is full).
+    let pipe = File::options().read(true).write(true).open(&fifo).unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    std::thread::spawn({
+        let (mut w, written) = (pipe.try_clone().unwrap(), written.clone());
+        move || {
+            while w.write_all(&[b'x'; 512]).is_ok() {
+                written.fetch_add(512, Ordering::Relaxed);
+            }
+        }
+    });
+    let mut filled = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(Ordering::Relaxed);
+        if now > 0 && now == filled {
+            break;
+        }
+        filled = now;
+    }
+    let mut server = serve_to(dir, &LOOPBACK, Stdio::from(pipe.try_clone().unwrap()));
+    let unwrap_url = format!("{}/v1/unwrap", server.base);
+    let v = label_key(&server, "hr");
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+
+    // One audit commit fails (the store locked by another process for longer than the busy
+    // timeout): the writer logs it, into the full pipe.
+    let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let during = std::thread::spawn({
+        let (url, token, body) = (unwrap_url.clone(), token.clone(), unwrap_body(&v));
+        move || post(&url, Some(&token), &body).0
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let status = during.join().unwrap();
+    assert!(
+        [503, 504].contains(&status),
+        "unwrap during the lock: {status}"
+    );
+
+    // The writer goes on: unwraps are answered again, promptly.
+    let start = Instant::now();
+    let (status, body, _) = post(&unwrap_url, Some(&token), &unwrap_body(&v));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the unwrap took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(get(&format!("{}/readyz", server.base), None).0, 200);
+    assert!(still_running(&mut server.child), "the server exited");
+    admin(server.dir.path(), &["audit", "verify"]);
+}
+
 /// Defect 2: `label destroy` while another process holds a read transaction on the store
 /// used to exit 0 after 5 s with the sealed key still in the files, and stalled every unwrap
 /// for those 5 s. Now it fails saying why, unwraps go on, and the serving process's
