@@ -511,9 +511,12 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = listener.local_addr()?;
+        // A standard output that cannot be written (a log on a full disk) must not keep the
+        // server from serving: the line is lost, nothing else.
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
-        stdout.flush()?;
+        let _ = writeln!(stdout, "listening on {scheme}://{addr}");
+        let _ = stdout.flush();
         let api = Api::new(store, config, oidc)?;
         let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
         let outcome = supervise(

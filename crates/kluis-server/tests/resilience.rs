@@ -249,6 +249,53 @@ fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
     admin(server.dir.path(), &["audit", "verify"]);
 }
 
+/// A log on a full disk: with standard output and standard error both unwritable
+/// (`/dev/full`), `serve` used to exit 1 at start ("No space left on device") because the
+/// "listening on" line could not be written. It serves.
+#[test]
+fn serve_starts_and_serves_with_standard_output_and_error_unwritable() {
+    let (dir, token) = store(&[]);
+    // A free port, chosen by the system (the address line cannot be read from /dev/full).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let full = || Stdio::from(File::options().write(true).open("/dev/full").unwrap());
+    let child = bin()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", &listen, "--insecure-http"])
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let mut server = Server {
+        dir,
+        child,
+        base: format!("http://{listen}"),
+    };
+    let healthz = format!("{}/healthz", server.base);
+    let up = eventually(Duration::from_secs(30), || {
+        if !still_running(&mut server.child) {
+            return false;
+        }
+        common::agent()
+            .get(&healthz)
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    assert!(
+        still_running(&mut server.child),
+        "serve exited: {:?}",
+        server.child.try_wait()
+    );
+    assert!(up, "serve does not answer");
+    let v = label_key(&server, "hr");
+    let url = format!("{}/v1/unwrap", server.base);
+    assert_eq!(post(&url, Some(&token), &unwrap_body(&v)).0, 200);
+}
+
 /// Defect 2: `label destroy` while another process holds a read transaction on the store
 /// used to exit 0 after 5 s with the sealed key still in the files, and stalled every unwrap
 /// for those 5 s. Now it fails saying why, unwraps go on, and the serving process's
