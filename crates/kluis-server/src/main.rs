@@ -740,6 +740,14 @@ async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
 }
 
 fn main() -> ExitCode {
+    // A panic's message goes through the log as well: the default hook writes to standard
+    // error directly, and on a standard error that takes nothing it blocked the panicking
+    // thread for ever (the scheduler then never ran again, unnoticed). The short flush gives
+    // the message its chance before a panicking main thread ends the process.
+    std::panic::set_hook(Box::new(|info| {
+        kluis_server::log!("{info}");
+        kluis_server::log::flush(Duration::from_millis(500));
+    }));
     let code = match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

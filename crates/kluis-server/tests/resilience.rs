@@ -177,16 +177,11 @@ fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwrit
     admin(server.dir.path(), &["audit", "verify"]);
 }
 
-/// A standard error that takes nothing (a pipe or journal stream whose reader stopped
-/// reading, here a FIFO filled to the brim that nobody reads) must not wedge the audit
-/// writer: its log line about a failed commit used to block for ever, so every later unwrap
-/// timed out (504 after 30 s) while `/readyz` said ready and the supervision saw a live
-/// thread. Log lines are now handed to a logging thread and dropped when it cannot keep up.
-#[test]
-fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
+/// A standard error that takes nothing: a FIFO in `dir` that nobody reads, filled to the
+/// brim, so that every further write to it blocks.
+fn full_pipe(dir: &Path) -> File {
     use std::io::Write;
-    let (dir, token) = store(&[]);
-    let fifo = dir.path().join("stderr.fifo");
+    let fifo = dir.join("stderr.fifo");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
@@ -209,11 +204,22 @@ fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
         std::thread::sleep(Duration::from_millis(300));
         let now = written.load(Ordering::Relaxed);
         if now > 0 && now == filled {
-            break;
+            return pipe;
         }
         filled = now;
     }
-    let mut server = serve_to(dir, &LOOPBACK, Stdio::from(pipe.try_clone().unwrap()));
+}
+
+/// A standard error that takes nothing (a pipe or journal stream whose reader stopped
+/// reading, here a FIFO filled to the brim that nobody reads) must not wedge the audit
+/// writer: its log line about a failed commit used to block for ever, so every later unwrap
+/// timed out (504 after 30 s) while `/readyz` said ready and the supervision saw a live
+/// thread. Log lines are now handed to a logging thread and dropped when it cannot keep up.
+#[test]
+fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
+    let (dir, token) = store(&[]);
+    let pipe = full_pipe(dir.path());
+    let mut server = serve_to(dir, &LOOPBACK, Stdio::from(pipe));
     let unwrap_url = format!("{}/v1/unwrap", server.base);
     let v = label_key(&server, "hr");
     assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
@@ -247,6 +253,61 @@ fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
     assert_eq!(get(&format!("{}/readyz", server.base), None).0, 200);
     assert!(still_running(&mut server.child), "the server exited");
     admin(server.dir.path(), &["audit", "verify"]);
+}
+
+/// A panic in the scheduled work is caught and the next tick runs again; but the default
+/// panic hook writes its message to standard error directly, and with a standard error that
+/// takes nothing it blocked the panicking scheduler thread for ever: the scheduler stopped,
+/// unnoticed (its task alive). The panic here comes from a tampered store (a version number
+/// at the top of its range, which the debug build's overflow check turns into a panic when
+/// label `z` is rotated); label `a` comes first at every tick and must keep rotating.
+#[test]
+fn a_panic_in_the_scheduler_with_a_standard_error_that_takes_nothing_does_not_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    for name in ["a", "z"] {
+        admin(
+            d,
+            &[
+                "label",
+                "create",
+                name,
+                "--user",
+                "alice",
+                "--rotate-every",
+                "1s",
+            ],
+        );
+    }
+    {
+        let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+        conn.execute(
+            "UPDATE key_versions SET kid = 4294967295 WHERE label = 'z'",
+            [],
+        )
+        .unwrap();
+    }
+    let pipe = full_pipe(d);
+    let mut server = serve_to(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--schedule-interval",
+            "1",
+        ],
+        Stdio::from(pipe),
+    );
+    let kid = label_key(&server, "a").kid();
+    assert!(
+        eventually(Duration::from_secs(30), || label_key(&server, "a").kid()
+            >= kid + 4),
+        "the scheduler stopped rotating `a` (version {} current)",
+        label_key(&server, "a").kid()
+    );
+    assert!(still_running(&mut server.child), "the server exited");
 }
 
 /// A log on a full disk: with standard output and standard error both unwritable
