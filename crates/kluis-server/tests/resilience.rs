@@ -491,6 +491,35 @@ fn store_scrub_finishes_a_destroy_once_the_reader_is_gone() {
     assert!(!contains(&store_bytes(d), &sealed2));
 }
 
+/// Defect 2 for the one-shot `kluis-server schedule` (run from cron instead of a serving
+/// process): a retention destroy while another process reads the store used to print the
+/// destruction and exit 0 with the sealed key still in the files, and nothing retried the
+/// scrub. Now it exits non-zero saying so, and the next run finishes the scrub.
+#[test]
+fn the_schedule_command_does_not_report_a_scheduled_destroy_as_done_while_a_copy_remains() {
+    let (dir, _) = store(&["--retain", "1s"]);
+    let d = dir.path();
+    admin(d, &["label", "rotate", "hr"]);
+    let sealed = sealed_key(d, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    // A connection that stays open (so that no run is the store's last connection, which
+    // would checkpoint on close), and a read transaction on it that holds an old snapshot.
+    let reader = rusqlite::Connection::open(d.join(DB)).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM key_versions;")
+        .unwrap();
+    let e = admin_fails(d, &["schedule"]);
+    assert!(e.contains("remains in the database file"), "{e}");
+    let show: Value = serde_json::from_str(&admin(d, &["label", "show", "hr"])).unwrap();
+    assert_eq!(show["versions"][0]["state"], "destroyed", "{show}");
+    assert!(contains(&store_bytes(d), &sealed));
+
+    reader.execute_batch("COMMIT").unwrap();
+    admin(d, &["schedule"]);
+    assert!(!contains(&store_bytes(d), &sealed));
+    drop(reader);
+}
+
 /// Page numbers of interior table b-tree pages (type 0x05) in a database file.
 fn interior_pages(db: &[u8]) -> (usize, Vec<usize>) {
     let size = match u16::from_be_bytes([db[16], db[17]]) {
