@@ -63,7 +63,8 @@ enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Run due scheduled rotations and retention destructions now (`serve` also runs them).
+    /// Run due scheduled rotations and retention destructions now (`serve` also runs them),
+    /// and finish a pending scrub of destroyed keys; exits non-zero while one cannot finish.
     Schedule,
     /// Write a consistent copy of the store to a new file, also while the server runs.
     Backup {
@@ -610,6 +611,12 @@ fn run(cli: Cli) -> Result<()> {
                     serde_json::to_string(&change).expect("serialisable")
                 )?;
             }
+            // A scheduled destroy counts even when the scrub of its old copies could not
+            // finish (a reader held them). Run from cron, nothing else retries that scrub:
+            // finish it now (also one a previous run left), or fail saying why.
+            store
+                .scrub_if_pending(Duration::from_secs(2))
+                .inspect_err(|e| name_store_holders(e, &store_path))?;
         }
         Command::Label(cmd) => match cmd {
             LabelCmd::Create {
@@ -854,9 +861,12 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
     let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = listener.local_addr()?;
+        // A standard output that cannot be written (a log on a full disk) must not keep the
+        // server from serving: the line is lost, nothing else.
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
-        stdout.flush()?;
+        let _ = writeln!(stdout, "listening on {scheme}://{addr}");
+        let _ = stdout.flush();
         let api = Api::new(store, config, oidc)?;
         let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
         let outcome = supervise(
@@ -1089,13 +1099,26 @@ async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // A panic's message goes through the log as well: the default hook writes to standard
+    // error directly, and on a standard error that takes nothing it blocked the panicking
+    // thread for ever (the scheduler then never ran again, unnoticed). The short flush gives
+    // the message its chance before a panicking main thread ends the process.
+    std::panic::set_hook(Box::new(|info| {
+        kluis_server::log!("{info}");
+        kluis_server::log::flush(Duration::from_millis(500));
+    }));
+    let code = match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Log lines are written by a logging thread: let it finish, but never wait for ever on
+    // a standard error that takes nothing (the process must still exit, so that the service
+    // manager restarts it).
+    kluis_server::log::flush(Duration::from_secs(2));
+    code
 }
 
 #[cfg(test)]
