@@ -204,17 +204,30 @@ impl Settings {
     /// The saved token `token`, if it was saved for the server in effect; otherwise `None`,
     /// with a warning that says which server it belongs to. A token saved before the server
     /// was recorded beside it belongs to the server in config.toml.
+    ///
+    /// That legacy binding is written to `token.server` the first time it is used, so a later
+    /// `config set server` (or an edit of config.toml) does not carry the token along to
+    /// another server. A `token.server` that exists but cannot be read binds it to none.
     fn bound_token(&self, token: Token) -> Option<(Token, Source)> {
+        let binding = self.dir.join(TOKEN_SERVER_FILE);
+        let bound = match read_small(&binding) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let legacy = self
+                    .file
+                    .server
+                    .as_deref()
+                    .and_then(|s| server_origin(s).ok());
+                if let Some(origin) = &legacy {
+                    // Best effort: if it cannot be written, it still binds this run.
+                    let _ = write_private(&binding, format!("{origin}\n").as_bytes());
+                }
+                legacy
+            }
+            Err(_) => None,
+        };
         let (server, _) = self.server.as_ref()?;
         let current = server_origin(server).ok()?;
-        let bound = match read_small(&self.dir.join(TOKEN_SERVER_FILE)) {
-            Ok(text) => Some(text.trim().to_owned()),
-            Err(_) => self
-                .file
-                .server
-                .as_deref()
-                .and_then(|s| server_origin(s).ok()),
-        };
         match bound {
             Some(b) if b == current => Some((token, Source::File)),
             Some(b) => {

@@ -185,9 +185,14 @@ impl Error {
     }
 }
 
-/// What to do about an I/O error of this kind.
-fn io_hint(kind: io::ErrorKind) -> &'static str {
-    match kind {
+/// What to do about this I/O error.
+fn io_hint(error: &io::Error) -> &'static str {
+    // A path longer than the file system allows (ENAMETOOLONG): trying again cannot help.
+    #[cfg(unix)]
+    if error.raw_os_error() == Some(rustix::io::Errno::NAMETOOLONG.raw_os_error()) {
+        return "the path is too long for the file system: choose an output folder with a shorter path, or ask the sender for shorter names";
+    }
+    match error.kind() {
         io::ErrorKind::NotFound => "check the path",
         io::ErrorKind::PermissionDenied => "check the permissions of the file and its folder",
         io::ErrorKind::StorageFull => "free some space and try again",
@@ -209,7 +214,7 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{path:?}: could not {action}: {error}: {}",
-                io_hint(error.kind())
+                io_hint(error)
             ),
             Error::Exists { path } => write!(
                 f,

@@ -121,9 +121,11 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
 /// Check the last component of a restored name: it must not be a sealed document's or a
 /// temporary file's name, which opening could otherwise put in place of one.
 pub(crate) fn check_file_name(c: &str) -> Result<(), NameProblem> {
-    let lower = c.to_ascii_lowercase();
+    // Compared the way case-insensitive file systems (APFS, NTFS) may: by Unicode case,
+    // under which U+212A KELVIN SIGN is `k` and U+017F LONG S is `s`.
+    let folded = c.to_uppercase().to_lowercase();
     let ext = format!(".{EXTENSION}");
-    if lower.ends_with(&ext) || c.starts_with(TEMP_PREFIX) {
+    if folded.ends_with(&ext) || folded.starts_with(TEMP_PREFIX) {
         return Err(NameProblem::KluisName);
     }
     Ok(())

@@ -50,8 +50,9 @@ struct Job {
     report: usize,
     rank: Rank,
     /// Replace the output even without `force`: a newer document restoring to the path an
-    /// older one was opened to in an earlier batch of this run.
-    replace: bool,
+    /// older one (this report) was opened to in an earlier batch of this run. The older is
+    /// reported superseded only once this one is written.
+    replaces: Option<usize>,
 }
 
 /// Everything a batch needs besides its headers.
@@ -280,6 +281,10 @@ impl Run<'_> {
         for (job, report) in jobs.iter().zip(results) {
             if matches!(report.outcome, Outcome::Done) {
                 dirs.push(parent_of(&job.output));
+                // Its output replaced the older document's (opened in an earlier batch).
+                if let Some(older) = job.replaces {
+                    reports[older].outcome = Outcome::Superseded(job.input.clone());
+                }
             }
             reports[job.report] = report;
         }
@@ -322,9 +327,12 @@ impl Run<'_> {
                 return;
             }
             Some(c) => {
-                // Opened in an earlier batch: replace its output.
-                job.replace = true;
-                superseded(reports, c.report, &job.input);
+                // Opened in an earlier batch: replace its output, but only if that opening
+                // wrote it. If it failed (say, because a file was there before the run and
+                // `force` is not set), this one must not replace what it did not write.
+                if matches!(reports[c.report].outcome, Outcome::Done) {
+                    job.replaces = Some(c.report);
+                }
             }
             None => {}
         }
@@ -411,7 +419,7 @@ impl Run<'_> {
             modified: metadata.modified,
             report: p.report,
             rank,
-            replace: false,
+            replaces: None,
         })
     }
 }
@@ -435,7 +443,7 @@ impl<R: Read> Read for Counting<'_, R> {
 fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     shared.emit(Event::Started { input: &job.input });
     let rel_dir = job.rel.parent().unwrap_or(Path::new(""));
-    let force = shared.force || job.replace;
+    let force = shared.force || job.replaces.is_some();
     let tmp = start_output(&job.root, rel_dir, &job.output, force, true)?;
     let count = Cell::new(job.header.len() as u64);
     let file = reopen_sealed(&job.input, &job.header)?;

@@ -43,8 +43,29 @@ fn try_lock(file: &fs::File) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// Remove `path`, a temporary file, if it is stale; returns whether it was removed.
+/// Whether `name` is one [`crate::TempFile`] gives: [`TEMP_PREFIX`] and 26 lowercase base32
+/// characters, nothing more. Other `.kluis-tmp-` names are not this module's to remove: a
+/// re-keying journal (`.kluis-tmp-rekey-…`, needed to finish an interrupted re-keying) or
+/// a person's own file.
+pub(crate) fn is_temp_name(name: &[u8]) -> bool {
+    name.strip_prefix(TEMP_PREFIX.as_bytes())
+        .is_some_and(|rest| {
+            rest.len() == 26
+                && rest
+                    .iter()
+                    .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(c))
+        })
+}
+
+/// Remove `path`, a temporary file, if it is stale; returns whether it was removed. Only a
+/// name that [`is_temp_name`] is ever removed.
 pub(crate) fn remove_if_stale(path: &Path) -> bool {
+    if !path
+        .file_name()
+        .is_some_and(|n| is_temp_name(n.as_encoded_bytes()))
+    {
+        return false;
+    }
     let Ok(meta) = fs::symlink_metadata(path) else {
         return false;
     };

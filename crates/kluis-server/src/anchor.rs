@@ -81,7 +81,7 @@ pub fn parse(text: &str) -> Result<Vec<Anchor>> {
     Ok(out)
 }
 
-/// Read and parse an anchor file (at most 64 MiB).
+/// Read and parse an anchor file (at most 64 MiB); a file without any anchor is refused.
 pub fn read(path: &Path) -> Result<Vec<Anchor>> {
     let mut text = String::new();
     std::fs::File::open(path)?
@@ -94,7 +94,15 @@ pub fn read(path: &Path) -> Result<Vec<Anchor>> {
             path.display()
         )));
     }
-    parse(&text)
+    let anchors = parse(&text)?;
+    if anchors.is_empty() {
+        // An empty file (a failed copy, the wrong file) must not read as "every anchor matches".
+        return Err(ServerError::BadAnchor(format!(
+            "{} holds no anchor",
+            path.display()
+        )));
+    }
+    Ok(anchors)
 }
 
 /// Verify the chain and check every anchor against it: fails when an anchored record is
@@ -102,6 +110,11 @@ pub fn read(path: &Path) -> Result<Vec<Anchor>> {
 /// trail was rewritten). Returns the number of records and the head MAC, as
 /// [`KeyService::verify_audit`] does.
 pub fn verify<S: Store>(store: &KeyService<S>, anchors: &[Anchor]) -> Result<(i64, String)> {
+    // One read snapshot: the chain and the anchored records are read at the same moment.
+    store.store().snapshot(|_| check(store, anchors))
+}
+
+fn check<S: Store>(store: &KeyService<S>, anchors: &[Anchor]) -> Result<(i64, String)> {
     let (count, head) = store.verify_audit()?;
     for a in anchors {
         if a.seq > count {

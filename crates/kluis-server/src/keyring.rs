@@ -241,6 +241,12 @@ impl Keyring {
     /// Verify the whole audit chain of `store`; returns the number of records and the head
     /// MAC (hex).
     pub fn verify_audit(&self, store: &impl Store) -> Result<(i64, String)> {
+        // One read snapshot: the records and the stored head must be read at the same moment,
+        // or a record the server appends in between reads as "cut off".
+        store.snapshot(|store| self.verify_in_snapshot(store))
+    }
+
+    fn verify_in_snapshot(&self, store: &impl Store) -> Result<(i64, String)> {
         let broken = |seq, what| ServerError::AuditBroken { seq, what };
         let mut prev = GENESIS.to_vec();
         let mut expected = 1;

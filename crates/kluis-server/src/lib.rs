@@ -42,7 +42,7 @@ pub use policy::Policy;
 pub use policy_edit::PolicyEdit;
 pub use service::writer;
 pub use service::{KeyService, MasterKeyRotation, pending_key_file};
-pub use sqlite::{BackupCheck, SqliteStore};
+pub use sqlite::{BackupCheck, BackupTarget, SqliteStore};
 pub use store::{
     LabelInfo, Principal, ScheduledChange, Store, StoreTx, TokenInfo, TokenRow, VersionInfo,
     VersionRow, VersionState, meta,

@@ -63,7 +63,8 @@ enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Run due scheduled rotations and retention destructions now (`serve` also runs them).
+    /// Run due scheduled rotations and retention destructions now (`serve` also runs them),
+    /// and finish a pending scrub of destroyed keys; exits non-zero while one cannot finish.
     Schedule,
     /// Write a consistent copy of the store to a new file, also while the server runs.
     Backup {
@@ -215,7 +216,8 @@ enum LabelCmd {
         /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
         #[arg(long, value_enum)]
         double_key: Option<OnOff>,
-        /// Repeat the label name to confirm turning double key off.
+        /// Repeat the label name to confirm turning double key off, or adding a recovery
+        /// key to a double-key label.
         #[arg(long)]
         confirm: Option<String>,
     },
@@ -442,6 +444,30 @@ fn new_passphrase(
     Ok(None)
 }
 
+/// A key file that does not open the store while `KEYFILE.new` exists: a master-key
+/// rotation committed and was cut off before renaming the new key into place. Say so, or
+/// the operator sees only "wrong key" and may delete the one key that opens the store.
+fn interrupted_rotation(
+    e: ServerError,
+    key_file: &std::path::Path,
+    uses_file: bool,
+) -> ServerError {
+    let pending = kluis_server::pending_key_file(key_file);
+    if uses_file && matches!(e, ServerError::WrongMasterKey) && pending.exists() {
+        return ServerError::Refused(format!(
+            "the key in {} does not open this store, and {} exists: a master-key rotation was \
+             interrupted after it re-sealed the store. Check that the store opens with \
+             --key-file {}, then rename that file over {} (see docs/SERVER.md, Master-key \
+             rotation); do not delete it",
+            key_file.display(),
+            pending.display(),
+            pending.display(),
+            key_file.display()
+        ));
+    }
+    e
+}
+
 /// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
 fn rotate_master<S: Store>(
     store: &mut KeyService<S>,
@@ -538,7 +564,8 @@ fn run(cli: Cli) -> Result<()> {
             store_path.display()
         )));
     }
-    let mut store = KeyService::open_sqlite(&store_path, key)?;
+    let mut store = KeyService::open_sqlite(&store_path, key)
+        .map_err(|e| interrupted_rotation(e, &key_file, pass.is_none()))?;
     if let Command::MasterKey(MasterKeyCmd::Rotate {
         new_passphrase_env,
         new_passphrase_file,
@@ -599,6 +626,12 @@ fn administer<S: Store>(
                     serde_json::to_string(&change).expect("serialisable")
                 )?;
             }
+            // A scheduled destroy counts even when the scrub of its old copies could not
+            // finish (a reader held them). Run from cron, nothing else retries that scrub:
+            // finish it now (also one a previous run left), or fail saying why.
+            store
+                .forget_pending_copies(Duration::from_secs(2))
+                .inspect_err(diagnose)?;
         }
         Command::Label(cmd) => match cmd {
             LabelCmd::Create {
@@ -842,9 +875,12 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
     let outcome = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = listener.local_addr()?;
+        // A standard output that cannot be written (a log on a full disk) must not keep the
+        // server from serving: the line is lost, nothing else.
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
-        stdout.flush()?;
+        let _ = writeln!(stdout, "listening on {scheme}://{addr}");
+        let _ = stdout.flush();
         let api = Api::new(store, config, oidc)?;
         let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
         let outcome = supervise(
@@ -1031,7 +1067,7 @@ async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
     let store = std::sync::Mutex::new(store);
     repeat(interval, move || {
         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-        match s.forget_pending_copies() {
+        match s.forget_pending_copies(Duration::from_secs(1)) {
             Ok(true) => kluis_server::log!(
                 "scheduled scrub: no old copy of a destroyed key remains in the store files"
             ),
@@ -1077,13 +1113,26 @@ async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // A panic's message goes through the log as well: the default hook writes to standard
+    // error directly, and on a standard error that takes nothing it blocked the panicking
+    // thread for ever (the scheduler then never ran again, unnoticed). The short flush gives
+    // the message its chance before a panicking main thread ends the process.
+    std::panic::set_hook(Box::new(|info| {
+        kluis_server::log!("{info}");
+        kluis_server::log::flush(Duration::from_millis(500));
+    }));
+    let code = match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kluis_server::log!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Log lines are written by a logging thread: let it finish, but never wait for ever on
+    // a standard error that takes nothing (the process must still exit, so that the service
+    // manager restarts it).
+    kluis_server::log::flush(Duration::from_secs(2));
+    code
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ pub struct PolicyEdit {
     pub retention_secs: Option<Option<u64>>,
     /// Turn double key on or off.
     pub double_key: Option<bool>,
-    /// The operator confirmed turning double key off (repeated the label name).
+    /// The operator confirmed turning double key off, or adding a recovery key to a
+    /// double-key label (repeated the label name).
     pub confirm_double_key_off: bool,
 }
 
@@ -41,7 +42,8 @@ impl PolicyEdit {
 
     /// The policy after this edit, validated. Refuses removing what is not there, and
     /// turning double key off without confirmation: with it off, new documents may be
-    /// single-key, which the server alone can open.
+    /// single-key, which the server alone can open. Adding a recovery key to a double-key
+    /// label needs the same confirmation: its holder opens new documents alone.
     pub fn apply(&self, label: &str, old: &Policy) -> Result<Policy> {
         if self.is_empty() {
             return Err(ServerError::Refused(
@@ -81,6 +83,16 @@ impl PolicyEdit {
             new.double_key = d;
         }
         new.validate()?;
+        // A recovery key is a slot of its own: its holder opens every new document alone.
+        // On a double-key label that is what turning double key off allows, so it needs the
+        // same confirmation (or the confirmation could be side-stepped).
+        let adds_recovery = self.add_recovery.iter().any(|r| !old.recovery.contains(r));
+        if old.double_key && adds_recovery && !self.confirm_double_key_off {
+            return Err(ServerError::Refused(format!(
+                "a recovery key opens new documents of the double-key label `{label}` alone, \
+                 without the server and the holder's key: pass --confirm {label} to confirm"
+            )));
+        }
         Ok(new)
     }
 }
@@ -171,5 +183,34 @@ mod tests {
         let mut single = policy();
         single.double_key = false;
         assert!(on.apply("l", &single).unwrap().double_key);
+    }
+
+    #[test]
+    fn a_new_recovery_key_on_a_double_key_label_needs_confirmation() {
+        let key = kluis_core::Identity::generate()
+            .unwrap()
+            .public_key()
+            .to_string();
+        let mut edit = PolicyEdit {
+            add_recovery: vec![key.clone()],
+            ..PolicyEdit::default()
+        };
+        assert!(matches!(
+            edit.apply("l", &policy()),
+            Err(ServerError::Refused(_))
+        ));
+        let mut single = policy();
+        single.double_key = false;
+        assert_eq!(
+            edit.apply("l", &single).unwrap().recovery,
+            vec![key.clone()]
+        );
+        edit.confirm_double_key_off = true;
+        let with = edit.apply("l", &policy()).unwrap();
+        assert_eq!(with.recovery, [key]);
+        // Adding one already there widens nothing.
+        edit.confirm_double_key_off = false;
+        edit.rotation_secs = Some(Some(60));
+        assert!(edit.apply("l", &with).is_ok());
     }
 }

@@ -462,8 +462,9 @@ impl<S: Store> KeyService<S> {
 
     /// Finish a removal of old copies of destroyed keys that a destroy left pending (the
     /// scheduler calls it); returns whether one was pending.
-    pub fn forget_pending_copies(&self) -> Result<bool> {
-        self.store.forget_pending_copies()
+    /// Waits up to `patience` for readers of old snapshots.
+    pub fn forget_pending_copies(&self, patience: std::time::Duration) -> Result<bool> {
+        self.store.forget_pending_copies(patience)
     }
 
     /// Append audit events durably, all in one transaction (group commit).

@@ -13,8 +13,8 @@ use crate::store::{Store, StoreTx, TokenRow, VersionRow, VersionState};
 
 mod backup;
 
-pub use backup::BackupCheck;
-pub(crate) use backup::sync_dir;
+pub use backup::{BackupCheck, BackupTarget};
+pub(crate) use backup::{resolve_link, sync_dir};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -450,8 +450,19 @@ impl Store for SqliteStore {
         SqliteStore::scrub(&self.path, SCRUB_PATIENCE)
     }
 
-    fn forget_pending_copies(&self) -> Result<bool> {
-        self.scrub_if_pending(Duration::from_secs(1))
+    fn forget_pending_copies(&self, patience: Duration) -> Result<bool> {
+        self.scrub_if_pending(patience)
+    }
+
+    /// A deferred read transaction (its snapshot starts at the first read), rolled back at
+    /// the end; inside a transaction already, that one's snapshot.
+    fn snapshot<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let _snapshot = if self.conn.is_autocommit() {
+            Some(self.conn.unchecked_transaction()?)
+        } else {
+            None
+        };
+        f(self)
     }
 }
 

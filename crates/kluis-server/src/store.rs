@@ -210,6 +210,9 @@ pub trait Store: Send + Sized + 'static {
     fn reopen(&self) -> Result<Self>;
     /// Whether the store answers a query (cheap, for readiness probes).
     fn is_reachable(&self) -> bool;
+    /// Run `f`'s reads in one consistent snapshot of the store (nothing committed meanwhile
+    /// shows), e.g. the audit records and the stored head together.
+    fn snapshot<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T>;
     /// Run `f` in one write transaction and commit it if `f` returns `Ok`.
     fn write<T>(&mut self, f: impl FnOnce(&mut dyn StoreTx) -> Result<T>) -> Result<T>;
 
@@ -241,9 +244,11 @@ pub trait Store: Send + Sized + 'static {
     fn forget_old_copies(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Finish a removal of old copies that [`Store::forget_old_copies`] left pending;
-    /// returns whether one was pending. The scheduler calls it.
-    fn forget_pending_copies(&self) -> Result<bool> {
+    /// Finish a removal of old copies that [`Store::forget_old_copies`] left pending,
+    /// waiting up to `patience` for readers; returns whether one was pending. The scheduler
+    /// calls it.
+    fn forget_pending_copies(&self, patience: std::time::Duration) -> Result<bool> {
+        let _ = patience;
         Ok(false)
     }
 }

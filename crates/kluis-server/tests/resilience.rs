@@ -177,6 +177,186 @@ fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwrit
     admin(server.dir.path(), &["audit", "verify"]);
 }
 
+/// A standard error that takes nothing: a FIFO in `dir` that nobody reads, filled to the
+/// brim, so that every further write to it blocks.
+fn full_pipe(dir: &Path) -> File {
+    use std::io::Write;
+    let fifo = dir.join("stderr.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    // Opened for reading and writing: never blocks, and the FIFO stays open while nobody
+    // reads it. A thread fills it until its writes block (the pipe is full).
+    let pipe = File::options().read(true).write(true).open(&fifo).unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    std::thread::spawn({
+        let (mut w, written) = (pipe.try_clone().unwrap(), written.clone());
+        move || {
+            while w.write_all(&[b'x'; 512]).is_ok() {
+                written.fetch_add(512, Ordering::Relaxed);
+            }
+        }
+    });
+    let mut filled = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(Ordering::Relaxed);
+        if now > 0 && now == filled {
+            return pipe;
+        }
+        filled = now;
+    }
+}
+
+/// A standard error that takes nothing (a pipe or journal stream whose reader stopped
+/// reading, here a FIFO filled to the brim that nobody reads) must not wedge the audit
+/// writer: its log line about a failed commit used to block for ever, so every later unwrap
+/// timed out (504 after 30 s) while `/readyz` said ready and the supervision saw a live
+/// thread. Log lines are now handed to a logging thread and dropped when it cannot keep up.
+#[test]
+fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
+    let (dir, token) = store(&[]);
+    let pipe = full_pipe(dir.path());
+    let mut server = serve_to(dir, &LOOPBACK, Stdio::from(pipe));
+    let unwrap_url = format!("{}/v1/unwrap", server.base);
+    let v = label_key(&server, "hr");
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+
+    // One audit commit fails (the store locked by another process for longer than the busy
+    // timeout): the writer logs it, into the full pipe.
+    let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let during = std::thread::spawn({
+        let (url, token, body) = (unwrap_url.clone(), token.clone(), unwrap_body(&v));
+        move || post(&url, Some(&token), &body).0
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let status = during.join().unwrap();
+    assert!(
+        [503, 504].contains(&status),
+        "unwrap during the lock: {status}"
+    );
+
+    // The writer goes on: unwraps are answered again, promptly.
+    let start = Instant::now();
+    let (status, body, _) = post(&unwrap_url, Some(&token), &unwrap_body(&v));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the unwrap took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(get(&format!("{}/readyz", server.base), None).0, 200);
+    assert!(still_running(&mut server.child), "the server exited");
+    admin(server.dir.path(), &["audit", "verify"]);
+}
+
+/// A panic in the scheduled work is caught and the next tick runs again; but the default
+/// panic hook writes its message to standard error directly, and with a standard error that
+/// takes nothing it blocked the panicking scheduler thread for ever: the scheduler stopped,
+/// unnoticed (its task alive). The panic here comes from a tampered store (a version number
+/// at the top of its range, which the debug build's overflow check turns into a panic when
+/// label `z` is rotated); label `a` comes first at every tick and must keep rotating.
+#[test]
+fn a_panic_in_the_scheduler_with_a_standard_error_that_takes_nothing_does_not_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    for name in ["a", "z"] {
+        admin(
+            d,
+            &[
+                "label",
+                "create",
+                name,
+                "--user",
+                "alice",
+                "--rotate-every",
+                "1s",
+            ],
+        );
+    }
+    {
+        let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+        conn.execute(
+            "UPDATE key_versions SET kid = 4294967295 WHERE label = 'z'",
+            [],
+        )
+        .unwrap();
+    }
+    let pipe = full_pipe(d);
+    let mut server = serve_to(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--schedule-interval",
+            "1",
+        ],
+        Stdio::from(pipe),
+    );
+    let kid = label_key(&server, "a").kid();
+    assert!(
+        eventually(Duration::from_secs(30), || label_key(&server, "a").kid()
+            >= kid + 4),
+        "the scheduler stopped rotating `a` (version {} current)",
+        label_key(&server, "a").kid()
+    );
+    assert!(still_running(&mut server.child), "the server exited");
+}
+
+/// A log on a full disk: with standard output and standard error both unwritable
+/// (`/dev/full`), `serve` used to exit 1 at start ("No space left on device") because the
+/// "listening on" line could not be written. It serves.
+#[test]
+fn serve_starts_and_serves_with_standard_output_and_error_unwritable() {
+    let (dir, token) = store(&[]);
+    // A free port, chosen by the system (the address line cannot be read from /dev/full).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let full = || Stdio::from(File::options().write(true).open("/dev/full").unwrap());
+    let child = bin()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", &listen, "--insecure-http"])
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let mut server = Server {
+        dir,
+        child,
+        base: format!("http://{listen}"),
+    };
+    let healthz = format!("{}/healthz", server.base);
+    let up = eventually(Duration::from_secs(30), || {
+        if !still_running(&mut server.child) {
+            return false;
+        }
+        common::agent()
+            .get(&healthz)
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    assert!(
+        still_running(&mut server.child),
+        "serve exited: {:?}",
+        server.child.try_wait()
+    );
+    assert!(up, "serve does not answer");
+    let v = label_key(&server, "hr");
+    let url = format!("{}/v1/unwrap", server.base);
+    assert_eq!(post(&url, Some(&token), &unwrap_body(&v)).0, 200);
+}
+
 /// Defect 2: `label destroy` while another process holds a read transaction on the store
 /// used to exit 0 after 5 s with the sealed key still in the files, and stalled every unwrap
 /// for those 5 s. Now it fails saying why, unwraps go on, and the serving process's
@@ -309,6 +489,35 @@ fn store_scrub_finishes_a_destroy_once_the_reader_is_gone() {
     let sealed2 = sealed_key(d, 2);
     admin(d, &["label", "destroy", "hr", "2", "--confirm", "hr"]);
     assert!(!contains(&store_bytes(d), &sealed2));
+}
+
+/// Defect 2 for the one-shot `kluis-server schedule` (run from cron instead of a serving
+/// process): a retention destroy while another process reads the store used to print the
+/// destruction and exit 0 with the sealed key still in the files, and nothing retried the
+/// scrub. Now it exits non-zero saying so, and the next run finishes the scrub.
+#[test]
+fn the_schedule_command_does_not_report_a_scheduled_destroy_as_done_while_a_copy_remains() {
+    let (dir, _) = store(&["--retain", "1s"]);
+    let d = dir.path();
+    admin(d, &["label", "rotate", "hr"]);
+    let sealed = sealed_key(d, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    // A connection that stays open (so that no run is the store's last connection, which
+    // would checkpoint on close), and a read transaction on it that holds an old snapshot.
+    let reader = rusqlite::Connection::open(d.join(DB)).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM key_versions;")
+        .unwrap();
+    let e = admin_fails(d, &["schedule"]);
+    assert!(e.contains("remains in the database file"), "{e}");
+    let show: Value = serde_json::from_str(&admin(d, &["label", "show", "hr"])).unwrap();
+    assert_eq!(show["versions"][0]["state"], "destroyed", "{show}");
+    assert!(contains(&store_bytes(d), &sealed));
+
+    reader.execute_batch("COMMIT").unwrap();
+    admin(d, &["schedule"]);
+    assert!(!contains(&store_bytes(d), &sealed));
+    drop(reader);
 }
 
 /// Page numbers of interior table b-tree pages (type 0x05) in a database file.

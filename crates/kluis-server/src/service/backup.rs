@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{KeyService, admin_entry};
-use crate::error::Result;
+use crate::error::{Result, ServerError};
 use crate::keyring::KeySource;
 use crate::sqlite::{BackupCheck, SqliteStore};
 
@@ -21,14 +21,53 @@ impl KeyService<SqliteStore> {
 
     /// Write a consistent copy of the store to `to`, which must not exist, while other
     /// connections keep reading and writing. The copy is sealed under the same master key.
-    /// The backup holds a `store.backup` record naming the file, appended first.
+    /// The backup holds a `store.backup` record naming the file, appended first (outcome
+    /// `started`); the store then gets a second one, `ok` or `failed` with the error.
     pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
-        let keyring = self.keyring.clone();
-        self.store.backup_file(to, |store| {
-            let mut entry = admin_entry(actor, "store.backup", None, None);
-            entry.reason = Some(format!("backup to {}", to.display()));
-            crate::store::Store::write(store, |tx| keyring.append_audit(tx, &[entry]))
-        })
+        let target = self.store.reserve_backup(to)?;
+        // Recorded first, so the backup holds the record of its own making; as "started",
+        // because it may still fail. A second record says how it ended.
+        let mut entry = admin_entry(actor, "store.backup", None, None);
+        entry.outcome = "started".into();
+        entry.reason = Some(format!("backup to {}", to.display()));
+        self.append_audit(&[entry])?;
+        let result = self.store.write_backup(target);
+        let mut end = admin_entry(actor, "store.backup", None, None);
+        end.reason = Some(match &result {
+            Ok(()) => format!("backup to {} written", to.display()),
+            Err(e) => {
+                end.outcome = "failed".into();
+                format!("backup to {} failed: {e}", to.display())
+            }
+        });
+        let recorded = self.append_audit(&[end]);
+        result.and(recorded)
+    }
+
+    /// Every live label key opens under the master key and matches its stored public key:
+    /// the chain and `integrity_check` do not look inside the sealed keys, and a backup with
+    /// a damaged one must not replace a working store.
+    fn keys_open(&self) -> Result<()> {
+        for label in self.labels()? {
+            for v in &label.versions {
+                if v.state == crate::store::VersionState::Destroyed {
+                    continue;
+                }
+                let damaged = |what: &str| {
+                    ServerError::Refused(format!(
+                        "the backup's key version {} of label `{}` {what}: use another backup",
+                        v.kid, label.name
+                    ))
+                };
+                let (key, _) = self
+                    .label_key(&label.name, v.kid)
+                    .map_err(|_| damaged("does not open with this master key"))?;
+                if key.public_key().key().to_string() != v.public_key {
+                    return Err(damaged("does not match its public key"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Put the backup `from` in place as the store `to`, after checking that it passes
@@ -45,6 +84,7 @@ impl KeyService<SqliteStore> {
         SqliteStore::restore_file(from, to, force, |copy| {
             let mut svc = KeyService::open(copy, key)?;
             svc.verify_audit()?;
+            svc.keys_open()?;
             let mut entry = admin_entry(actor, "store.restore", None, None);
             entry.reason = Some(format!("restored from {}", from.display()));
             svc.append_audit(&[entry])?;

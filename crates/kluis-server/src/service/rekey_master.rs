@@ -13,7 +13,7 @@ use super::KeyService;
 use super::admin_entry;
 use crate::error::{Result, ServerError};
 use crate::master_key::{MasterKey, random};
-use crate::sqlite::sync_dir;
+use crate::sqlite::{resolve_link, sync_dir};
 use crate::store::{Store, meta};
 
 /// What a master-key rotation did.
@@ -75,6 +75,8 @@ impl<S: Store> KeyService<S> {
                     .into(),
             ));
         }
+        // Through a symbolic link, the key file it points to is replaced (not the link).
+        let key_file = &resolve_link(key_file)?;
         let pending = pending_key_file(key_file);
         if pending.exists() {
             return Err(ServerError::Refused(format!(
@@ -96,8 +98,30 @@ impl<S: Store> KeyService<S> {
                 return Err(e);
             }
         };
-        std::fs::rename(&pending, key_file)?;
-        sync_dir(key_file)?;
+        // Committed: from here on only the new key opens the store. A failure must say so,
+        // or the operator takes the rotation for failed and deletes the only key that works.
+        let committed = |step: &str, e: std::io::Error| {
+            ServerError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the master key WAS rotated: the store opens only with the new key in {}, \
+                     but {step} failed ({e}). Do not delete {}: move it over {} yourself \
+                     (the old key no longer opens the store)",
+                    pending.display(),
+                    pending.display(),
+                    key_file.display()
+                ),
+            ))
+        };
+        std::fs::rename(&pending, key_file)
+            .map_err(|e| committed("renaming it over the key file", e))?;
+        sync_dir(key_file).map_err(|e| {
+            ServerError::Io(std::io::Error::other(format!(
+                "the master key was rotated and the new key is in {}, but syncing its \
+                     directory failed ({e}): run `sync` before relying on it",
+                key_file.display()
+            )))
+        })?;
         Ok(MasterKeyRotation {
             label_keys,
             key_file: key_file.to_owned(),

@@ -13,6 +13,33 @@ use super::SqliteStore;
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
 
+/// `path`, or where it points when it is a symbolic link: a rename then replaces the file
+/// itself, not the link (which would leave the old file in place behind the operator's back).
+pub(crate) fn resolve_link(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().or_else(|e| {
+            // A link to a file not there yet (a store to restore after losing the disk):
+            // the target it names, when that is a free name and not another link.
+            let bad = || {
+                ServerError::Config(format!(
+                    "{} is a symbolic link whose target cannot be resolved: {e}",
+                    path.display()
+                ))
+            };
+            let target = std::fs::read_link(path).map_err(|_| bad())?;
+            let target = match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(target),
+                _ => target,
+            };
+            match std::fs::symlink_metadata(&target) {
+                Err(n) if n.kind() == std::io::ErrorKind::NotFound => Ok(target),
+                _ => Err(bad()),
+            }
+        }),
+        _ => Ok(path.to_owned()),
+    }
+}
+
 /// Make a rename or a new file in `dir` durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
@@ -97,6 +124,13 @@ fn integrity_ok(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A backup file reserved by [`SqliteStore::reserve_backup`].
+pub struct BackupTarget {
+    to: PathBuf,
+    tmp: PathBuf,
+    guard: TempGuard,
+}
+
 /// What a verified backup holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupCheck {
@@ -107,15 +141,11 @@ pub struct BackupCheck {
 }
 
 impl SqliteStore {
-    /// Write a consistent copy of the store to `to`, which must not exist, while other
-    /// connections keep reading and writing. `before` runs first, once the temporary file
-    /// is reserved (the service appends the `store.backup` record there).
-    pub fn backup_file(
-        &mut self,
-        to: &Path,
-        before: impl FnOnce(&mut Self) -> Result<()>,
-    ) -> Result<()> {
-        if to.exists() {
+    /// Reserve the backup file `to`, which must not exist: a temporary file beside it
+    /// (mode 0600) that [`SqliteStore::write_backup`] fills. Dropped unused, it is removed.
+    pub fn reserve_backup(&self, to: &Path) -> Result<BackupTarget> {
+        // `symlink_metadata`, not `exists`: a dangling symbolic link is an existing name too.
+        if std::fs::symlink_metadata(to).is_ok() {
             return Err(ServerError::Refused(format!(
                 "{} exists: choose a new backup file name",
                 to.display()
@@ -123,23 +153,48 @@ impl SqliteStore {
         }
         let (tmp, file) = temp_beside(to, "backup")?;
         drop(file);
-        let mut guard = TempGuard(Some(tmp.clone()));
+        let guard = TempGuard(Some(tmp.clone()));
+        tmp.to_str()
+            .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
+        Ok(BackupTarget {
+            to: to.to_owned(),
+            tmp,
+            guard,
+        })
+    }
+
+    /// Write a consistent copy of the store into `target` while other connections keep
+    /// reading and writing: `VACUUM INTO` the temporary file, check, fsync, link into place.
+    pub fn write_backup(&self, target: BackupTarget) -> Result<()> {
+        let BackupTarget { to, tmp, mut guard } = target;
+        let (to, tmp) = (to.as_path(), tmp.as_path());
         let name = tmp
             .to_str()
             .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
-        before(self)?;
         // VACUUM INTO writes into an existing empty file, keeping its 0600 mode.
         self.conn.execute("VACUUM INTO ?1", [name])?;
-        integrity_ok(&tmp)?;
-        OpenOptions::new().write(true).open(&tmp)?.sync_all()?;
-        if to.exists() {
-            return Err(ServerError::Refused(format!(
+        integrity_ok(tmp)?;
+        OpenOptions::new().write(true).open(tmp)?.sync_all()?;
+        let appeared = || {
+            ServerError::Refused(format!(
                 "{} appeared meanwhile: choose a new backup file name",
                 to.display()
-            )));
+            ))
+        };
+        // A hard link never replaces an existing name (a rename would, silently): the check
+        // above and the link cannot race. File systems without hard links fall back to a
+        // checked rename.
+        match std::fs::hard_link(tmp, to) {
+            Ok(()) => drop(guard),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(appeared()),
+            Err(_) => {
+                if std::fs::symlink_metadata(to).is_ok() {
+                    return Err(appeared());
+                }
+                std::fs::rename(tmp, to)?;
+                guard.0 = None;
+            }
         }
-        std::fs::rename(&tmp, to)?;
-        guard.0 = None;
         sync_dir(to)?;
         Ok(())
     }
@@ -155,6 +210,9 @@ impl SqliteStore {
         force: bool,
         check: impl FnOnce(SqliteStore) -> Result<BackupCheck>,
     ) -> Result<BackupCheck> {
+        // A store reached through a symbolic link is restored where the link points (as
+        // SQLite opens it), not by replacing the link and leaving the old store in place.
+        let to = &resolve_link(to)?;
         if !from.is_file() {
             return Err(ServerError::Config(format!(
                 "no backup file at {}",
