@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use kluis_server::audit::AuditEntry;
 use kluis_server::{
     KeyService, KeySource, ServerError, SqliteStore, Store, TokenRow, VersionRow, VersionState,
+    meta,
 };
 
 /// How the suite makes and reopens a store of one engine, kept in `dir`.
@@ -423,6 +424,26 @@ fn concurrent_writers<B: Backend>() {
     }
 }
 
+/// Reads in one snapshot see nothing that another connection commits meanwhile (so the
+/// audit records and the stored head are read at the same moment).
+fn snapshots<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service::<B>(dir.path());
+    let mut other = svc.reopen().unwrap();
+    svc.store()
+        .snapshot(|s| {
+            let records = s.audit_page(None, 0, 100)?;
+            let head = s.meta(meta::AUDIT_HEAD)?;
+            other.append_audit(&[entry("alice", "meanwhile", None)])?;
+            assert_eq!(s.audit_page(None, 0, 100)?, records, "a record appeared");
+            assert_eq!(s.meta(meta::AUDIT_HEAD)?, head, "the head moved");
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(svc.audit_records(None).unwrap().len(), 2, "then it shows");
+    assert_eq!(svc.verify_audit().unwrap().0, 2);
+}
+
 /// The env var that makes the test binary a writer to be killed (see [`crash`]).
 const CHILD: &str = "KLUIS_CONFORMANCE_WRITER";
 
@@ -543,6 +564,10 @@ macro_rules! conformance {
             #[test]
             fn concurrent_writers_keep_one_chain() {
                 super::concurrent_writers::<$backend>();
+            }
+            #[test]
+            fn reads_in_a_snapshot_are_consistent() {
+                super::snapshots::<$backend>();
             }
             #[test]
             fn a_writer_killed_mid_append_loses_no_committed_record() {
