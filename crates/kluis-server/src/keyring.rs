@@ -2,7 +2,7 @@
 //!
 //! It seals label private keys at rest (bound to their label and version), hashes and checks
 //! API tokens, and keeps the audit chain (record MACs, the head MAC, verification). A store
-//! only keeps the bytes this module makes; see [`crate::store`].
+//! only keeps the bytes this module makes; see [`crate::Store`].
 
 use std::path::Path;
 

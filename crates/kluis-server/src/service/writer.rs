@@ -81,7 +81,7 @@ pub struct WriterStats {
     pub failures: AtomicUsize,
 }
 
-/// A request on its way to [`AuditWriter::append`]; counted until it gets there or gives up
+/// A request on its way to [`AuditWriter::commit`]; counted until it gets there or gives up
 /// (dropped).
 pub struct Arriving<'a>(&'a AtomicUsize);
 
