@@ -31,7 +31,7 @@ use kluis_core::{
     UnwrapError, UnwrapRequest,
 };
 use kluis_server::api::{Api, ApiConfig};
-use kluis_server::{KeyService, KeySource, Policy};
+use kluis_server::{KeyService, KeySource, Policy, SqliteStore};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -56,7 +56,7 @@ static STATE: LazyLock<Mutex<Option<Fixture>>> = LazyLock::new(|| Mutex::new(Non
 /// A store with labels and tokens, the API on it, and documents sealed to its labels.
 struct Fixture {
     dir: PathBuf,
-    api: Arc<Api>,
+    api: Arc<Api<SqliteStore>>,
     router: Router,
     tokens: [String; 4],
     /// (doc id, header) of the documents sealed here.
