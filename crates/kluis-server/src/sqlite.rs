@@ -390,6 +390,9 @@ impl SqliteStore {
 
     /// Change a non-current version's state, with its audit record.
     fn set_state(&mut self, name: &str, kid: u32, to: VersionState, actor: &str) -> Result<()> {
+        // The state is checked inside the write transaction: a concurrent destroy that
+        // committed first is seen here (a refusal below rolls the transaction back).
+        let tx = self.write_tx()?;
         match self.version_state(name, kid)? {
             // Retiring twice changes nothing.
             VersionState::Retired if to == VersionState::Retired => return Ok(()),
@@ -407,7 +410,6 @@ impl SqliteStore {
             }
             _ => {}
         }
-        let tx = self.write_tx()?;
         if to == VersionState::Destroyed {
             tx.execute(
                 "UPDATE key_versions SET state = 'destroyed', sealed_secret = NULL, destroyed_ms = ?3

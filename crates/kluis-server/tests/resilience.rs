@@ -650,3 +650,65 @@ fn a_destroy_under_unwrap_load_succeeds_and_leaves_no_copy() {
     }
     assert!(unwraps.load(Ordering::Relaxed) > 0);
 }
+
+/// Review finding: two `label destroy` of the same version at once both succeeded (the
+/// second overwrote `destroyed_ms` and added a second audit record), and a retire racing
+/// them failed with a bare CHECK-constraint error: the state was checked before the write
+/// transaction. Here all three wait on a write lock the test holds, so all three have passed
+/// any check made before their transaction when it is released.
+#[test]
+fn racing_destroys_and_a_retire_of_one_version_destroy_it_once() {
+    let (dir, _) = store(&[]);
+    let d = dir.path();
+    admin(d, &["label", "rotate", "hr"]);
+    let lock = rusqlite::Connection::open(d.join(DB)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let spawn = |args: &[&str]| {
+        bin()
+            .current_dir(d)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let destroy = ["label", "destroy", "hr", "1", "--confirm", "hr"];
+    let racers = [
+        spawn(&destroy),
+        spawn(&destroy),
+        spawn(&["label", "retire", "hr", "1"]),
+    ];
+    // Long enough for the three to open the store and wait for the lock (5 s at most).
+    std::thread::sleep(Duration::from_millis(2500));
+    lock.execute_batch("COMMIT").unwrap();
+    let results: Vec<(bool, String)> = racers
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .collect();
+    let destroyed = results[..2].iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(destroyed, 1, "{results:?}");
+    for (ok, e) in &results {
+        assert!(
+            *ok || e.contains("key version 1 of label `hr` was destroyed"),
+            "{results:?}"
+        );
+        assert!(!e.contains("CHECK"), "{results:?}");
+    }
+    drop(lock);
+    let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+    let records: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE action = 'label.destroy'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(records, 1, "one destroy, one audit record");
+    admin(d, &["audit", "verify"]);
+}
