@@ -62,6 +62,13 @@ pub enum ServerError {
         /// The version just destroyed, when the scrub followed a destroy.
         destroyed: Option<(String, u32)>,
     },
+    /// Scheduled rotation or retention failed for some labels; the others were done.
+    ScheduleIncomplete {
+        /// The changes that were made.
+        done: Vec<crate::store::ScheduledChange>,
+        /// What failed (a label, or a version of it) and why.
+        failed: Vec<(String, String)>,
+    },
     /// The store file is damaged (SQLite's integrity check found problems).
     Damaged {
         /// The store file.
@@ -133,6 +140,20 @@ impl fmt::Display for ServerError {
                      open on the store since before the destroy): end that reader (`fuser` on \
                      the store file shows it); the serving kluis-server's scheduler then \
                      completes the scrub, or run `kluis-server store scrub`",
+                )
+            }
+            ScheduleIncomplete { failed, .. } => {
+                write!(f, "scheduled rotation/retention failed:")?;
+                for (what, e) in failed.iter().take(3) {
+                    write!(f, " [{what}: {e}]")?;
+                }
+                if failed.len() > 3 {
+                    write!(f, " and {} more", failed.len() - 3)?;
+                }
+                f.write_str(
+                    "; the other labels were done: fix what failed, then run \
+                     `kluis-server schedule` again (a serving kluis-server's scheduler retries \
+                     at every tick)",
                 )
             }
             Damaged { path, problems } => {

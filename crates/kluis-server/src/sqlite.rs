@@ -454,6 +454,58 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The scheduled changes of one label due at `now_ms`: those made go to `done`, those
+    /// that failed (logged) to `failed`.
+    fn schedule_label(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        actor: &str,
+        done: &mut Vec<ScheduledChange>,
+        failed: &mut Vec<(String, String)>,
+    ) {
+        let mut fail = |what: String, e: ServerError| {
+            crate::log!("scheduled work on {what} failed, going on with the rest: {e}");
+            failed.push((what, e.to_string()));
+        };
+        let label = match self.label(name) {
+            Ok(label) => label,
+            Err(e) => return fail(format!("label `{name}`"), e),
+        };
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
+            if current.created_ms.saturating_add(ms(every)) <= now_ms {
+                match self.rotate(name, actor) {
+                    Ok(kid) => done.push(ScheduledChange::Rotated {
+                        label: name.to_owned(),
+                        kid,
+                    }),
+                    Err(e) => fail(format!("label `{name}` (rotation)"), e),
+                }
+            }
+        }
+        let Some(keep) = label.policy.retention_secs else {
+            return;
+        };
+        for v in &label.versions {
+            let expired = v
+                .superseded_ms
+                .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
+            if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
+                match self.destroy(name, v.kid, actor) {
+                    // Destroyed; the scrub of old copies is retried by the scheduler.
+                    Ok(()) | Err(ServerError::ScrubPending { .. }) => {
+                        done.push(ScheduledChange::Destroyed {
+                            label: name.to_owned(),
+                            kid: v.kid,
+                        })
+                    }
+                    Err(e) => fail(format!("label `{name}` version {} (retention)", v.kid), e),
+                }
+            }
+        }
+    }
+
     /// Remove every old copy of destroyed sealed keys from the store's files: checkpoint the
     /// write-ahead log into the database file and truncate the log to zero bytes, then clear
     /// the pending mark that a destroy leaves.
@@ -828,39 +880,24 @@ impl Store for SqliteStore {
     }
 
     fn run_schedule(&mut self, now_ms: i64, actor: &str) -> Result<Vec<ScheduledChange>> {
+        let names = self
+            .conn
+            .prepare("SELECT name FROM labels ORDER BY name")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Each label, and each change, on its own: one that fails (a policy that no longer
+        // reads, a damaged row) is logged and reported at the end, and does not keep the
+        // labels after it from being rotated or their retention from being enforced.
         let mut done = Vec::new();
-        for label in self.labels()? {
-            let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-            if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
-                if current.created_ms.saturating_add(ms(every)) <= now_ms {
-                    let kid = self.rotate(&label.name, actor)?;
-                    done.push(ScheduledChange::Rotated {
-                        label: label.name.clone(),
-                        kid,
-                    });
-                }
-            }
-            let Some(keep) = label.policy.retention_secs else {
-                continue;
-            };
-            for v in &label.versions {
-                let expired = v
-                    .superseded_ms
-                    .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
-                if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                    match self.destroy(&label.name, v.kid, actor) {
-                        // Destroyed; the scrub of old copies is retried by the scheduler.
-                        Ok(()) | Err(ServerError::ScrubPending { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                    done.push(ScheduledChange::Destroyed {
-                        label: label.name.clone(),
-                        kid: v.kid,
-                    });
-                }
-            }
+        let mut failed = Vec::new();
+        for name in names {
+            self.schedule_label(&name, now_ms, actor, &mut done, &mut failed);
         }
-        Ok(done)
+        if failed.is_empty() {
+            Ok(done)
+        } else {
+            Err(ServerError::ScheduleIncomplete { done, failed })
+        }
     }
 
     fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {

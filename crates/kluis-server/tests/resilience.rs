@@ -712,3 +712,70 @@ fn racing_destroys_and_a_retire_of_one_version_destroy_it_once() {
     assert_eq!(records, 1, "one destroy, one audit record");
     admin(d, &["audit", "verify"]);
 }
+
+/// Review finding: scheduled rotation and retention stopped at the first label that failed,
+/// so one broken label (here a stored policy that no longer reads) kept every label after it
+/// in name order from being rotated, and retention from being enforced. Now each label is
+/// done on its own; the failure is still reported (the `schedule` command exits non-zero,
+/// the serving scheduler logs it).
+#[test]
+fn one_broken_label_does_not_stop_the_schedule_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    for name in ["aaa", "bbb"] {
+        admin(
+            d,
+            &[
+                "label",
+                "create",
+                name,
+                "--user",
+                "alice",
+                "--rotate-every",
+                "1s",
+                "--retain",
+                "1s",
+            ],
+        );
+    }
+    admin(d, &["label", "rotate", "bbb"]);
+    let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+    conn.execute("UPDATE labels SET policy = '{' WHERE name = 'aaa'", [])
+        .unwrap();
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let e = admin_fails(d, &["schedule"]);
+    assert!(
+        e.contains("`aaa`") && e.contains("kluis-server schedule"),
+        "{e}"
+    );
+    let show: Value = serde_json::from_str(&admin(d, &["label", "show", "bbb"])).unwrap();
+    let versions = show["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3, "bbb was rotated: {show}");
+    assert_eq!(versions[0]["state"], "destroyed", "bbb's retention: {show}");
+
+    // The serving scheduler goes on with `bbb` too, and logs the failure of `aaa`.
+    let mut server = serve_to(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--schedule-interval",
+            "1",
+        ],
+        Stdio::piped(),
+    );
+    let stderr = drain_stderr(&mut server.child);
+    let d = server.dir.path().to_owned();
+    assert!(eventually(Duration::from_secs(20), || {
+        let show: Value = serde_json::from_str(&admin(&d, &["label", "show", "bbb"])).unwrap();
+        show["versions"].as_array().unwrap().len() >= 5
+    }));
+    assert!(still_running(&mut server.child));
+    drop(server);
+    let log = stderr.join().unwrap();
+    assert!(log.contains("`aaa`"), "{log}");
+}
