@@ -695,7 +695,14 @@ impl Store for SqliteStore {
 
     fn rotate(&mut self, name: &str, actor: &str) -> Result<u32> {
         let info = self.label(name)?;
-        let kid = info.versions.iter().map(|v| v.kid).max().unwrap_or(0) + 1;
+        let last = info.versions.iter().map(|v| v.kid).max().unwrap_or(0);
+        let kid = last.checked_add(1).ok_or_else(|| {
+            ServerError::Refused(format!(
+                "label `{name}` is at the highest key version there can be ({last}), so it \
+                 cannot be rotated: versions are never that high unless the store was tampered \
+                 with; check it (`kluis-server audit verify`) and restore a backup"
+            ))
+        })?;
         let tx = self.write_tx()?;
         tx.execute(
             "UPDATE key_versions SET state = 'active', superseded_ms = ?2

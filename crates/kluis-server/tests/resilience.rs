@@ -779,3 +779,26 @@ fn one_broken_label_does_not_stop_the_schedule_of_the_others() {
     let log = stderr.join().unwrap();
     assert!(log.contains("`aaa`"), "{log}");
 }
+
+/// Review finding: `rotate` computed the next version as `kid + 1`, which overflows on a
+/// store whose highest version is u32::MAX (a tampered store): a panic in a debug build, a
+/// version 0 that fails a bare CHECK constraint in a release build. Now a clear refusal.
+#[test]
+fn rotating_past_the_highest_key_version_is_refused_clearly() {
+    let (dir, _) = store(&[]);
+    let d = dir.path();
+    let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+    conn.execute(
+        "UPDATE key_versions SET kid = 4294967295 WHERE label = 'hr'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let e = admin_fails(d, &["label", "rotate", "hr"]);
+    assert!(
+        e.contains("refused") && e.contains("4294967295") && !e.contains("panicked"),
+        "{e}"
+    );
+    let show: Value = serde_json::from_str(&admin(d, &["label", "show", "hr"])).unwrap();
+    assert_eq!(show["versions"].as_array().unwrap().len(), 1, "{show}");
+}
