@@ -24,6 +24,8 @@ use crate::time::now_ms;
 mod backup;
 mod lifecycle;
 mod rekey_master;
+#[cfg(test)]
+mod scrub_tests;
 
 pub use backup::BackupCheck;
 pub use rekey_master::{MasterKeyRotation, pending_key_file};
@@ -444,11 +446,18 @@ impl SqliteStore {
         if to == VersionState::Destroyed {
             // Secure delete zeroed the freed space in the new page; the checkpoint puts that
             // page into the database file and empties the log, which held the old copies.
+            // Any failure now is reported as what it is: the version IS destroyed, the
+            // scrub of old copies remains to do (and stays marked pending in the store).
             SqliteStore::scrub(&self.path, SCRUB_PATIENCE).map_err(|e| match e {
-                ServerError::ScrubPending { .. } => ServerError::ScrubPending {
+                ServerError::ScrubPending { reader, .. } => ServerError::ScrubPending {
                     destroyed: Some((name.to_owned(), kid)),
+                    reader,
                 },
-                e => e,
+                e => ServerError::ScrubFailed {
+                    label: name.to_owned(),
+                    kid,
+                    cause: Box::new(e),
+                },
             })?;
         }
         Ok(())
@@ -494,7 +503,8 @@ impl SqliteStore {
             if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
                 match self.destroy(name, v.kid, actor) {
                     // Destroyed; the scrub of old copies is retried by the scheduler.
-                    Ok(()) | Err(ServerError::ScrubPending { .. }) => {
+                    Ok(())
+                    | Err(ServerError::ScrubPending { .. } | ServerError::ScrubFailed { .. }) => {
                         done.push(ScheduledChange::Destroyed {
                             label: name.to_owned(),
                             kid: v.kid,
@@ -534,21 +544,34 @@ impl SqliteStore {
         let mut pause = Duration::from_millis(5);
         loop {
             let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             });
-            match result {
+            // Whether a reader of an older snapshot is known to be what holds it up: some
+            // frames of the log could not be copied into the database file. Otherwise it
+            // is another connection in the store at all (a reader or the write lock's holder).
+            let reader = match result {
                 // Not busy, and the log is empty: every change is in the database file.
-                Ok((0, 0)) => break,
-                Ok(_) => {}
+                Ok((0, 0, _)) => break,
+                Ok((_, log, copied)) => copied < log,
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if matches!(
                         e.code,
                         rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                    ) => {}
+                    ) =>
+                {
+                    false
+                }
                 Err(e) => return Err(e.into()),
-            }
+            };
             if Instant::now() + pause > deadline {
-                return Err(ServerError::ScrubPending { destroyed: None });
+                return Err(ServerError::ScrubPending {
+                    destroyed: None,
+                    reader,
+                });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(200));

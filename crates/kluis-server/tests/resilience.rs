@@ -802,3 +802,35 @@ fn rotating_past_the_highest_key_version_is_refused_clearly() {
     let show: Value = serde_json::from_str(&admin(d, &["label", "show", "hr"])).unwrap();
     assert_eq!(show["versions"].as_array().unwrap().len(), 1, "{show}");
 }
+
+/// Review finding: the scrub-pending message always blamed a reader, also when what kept
+/// the log from being emptied was another process holding the store's write lock (a
+/// writer). Now it says so: a reader or a writer, not only "the reader".
+#[test]
+fn a_scrub_held_up_by_a_writer_does_not_blame_a_reader() {
+    let (dir, _) = store(&[]);
+    let d = dir.path();
+    admin(d, &["label", "rotate", "hr"]);
+    let sealed = sealed_key(d, 1);
+    // A destroy while a reader holds an old snapshot leaves the scrub pending.
+    let other = rusqlite::Connection::open(d.join(DB)).unwrap();
+    other
+        .execute_batch("BEGIN; SELECT count(*) FROM key_versions;")
+        .unwrap();
+    let e = admin_fails(d, &["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    assert!(e.contains("remains in the database file"), "{e}");
+    other.execute_batch("COMMIT").unwrap();
+    // Now no reader, but a writer holds the write lock: the log cannot be emptied.
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let e = admin_fails(d, &["schedule"]);
+    assert!(
+        e.contains("is destroyed") || e.contains("destroyed sealed key"),
+        "{e}"
+    );
+    assert!(e.contains("a reader or a writer"), "{e}");
+    assert!(!e.contains("until the reader holding it finishes"), "{e}");
+    other.execute_batch("COMMIT").unwrap();
+    admin(d, &["schedule"]);
+    assert!(!contains(&store_bytes(d), &sealed));
+    drop(other);
+}
