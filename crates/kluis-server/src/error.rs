@@ -87,7 +87,8 @@ pub enum ServerError {
     Damaged {
         /// The store file.
         path: std::path::PathBuf,
-        /// What the integrity check reported (at most a few lines).
+        /// What the integrity check reported, one problem an item (the message names
+        /// the first 5).
         problems: Vec<String>,
     },
     /// A thread the server depends on stopped; the process must be restarted.

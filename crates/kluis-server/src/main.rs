@@ -971,7 +971,15 @@ fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
     let out = &mut std::io::stdout().lock();
     match cmd {
         StoreCmd::Check { quick } => {
-            SqliteStore::check_integrity(path, !quick)?;
+            if let Err(e) = SqliteStore::check_integrity(path, !quick) {
+                // The full report, one problem a line (the message names only a few).
+                if let ServerError::Damaged { problems, .. } = &e {
+                    for p in problems {
+                        writeln!(out, "{p}")?;
+                    }
+                }
+                return Err(e);
+            }
             let what = if *quick {
                 "quick_check"
             } else {

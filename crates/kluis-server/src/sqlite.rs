@@ -629,7 +629,16 @@ impl SqliteStore {
         };
         match run() {
             Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
-            Ok(rows) => Err(damaged(rows)),
+            // A row may hold many problems, one a line, under a `*** in database … ***`
+            // heading: one problem an item, so that a message can name a few of them.
+            Ok(rows) => Err(damaged(
+                rows.iter()
+                    .flat_map(|row| row.lines())
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with("*** in database"))
+                    .map(str::to_owned)
+                    .collect(),
+            )),
             Err(rusqlite::Error::SqliteFailure(e, m))
                 if matches!(
                     e.code,

@@ -538,34 +538,7 @@ fn interior_pages(db: &[u8]) -> (usize, Vec<usize>) {
 fn a_damaged_store_is_refused_at_start_and_reported_by_store_check() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    admin(d, &["init"]);
-    admin(d, &["label", "create", "hr", "--user", "alice"]);
-    // Enough audit records for the audit table to have interior pages (written directly:
-    // the chain does not matter to the page structure).
-    {
-        let mut conn = rusqlite::Connection::open(d.join(DB)).unwrap();
-        let tx = conn.transaction().unwrap();
-        for seq in 3..3000 {
-            tx.execute(
-                "INSERT INTO audit (seq, time_ms, actor, action, outcome, reason, mac)
-                 VALUES (?1, 0, 'alice', 'unwrap', 'granted', ?2, x'00')",
-                rusqlite::params![seq, "r".repeat(200)],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-    }
-    let out = admin(d, &["store", "check"]);
-    assert!(out.contains("ok"), "{out}");
-    admin(d, &["store", "check", "--quick"]);
-
-    let mut db = std::fs::read(d.join(DB)).unwrap();
-    let (size, pages) = interior_pages(&db);
-    let page = *pages.first().expect("an interior page");
-    db[(page - 1) * size..page * size].fill(0);
-    std::fs::write(d.join(DB), &db).unwrap();
+    damage_a_store(d);
 
     let e = admin_fails(d, &["store", "check"]);
     assert!(e.contains("is damaged"), "{e}");
@@ -600,6 +573,69 @@ fn a_damaged_store_is_refused_at_start_and_reported_by_store_check() {
             && e.contains("restore the latest backup"),
         "{e}"
     );
+}
+
+/// Review finding: the damaged-store message printed up to 100 lines, because SQLite's
+/// check returns its problems as one row of many lines. Now at most 5 problems, then
+/// "and N more"; `store check` lists them all on standard output.
+#[test]
+fn the_damaged_store_message_names_at_most_five_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    damage_a_store(d);
+    for args in [
+        &["store", "check", "--quick"][..],
+        &["store", "check"],
+        &["serve", LOOPBACK[0], LOOPBACK[1], LOOPBACK[2]],
+    ] {
+        let out = bin().current_dir(d).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("is damaged") && e.contains(" more;"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(e.matches("never used").count() <= 5, "{args:?}: {e}");
+        if args[0] == "store" {
+            // The full report, one problem a line.
+            let report = String::from_utf8_lossy(&out.stdout);
+            assert!(report.lines().count() > 5, "{args:?}: {report}");
+        }
+    }
+}
+
+/// A store with enough audit records for the audit table to have interior pages, one of
+/// which is then zeroed.
+fn damage_a_store(d: &Path) {
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "hr", "--user", "alice"]);
+    // Enough audit records for the audit table to have interior pages (written directly:
+    // the chain does not matter to the page structure).
+    {
+        let mut conn = rusqlite::Connection::open(d.join(DB)).unwrap();
+        let tx = conn.transaction().unwrap();
+        for seq in 3..3000 {
+            tx.execute(
+                "INSERT INTO audit (seq, time_ms, actor, action, outcome, reason, mac)
+                 VALUES (?1, 0, 'alice', 'unwrap', 'granted', ?2, x'00')",
+                rusqlite::params![seq, "r".repeat(200)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    let out = admin(d, &["store", "check"]);
+    assert!(out.contains("ok"), "{out}");
+    admin(d, &["store", "check", "--quick"]);
+
+    let mut db = std::fs::read(d.join(DB)).unwrap();
+    let (size, pages) = interior_pages(&db);
+    let page = *pages.first().expect("an interior page");
+    db[(page - 1) * size..page * size].fill(0);
+    std::fs::write(d.join(DB), &db).unwrap();
 }
 
 /// Under steady unwrap load (no long reader), a destroy still completes, promptly, with no
