@@ -604,7 +604,8 @@ fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Schedule => {
-            for change in store.run_schedule(now_ms(), "scheduler")? {
+            let (changes, failure) = schedule_outcome(store.run_schedule(now_ms(), "scheduler"))?;
+            for change in changes {
                 writeln!(
                     out,
                     "{}",
@@ -614,9 +615,16 @@ fn run(cli: Cli) -> Result<()> {
             // A scheduled destroy counts even when the scrub of its old copies could not
             // finish (a reader held them). Run from cron, nothing else retries that scrub:
             // finish it now (also one a previous run left), or fail saying why.
-            store
+            let scrubbed = store
                 .scrub_if_pending(Duration::from_secs(2))
-                .inspect_err(|e| name_store_holders(e, &store_path))?;
+                .inspect_err(|e| name_store_holders(e, &store_path));
+            if let Some(failure) = failure {
+                if let Err(e) = scrubbed {
+                    kluis_server::log!("{e}");
+                }
+                return Err(failure);
+            }
+            scrubbed?;
         }
         Command::Label(cmd) => match cmd {
             LabelCmd::Create {
@@ -963,7 +971,15 @@ fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
     let out = &mut std::io::stdout().lock();
     match cmd {
         StoreCmd::Check { quick } => {
-            SqliteStore::check_integrity(path, !quick)?;
+            if let Err(e) = SqliteStore::check_integrity(path, !quick) {
+                // The full report, one problem a line (the message names only a few).
+                if let ServerError::Damaged { problems, .. } = &e {
+                    for p in problems {
+                        writeln!(out, "{p}")?;
+                    }
+                }
+                return Err(e);
+            }
             let what = if *quick {
                 "quick_check"
             } else {
@@ -1060,13 +1076,16 @@ async fn run_schedule(store: SqliteStore, interval: Duration) {
             Ok(false) => {}
             Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
         }
-        match s.run_schedule(now_ms(), "scheduler") {
-            Ok(changes) => {
+        match schedule_outcome(s.run_schedule(now_ms(), "scheduler")) {
+            Ok((changes, failure)) => {
                 for c in changes {
                     match serde_json::to_string(&c) {
                         Ok(c) => kluis_server::log!("scheduled {c}"),
                         Err(_) => kluis_server::log!("scheduled a change"),
                     }
+                }
+                if let Some(e) = failure {
+                    kluis_server::log!("{e}");
                 }
             }
             Err(e) => kluis_server::log!(
@@ -1075,6 +1094,24 @@ async fn run_schedule(store: SqliteStore, interval: Duration) {
         }
     })
     .await
+}
+
+/// The changes a scheduled run made, and its failure if some labels failed while others
+/// were done (`ScheduleIncomplete`, with the changes taken out of it).
+fn schedule_outcome(
+    run: Result<Vec<kluis_server::ScheduledChange>>,
+) -> Result<(Vec<kluis_server::ScheduledChange>, Option<ServerError>)> {
+    match run {
+        Ok(done) => Ok((done, None)),
+        Err(ServerError::ScheduleIncomplete { done, failed }) => Ok((
+            done,
+            Some(ServerError::ScheduleIncomplete {
+                done: Vec::new(),
+                failed,
+            }),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged

@@ -24,6 +24,8 @@ use crate::time::now_ms;
 mod backup;
 mod lifecycle;
 mod rekey_master;
+#[cfg(test)]
+mod scrub_tests;
 
 pub use backup::BackupCheck;
 pub use rekey_master::{MasterKeyRotation, pending_key_file};
@@ -390,6 +392,9 @@ impl SqliteStore {
 
     /// Change a non-current version's state, with its audit record.
     fn set_state(&mut self, name: &str, kid: u32, to: VersionState, actor: &str) -> Result<()> {
+        // The state is checked inside the write transaction: a concurrent destroy that
+        // committed first is seen here (a refusal below rolls the transaction back).
+        let tx = self.write_tx()?;
         match self.version_state(name, kid)? {
             // Retiring twice changes nothing.
             VersionState::Retired if to == VersionState::Retired => return Ok(()),
@@ -407,7 +412,6 @@ impl SqliteStore {
             }
             _ => {}
         }
-        let tx = self.write_tx()?;
         if to == VersionState::Destroyed {
             tx.execute(
                 "UPDATE key_versions SET state = 'destroyed', sealed_secret = NULL, destroyed_ms = ?3
@@ -442,14 +446,74 @@ impl SqliteStore {
         if to == VersionState::Destroyed {
             // Secure delete zeroed the freed space in the new page; the checkpoint puts that
             // page into the database file and empties the log, which held the old copies.
+            // Any failure now is reported as what it is: the version IS destroyed, the
+            // scrub of old copies remains to do (and stays marked pending in the store).
             SqliteStore::scrub(&self.path, SCRUB_PATIENCE).map_err(|e| match e {
-                ServerError::ScrubPending { .. } => ServerError::ScrubPending {
+                ServerError::ScrubPending { reader, .. } => ServerError::ScrubPending {
                     destroyed: Some((name.to_owned(), kid)),
+                    reader,
                 },
-                e => e,
+                e => ServerError::ScrubFailed {
+                    label: name.to_owned(),
+                    kid,
+                    cause: Box::new(e),
+                },
             })?;
         }
         Ok(())
+    }
+
+    /// The scheduled changes of one label due at `now_ms`: those made go to `done`, those
+    /// that failed (logged) to `failed`.
+    fn schedule_label(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        actor: &str,
+        done: &mut Vec<ScheduledChange>,
+        failed: &mut Vec<(String, String)>,
+    ) {
+        let mut fail = |what: String, e: ServerError| {
+            crate::log!("scheduled work on {what} failed, going on with the rest: {e}");
+            failed.push((what, e.to_string()));
+        };
+        let label = match self.label(name) {
+            Ok(label) => label,
+            Err(e) => return fail(format!("label `{name}`"), e),
+        };
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
+            if current.created_ms.saturating_add(ms(every)) <= now_ms {
+                match self.rotate(name, actor) {
+                    Ok(kid) => done.push(ScheduledChange::Rotated {
+                        label: name.to_owned(),
+                        kid,
+                    }),
+                    Err(e) => fail(format!("label `{name}` (rotation)"), e),
+                }
+            }
+        }
+        let Some(keep) = label.policy.retention_secs else {
+            return;
+        };
+        for v in &label.versions {
+            let expired = v
+                .superseded_ms
+                .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
+            if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
+                match self.destroy(name, v.kid, actor) {
+                    // Destroyed; the scrub of old copies is retried by the scheduler.
+                    Ok(())
+                    | Err(ServerError::ScrubPending { .. } | ServerError::ScrubFailed { .. }) => {
+                        done.push(ScheduledChange::Destroyed {
+                            label: name.to_owned(),
+                            kid: v.kid,
+                        })
+                    }
+                    Err(e) => fail(format!("label `{name}` version {} (retention)", v.kid), e),
+                }
+            }
+        }
     }
 
     /// Remove every old copy of destroyed sealed keys from the store's files: checkpoint the
@@ -480,21 +544,34 @@ impl SqliteStore {
         let mut pause = Duration::from_millis(5);
         loop {
             let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             });
-            match result {
+            // Whether a reader of an older snapshot is known to be what holds it up: some
+            // frames of the log could not be copied into the database file. Otherwise it
+            // is another connection in the store at all (a reader or the write lock's holder).
+            let reader = match result {
                 // Not busy, and the log is empty: every change is in the database file.
-                Ok((0, 0)) => break,
-                Ok(_) => {}
+                Ok((0, 0, _)) => break,
+                Ok((_, log, copied)) => copied < log,
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if matches!(
                         e.code,
                         rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                    ) => {}
+                    ) =>
+                {
+                    false
+                }
                 Err(e) => return Err(e.into()),
-            }
+            };
             if Instant::now() + pause > deadline {
-                return Err(ServerError::ScrubPending { destroyed: None });
+                return Err(ServerError::ScrubPending {
+                    destroyed: None,
+                    reader,
+                });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -552,7 +629,16 @@ impl SqliteStore {
         };
         match run() {
             Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
-            Ok(rows) => Err(damaged(rows)),
+            // A row may hold many problems, one a line, under a `*** in database … ***`
+            // heading: one problem an item, so that a message can name a few of them.
+            Ok(rows) => Err(damaged(
+                rows.iter()
+                    .flat_map(|row| row.lines())
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with("*** in database"))
+                    .map(str::to_owned)
+                    .collect(),
+            )),
             Err(rusqlite::Error::SqliteFailure(e, m))
                 if matches!(
                     e.code,
@@ -641,7 +727,14 @@ impl Store for SqliteStore {
 
     fn rotate(&mut self, name: &str, actor: &str) -> Result<u32> {
         let info = self.label(name)?;
-        let kid = info.versions.iter().map(|v| v.kid).max().unwrap_or(0) + 1;
+        let last = info.versions.iter().map(|v| v.kid).max().unwrap_or(0);
+        let kid = last.checked_add(1).ok_or_else(|| {
+            ServerError::Refused(format!(
+                "label `{name}` is at the highest key version there can be ({last}), so it \
+                 cannot be rotated: versions are never that high unless the store was tampered \
+                 with; check it (`kluis-server audit verify`) and restore a backup"
+            ))
+        })?;
         let tx = self.write_tx()?;
         tx.execute(
             "UPDATE key_versions SET state = 'active', superseded_ms = ?2
@@ -826,39 +919,24 @@ impl Store for SqliteStore {
     }
 
     fn run_schedule(&mut self, now_ms: i64, actor: &str) -> Result<Vec<ScheduledChange>> {
+        let names = self
+            .conn
+            .prepare("SELECT name FROM labels ORDER BY name")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Each label, and each change, on its own: one that fails (a policy that no longer
+        // reads, a damaged row) is logged and reported at the end, and does not keep the
+        // labels after it from being rotated or their retention from being enforced.
         let mut done = Vec::new();
-        for label in self.labels()? {
-            let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-            if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
-                if current.created_ms.saturating_add(ms(every)) <= now_ms {
-                    let kid = self.rotate(&label.name, actor)?;
-                    done.push(ScheduledChange::Rotated {
-                        label: label.name.clone(),
-                        kid,
-                    });
-                }
-            }
-            let Some(keep) = label.policy.retention_secs else {
-                continue;
-            };
-            for v in &label.versions {
-                let expired = v
-                    .superseded_ms
-                    .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
-                if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                    match self.destroy(&label.name, v.kid, actor) {
-                        // Destroyed; the scrub of old copies is retried by the scheduler.
-                        Ok(()) | Err(ServerError::ScrubPending { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                    done.push(ScheduledChange::Destroyed {
-                        label: label.name.clone(),
-                        kid: v.kid,
-                    });
-                }
-            }
+        let mut failed = Vec::new();
+        for name in names {
+            self.schedule_label(&name, now_ms, actor, &mut done, &mut failed);
         }
-        Ok(done)
+        if failed.is_empty() {
+            Ok(done)
+        } else {
+            Err(ServerError::ScheduleIncomplete { done, failed })
+        }
     }
 
     fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
