@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
     Server, admin, drain_stderr, get, label_key, post, proc_status_kib, raw_body, raw_exchange,
-    raw_status, serve,
+    raw_exchange_until_close, raw_status, serve,
 };
 use kluis_core::reply::ReplyKey;
 use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
@@ -131,7 +131,7 @@ fn oversized_and_malformed_request_heads_are_refused_with_a_json_code() {
 
     // The second request on a kept-alive connection gets the same JSON refusal, after the
     // first one's answer, intact.
-    let answer = raw_exchange(
+    let answer = raw_exchange_until_close(
         &a,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHo st: x\r\n\r\n",
         wait,
