@@ -1148,7 +1148,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kluis_server::log!("{e}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     };
     // Log lines are written by a logging thread: let it finish, but never wait for ever on
@@ -1156,6 +1156,23 @@ fn main() -> ExitCode {
     // manager restarts it).
     kluis_server::log::flush(Duration::from_secs(2));
     code
+}
+
+/// Exit status for errors that restarting cannot cure (a damaged store, a wrong or exposed
+/// master key, a bad configuration): the packaged unit's `RestartPreventExitStatus=78`
+/// (`EX_CONFIG`) keeps systemd from restarting into the same failure every few seconds.
+/// Everything else exits 1, which the unit restarts.
+const EXIT_NEEDS_OPERATOR: u8 = 78;
+
+fn exit_code(e: &ServerError) -> ExitCode {
+    match e {
+        ServerError::Config(_)
+        | ServerError::KeyFilePermissions { .. }
+        | ServerError::WrongMasterKey
+        | ServerError::BadKeyFile
+        | ServerError::Damaged { .. } => ExitCode::from(EXIT_NEEDS_OPERATOR),
+        _ => ExitCode::FAILURE,
+    }
 }
 
 #[cfg(test)]
