@@ -54,6 +54,21 @@ fn hide_names_with_pad_gives_one_header_length_for_any_short_name() {
         );
     }
     assert_eq!(headers[0], headers[1], "header and file sizes differ");
+    // Re-keying writes new headers and keeps the sealed metadata as it was: still padded.
+    server.admin(&["label", "rotate", "hr"]);
+    alice.run(&["rekey", "cloud"]).ok();
+    let mut rekeyed = Vec::new();
+    for name in &sealed {
+        let v = alice
+            .run(&["--json", "inspect", &format!("cloud/{name}")])
+            .ok()
+            .json();
+        let f = &v["files"][0];
+        assert_eq!(f["name_bytes_at_most"], 256, "{v}");
+        assert_eq!(f["slots"][0]["stanzas"][0]["kid"], 2, "not re-keyed: {v}");
+        rekeyed.push(f["header_bytes"].as_u64().unwrap());
+    }
+    assert_eq!(rekeyed[0], rekeyed[1], "header sizes differ after rekey");
     alice.run(&["open", "-o", "back", "cloud"]).ok();
     assert_eq!(tree(&alice.path("back/src")), tree(&alice.path("src")));
 }
