@@ -3,7 +3,7 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use crate::primitives::{NONCE_LEN, TAG_LEN};
-use crate::secret::DerivedKey;
+use crate::primitives::DerivedKey;
 
 /// Which AES-256-GCM implementation seals and opens payload chunks.
 ///

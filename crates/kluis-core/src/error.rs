@@ -143,7 +143,7 @@ impl fmt::Display for Error {
             HeaderSize { declared, max } => write!(
                 f,
                 "header length {declared} is outside the allowed range ({} to {max} bytes): the file is corrupt or not a kluis document",
-                crate::header::MIN_HEADER_LEN
+                crate::format::MIN_HEADER_LEN
             ),
             SlotCount { count, max } => write!(
                 f,

@@ -7,9 +7,9 @@
 use x25519_dalek::StaticSecret;
 
 use crate::error::{Error, Result, UnwrapError};
+use crate::format::{BODY_LEN, KEY_LEN};
 use crate::primitives::{self, DerivedKey, NONCE_LEN};
-use crate::secret::{DocId, KEY_LEN, Share};
-use crate::wrap::BODY_LEN;
+use crate::secret::{DocId, Share};
 
 const REPLY_INFO: &[u8] = b"kluis/v1/reply";
 
