@@ -53,7 +53,7 @@ const HR_LABEL: &str = "hr";
 const HR_KID: u32 = 1;
 
 /// Plaintext bytes per STREAM chunk (the crate's `CHUNK_LEN`).
-const CHUNK: usize = kluis_core::CHUNK_LEN;
+const CHUNK: usize = kluis_core::fast::CHUNK_LEN;
 /// Sealed bytes per full chunk.
 const SEALED_CHUNK: usize = CHUNK + 16;
 
@@ -788,7 +788,10 @@ fn success_vectors(v: &mut Vec<Vector>) {
     ));
 
     let p = b"long name\n".to_vec();
-    let m = with_size(p.len()).name(format!("{}.txt", "n".repeat(kluis_core::MAX_NAME_LEN - 4)));
+    let m = with_size(p.len()).name(format!(
+        "{}.txt",
+        "n".repeat(kluis_core::Metadata::MAX_NAME_LEN - 4)
+    ));
     v.push(ok(
         "success_long_name",
         &[K_ALICE],
@@ -1079,7 +1082,7 @@ fn prefix_vectors(v: &mut Vec<Vector>) {
     }
 
     let mut b = small_to_alice();
-    set_header_len(&mut b, kluis_core::MAX_HEADER_LEN + 1);
+    set_header_len(&mut b, kluis_core::Header::MAX_LEN + 1);
     v.push(fail(
         "header_size_too_large",
         "header-size",

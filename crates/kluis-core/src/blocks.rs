@@ -4,12 +4,12 @@
 use std::io::{self, Write};
 
 use crate::backend::{Backend, ChunkCipher};
+use crate::chunk::{chunk_nonce, payload_cipher};
 use crate::error::{Error, Result};
+use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN, TAG_LEN};
 use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::parallel::{self, MAX_THREADS, seal_full_chunks};
-use crate::chunk::{chunk_nonce, payload_cipher};
-use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN, TAG_LEN};
 use crate::sink::BlockSink;
 use crate::slot::Slot;
 use crate::stream::new_header;
@@ -49,7 +49,8 @@ enum Place {
 ///
 /// ```
 /// # use std::io::Read;
-/// # use kluis_core::{BlockSink, BlockWriter, LabelKey, Metadata, Recipient, Slot};
+/// # use kluis_core::fast::{BlockSink, BlockWriter};
+/// # use kluis_core::{LabelKey, Metadata, Recipient, Slot};
 /// # let hr = LabelKey::generate("hr", 1).unwrap();
 /// # let slots = [Slot::single(Recipient::Label(hr.public_key().clone()))];
 /// /// Blocks of 4 KiB gathered into a Vec (a real sink writes each one out).

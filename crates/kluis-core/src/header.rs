@@ -116,7 +116,7 @@ impl Header {
     /// Read exactly one header from `input`, leaving it positioned at the payload.
     ///
     /// Reads the 12-byte prefix, checks magic, version and declared length against
-    /// [`MAX_HEADER_LEN`], and only then allocates for the rest.
+    /// [`Header::MAX_LEN`], and only then allocates for the rest.
     pub fn read<R: Read>(input: &mut R) -> Result<Header> {
         let mut prefix = [0u8; 12];
         let got = read_full(input, &mut prefix)?;

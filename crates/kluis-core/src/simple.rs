@@ -5,22 +5,22 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroize;
 
 use crate::backend::{Backend, ChunkCipher};
+use crate::chunk;
 use crate::error::{Error, Result};
 use crate::format::MAX_HEADER_LEN;
+use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::parallel;
 use crate::primitives::TAG_LEN;
 use crate::slot::Slot;
-use crate::chunk;
-use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 use crate::stream;
 use crate::unwrap::Unwrap;
 
 /// Seal `plaintext` to `slots`. The size in `metadata` is filled in when absent.
 ///
 /// Documents over 1 MiB are sealed over the available cores, into a fresh buffer whose pages
-/// those threads fault in; to seal many large documents, reuse one buffer with [`seal_into`].
+/// those threads fault in; to seal many large documents, reuse one buffer with [`crate::fast::seal_into`].
 pub fn seal(slots: &[Slot], metadata: &Metadata, plaintext: &[u8]) -> Result<Vec<u8>> {
     seal_with_backend(slots, metadata, plaintext, Backend::default())
 }
@@ -207,7 +207,7 @@ impl Sealing {
 
 /// Open a sealed document with the given key holders: its plaintext and sealed metadata.
 /// The input is left untouched: it is copied (over the available cores, for documents over
-/// 1 MiB) and opened in the copy; [`open_in_place`] saves that copy.
+/// 1 MiB) and opened in the copy; [`crate::fast::open_in_place`] saves that copy.
 pub fn open(sealed: &[u8], unwrappers: &[&dyn Unwrap]) -> Result<(Vec<u8>, Metadata)> {
     open_with(sealed, unwrappers, Backend::default(), 0)
 }

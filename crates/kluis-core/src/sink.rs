@@ -3,8 +3,9 @@
 
 use std::io;
 
-/// Output memory cut into blocks, filled one after the other, which a [`BlockWriter`] seals
-/// a document straight into (for example aligned blocks for `O_DIRECT` writes).
+/// Output memory cut into blocks, filled one after the other, which a
+/// [`crate::fast::BlockWriter`] seals a document straight into (for example aligned blocks for
+/// `O_DIRECT` writes).
 pub trait BlockSink {
     /// The free rest of the block being filled, never empty: when the block is full, this
     /// first takes it (writes it out) and starts the next. Bytes put here count only once

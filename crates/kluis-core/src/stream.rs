@@ -5,8 +5,8 @@ use std::io::{self, Read, Write};
 use crate::backend::{Backend, ChunkCipher};
 use crate::chunk::{chunk_nonce, payload_cipher};
 use crate::error::{Error, Result};
-pub(crate) use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 use crate::format::TAG_LEN;
+pub(crate) use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::parallel::{self, MAX_THREADS, open_full_chunks, seal_full_chunks};
@@ -52,7 +52,7 @@ pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header,
 ///
 /// Payloads up to one chunk (64 KiB) use one chunk of memory. Larger ones are sealed in
 /// batches of up to 64 chunks (4 MiB), each batch split over the available cores (at most 8,
-/// and by default at least 8 chunks per thread; see [`StreamWriter::threads`]), and written
+/// and by default at least 8 chunks per thread; see [`crate::fast::FastOptions`]), and written
 /// in pieces of up to 256 KiB. The bytes written are the same whatever the number of threads.
 #[must_use = "call finish(), or the document is left truncated"]
 pub struct StreamWriter<W: Write> {
@@ -336,7 +336,7 @@ impl<W: Write> Write for StreamWriter<W> {
 ///
 /// Chunks are read in batches that grow to 64 chunks (4 MiB) on large payloads; the chunks
 /// of a batch that cannot be the last one are opened in parallel over the available cores
-/// (at most 8, and by default at least 8 chunks per thread; see [`StreamReader::threads`]), so
+/// (at most 8, and by default at least 8 chunks per thread; see [`crate::fast::FastOptions`]), so
 /// memory stays bounded and a small payload uses one chunk of memory.
 pub struct StreamReader<R: Read> {
     input: R,

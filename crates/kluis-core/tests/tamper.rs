@@ -23,9 +23,9 @@ use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use kluis_core::fast::{Backend, CHUNK_LEN};
 use kluis_core::{
-    Backend, CHUNK_LEN, DocId, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot,
-    Stanza, StreamReader, Unwrap, open, open_in_place, seal,
+    DocId, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, Stanza, Unwrap, open, seal,
 };
 use proptest::prelude::*;
 
@@ -242,7 +242,12 @@ fn open_streaming(
     ) -> Result<Metadata, Error> {
         let header = Header::read(&mut input)?;
         let key = header.unlock(holders)?;
-        let mut reader = StreamReader::with_backend(&header, &key, input, backend)?;
+        let mut reader = kluis_core::fast::stream_reader(
+            &header,
+            &key,
+            input,
+            &kluis_core::fast::FastOptions::default().backend(backend),
+        )?;
         let mut buf = vec![0u8; 10_007];
         loop {
             match reader.read(&mut buf) {
@@ -313,7 +318,13 @@ fn check_rejected(
         }
         let mut buf = bad.to_vec();
         let threads = next_threads();
-        match open_in_place(&mut buf, &holders, in_place, threads) {
+        match kluis_core::fast::open_in_place(
+            &mut buf,
+            &holders,
+            &kluis_core::fast::FastOptions::default()
+                .backend(in_place)
+                .threads(threads),
+        ) {
             Ok(_) => panic!("{}: open_in_place ({in_place:?}) accepted it", case()),
             Err(e) => assert_eq!(
                 &kind(&e),
@@ -1201,7 +1212,12 @@ fn late_failure_in_place_leaves_no_plaintext() {
     bad[at] ^= 0x80;
     let mut buf = bad.clone();
     let cap = buf.capacity();
-    let e = open_in_place(&mut buf, &doc.shape.holders(), Backend::default(), 0).unwrap_err();
+    let e = kluis_core::fast::open_in_place(
+        &mut buf,
+        &doc.shape.holders(),
+        &kluis_core::fast::FastOptions::default(),
+    )
+    .unwrap_err();
     assert_eq!(kind(&e), Kind::ChunkAuth(3));
     assert!(buf.is_empty());
     assert_eq!(buf.capacity(), cap, "wiped in place, not reallocated");
@@ -1241,9 +1257,13 @@ fn all_paths_reject(doc: &Doc, bad: &[u8]) -> Result<Kind, TestCaseError> {
         Err(e) => kind(&e),
     };
     let mut buf = bad.to_vec();
-    let in_place = open_in_place(&mut buf, &holders, Backend::default(), next_threads())
-        .map(|_| ())
-        .map_err(|e| kind(&e));
+    let in_place = kluis_core::fast::open_in_place(
+        &mut buf,
+        &holders,
+        &kluis_core::fast::FastOptions::default().threads(next_threads()),
+    )
+    .map(|_| ())
+    .map_err(|e| kind(&e));
     prop_assert_eq!(in_place, Err(one.clone()));
     prop_assert!(buf.is_empty());
     let (out, r) = open_streaming(bad, &holders, Backend::default());
