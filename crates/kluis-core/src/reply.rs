@@ -141,7 +141,7 @@ impl ReplyOpener {
     pub fn open(&self, doc_id: &DocId, sealed: &SealedShare) -> Result<Share, UnwrapError> {
         let plain = primitives::aead_open(&self.key, sealed.nonce, &doc_id.0, &sealed.body)
             .ok_or_else(|| {
-                UnwrapError::Unavailable("the key server's reply did not authenticate".into())
+                UnwrapError::unavailable("the key server's reply did not authenticate")
             })?;
         let mut s = [0u8; KEY_LEN];
         s.copy_from_slice(&plain);

@@ -140,8 +140,8 @@ pub fn unlock_all(headers: &[&Header], unwrappers: &[&dyn Unwrap]) -> Vec<Result
             let mut results = u.unwrap(&requests);
             if results.len() != requests.len() {
                 results = vec![
-                    Err(UnwrapError::Unavailable(
-                        "the key holder returned the wrong number of results".into()
+                    Err(UnwrapError::unavailable(
+                        "the key holder returned the wrong number of results"
                     ));
                     requests.len()
                 ];
