@@ -108,8 +108,8 @@
 //! # Speed and memory
 //!
 //! Sealing reads each file's plaintext straight into the output's blocks, where
-//! [`kluis_core::BlockWriter`] seals it in place; opening reads the ciphertext into the
-//! output's blocks, where [`kluis_core::StreamReader::read_into`] decrypts it in place. So
+//! [`kluis_core::fast::BlockWriter`] seals it in place; opening reads the ciphertext into the
+//! output's blocks, where [`kluis_core::fast::read_into`] decrypts it in place. So
 //! neither copies the data but for the read itself. Both seal or open a large payload up to
 //! 4 MiB at a time over the available cores, so memory stays at a few MiB per worker whatever
 //! the file size.

@@ -2,7 +2,7 @@
 //!
 //! `eprintln!` panics when standard error cannot be written (a closed pipe, `2>/dev/full`, a
 //! log file on a full disk). In a long-running server that killed the audit writer thread for
-//! good (issue 14, defect 1). Every log line of the server goes through [`line`] (or the
+//! good (issue 14, defect 1). Every log line of the server goes through [`line()`] (or the
 //! [`log!`](crate::log!) macro) instead: it writes one line to standard error and ignores every
 //! error. A log line that cannot be written is lost; the server goes on.
 
@@ -21,7 +21,7 @@ pub fn line(args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
-/// Log one line to standard error like `eprintln!`, but never panic: see [`line`]. The
+/// Log one line to standard error like `eprintln!`, but never panic: see [`line()`]. The
 /// message is prefixed with `kluis-server: `.
 #[macro_export]
 macro_rules! log {
