@@ -129,7 +129,7 @@ pub fn load_identity(
     bars: Option<&Bars>,
 ) -> Result<Identity, CliError> {
     let open = |pass: &str| {
-        Identity::read_file(path, pass.as_bytes())
+        kluis_file::read_identity_file(path, pass.as_bytes())
             // The key derived from the secret, for use without the passphrase (crate::pins).
             .inspect(|id| crate::pins::record(path, &id.public_key()))
             .map_err(|e| match e {

@@ -3,6 +3,8 @@
 
 use crate::format;
 use crate::header::Header;
+use crate::identity_file;
+use crate::keys::Identity;
 use crate::metadata::{self, Metadata};
 use crate::stanza::Stanza;
 
@@ -23,4 +25,10 @@ impl Stanza {
     pub const MAX_LEN: usize = format::MAX_STANZA_LEN;
     /// The longest label name, in bytes.
     pub const MAX_LABEL_LEN: usize = format::MAX_LABEL_LEN;
+}
+
+impl Identity {
+    /// The largest identity file a reader should accept, in bytes: read at most this many
+    /// (plus one, to tell a larger file) before [`Identity::from_file_string`].
+    pub const MAX_FILE_LEN: usize = identity_file::MAX_IDENTITY_FILE_LEN;
 }

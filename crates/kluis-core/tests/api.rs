@@ -317,39 +317,6 @@ fn a_stanza_moved_to_another_document_does_not_open_it() {
 }
 
 #[test]
-fn identity_file_round_trip_wrong_passphrase_and_file_mode() {
-    let id = Identity::generate().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("me.kluis-identity");
-    id.write_file(&path, b"correct horse").unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(&id.public_key().to_string()));
-    let back = Identity::read_file(&path, b"correct horse").unwrap();
-    assert_eq!(back.public_key(), id.public_key());
-    assert!(matches!(
-        Identity::read_file(&path, b"wrong"),
-        Err(Error::WrongPassphrase)
-    ));
-    // Never overwrites.
-    assert!(id.write_file(&path, b"x").is_err());
-    // A modified file does not open.
-    let tampered = text.replace("KLUIS-IDENTITY-1 A", "KLUIS-IDENTITY-1 B");
-    if tampered != text {
-        assert!(Identity::from_file_string(&tampered, b"correct horse").is_err());
-    }
-    assert!(matches!(
-        Identity::from_file_string("hello", b"x"),
-        Err(Error::InvalidIdentityFile { .. })
-    ));
-}
-
-#[test]
 fn seal_into_appends_and_open_in_place_reuses_the_buffer() {
     let hr = LabelKey::generate("hr", 1).unwrap();
     let slots = [Slot::single(label(&hr))];
@@ -499,15 +466,6 @@ fn metadata_debug_hides_the_file_name() {
     let shown = format!("{m:?}");
     assert!(!shown.contains("jansen"), "{shown}");
     assert!(shown.contains("26 bytes"), "{shown}");
-}
-
-#[test]
-fn reading_an_identity_from_a_directory_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        Identity::read_file(dir.path(), b"x"),
-        Err(Error::Io(_))
-    ));
 }
 
 #[test]

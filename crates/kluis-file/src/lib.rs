@@ -124,6 +124,7 @@
 mod atomic;
 mod error;
 mod file;
+mod identity;
 mod name;
 mod open;
 mod output;
@@ -137,6 +138,7 @@ mod walk;
 
 pub use atomic::TempFile;
 pub use error::{Error, Result};
+pub use identity::{read_identity_file, write_identity_file};
 pub use name::{
     EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
 };
