@@ -112,3 +112,28 @@ fn a_cycle_is_found() {
     let cycle = find_cycle("a", &graph, &mut BTreeSet::new(), &mut Vec::new());
     assert_eq!(cycle.unwrap(), ["a", "b", "c", "a"]);
 }
+
+/// DESIGN: kluis-core does no file-system I/O (identity files on disk are kluis-file's).
+#[test]
+fn the_core_does_no_file_system_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&src).expect("read src/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read module");
+        let code = text.split("\n#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            let line = line.trim_start();
+            if line.starts_with("//") {
+                continue;
+            }
+            for io in ["std::fs", "fs::File", "OpenOptions", "std::path"] {
+                assert!(
+                    !line.contains(io),
+                    "{}:{}: kluis-core does no file-system I/O, but uses `{io}`",
+                    path.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
