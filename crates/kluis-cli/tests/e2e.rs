@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Run, Server, User, digest, tree, write};
+use common::{Run, Server, ServerExt, User, digest, tree, write};
 use kluis_core::{Metadata, Recipient, Slot};
 
 #[test]

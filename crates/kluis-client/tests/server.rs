@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Server, assert_no_token};
+use common::{Server, ServerExt, assert_no_token};
 use kluis_client::{Client, ClientConfig, ClientError, Purpose, ServerHealth, Token};
 use kluis_core::{
     Error, Header, Identity, Metadata, Recipient, Slot, UnwrapError, open, seal, unlock_all,
