@@ -27,6 +27,9 @@ use kluis_core::fast::{Backend, CHUNK_LEN};
 use kluis_core::{
     DocId, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, Stanza, Unwrap, open, seal,
 };
+mod layout;
+
+use layout::StanzaAt;
 use proptest::prelude::*;
 
 /// AES-GCM tag length.
@@ -384,34 +387,6 @@ enum Field {
     Mac,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct StanzaAt {
-    /// Offset of the type byte.
-    start: usize,
-    kind: u8,
-    /// Content length.
-    len: usize,
-}
-
-impl StanzaAt {
-    fn content(&self) -> usize {
-        self.start + 3
-    }
-
-    fn end(&self) -> usize {
-        self.content() + self.len
-    }
-
-    /// Length of the fixed fields before the 48-byte body.
-    fn fixed(&self, h: &[u8]) -> usize {
-        match self.kind {
-            0x01 => 1 + h[self.content()] as usize + 4 + 1 + 32,
-            0x02 => 32,
-            k => panic!("stanza type {k} in a fixture"),
-        }
-    }
-}
-
 struct Layout {
     /// The field of every header byte.
     fields: Vec<Field>,
@@ -421,8 +396,10 @@ struct Layout {
     mac_at: usize,
 }
 
+/// Every header byte's field, from the shared walk of the layout (tests/layout/mod.rs).
 fn layout(h: &[u8]) -> Layout {
-    let hl = u32::from_be_bytes(h[8..12].try_into().unwrap()) as usize;
+    let walk = layout::layout(h);
+    let hl = layout::header_len(h);
     let mut fields = vec![Field::Mac; hl];
     let mut mark = |from: usize, len: usize, f: Field| fields[from..from + len].fill(f);
     mark(0, 6, Field::Magic);
@@ -430,52 +407,43 @@ fn layout(h: &[u8]) -> Layout {
     mark(8, 4, Field::HeaderLen);
     mark(12, 16, Field::DocId);
     mark(28, 16, Field::PayloadSalt);
-    mark(44, 1, Field::SlotCount);
-    let mut pos = 45;
+    mark(layout::SLOT_COUNT_AT, 1, Field::SlotCount);
     let mut slots = Vec::new();
     let mut stanzas = Vec::new();
-    for _ in 0..h[44] {
-        let at = pos;
-        mark(pos, 1, Field::StanzaCount);
-        let n = h[pos];
-        pos += 1;
+    for slot in &walk.slots {
+        mark(slot.at, 1, Field::StanzaCount);
         let mut ids = Vec::new();
-        for _ in 0..n {
-            let s = StanzaAt {
-                start: pos,
-                kind: h[pos],
-                len: u16::from_be_bytes([h[pos + 1], h[pos + 2]]) as usize,
-            };
-            mark(pos, 1, Field::StanzaType);
-            mark(pos + 1, 2, Field::StanzaLen(stanzas.len()));
-            let mut c = s.content();
-            if s.kind == 0x01 {
+        for s in &slot.stanzas {
+            mark(s.start, 1, Field::StanzaType);
+            mark(s.start + 1, 2, Field::StanzaLen(stanzas.len()));
+            if s.kind == layout::ORG {
+                let c = s.content();
                 let label_len = h[c] as usize;
                 mark(c, 1, Field::LabelLen);
                 mark(c + 1, label_len, Field::Label);
                 mark(c + 1 + label_len, 4, Field::Kid);
-                mark(c + 5 + label_len, 1, Field::SlotKind);
-                c += 6 + label_len;
+                mark(s.slot_kind(h), 1, Field::SlotKind);
             }
-            mark(c, 32, Field::Ephemeral);
-            mark(c + 32, 48, Field::Body);
-            assert_eq!(c + 80, s.end(), "fixture stanza of unexpected length");
-            pos = s.end();
+            mark(s.ephemeral(h), 32, Field::Ephemeral);
+            mark(s.body(h), 48, Field::Body);
+            assert_eq!(
+                s.body(h) + 48,
+                s.end(),
+                "fixture stanza of unexpected length"
+            );
             ids.push(stanzas.len());
-            stanzas.push(s);
+            stanzas.push(*s);
         }
-        slots.push((at, pos, ids));
+        slots.push((slot.at, slot.end, ids));
     }
-    let meta_len = u16::from_be_bytes([h[pos], h[pos + 1]]) as usize;
-    mark(pos, 2, Field::MetaLen);
-    mark(pos + 2, meta_len, Field::SealedMetadata);
-    let mac_at = pos + 2 + meta_len;
-    assert_eq!(mac_at + 32, hl, "layout walk disagrees with header_len");
+    let meta_len = walk.mac_at - walk.meta_len_at - 2;
+    mark(walk.meta_len_at, 2, Field::MetaLen);
+    mark(walk.meta_len_at + 2, meta_len, Field::SealedMetadata);
     Layout {
         fields,
         slots,
         stanzas,
-        mac_at,
+        mac_at: walk.mac_at,
     }
 }
 
@@ -556,7 +524,7 @@ fn header_flip_verdict(doc: &Doc, lay: &Layout, pos: usize, mask: u8) -> Kind {
             let mut v = [h[st.start + 1], h[st.start + 2]];
             v[pos - st.start - 1] = flipped;
             let len = u16::from_be_bytes(v) as usize;
-            let fixed = st.fixed(h);
+            let fixed = st.body(h) - st.content();
             if len > MAX_STANZA_LEN || st.content() + len > lay.mac_at || len < fixed {
                 Kind::MalformedHeader
             } else {
