@@ -124,66 +124,26 @@ fn read_doc(path: &Path) -> Result<Doc, CliError> {
     })
 }
 
-/// The label's current record, asked from the key server (through `uncached`, a client
-/// without the label cache) even when the cache holds a fresh one: re-keying is about the
-/// *current* version. The answer is checked against the keys the cache has seen (a known
-/// version must keep its key; the current version never goes back), as the client's own
-/// pinning does.
-fn current_record(
-    pinned: &Client,
-    uncached: &Client,
-    label: &str,
-) -> Result<LabelRecord, CliError> {
-    let known = pinned.label_record(label)?;
-    let fresh = match uncached.label_record(label) {
-        Ok(r) => r,
-        Err(e) if e.is_offline() => {
-            warn(&format!("{e}; using the cached record of label `{label}`"));
-            warn_if_stale(&known);
-            return Ok(known);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let changed = |kid: u32| {
-        CliError::new(
-            Class::Failed,
-            format!(
-                "refusing the record of label `{label}`: key version {kid} now has a different public key than the one seen before (this may be an attack); nothing was re-keyed. Ask the key server's operators"
-            ),
-        )
-    };
-    if fresh.kid() == known.kid() && fresh.key.key() != known.key.key() {
-        return Err(changed(fresh.kid()));
-    }
-    for v in &known.versions {
-        if let Some(f) = fresh.versions.iter().find(|f| f.kid == v.kid) {
-            if f.public_key != v.public_key {
-                return Err(changed(v.kid));
-            }
+/// The label's current record: the key server is asked even when the cache holds a fresh
+/// one (re-keying is about the *current* version), and the answer is checked against every
+/// key the client has pinned for the label (a known version must keep its key; the current
+/// version never goes back) by the client itself ([`Client::label_record_to_seal`]). Offline,
+/// the cached record is used, with a warning.
+fn current_record(client: &Client, label: &str) -> Result<LabelRecord, CliError> {
+    let record = client.label_record_to_seal(label)?;
+    if let Some(e) = &record.refresh_error {
+        warn(&format!("{e}; using the cached record of label `{label}`"));
+        if record.stale {
+            warn_if_stale(&record);
         }
     }
-    if fresh.kid() < known.kid() {
-        return Err(CliError::new(
-            Class::Failed,
-            format!(
-                "refusing the record of label `{label}`: it offers key version {} but version {} was current before; nothing was re-keyed. Ask the key server's operators",
-                fresh.kid(),
-                known.kid()
-            ),
-        ));
-    }
-    Ok(fresh)
+    Ok(record)
 }
 
 /// Run `kluis rekey`.
 pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
     let settings = Settings::load(g.server.clone())?;
     let client = settings.client(Purpose::Rekey, args.reason.as_deref())?;
-    let uncached = {
-        let mut config = settings.client_config()?;
-        config.cache_dir = None;
-        Client::new(config)?
-    };
     let to = args
         .to
         .as_deref()
@@ -219,7 +179,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
         };
         let record = records
             .entry(doc.label.clone())
-            .or_insert_with(|| current_record(&client, &uncached, &doc.label));
+            .or_insert_with(|| current_record(&client, &doc.label));
         match record {
             Err(e) => {
                 let e = CliError::new(e.class, e.message.clone());
