@@ -91,6 +91,13 @@
 //! - `MAGIC`, `VERSION`, `MAC_LEN`, `ORG_STANZA`, `X25519_STANZA`, `ARGON2_*`,
 //!   `MAX_IDENTITY_FILE_LEN` and `padme_padding` are private; `MAX_HEADER_LEN`, `MAX_SLOTS`,
 //!   `MAX_NAME_LEN`, `MAX_STANZA_LEN` and `MAX_LABEL_LEN` are associated constants (above).
+//! - `Identity::write_file` and `Identity::read_file` moved out of this crate (it does no
+//!   file-system I/O): `kluis_file::write_identity_file` and `kluis_file::read_identity_file`;
+//!   [`Identity::to_file_string`] and [`Identity::from_file_string`] stay (bytes in and out).
+//! - [`UnwrapError::Denied`], [`UnwrapError::Destroyed`] and [`UnwrapError::Unavailable`]
+//!   carry the key holder's own error (an `Arc<dyn Error + Send + Sync>`) instead of a
+//!   `String`: build them with [`UnwrapError::denied`] and friends (from an error or a
+//!   message), and get the typed error back with [`UnwrapError::reason`] and `downcast_ref`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -117,6 +117,13 @@
 //! cores). Opening reads every header first and recovers all keys with one
 //! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):
 //! one key server round trip per batch, not per file.
+//!
+//! # Identity files
+//!
+//! kluis-core turns an identity into the identity file's text and back and does no file-system
+//! I/O; [`write_identity_file`] writes the file (owner-only, 0600 on unix, never over an
+//! existing file, nothing left under the name on failure) and [`read_identity_file`] reads one
+//! (at most [`kluis_core::Identity::MAX_FILE_LEN`] bytes).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
