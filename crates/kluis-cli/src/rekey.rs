@@ -48,39 +48,6 @@ enum Result1 {
     Failed(CliError),
 }
 
-/// Sealed files below `path` (or `path` itself), without following symbolic links.
-fn list(path: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        out.push(path.to_owned()); // reading it reports the error
-        return;
-    };
-    if !meta.is_dir() {
-        out.push(path.to_owned());
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(path) else {
-        out.push(path.to_owned());
-        return;
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    entries.sort();
-    for e in entries {
-        let name = e.file_name().map(|n| n.to_string_lossy().into_owned());
-        let Some(name) = name else { continue };
-        match std::fs::symlink_metadata(&e) {
-            Ok(m) if m.is_dir() => list(&e, out),
-            Ok(m)
-                if m.is_file()
-                    && name.ends_with(".kluis")
-                    && !name.starts_with(kluis_file::TEMP_PREFIX) =>
-            {
-                out.push(e)
-            }
-            _ => {}
-        }
-    }
-}
-
 fn read_doc(path: &Path) -> Result<Doc, CliError> {
     let f = File::open(path).map_err(|e| CliError::io(path, "read", &e))?;
     let meta = f.metadata().map_err(|e| CliError::io(path, "read", &e))?;
@@ -151,7 +118,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
         .transpose()?;
     let mut paths = Vec::new();
     for f in &args.files {
-        list(f, &mut paths);
+        kluis_file::list_sealed(f, &mut paths);
     }
     let mut results: Vec<(PathBuf, Result1)> = Vec::new();
     let mut records: HashMap<String, Result<LabelRecord, CliError>> = HashMap::new();

@@ -132,6 +132,7 @@ mod atomic;
 mod error;
 mod file;
 mod identity;
+mod list;
 mod name;
 mod open;
 mod output;
@@ -146,6 +147,7 @@ mod walk;
 pub use atomic::TempFile;
 pub use error::{Error, Result};
 pub use identity::{read_identity_file, write_identity_file};
+pub use list::list_sealed;
 pub use name::{
     EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
 };
