@@ -31,6 +31,9 @@ pub use crate::tls_reload::TlsFiles;
 const MIN_HEADER_BYTES: usize = 8192;
 /// Header lines per request at most (beyond: 431).
 const MAX_HEADERS: usize = 64;
+/// File descriptors kept for everything but client connections (the store and its
+/// journal and temporary files, certificate reloads, requests to the IdP, the log).
+const FD_RESERVE: usize = 64;
 
 /// Connection-level limits.
 #[derive(Clone, Debug)]
@@ -67,6 +70,43 @@ impl ListenLimits {
         self.max_connections_per_address
             .unwrap_or((self.max_connections / 4).max(1))
     }
+
+    /// These limits with `max_connections` lowered to what the process's open-file limit
+    /// `fds` allows (less [`FD_RESERVE`]): past that limit `accept` fails, the connection cap
+    /// is never reached, and nobody is evicted to make room, so one client holding that many
+    /// silent connections would make everyone else wait. The default per-address share
+    /// follows the lowered cap.
+    fn within_open_files(mut self, fds: Option<usize>) -> Self {
+        if let Some(fds) = fds {
+            let room = fds.saturating_sub(FD_RESERVE).max(1);
+            if room < self.max_connections {
+                log(&format!(
+                    "max_connections {} does not fit the open-file limit {fds}: serving at most \
+                     {room} connections (raise LimitNOFILE / ulimit -n)",
+                    self.max_connections
+                ));
+                self.max_connections = room;
+            }
+        }
+        self
+    }
+}
+
+/// The open-file (soft) limit of this process, when known and finite (Linux).
+fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.get("Max open files".len()..)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether an `accept` error means the process or system ran out of file descriptors.
+fn out_of_files(e: &std::io::Error) -> bool {
+    // EMFILE and ENFILE (the same numbers on Linux, the BSDs and macOS).
+    cfg!(unix) && matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 /// A rustls server configuration from a certificate chain and a private key (PEM files).
@@ -107,6 +147,7 @@ pub async fn serve(
     limits: ListenLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let limits = limits.within_open_files(open_file_limit());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let conns = Connections::new(limits.per_address());
@@ -117,9 +158,11 @@ pub async fn serve(
             _ = &mut shutdown => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
-                // Out of file descriptors and the like: back off briefly, keep serving.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors (despite the cap: other users of them) and the
+                // like: make room as at the cap, or back off briefly; keep serving.
+                Err(e) => {
+                    let wait = if out_of_files(&e) && conns.evict_oldest_idle() { 5 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                     continue;
                 }
             },

@@ -508,6 +508,63 @@ fn many_addresses_filling_the_connection_cap_do_not_delay_others() {
     assert!(closed >= 90, "only {closed} of the 96 oldest closed");
 }
 
+/// `serve` (plain loopback HTTP, `[serve]` defaults but for the rate limit) run with an
+/// open-file limit of `fds`, as under systemd's default `LimitNOFILE` soft limit of 1024.
+fn serve_with_open_file_limit(dir: tempfile::TempDir, fds: u32) -> Server {
+    use std::io::BufRead;
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nrate_limit_per_sec = 0\n",
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\"")])
+        .arg(env!("CARGO_BIN_EXE_kluis-server"))
+        .args(["serve", "--config", "kluis.toml", "--listen", "127.0.0.1:0"])
+        .arg("--insecure-http")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+        .to_owned();
+    Server { dir, child, base }
+}
+
+/// Regression (review): with the default `max_connections` (4096) above the process's
+/// open-file limit, `accept` failed once the descriptors ran out, the cap was never reached
+/// and nobody was evicted: one address holding 300 silent connections under a limit of 256
+/// made `/healthz` wait 8.5 s (until the header timeout closed some).
+#[test]
+fn one_address_cannot_use_up_the_open_file_limit() {
+    let (dir, token) = store();
+    let server = serve_with_open_file_limit(dir, 256);
+    let label = label_key(&server, "hr");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _attacker: Vec<TcpStream> = (0..300)
+        .map(|_| connect_from(&rt, "127.0.0.2", a))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_served_promptly(
+        &server,
+        &token,
+        &label,
+        "one address with 300 silent connections, 256 open files",
+    );
+}
+
 /// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
 fn make_cert() -> (Vec<u8>, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
