@@ -565,6 +565,72 @@ fn one_address_cannot_use_up_the_open_file_limit() {
     );
 }
 
+/// Regression (review): the unwrap endpoints read the whole body before looking at the
+/// credential, so connections without one could each make the server hold up to
+/// `max_body_bytes` (400 connections trickling 1 MiB bodies took 420 MiB, kept after they
+/// closed; the default 4096 would take 4 GiB). Now the credential is checked first: each is
+/// refused (401) before its body is complete, and the bodies are not kept.
+#[test]
+fn unauthenticated_unwraps_are_refused_before_their_bodies_are_read() {
+    let (dir, _) = store();
+    let server = serve_with(dir, "");
+    let pid = server.child.id();
+    let a = addr(&server);
+    let start = proc_status_kib(pid, "VmRSS");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut conns = Vec::new();
+    for i in 0..128 {
+        let (path, auth) = match i % 3 {
+            0 => ("/v1/unwrap", String::new()),
+            1 => (
+                "/v1/unwrap",
+                format!("Authorization: Bearer kluis_{}\r\n", "x".repeat(43)),
+            ),
+            _ => (
+                "/v1/unwrap/batch",
+                "Authorization: Bearer not.a.jwt\r\n".to_owned(),
+            ),
+        };
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: {}\r\n\r\n",
+            1024 * 1024
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // 960 KiB of the announced 1 MiB; the server may stop reading and close (ignored).
+        for _ in 0..15 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        conns.push(s);
+    }
+    if let Some(start) = start {
+        let held = settled_rss(pid).unwrap();
+        eprintln!("128 unfinished 1 MiB bodies: RSS {start} -> {held} KiB");
+        assert!(
+            held < start + 48 * 1024,
+            "128 connections without a credential made the server hold their bodies: RSS \
+             {start} -> {held} KiB"
+        );
+    }
+    // Each got its refusal although its body is not complete.
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !common::raw_complete(&answer) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_json_refusal(&answer, 401, "unauthenticated", &format!("connection {i}"));
+    }
+}
+
 /// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
 fn make_cert() -> (Vec<u8>, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
