@@ -115,17 +115,17 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
         ServerError::Config(format!("{what} {}: {e}", p.display()))
     };
     let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad("cannot read the TLS certificate", cert, &e))?
+        .map_err(|e| bad("cannot read the TLS certificate", cert, &pem_error(&e)))?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad("cannot parse the TLS certificate", cert, &e))?;
+        .map_err(|e| bad("cannot parse the TLS certificate", cert, &pem_error(&e)))?;
     if certs.is_empty() {
         return Err(ServerError::Config(format!(
             "{} holds no PEM certificate",
             cert.display()
         )));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| bad("cannot read the TLS key", key, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("cannot read the TLS key", key, &pem_error(&e)))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -136,6 +136,20 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     .map_err(|e| ServerError::Config(format!("TLS certificate and key do not fit: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// What went wrong reading a PEM file, without any of its contents: the PEM parser's own
+/// messages quote the line or section it stumbled on, which in a key file is the key
+/// (review: a key file on one line was printed whole, at start and on every `SIGHUP`).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as Pem;
+    match e {
+        Pem::Io(io) => format!("I/O error: {io}"),
+        Pem::NoItemsFound => "nothing of the expected kind in it".to_owned(),
+        _ => "not valid PEM (each -----BEGIN …----- and -----END …----- marker and each base64 \
+              line must be on a line of its own); its contents are not shown"
+            .to_owned(),
+    }
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then let in-flight requests finish

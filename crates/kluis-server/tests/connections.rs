@@ -742,3 +742,68 @@ fn sighup_reloads_the_tls_certificate_and_a_bad_replacement_keeps_the_old_one() 
     );
     assert!(!log.contains("PRIVATE KEY"), "{log}");
 }
+
+/// Whether `log` shows any of the private key `key_pem`: a stretch of its base64, as text or
+/// as the list of byte values a PEM error prints.
+fn shows_key(log: &str, key_pem: &str) -> bool {
+    let b64: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let stretch = &b64[b64.len() / 2..b64.len() / 2 + 12];
+    let as_bytes = format!("{:?}", stretch.as_bytes());
+    log.contains(stretch) || log.contains(as_bytes.trim_matches(|c| c == '[' || c == ']'))
+}
+
+/// Regression (review): a key file written on one line (markers and base64 joined, as a
+/// secrets store or a copy and paste may leave it) is refused, and the PEM parser's message,
+/// which quotes the section it could not end, put the whole private key on standard error:
+/// at start, and on every `SIGHUP` reload into the journal.
+#[test]
+fn a_malformed_tls_key_is_refused_without_showing_it() {
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    let one_line: String = key.lines().collect();
+    assert!(!shows_key("", &key));
+
+    // At start: refused, and the message does not show the key.
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &one_line).unwrap();
+    let out = common::bin()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("key.pem"), "{err}");
+    assert!(
+        !shows_key(&err, &key),
+        "the key is on standard error: {err}"
+    );
+
+    // On SIGHUP: the old pair stays in service, and the log does not show the key.
+    write_pair(dir.path(), &cert, &key);
+    let mut server = serve(
+        dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    let stderr = drain_stderr(&mut server.child);
+    std::fs::write(server.dir.path().join("key.pem"), &one_line).unwrap();
+    hangup(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = stderr.join().unwrap();
+    assert!(log.contains("TLS certificate not reloaded"), "{log}");
+    assert!(!shows_key(&log, &key), "the key is in the log: {log}");
+}
