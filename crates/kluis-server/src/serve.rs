@@ -175,7 +175,7 @@ pub async fn serve(
                 // Out of file descriptors (despite the cap: other users of them) and the
                 // like: make room as at the cap, or back off briefly; keep serving.
                 Err(e) => {
-                    let wait = if out_of_files(&e) && conns.evict_oldest_idle() { 5 } else { 50 };
+                    let wait = if out_of_files(&e) && conns.evict_oldest_idle(None) { 5 } else { 50 };
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                     continue;
                 }
@@ -193,7 +193,7 @@ pub async fn serve(
             Err(_) => {
                 let mut got = None;
                 loop {
-                    conns.evict_oldest_idle();
+                    conns.evict_oldest_idle(Some(&ticket));
                     tokio::select! {
                         _ = &mut shutdown => break,
                         p = slots.clone().acquire_owned() => {

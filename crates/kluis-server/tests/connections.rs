@@ -631,6 +631,51 @@ fn unauthenticated_unwraps_are_refused_before_their_bodies_are_read() {
     }
 }
 
+/// Regression (review): a connection admitted while every place was taken by a request in
+/// progress waited for a place, but the wait's eviction round picked the waiting connection
+/// itself (the only idle one), so once it got its place it was closed unserved (always with
+/// TLS, whose handshake is not done by then; here: a client that sends its request late).
+#[test]
+fn a_client_that_waited_for_a_place_is_served() {
+    let (dir, token) = store();
+    let server = serve_with(dir, "max_connections = 4\nrequest_timeout_secs = 2\n");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // Four places (one per address), each busy with an unwrap whose body is not complete
+    // (answered 504 after 2 s, and idle from then on).
+    let mut busy = Vec::new();
+    for i in 2..6 {
+        let mut s = connect_from(&rt, &format!("127.0.0.{i}"), a);
+        let head = format!(
+            "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        busy.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // This one waits for a place; its request goes out once the others are idle.
+    let mut waiting = TcpStream::connect(a).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = waiting.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        Some(200),
+        "the client that waited got: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
 fn make_cert() -> (Vec<u8>, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
