@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 mod error;
 mod fairness;
+mod handshake;
 mod limit;
 mod master_key;
 pub mod metrics;

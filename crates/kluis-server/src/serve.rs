@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Result, ServerError};
 use crate::fairness::{BusyGuard, ConnState, Connections};
+use crate::handshake::{HandshakeCap, MAX_HANDSHAKE_BYTES};
 use crate::refusal::JsonRefusals;
 pub use crate::tls_reload::TlsFiles;
 
@@ -226,11 +227,13 @@ pub async fn serve(
             let run = async move {
                 match acceptor {
                     Some(acceptor) => {
-                        let Ok(Ok(stream)) =
-                            tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                        let capped = HandshakeCap::new(stream, MAX_HANDSHAKE_BYTES);
+                        let Ok(Ok(mut stream)) =
+                            tokio::time::timeout(timeout, acceptor.accept(capped)).await
                         else {
                             return;
                         };
+                        stream.get_mut().0.lift();
                         let io = JsonRefusals::new(stream, max_header_bytes);
                         let service =
                             connection_service(app, peer, ticket.state.clone(), io.framing_flag());

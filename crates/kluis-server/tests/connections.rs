@@ -402,6 +402,87 @@ fn tls_connections_with_unfinished_headers_fit_the_default_cap_in_256_mib() {
     drop(held);
 }
 
+/// The first 64 KiB of a `ClientHello` announced as 65,000 bytes, in TLS records of 16 KiB
+/// (the last one unfinished): rustls joins such fragments before it looks at them.
+fn oversized_client_hello() -> Vec<u8> {
+    let mut hello = vec![1u8, 0, 0xfd, 0xe8, 3, 3];
+    hello.resize(16 * 1024, 0);
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let record: &[u8] = if i == 0 { &hello } else { &[0u8; 16 * 1024] };
+        out.extend_from_slice(&[22, 3, 1, 0x40, 0]);
+        out.extend_from_slice(if i == 3 { &record[..16000] } else { record });
+    }
+    out
+}
+
+/// Regression (review): a TLS client sending most of an oversized, fragmented `ClientHello`
+/// and then nothing made the server hold about 63 KiB until the handshake timeout: 4096
+/// such connections (the default cap, from four addresses) took 300 MiB. Such handshakes are
+/// now cut off past 16 KiB.
+#[test]
+fn oversized_tls_handshakes_are_cut_off_and_fit_the_default_cap_in_256_mib() {
+    const TLS_CONNS: usize = 1000;
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    write_pair(dir.path(), &cert, &key);
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let pid = server.child.id();
+    let start = proc_status_kib(pid, "VmRSS");
+    let a: SocketAddr = server
+        .base
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hello = oversized_client_hello();
+    let mut held: Vec<TcpStream> = (0..TLS_CONNS)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(&hello);
+            s
+        })
+        .collect();
+    if let Some(start) = start {
+        let holding = settled_rss(pid).unwrap();
+        let per_conn = holding.saturating_sub(start) / TLS_CONNS as u64;
+        let projected = start + per_conn * 4096;
+        eprintln!(
+            "oversized handshakes: RSS {start} KiB, {holding} KiB with {TLS_CONNS} \
+             ({per_conn} KiB each): {projected} KiB for 4096"
+        );
+        assert!(
+            projected < LIMIT_KIB,
+            "{per_conn} KiB per unfinished oversized handshake: 4096 would take {projected} KiB"
+        );
+    }
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let closed = closed_by_server(&mut held);
+    assert!(
+        closed >= TLS_CONNS * 9 / 10,
+        "only {closed} of {TLS_CONNS} oversized handshakes were cut off"
+    );
+}
+
 /// Open a connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
 fn connect_from(rt: &tokio::runtime::Runtime, from: &str, to: SocketAddr) -> TcpStream {
     rt.block_on(async {
