@@ -54,6 +54,12 @@ impl ConnState {
         self.evict.notified().await;
     }
 
+    /// The connection got its place and starts now: it counts as idle from now on, not
+    /// from when it was accepted (it may have waited for the place).
+    pub(crate) fn starting(&self) {
+        self.idle_since_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

@@ -224,6 +224,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let state = ticket.state.clone();
+            state.starting();
             let run = async move {
                 match acceptor {
                     Some(acceptor) => {

@@ -757,6 +757,60 @@ fn a_client_that_waited_for_a_place_is_served() {
     );
 }
 
+/// Regression (review): a connection that waited for a place counted as idle from when it
+/// was accepted, not from when it got its place, so the next client at the cap had it
+/// closed as the longest idle (before its TLS handshake or request, typically), although
+/// others had been idle longer.
+#[test]
+fn a_client_that_waited_for_a_place_is_not_the_first_to_make_room() {
+    let (dir, token) = store();
+    let server = serve_with(dir, "max_connections = 4\n");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // Four places (one per address), each busy with an unwrap whose body is not complete.
+    let mut busy = Vec::new();
+    for i in 2..6 {
+        let mut s = connect_from(&rt, &format!("127.0.0.{i}"), a);
+        let head = format!(
+            "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        busy.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // This one waits for a place.
+    let mut waiting = TcpStream::connect(a).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // The four finish their bodies (answered 400, kept alive, idle from now): one of them
+    // is closed to give the waiting one its place.
+    for s in &mut busy {
+        s.write_all(&[b'a'; 99]).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Another client at the cap: one of the three idle for a second makes room, not the
+    // one that has just got its place.
+    let _late = connect_from(&rt, "127.0.0.6", a);
+    std::thread::sleep(Duration::from_millis(300));
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = waiting.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        Some(200),
+        "the client that waited got: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
 fn make_cert() -> (Vec<u8>, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
