@@ -77,6 +77,10 @@ impl<T: AsyncWrite + Unpin> JsonRefusals<T> {
             }
             self.written += n;
         }
+        if self.pending.capacity() > MAX_HEAD {
+            // A large answer went out: do not keep its room for the connection's lifetime.
+            self.pending = Vec::new();
+        }
         self.pending.clear();
         self.written = 0;
         Poll::Ready(Ok(()))
@@ -500,5 +504,17 @@ mod tests {
                 "writes of {size} bytes: the stream changed"
             );
         }
+        // Once written, a large answer's room is not kept (an idle kept-alive connection
+        // would hold a copy of its last answer).
+        let big = ok(&"y".repeat(200_000)).into_bytes();
+        let mut w = JsonRefusals::new(Vec::new(), 8192);
+        let n = rt.block_on(std::future::poll_fn(|cx| {
+            Pin::new(&mut w).poll_write(cx, &big)
+        }));
+        assert_eq!(n.unwrap(), big.len());
+        rt.block_on(std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx)))
+            .unwrap();
+        assert!(w.inner == big);
+        assert!(w.pending.capacity() <= MAX_HEAD, "{}", w.pending.capacity());
     }
 }
