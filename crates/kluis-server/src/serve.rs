@@ -72,18 +72,19 @@ impl ListenLimits {
             .unwrap_or((self.max_connections / 4).max(1))
     }
 
-    /// These limits with `max_connections` lowered to what the process's open-file limit
-    /// `fds` allows (less [`FD_RESERVE`]): past that limit `accept` fails, the connection cap
-    /// is never reached, and nobody is evicted to make room, so one client holding that many
-    /// silent connections would make everyone else wait. The default per-address share
-    /// follows the lowered cap.
+    /// These limits with `max_connections` lowered to what the `fds` file descriptors still
+    /// free under the process's open-file limit allow (less [`FD_RESERVE`]): past that limit
+    /// `accept` fails, the connection cap is never reached, and nobody is evicted to make
+    /// room, so one client holding that many silent connections would make everyone else
+    /// wait. The default per-address share follows the lowered cap.
     fn within_open_files(mut self, fds: Option<usize>) -> Self {
         if let Some(fds) = fds {
             let room = fds.saturating_sub(FD_RESERVE).max(1);
             if room < self.max_connections {
                 log(&format!(
-                    "max_connections {} does not fit the open-file limit {fds}: serving at most \
-                     {room} connections (raise LimitNOFILE / ulimit -n)",
+                    "max_connections {} does not fit the {fds} file descriptors left under the \
+                     open-file limit: serving at most {room} connections (raise LimitNOFILE / \
+                     ulimit -n)",
                     self.max_connections
                 ));
                 self.max_connections = room;
@@ -93,15 +94,19 @@ impl ListenLimits {
     }
 }
 
-/// The open-file (soft) limit of this process, when known and finite (Linux).
-fn open_file_limit() -> Option<usize> {
+/// The file descriptors this process may still open under its open-file (soft) limit, when
+/// known and finite (Linux): the store's connections and the like are open already.
+fn free_file_descriptors() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    line.get("Max open files".len()..)?
+    let limit: usize = line
+        .get("Max open files".len()..)?
         .split_whitespace()
         .next()?
         .parse()
-        .ok()
+        .ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(limit.saturating_sub(open))
 }
 
 /// Whether an `accept` error means the process or system ran out of file descriptors.
@@ -162,7 +167,7 @@ pub async fn serve(
     limits: ListenLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let limits = limits.within_open_files(open_file_limit());
+    let limits = limits.within_open_files(free_file_descriptors());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let conns = Connections::new(limits.per_address());
