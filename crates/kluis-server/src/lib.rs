@@ -14,6 +14,7 @@ pub mod audit;
 pub mod config;
 mod error;
 mod fairness;
+mod handshake;
 mod limit;
 pub mod log;
 mod master_key;
