@@ -315,8 +315,62 @@ fn actor() -> String {
     let user = ["USER", "LOGNAME", "USERNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(os_user)
         .unwrap_or_else(|| "unknown".into());
     format!("admin:{user}")
+}
+
+/// The name of the user this process runs as, for when the environment does not say (a
+/// systemd timer or service sets no `USER`): the owner of `/proc/self` looked up in
+/// `/etc/passwd`, else `uid<N>`. No unsafe `getuid` call needed.
+fn os_user() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let named = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut f = line.split(':');
+                let name = f.next()?;
+                let id = f.nth(1)?;
+                (id.parse() == Ok(uid) && !name.is_empty()).then(|| name.to_owned())
+            })
+        });
+    Some(named.unwrap_or_else(|| format!("uid{uid}")))
+}
+
+/// Refuses a `--credential` value that no record can carry, so that a mistyped one (the bare
+/// token id `token list` shows, or a whole secret token) is not answered with an empty,
+/// reassuring list.
+fn check_credential(c: &str) -> Result<()> {
+    if let Some(id) = c.strip_prefix("token:") {
+        if id.len() == 14 && id.starts_with("kluis_") {
+            return Ok(());
+        }
+        // Never echo it: it may be a whole secret token.
+        return Err(ServerError::Refused(
+            "an API token's credential is `token:` and its public id, `kluis_` and 8 characters \
+             as `kluis-server token list` shows it (never the whole token)"
+                .into(),
+        ));
+    }
+    if c.starts_with("oidc:")
+        || c == "admin-cli"
+        || c.starts_with("admin-cli:")
+        || c.starts_with("server:")
+    {
+        return Ok(());
+    }
+    if c.starts_with("kluis_") && c.len() == 14 {
+        return Err(ServerError::Refused(format!(
+            "no record names a credential `{c}`: an API token's credential is written `token:{c}`"
+        )));
+    }
+    Err(ServerError::Refused(
+        "a credential starts with `token:`, `oidc:`, `admin-cli:` or `server:`, as the records' \
+         `credential` field shows it (docs/SERVER.md, \"Identities\")"
+            .into(),
+    ))
 }
 
 fn json(v: &impl serde::Serialize) -> String {
@@ -385,7 +439,12 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
         let ask = |q: &str| {
             rpassword::prompt_password(q)
                 .map(Zeroizing::new)
-                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot ask for the passphrase: {e}: --passphrase-prompt needs a terminal; \
+                         without one use --passphrase-file, --passphrase-fd or --passphrase-env"
+                    ))
+                })
         };
         let pw = ask("kluis-server passphrase: ")?;
         if pw.is_empty() {
@@ -429,7 +488,12 @@ fn new_passphrase(
         let ask = |q: &str| {
             rpassword::prompt_password(q)
                 .map(Zeroizing::new)
-                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot ask for the passphrase: {e}: --new-passphrase-prompt needs a \
+                         terminal; without one use --new-passphrase-file or --new-passphrase-env"
+                    ))
+                })
         };
         let pw = ask("new kluis-server passphrase: ")?;
         if pw.is_empty() {
@@ -763,7 +827,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             AuditCmd::Export { credential } => {
                 let records = match credential {
-                    Some(c) => store.audit_by_credential(&c)?,
+                    Some(c) => {
+                        check_credential(&c)?;
+                        store.audit_by_credential(&c)?
+                    }
                     None => store.audit_records(None)?,
                 };
                 for r in records {
@@ -852,7 +919,22 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            ServerError::Config(format!(
+                "cannot listen on {listen}: {e}: {}",
+                match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "another process (a second kluis-server?) holds that address: stop it, \
+                         or set another `listen` (--listen, KLUIS_LISTEN)"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "a port below 1024 needs CAP_NET_BIND_SERVICE (docs/OPERATIONS.md, \
+                         \"Configure\"): or listen on 8443"
+                    }
+                    _ => "check the `listen` address (--listen, KLUIS_LISTEN): it must be one of this machine's",
+                }
+            ))
+        })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {scheme}://{}", listener.local_addr()?)?;
