@@ -798,6 +798,22 @@ fn run(cli: Cli) -> Result<()> {
                 let ids = store.revoke_user_tokens(&user, &actor())?;
                 if ids.is_empty() {
                     writeln!(out, "user {user} had no active token")?;
+                    // Nothing revoked can mean the procedure did nothing: say why, so that a
+                    // leaver is not taken for done.
+                    if user.contains(':') {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "kluis-server: note: `{user}` is not an API-token user; OpenID Connect \
+                             users have no tokens in the store: disable the account at the \
+                             identity provider (docs/OPERATIONS.md, \"The leaver procedure\")"
+                        );
+                    } else if !store.tokens()?.iter().any(|t| t.user == user) {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "kluis-server: note: no token was ever issued to `{user}`: check the \
+                             spelling with `kluis-server token list`"
+                        );
+                    }
                 }
                 for id in ids {
                     writeln!(out, "token {id} revoked")?;

@@ -226,3 +226,32 @@ fn creating_an_existing_label_or_naming_a_missing_version_says_what_to_do() {
     let e = admin_fails(d, &["label", "destroy", "hr", "3", "--confirm", "hr"]);
     assert!(e.contains("label show hr"), "{e}");
 }
+
+#[test]
+fn revoke_user_that_revokes_nothing_says_why() {
+    // OPERATIONS.md, "The leaver procedure": a typo or an OpenID Connect name revokes nothing;
+    // the command still succeeds (it is on record), but must not read as a finished step.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["token", "create", "--user", "alice"]);
+    let run = |user: &str| {
+        let out = bin()
+            .current_dir(d)
+            .args(["token", "revoke-user", user])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let e = run("alicee");
+    assert!(
+        e.contains("no token was ever issued") && e.contains("token list"),
+        "{e}"
+    );
+    let e = run("oidc:entra:alice@org.nl");
+    assert!(e.contains("identity provider"), "{e}");
+    // A real user with tokens: no note; revoked again: nothing active, but it had tokens.
+    assert_eq!(run("alice"), "");
+    assert_eq!(run("alice"), "");
+}
