@@ -339,6 +339,39 @@ fn os_user() -> Option<String> {
     Some(named.unwrap_or_else(|| format!("uid{uid}")))
 }
 
+/// Refuses, without `--confirm NAME`, a retention period that makes key versions due for
+/// destruction at once (or within a day): the scheduler would crypto-shred them at its next
+/// run, irreversibly, so a typo (`365s` for `365d`) must not be enough, as for `destroy`.
+fn check_retention_confirmed(label: &kluis_server::LabelInfo, keep_secs: u64) -> Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let keep_ms = i64::try_from(keep_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let soon = now_ms().saturating_add(DAY_MS);
+    let due: Vec<String> = label
+        .versions
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.state,
+                kluis_server::VersionState::Active | kluis_server::VersionState::Retired
+            ) && v
+                .superseded_ms
+                .is_some_and(|t| t.saturating_add(keep_ms) <= soon)
+        })
+        .map(|v| v.kid.to_string())
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let name = &label.name;
+    Err(ServerError::Refused(format!(
+        "with this retention, key version(s) {} of `{name}` are due for destruction now or \
+         within a day: the scheduler destroys them at its next run, irreversibly (their \
+         documents can no longer be opened by anyone); check the period and its unit \
+         (d, h, m, s), then pass --confirm {name} to confirm",
+        due.join(", ")
+    )))
+}
+
 /// Refuses a `--credential` value that no record can carry, so that a mistyped one (the bare
 /// token id `token list` shows, or a whole secret token) is not answered with an empty,
 /// reassuring list.
@@ -739,6 +772,9 @@ fn run(cli: Cli) -> Result<()> {
                     return Err(ServerError::Refused(format!(
                         "--confirm must repeat the label name `{name}`"
                     )));
+                }
+                if let (Some(keep), false) = (retain, confirmed) {
+                    check_retention_confirmed(&store.label(&name)?, keep)?;
                 }
                 let edit = PolicyEdit {
                     add_users: add_user,

@@ -255,3 +255,41 @@ fn revoke_user_that_revokes_nothing_says_why() {
     assert_eq!(run("alice"), "");
     assert_eq!(run("alice"), "");
 }
+
+#[test]
+fn a_retention_that_destroys_versions_at_once_needs_confirmation() {
+    // SERVER.md, "Changing a policy": shortening retention can make versions due at once, and
+    // the scheduler then destroys them irreversibly. A slip of the unit (`365s` for `365d`)
+    // must be refused like `destroy` without `--confirm`.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(d, &["label", "create", "fin", "--user", "a"]);
+    admin(d, &["label", "rotate", "fin"]);
+    let e = admin_fails(d, &["label", "update", "fin", "--retain", "365s"]);
+    assert!(
+        e.contains("--confirm fin") && e.contains("version(s) 1"),
+        "{e}"
+    );
+    // Nothing changed, and the scheduler destroys nothing.
+    let show: Value = serde_json::from_str(&admin(d, &["label", "show", "fin"])).unwrap();
+    assert_eq!(show["policy"]["retention_secs"], Value::Null);
+    assert_eq!(admin(d, &["schedule"]), "");
+    // A period that leaves every version more than a day: no confirmation needed.
+    admin(d, &["label", "update", "fin", "--retain", "365d"]);
+    // Confirmed: applied, and the next run destroys version 1.
+    admin(
+        d,
+        &[
+            "label",
+            "update",
+            "fin",
+            "--retain",
+            "1s",
+            "--confirm",
+            "fin",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(admin(d, &["schedule"]).contains("destroyed"));
+}
