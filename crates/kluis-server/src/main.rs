@@ -215,8 +215,8 @@ enum LabelCmd {
         /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
         #[arg(long, value_enum)]
         double_key: Option<OnOff>,
-        /// Repeat the label name to confirm turning double key off, or adding a recovery
-        /// key to a double-key label.
+        /// Repeat the label name to confirm turning double key off, adding a recovery key to
+        /// a double-key label, or a retention that destroys key versions within a day.
         #[arg(long)]
         confirm: Option<String>,
     },
