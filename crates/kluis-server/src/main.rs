@@ -85,7 +85,7 @@ enum Command {
     MasterKey(MasterKeyCmd),
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Check and repair-free maintenance of the store file (no master key needed).
+    /// Check the store file's integrity, and scrub old copies of destroyed keys from it (no master key needed).
     #[command(subcommand)]
     Store(StoreCmd),
 }
