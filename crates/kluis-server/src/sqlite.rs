@@ -217,7 +217,14 @@ impl SqliteStore {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)?;
+                .open(path)
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot create the store {}: {e}: its folder must exist and be writable \
+                         (the Debian package creates /var/lib/kluis-server)",
+                        path.display()
+                    ))
+                })?;
         }
         let mut wrote_key = false;
         let made = Self::init_created(path, key, &mut wrote_key);

@@ -293,3 +293,25 @@ fn a_retention_that_destroys_versions_at_once_needs_confirmation() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert!(admin(d, &["schedule"]).contains("destroyed"));
 }
+
+#[test]
+fn init_into_a_missing_folder_names_the_path_and_leaves_nothing() {
+    // OPERATIONS.md, "Install" without the package's /var/lib/kluis-server, or a mistyped path.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let e = admin_fails(d, &["--store", "no/such/store.db", "init"]);
+    assert!(
+        e.contains("no/such/store.db") && e.contains("folder"),
+        "{e}"
+    );
+    let e = admin_fails(
+        d,
+        &["--store", "s.db", "--key-file", "no/such/k.key", "init"],
+    );
+    assert!(e.contains("no/such/k.key") && e.contains("folder"), "{e}");
+    assert!(
+        !d.join("s.db").exists(),
+        "a failed init left its store behind"
+    );
+    admin(d, &["--store", "s.db", "--key-file", "k.key", "init"]);
+}
