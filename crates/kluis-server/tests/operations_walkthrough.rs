@@ -315,3 +315,26 @@ fn init_into_a_missing_folder_names_the_path_and_leaves_nothing() {
     );
     admin(d, &["--store", "s.db", "--key-file", "k.key", "init"]);
 }
+
+#[test]
+fn the_wrong_kind_of_master_key_says_which_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pp"), "a long enough passphrase\n").unwrap();
+    admin(d, &["--store", "p.db", "--passphrase-file", "pp", "init"]);
+    admin(d, &["--store", "k.db", "init"]);
+    let e = admin_fails(d, &["--store", "p.db", "label", "list"]);
+    assert!(e.contains("--passphrase-file"), "{e}");
+    let e = admin_fails(
+        d,
+        &[
+            "--store",
+            "k.db",
+            "--passphrase-file",
+            "pp",
+            "label",
+            "list",
+        ],
+    );
+    assert!(e.contains("--key-file"), "{e}");
+}
