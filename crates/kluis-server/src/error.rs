@@ -95,6 +95,22 @@ pub enum ServerError {
     ThreadDied(&'static str),
     /// An audit anchor file is malformed.
     BadAnchor(String),
+    /// An audit anchor file cannot be read or appended to.
+    AnchorFile {
+        /// The anchor file.
+        path: std::path::PathBuf,
+        /// True when appending (`audit anchor --to`), false when reading (`--anchors`).
+        append: bool,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// The audit chain verifies, but an anchor does not match it.
+    AnchorMismatch {
+        /// The anchored sequence number.
+        seq: i64,
+        /// What is wrong with it.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for ServerError {
@@ -109,15 +125,22 @@ impl fmt::Display for ServerError {
                 "the master key file has mode {mode:o}, readable by others: run `chmod 600` on it"
             ),
             WrongMasterKey => f.write_str(
-                "the master key does not open this store: check --key-file or the passphrase",
+                "the master key does not open this store: check --key-file or the passphrase (a store \
+                 or backup from before a master-key rotation opens only with the key of its time)",
             ),
             BadKeyFile => f.write_str(
                 "the master key file is malformed: it must hold 64 hex digits, as `kluis-server init` writes it",
             ),
             Init(m) => write!(f, "{m}"),
             UnknownLabel(l) => write!(f, "no label `{l}`: list labels with `kluis-server label list`"),
-            LabelExists(l) => write!(f, "label `{l}` exists already"),
-            UnknownVersion { label, kid } => write!(f, "label `{label}` has no key version {kid}"),
+            LabelExists(l) => write!(
+                f,
+                "label `{l}` exists already: change its policy with `kluis-server label update {l}`"
+            ),
+            UnknownVersion { label, kid } => write!(
+                f,
+                "label `{label}` has no key version {kid}: `kluis-server label show {label}` lists them"
+            ),
             Destroyed {
                 label,
                 kid,
@@ -206,6 +229,29 @@ impl fmt::Display for ServerError {
                      \"Integrity checks\")",
                 )
             }
+            AnchorFile {
+                path,
+                append: true,
+                error,
+            } => write!(
+                f,
+                "cannot append to the anchor file {}: {error}: its folder must exist and be \
+                 writable by this user (`install -d -m 0700 FOLDER`)",
+                path.display()
+            ),
+            AnchorFile { path, error, .. } => write!(
+                f,
+                "cannot read the anchor file {}: {error}: give --anchors the file that \
+                 `kluis-server audit anchor --to` appends to (or the copy shipped elsewhere)",
+                path.display()
+            ),
+            AnchorMismatch { seq, what } => write!(
+                f,
+                "the audit chain verifies, but the anchor of record {seq} does not match: {what}. \
+                 Right after a restore from a backup older than this anchor that is expected: note \
+                 the restore and start a new anchor file (docs/OPERATIONS.md, \"Restore\"); \
+                 otherwise it is a security incident: compare with the anchors shipped elsewhere"
+            ),
             ThreadDied(what) => write!(
                 f,
                 "the {what} stopped unexpectedly; exiting so that the service manager restarts the server"

@@ -68,7 +68,13 @@ impl MasterKey {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(path)?;
+        let mut f = opts.open(path).map_err(|e| {
+            ServerError::Config(format!(
+                "cannot create the master key file {}: {e}: its folder must exist and be \
+                 writable, and the file must not exist yet",
+                path.display()
+            ))
+        })?;
         let text = Zeroizing::new(format!("{}\n", hex::encode(&self.0[..])));
         if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_all()) {
             drop(f);

@@ -195,15 +195,65 @@ impl SqliteStore {
     pub fn init(path: &Path, key: KeySource<'_>) -> Result<Self> {
         if path.exists() {
             return Err(ServerError::Init(
-                "the store exists already: refusing to initialise it again",
+                "the store exists already: refusing to initialise it again (give another \
+                 --store, or remove that file if it is an unused leftover)",
             ));
         }
+        let key_file = match key {
+            KeySource::File(p) => Some(p),
+            KeySource::Passphrase(_) => None,
+        };
+        if key_file.is_some_and(|p| p.symlink_metadata().is_ok()) {
+            // Checked before anything is created, so a refused init leaves no half-made store.
+            return Err(ServerError::Init(
+                "the master key file exists already: refusing to overwrite a key that may open \
+                 another store (give another --key-file, or move that file away if it is an \
+                 unused leftover)",
+            ));
+        }
+        // The store holds the audit trail and sealed keys: 0600 from its creation, whatever
+        // the umask (SQLite gives its -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot create the store {}: {e}: its folder must exist and be writable \
+                         (the Debian package creates /var/lib/kluis-server)",
+                        path.display()
+                    ))
+                })?;
+        }
+        let mut wrote_key = false;
+        let made = Self::init_created(path, key, &mut wrote_key);
+        if made.is_err() {
+            // Nothing but this call has used the new files: remove them, so that the next
+            // `init` is not refused by a leftover.
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+            if let (true, Some(p)) = (wrote_key, key_file) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        made
+    }
+
+    /// [`SqliteStore::init`] after the empty store file was created.
+    fn init_created(path: &Path, key: KeySource<'_>, wrote_key: &mut bool) -> Result<Self> {
         let mut conn = connect(path)?;
         migrate(&mut conn)?;
         let (master, kdf) = match key {
             KeySource::File(p) => {
                 let m = MasterKey::generate()?;
                 m.write_new_file(p)?;
+                *wrote_key = true;
                 (m, "file".to_owned())
             }
             KeySource::Passphrase(pw) => {
@@ -248,12 +298,14 @@ impl SqliteStore {
             }
             (KeySource::File(_), Some(_)) => {
                 return Err(ServerError::Init(
-                    "this store is protected by a passphrase, not a key file",
+                    "this store is protected by a passphrase, not a key file: give it with \
+                     --passphrase-file, --passphrase-fd, --passphrase-env or --passphrase-prompt",
                 ));
             }
             (KeySource::Passphrase(_), None) => {
                 return Err(ServerError::Init(
-                    "this store is protected by a key file, not a passphrase",
+                    "this store is protected by a key file, not a passphrase: give the key file \
+                     with --key-file (or key_file in the configuration) and no --passphrase-…",
                 ));
             }
         };
