@@ -1,6 +1,7 @@
 //! kluis-core as a library, without a key server: seal a document on disk, inspect it without
-//! a key, open it, and show that a double-key document needs both keys. The label key lives in
-//! this process here; in real use it lives on kluis-server (see `quickstart.sh`).
+//! a key, open it, show that a double-key document needs both keys, and use the performance
+//! entry points of `kluis_core::fast`. The label key lives in this process here; in real use
+//! it lives on kluis-server (see `quickstart.sh`).
 //!
 //! Run: `cargo run --release --example library`.
 
@@ -8,6 +9,7 @@ use std::error::Error;
 use std::fs;
 use std::io::{BufReader, BufWriter};
 
+use kluis_core::fast::{self, FastOptions};
 use kluis_core::{
     Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter, open, seal,
 };
@@ -24,7 +26,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let hr = LabelKey::generate("hr", 1)?;
     let holder = Identity::generate()?;
     let id_path = dir.path().join("holder.kluis-identity");
-    holder.write_file(&id_path, b"a long passphrase")?;
+    kluis_file::write_identity_file(&holder, &id_path, b"a long passphrase")?;
     println!("label `hr` v1 public key: {}", hr.public_key().key());
     println!("holder identity written:   {}", id_path.display());
     println!("holder public key:         {}\n", holder.public_key());
@@ -76,7 +78,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
 
     // 5. Double key: the label key and the holder's key are both needed.
-    let holder = Identity::read_file(&id_path, b"a long passphrase")?;
+    let holder = kluis_file::read_identity_file(&id_path, b"a long passphrase")?;
     let slot = Slot::double(
         Recipient::Label(hr.public_key().clone()),
         Recipient::Key(holder.public_key()),
@@ -95,6 +97,26 @@ fn main() -> Result<(), Box<dyn Error>> {
         "double key, both keys:        opened {} ({} bytes)\n",
         m.name,
         plain.len()
+    );
+
+    // 6. The performance entry points (`kluis_core::fast`): the same documents, with the
+    //    threads and the AEAD backend as options, sealed into and opened in a reused buffer.
+    let options = FastOptions::default().threads(2);
+    let mut buf = Vec::new();
+    let one_slot = [Slot::single(Recipient::Label(hr.public_key().clone()))];
+    fast::seal_into(
+        &one_slot,
+        &Metadata::default(),
+        &restored,
+        &mut buf,
+        &options,
+    )?;
+    let m = fast::open_in_place(&mut buf, &[&hr], &options)?;
+    assert_eq!(buf, restored);
+    println!(
+        "fast: sealed and opened {} bytes in place over {} threads\n",
+        m.size.unwrap_or(0),
+        options.threads
     );
 
     println!("no audit trail here: with kluis-server every opening is audited (quickstart.sh).");

@@ -9,10 +9,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement};
-use kluis_core::{
-    Backend, CHUNK_LEN, Header, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
-    max_sealed_len, open_in_place, open_with_backend, seal_into, seal_to_slice, seal_with_backend,
-};
+use kluis_core::fast::{Backend, CHUNK_LEN};
+use kluis_core::{Header, LabelKey, Metadata, Recipient, Slot};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 const KIB: usize = 1024;
@@ -146,7 +144,13 @@ fn bench(c: &mut Criterion) {
     let metadata = Metadata::default();
     let key = ring_key();
 
-    let empty = seal_with_backend(&slots, &metadata, b"", Backend::Ring).expect("seal");
+    let empty = kluis_core::fast::seal(
+        &slots,
+        &metadata,
+        b"",
+        &kluis_core::fast::FastOptions::default().backend(Backend::Ring),
+    )
+    .expect("seal");
     let header = Header::parse(&empty).expect("parse");
     println!(
         "header length, one org slot (label \"hr\"): {} bytes",
@@ -235,8 +239,13 @@ fn bench(c: &mut Criterion) {
         group.bench_function("kluis seal (ring, stream, reused output)", |b| {
             b.iter(|| {
                 out.clear();
-                let mut w = StreamWriter::with_backend(&mut out, &slots, &sized, Backend::Ring)
-                    .expect("writer");
+                let mut w = kluis_core::fast::stream_writer(
+                    &mut out,
+                    &slots,
+                    &sized,
+                    &kluis_core::fast::FastOptions::default().backend(Backend::Ring),
+                )
+                .expect("writer");
                 w.write_all(&plain).expect("write");
                 w.finish().expect("finish");
             })
@@ -245,9 +254,15 @@ fn bench(c: &mut Criterion) {
         group.bench_function("kluis seal (ring, stream, reused output, 1 thread)", |b| {
             b.iter(|| {
                 out.clear();
-                let mut w = StreamWriter::with_backend(&mut out, &slots, &sized, Backend::Ring)
-                    .expect("writer")
-                    .threads(1);
+                let mut w = kluis_core::fast::stream_writer(
+                    &mut out,
+                    &slots,
+                    &sized,
+                    &kluis_core::fast::FastOptions::default()
+                        .backend(Backend::Ring)
+                        .threads(1),
+                )
+                .expect("writer");
                 w.write_all(&plain).expect("write");
                 w.finish().expect("finish");
             })
@@ -255,9 +270,13 @@ fn bench(c: &mut Criterion) {
         // To a sink (like `> /dev/null`): no output buffer at all.
         group.bench_function("kluis seal (ring, stream, to a sink)", |b| {
             b.iter(|| {
-                let mut w =
-                    StreamWriter::with_backend(std::io::sink(), &slots, &sized, Backend::Ring)
-                        .expect("writer");
+                let mut w = kluis_core::fast::stream_writer(
+                    std::io::sink(),
+                    &slots,
+                    &sized,
+                    &kluis_core::fast::FastOptions::default().backend(Backend::Ring),
+                )
+                .expect("writer");
                 w.write_all(&plain).expect("write");
                 w.finish().expect("finish");
             })
@@ -267,26 +286,33 @@ fn bench(c: &mut Criterion) {
         let mut out = Vec::new();
         // On all cores, then on one: the parallel speed-up is the ratio of the two.
         for (bench, threads) in [
-            ("kluis open (ring, stream, reused output)", None),
-            (
-                "kluis open (ring, stream, reused output, 1 thread)",
-                Some(1),
-            ),
+            ("kluis open (ring, stream, reused output)", 0),
+            ("kluis open (ring, stream, reused output, 1 thread)", 1),
         ] {
             group.bench_function(bench, |b| {
                 let sealed = sealed.get_or_init(|| {
-                    seal_with_backend(&slots, &metadata, &plain, Backend::Ring).expect("seal")
+                    kluis_core::fast::seal(
+                        &slots,
+                        &metadata,
+                        &plain,
+                        &kluis_core::fast::FastOptions::default().backend(Backend::Ring),
+                    )
+                    .expect("seal")
                 });
                 out.resize(size, 0);
                 b.iter(|| {
                     let mut input = &sealed[..];
                     let header = Header::read(&mut input).expect("header");
                     let key = header.unlock(&[&label]).expect("unlock");
-                    let mut r = StreamReader::with_backend(&header, &key, input, Backend::Ring)
-                        .expect("reader");
-                    if let Some(n) = threads {
-                        r = r.threads(n);
-                    }
+                    let mut r = kluis_core::fast::stream_reader(
+                        &header,
+                        &key,
+                        input,
+                        &kluis_core::fast::FastOptions::default()
+                            .backend(Backend::Ring)
+                            .threads(threads),
+                    )
+                    .expect("reader");
                     r.read_exact(&mut out).expect("read");
                     assert_eq!(r.read(&mut [0]).expect("end"), 0);
                 });
@@ -298,18 +324,43 @@ fn bench(c: &mut Criterion) {
         for &backend in Backend::all() {
             let bn = backend_name(backend);
             group.bench_function(format!("kluis seal ({bn})"), |b| {
-                b.iter(|| seal_with_backend(&slots, &metadata, &plain, backend).expect("seal"))
+                b.iter(|| {
+                    kluis_core::fast::seal(
+                        &slots,
+                        &metadata,
+                        &plain,
+                        &kluis_core::fast::FastOptions::default().backend(backend),
+                    )
+                    .expect("seal")
+                })
             });
             let sealed = OnceCell::new();
             group.bench_function(format!("kluis open ({bn})"), |b| {
                 let sealed = sealed.get_or_init(|| {
-                    let sealed =
-                        seal_with_backend(&slots, &metadata, &plain, backend).expect("seal");
-                    let (opened, _) = open_with_backend(&sealed, &[&label], backend).expect("open");
+                    let sealed = kluis_core::fast::seal(
+                        &slots,
+                        &metadata,
+                        &plain,
+                        &kluis_core::fast::FastOptions::default().backend(backend),
+                    )
+                    .expect("seal");
+                    let (opened, _) = kluis_core::fast::open(
+                        &sealed,
+                        &[&label],
+                        &kluis_core::fast::FastOptions::default().backend(backend),
+                    )
+                    .expect("open");
                     assert!(opened == plain, "{bn} round trip at {name}");
                     sealed
                 });
-                b.iter(|| open_with_backend(sealed, &[&label], backend).expect("open"))
+                b.iter(|| {
+                    kluis_core::fast::open(
+                        sealed,
+                        &[&label],
+                        &kluis_core::fast::FastOptions::default().backend(backend),
+                    )
+                    .expect("open")
+                })
             });
             // The buffer-reusing forms: no fresh allocation per call, like the raw rows; on all
             // cores (threads 0) and on one.
@@ -320,8 +371,16 @@ fn bench(c: &mut Criterion) {
                     |b| {
                         b.iter(|| {
                             out.clear();
-                            seal_into(&slots, &metadata, &plain, &mut out, backend, threads)
-                                .expect("seal")
+                            kluis_core::fast::seal_into(
+                                &slots,
+                                &metadata,
+                                &plain,
+                                &mut out,
+                                &kluis_core::fast::FastOptions::default()
+                                    .backend(backend)
+                                    .threads(threads),
+                            )
+                            .expect("seal")
                         })
                     },
                 );
@@ -333,11 +392,23 @@ fn bench(c: &mut Criterion) {
                     format!("kluis seal_to_slice ({bn}, reused output{cores})"),
                     |b| {
                         if slice.is_empty() {
-                            slice = vec![0u8; max_sealed_len(size, &metadata).expect("fits")];
+                            slice = vec![
+                                0u8;
+                                kluis_core::fast::max_sealed_len(size, &metadata)
+                                    .expect("fits")
+                            ];
                         }
                         b.iter(|| {
-                            seal_to_slice(&slots, &metadata, &plain, &mut slice, backend, threads)
-                                .expect("seal")
+                            kluis_core::fast::seal_to_slice(
+                                &slots,
+                                &metadata,
+                                &plain,
+                                &mut slice,
+                                &kluis_core::fast::FastOptions::default()
+                                    .backend(backend)
+                                    .threads(threads),
+                            )
+                            .expect("seal")
                         })
                     },
                 );
@@ -345,11 +416,26 @@ fn bench(c: &mut Criterion) {
                 let sealed = OnceCell::new();
                 group.bench_function(format!("kluis open_in_place ({bn}{cores})"), |b| {
                     let sealed = sealed.get_or_init(|| {
-                        seal_with_backend(&slots, &metadata, &plain, backend).expect("seal")
+                        kluis_core::fast::seal(
+                            &slots,
+                            &metadata,
+                            &plain,
+                            &kluis_core::fast::FastOptions::default().backend(backend),
+                        )
+                        .expect("seal")
                     });
                     b.iter_batched_ref(
                         || sealed.clone(),
-                        |buf| open_in_place(buf, &[&label], backend, threads).expect("open"),
+                        |buf| {
+                            kluis_core::fast::open_in_place(
+                                buf,
+                                &[&label],
+                                &kluis_core::fast::FastOptions::default()
+                                    .backend(backend)
+                                    .threads(threads),
+                            )
+                            .expect("open")
+                        },
                         BatchSize::LargeInput,
                     )
                 });

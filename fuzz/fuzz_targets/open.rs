@@ -4,7 +4,8 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 
-use kluis_core::{Backend, BlockSink, Error, Header, Identity, LabelKey, StreamReader, Unwrap};
+use kluis_core::{Error, Header, Identity, LabelKey, StreamReader, Unwrap};
+use kluis_core::fast::{Backend, BlockSink};
 
 // Fixed keys, so seeds sealed to them (see fuzz/seeds/open) reach the payload.
 static LABEL_KEY: LazyLock<LabelKey> =
@@ -51,13 +52,13 @@ fn open_into_blocks(
 ) -> kluis_core::Result<Vec<u8>> {
     let header = Header::read(&mut data)?;
     let key = header.unlock(keys)?;
-    let mut r = StreamReader::new(&header, &key, data)?.threads(3);
+    let mut r = kluis_core::fast::stream_reader(&header, &key, data, &kluis_core::fast::FastOptions::default().threads(3))?;
     let mut sink = Blocks {
         done: Vec::new(),
         block: vec![0; block],
         filled: 0,
     };
-    while r.read_into(&mut sink).map_err(kluis_core::Error::from_io)? > 0 {}
+    while kluis_core::fast::read_into(&mut r, &mut sink).map_err(kluis_core::Error::from_io)? > 0 {}
     sink.done.extend_from_slice(&sink.block[..sink.filled]);
     Ok(sink.done)
 }
@@ -74,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
     // Opening in place over several threads (3: even a document of a few chunks is split)
     // gives the same plaintext, or the same error.
     let mut buf = data.to_vec();
-    let threaded = kluis_core::open_in_place(&mut buf, &keys, Backend::default(), 3)
+    let threaded = kluis_core::fast::open_in_place(&mut buf, &keys, &kluis_core::fast::FastOptions::default().threads(3))
         .map(|metadata| (buf, metadata));
     assert_eq!(one_call.as_ref().ok(), threaded.as_ref().ok(), "3 threads");
     assert_eq!(
@@ -106,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Both payload backends decrypt the same bytes.
     for &backend in Backend::all() {
-        let other = kluis_core::open_with_backend(data, &keys, backend);
+        let other = kluis_core::fast::open(data, &keys, &kluis_core::fast::FastOptions::default().backend(backend));
         assert_eq!(one_call.as_ref().ok(), other.as_ref().ok(), "{backend:?}");
     }
 });

@@ -26,10 +26,7 @@ use axum::http::{Request, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::{ReplyKey, SealedShare};
-use kluis_core::{
-    DocId, Header, Identity, LabelPublicKey, Metadata, Recipient, Share, Slot, Stanza, Unwrap,
-    UnwrapError, UnwrapRequest,
-};
+use kluis_core::{DocId, Header, Identity, LabelPublicKey, Metadata, Recipient, Share, Slot, Stanza, Unwrap, UnwrapError, UnwrapRequest};
 use kluis_server::api::{Api, ApiConfig};
 use kluis_server::{KeyService, KeySource, Policy, SqliteStore};
 use libfuzzer_sys::fuzz_target;

@@ -74,7 +74,7 @@ pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
         )));
     }
     let id = Identity::generate()?;
-    id.write_file(&path, pass.as_bytes()).map_err(|e| match e {
+    kluis_file::write_identity_file(&id, &path, pass.as_bytes()).map_err(|e| match e {
         kluis_core::Error::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
             crate::atomic::exists(&path)
         }

@@ -229,9 +229,10 @@ pub struct KeygenArgs {
     /// identity.key in the configuration folder].
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Print the public key of an existing identity file instead: the key recorded when it
-    /// was made or last opened here, else the passphrase is asked to derive it (its
-    /// `# public key:` comment alone is never trusted).
+    /// Print the public key of an existing identity file instead: derived from its secret
+    /// with --passphrase-file/--passphrase-env, else the key recorded when it was made or
+    /// last opened here, else the passphrase is asked (its `# public key:` comment alone is
+    /// never trusted).
     #[arg(long, value_name = "FILE", conflicts_with = "output")]
     pub public: Option<PathBuf>,
     #[command(flatten)]

@@ -1,8 +1,6 @@
 //! Errors for people, and their exit codes.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
 
 use kluis_client::ClientError;
 use kluis_core::UnwrapError;
@@ -151,41 +149,52 @@ pub fn client_message(e: &ClientError) -> String {
     }
 }
 
-/// Messages produced by this program's key holders (the key server adapter and the lazy
-/// identity), with their class: the core reports a key holder's refusal only as text, and
-/// this is how the exit code and a clean message are recovered from it.
-fn registry() -> &'static Mutex<HashMap<String, Class>> {
-    static R: OnceLock<Mutex<HashMap<String, Class>>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(HashMap::new()))
+/// A refusal by one of this program's own key holders (no key server configured, the
+/// identity file cannot be used): the message for people and the class of its exit code.
+/// It travels inside the core's [`UnwrapError`] as its typed reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The message, shown as it is.
+    pub message: String,
+    /// The kind of failure.
+    pub class: Class,
 }
 
-/// Remember that a key holder refused with `message` for a reason of class `class`.
-pub fn register(message: &str, class: Class) {
-    if let Ok(mut r) = registry().lock() {
-        r.insert(message.to_owned(), class);
+impl Refusal {
+    /// A refusal with `message` of class `class`.
+    pub fn new(message: impl Into<String>, class: Class) -> Self {
+        Refusal {
+            message: message.into(),
+            class,
+        }
     }
 }
 
-fn registered(message: &str) -> Option<Class> {
-    registry().lock().ok()?.get(message).copied()
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
-/// The text inside a key holder's refusal.
-fn unwrap_text(e: &UnwrapError) -> Option<&str> {
-    match e {
-        UnwrapError::Denied(m) | UnwrapError::Destroyed(m) | UnwrapError::Unavailable(m) => Some(m),
-        _ => None,
+impl std::error::Error for Refusal {}
+
+/// Message and class of a key holder's refusal, from its typed reason: this program's own
+/// refusals and the key server client's errors keep their message and class.
+fn describe_unwrap(u: &UnwrapError) -> Option<(String, Class)> {
+    let reason = u.reason()?;
+    if let Some(r) = reason.downcast_ref::<Refusal>() {
+        return Some((r.message.clone(), r.class));
     }
+    let e = reason.downcast_ref::<ClientError>()?;
+    Some((e.to_string(), client_class(e)))
 }
 
 /// Message and class of a format error (without a path).
 pub fn describe_core(e: &kluis_core::Error) -> (String, Class) {
     use kluis_core::Error::*;
     if let Unwrap(u) = e {
-        if let Some(text) = unwrap_text(u) {
-            if let Some(class) = registered(text) {
-                return (text.to_owned(), class);
-            }
+        if let Some(described) = describe_unwrap(u) {
+            return described;
         }
         let class = match u {
             UnwrapError::Destroyed(_) => Class::Destroyed,
@@ -270,14 +279,24 @@ mod tests {
     }
 
     #[test]
-    fn registered_refusals_keep_their_class_and_text() {
-        register("needs your identity file", Class::Usage);
-        let e = kluis_core::Error::Unwrap(UnwrapError::Denied("needs your identity file".into()));
+    fn refusals_keep_their_class_and_text_by_type() {
+        let refusal = Refusal::new("needs your identity file", Class::Usage);
+        let e = kluis_core::Error::Unwrap(UnwrapError::denied(refusal));
         assert_eq!(
             describe_core(&e),
             ("needs your identity file".to_owned(), Class::Usage)
         );
-        let other = kluis_core::Error::Unwrap(UnwrapError::Destroyed("gone".into()));
+        // The same text from an unknown key holder is not taken for ours: the type decides.
+        let text = kluis_core::Error::Unwrap(UnwrapError::denied("needs your identity file"));
+        assert_eq!(describe_core(&text).1, Class::Denied);
+        // The key server client's error keeps its own class (a revoked label is "denied",
+        // a missing token is "authentication").
+        let client = ClientError::NoToken {
+            server: "https://keys.example".into(),
+        };
+        let e = kluis_core::Error::Unwrap(client.to_unwrap_error());
+        assert_eq!(describe_core(&e), (client.to_string(), Class::Auth));
+        let other = kluis_core::Error::Unwrap(UnwrapError::destroyed("gone"));
         assert_eq!(describe_core(&other).1, Class::Destroyed);
     }
 

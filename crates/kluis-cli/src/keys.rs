@@ -9,11 +9,12 @@ use kluis_core::{Identity, PublicKey, Share, Stanza, Unwrap, UnwrapError, Unwrap
 use zeroize::Zeroizing;
 
 use crate::cli::PassphraseArgs;
-use crate::error::{Class, CliError, client_class, register};
+use crate::error::{Class, CliError, Refusal};
 use crate::progress::Bars;
 
-/// The key server as a key holder: a [`Client`] whose refusals keep their class (through
-/// [`register`]), or, with no server configured, a stand-in that says how to configure one.
+/// The key server as a key holder: a [`Client`] (whose refusals carry the typed
+/// `ClientError`, so they keep their class), or, with no server configured, a stand-in that
+/// says how to configure one.
 pub struct KeyServer {
     client: Option<Client>,
 }
@@ -40,28 +41,13 @@ impl Unwrap for KeyServer {
 
     fn unwrap(&self, requests: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
         let Some(client) = &self.client else {
-            register(NO_SERVER, Class::Usage);
+            let refusal = Refusal::new(NO_SERVER, Class::Usage);
             return requests
                 .iter()
-                .map(|_| Err(UnwrapError::Unavailable(NO_SERVER.into())))
+                .map(|_| Err(UnwrapError::unavailable(refusal.clone())))
                 .collect();
         };
-        client
-            .unwrap_batch(requests)
-            .into_iter()
-            .map(|r| {
-                r.map_err(|e| {
-                    let u = e.to_unwrap_error();
-                    if let UnwrapError::Denied(m)
-                    | UnwrapError::Destroyed(m)
-                    | UnwrapError::Unavailable(m) = &u
-                    {
-                        register(m, client_class(&e));
-                    }
-                    u
-                })
-            })
-            .collect()
+        client.unwrap(requests)
     }
 }
 
@@ -143,7 +129,7 @@ pub fn load_identity(
     bars: Option<&Bars>,
 ) -> Result<Identity, CliError> {
     let open = |pass: &str| {
-        Identity::read_file(path, pass.as_bytes())
+        kluis_file::read_identity_file(path, pass.as_bytes())
             // The key derived from the secret, for use without the passphrase (crate::pins).
             .inspect(|id| crate::pins::record(path, &id.public_key()))
             .map_err(|e| match e {
@@ -200,7 +186,7 @@ pub struct LazyIdentity<'b> {
     path: Option<PathBuf>,
     source: Passphrase,
     bars: Option<&'b Bars>,
-    loaded: OnceLock<Result<Identity, String>>,
+    loaded: OnceLock<Result<Identity, Refusal>>,
 }
 
 /// The refusal when a document needs an identity and none is configured.
@@ -225,16 +211,13 @@ impl<'b> LazyIdentity<'b> {
         }
     }
 
-    fn get(&self) -> &Result<Identity, String> {
+    fn get(&self) -> &Result<Identity, Refusal> {
         self.loaded.get_or_init(|| {
             let Some(path) = &self.path else {
-                register(NO_IDENTITY, Class::Usage);
-                return Err(NO_IDENTITY.to_owned());
+                return Err(Refusal::new(NO_IDENTITY, Class::Usage));
             };
-            load_identity(path, &self.source, self.bars).map_err(|e| {
-                register(&e.message, e.class);
-                e.message
-            })
+            load_identity(path, &self.source, self.bars)
+                .map_err(|e| Refusal::new(e.message, e.class))
         })
     }
 }
@@ -249,7 +232,7 @@ impl Unwrap for LazyIdentity<'_> {
             Ok(id) => id.unwrap(requests),
             Err(m) => requests
                 .iter()
-                .map(|_| Err(UnwrapError::Denied(m.clone())))
+                .map(|_| Err(UnwrapError::denied(m.clone())))
                 .collect(),
         }
     }

@@ -73,9 +73,10 @@ pub fn record(identity: &Path, key: &PublicKey) {
     let _ = write_private(&dir.join(PINS_FILE), text.as_bytes());
 }
 
-/// The holder public key of the identity file at `path`, authenticated: the recorded key
-/// (checked against the file's comment, if it has one), else the key derived from the secret
-/// after asking for the passphrase (which also checks the comment, and records the key).
+/// The holder public key of the identity file at `path`, authenticated: with a passphrase
+/// given, the key derived from the secret; else the recorded key (checked against the file's
+/// comment, if it has one), else the key derived from the secret after asking for the
+/// passphrase. Unlocking also checks the comment and records the key.
 pub fn holder_public_key(path: &Path, source: &Passphrase) -> Result<PublicKey, CliError> {
     let text = read_small(path).map_err(|e| {
         CliError::usage(format!(
@@ -88,7 +89,11 @@ pub fn holder_public_key(path: &Path, source: &Passphrase) -> Result<PublicKey, 
             format!("{path:?}: {e}: do not seal to it; restore the file from a copy you trust"),
         )
     })?;
-    if let Some(pinned) = pinned(path) {
+    // A passphrase given with --passphrase-file/--passphrase-env: the secret decides, not an
+    // older record (which follows it). This is how a replaced identity of one's own is
+    // recorded, as the refusal below advises.
+    let given = !matches!(source, Passphrase::Prompt);
+    if let (Some(pinned), false) = (pinned(path), given) {
         return match claimed {
             Some(c) if c != pinned => Err(CliError::new(
                 Class::Corrupt,

@@ -48,39 +48,6 @@ enum Result1 {
     Failed(CliError),
 }
 
-/// Sealed files below `path` (or `path` itself), without following symbolic links.
-fn list(path: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        out.push(path.to_owned()); // reading it reports the error
-        return;
-    };
-    if !meta.is_dir() {
-        out.push(path.to_owned());
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(path) else {
-        out.push(path.to_owned());
-        return;
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    entries.sort();
-    for e in entries {
-        let name = e.file_name().map(|n| n.to_string_lossy().into_owned());
-        let Some(name) = name else { continue };
-        match std::fs::symlink_metadata(&e) {
-            Ok(m) if m.is_dir() => list(&e, out),
-            Ok(m)
-                if m.is_file()
-                    && name.ends_with(".kluis")
-                    && !name.starts_with(kluis_file::TEMP_PREFIX) =>
-            {
-                out.push(e)
-            }
-            _ => {}
-        }
-    }
-}
-
 fn read_doc(path: &Path) -> Result<Doc, CliError> {
     let f = File::open(path).map_err(|e| CliError::io(path, "read", &e))?;
     let meta = f.metadata().map_err(|e| CliError::io(path, "read", &e))?;
@@ -124,66 +91,26 @@ fn read_doc(path: &Path) -> Result<Doc, CliError> {
     })
 }
 
-/// The label's current record, asked from the key server (through `uncached`, a client
-/// without the label cache) even when the cache holds a fresh one: re-keying is about the
-/// *current* version. The answer is checked against the keys the cache has seen (a known
-/// version must keep its key; the current version never goes back), as the client's own
-/// pinning does.
-fn current_record(
-    pinned: &Client,
-    uncached: &Client,
-    label: &str,
-) -> Result<LabelRecord, CliError> {
-    let known = pinned.label_record(label)?;
-    let fresh = match uncached.label_record(label) {
-        Ok(r) => r,
-        Err(e) if e.is_offline() => {
-            warn(&format!("{e}; using the cached record of label `{label}`"));
-            warn_if_stale(&known);
-            return Ok(known);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let changed = |kid: u32| {
-        CliError::new(
-            Class::Failed,
-            format!(
-                "refusing the record of label `{label}`: key version {kid} now has a different public key than the one seen before (this may be an attack); nothing was re-keyed. Ask the key server's operators"
-            ),
-        )
-    };
-    if fresh.kid() == known.kid() && fresh.key.key() != known.key.key() {
-        return Err(changed(fresh.kid()));
-    }
-    for v in &known.versions {
-        if let Some(f) = fresh.versions.iter().find(|f| f.kid == v.kid) {
-            if f.public_key != v.public_key {
-                return Err(changed(v.kid));
-            }
+/// The label's current record: the key server is asked even when the cache holds a fresh
+/// one (re-keying is about the *current* version), and the answer is checked against every
+/// key the client has pinned for the label (a known version must keep its key; the current
+/// version never goes back) by the client itself ([`Client::label_record_to_seal`]). Offline,
+/// the cached record is used, with a warning.
+fn current_record(client: &Client, label: &str) -> Result<LabelRecord, CliError> {
+    let record = client.label_record_to_seal(label)?;
+    if let Some(e) = &record.refresh_error {
+        warn(&format!("{e}; using the cached record of label `{label}`"));
+        if record.stale {
+            warn_if_stale(&record);
         }
     }
-    if fresh.kid() < known.kid() {
-        return Err(CliError::new(
-            Class::Failed,
-            format!(
-                "refusing the record of label `{label}`: it offers key version {} but version {} was current before; nothing was re-keyed. Ask the key server's operators",
-                fresh.kid(),
-                known.kid()
-            ),
-        ));
-    }
-    Ok(fresh)
+    Ok(record)
 }
 
 /// Run `kluis rekey`.
 pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
     let settings = Settings::load(g.server.clone())?;
     let client = settings.client(Purpose::Rekey, args.reason.as_deref())?;
-    let uncached = {
-        let mut config = settings.client_config()?;
-        config.cache_dir = None;
-        Client::new(config)?
-    };
     let to = args
         .to
         .as_deref()
@@ -191,7 +118,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
         .transpose()?;
     let mut paths = Vec::new();
     for f in &args.files {
-        list(f, &mut paths);
+        kluis_file::list_sealed(f, &mut paths);
     }
     let mut results: Vec<(PathBuf, Result1)> = Vec::new();
     let mut records: HashMap<String, Result<LabelRecord, CliError>> = HashMap::new();
@@ -219,7 +146,7 @@ pub fn run(args: RekeyArgs, g: &Global) -> Result<u8, CliError> {
         };
         let record = records
             .entry(doc.label.clone())
-            .or_insert_with(|| current_record(&client, &uncached, &doc.label));
+            .or_insert_with(|| current_record(&client, &doc.label));
         match record {
             Err(e) => {
                 let e = CliError::new(e.class, e.message.clone());

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, User, tree, write};
+use common::{Server, ServerExt, User, tree, write};
 use kluis_core::{Metadata, Recipient, Slot};
 
 /// A document sealed to label `hr` of `server`, storing `name`, as anyone can craft one (label

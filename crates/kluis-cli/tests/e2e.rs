@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Run, Server, User, digest, tree, write};
+use common::{Run, Server, ServerExt, User, digest, tree, write};
 use kluis_core::{Metadata, Recipient, Slot};
 
 #[test]
@@ -502,7 +502,7 @@ fn recovery_keys_are_always_added_and_open_without_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let recovery = kluis_core::Identity::generate().unwrap();
     let rec_file = dir.path().join("recovery.key");
-    recovery.write_file(&rec_file, b"kept in the safe").unwrap();
+    kluis_file::write_identity_file(&recovery, &rec_file, b"kept in the safe").unwrap();
     let rec_pub = recovery.public_key().to_string();
     let server = Server::start_with(&[&[
         "label",

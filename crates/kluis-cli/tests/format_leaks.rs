@@ -54,6 +54,21 @@ fn hide_names_with_pad_gives_one_header_length_for_any_short_name() {
         );
     }
     assert_eq!(headers[0], headers[1], "header and file sizes differ");
+    // Re-keying writes new headers and keeps the sealed metadata as it was: still padded.
+    server.admin(&["label", "rotate", "hr"]);
+    alice.run(&["rekey", "cloud"]).ok();
+    let mut rekeyed = Vec::new();
+    for name in &sealed {
+        let v = alice
+            .run(&["--json", "inspect", &format!("cloud/{name}")])
+            .ok()
+            .json();
+        let f = &v["files"][0];
+        assert_eq!(f["name_bytes_at_most"], 256, "{v}");
+        assert_eq!(f["slots"][0]["stanzas"][0]["kid"], 2, "not re-keyed: {v}");
+        rekeyed.push(f["header_bytes"].as_u64().unwrap());
+    }
+    assert_eq!(rekeyed[0], rekeyed[1], "header sizes differ after rekey");
     alice.run(&["open", "-o", "back", "cloud"]).ok();
     assert_eq!(tree(&alice.path("back/src")), tree(&alice.path("src")));
 }
@@ -99,12 +114,11 @@ fn an_edited_identity_comment_does_not_redirect_the_holder_share() {
     alice
         .run(&["keygen", "--public", id_arg])
         .fails(7, "was edited");
-    // With the passphrase the secret decides, and the edit is refused as well.
+    // With the passphrase the secret decides, and the edit is refused as well (by the
+    // unlock, reported like any other invalid identity file).
     alice
         .run(&["keygen", "--public", id_arg, "--passphrase-env", "PASS"])
-        .fails(7, "was edited");
-    // (That one is caught by the record; the next, on a machine without one, by the secret,
-    // and reported like any other invalid identity file.)
+        .fails(2, "was edited");
     // Opening with the edited file is refused too (the derived key disagrees).
     let other = User::logged_in(&server, &server.alice);
     let mut other = other;
@@ -171,4 +185,73 @@ fn an_edited_identity_comment_does_not_redirect_the_holder_share() {
             .trim(),
         key
     );
+}
+
+/// The refusal of an identity whose comment disagrees with the recorded key advises, for an
+/// identity of one's own put there on purpose, `kluis keygen --public FILE` with a passphrase
+/// option to record its key. That used to fail the same way (the record was consulted before
+/// the passphrase), so the advice could not be followed; with a passphrase given, the
+/// secret decides and the record follows it.
+#[test]
+fn a_replaced_identity_of_ones_own_is_recorded_when_its_passphrase_is_given() {
+    let server = Server::start();
+    let mut alice = User::logged_in(&server, &server.alice);
+    alice.env.push(("PASS".into(), "correct horse".into()));
+    alice.env.push(("PASS2".into(), "battery staple".into()));
+    let old = alice
+        .run(&["keygen", "--passphrase-env", "PASS"])
+        .ok()
+        .stdout_text()
+        .trim()
+        .to_owned();
+    let identity = alice.config_dir().join("identity.key");
+    let id_arg = identity.to_str().unwrap().to_owned();
+    // Another identity of hers, made elsewhere, copied over the first.
+    let new = alice
+        .run(&["keygen", "-o", "elsewhere.key", "--passphrase-env", "PASS2"])
+        .ok()
+        .stdout_text()
+        .trim()
+        .to_owned();
+    assert_ne!(old, new);
+    std::fs::copy(alice.path("elsewhere.key"), &identity).unwrap();
+    alice
+        .run(&["keygen", "--public", &id_arg])
+        .fails(7, "was edited");
+    let printed = alice
+        .run(&["keygen", "--public", &id_arg, "--passphrase-env", "PASS2"])
+        .ok()
+        .stdout_text();
+    assert_eq!(printed.trim(), new);
+    // Recorded: without the passphrase now, and sealing uses it.
+    assert_eq!(
+        alice
+            .run(&["keygen", "--public", &id_arg])
+            .ok()
+            .stdout_text()
+            .trim(),
+        new
+    );
+    write(&alice.path("dossier.txt"), b"diagnosis");
+    alice
+        .run(&["seal", "--label", "medical", "dossier.txt"])
+        .ok();
+    alice
+        .run(&[
+            "open",
+            "-o",
+            "back",
+            "--passphrase-env",
+            "PASS2",
+            "dossier.txt.kluis",
+        ])
+        .ok();
+    assert_eq!(
+        std::fs::read(alice.path("back/dossier.txt")).unwrap(),
+        b"diagnosis"
+    );
+    // The wrong passphrase for the replacement changes nothing.
+    alice
+        .run(&["keygen", "--public", &id_arg, "--passphrase-env", "PASS"])
+        .fails(4, "wrong passphrase");
 }

@@ -262,7 +262,7 @@ fn tokens_passphrases_plaintext_and_file_keys_appear_in_no_output_or_file() {
         &alice,
         &["keygen", "--public", identity_path.to_str().unwrap()],
     );
-    let identity = Identity::read_file(&identity_path, PASS.as_bytes()).unwrap();
+    let identity = kluis_file::read_identity_file(&identity_path, PASS.as_bytes()).unwrap();
     write(&alice.path("secret.txt"), &[MARKER, b" hr"].concat());
     write(&alice.path("dossier.txt"), &[MARKER, b" medical"].concat());
     write(&alice.path("old.txt"), &[MARKER, b" old"].concat());

@@ -246,17 +246,18 @@ impl ClientError {
         )
     }
 
-    /// The error as the core's [`UnwrapError`] (what [`kluis_core::open`] reports): the
-    /// message is this error's `Display`.
+    /// The error as the core's [`UnwrapError`] (what [`kluis_core::open`] reports), with this
+    /// error as its typed reason: [`UnwrapError::reason`] downcasts back to a `ClientError`
+    /// (`reason.downcast_ref::<ClientError>()`), so a caller tells refusals apart by type, not
+    /// by message text.
     pub fn to_unwrap_error(&self) -> UnwrapError {
         use ClientError::*;
-        let m = self.to_string();
         match self {
             NotForKeyServer => UnwrapError::NotMine,
-            Destroyed { .. } => UnwrapError::Destroyed(m),
-            BadReply { .. } | Random | Cache { .. } => UnwrapError::Unavailable(m),
-            e if e.is_offline() => UnwrapError::Unavailable(m),
-            _ => UnwrapError::Denied(m),
+            Destroyed { .. } => UnwrapError::destroyed(self.clone()),
+            BadReply { .. } | Random | Cache { .. } => UnwrapError::unavailable(self.clone()),
+            e if e.is_offline() => UnwrapError::unavailable(self.clone()),
+            _ => UnwrapError::denied(self.clone()),
         }
     }
 }
@@ -543,5 +544,15 @@ mod tests {
             "this document's key (label `hr`, version 1) was destroyed on 2000-02-29; it cannot be opened by anyone"
         );
         assert!(matches!(e.to_unwrap_error(), UnwrapError::Destroyed(_)));
+    }
+
+    #[test]
+    fn the_core_error_carries_the_client_error_typed() {
+        let e = ClientError::Denied { label: "hr".into() };
+        let u = e.to_unwrap_error();
+        assert!(matches!(u, UnwrapError::Denied(_)));
+        let back = u.reason().and_then(|r| r.downcast_ref::<ClientError>());
+        assert_eq!(back, Some(&e));
+        assert_eq!(u.to_string(), format!("denied: {e}"));
     }
 }

@@ -211,7 +211,7 @@ impl LabelRecord {
 /// ```
 pub fn check_label(name: &str) -> Result<(), ClientError> {
     let ok = !name.is_empty()
-        && name.len() <= kluis_core::MAX_LABEL_LEN
+        && name.len() <= kluis_core::Stanza::MAX_LABEL_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));

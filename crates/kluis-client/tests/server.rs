@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Server, assert_no_token};
+use common::{Server, ServerExt, assert_no_token};
 use kluis_client::{Client, ClientConfig, ClientError, Purpose, ServerHealth, Token};
 use kluis_core::{
     Error, Header, Identity, Metadata, Recipient, Slot, UnwrapError, open, seal, unlock_all,
@@ -270,7 +270,11 @@ fn double_key_labels_need_the_holder_key_too() {
     .unwrap();
     match open(&single, &[&client]) {
         Err(Error::Unwrap(UnwrapError::Denied(m))) => {
-            assert!(m.contains("label `medical` requires double key"), "{m}")
+            assert!(
+                m.to_string()
+                    .contains("label `medical` requires double key"),
+                "{m}"
+            )
         }
         other => panic!("expected a double key refusal, got {other:?}"),
     }
@@ -327,7 +331,9 @@ fn errors_say_what_to_do_and_never_show_the_token() {
         "you are not allowed to open documents labelled `hr`; ask the label's owner"
     );
     match open(&doc, &[&bob]) {
-        Err(Error::Unwrap(UnwrapError::Denied(m))) => assert!(m.contains("`hr`"), "{m}"),
+        Err(Error::Unwrap(UnwrapError::Denied(m))) => {
+            assert!(m.to_string().contains("`hr`"), "{m}")
+        }
         other => panic!("expected a denial, got {other:?}"),
     }
 
@@ -359,7 +365,9 @@ fn errors_say_what_to_do_and_never_show_the_token() {
         "{m}"
     );
     match open(&doc, &[&alice]) {
-        Err(Error::Unwrap(UnwrapError::Destroyed(m))) => assert!(m.contains("destroyed"), "{m}"),
+        Err(Error::Unwrap(UnwrapError::Destroyed(m))) => {
+            assert!(m.to_string().contains("destroyed"), "{m}")
+        }
         other => panic!("expected destroyed, got {other:?}"),
     }
 
@@ -369,7 +377,7 @@ fn errors_say_what_to_do_and_never_show_the_token() {
     assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
     match open(&doc, &[&alice]) {
         Err(Error::Unwrap(UnwrapError::Unavailable(m))) => assert!(
-            m.contains(&format!(
+            m.to_string().contains(&format!(
                 "sealing still works offline; opening needs the key server at {}",
                 server.url
             )),

@@ -39,7 +39,11 @@ use base64::Engine as _;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/layout/mod.rs"]
+mod layout;
+
 use kluis_core::{Identity, LabelKey, Metadata, Recipient, Slot, StreamWriter, Unwrap};
+use layout::{header_len, layout, set_header_len};
 
 /// Holder identity "alice" (X25519 secret).
 const ALICE: &str = "522e4ae59946835cd88ddebfa54e58d0234b962d83e9f4ea017f07b72603ef33";
@@ -53,7 +57,7 @@ const HR_LABEL: &str = "hr";
 const HR_KID: u32 = 1;
 
 /// Plaintext bytes per STREAM chunk (the crate's `CHUNK_LEN`).
-const CHUNK: usize = kluis_core::CHUNK_LEN;
+const CHUNK: usize = kluis_core::fast::CHUNK_LEN;
 /// Sealed bytes per full chunk.
 const SEALED_CHUNK: usize = CHUNK + 16;
 
@@ -254,94 +258,7 @@ impl Vector {
 // ---------------------------------------------------------------------------------------------
 // Header layout, for byte surgery.
 
-/// Where one stanza sits in the header bytes.
-#[derive(Clone, Copy, Debug)]
-struct StanzaAt {
-    /// Offset of the type byte.
-    start: usize,
-    kind: u8,
-    /// Content length (the u16 after the type byte).
-    len: usize,
-}
-
-impl StanzaAt {
-    fn content(&self) -> usize {
-        self.start + 3
-    }
-
-    /// Offset of the 32-byte ephemeral key `E` (org and X25519 stanzas only).
-    fn ephemeral(&self, b: &[u8]) -> usize {
-        match self.kind {
-            0x01 => self.content() + 1 + b[self.content()] as usize + 4 + 1,
-            0x02 => self.content(),
-            k => panic!("no ephemeral key in stanza type {k}"),
-        }
-    }
-
-    /// Offset of the 48-byte body.
-    fn body(&self, b: &[u8]) -> usize {
-        self.ephemeral(b) + 32
-    }
-
-    /// Offset of an org stanza's slot-kind byte.
-    fn slot_kind(&self, b: &[u8]) -> usize {
-        assert_eq!(self.kind, 0x01);
-        self.content() + 1 + b[self.content()] as usize + 4
-    }
-}
-
-struct Layout {
-    /// Per slot: the offset of its stanza-count byte and its stanzas.
-    slots: Vec<(usize, Vec<StanzaAt>)>,
-    /// Offset of the u16 sealed-metadata length.
-    meta_len_at: usize,
-    /// Offset of the header MAC.
-    mac_at: usize,
-}
-
-/// Walk a well-formed header (an independent reading of the layout).
-fn layout(b: &[u8]) -> Layout {
-    let mut pos = 44;
-    let count = b[pos] as usize;
-    pos += 1;
-    let mut slots = Vec::new();
-    for _ in 0..count {
-        let at = pos;
-        let n = b[pos] as usize;
-        pos += 1;
-        let mut stanzas = Vec::new();
-        for _ in 0..n {
-            let len = u16::from_be_bytes([b[pos + 1], b[pos + 2]]) as usize;
-            stanzas.push(StanzaAt {
-                start: pos,
-                kind: b[pos],
-                len,
-            });
-            pos += 3 + len;
-        }
-        slots.push((at, stanzas));
-    }
-    let meta_len = u16::from_be_bytes([b[pos], b[pos + 1]]) as usize;
-    let mac_at = pos + 2 + meta_len;
-    assert_eq!(
-        mac_at + 32,
-        header_len(b),
-        "layout walk disagrees with header_len"
-    );
-    Layout {
-        slots,
-        meta_len_at: pos,
-        mac_at,
-    }
-}
-
-fn header_len(b: &[u8]) -> usize {
-    u32::from_be_bytes(b[8..12].try_into().unwrap()) as usize
-}
-
-fn set_header_len(b: &mut [u8], len: usize) {
-    b[8..12].copy_from_slice(&(len as u32).to_be_bytes());
-}
+// `StanzaAt`, `Layout`, `layout`, `header_len` and `set_header_len`: tests/layout/mod.rs.
 
 fn set_u16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
@@ -788,7 +705,10 @@ fn success_vectors(v: &mut Vec<Vector>) {
     ));
 
     let p = b"long name\n".to_vec();
-    let m = with_size(p.len()).name(format!("{}.txt", "n".repeat(kluis_core::MAX_NAME_LEN - 4)));
+    let m = with_size(p.len()).name(format!(
+        "{}.txt",
+        "n".repeat(kluis_core::Metadata::MAX_NAME_LEN - 4)
+    ));
     v.push(ok(
         "success_long_name",
         &[K_ALICE],
@@ -990,7 +910,7 @@ fn replace_share(mut sealed: Vec<u8>, slot: usize, stanza: usize, to: &Identity)
     let header = kluis_core::Header::parse(&sealed).unwrap();
     let doc_id = header.doc_id().0;
     let l = layout(&sealed);
-    let s = l.slots[slot].1[stanza];
+    let s = l.slots[slot].stanzas[stanza];
     assert_eq!(s.kind, 0x02);
     let (e, body) = raw::wrap(
         raw::X25519_INFO,
@@ -1079,7 +999,7 @@ fn prefix_vectors(v: &mut Vec<Vector>) {
     }
 
     let mut b = small_to_alice();
-    set_header_len(&mut b, kluis_core::MAX_HEADER_LEN + 1);
+    set_header_len(&mut b, kluis_core::Header::MAX_LEN + 1);
     v.push(fail(
         "header_size_too_large",
         "header-size",
@@ -1124,7 +1044,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
 
     // Stanza body length.
     let mut b = small_to_alice();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     set_u16(&mut b, s.start + 1, 79);
     let at = s.body(&b) + 47;
     remove_in_header(&mut b, at, 1);
@@ -1137,7 +1057,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_alice();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     set_u16(&mut b, s.start + 1, 81);
     let at = s.body(&b) + 48;
     insert_in_header(&mut b, at, &[0]);
@@ -1150,7 +1070,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     set_u16(&mut b, s.start + 1, (s.len - 1) as u16);
     let at = s.body(&b) + 47;
     remove_in_header(&mut b, at, 1);
@@ -1164,7 +1084,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
 
     // Malformed headers.
     let mut b = small_to_alice();
-    let at = layout(&b).slots[0].0;
+    let at = layout(&b).slots[0].at;
     b[at] = 3;
     v.push(fail(
         "malformed_three_stanzas",
@@ -1174,7 +1094,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_alice();
-    let at = layout(&b).slots[0].0;
+    let at = layout(&b).slots[0].at;
     b[at] = 0;
     v.push(fail(
         "malformed_zero_stanzas",
@@ -1184,7 +1104,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     let at = s.slot_kind(&b);
     b[at] = 2;
     v.push(fail(
@@ -1195,7 +1115,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     let at = s.slot_kind(&b);
     b[at] = 3;
     v.push(fail(
@@ -1206,7 +1126,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     let at = s.slot_kind(&b);
     b[at] = 3;
     set_u16(&mut b, s.start + 1, (s.len - 1) as u16);
@@ -1222,7 +1142,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     b[s.content() + 1] = b'/';
     v.push(fail(
         "malformed_bad_label",
@@ -1232,7 +1152,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     b[s.content()] = 0;
     set_u16(&mut b, s.start + 1, (s.len - 2) as u16);
     remove_in_header(&mut b, s.content() + 1, 2);
@@ -1245,7 +1165,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     b[s.content()] = 65;
     set_u16(&mut b, s.start + 1, (s.len + 63) as u16);
     insert_in_header(&mut b, s.content() + 3, &[b'a'; 63]);
@@ -1258,7 +1178,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_alice();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     set_u16(&mut b, s.start + 1, 31);
     remove_in_header(&mut b, s.content() + 31, s.len - 31);
     v.push(fail(
@@ -1271,7 +1191,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     let keep = s.ephemeral(&b) + 31 - s.content();
     set_u16(&mut b, s.start + 1, keep as u16);
     remove_in_header(&mut b, s.content() + keep, s.len - keep);
@@ -1285,7 +1205,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     let keep = s.body(&b) - s.content();
     set_u16(&mut b, s.start + 1, keep as u16);
     remove_in_header(&mut b, s.content() + keep, s.len - keep);
@@ -1299,7 +1219,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     let at = s.slot_kind(&b);
     b[at] = 2;
     set_u16(&mut b, s.start + 1, (s.len - 1) as u16);
@@ -1315,7 +1235,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_alice();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     set_u16(&mut b, s.start + 1, 1025);
     v.push(fail(
         "malformed_stanza_too_long",
@@ -1325,7 +1245,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_alice();
-    let s = layout(&b).slots[0].1[0];
+    let s = layout(&b).slots[0].stanzas[0];
     set_u16(&mut b, s.start + 1, 1000);
     v.push(fail(
         "malformed_stanza_past_end",
@@ -1469,7 +1389,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
 
     // Zero shared secret.
     let mut b = small_to_alice();
-    let at = layout(&b).slots[0].1[0].ephemeral(&b);
+    let at = layout(&b).slots[0].stanzas[0].ephemeral(&b);
     b[at..at + 32].fill(0);
     v.push(fail(
         "zero_shared_secret_x25519",
@@ -1479,7 +1399,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_hr();
-    let at = layout(&b).slots[0].1[0].ephemeral(&b);
+    let at = layout(&b).slots[0].stanzas[0].ephemeral(&b);
     b[at..at + 32].fill(0);
     b[at] = 1;
     v.push(fail(

@@ -2,8 +2,8 @@
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
+use crate::primitives::DerivedKey;
 use crate::primitives::{NONCE_LEN, TAG_LEN};
-use crate::secret::DerivedKey;
 
 /// Which AES-256-GCM implementation seals and opens payload chunks.
 ///

@@ -4,28 +4,18 @@
 use std::io::{self, Write};
 
 use crate::backend::{Backend, ChunkCipher};
+use crate::chunk::{chunk_nonce, payload_cipher};
 use crate::error::{Error, Result};
+use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN, TAG_LEN};
 use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::parallel::{self, MAX_THREADS, seal_full_chunks};
-use crate::primitives::TAG_LEN;
+use crate::sink::BlockSink;
 use crate::slot::Slot;
-use crate::stream::{CHUNK_LEN, SEALED_CHUNK_LEN, chunk_nonce, new_header, payload_cipher};
+use crate::stream::new_header;
 
 /// Full chunks sealed together at most (4 MiB), as [`crate::StreamWriter`] does.
 const BATCH_CHUNKS: usize = 64;
-
-/// Output memory cut into blocks, filled one after the other, which a [`BlockWriter`] seals
-/// a document straight into (for example aligned blocks for `O_DIRECT` writes).
-pub trait BlockSink {
-    /// The free rest of the block being filled, never empty: when the block is full, this
-    /// first takes it (writes it out) and starts the next. Bytes put here count only once
-    /// [`BlockSink::advance`] says so, and stay where they are until then.
-    fn spare(&mut self) -> io::Result<&mut [u8]>;
-
-    /// Count the first `n` bytes of [`BlockSink::spare`] as filled.
-    fn advance(&mut self, n: usize);
-}
 
 fn already_failed() -> io::Error {
     io::Error::other("the writer already failed")
@@ -34,17 +24,6 @@ fn already_failed() -> io::Error {
 /// The sink broke its contract (an empty or shrinking spare space): refuse rather than panic.
 fn sink_too_short() -> io::Error {
     io::Error::other("the block sink gave less spare space than it had")
-}
-
-/// A sink borrowed for one document (like `Write for &mut W`).
-impl<S: BlockSink + ?Sized> BlockSink for &mut S {
-    fn spare(&mut self) -> io::Result<&mut [u8]> {
-        (**self).spare()
-    }
-
-    fn advance(&mut self, n: usize) {
-        (**self).advance(n);
-    }
 }
 
 /// Where the chunk being filled lies.
@@ -70,7 +49,8 @@ enum Place {
 ///
 /// ```
 /// # use std::io::Read;
-/// # use kluis_core::{BlockSink, BlockWriter, LabelKey, Metadata, Recipient, Slot};
+/// # use kluis_core::fast::{BlockSink, BlockWriter};
+/// # use kluis_core::{LabelKey, Metadata, Recipient, Slot};
 /// # let hr = LabelKey::generate("hr", 1).unwrap();
 /// # let slots = [Slot::single(Recipient::Label(hr.public_key().clone()))];
 /// /// Blocks of 4 KiB gathered into a Vec (a real sink writes each one out).
@@ -138,7 +118,7 @@ impl<S: BlockSink> BlockWriter<S> {
     }
 
     /// [`BlockWriter::new`] with a chosen AEAD backend.
-    pub fn with_backend(
+    pub(crate) fn with_backend(
         sink: S,
         slots: &[Slot],
         metadata: &Metadata,
@@ -179,7 +159,7 @@ impl<S: BlockSink> BlockWriter<S> {
     }
 
     /// Use at most `n` threads (1 seals on the calling thread only).
-    pub fn threads(mut self, n: usize) -> Self {
+    pub(crate) fn threads(mut self, n: usize) -> Self {
         self.threads = n.clamp(1, MAX_THREADS);
         self
     }

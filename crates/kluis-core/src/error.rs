@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 /// Everything that can go wrong while sealing, opening, inspecting or re-keying a document.
 ///
@@ -143,7 +144,7 @@ impl fmt::Display for Error {
             HeaderSize { declared, max } => write!(
                 f,
                 "header length {declared} is outside the allowed range ({} to {max} bytes): the file is corrupt or not a kluis document",
-                crate::header::MIN_HEADER_LEN
+                crate::format::MIN_HEADER_LEN
             ),
             SlotCount { count, max } => write!(
                 f,
@@ -270,9 +271,17 @@ impl From<Error> for io::Error {
 
 /// Why a key holder could not turn a stanza into a share.
 ///
-/// Implementations of [`crate::Unwrap`] return these. The messages are shown to people, so they
-/// must never contain key material or tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Implementations of [`crate::Unwrap`] return these. A refusal carries the key holder's own
+/// error as its typed source ([`UnwrapError::reason`], also [`std::error::Error::source`]),
+/// shared so that the error stays cheap to clone: a caller that knows the key holder downcasts
+/// it to the key holder's error type (`reason.downcast_ref::<ClientError>()`) rather than
+/// reading its message;
+/// build one with [`UnwrapError::denied`], [`UnwrapError::destroyed`] or
+/// [`UnwrapError::unavailable`] from an error value or a message. The messages are shown to
+/// people, so they must never contain key material or tokens.
+///
+/// Two errors are equal when they are the same kind with the same message.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum UnwrapError {
     /// This key is not the stanza's recipient (its AEAD did not open). The opener tries others.
@@ -280,12 +289,56 @@ pub enum UnwrapError {
     /// The stanza's ephemeral key gives an all-zero shared secret.
     ZeroSharedSecret,
     /// The key holder refuses to unwrap (for example a policy denies the caller).
-    Denied(String),
+    Denied(Arc<dyn std::error::Error + Send + Sync>),
     /// The key version the stanza names was destroyed; no one can open it.
-    Destroyed(String),
+    Destroyed(Arc<dyn std::error::Error + Send + Sync>),
     /// The key holder could not be reached or failed; trying again later may work.
-    Unavailable(String),
+    Unavailable(Arc<dyn std::error::Error + Send + Sync>),
 }
+
+impl UnwrapError {
+    /// A refusal ([`UnwrapError::Denied`]) for `reason`: an error value or a message.
+    pub fn denied(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        UnwrapError::Denied(Arc::from(reason.into()))
+    }
+
+    /// A destroyed key ([`UnwrapError::Destroyed`]) for `reason`: an error value or a message.
+    pub fn destroyed(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        UnwrapError::Destroyed(Arc::from(reason.into()))
+    }
+
+    /// An unreachable or failed key holder ([`UnwrapError::Unavailable`]) for `reason`: an
+    /// error value or a message.
+    pub fn unavailable(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        UnwrapError::Unavailable(Arc::from(reason.into()))
+    }
+
+    /// The key holder's own error behind a refusal (`None` for [`UnwrapError::NotMine`] and
+    /// [`UnwrapError::ZeroSharedSecret`]): downcast it to the key holder's error type.
+    pub fn reason(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            UnwrapError::Denied(r) | UnwrapError::Destroyed(r) | UnwrapError::Unavailable(r) => {
+                Some(&**r)
+            }
+            UnwrapError::NotMine | UnwrapError::ZeroSharedSecret => None,
+        }
+    }
+}
+
+impl PartialEq for UnwrapError {
+    fn eq(&self, other: &Self) -> bool {
+        use UnwrapError::*;
+        match (self, other) {
+            (NotMine, NotMine) | (ZeroSharedSecret, ZeroSharedSecret) => true,
+            (Denied(a), Denied(b))
+            | (Destroyed(a), Destroyed(b))
+            | (Unavailable(a), Unavailable(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for UnwrapError {}
 
 impl fmt::Display for UnwrapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -301,7 +354,12 @@ impl fmt::Display for UnwrapError {
     }
 }
 
-impl std::error::Error for UnwrapError {}
+impl std::error::Error for UnwrapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.reason()
+            .map(|r| r as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Short alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

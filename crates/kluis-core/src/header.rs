@@ -3,30 +3,21 @@
 use std::io::Read;
 
 use crate::error::{Error, Result};
+use crate::format::{
+    CHUNK_LEN, MAC_LEN, MAGIC, MAX_HEADER_LEN, MAX_SLOTS, MIN_HEADER_LEN, SEALED_CHUNK_LEN,
+    TAG_LEN, VERSION,
+};
 use crate::metadata::{self, Metadata};
-use crate::primitives::{self, TAG_LEN};
+use crate::primitives;
 use crate::secret::{DocId, FileKey};
-use crate::slot::Slot;
 use crate::stanza::{SlotKind, Stanza};
-use crate::stream::{CHUNK_LEN, SEALED_CHUNK_LEN};
-use crate::unwrap::{Unwrap, unlock_all};
 use crate::wire::Cursor;
 
-/// The six magic bytes every sealed document starts with: `KLUIS` and a NUL.
-pub const MAGIC: &[u8; 6] = b"KLUIS\0";
-/// The format version this crate writes and reads.
-pub const VERSION: u16 = 1;
-/// The largest header a reader accepts, in bytes.
-pub const MAX_HEADER_LEN: usize = 65_536;
-/// The most slots a header may carry.
-pub const MAX_SLOTS: usize = 16;
-/// Length of the header MAC.
-pub const MAC_LEN: usize = 32;
 /// Bytes before the first slot: magic, version, length, doc_id, payload salt, slot count.
 const PREFIX_LEN: usize = 6 + 2 + 4 + 16 + 16 + 1;
-/// The smallest possible header: no stanzas can be smaller than 3 bytes; one slot, one stanza.
-pub(crate) const MIN_HEADER_LEN: usize =
-    PREFIX_LEN + 1 + 3 + 2 + metadata::FIXED_LEN + TAG_LEN + MAC_LEN;
+// The smallest possible header: no stanzas can be smaller than 3 bytes; one slot, one stanza.
+const _: () =
+    assert!(MIN_HEADER_LEN == PREFIX_LEN + 1 + 3 + 2 + metadata::FIXED_LEN + TAG_LEN + MAC_LEN);
 
 /// A parsed header: everything before the payload.
 ///
@@ -125,7 +116,7 @@ impl Header {
     /// Read exactly one header from `input`, leaving it positioned at the payload.
     ///
     /// Reads the 12-byte prefix, checks magic, version and declared length against
-    /// [`MAX_HEADER_LEN`], and only then allocates for the rest.
+    /// [`Header::MAX_LEN`], and only then allocates for the rest.
     pub fn read<R: Read>(input: &mut R) -> Result<Header> {
         let mut prefix = [0u8; 12];
         let got = read_full(input, &mut prefix)?;
@@ -283,14 +274,6 @@ impl Header {
         })
     }
 
-    /// Recover the file key with the given key holders; the header MAC is verified before the
-    /// key is returned. For many documents at once use [`unlock_all`].
-    pub fn unlock(&self, unwrappers: &[&dyn Unwrap]) -> Result<FileKey> {
-        unlock_all(&[self], unwrappers)
-            .pop()
-            .expect("one result per header")
-    }
-
     /// Whether `key` is this header's file key (constant-time MAC check).
     pub(crate) fn verify(&self, key: &FileKey) -> bool {
         let body = &self.bytes[..self.bytes.len() - MAC_LEN];
@@ -306,11 +289,14 @@ impl Header {
     }
 
     /// A new header for the same document (same file key, doc_id, metadata and payload) with
-    /// the slots at indices `keep` kept as they are and `add` sealed afresh.
-    ///
-    /// This is re-keying: move to a new label key version (keep nothing, add the new slot),
-    /// add a recipient, or remove one. The payload is untouched.
-    pub fn rekey(&self, key: &FileKey, keep: &[usize], add: &[Slot]) -> Result<Header> {
+    /// the slots at indices `keep` kept as they are and the already sealed slots `add` added.
+    /// `Header::rekey` (in `slot.rs`, which seals the slots) is the public entry point.
+    pub(crate) fn with_slots(
+        &self,
+        key: &FileKey,
+        keep: &[usize],
+        add: Vec<Vec<Stanza>>,
+    ) -> Result<Header> {
         if !self.verify(key) {
             return Err(Error::HeaderMac);
         }
@@ -330,9 +316,7 @@ impl Header {
                     .clone(),
             );
         }
-        for slot in add {
-            slots.push(slot.seal(&self.doc_id, key)?);
-        }
+        slots.extend(add);
         Header::build(
             self.doc_id,
             self.payload_salt,

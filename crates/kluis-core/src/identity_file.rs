@@ -1,7 +1,6 @@
 //! Identity files: a holder's X25519 secret sealed under an Argon2id-derived key.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
@@ -47,7 +46,7 @@ fn derive(passphrase: &[u8], salt: &[u8; 16], m: u32, t: u32, p: u32) -> Result<
 impl Identity {
     /// Seal this identity under `passphrase` (Argon2id, 64 MiB, 3 passes) as the text of an
     /// identity file. The text holds the secret: write it with mode 0600
-    /// ([`Identity::write_file`] does).
+    /// (`kluis_file::write_identity_file` does; kluis-core does no file-system I/O).
     pub fn to_file_string(&self, passphrase: &[u8]) -> Result<Zeroizing<String>> {
         let (m, t, p) = (ARGON2_MEMORY_KIB, ARGON2_PASSES, 1);
         let mut salt = [0u8; 16];
@@ -170,48 +169,6 @@ impl Identity {
             }
         }
         Ok(id)
-    }
-
-    /// Write a new identity file at `path` with mode 0600 (on Unix). Refuses to overwrite.
-    ///
-    /// This and [`Identity::read_file`] are kluis-core's only file-system access.
-    pub fn write_file(&self, path: &Path, passphrase: &[u8]) -> Result<()> {
-        use std::io::Write;
-        let text = self.to_file_string(passphrase)?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(path)?;
-        let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
-        if let Err(e) = written {
-            // Leave nothing half-written under the final name.
-            drop(f);
-            let _ = std::fs::remove_file(path);
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    /// Read and open the identity file at `path`.
-    pub fn read_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
-        use std::io::Read;
-        let f = std::fs::File::open(path)?;
-        let mut bytes = Zeroizing::new(Vec::new());
-        f.take(MAX_IDENTITY_FILE_LEN as u64 + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() > MAX_IDENTITY_FILE_LEN {
-            return Err(Error::InvalidIdentityFile {
-                reason: "larger than 4096 bytes",
-            });
-        }
-        let text = std::str::from_utf8(&bytes).map_err(|_| Error::InvalidIdentityFile {
-            reason: "not UTF-8 text",
-        })?;
-        Identity::from_file_string(text, passphrase)
     }
 }
 

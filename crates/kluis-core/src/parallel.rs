@@ -3,7 +3,8 @@
 //! only the bytes each thread touches must not overlap.
 
 use crate::backend::ChunkCipher;
-use crate::stream::{CHUNK_LEN, SEALED_CHUNK_LEN, chunk_nonce};
+use crate::chunk::chunk_nonce;
+use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 
 /// Most threads one call uses.
 pub(crate) const MAX_THREADS: usize = 8;
@@ -282,7 +283,7 @@ fn open_run(cipher: &ChunkCipher, at: usize, counter: u64, run: ShiftedRun<'_>) 
 mod tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::secret::DerivedKey;
+    use crate::primitives::DerivedKey;
 
     /// `n` full chunks sealed back to back after `at` bytes of something else, and their
     /// plaintext.

@@ -4,13 +4,14 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::{hkdf, hmac, rand::SecureRandom, rand::SystemRandom};
 
 use crate::error::{Error, Result};
-pub(crate) use crate::secret::DerivedKey;
-use crate::secret::KEY_LEN;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// AES-256-GCM tag length.
-pub(crate) const TAG_LEN: usize = 16;
-/// AES-256-GCM nonce length.
-pub(crate) const NONCE_LEN: usize = 12;
+use crate::format::KEY_LEN;
+pub(crate) use crate::format::{NONCE_LEN, TAG_LEN};
+
+/// A 32-byte symmetric key derived with HKDF. Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct DerivedKey(pub(crate) [u8; KEY_LEN]);
 
 /// Fill `buf` from the OS CSPRNG.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {

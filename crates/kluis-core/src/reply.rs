@@ -7,9 +7,9 @@
 use x25519_dalek::StaticSecret;
 
 use crate::error::{Error, Result, UnwrapError};
+use crate::format::{BODY_LEN, KEY_LEN};
 use crate::primitives::{self, DerivedKey, NONCE_LEN};
-use crate::secret::{DocId, KEY_LEN, Share};
-use crate::wrap::BODY_LEN;
+use crate::secret::{DocId, Share};
 
 const REPLY_INFO: &[u8] = b"kluis/v1/reply";
 
@@ -141,7 +141,7 @@ impl ReplyOpener {
     pub fn open(&self, doc_id: &DocId, sealed: &SealedShare) -> Result<Share, UnwrapError> {
         let plain = primitives::aead_open(&self.key, sealed.nonce, &doc_id.0, &sealed.body)
             .ok_or_else(|| {
-                UnwrapError::Unavailable("the key server's reply did not authenticate".into())
+                UnwrapError::unavailable("the key server's reply did not authenticate")
             })?;
         let mut s = [0u8; KEY_LEN];
         s.copy_from_slice(&plain);

@@ -4,10 +4,8 @@ use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::Result;
+use crate::format::KEY_LEN;
 use crate::primitives;
-
-/// Length in bytes of a file key and of a share.
-pub const KEY_LEN: usize = 32;
 
 /// The 32-byte key that seals one document's metadata and payload.
 ///
@@ -94,10 +92,6 @@ impl From<&FileKey> for Share {
         Share(k.0)
     }
 }
-
-/// A 32-byte symmetric key derived with HKDF. Zeroized on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
-pub(crate) struct DerivedKey(pub(crate) [u8; KEY_LEN]);
 
 /// The 16-byte public identifier of a document, named in audit logs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,25 +5,28 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroize;
 
 use crate::backend::{Backend, ChunkCipher};
+use crate::chunk;
 use crate::error::{Error, Result};
-use crate::header::{Header, MAX_HEADER_LEN};
+use crate::format::MAX_HEADER_LEN;
+use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
+use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::parallel;
 use crate::primitives::TAG_LEN;
 use crate::slot::Slot;
-use crate::stream::{self, CHUNK_LEN, SEALED_CHUNK_LEN};
+use crate::stream;
 use crate::unwrap::Unwrap;
 
 /// Seal `plaintext` to `slots`. The size in `metadata` is filled in when absent.
 ///
 /// Documents over 1 MiB are sealed over the available cores, into a fresh buffer whose pages
-/// those threads fault in; to seal many large documents, reuse one buffer with [`seal_into`].
+/// those threads fault in; to seal many large documents, reuse one buffer with [`crate::fast::seal_into`].
 pub fn seal(slots: &[Slot], metadata: &Metadata, plaintext: &[u8]) -> Result<Vec<u8>> {
     seal_with_backend(slots, metadata, plaintext, Backend::default())
 }
 
 /// [`seal`] with a chosen AEAD backend.
-pub fn seal_with_backend(
+pub(crate) fn seal_with_backend(
     slots: &[Slot],
     metadata: &Metadata,
     plaintext: &[u8],
@@ -43,7 +46,7 @@ pub fn seal_with_backend(
 /// Over several threads the appended space is zeroed first (safe Rust cannot hand out memory
 /// that was never written): by the calling thread, or for an empty `Vec` without the room, by
 /// the allocator handing out fresh pages. [`seal_to_slice`] skips that.
-pub fn seal_into(
+pub(crate) fn seal_into(
     slots: &[Slot],
     metadata: &Metadata,
     plaintext: &[u8],
@@ -69,7 +72,7 @@ pub fn seal_into(
         out.extend_from_slice(content);
         out.resize(at + len, 0); // padding, if this chunk reaches past the content
         let tag = sealing.cipher.seal(
-            stream::chunk_nonce(i as u64, i + 1 == sealing.chunks),
+            chunk::chunk_nonce(i as u64, i + 1 == sealing.chunks),
             &mut out[at..],
         );
         out.extend_from_slice(&tag);
@@ -85,7 +88,7 @@ pub fn seal_into(
 ///
 /// Each chunk's plaintext is copied into `out` and sealed there, so `out` holds plaintext for
 /// a moment: give it private memory, not a file or shared memory mapping.
-pub fn seal_to_slice(
+pub(crate) fn seal_to_slice(
     slots: &[Slot],
     metadata: &Metadata,
     plaintext: &[u8],
@@ -112,7 +115,7 @@ pub fn seal_to_slice(
 /// header allowed ([`MAX_HEADER_LEN`], where a header with one slot takes a few hundred
 /// bytes). A buffer this long always holds what [`seal_to_slice`] writes. `None` if that is
 /// more than `usize` can count.
-pub fn max_sealed_len(plaintext_len: usize, metadata: &Metadata) -> Option<usize> {
+pub(crate) fn max_sealed_len(plaintext_len: usize, metadata: &Metadata) -> Option<usize> {
     let (_, _, sealed) = payload_sizes(plaintext_len, metadata.padding)?;
     sealed.checked_add(MAX_HEADER_LEN)
 }
@@ -158,7 +161,7 @@ impl Sealing {
             });
         }
         let (header, key) = stream::new_header(slots, &metadata)?; // checks size + padding
-        let cipher = stream::payload_cipher(backend, &key, header.payload_salt());
+        let cipher = chunk::payload_cipher(backend, &key, header.payload_salt());
         let (payload, chunks, sealed) =
             payload_sizes(plaintext.len(), metadata.padding).ok_or_else(out_of_memory)?;
         let total = sealed.checked_add(header.len()).ok_or_else(out_of_memory)?;
@@ -197,27 +200,28 @@ impl Sealing {
         parallel::seal_full_chunks(&self.cipher, full_chunks, 0, threads, fill);
         let (plain, tag) = last.split_at_mut(last.len() - TAG_LEN);
         fill(full, plain);
-        let nonce = stream::chunk_nonce(full as u64, true);
+        let nonce = chunk::chunk_nonce(full as u64, true);
         tag.copy_from_slice(&self.cipher.seal(nonce, plain));
     }
 }
 
 /// Open a sealed document with the given key holders: its plaintext and sealed metadata.
 /// The input is left untouched: it is copied (over the available cores, for documents over
-/// 1 MiB) and opened in the copy; [`open_in_place`] saves that copy.
+/// 1 MiB) and opened in the copy; [`crate::fast::open_in_place`] saves that copy.
 pub fn open(sealed: &[u8], unwrappers: &[&dyn Unwrap]) -> Result<(Vec<u8>, Metadata)> {
-    open_with_backend(sealed, unwrappers, Backend::default())
+    open_with(sealed, unwrappers, Backend::default(), 0)
 }
 
-/// [`open`] with a chosen AEAD backend.
-pub fn open_with_backend(
+/// [`open`] with a chosen AEAD backend and threads (`fast::open`).
+pub(crate) fn open_with(
     sealed: &[u8],
     unwrappers: &[&dyn Unwrap],
     backend: Backend,
+    threads: usize,
 ) -> Result<(Vec<u8>, Metadata)> {
     // A copy made over the cores, so its fresh pages are faulted in side by side.
-    let mut buf = parallel::copy_fresh(sealed, 0).ok_or_else(out_of_memory)?;
-    let metadata = open_in_place(&mut buf, unwrappers, backend, 0)?;
+    let mut buf = parallel::copy_fresh(sealed, threads).ok_or_else(out_of_memory)?;
+    let metadata = open_in_place(&mut buf, unwrappers, backend, threads)?;
     Ok((buf, metadata))
 }
 
@@ -228,7 +232,7 @@ pub fn open_with_backend(
 ///
 /// On failure `buf` is wiped and emptied (it may have held plaintext of authenticated
 /// chunks): keep a copy of the sealed bytes, or use [`open`], if you need them afterwards.
-pub fn open_in_place(
+pub(crate) fn open_in_place(
     buf: &mut Vec<u8>,
     unwrappers: &[&dyn Unwrap],
     backend: Backend,

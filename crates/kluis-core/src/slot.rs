@@ -1,6 +1,7 @@
 //! Recipients and slots: who a document is sealed to.
 
 use crate::error::{Error, Result};
+use crate::header::Header;
 use crate::keys::{LabelPublicKey, PublicKey};
 use crate::secret::{DocId, FileKey, Share};
 use crate::stanza::{OrgStanza, SlotKind, Stanza, X25519Stanza};
@@ -85,5 +86,27 @@ impl Slot {
                 ])
             }
         }
+    }
+}
+
+// Re-keying lives here, above both the header and the slots, so that `header` need not
+// depend on `slot` (which depends on the keys and the unwrapping trait, which depend on the
+// header).
+impl Header {
+    /// A new header for the same document (same file key, doc_id, metadata and payload) with
+    /// the slots at indices `keep` kept as they are and `add` sealed afresh.
+    ///
+    /// This is re-keying: move to a new label key version (keep nothing, add the new slot),
+    /// add a recipient, or remove one. The payload is untouched.
+    pub fn rekey(&self, key: &FileKey, keep: &[usize], add: &[Slot]) -> Result<Header> {
+        if !self.verify(key) {
+            return Err(Error::HeaderMac);
+        }
+        let doc_id = self.doc_id();
+        let add = add
+            .iter()
+            .map(|slot| slot.seal(&doc_id, key))
+            .collect::<Result<Vec<_>>>()?;
+        self.with_slots(key, keep, add)
     }
 }

@@ -1,17 +1,8 @@
 //! Stanzas (one wrapped share each) and their wire encoding.
 
 use crate::error::{Error, Result};
+use crate::format::{BODY_LEN, MAX_LABEL_LEN, MAX_STANZA_LEN, ORG_STANZA, X25519_STANZA};
 use crate::wire::Cursor;
-use crate::wrap::BODY_LEN;
-
-/// Type byte of an org (label) stanza.
-pub const ORG_STANZA: u8 = 0x01;
-/// Type byte of an X25519 holder/recovery stanza.
-pub const X25519_STANZA: u8 = 0x02;
-/// The largest stanza content a reader accepts, in bytes.
-pub const MAX_STANZA_LEN: usize = 1024;
-/// The longest label name, in bytes.
-pub const MAX_LABEL_LEN: usize = 64;
 
 /// What an org stanza's share is, authenticated so the key server can enforce "double key
 /// required" for a label.

@@ -3,19 +3,17 @@
 use std::io::{self, Read, Write};
 
 use crate::backend::{Backend, ChunkCipher};
-use crate::blocks::BlockSink;
+use crate::chunk::{chunk_nonce, payload_cipher};
 use crate::error::{Error, Result};
+use crate::format::TAG_LEN;
+pub(crate) use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 use crate::header::Header;
 use crate::metadata::Metadata;
 use crate::parallel::{self, MAX_THREADS, open_full_chunks, seal_full_chunks};
-use crate::primitives::{self, NONCE_LEN, TAG_LEN};
+use crate::primitives;
 use crate::secret::{DocId, FileKey};
+use crate::sink::BlockSink;
 use crate::slot::Slot;
-
-/// Plaintext bytes per chunk.
-pub const CHUNK_LEN: usize = 64 * 1024;
-/// Ciphertext bytes per full chunk.
-pub(crate) const SEALED_CHUNK_LEN: usize = CHUNK_LEN + TAG_LEN;
 /// A valid final chunk after a full chunk has at least one plaintext byte.
 const MIN_FINAL_AFTER_FULL: usize = TAG_LEN + 1;
 /// Full chunks the writer gathers before sealing them together (4 MiB): enough work to spread
@@ -25,22 +23,6 @@ const BATCH_CHUNKS: usize = 64;
 /// page cache costs up to several times more per byte in 1-4 MiB writes than in 64-256 KiB
 /// ones (docs/BENCHMARKS.md).
 const WRITE_LEN: usize = 256 * 1024;
-
-/// `BE88(i) ‖ flag`: an 11-byte big-endian counter and the last-chunk flag.
-pub(crate) fn chunk_nonce(counter: u64, last: bool) -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    n[3..11].copy_from_slice(&counter.to_be_bytes());
-    n[11] = u8::from(last);
-    n
-}
-
-/// `PK = HKDF(ikm = K, salt = payload_salt, info = "kluis/v1/payload")`
-pub(crate) fn payload_cipher(backend: Backend, key: &FileKey, salt: &[u8; 16]) -> ChunkCipher {
-    ChunkCipher::new(
-        backend,
-        &primitives::hkdf(key.expose(), salt, b"kluis/v1/payload"),
-    )
-}
 
 /// Build a fresh header for `slots` and `metadata`; return it with its file key.
 pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header, FileKey)> {
@@ -70,7 +52,7 @@ pub(crate) fn new_header(slots: &[Slot], metadata: &Metadata) -> Result<(Header,
 ///
 /// Payloads up to one chunk (64 KiB) use one chunk of memory. Larger ones are sealed in
 /// batches of up to 64 chunks (4 MiB), each batch split over the available cores (at most 8,
-/// and by default at least 8 chunks per thread; see [`StreamWriter::threads`]), and written
+/// and by default at least 8 chunks per thread; see [`crate::fast::FastOptions`]), and written
 /// in pieces of up to 256 KiB. The bytes written are the same whatever the number of threads.
 #[must_use = "call finish(), or the document is left truncated"]
 pub struct StreamWriter<W: Write> {
@@ -100,7 +82,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     /// [`StreamWriter::new`] with a chosen AEAD backend.
-    pub fn with_backend(
+    pub(crate) fn with_backend(
         mut out: W,
         slots: &[Slot],
         metadata: &Metadata,
@@ -129,7 +111,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     /// Use at most `n` threads (1 seals on the calling thread only).
-    pub fn threads(mut self, n: usize) -> Self {
+    pub(crate) fn threads(mut self, n: usize) -> Self {
         self.threads = n.clamp(1, MAX_THREADS);
         self
     }
@@ -354,7 +336,7 @@ impl<W: Write> Write for StreamWriter<W> {
 ///
 /// Chunks are read in batches that grow to 64 chunks (4 MiB) on large payloads; the chunks
 /// of a batch that cannot be the last one are opened in parallel over the available cores
-/// (at most 8, and by default at least 8 chunks per thread; see [`StreamReader::threads`]), so
+/// (at most 8, and by default at least 8 chunks per thread; see [`crate::fast::FastOptions`]), so
 /// memory stays bounded and a small payload uses one chunk of memory.
 pub struct StreamReader<R: Read> {
     input: R,
@@ -388,7 +370,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// [`StreamReader::new`] with a chosen AEAD backend.
-    pub fn with_backend(
+    pub(crate) fn with_backend(
         header: &Header,
         key: &FileKey,
         input: R,
@@ -417,7 +399,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// Use at most `n` threads (1 opens on the calling thread only).
-    pub fn threads(mut self, n: usize) -> Self {
+    pub(crate) fn threads(mut self, n: usize) -> Self {
         self.threads = n.clamp(1, MAX_THREADS);
         self
     }
@@ -509,7 +491,7 @@ impl<R: Read> StreamReader<R> {
     ///
     /// Up to 64 chunks are opened at a time, over the available cores. Mixing calls with
     /// [`Read::read`] is allowed.
-    pub fn read_into<S: BlockSink + ?Sized>(&mut self, sink: &mut S) -> io::Result<usize> {
+    pub(crate) fn read_into<S: BlockSink + ?Sized>(&mut self, sink: &mut S) -> io::Result<usize> {
         loop {
             if self.failed {
                 return Err(already_failed());

@@ -56,6 +56,18 @@ impl Progress<'_> {
     }
 }
 
+// Unlocking lives here rather than in `header`, so that `header` need not depend on the
+// unwrapping trait (which depends on the header).
+impl Header {
+    /// Recover the file key with the given key holders; the header MAC is verified before the
+    /// key is returned. For many documents at once use [`unlock_all`].
+    pub fn unlock(&self, unwrappers: &[&dyn Unwrap]) -> Result<FileKey> {
+        unlock_all(&[self], unwrappers)
+            .pop()
+            .expect("one result per header")
+    }
+}
+
 /// Recover the file keys of many documents, calling each key holder once per round.
 ///
 /// For each header the first slot whose stanzas all have an accepting key holder is tried;
@@ -128,8 +140,8 @@ pub fn unlock_all(headers: &[&Header], unwrappers: &[&dyn Unwrap]) -> Vec<Result
             let mut results = u.unwrap(&requests);
             if results.len() != requests.len() {
                 results = vec![
-                    Err(UnwrapError::Unavailable(
-                        "the key holder returned the wrong number of results".into()
+                    Err(UnwrapError::unavailable(
+                        "the key holder returned the wrong number of results"
                     ));
                     requests.len()
                 ];

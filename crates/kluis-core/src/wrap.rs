@@ -4,16 +4,16 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result, UnwrapError};
+use crate::format::KEY_LEN;
 use crate::primitives::{self, DerivedKey};
-use crate::secret::{DocId, KEY_LEN, Share};
+use crate::secret::{DocId, Share};
 use crate::stanza::SlotKind;
 
 /// HKDF info for org (label) stanzas.
 pub(crate) const ORG_INFO: &[u8] = b"kluis/v1/org-x25519";
 /// HKDF info and AAD prefix for holder/recovery stanzas.
 pub(crate) const X25519_INFO: &[u8] = b"kluis/v1/x25519";
-/// Length of a wrapped share: 32 bytes + a 16-byte tag.
-pub(crate) const BODY_LEN: usize = KEY_LEN + primitives::TAG_LEN;
+pub(crate) use crate::format::BODY_LEN;
 
 /// `"kluis/v1/org" ‖ doc_id ‖ len(L) ‖ L ‖ kid ‖ slot_kind`
 pub(crate) fn org_aad(doc_id: &DocId, label: &str, kid: u32, kind: SlotKind) -> Vec<u8> {

@@ -5,10 +5,8 @@
 
 use std::io::{self, Read, Write};
 
-use kluis_core::{
-    BlockSink, BlockWriter, CHUNK_LEN, Error, Header, LabelKey, Metadata, Recipient, Slot,
-    StreamReader, open, seal,
-};
+use kluis_core::fast::{BlockSink, BlockWriter, CHUNK_LEN};
+use kluis_core::{Error, Header, LabelKey, Metadata, Recipient, Slot, open, seal};
 use proptest::prelude::*;
 
 /// Blocks of a fixed size gathered into a Vec. Each fresh block is full of 0xa5, so bytes the
@@ -98,8 +96,13 @@ fn seal_blocks(
     threads: usize,
 ) -> Vec<u8> {
     let label = label();
-    let w = BlockWriter::new(Blocks::new(block), &slots(&label), metadata).unwrap();
-    let mut w = if threads == 0 { w } else { w.threads(threads) };
+    let mut w = kluis_core::fast::block_writer(
+        Blocks::new(block),
+        &slots(&label),
+        metadata,
+        &kluis_core::fast::FastOptions::default().threads(threads),
+    )
+    .unwrap();
     let mut input = plain;
     loop {
         let space = w.spare().unwrap();
@@ -347,8 +350,12 @@ fn open_into(sink: &mut Blocks, doc: &[u8], threads: usize, mix: usize) -> Resul
     let mut input = doc;
     let header = Header::read(&mut input)?;
     let key = header.unlock(&[&label])?;
-    let r = StreamReader::new(&header, &key, input)?;
-    let mut r = if threads == 0 { r } else { r.threads(threads) };
+    let mut r = kluis_core::fast::stream_reader(
+        &header,
+        &key,
+        input,
+        &kluis_core::fast::FastOptions::default().threads(threads),
+    )?;
     for call in 1.. {
         let n = if mix > 0 && call % mix == 0 {
             let space = sink.spare()?;
@@ -357,7 +364,7 @@ fn open_into(sink: &mut Blocks, doc: &[u8], threads: usize, mix: usize) -> Resul
             sink.advance(n);
             n
         } else {
-            r.read_into(sink).map_err(Error::from_io)?
+            kluis_core::fast::read_into(&mut r, sink).map_err(Error::from_io)?
         };
         if n == 0 {
             break;

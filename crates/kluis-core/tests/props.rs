@@ -1,8 +1,9 @@
 //! Property tests: round trips, tamper detection, truncation, slot order and count.
 
+use kluis_core::fast::{Backend, CHUNK_LEN};
 use kluis_core::{
-    Backend, CHUNK_LEN, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader,
-    StreamWriter, Unwrap, open, open_in_place, open_with_backend, seal, seal_with_backend,
+    Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader, StreamWriter,
+    Unwrap, open, seal,
 };
 use proptest::prelude::*;
 use std::io::{Read, Write};
@@ -62,8 +63,8 @@ proptest! {
         if pad {
             meta = meta.padded().unwrap();
         }
-        let sealed = seal_with_backend(&one_label_slot(), &meta, &data, sb).unwrap();
-        let (out, m) = open_with_backend(&sealed, &[&keys().labels[0]], ob).unwrap();
+        let sealed = kluis_core::fast::seal(&one_label_slot(), &meta, &data, &kluis_core::fast::FastOptions::default().backend(sb)).unwrap();
+        let (out, m) = kluis_core::fast::open(&sealed, &[&keys().labels[0]], &kluis_core::fast::FastOptions::default().backend(ob)).unwrap();
         prop_assert_eq!(out, data);
         prop_assert_eq!(m, meta);
     }
@@ -110,7 +111,7 @@ proptest! {
         bad[i] ^= 1 << bit;
         prop_assert!(open(&bad, &[&keys().labels[0]]).is_err(), "flip at byte {} of {} opened", i, bad.len());
         // In place, a failure wipes and empties the buffer: no plaintext is left behind.
-        prop_assert!(open_in_place(&mut bad, &[&keys().labels[0]], Backend::Ring, 0).is_err());
+        prop_assert!(kluis_core::fast::open_in_place(&mut bad, &[&keys().labels[0]], &kluis_core::fast::FastOptions::default().backend(Backend::Ring)).is_err());
         prop_assert!(bad.is_empty());
     }
 

@@ -23,10 +23,13 @@ use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use kluis_core::fast::{Backend, CHUNK_LEN};
 use kluis_core::{
-    Backend, CHUNK_LEN, DocId, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot,
-    Stanza, StreamReader, Unwrap, open, open_in_place, seal,
+    DocId, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, Stanza, Unwrap, open, seal,
 };
+mod layout;
+
+use layout::StanzaAt;
 use proptest::prelude::*;
 
 /// AES-GCM tag length.
@@ -242,7 +245,12 @@ fn open_streaming(
     ) -> Result<Metadata, Error> {
         let header = Header::read(&mut input)?;
         let key = header.unlock(holders)?;
-        let mut reader = StreamReader::with_backend(&header, &key, input, backend)?;
+        let mut reader = kluis_core::fast::stream_reader(
+            &header,
+            &key,
+            input,
+            &kluis_core::fast::FastOptions::default().backend(backend),
+        )?;
         let mut buf = vec![0u8; 10_007];
         loop {
             match reader.read(&mut buf) {
@@ -313,7 +321,13 @@ fn check_rejected(
         }
         let mut buf = bad.to_vec();
         let threads = next_threads();
-        match open_in_place(&mut buf, &holders, in_place, threads) {
+        match kluis_core::fast::open_in_place(
+            &mut buf,
+            &holders,
+            &kluis_core::fast::FastOptions::default()
+                .backend(in_place)
+                .threads(threads),
+        ) {
             Ok(_) => panic!("{}: open_in_place ({in_place:?}) accepted it", case()),
             Err(e) => assert_eq!(
                 &kind(&e),
@@ -373,34 +387,6 @@ enum Field {
     Mac,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct StanzaAt {
-    /// Offset of the type byte.
-    start: usize,
-    kind: u8,
-    /// Content length.
-    len: usize,
-}
-
-impl StanzaAt {
-    fn content(&self) -> usize {
-        self.start + 3
-    }
-
-    fn end(&self) -> usize {
-        self.content() + self.len
-    }
-
-    /// Length of the fixed fields before the 48-byte body.
-    fn fixed(&self, h: &[u8]) -> usize {
-        match self.kind {
-            0x01 => 1 + h[self.content()] as usize + 4 + 1 + 32,
-            0x02 => 32,
-            k => panic!("stanza type {k} in a fixture"),
-        }
-    }
-}
-
 struct Layout {
     /// The field of every header byte.
     fields: Vec<Field>,
@@ -410,8 +396,10 @@ struct Layout {
     mac_at: usize,
 }
 
+/// Every header byte's field, from the shared walk of the layout (tests/layout/mod.rs).
 fn layout(h: &[u8]) -> Layout {
-    let hl = u32::from_be_bytes(h[8..12].try_into().unwrap()) as usize;
+    let walk = layout::layout(h);
+    let hl = layout::header_len(h);
     let mut fields = vec![Field::Mac; hl];
     let mut mark = |from: usize, len: usize, f: Field| fields[from..from + len].fill(f);
     mark(0, 6, Field::Magic);
@@ -419,52 +407,43 @@ fn layout(h: &[u8]) -> Layout {
     mark(8, 4, Field::HeaderLen);
     mark(12, 16, Field::DocId);
     mark(28, 16, Field::PayloadSalt);
-    mark(44, 1, Field::SlotCount);
-    let mut pos = 45;
+    mark(layout::SLOT_COUNT_AT, 1, Field::SlotCount);
     let mut slots = Vec::new();
     let mut stanzas = Vec::new();
-    for _ in 0..h[44] {
-        let at = pos;
-        mark(pos, 1, Field::StanzaCount);
-        let n = h[pos];
-        pos += 1;
+    for slot in &walk.slots {
+        mark(slot.at, 1, Field::StanzaCount);
         let mut ids = Vec::new();
-        for _ in 0..n {
-            let s = StanzaAt {
-                start: pos,
-                kind: h[pos],
-                len: u16::from_be_bytes([h[pos + 1], h[pos + 2]]) as usize,
-            };
-            mark(pos, 1, Field::StanzaType);
-            mark(pos + 1, 2, Field::StanzaLen(stanzas.len()));
-            let mut c = s.content();
-            if s.kind == 0x01 {
+        for s in &slot.stanzas {
+            mark(s.start, 1, Field::StanzaType);
+            mark(s.start + 1, 2, Field::StanzaLen(stanzas.len()));
+            if s.kind == layout::ORG {
+                let c = s.content();
                 let label_len = h[c] as usize;
                 mark(c, 1, Field::LabelLen);
                 mark(c + 1, label_len, Field::Label);
                 mark(c + 1 + label_len, 4, Field::Kid);
-                mark(c + 5 + label_len, 1, Field::SlotKind);
-                c += 6 + label_len;
+                mark(s.slot_kind(h), 1, Field::SlotKind);
             }
-            mark(c, 32, Field::Ephemeral);
-            mark(c + 32, 48, Field::Body);
-            assert_eq!(c + 80, s.end(), "fixture stanza of unexpected length");
-            pos = s.end();
+            mark(s.ephemeral(h), 32, Field::Ephemeral);
+            mark(s.body(h), 48, Field::Body);
+            assert_eq!(
+                s.body(h) + 48,
+                s.end(),
+                "fixture stanza of unexpected length"
+            );
             ids.push(stanzas.len());
-            stanzas.push(s);
+            stanzas.push(*s);
         }
-        slots.push((at, pos, ids));
+        slots.push((slot.at, slot.end, ids));
     }
-    let meta_len = u16::from_be_bytes([h[pos], h[pos + 1]]) as usize;
-    mark(pos, 2, Field::MetaLen);
-    mark(pos + 2, meta_len, Field::SealedMetadata);
-    let mac_at = pos + 2 + meta_len;
-    assert_eq!(mac_at + 32, hl, "layout walk disagrees with header_len");
+    let meta_len = walk.mac_at - walk.meta_len_at - 2;
+    mark(walk.meta_len_at, 2, Field::MetaLen);
+    mark(walk.meta_len_at + 2, meta_len, Field::SealedMetadata);
     Layout {
         fields,
         slots,
         stanzas,
-        mac_at,
+        mac_at: walk.mac_at,
     }
 }
 
@@ -545,7 +524,7 @@ fn header_flip_verdict(doc: &Doc, lay: &Layout, pos: usize, mask: u8) -> Kind {
             let mut v = [h[st.start + 1], h[st.start + 2]];
             v[pos - st.start - 1] = flipped;
             let len = u16::from_be_bytes(v) as usize;
-            let fixed = st.fixed(h);
+            let fixed = st.body(h) - st.content();
             if len > MAX_STANZA_LEN || st.content() + len > lay.mac_at || len < fixed {
                 Kind::MalformedHeader
             } else {
@@ -1201,7 +1180,12 @@ fn late_failure_in_place_leaves_no_plaintext() {
     bad[at] ^= 0x80;
     let mut buf = bad.clone();
     let cap = buf.capacity();
-    let e = open_in_place(&mut buf, &doc.shape.holders(), Backend::default(), 0).unwrap_err();
+    let e = kluis_core::fast::open_in_place(
+        &mut buf,
+        &doc.shape.holders(),
+        &kluis_core::fast::FastOptions::default(),
+    )
+    .unwrap_err();
     assert_eq!(kind(&e), Kind::ChunkAuth(3));
     assert!(buf.is_empty());
     assert_eq!(buf.capacity(), cap, "wiped in place, not reallocated");
@@ -1241,9 +1225,13 @@ fn all_paths_reject(doc: &Doc, bad: &[u8]) -> Result<Kind, TestCaseError> {
         Err(e) => kind(&e),
     };
     let mut buf = bad.to_vec();
-    let in_place = open_in_place(&mut buf, &holders, Backend::default(), next_threads())
-        .map(|_| ())
-        .map_err(|e| kind(&e));
+    let in_place = kluis_core::fast::open_in_place(
+        &mut buf,
+        &holders,
+        &kluis_core::fast::FastOptions::default().threads(next_threads()),
+    )
+    .map(|_| ())
+    .map_err(|e| kind(&e));
     prop_assert_eq!(in_place, Err(one.clone()));
     prop_assert!(buf.is_empty());
     let (out, r) = open_streaming(bad, &holders, Backend::default());

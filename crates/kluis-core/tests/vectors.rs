@@ -20,9 +20,9 @@ use base64::Engine as _;
 
 mod common;
 use common::{Refusing, unix};
+use kluis_core::fast::Backend;
 use kluis_core::{
-    Backend, Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, StreamReader, Unwrap,
-    open_with_backend, seal_with_backend, unlock_all,
+    Error, Header, Identity, LabelKey, Metadata, Recipient, Slot, Unwrap, unlock_all,
 };
 
 /// How many vectors the directory holds; fewer means files went missing.
@@ -275,7 +275,12 @@ fn open_streaming(sealed: &[u8], keys: &[&dyn Unwrap], backend: Backend) -> Open
     let mut input = sealed;
     let header = Header::read(&mut input)?;
     let key = header.unlock(keys)?;
-    let mut reader = StreamReader::with_backend(&header, &key, input, backend)?;
+    let mut reader = kluis_core::fast::stream_reader(
+        &header,
+        &key,
+        input,
+        &kluis_core::fast::FastOptions::default().backend(backend),
+    )?;
     let mut out = Vec::new();
     reader.read_to_end(&mut out).map_err(Error::from_io)?;
     Ok((out, reader.metadata().clone()))
@@ -291,7 +296,12 @@ fn open_trickle(sealed: &[u8], keys: &[&dyn Unwrap], backend: Backend) -> Opened
     let key = unlock_all(&[&header], keys)
         .pop()
         .expect("one result per header")?;
-    let mut reader = StreamReader::with_backend(&header, &key, input, backend)?;
+    let mut reader = kluis_core::fast::stream_reader(
+        &header,
+        &key,
+        input,
+        &kluis_core::fast::FastOptions::default().backend(backend),
+    )?;
     let mut out = Vec::new();
     reader.read_to_end(&mut out).map_err(Error::from_io)?;
     Ok((out, reader.metadata().clone()))
@@ -379,7 +389,11 @@ fn vectors_open_as_expected_with_every_api_and_backend() {
             let paths: [(&str, Opened); 3] = [
                 (
                     "open_with_backend",
-                    open_with_backend(&v.sealed, &keys, backend),
+                    kluis_core::fast::open(
+                        &v.sealed,
+                        &keys,
+                        &kluis_core::fast::FastOptions::default().backend(backend),
+                    ),
                 ),
                 ("streaming", open_streaming(&v.sealed, &keys, backend)),
                 (
@@ -416,9 +430,13 @@ fn open_batch(vectors: &[&Vector]) {
     for ((v, header), key) in vectors.iter().zip(&headers).zip(results) {
         let key = key.unwrap_or_else(|e| panic!("{}: {e}", v.name));
         for &backend in Backend::all() {
-            let mut r =
-                StreamReader::with_backend(header, &key, &v.sealed[header.len()..], backend)
-                    .unwrap_or_else(|e| panic!("{}: {e}", v.name));
+            let mut r = kluis_core::fast::stream_reader(
+                header,
+                &key,
+                &v.sealed[header.len()..],
+                &kluis_core::fast::FastOptions::default().backend(backend),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", v.name));
             let mut out = Vec::new();
             r.read_to_end(&mut out)
                 .unwrap_or_else(|e| panic!("{}: {}", v.name, Error::from_io(e)));
@@ -466,11 +484,20 @@ fn every_backend_opens_what_every_backend_sealed() {
         let plain: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
         let meta = Metadata::default().name(format!("{n}.bin")).modified(t);
         for &sealer in Backend::all() {
-            let sealed = seal_with_backend(std::slice::from_ref(&slot), &meta, &plain, sealer)
-                .unwrap_or_else(|e| panic!("seal {n} bytes with {sealer:?}: {e}"));
+            let sealed = kluis_core::fast::seal(
+                std::slice::from_ref(&slot),
+                &meta,
+                &plain,
+                &kluis_core::fast::FastOptions::default().backend(sealer),
+            )
+            .unwrap_or_else(|e| panic!("seal {n} bytes with {sealer:?}: {e}"));
             for &opener in Backend::all() {
-                let (out, m) = open_with_backend(&sealed, &[&holder], opener)
-                    .unwrap_or_else(|e| panic!("{n} bytes, {sealer:?} -> {opener:?}: {e}"));
+                let (out, m) = kluis_core::fast::open(
+                    &sealed,
+                    &[&holder],
+                    &kluis_core::fast::FastOptions::default().backend(opener),
+                )
+                .unwrap_or_else(|e| panic!("{n} bytes, {sealer:?} -> {opener:?}: {e}"));
                 assert!(
                     out == plain,
                     "{n} bytes, {sealer:?} -> {opener:?}: plaintext"

@@ -108,8 +108,8 @@
 //! # Speed and memory
 //!
 //! Sealing reads each file's plaintext straight into the output's blocks, where
-//! [`kluis_core::BlockWriter`] seals it in place; opening reads the ciphertext into the
-//! output's blocks, where [`kluis_core::StreamReader::read_into`] decrypts it in place. So
+//! [`kluis_core::fast::BlockWriter`] seals it in place; opening reads the ciphertext into the
+//! output's blocks, where [`kluis_core::fast::read_into`] decrypts it in place. So
 //! neither copies the data but for the read itself. Both seal or open a large payload up to
 //! 4 MiB at a time over the available cores, so memory stays at a few MiB per worker whatever
 //! the file size.
@@ -117,6 +117,13 @@
 //! cores). Opening reads every header first and recovers all keys with one
 //! [`kluis_core::unlock_all`] call per batch of up to 1000 documents (and 8 MiB of headers):
 //! one key server round trip per batch, not per file.
+//!
+//! # Identity files
+//!
+//! kluis-core turns an identity into the identity file's text and back and does no file-system
+//! I/O; [`write_identity_file`] writes the file (owner-only, 0600 on unix, never over an
+//! existing file, nothing left under the name on failure) and [`read_identity_file`] reads one
+//! (at most [`kluis_core::Identity::MAX_FILE_LEN`] bytes).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -124,6 +131,8 @@
 mod atomic;
 mod error;
 mod file;
+mod identity;
+mod list;
 mod name;
 mod open;
 mod output;
@@ -137,6 +146,8 @@ mod walk;
 
 pub use atomic::TempFile;
 pub use error::{Error, Result};
+pub use identity::{read_identity_file, write_identity_file};
+pub use list::list_sealed;
 pub use name::{
     EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
 };

@@ -101,7 +101,7 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
     if name.is_empty() {
         return Err(NameProblem::Empty);
     }
-    if name.len() > kluis_core::MAX_NAME_LEN {
+    if name.len() > kluis_core::Metadata::MAX_NAME_LEN {
         return Err(NameProblem::TooLong);
     }
     if name.starts_with('/') {

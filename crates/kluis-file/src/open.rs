@@ -6,7 +6,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use kluis_core::{BlockSink, FileKey, Header, StreamReader, Unwrap, unlock_all};
+use kluis_core::fast::BlockSink;
+use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
 
 use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
@@ -466,8 +467,7 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
         // Read the ciphertext into the output's block and decrypt it there. 0: the whole
         // payload is authenticated. Its errors are the input's: it never makes `out` write
         // (the call above left spare space, and it fills no more than that).
-        let n = reader
-            .read_into(&mut out)
+        let n = kluis_core::fast::read_into(&mut reader, &mut out)
             .map_err(|e| payload_error(&job.input, e))?;
         total += n as u64;
         shared.emit(Event::Read {

@@ -18,7 +18,7 @@ use std::io;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use kluis_core::BlockSink;
+use kluis_core::fast::BlockSink;
 use zeroize::Zeroizing;
 
 use crate::file::buf_len;

@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use kluis_core::{Header, MAX_HEADER_LEN};
+use kluis_core::Header;
 use ring::digest;
 
 use crate::atomic::{start_output, sync_dir};
@@ -60,7 +60,7 @@ pub enum Recovery {
 const JOURNAL_MAGIC: &[u8; 24] = b"kluis rekey journal v1\n\0";
 const JOURNAL_FIXED: usize = JOURNAL_MAGIC.len() + 8 + 4 + 32;
 /// The largest journal a reader accepts (two headers of the maximum length).
-pub const MAX_JOURNAL_LEN: usize = JOURNAL_FIXED + 2 * MAX_HEADER_LEN;
+pub const MAX_JOURNAL_LEN: usize = JOURNAL_FIXED + 2 * Header::MAX_LEN;
 
 /// The journal of a re-keying in place: the document's length and its two headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Journal {
         let (file_len, rest) = rest.split_at(8);
         let (header_len, rest) = rest.split_at(4);
         let header_len = u32::from_be_bytes(header_len.try_into().ok()?) as usize;
-        if header_len == 0 || header_len > MAX_HEADER_LEN || rest.len() != 2 * header_len {
+        if header_len == 0 || header_len > Header::MAX_LEN || rest.len() != 2 * header_len {
             return None;
         }
         let (old, new) = rest.split_at(header_len);

@@ -5,7 +5,8 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use kluis_core::{BlockWriter, FileKey, Header, Metadata, Slot, StreamReader, unlock_all};
+use kluis_core::fast::BlockWriter;
+use kluis_core::{FileKey, Header, Metadata, Slot, StreamReader, unlock_all};
 use zeroize::Zeroizing;
 
 use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dir, sync_dirs};
@@ -307,7 +308,7 @@ fn job_for(
     } else {
         format!("{base}.{EXTENSION}")
     };
-    if name.len() > kluis_core::MAX_NAME_LEN {
+    if name.len() > kluis_core::Metadata::MAX_NAME_LEN {
         return Err(Error::NameNotPortable {
             path: path.clone(),
             problem: crate::NameProblem::TooLong,

@@ -52,12 +52,19 @@ pub fn take<S: Store>(store: &KeyService<S>) -> Result<Anchor> {
 /// Append `anchor` as a line to `path` (created if missing) and fsync it.
 pub fn append(path: &Path, anchor: &Anchor) -> Result<()> {
     use std::io::Write;
+    let failed = |error| ServerError::AnchorFile {
+        path: path.to_owned(),
+        append: true,
+        error,
+    };
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
-        .open(path)?;
-    f.write_all(format!("{}\n", anchor.to_line()).as_bytes())?;
-    f.sync_all()?;
+        .open(path)
+        .map_err(failed)?;
+    f.write_all(format!("{}\n", anchor.to_line()).as_bytes())
+        .map_err(failed)?;
+    f.sync_all().map_err(failed)?;
     Ok(())
 }
 
@@ -84,7 +91,12 @@ pub fn parse(text: &str) -> Result<Vec<Anchor>> {
 /// Read and parse an anchor file (at most 64 MiB); a file without any anchor is refused.
 pub fn read(path: &Path) -> Result<Vec<Anchor>> {
     let mut text = String::new();
-    std::fs::File::open(path)?
+    std::fs::File::open(path)
+        .map_err(|error| ServerError::AnchorFile {
+            path: path.to_owned(),
+            append: false,
+            error,
+        })?
         .take(MAX_ANCHOR_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|e| ServerError::BadAnchor(format!("{}: {e}", path.display())))?;
@@ -118,7 +130,7 @@ fn check<S: Store>(store: &KeyService<S>, anchors: &[Anchor]) -> Result<(i64, St
     let (count, head) = store.verify_audit()?;
     for a in anchors {
         if a.seq > count {
-            return Err(ServerError::AuditBroken {
+            return Err(ServerError::AnchorMismatch {
                 seq: a.seq,
                 what: "this anchored record is missing: the trail was cut off or the store rolled back to an older copy",
             });
@@ -128,7 +140,7 @@ fn check<S: Store>(store: &KeyService<S>, anchors: &[Anchor]) -> Result<(i64, St
             .first()
             .is_some_and(|r| r.seq == a.seq && hex::encode(&r.mac) == a.mac.to_ascii_lowercase());
         if !same {
-            return Err(ServerError::AuditBroken {
+            return Err(ServerError::AnchorMismatch {
                 seq: a.seq,
                 what: "this record differs from the anchored one: the trail was rewritten",
             });

@@ -54,6 +54,12 @@ impl ConnState {
         self.evict.notified().await;
     }
 
+    /// The connection got its place and starts now: it counts as idle from now on, not
+    /// from when it was accepted (it may have waited for the place).
+    pub(crate) fn starting(&self) {
+        self.idle_since_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -165,12 +171,16 @@ impl Connections {
     }
 
     /// Ask the connection idle the longest (no request in progress: a silent client, an
-    /// unfinished request head, a kept-alive connection) to close. Returns whether there was one.
-    pub(crate) fn evict_oldest_idle(&self) -> bool {
+    /// unfinished request head, a kept-alive connection) to close, other than `waiting` (the
+    /// one admitted but waiting for a place: closing it frees no place, and it would be
+    /// dropped unserved once it got one). Returns whether there was one.
+    pub(crate) fn evict_oldest_idle(&self, waiting: Option<&Ticket>) -> bool {
         let mut inner = self.lock();
+        let spare = waiting.map(|t| t.id);
         let oldest = inner
             .open
             .iter()
+            .filter(|(id, _)| Some(**id) != spare)
             .filter(|(_, e)| e.state.busy.load(Ordering::SeqCst) == 0)
             .min_by_key(|(_, e)| e.state.idle_since_ms.load(Ordering::SeqCst))
             .map(|(id, _)| *id);
@@ -227,7 +237,8 @@ mod tests {
         let _busy = old.state.busy();
         std::thread::sleep(std::time::Duration::from_millis(5));
         let idle = c.admit(ip).unwrap();
-        assert!(c.evict_oldest_idle());
+        let waiting = c.admit(ip).unwrap();
+        assert!(c.evict_oldest_idle(Some(&waiting)));
         // The idle one was told to close; the busy one was not.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -243,7 +254,22 @@ mod tests {
                     .is_err()
             );
         });
-        assert!(!c.evict_oldest_idle(), "only the busy one is left");
+        assert!(
+            !c.evict_oldest_idle(Some(&waiting)),
+            "only the busy one and the waiting one are left"
+        );
+        rt.block_on(async {
+            assert!(
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(50),
+                    waiting.state.evicted()
+                )
+                .await
+                .is_err(),
+                "the waiting one was told to close"
+            );
+        });
+        drop(waiting);
         drop(idle);
         drop(old);
         let inner = c.lock();

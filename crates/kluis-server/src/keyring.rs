@@ -138,12 +138,14 @@ impl Keyring {
             }
             (KeySource::File(_), Some(_)) => {
                 return Err(ServerError::Init(
-                    "this store is protected by a passphrase, not a key file",
+                    "this store is protected by a passphrase, not a key file: give it with \
+                     --passphrase-file, --passphrase-fd, --passphrase-env or --passphrase-prompt",
                 ));
             }
             (KeySource::Passphrase(_), None) => {
                 return Err(ServerError::Init(
-                    "this store is protected by a key file, not a passphrase",
+                    "this store is protected by a key file, not a passphrase: give the key file \
+                     with --key-file (or key_file in the configuration) and no --passphrase-…",
                 ));
             }
         };

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod config;
 mod error;
 mod fairness;
+mod handshake;
 pub mod keyring;
 mod limit;
 pub mod log;

@@ -2,16 +2,16 @@
 //!
 //! `eprintln!` panics when standard error cannot be written (a closed pipe, `2>/dev/full`, a
 //! log file on a full disk). In a long-running server that killed the audit writer thread for
-//! good (issue 14, defect 1). Every log line of the server goes through [`line`] (or the
+//! good (issue 14, defect 1). Every log line of the server goes through [`line()`] (or the
 //! [`log!`](crate::log!) macro) instead: it has one line written to standard error and ignores
 //! every error. A log line that cannot be written is lost; the server goes on.
 //!
 //! Nor can a log write block the thread that logs: standard error may be a pipe or a
 //! journal stream whose reader has stopped reading, and a write to it then waits for ever
 //! (that wedged the audit writer after its first failed commit: every later unwrap timed
-//! out while `/readyz` said ready). So [`line`] only hands the line to a logging thread
+//! out while `/readyz` said ready). So [`line()`] only hands the line to a logging thread
 //! through a bounded queue and returns at once; when the queue is full the line is dropped.
-//! [`flush`] waits, for a bounded time, until the queued lines are written (before the
+//! [`flush()`] waits, for a bounded time, until the queued lines are written (before the
 //! process exits).
 
 use std::fmt;
@@ -76,7 +76,7 @@ pub fn flush(within: Duration) {
 }
 
 /// Log one line to standard error like `eprintln!`, but never panic or block: see
-/// [`line`]. The message is prefixed with `kluis-server: `.
+/// [`line()`]. The message is prefixed with `kluis-server: `.
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => {

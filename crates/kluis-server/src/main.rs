@@ -86,7 +86,7 @@ enum Command {
     MasterKey(MasterKeyCmd),
     /// Serve the HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Check and repair-free maintenance of the store file (no master key needed).
+    /// Check the store file's integrity, and scrub old copies of destroyed keys from it (no master key needed).
     #[command(subcommand)]
     Store(StoreCmd),
 }
@@ -216,8 +216,8 @@ enum LabelCmd {
         /// Require double key (`on`) or not (`off`, which needs --confirm NAME).
         #[arg(long, value_enum)]
         double_key: Option<OnOff>,
-        /// Repeat the label name to confirm turning double key off, or adding a recovery
-        /// key to a double-key label.
+        /// Repeat the label name to confirm turning double key off, adding a recovery key to
+        /// a double-key label, or a retention that destroys key versions within a day.
         #[arg(long)]
         confirm: Option<String>,
     },
@@ -316,8 +316,95 @@ fn actor() -> String {
     let user = ["USER", "LOGNAME", "USERNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(os_user)
         .unwrap_or_else(|| "unknown".into());
     format!("admin:{user}")
+}
+
+/// The name of the user this process runs as, for when the environment does not say (a
+/// systemd timer or service sets no `USER`): the owner of `/proc/self` looked up in
+/// `/etc/passwd`, else `uid<N>`. No unsafe `getuid` call needed.
+fn os_user() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let named = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut f = line.split(':');
+                let name = f.next()?;
+                let id = f.nth(1)?;
+                (id.parse() == Ok(uid) && !name.is_empty()).then(|| name.to_owned())
+            })
+        });
+    Some(named.unwrap_or_else(|| format!("uid{uid}")))
+}
+
+/// Refuses, without `--confirm NAME`, a retention period that makes key versions due for
+/// destruction at once (or within a day): the scheduler would crypto-shred them at its next
+/// run, irreversibly, so a typo (`365s` for `365d`) must not be enough, as for `destroy`.
+fn check_retention_confirmed(label: &kluis_server::LabelInfo, keep_secs: u64) -> Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let keep_ms = i64::try_from(keep_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let soon = now_ms().saturating_add(DAY_MS);
+    let due: Vec<String> = label
+        .versions
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.state,
+                kluis_server::VersionState::Active | kluis_server::VersionState::Retired
+            ) && v
+                .superseded_ms
+                .is_some_and(|t| t.saturating_add(keep_ms) <= soon)
+        })
+        .map(|v| v.kid.to_string())
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let name = &label.name;
+    Err(ServerError::Refused(format!(
+        "with this retention, key version(s) {} of `{name}` are due for destruction now or \
+         within a day: the scheduler destroys them at its next run, irreversibly (their \
+         documents can no longer be opened by anyone); check the period and its unit \
+         (d, h, m, s), then pass --confirm {name} to confirm",
+        due.join(", ")
+    )))
+}
+
+/// Refuses a `--credential` value that no record can carry, so that a mistyped one (the bare
+/// token id `token list` shows, or a whole secret token) is not answered with an empty,
+/// reassuring list.
+fn check_credential(c: &str) -> Result<()> {
+    if let Some(id) = c.strip_prefix("token:") {
+        if id.len() == 14 && id.starts_with("kluis_") {
+            return Ok(());
+        }
+        // Never echo it: it may be a whole secret token.
+        return Err(ServerError::Refused(
+            "an API token's credential is `token:` and its public id, `kluis_` and 8 characters \
+             as `kluis-server token list` shows it (never the whole token)"
+                .into(),
+        ));
+    }
+    if c.starts_with("oidc:")
+        || c == "admin-cli"
+        || c.starts_with("admin-cli:")
+        || c.starts_with("server:")
+    {
+        return Ok(());
+    }
+    if c.starts_with("kluis_") && c.len() == 14 {
+        return Err(ServerError::Refused(format!(
+            "no record names a credential `{c}`: an API token's credential is written `token:{c}`"
+        )));
+    }
+    Err(ServerError::Refused(
+        "a credential starts with `token:`, `oidc:`, `admin-cli:` or `server:`, as the records' \
+         `credential` field shows it (docs/SERVER.md, \"Identities\")"
+            .into(),
+    ))
 }
 
 fn json(v: &impl serde::Serialize) -> String {
@@ -386,7 +473,12 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
         let ask = |q: &str| {
             rpassword::prompt_password(q)
                 .map(Zeroizing::new)
-                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot ask for the passphrase: {e}: --passphrase-prompt needs a terminal; \
+                         without one use --passphrase-file, --passphrase-fd or --passphrase-env"
+                    ))
+                })
         };
         let pw = ask("kluis-server passphrase: ")?;
         if pw.is_empty() {
@@ -430,7 +522,12 @@ fn new_passphrase(
         let ask = |q: &str| {
             rpassword::prompt_password(q)
                 .map(Zeroizing::new)
-                .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}")))
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot ask for the passphrase: {e}: --new-passphrase-prompt needs a \
+                         terminal; without one use --new-passphrase-file or --new-passphrase-env"
+                    ))
+                })
         };
         let pw = ask("new kluis-server passphrase: ")?;
         if pw.is_empty() {
@@ -619,7 +716,8 @@ fn administer<S: Store>(
         | Command::Backup { .. }
         | Command::MasterKey(_) => unreachable!("handled above"),
         Command::Schedule => {
-            for change in store.run_schedule(now_ms(), "scheduler")? {
+            let (changes, failure) = schedule_outcome(store.run_schedule(now_ms(), "scheduler"))?;
+            for change in changes {
                 writeln!(
                     out,
                     "{}",
@@ -629,9 +727,16 @@ fn administer<S: Store>(
             // A scheduled destroy counts even when the scrub of its old copies could not
             // finish (a reader held them). Run from cron, nothing else retries that scrub:
             // finish it now (also one a previous run left), or fail saying why.
-            store
+            let scrubbed = store
                 .forget_pending_copies(Duration::from_secs(2))
-                .inspect_err(diagnose)?;
+                .inspect_err(diagnose);
+            if let Some(failure) = failure {
+                if let Err(e) = scrubbed {
+                    kluis_server::log!("{e}");
+                }
+                return Err(failure);
+            }
+            scrubbed?;
         }
         Command::Label(cmd) => match cmd {
             LabelCmd::Create {
@@ -698,6 +803,9 @@ fn administer<S: Store>(
                         "--confirm must repeat the label name `{name}`"
                     )));
                 }
+                if let (Some(keep), false) = (retain, confirmed) {
+                    check_retention_confirmed(&store.label(&name)?, keep)?;
+                }
                 let edit = PolicyEdit {
                     add_users: add_user,
                     remove_users: remove_user,
@@ -754,6 +862,22 @@ fn administer<S: Store>(
                 let ids = store.revoke_user_tokens(&user, &actor())?;
                 if ids.is_empty() {
                     writeln!(out, "user {user} had no active token")?;
+                    // Nothing revoked can mean the procedure did nothing: say why, so that a
+                    // leaver is not taken for done.
+                    if user.contains(':') {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "kluis-server: note: `{user}` is not an API-token user; OpenID Connect \
+                             users have no tokens in the store: disable the account at the \
+                             identity provider (docs/OPERATIONS.md, \"The leaver procedure\")"
+                        );
+                    } else if !store.tokens()?.iter().any(|t| t.user == user) {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "kluis-server: note: no token was ever issued to `{user}`: check the \
+                             spelling with `kluis-server token list`"
+                        );
+                    }
                 }
                 for id in ids {
                     writeln!(out, "token {id} revoked")?;
@@ -783,7 +907,10 @@ fn administer<S: Store>(
             }
             AuditCmd::Export { credential } => {
                 let records = match credential {
-                    Some(c) => store.audit_by_credential(&c)?,
+                    Some(c) => {
+                        check_credential(&c)?;
+                        store.audit_by_credential(&c)?
+                    }
                     None => store.audit_records(None)?,
                 };
                 for r in records {
@@ -873,7 +1000,22 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            ServerError::Config(format!(
+                "cannot listen on {listen}: {e}: {}",
+                match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "another process (a second kluis-server?) holds that address: stop it, \
+                         or set another `listen` (--listen, KLUIS_LISTEN)"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "a port below 1024 needs CAP_NET_BIND_SERVICE (docs/OPERATIONS.md, \
+                         \"Configure\"): or listen on 8443"
+                    }
+                    _ => "check the `listen` address (--listen, KLUIS_LISTEN): it must be one of this machine's",
+                }
+            ))
+        })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let addr = listener.local_addr()?;
         // A standard output that cannot be written (a log on a full disk) must not keep the
@@ -977,7 +1119,15 @@ fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
     let out = &mut std::io::stdout().lock();
     match cmd {
         StoreCmd::Check { quick } => {
-            SqliteStore::check_integrity(path, !quick)?;
+            if let Err(e) = SqliteStore::check_integrity(path, !quick) {
+                // The full report, one problem a line (the message names only a few).
+                if let ServerError::Damaged { problems, .. } = &e {
+                    for p in problems {
+                        writeln!(out, "{p}")?;
+                    }
+                }
+                return Err(e);
+            }
             let what = if *quick {
                 "quick_check"
             } else {
@@ -1074,13 +1224,16 @@ async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
             Ok(false) => {}
             Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
         }
-        match s.run_schedule(now_ms(), "scheduler") {
-            Ok(changes) => {
+        match schedule_outcome(s.run_schedule(now_ms(), "scheduler")) {
+            Ok((changes, failure)) => {
                 for c in changes {
                     match serde_json::to_string(&c) {
                         Ok(c) => kluis_server::log!("scheduled {c}"),
                         Err(_) => kluis_server::log!("scheduled a change"),
                     }
+                }
+                if let Some(e) = failure {
+                    kluis_server::log!("{e}");
                 }
             }
             Err(e) => kluis_server::log!(
@@ -1089,6 +1242,24 @@ async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
         }
     })
     .await
+}
+
+/// The changes a scheduled run made, and its failure if some labels failed while others
+/// were done (`ScheduleIncomplete`, with the changes taken out of it).
+fn schedule_outcome(
+    run: Result<Vec<kluis_server::ScheduledChange>>,
+) -> Result<(Vec<kluis_server::ScheduledChange>, Option<ServerError>)> {
+    match run {
+        Ok(done) => Ok((done, None)),
+        Err(ServerError::ScheduleIncomplete { done, failed }) => Ok((
+            done,
+            Some(ServerError::ScheduleIncomplete {
+                done: Vec::new(),
+                failed,
+            }),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged
@@ -1125,7 +1296,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kluis_server::log!("{e}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     };
     // Log lines are written by a logging thread: let it finish, but never wait for ever on
@@ -1133,6 +1304,23 @@ fn main() -> ExitCode {
     // manager restarts it).
     kluis_server::log::flush(Duration::from_secs(2));
     code
+}
+
+/// Exit status for errors that restarting cannot cure (a damaged store, a wrong or exposed
+/// master key, a bad configuration): the packaged unit's `RestartPreventExitStatus=78`
+/// (`EX_CONFIG`) keeps systemd from restarting into the same failure every few seconds.
+/// Everything else exits 1, which the unit restarts.
+const EXIT_NEEDS_OPERATOR: u8 = 78;
+
+fn exit_code(e: &ServerError) -> ExitCode {
+    match e {
+        ServerError::Config(_)
+        | ServerError::KeyFilePermissions { .. }
+        | ServerError::WrongMasterKey
+        | ServerError::BadKeyFile
+        | ServerError::Damaged { .. } => ExitCode::from(EXIT_NEEDS_OPERATOR),
+        _ => ExitCode::FAILURE,
+    }
 }
 
 #[cfg(test)]

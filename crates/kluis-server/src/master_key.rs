@@ -28,6 +28,19 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
+/// Whether `path` is a file directly in the credentials directory systemd made for this
+/// service (`$CREDENTIALS_DIRECTORY`: private to the service, on a read-only file system).
+#[cfg(unix)]
+fn is_systemd_credential(path: &Path) -> bool {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return false;
+    };
+    match (std::fs::canonicalize(dir), std::fs::canonicalize(path)) {
+        (Ok(dir), Ok(file)) => file.parent() == Some(dir.as_path()),
+        _ => false,
+    }
+}
+
 impl MasterKey {
     /// A new random master key.
     pub fn generate() -> Result<Self> {
@@ -55,7 +68,13 @@ impl MasterKey {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(path)?;
+        let mut f = opts.open(path).map_err(|e| {
+            ServerError::Config(format!(
+                "cannot create the master key file {}: {e}: its folder must exist and be \
+                 writable, and the file must not exist yet",
+                path.display()
+            ))
+        })?;
         let text = Zeroizing::new(format!("{}\n", hex::encode(&self.0[..])));
         if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_all()) {
             drop(f);
@@ -65,13 +84,22 @@ impl MasterKey {
         Ok(())
     }
 
-    /// Read a key file; refuses one that group or others can read.
+    /// Read a key file; refuses one that group or others can read. One exception: a credential
+    /// systemd handed to this service (`LoadCredential=`, a file directly in
+    /// `$CREDENTIALS_DIRECTORY`) may show group read. systemd 256 and later write credentials
+    /// on a tmpfs, mode 0400 plus an ACL entry for the service's user, and stat() reports the
+    /// ACL mask in the group bits (0440) although the owning group has no access.
     pub fn read_file(path: &Path) -> Result<Self> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
+            let tolerated = if is_systemd_credential(path) {
+                0o040
+            } else {
+                0
+            };
+            if mode & 0o077 & !tolerated != 0 {
                 return Err(ServerError::KeyFilePermissions { mode: mode & 0o777 });
             }
         }

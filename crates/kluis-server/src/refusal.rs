@@ -77,6 +77,10 @@ impl<T: AsyncWrite + Unpin> JsonRefusals<T> {
             }
             self.written += n;
         }
+        if self.pending.capacity() > MAX_HEAD {
+            // A large answer went out: do not keep its room for the connection's lifetime.
+            self.pending = Vec::new();
+        }
         self.pending.clear();
         self.written = 0;
         Poll::Ready(Ok(()))
@@ -381,5 +385,136 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["code"], "headers_too_large");
         assert!(v["message"].as_str().unwrap().contains("16384"));
+    }
+
+    /// An inner stream that takes at most a few bytes per write and is not ready every
+    /// other time (a slow socket, or a TLS stream with little room).
+    struct Stingy {
+        out: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Stingy {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.calls += 1;
+            if this.calls % 2 == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(1 + this.calls % 7);
+            this.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Responses as hyper writes them (whole heads, bodies after), handed over in writes of
+    /// every size and taken a few bytes at a time: what arrives is the same responses, with
+    /// only hyper's own refusal given its JSON body.
+    #[test]
+    fn partial_and_pending_writes_keep_every_response_intact() {
+        let ok = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let mut stream = String::new();
+        stream.push_str(&ok(
+            "{\"share\":\"HTTP/1.1 400 Bad Request\\r\\ncontent-length: 0\"}",
+        ));
+        stream.push_str("HTTP/1.1 100 Continue\r\n\r\n");
+        stream.push_str(&ok(&"x".repeat(40_000)));
+        stream.push_str("HTTP/1.1 204 No Content\r\n\r\n");
+        stream.push_str(&ok("{}"));
+        let refusal = "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        stream.push_str(refusal);
+        let stream = stream.into_bytes();
+        let expected = {
+            let mut e = stream[..stream.len() - refusal.len()].to_vec();
+            e.extend_from_slice(&json_refusal(refusal.as_bytes(), 431, 8192));
+            e
+        };
+        // Where each head starts and ends.
+        let mut heads = Vec::new();
+        let mut at = 0;
+        while at < stream.len() {
+            let end = at
+                + stream[at..]
+                    .windows(4)
+                    .position(|x| x == b"\r\n\r\n")
+                    .unwrap()
+                + 4;
+            let len = parse_head(&stream[at..end])
+                .unwrap()
+                .content_length
+                .unwrap_or(0);
+            heads.push((at, end));
+            at = end + usize::try_from(len).unwrap();
+        }
+        assert_eq!(heads.len(), 6);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for size in [1, 2, 3, 5, 64, 1000, 16 * 1024, usize::MAX] {
+            let got = rt.block_on(async {
+                let mut w = JsonRefusals::new(
+                    Stingy {
+                        out: Vec::new(),
+                        calls: 0,
+                    },
+                    8192,
+                );
+                // hyper hands over from where the last write ended; a head always whole.
+                let mut pos = 0;
+                while pos < stream.len() {
+                    let mut end = pos.saturating_add(size).min(stream.len());
+                    if let Some(&h) = heads
+                        .iter()
+                        .find(|&&(start, _)| start == pos)
+                        .map(|(_, e)| e)
+                    {
+                        end = end.max(h);
+                    }
+                    let n = std::future::poll_fn(|cx| {
+                        Pin::new(&mut w).poll_write(cx, &stream[pos..end])
+                    })
+                    .await
+                    .unwrap();
+                    assert!(n > 0 && pos + n <= end);
+                    pos += n;
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut w).poll_shutdown(cx))
+                    .await
+                    .unwrap();
+                w.inner.out
+            });
+            assert!(
+                got == expected,
+                "writes of {size} bytes: the stream changed"
+            );
+        }
+        // Once written, a large answer's room is not kept (an idle kept-alive connection
+        // would hold a copy of its last answer).
+        let big = ok(&"y".repeat(200_000)).into_bytes();
+        let mut w = JsonRefusals::new(Vec::new(), 8192);
+        let n = rt.block_on(std::future::poll_fn(|cx| {
+            Pin::new(&mut w).poll_write(cx, &big)
+        }));
+        assert_eq!(n.unwrap(), big.len());
+        rt.block_on(std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx)))
+            .unwrap();
+        assert!(w.inner == big);
+        assert!(w.pending.capacity() <= MAX_HEAD, "{}", w.pending.capacity());
     }
 }

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Result, ServerError};
 use crate::fairness::{BusyGuard, ConnState, Connections};
+use crate::handshake::{HandshakeCap, MAX_HANDSHAKE_BYTES};
 use crate::refusal::JsonRefusals;
 pub use crate::tls_reload::TlsFiles;
 
@@ -31,6 +32,9 @@ pub use crate::tls_reload::TlsFiles;
 const MIN_HEADER_BYTES: usize = 8192;
 /// Header lines per request at most (beyond: 431).
 const MAX_HEADERS: usize = 64;
+/// File descriptors kept for everything but client connections (the store and its
+/// journal and temporary files, certificate reloads, requests to the IdP, the log).
+const FD_RESERVE: usize = 64;
 
 /// Connection-level limits.
 #[derive(Clone, Debug)]
@@ -67,6 +71,48 @@ impl ListenLimits {
         self.max_connections_per_address
             .unwrap_or((self.max_connections / 4).max(1))
     }
+
+    /// These limits with `max_connections` lowered to what the `fds` file descriptors still
+    /// free under the process's open-file limit allow (less [`FD_RESERVE`]): past that limit
+    /// `accept` fails, the connection cap is never reached, and nobody is evicted to make
+    /// room, so one client holding that many silent connections would make everyone else
+    /// wait. The default per-address share follows the lowered cap.
+    fn within_open_files(mut self, fds: Option<usize>) -> Self {
+        if let Some(fds) = fds {
+            let room = fds.saturating_sub(FD_RESERVE).max(1);
+            if room < self.max_connections {
+                log(&format!(
+                    "max_connections {} does not fit the {fds} file descriptors left under the \
+                     open-file limit: serving at most {room} connections (raise LimitNOFILE / \
+                     ulimit -n)",
+                    self.max_connections
+                ));
+                self.max_connections = room;
+            }
+        }
+        self
+    }
+}
+
+/// The file descriptors this process may still open under its open-file (soft) limit, when
+/// known and finite (Linux): the store's connections and the like are open already.
+fn free_file_descriptors() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let limit: usize = line
+        .get("Max open files".len()..)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(limit.saturating_sub(open))
+}
+
+/// Whether an `accept` error means the process or system ran out of file descriptors.
+fn out_of_files(e: &std::io::Error) -> bool {
+    // EMFILE and ENFILE (the same numbers on Linux, the BSDs and macOS).
+    cfg!(unix) && matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 /// A rustls server configuration from a certificate chain and a private key (PEM files).
@@ -75,17 +121,17 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
         ServerError::Config(format!("{what} {}: {e}", p.display()))
     };
     let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad("cannot read the TLS certificate", cert, &e))?
+        .map_err(|e| bad("cannot read the TLS certificate", cert, &pem_error(&e)))?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad("cannot parse the TLS certificate", cert, &e))?;
+        .map_err(|e| bad("cannot parse the TLS certificate", cert, &pem_error(&e)))?;
     if certs.is_empty() {
         return Err(ServerError::Config(format!(
             "{} holds no PEM certificate",
             cert.display()
         )));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| bad("cannot read the TLS key", key, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("cannot read the TLS key", key, &pem_error(&e)))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -98,6 +144,20 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(config))
 }
 
+/// What went wrong reading a PEM file, without any of its contents: the PEM parser's own
+/// messages quote the line or section it stumbled on, which in a key file is the key
+/// (review: a key file on one line was printed whole, at start and on every `SIGHUP`).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as Pem;
+    match e {
+        Pem::Io(io) => format!("I/O error: {io}"),
+        Pem::NoItemsFound => "nothing of the expected kind in it".to_owned(),
+        _ => "not valid PEM (each -----BEGIN …----- and -----END …----- marker and each base64 \
+              line must be on a line of its own); its contents are not shown"
+            .to_owned(),
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown` resolves, then let in-flight requests finish
 /// (up to the drain timeout). With TLS, `SIGHUP` reloads the certificate and key.
 pub async fn serve(
@@ -107,6 +167,7 @@ pub async fn serve(
     limits: ListenLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let limits = limits.within_open_files(free_file_descriptors());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let conns = Connections::new(limits.per_address());
@@ -117,9 +178,11 @@ pub async fn serve(
             _ = &mut shutdown => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
-                // Out of file descriptors and the like: back off briefly, keep serving.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors (despite the cap: other users of them) and the
+                // like: make room as at the cap, or back off briefly; keep serving.
+                Err(e) => {
+                    let wait = if out_of_files(&e) && conns.evict_oldest_idle(None) { 5 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                     continue;
                 }
             },
@@ -136,7 +199,7 @@ pub async fn serve(
             Err(_) => {
                 let mut got = None;
                 loop {
-                    conns.evict_oldest_idle();
+                    conns.evict_oldest_idle(Some(&ticket));
                     tokio::select! {
                         _ = &mut shutdown => break,
                         p = slots.clone().acquire_owned() => {
@@ -166,14 +229,17 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let state = ticket.state.clone();
+            state.starting();
             let run = async move {
                 match acceptor {
                     Some(acceptor) => {
-                        let Ok(Ok(stream)) =
-                            tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                        let capped = HandshakeCap::new(stream, MAX_HANDSHAKE_BYTES);
+                        let Ok(Ok(mut stream)) =
+                            tokio::time::timeout(timeout, acceptor.accept(capped)).await
                         else {
                             return;
                         };
+                        stream.get_mut().0.lift();
                         let io = JsonRefusals::new(stream, max_header_bytes);
                         let service =
                             connection_service(app, peer, ticket.state.clone(), io.framing_flag());

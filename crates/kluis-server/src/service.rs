@@ -102,6 +102,12 @@ impl<S: Store> KeyService<S> {
         &self.store
     }
 
+    /// The store underneath, to change (tests of engine behaviour).
+    #[cfg(test)]
+    pub(crate) fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Whether the store answers a query (for readiness probes).
     pub fn is_reachable(&self) -> bool {
         self.store.is_reachable()
@@ -220,7 +226,14 @@ impl<S: Store> KeyService<S> {
     /// Make a new current version; the old one keeps opening. Returns the new kid.
     pub fn rotate(&mut self, name: &str, actor: &str) -> Result<u32> {
         let info = self.label(name)?;
-        let kid = info.versions.iter().map(|v| v.kid).max().unwrap_or(0) + 1;
+        let last = info.versions.iter().map(|v| v.kid).max().unwrap_or(0);
+        let kid = last.checked_add(1).ok_or_else(|| {
+            ServerError::Refused(format!(
+                "label `{name}` is at the highest key version there can be ({last}), so it \
+                 cannot be rotated: versions are never that high unless the store was tampered \
+                 with; check it (`kluis-server audit verify`) and restore a backup"
+            ))
+        })?;
         self.write(|keyring, tx| {
             tx.supersede_current(name, now_ms())?;
             Self::new_version(keyring, tx, name, kid)?;
@@ -244,29 +257,39 @@ impl<S: Store> KeyService<S> {
 
     /// Change a non-current version's state, with its audit record.
     fn set_state(&mut self, name: &str, kid: u32, to: VersionState, actor: &str) -> Result<()> {
-        let state = match self.store.version(name, kid)? {
-            Some(v) => v.state,
-            None => return Err(self.missing(name, kid)),
-        };
-        match state {
-            // Retiring twice changes nothing.
-            VersionState::Retired if to == VersionState::Retired => return Ok(()),
-            VersionState::Current => {
-                return Err(ServerError::Refused(format!(
-                    "version {kid} is the current version of `{name}`: rotate first"
-                )));
-            }
-            VersionState::Destroyed => {
-                return Err(ServerError::Destroyed {
-                    label: name.to_owned(),
-                    kid,
-                    destroyed_ms: None,
-                });
-            }
-            _ => {}
-        }
         let destroy = to == VersionState::Destroyed;
-        self.write(|keyring, tx| {
+        let changed = self.write(|keyring, tx| {
+            // The state is checked inside the write transaction: a concurrent destroy that
+            // committed first is seen here (a refusal below rolls the transaction back).
+            let state = match tx.version(name, kid)? {
+                Some(v) => v.state,
+                None if tx.label_policy(name)?.is_none() => {
+                    return Err(ServerError::UnknownLabel(name.to_owned()));
+                }
+                None => {
+                    return Err(ServerError::UnknownVersion {
+                        label: name.to_owned(),
+                        kid,
+                    });
+                }
+            };
+            match state {
+                // Retiring twice changes nothing.
+                VersionState::Retired if to == VersionState::Retired => return Ok(false),
+                VersionState::Current => {
+                    return Err(ServerError::Refused(format!(
+                        "version {kid} is the current version of `{name}`: rotate first"
+                    )));
+                }
+                VersionState::Destroyed => {
+                    return Err(ServerError::Destroyed {
+                        label: name.to_owned(),
+                        kid,
+                        destroyed_ms: None,
+                    });
+                }
+                _ => {}
+            }
             if destroy {
                 tx.destroy_version(name, kid, now_ms())?;
             } else {
@@ -277,15 +300,23 @@ impl<S: Store> KeyService<S> {
             } else {
                 "label.retire"
             };
-            keyring.append_audit(tx, &[admin_entry(actor, action, Some(name), Some(kid))])
+            keyring.append_audit(tx, &[admin_entry(actor, action, Some(name), Some(kid))])?;
+            Ok(true)
         })?;
-        if destroy {
+        if destroy && changed {
             self.keys.borrow_mut().remove(&(name.to_owned(), kid));
+            // Any failure now is reported as what it is: the version IS destroyed, the
+            // removal of old copies remains to do (and stays marked pending in the store).
             self.store.forget_old_copies().map_err(|e| match e {
-                ServerError::ScrubPending { .. } => ServerError::ScrubPending {
+                ServerError::ScrubPending { reader, .. } => ServerError::ScrubPending {
                     destroyed: Some((name.to_owned(), kid)),
+                    reader,
                 },
-                e => e,
+                e => ServerError::ScrubFailed {
+                    label: name.to_owned(),
+                    kid,
+                    cause: Box::new(e),
+                },
             })?;
         }
         Ok(())
@@ -423,41 +454,75 @@ impl<S: Store> KeyService<S> {
     }
 
     /// Rotate labels whose rotation period has passed and destroy versions whose retention
-    /// period has ended, as of `now_ms`; each change is audited under `actor`.
+    /// period has ended, as of `now_ms`; each change is audited under `actor`. Each label,
+    /// and each change, on its own: one that fails (a policy that no longer reads, a damaged
+    /// row) is logged and reported at the end ([`ServerError::ScheduleIncomplete`]), and does
+    /// not keep the labels after it from being rotated or their retention from being enforced.
     pub fn run_schedule(&mut self, now_ms: i64, actor: &str) -> Result<Vec<ScheduledChange>> {
+        let names = self.store.label_names()?;
         let mut done = Vec::new();
-        for label in self.labels()? {
-            let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-            if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
-                if current.created_ms.saturating_add(ms(every)) <= now_ms {
-                    let kid = self.rotate(&label.name, actor)?;
-                    done.push(ScheduledChange::Rotated {
-                        label: label.name.clone(),
+        let mut failed = Vec::new();
+        for name in names {
+            self.schedule_label(&name, now_ms, actor, &mut done, &mut failed);
+        }
+        if failed.is_empty() {
+            Ok(done)
+        } else {
+            Err(ServerError::ScheduleIncomplete { done, failed })
+        }
+    }
+
+    /// The scheduled changes of one label due at `now_ms`: those made go to `done`, those
+    /// that failed (logged) to `failed`.
+    fn schedule_label(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        actor: &str,
+        done: &mut Vec<ScheduledChange>,
+        failed: &mut Vec<(String, String)>,
+    ) {
+        let mut fail = |what: String, e: ServerError| {
+            crate::log!("scheduled work on {what} failed, going on with the rest: {e}");
+            failed.push((what, e.to_string()));
+        };
+        let label = match self.label(name) {
+            Ok(label) => label,
+            Err(e) => return fail(format!("label `{name}`"), e),
+        };
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let (Some(every), Some(current)) = (label.policy.rotation_secs, label.current()) {
+            if current.created_ms.saturating_add(ms(every)) <= now_ms {
+                match self.rotate(name, actor) {
+                    Ok(kid) => done.push(ScheduledChange::Rotated {
+                        label: name.to_owned(),
                         kid,
-                    });
-                }
-            }
-            let Some(keep) = label.policy.retention_secs else {
-                continue;
-            };
-            for v in &label.versions {
-                let expired = v
-                    .superseded_ms
-                    .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
-                if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                    match self.destroy(&label.name, v.kid, actor) {
-                        // Destroyed; the scrub of old copies is retried by the scheduler.
-                        Ok(()) | Err(ServerError::ScrubPending { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                    done.push(ScheduledChange::Destroyed {
-                        label: label.name.clone(),
-                        kid: v.kid,
-                    });
+                    }),
+                    Err(e) => fail(format!("label `{name}` (rotation)"), e),
                 }
             }
         }
-        Ok(done)
+        let Some(keep) = label.policy.retention_secs else {
+            return;
+        };
+        for v in &label.versions {
+            let expired = v
+                .superseded_ms
+                .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
+            if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
+                match self.destroy(name, v.kid, actor) {
+                    // Destroyed; the scrub of old copies is retried by the scheduler.
+                    Ok(())
+                    | Err(ServerError::ScrubPending { .. } | ServerError::ScrubFailed { .. }) => {
+                        done.push(ScheduledChange::Destroyed {
+                            label: name.to_owned(),
+                            kid: v.kid,
+                        })
+                    }
+                    Err(e) => fail(format!("label `{name}` version {} (retention)", v.kid), e),
+                }
+            }
+        }
     }
 
     /// Finish a removal of old copies of destroyed keys that a destroy left pending (the

@@ -12,6 +12,8 @@ use crate::master_key::random;
 use crate::store::{Store, StoreTx, TokenRow, VersionRow, VersionState};
 
 mod backup;
+#[cfg(test)]
+mod scrub_tests;
 
 pub use backup::{BackupCheck, BackupTarget};
 pub(crate) use backup::{resolve_link, sync_dir};
@@ -180,15 +182,51 @@ impl SqliteStore {
     pub fn create(path: &Path) -> Result<Self> {
         if path.exists() {
             return Err(ServerError::Init(
-                "the store exists already: refusing to initialise it again",
+                "the store exists already: refusing to initialise it again (give another \
+                 --store, or remove that file if it is an unused leftover)",
             ));
         }
-        let mut conn = connect(path)?;
-        migrate(&mut conn)?;
-        Ok(SqliteStore {
-            conn,
-            path: path.to_owned(),
-        })
+        // The store holds the audit trail and sealed keys: 0600 from its creation, whatever
+        // the umask (SQLite gives its -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "cannot create the store {}: {e}: its folder must exist and be writable \
+                         (the Debian package creates /var/lib/kluis-server)",
+                        path.display()
+                    ))
+                })?;
+        }
+        let made = connect(path).and_then(|mut conn| {
+            migrate(&mut conn)?;
+            Ok(conn)
+        });
+        match made {
+            Ok(conn) => Ok(SqliteStore {
+                conn,
+                path: path.to_owned(),
+            }),
+            Err(e) => {
+                SqliteStore::remove_files(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove a store file just made and SQLite's companions of it (an `init` that failed),
+    /// so that the next `init` is not refused by a leftover.
+    pub(crate) fn remove_files(path: &Path) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// Open the store file at `path`, applying schema migrations.
@@ -245,21 +283,34 @@ impl SqliteStore {
         let mut pause = Duration::from_millis(5);
         loop {
             let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             });
-            match result {
+            // Whether a reader of an older snapshot is known to be what holds it up: some
+            // frames of the log could not be copied into the database file. Otherwise it
+            // is another connection in the store at all (a reader or the write lock's holder).
+            let reader = match result {
                 // Not busy, and the log is empty: every change is in the database file.
-                Ok((0, 0)) => break,
-                Ok(_) => {}
+                Ok((0, 0, _)) => break,
+                Ok((_, log, copied)) => copied < log,
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if matches!(
                         e.code,
                         rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                    ) => {}
+                    ) =>
+                {
+                    false
+                }
                 Err(e) => return Err(e.into()),
-            }
+            };
             if Instant::now() + pause > deadline {
-                return Err(ServerError::ScrubPending { destroyed: None });
+                return Err(ServerError::ScrubPending {
+                    destroyed: None,
+                    reader,
+                });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -317,7 +368,16 @@ impl SqliteStore {
         };
         match run() {
             Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
-            Ok(rows) => Err(damaged(rows)),
+            // A row may hold many problems, one a line, under a `*** in database … ***`
+            // heading: one problem an item, so that a message can name a few of them.
+            Ok(rows) => Err(damaged(
+                rows.iter()
+                    .flat_map(|row| row.lines())
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with("*** in database"))
+                    .map(str::to_owned)
+                    .collect(),
+            )),
             Err(rusqlite::Error::SqliteFailure(e, m))
                 if matches!(
                     e.code,
@@ -507,6 +567,16 @@ impl StoreTx for SqliteTx<'_> {
             params![name, policy],
         )?;
         Ok(())
+    }
+
+    fn version(&mut self, label: &str, kid: u32) -> Result<Option<VersionRow>> {
+        Ok(self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM key_versions WHERE label = ?1 AND kid = ?2"
+            ))?
+            .query_row(params![label, kid], version_row)
+            .optional()?)
     }
 
     fn insert_version(&mut self, label: &str, v: &VersionRow) -> Result<()> {

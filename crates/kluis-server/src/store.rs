@@ -265,6 +265,8 @@ pub trait StoreTx {
     fn insert_label(&mut self, name: &str, policy: &str, created_ms: i64) -> Result<()>;
     /// Replace a label's policy.
     fn set_policy(&mut self, name: &str, policy: &str) -> Result<()>;
+    /// One version of a label, as of this transaction.
+    fn version(&mut self, label: &str, kid: u32) -> Result<Option<VersionRow>>;
     /// Add a version of an existing label.
     fn insert_version(&mut self, label: &str, row: &VersionRow) -> Result<()>;
     /// Make the current version of `label` active, superseded at `at_ms`.

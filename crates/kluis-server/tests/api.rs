@@ -73,7 +73,7 @@ impl Unwrap for Remote<'_> {
             let msg = v["message"].as_str().unwrap_or("").to_owned();
             return reqs
                 .iter()
-                .map(|_| Err(UnwrapError::Unavailable(msg.clone())))
+                .map(|_| Err(UnwrapError::unavailable(msg.clone())))
                 .collect();
         }
         let s: [u8; 32] = B64
@@ -88,9 +88,9 @@ impl Unwrap for Remote<'_> {
                 if let Some(e) = item.get("error") {
                     let msg = e["message"].as_str().unwrap().to_owned();
                     return Err(match e["code"].as_str().unwrap() {
-                        "destroyed" => UnwrapError::Destroyed(msg),
-                        "denied" | "double_key_required" | "retired" => UnwrapError::Denied(msg),
-                        _ => UnwrapError::Unavailable(msg),
+                        "destroyed" => UnwrapError::destroyed(msg),
+                        "denied" | "double_key_required" | "retired" => UnwrapError::denied(msg),
+                        _ => UnwrapError::unavailable(msg),
                     });
                 }
                 let sealed = SealedShare {
@@ -149,7 +149,9 @@ fn documents_open_through_the_key_server_and_every_opening_is_audited() {
         calls: Cell::new(0),
     };
     match open(&docs[0], &[&as_bob]) {
-        Err(Error::Unwrap(UnwrapError::Denied(m))) => assert!(m.contains("`hr`"), "{m}"),
+        Err(Error::Unwrap(UnwrapError::Denied(m))) => {
+            assert!(m.to_string().contains("`hr`"), "{m}")
+        }
         other => panic!("expected a denial, got {other:?}"),
     }
 
@@ -223,7 +225,7 @@ fn double_key_is_enforced_and_destroyed_versions_answer_410() {
     .unwrap();
     match open(&single, &[&remote]) {
         Err(Error::Unwrap(UnwrapError::Denied(m))) => {
-            assert!(m.contains("requires double key"), "{m}")
+            assert!(m.to_string().contains("requires double key"), "{m}")
         }
         other => panic!("expected double key refusal, got {other:?}"),
     }
@@ -264,7 +266,9 @@ fn double_key_is_enforced_and_destroyed_versions_answer_410() {
         &["label", "destroy", "hr", "1", "--confirm", "hr"],
     );
     match open(&old, &[&remote]) {
-        Err(Error::Unwrap(UnwrapError::Destroyed(m))) => assert!(m.contains("destroyed"), "{m}"),
+        Err(Error::Unwrap(UnwrapError::Destroyed(m))) => {
+            assert!(m.to_string().contains("destroyed"), "{m}")
+        }
         other => panic!("expected destroyed, got {other:?}"),
     }
     // The single endpoint answers 410 with the date, as text and as a number.

@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
     Server, admin, drain_stderr, get, label_key, post, proc_status_kib, raw_body, raw_exchange,
-    raw_status, serve,
+    raw_exchange_until_close, raw_status, serve,
 };
 use kluis_core::reply::ReplyKey;
 use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
@@ -131,7 +131,7 @@ fn oversized_and_malformed_request_heads_are_refused_with_a_json_code() {
 
     // The second request on a kept-alive connection gets the same JSON refusal, after the
     // first one's answer, intact.
-    let answer = raw_exchange(
+    let answer = raw_exchange_until_close(
         &a,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHo st: x\r\n\r\n",
         wait,
@@ -402,6 +402,87 @@ fn tls_connections_with_unfinished_headers_fit_the_default_cap_in_256_mib() {
     drop(held);
 }
 
+/// The first 64 KiB of a `ClientHello` announced as 65,000 bytes, in TLS records of 16 KiB
+/// (the last one unfinished): rustls joins such fragments before it looks at them.
+fn oversized_client_hello() -> Vec<u8> {
+    let mut hello = vec![1u8, 0, 0xfd, 0xe8, 3, 3];
+    hello.resize(16 * 1024, 0);
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let record: &[u8] = if i == 0 { &hello } else { &[0u8; 16 * 1024] };
+        out.extend_from_slice(&[22, 3, 1, 0x40, 0]);
+        out.extend_from_slice(if i == 3 { &record[..16000] } else { record });
+    }
+    out
+}
+
+/// Regression (review): a TLS client sending most of an oversized, fragmented `ClientHello`
+/// and then nothing made the server hold about 63 KiB until the handshake timeout: 4096
+/// such connections (the default cap, from four addresses) took 300 MiB. Such handshakes are
+/// now cut off past 16 KiB.
+#[test]
+fn oversized_tls_handshakes_are_cut_off_and_fit_the_default_cap_in_256_mib() {
+    const TLS_CONNS: usize = 1000;
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    write_pair(dir.path(), &cert, &key);
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let pid = server.child.id();
+    let start = proc_status_kib(pid, "VmRSS");
+    let a: SocketAddr = server
+        .base
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hello = oversized_client_hello();
+    let mut held: Vec<TcpStream> = (0..TLS_CONNS)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(&hello);
+            s
+        })
+        .collect();
+    if let Some(start) = start {
+        let holding = settled_rss(pid).unwrap();
+        let per_conn = holding.saturating_sub(start) / TLS_CONNS as u64;
+        let projected = start + per_conn * 4096;
+        eprintln!(
+            "oversized handshakes: RSS {start} KiB, {holding} KiB with {TLS_CONNS} \
+             ({per_conn} KiB each): {projected} KiB for 4096"
+        );
+        assert!(
+            projected < LIMIT_KIB,
+            "{per_conn} KiB per unfinished oversized handshake: 4096 would take {projected} KiB"
+        );
+    }
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let closed = closed_by_server(&mut held);
+    assert!(
+        closed >= TLS_CONNS * 9 / 10,
+        "only {closed} of {TLS_CONNS} oversized handshakes were cut off"
+    );
+}
+
 /// Open a connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
 fn connect_from(rt: &tokio::runtime::Runtime, from: &str, to: SocketAddr) -> TcpStream {
     rt.block_on(async {
@@ -506,6 +587,228 @@ fn many_addresses_filling_the_connection_cap_do_not_delay_others() {
     // The oldest idle ones made room: at least the first 160 - 64 were closed.
     let closed = closed_by_server(&mut attacker[..96]);
     assert!(closed >= 90, "only {closed} of the 96 oldest closed");
+}
+
+/// `serve` (plain loopback HTTP, `[serve]` defaults but for the rate limit) run with an
+/// open-file limit of `fds`, as under systemd's default `LimitNOFILE` soft limit of 1024.
+fn serve_with_open_file_limit(dir: tempfile::TempDir, fds: u32) -> Server {
+    use std::io::BufRead;
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nrate_limit_per_sec = 0\n",
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\"")])
+        .arg(env!("CARGO_BIN_EXE_kluis-server"))
+        .args(["serve", "--config", "kluis.toml", "--listen", "127.0.0.1:0"])
+        .arg("--insecure-http")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+        .to_owned();
+    Server { dir, child, base }
+}
+
+/// Regression (review): with the default `max_connections` (4096) above the process's
+/// open-file limit, `accept` failed once the descriptors ran out, the cap was never reached
+/// and nobody was evicted: one address holding 300 silent connections under a limit of 256
+/// made `/healthz` wait 8.5 s (until the header timeout closed some).
+#[test]
+fn one_address_cannot_use_up_the_open_file_limit() {
+    let (dir, token) = store();
+    let server = serve_with_open_file_limit(dir, 256);
+    let label = label_key(&server, "hr");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _attacker: Vec<TcpStream> = (0..300)
+        .map(|_| connect_from(&rt, "127.0.0.2", a))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_served_promptly(
+        &server,
+        &token,
+        &label,
+        "one address with 300 silent connections, 256 open files",
+    );
+}
+
+/// Regression (review): the unwrap endpoints read the whole body before looking at the
+/// credential, so connections without one could each make the server hold up to
+/// `max_body_bytes` (400 connections trickling 1 MiB bodies took 420 MiB, kept after they
+/// closed; the default 4096 would take 4 GiB). Now the credential is checked first: each is
+/// refused (401) before its body is complete, and the bodies are not kept.
+#[test]
+fn unauthenticated_unwraps_are_refused_before_their_bodies_are_read() {
+    let (dir, _) = store();
+    let server = serve_with(dir, "");
+    let pid = server.child.id();
+    let a = addr(&server);
+    let start = proc_status_kib(pid, "VmRSS");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut conns = Vec::new();
+    for i in 0..128 {
+        let (path, auth) = match i % 3 {
+            0 => ("/v1/unwrap", String::new()),
+            1 => (
+                "/v1/unwrap",
+                format!("Authorization: Bearer kluis_{}\r\n", "x".repeat(43)),
+            ),
+            _ => (
+                "/v1/unwrap/batch",
+                "Authorization: Bearer not.a.jwt\r\n".to_owned(),
+            ),
+        };
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: {}\r\n\r\n",
+            1024 * 1024
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // 960 KiB of the announced 1 MiB; the server may stop reading and close (ignored).
+        for _ in 0..15 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        conns.push(s);
+    }
+    if let Some(start) = start {
+        let held = settled_rss(pid).unwrap();
+        eprintln!("128 unfinished 1 MiB bodies: RSS {start} -> {held} KiB");
+        assert!(
+            held < start + 48 * 1024,
+            "128 connections without a credential made the server hold their bodies: RSS \
+             {start} -> {held} KiB"
+        );
+    }
+    // Each got its refusal although its body is not complete.
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !common::raw_complete(&answer) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_json_refusal(&answer, 401, "unauthenticated", &format!("connection {i}"));
+    }
+}
+
+/// Regression (review): a connection admitted while every place was taken by a request in
+/// progress waited for a place, but the wait's eviction round picked the waiting connection
+/// itself (the only idle one), so once it got its place it was closed unserved (always with
+/// TLS, whose handshake is not done by then; here: a client that sends its request late).
+#[test]
+fn a_client_that_waited_for_a_place_is_served() {
+    let (dir, token) = store();
+    let server = serve_with(dir, "max_connections = 4\nrequest_timeout_secs = 2\n");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // Four places (one per address), each busy with an unwrap whose body is not complete
+    // (answered 504 after 2 s, and idle from then on).
+    let mut busy = Vec::new();
+    for i in 2..6 {
+        let mut s = connect_from(&rt, &format!("127.0.0.{i}"), a);
+        let head = format!(
+            "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        busy.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // This one waits for a place; its request goes out once the others are idle.
+    let mut waiting = TcpStream::connect(a).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = waiting.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        Some(200),
+        "the client that waited got: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// Regression (review): a connection that waited for a place counted as idle from when it
+/// was accepted, not from when it got its place, so the next client at the cap had it
+/// closed as the longest idle (before its TLS handshake or request, typically), although
+/// others had been idle longer.
+#[test]
+fn a_client_that_waited_for_a_place_is_not_the_first_to_make_room() {
+    let (dir, token) = store();
+    let server = serve_with(dir, "max_connections = 4\n");
+    let a = addr(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // Four places (one per address), each busy with an unwrap whose body is not complete.
+    let mut busy = Vec::new();
+    for i in 2..6 {
+        let mut s = connect_from(&rt, &format!("127.0.0.{i}"), a);
+        let head = format!(
+            "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        busy.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // This one waits for a place.
+    let mut waiting = TcpStream::connect(a).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // The four finish their bodies (answered 400, kept alive, idle from now): one of them
+    // is closed to give the waiting one its place.
+    for s in &mut busy {
+        s.write_all(&[b'a'; 99]).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Another client at the cap: one of the three idle for a second makes room, not the
+    // one that has just got its place.
+    let _late = connect_from(&rt, "127.0.0.6", a);
+    std::thread::sleep(Duration::from_millis(300));
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = waiting.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        Some(200),
+        "the client that waited got: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 /// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
@@ -618,4 +921,69 @@ fn sighup_reloads_the_tls_certificate_and_a_bad_replacement_keeps_the_old_one() 
         "{log}"
     );
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// Whether `log` shows any of the private key `key_pem`: a stretch of its base64, as text or
+/// as the list of byte values a PEM error prints.
+fn shows_key(log: &str, key_pem: &str) -> bool {
+    let b64: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let stretch = &b64[b64.len() / 2..b64.len() / 2 + 12];
+    let as_bytes = format!("{:?}", stretch.as_bytes());
+    log.contains(stretch) || log.contains(as_bytes.trim_matches(|c| c == '[' || c == ']'))
+}
+
+/// Regression (review): a key file written on one line (markers and base64 joined, as a
+/// secrets store or a copy and paste may leave it) is refused, and the PEM parser's message,
+/// which quotes the section it could not end, put the whole private key on standard error:
+/// at start, and on every `SIGHUP` reload into the journal.
+#[test]
+fn a_malformed_tls_key_is_refused_without_showing_it() {
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    let one_line: String = key.lines().collect();
+    assert!(!shows_key("", &key));
+
+    // At start: refused, and the message does not show the key.
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &one_line).unwrap();
+    let out = common::bin()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("key.pem"), "{err}");
+    assert!(
+        !shows_key(&err, &key),
+        "the key is on standard error: {err}"
+    );
+
+    // On SIGHUP: the old pair stays in service, and the log does not show the key.
+    write_pair(dir.path(), &cert, &key);
+    let mut server = serve(
+        dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    let stderr = drain_stderr(&mut server.child);
+    std::fs::write(server.dir.path().join("key.pem"), &one_line).unwrap();
+    hangup(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = stderr.join().unwrap();
+    assert!(log.contains("TLS certificate not reloaded"), "{log}");
+    assert!(!shows_key(&log, &key), "the key is in the log: {log}");
 }

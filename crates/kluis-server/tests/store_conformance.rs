@@ -145,6 +145,16 @@ fn versions<B: Backend>() {
     );
     assert_eq!(s.version("hr", 2).unwrap(), None);
     assert_eq!(s.version("nope", 1).unwrap(), None);
+    let in_tx = s
+        .write(|tx| Ok((tx.version("hr", 1)?, tx.version("hr", 2)?)))
+        .unwrap();
+    assert_eq!(
+        in_tx,
+        (
+            Some(version(1, VersionState::Current, Some(sealed1.clone()))),
+            None
+        )
+    );
     assert!(
         s.write(|tx| tx.insert_version("hr", &version(2, VersionState::Current, Some(vec![2]))))
             .is_err(),

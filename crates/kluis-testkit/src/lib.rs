@@ -1,11 +1,13 @@
-//! Test support shared by the end-to-end tests of kluis-client and the `kluis` command.
+//! Test support shared by the end-to-end tests of kluis-client and the `kluis` command: the
+//! real `kluis-server` binary, started on loopback with a fresh store ([`Server`]).
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The `kluis-server` binary, built once per test run.
 ///
@@ -87,4 +89,157 @@ pub fn spawn_serve(mut command: Command) -> (Child, String) {
         .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
         .to_owned();
     (child, url)
+}
+
+/// A running `kluis-server serve` on loopback, with labels `hr` (group `hr-staff`) and
+/// `medical` (user alice, double key), and tokens for alice (in `hr-staff`) and bob.
+pub struct Server {
+    /// The server's folder: its store, master key and configuration.
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// The server's address, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// An API token for alice (group `hr-staff`).
+    pub alice: String,
+    /// The id of alice's token (for `token revoke`).
+    pub alice_id: String,
+    /// An API token for bob (no group).
+    pub bob: String,
+    serve_args: Vec<String>,
+}
+
+impl Server {
+    /// Start a server with the standard labels and tokens.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Start a server, running `extra` admin commands before serving.
+    pub fn start_with(extra: &[&[&str]]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            dir,
+            child: None,
+            url: String::new(),
+            alice: String::new(),
+            alice_id: String::new(),
+            bob: String::new(),
+            serve_args: Vec::new(),
+        };
+        s.admin(&["init"]);
+        s.admin(&["label", "create", "hr", "--group", "hr-staff"]);
+        s.admin(&[
+            "label",
+            "create",
+            "medical",
+            "--user",
+            "alice",
+            "--double-key",
+        ]);
+        for args in extra {
+            s.admin(args);
+        }
+        let (token, stderr) =
+            s.admin_full(&["token", "create", "--user", "alice", "--group", "hr-staff"]);
+        s.alice = token.trim().to_owned();
+        // "token ID for USER (shown once; ...)"
+        s.alice_id = stderr
+            .split_whitespace()
+            .nth(1)
+            .expect("token id on stderr")
+            .to_owned();
+        s.bob = s
+            .admin(&["token", "create", "--user", "bob"])
+            .trim()
+            .to_owned();
+        s.serve();
+        s
+    }
+
+    /// Start a server whose label records may be cached for `secs` seconds only.
+    pub fn start_with_record_max_age(secs: u32) -> Server {
+        let mut s = Server::start();
+        s.stop();
+        let config = s.dir.path().join("server.toml");
+        std::fs::write(&config, format!("[serve]\nrecord_max_age_secs = {secs}\n")).unwrap();
+        s.serve_args = vec!["--config".into(), config.to_string_lossy().into_owned()];
+        s.serve();
+        s
+    }
+
+    fn serve(&mut self) {
+        let mut command = self.command();
+        command
+            .args(&self.serve_args)
+            .args(["serve", "--listen", "127.0.0.1:0", "--insecure-http"])
+            .stderr(Stdio::null());
+        let (child, url) = spawn_serve(command);
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(server_bin());
+        let d = self.dir.path();
+        c.current_dir(d)
+            .env_remove("KLUIS_CONFIG")
+            .arg("--store")
+            .arg(d.join("store.db"))
+            .arg("--key-file")
+            .arg(d.join("master.key"));
+        c
+    }
+
+    /// Run an administrative command; returns its standard output.
+    pub fn admin(&self, args: &[&str]) -> String {
+        self.admin_full(args).0
+    }
+
+    /// Run an administrative command; returns its standard output and error.
+    pub fn admin_full(&self, args: &[&str]) -> (String, String) {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// Stop the server process (SIGKILL; it is not restarted).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The server's `/metrics` text (read with a bare HTTP/1.0 request).
+    pub fn metrics(&self) -> String {
+        let addr = self.url.strip_prefix("http://").unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// A counter from `/metrics`, summed over the lines that contain every one of `parts`.
+    pub fn counter(&self, name: &str, parts: &[&str]) -> u64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,97 +14,21 @@ pub fn server_bin() -> &'static Path {
     kluis_testkit::server_bin()
 }
 
-/// A running `kluis-server serve` on loopback, with labels `hr` (group `hr-staff`) and
-/// `medical` (user alice, double key), and tokens for alice (in `hr-staff`) and bob.
-pub struct Server {
-    pub dir: tempfile::TempDir,
-    child: Option<Child>,
-    pub url: String,
-    pub alice: String,
-    pub bob: String,
+pub use kluis_testkit::Server;
+
+/// What these tests ask of the server beyond the shared fixture.
+pub trait ServerExt {
+    /// A client for this server with `token` and a disk cache in `cache`.
+    fn client(&self, token: Option<&str>, cache: Option<&Path>) -> Client;
 }
 
-impl Server {
-    pub fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Server {
-            dir,
-            child: None,
-            url: String::new(),
-            alice: String::new(),
-            bob: String::new(),
-        };
-        s.admin(&["init"]);
-        s.admin(&["label", "create", "hr", "--group", "hr-staff"]);
-        s.admin(&[
-            "label",
-            "create",
-            "medical",
-            "--user",
-            "alice",
-            "--double-key",
-        ]);
-        s.alice = s
-            .admin(&["token", "create", "--user", "alice", "--group", "hr-staff"])
-            .trim()
-            .to_owned();
-        s.bob = s
-            .admin(&["token", "create", "--user", "bob"])
-            .trim()
-            .to_owned();
-        let mut command = s.command();
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--insecure-http"])
-            .stderr(Stdio::inherit());
-        let (child, url) = kluis_testkit::spawn_serve(command);
-        s.child = Some(child);
-        s.url = url;
-        s
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(server_bin());
-        let d = self.dir.path();
-        c.current_dir(d)
-            .arg("--store")
-            .arg(d.join("store.db"))
-            .arg("--key-file")
-            .arg(d.join("master.key"));
-        c
-    }
-
-    /// Run an administrative command; returns its standard output.
-    pub fn admin(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Stop the server process (it is not restarted).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// A client for this server with `token` and a disk cache in `cache`.
-    pub fn client(&self, token: Option<&str>, cache: Option<&Path>) -> Client {
+impl ServerExt for Server {
+    fn client(&self, token: Option<&str>, cache: Option<&Path>) -> Client {
         let mut c = ClientConfig::new(&self.url);
         c.token = token.map(|t| Token::new(t).unwrap());
         c.cache_dir = cache.map(Path::to_owned);
         c.timeout = Duration::from_secs(10);
         Client::new(c).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -21,7 +21,7 @@ impl Unwrap for Refusing {
     fn unwrap(&self, requests: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
         requests
             .iter()
-            .map(|_| Err(UnwrapError::Denied("refused by the test vector".into())))
+            .map(|_| Err(UnwrapError::denied("refused by the test vector")))
             .collect()
     }
 }

@@ -56,7 +56,7 @@ impl Unwrap for Offline {
     }
     fn unwrap(&self, r: &[UnwrapRequest<'_>]) -> Vec<Result<Share, UnwrapError>> {
         r.iter()
-            .map(|_| Err(UnwrapError::Unavailable("connection refused".into())))
+            .map(|_| Err(UnwrapError::unavailable("connection refused")))
             .collect()
     }
 }

@@ -61,8 +61,10 @@ impl From<ServerError> for AuthError {
 
 /// Who is calling: an API token still to be checked against the store, or the principal of a
 /// JWT already verified (without a store connection).
+#[derive(Clone)]
 pub struct Caller(Inner);
 
+#[derive(Clone)]
 enum Inner {
     ApiToken(String),
     Verified(Principal),
@@ -96,6 +98,12 @@ impl Caller {
                 "not a kluis API token (this server accepts no OpenID Connect tokens)".into(),
             )),
         }
+    }
+
+    /// Whether [`Caller::principal`] looks the caller up in the store (an API token); a JWT
+    /// was verified already.
+    pub fn needs_store(&self) -> bool {
+        matches!(self.0, Inner::ApiToken(_))
     }
 
     /// The principal: an API token is looked up on `svc`'s store.

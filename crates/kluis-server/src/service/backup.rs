@@ -10,8 +10,36 @@ use crate::sqlite::{BackupCheck, SqliteStore};
 
 impl KeyService<SqliteStore> {
     /// Create a new SQLite store at `path` (which must not exist) under `key`.
+    /// All or nothing: a refused or failed init leaves neither a store nor a key file.
     pub fn init_sqlite(path: &Path, key: KeySource<'_>) -> Result<Self> {
-        KeyService::init(SqliteStore::create(path)?, key)
+        if path.exists() {
+            return Err(ServerError::Init(
+                "the store exists already: refusing to initialise it again (give another \
+                 --store, or remove that file if it is an unused leftover)",
+            ));
+        }
+        let key_file = match key {
+            KeySource::File(p) => Some(p),
+            KeySource::Passphrase(_) => None,
+        };
+        if key_file.is_some_and(|p| p.symlink_metadata().is_ok()) {
+            // Checked before anything is created, so a refused init leaves no half-made store.
+            return Err(ServerError::Init(
+                "the master key file exists already: refusing to overwrite a key that may open \
+                 another store (give another --key-file, or move that file away if it is an \
+                 unused leftover)",
+            ));
+        }
+        let made = KeyService::init(SqliteStore::create(path)?, key);
+        if made.is_err() {
+            // Nothing but this call has used the new files: remove them (the key file did not
+            // exist before, so one there now is this call's).
+            SqliteStore::remove_files(path);
+            if let Some(p) = key_file {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        made
     }
 
     /// Open the SQLite store at `path`; fails unless `key` gives its master key.

@@ -188,6 +188,24 @@ pub fn raw_exchange(addr: &str, request: &[u8], wait: std::time::Duration) -> Ve
     buf
 }
 
+/// Like [`raw_exchange`], but reads until the server closes the connection (or `wait` passes
+/// without a byte): for pipelined requests, whose answers may arrive in separate reads.
+pub fn raw_exchange_until_close(addr: &str, request: &[u8], wait: std::time::Duration) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
 /// Whether `answer` holds a whole HTTP/1.1 answer with a `content-length`.
 pub fn raw_complete(answer: &[u8]) -> bool {
     let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
