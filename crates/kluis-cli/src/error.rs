@@ -217,7 +217,8 @@ pub fn describe_core(e: &kluis_core::Error) -> (String, Class) {
         | Truncated { .. }
         | TrailingData
         | SizeMismatch { .. }
-        | ZeroSharedSecret => Class::Corrupt,
+        | ZeroSharedSecret
+        | IdentityFileEdited { .. } => Class::Corrupt,
         NoMatchingKey => Class::NoKey,
         WrongPassphrase => Class::Auth,
         InvalidPublicKey { .. }
