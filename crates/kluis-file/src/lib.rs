@@ -140,13 +140,13 @@ mod atomic;
 mod error;
 mod file;
 mod identity;
-mod list;
 mod name;
 mod open;
 mod output;
 mod pool;
 mod private_temp;
 mod rekey;
+mod rekey_paths;
 mod report;
 mod seal;
 mod stale;
@@ -156,7 +156,6 @@ mod walk;
 pub use atomic::TempFile;
 pub use error::{Error, Result};
 pub use identity::{read_identity_file, write_identity_file};
-pub use list::list_sealed;
 pub use name::{
     EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
 };
@@ -165,6 +164,9 @@ pub use pool::MAX_THREADS;
 pub use private_temp::private_temp_dir;
 pub use rekey::{
     Journal, MAX_JOURNAL_LEN, Recovery, Rewrite, finish_rekey, journal_path, replace_header,
+};
+pub use rekey_paths::{
+    RekeyDoc, RekeyOptions, RekeyOutcome, RekeyReport, RekeyTarget, list_sealed, rekey_paths,
 };
 pub use report::{Event, OpenOptions, Outcome, Progress, Report, SealOptions, Skip};
 pub use seal::{seal_file, seal_paths};
