@@ -986,6 +986,7 @@ fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> 
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async move {
+        kluis_server::serve::catch_hangups();
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             ServerError::Config(format!(
                 "cannot listen on {listen}: {e}: {}",
