@@ -12,16 +12,19 @@ use crate::error::{Class, CliError};
 
 /// Write a new file at `path` (never over an existing one unless `force`; `private` makes
 /// it 0600) with what `fill` writes: nothing appears under `path` unless `fill` succeeds.
+/// `temp_dir`: where the temporary file goes when `path` is inside a cloud sync folder (see
+/// [`TempFile::for_target`]).
 pub fn write_new<T>(
     path: &Path,
     force: bool,
     private: bool,
+    temp_dir: Option<&Path>,
     fill: impl FnOnce(&mut File) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
     if !force && fs::symlink_metadata(path).is_ok() {
         return Err(exists(path));
     }
-    let mut out = TempFile::beside(path, private)?;
+    let mut out = TempFile::for_target(path, private, temp_dir)?;
     // On failure `out` is dropped: the temporary file goes, nothing is left.
     let r = fill(out.file_mut())?;
     out.commit_synced(path, force)?;

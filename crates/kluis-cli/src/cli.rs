@@ -9,13 +9,15 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  some files failed, or an error not listed below
-  2  usage or configuration error (bad option, no key server or identity configured)
+  2  usage or configuration error (bad option, no key server or identity configured, an
+     identity file that is malformed or unreadable)
   3  the key server cannot be reached (sealing still works offline from the label cache)
   4  authentication needed or failed (no token, token expired or revoked: run `kluis login`;
      wrong identity passphrase)
   5  denied by the label's policy (not allowed, double key required, version retired)
   6  the document's key was destroyed (retention): nobody can open it any more
-  7  corrupt, tampered with or not a kluis document (also: a hostile stored file name)
+  7  corrupt, tampered with or not a kluis document (also: a hostile stored file name, an
+     identity file that fails its own check: its `# public key:` line was edited)
   8  the output exists (use --force to replace it)
   9  none of your keys opens the document (it is sealed to other keys, or needs an identity
      file you did not give)

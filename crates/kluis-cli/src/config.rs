@@ -280,6 +280,12 @@ impl Settings {
         })
     }
 
+    /// The private folder for plaintext temporary files of outputs inside a cloud sync
+    /// folder: `tmp` in the label cache folder (see `kluis_file::OpenOptions::temp_dir`).
+    pub fn temp_dir(&self) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|(d, _)| d.join("tmp"))
+    }
+
     /// The key server URL, or an error saying how to configure one.
     pub fn server(&self) -> Result<&str, CliError> {
         self.server.as_ref().map(|(s, _)| s.as_str()).ok_or_else(|| {

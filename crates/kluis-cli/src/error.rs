@@ -58,7 +58,7 @@ impl Class {
 
 /// An error that ends the command: a message for people (what failed and what to do) and
 /// its class. Never holds a secret, a token or plaintext.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CliError {
     /// The kind of failure.
     pub class: Class,
@@ -217,7 +217,8 @@ pub fn describe_core(e: &kluis_core::Error) -> (String, Class) {
         | Truncated { .. }
         | TrailingData
         | SizeMismatch { .. }
-        | ZeroSharedSecret => Class::Corrupt,
+        | ZeroSharedSecret
+        | IdentityFileEdited { .. } => Class::Corrupt,
         NoMatchingKey => Class::NoKey,
         WrongPassphrase => Class::Auth,
         InvalidPublicKey { .. }
@@ -249,7 +250,9 @@ pub fn describe_file(e: &kluis_file::Error) -> (String, Class) {
         | F::OutputInsideInput { .. }
         | F::NotAFile { .. }
         | F::NoRecipients
-        | F::NoVerifyKeys { .. } => Class::Usage,
+        | F::NoVerifyKeys { .. }
+        | F::SeveralLabels { .. }
+        | F::NoLabel { .. } => Class::Usage,
         _ => Class::Failed,
     };
     (e.to_string(), class)

@@ -25,6 +25,11 @@ impl KeyServer {
         KeyServer { client }
     }
 
+    /// The key server client, if one is configured.
+    pub fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
+    }
+
     /// How many HTTP requests were sent.
     pub fn requests(&self) -> u64 {
         self.client.as_ref().map_or(0, Client::requests_sent)

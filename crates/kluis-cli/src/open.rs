@@ -55,10 +55,11 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
     let server = KeyServer::new(client);
     let holders: [&dyn Unwrap; 2] = [&identity, &server];
     if stream {
-        return open_stream(&args, g, &holders, &bars, &server);
+        return open_stream(&args, g, &holders, &bars, &server, settings.temp_dir());
     }
 
     // Plaintext goes to -o, or beside each sealed file.
+    let temp_dir = settings.temp_dir();
     if !g.quiet {
         match &args.output {
             Some(out) => output::warn_if_sync_folder([out.as_path()], "opening into"),
@@ -67,6 +68,12 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
                 "opening beside",
             ),
         }
+        // The folders outputs go to: -o, or each folder given, or each file's folder.
+        let dirs: Vec<std::path::PathBuf> = match &args.output {
+            Some(out) => vec![out.clone()],
+            None => args.files.iter().map(|f| output_dir_of(f)).collect(),
+        };
+        output::warn_if_temp_in_sync_folder(dirs.iter().map(|d| d.as_path()), temp_dir.as_deref());
     }
     let on_event = |e: Event<'_>| bars.event(e);
     let mut options = OpenOptions::default();
@@ -74,6 +81,7 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
     options.force = args.force;
     options.allow_dotfiles = args.allow_dotfiles;
     options.progress = Some(&on_event);
+    options.temp_dir = temp_dir;
     let reports = open_paths(&args.files, &holders, &options)?;
     bars.finish();
     let (s, items) = output::files(&reports, g.quiet);
@@ -111,6 +119,18 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
     Ok(code)
 }
 
+/// The folder an output given as `path` is written in: a folder itself, else its parent
+/// (`.` for a bare name).
+fn output_dir_of(path: &std::path::Path) -> std::path::PathBuf {
+    if path.is_dir() {
+        return path.to_path_buf();
+    }
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
 /// "standard input: MESSAGE", with the class of a format error.
 fn stdin_error(e: &kluis_core::Error) -> CliError {
     let (m, class) = describe_core(e);
@@ -123,15 +143,20 @@ fn open_stream(
     holders: &[&dyn Unwrap],
     bars: &Bars,
     server: &KeyServer,
+    temp_dir: Option<std::path::PathBuf>,
 ) -> Result<u8, CliError> {
     let mut input = BufReader::with_capacity(STREAM_BUF, std::io::stdin().lock());
     let header = Header::read(&mut input).map_err(|e| stdin_error(&e))?;
     let key = header.unlock(holders).map_err(|e| stdin_error(&e))?;
     let reader = StreamReader::new(&header, &key, input).map_err(|e| stdin_error(&e))?;
     let bytes = match &args.output {
-        Some(path) => atomic::write_new(path, args.force, true, |f| {
+        Some(path) => atomic::write_new(path, args.force, true, temp_dir.as_deref(), |f| {
             if !g.quiet {
                 output::warn_if_sync_folder([path.as_path()], "opening into");
+                output::warn_if_temp_in_sync_folder(
+                    [output_dir_of(path).as_path()],
+                    temp_dir.as_deref(),
+                );
             }
             copy_plain(reader, f, false, bars)
         })?,

@@ -83,10 +83,15 @@ pub fn holder_public_key(path: &Path, source: &Passphrase) -> Result<PublicKey, 
             "cannot read the identity file {path:?}: {e}: give another with --identity, or make one with `kluis keygen`"
         ))
     })?;
+    // An edited comment is tampering (exit 7, as when the unlock finds it); a file too large
+    // to be an identity file is a usage error (exit 2), as when the unlock reads it.
     let claimed = Identity::claimed_public_key(&text).map_err(|e| {
+        let (message, class) = crate::error::describe_core(&e);
         CliError::new(
-            Class::Corrupt,
-            format!("{path:?}: {e}: do not seal to it; restore the file from a copy you trust"),
+            class,
+            format!(
+                "{path:?}: {message}: do not seal to it; restore the file from a copy you trust"
+            ),
         )
     })?;
     // A passphrase given with --passphrase-file/--passphrase-env: the secret decides, not an

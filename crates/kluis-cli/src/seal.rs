@@ -274,7 +274,7 @@ fn seal_stream(
     let to_terminal = args.output.is_none();
     let bars = Bars::stream(progress::wanted(g.quiet), "sealing");
     let (doc_id, bytes) = match &args.output {
-        Some(path) => atomic::write_new(path, args.force, false, |f| {
+        Some(path) => atomic::write_new(path, args.force, false, None, |f| {
             copy_sealed(f, slots, &metadata, &bars)
         })?,
         None => copy_sealed(std::io::stdout().lock(), slots, &metadata, &bars)?,

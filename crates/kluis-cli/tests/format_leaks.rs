@@ -115,10 +115,10 @@ fn an_edited_identity_comment_does_not_redirect_the_holder_share() {
         .run(&["keygen", "--public", id_arg])
         .fails(7, "was edited");
     // With the passphrase the secret decides, and the edit is refused as well (by the
-    // unlock, reported like any other invalid identity file).
+    // unlock): the same failure, so the same exit code, tampering (7).
     alice
         .run(&["keygen", "--public", id_arg, "--passphrase-env", "PASS"])
-        .fails(2, "was edited");
+        .fails(7, "was edited");
     // Opening with the edited file is refused too (the derived key disagrees).
     let other = User::logged_in(&server, &server.alice);
     let mut other = other;
@@ -126,7 +126,36 @@ fn an_edited_identity_comment_does_not_redirect_the_holder_share() {
     std::fs::write(other.path("id.key"), original.replace(&key, &mallory)).unwrap();
     other
         .run(&["keygen", "--public", "id.key", "--passphrase-env", "PASS"])
-        .fails(2, "was edited");
+        .fails(7, "was edited");
+    // Its comment garbled (not a key any more) is an edit too, on both paths.
+    let garbled = original.replace(&key, "kluis1notakey");
+    std::fs::write(other.path("id.key"), &garbled).unwrap();
+    other
+        .run(&["keygen", "--public", "id.key"])
+        .fails(7, "was edited");
+    other
+        .run(&["keygen", "--public", "id.key", "--passphrase-env", "PASS"])
+        .fails(7, "was edited");
+    // A malformed identity file (not one at all) stays a usage error (2), on both paths.
+    std::fs::write(other.path("id.key"), "just some notes\n").unwrap();
+    other
+        .run(&["keygen", "--public", "id.key", "--passphrase-env", "PASS"])
+        .fails(2, "invalid identity file");
+    std::fs::write(other.path("id.key"), "x".repeat(5000)).unwrap();
+    other
+        .run(&["keygen", "--public", "id.key"])
+        .fails(2, "larger than 4096");
+    other
+        .run(&["keygen", "--public", "id.key", "--passphrase-env", "PASS"])
+        .fails(2, "larger than 4096");
+    // The exit-code table (shown once, after `kluis --help`) says so.
+    let help = other.run(&["--help"]).ok().stdout_text();
+    let seven = help.find("\n  7  ").expect("code 7 in the table");
+    let eight = help.find("\n  8  ").expect("code 8 in the table");
+    assert!(
+        help[seven..eight].contains("identity file that fails its own check"),
+        "{help}"
+    );
 
     // Without the comment line (FORMAT.md §14 allows it) the recorded key is used.
     let bare: String = original

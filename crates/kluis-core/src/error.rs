@@ -118,6 +118,13 @@ pub enum Error {
         /// Which rule was broken.
         reason: &'static str,
     },
+    /// An identity file fails its own check: its `# public key:` comment is not the key
+    /// derived from its secret (or is not a key, or there are two). Someone edited the file,
+    /// perhaps to redirect what is sealed "to this identity": tampering, not a malformed file.
+    IdentityFileEdited {
+        /// Which check failed.
+        reason: &'static str,
+    },
     /// The identity file's Argon2id parameters are outside the accepted range.
     IdentityParams {
         /// Which parameter is out of range.
@@ -213,6 +220,10 @@ impl fmt::Display for Error {
             InvalidIdentityFile { reason } => write!(
                 f,
                 "invalid identity file ({reason}): check that you picked a kluis identity file"
+            ),
+            IdentityFileEdited { reason } => write!(
+                f,
+                "identity file fails its own check ({reason}): the file was edited; do not seal to that key, and restore the file from a copy you trust (or delete its `# public key:` line)"
             ),
             IdentityParams { reason } => write!(
                 f,

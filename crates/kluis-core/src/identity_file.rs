@@ -80,6 +80,7 @@ impl Identity {
     /// key derived from the secret). See docs/FORMAT.md §14.
     pub fn claimed_public_key(text: &str) -> Result<Option<PublicKey>> {
         let bad = |reason| Error::InvalidIdentityFile { reason };
+        let edited = |reason| Error::IdentityFileEdited { reason };
         if text.len() > MAX_IDENTITY_FILE_LEN {
             return Err(bad("larger than 4096 bytes"));
         }
@@ -91,9 +92,9 @@ impl Identity {
             let key: PublicKey = rest
                 .trim()
                 .parse()
-                .map_err(|_| bad("its `# public key:` line is not a valid kluis1… key"))?;
+                .map_err(|_| edited("its `# public key:` line is not a valid kluis1… key"))?;
             if found.is_some_and(|f| f != key) {
-                return Err(bad("it has two different `# public key:` lines"));
+                return Err(edited("it has two different `# public key:` lines"));
             }
             found = Some(key);
         }
@@ -159,13 +160,14 @@ impl Identity {
         secret.copy_from_slice(&plain);
         let id = Identity::from_secret_bytes(secret);
         zeroize::Zeroize::zeroize(&mut secret);
-        match Identity::claimed_public_key(text) {
-            Ok(None) => {}
-            Ok(Some(claimed)) if claimed == id.public_key() => {}
-            _ => {
-                return Err(bad(
-                    "its `# public key:` line does not match its secret key: the file was edited; do not seal to that key, and restore the file from a copy you trust (or delete that line)",
-                ));
+        // The size was checked above, so the only errors left are those of an edited comment.
+        match Identity::claimed_public_key(text)? {
+            None => {}
+            Some(claimed) if claimed == id.public_key() => {}
+            Some(_) => {
+                return Err(Error::IdentityFileEdited {
+                    reason: "its `# public key:` line does not match its secret key",
+                });
             }
         }
         Ok(id)
@@ -206,13 +208,22 @@ mod tests {
         assert_ne!(edited, text);
         assert!(matches!(
             Identity::from_file_string(&edited, b"pw"),
-            Err(Error::InvalidIdentityFile { reason }) if reason.contains("was edited")
+            Err(e @ Error::IdentityFileEdited { .. }) if e.to_string().contains("was edited")
         ));
         let garbled = text.replace("# public key: kluis1", "# public key: kluis1x");
-        assert!(Identity::from_file_string(&garbled, b"pw").is_err());
+        assert!(matches!(
+            Identity::from_file_string(&garbled, b"pw"),
+            Err(Error::IdentityFileEdited { .. })
+        ));
         let second = format!("{text}# public key: {}\n", other.public_key());
-        assert!(Identity::claimed_public_key(&second).is_err());
-        assert!(Identity::from_file_string(&second, b"pw").is_err());
+        assert!(matches!(
+            Identity::claimed_public_key(&second),
+            Err(Error::IdentityFileEdited { .. })
+        ));
+        assert!(matches!(
+            Identity::from_file_string(&second, b"pw"),
+            Err(Error::IdentityFileEdited { .. })
+        ));
         // §14 allows a file without the comment: it opens, and claims nothing.
         let bare: String = text
             .lines()

@@ -76,6 +76,28 @@ impl TempFile {
         TempFile::create(&parent_of(target), private)
     }
 
+    /// Like [`TempFile::beside`], except when `target` lies inside a cloud sync folder
+    /// ([`crate::sync_folder`]) and `temp_dir` can hold its temporary file
+    /// ([`crate::private_temp_dir`]: the user's own, owner-only, on the same file system): then
+    /// the temporary file is created in `temp_dir` (after removing stale ones left there), so
+    /// no plaintext temporary file ever appears in the sync folder. Committing links or
+    /// renames it into place as usual.
+    pub fn for_target(target: &Path, private: bool, temp_dir: Option<&Path>) -> Result<TempFile> {
+        TempFile::create_for(&parent_of(target), private, temp_dir)
+    }
+
+    /// [`TempFile::create`] in `dir`, or in the private folder `temp_dir` when `dir` is inside
+    /// a sync folder and `temp_dir` can be used for it (see [`TempFile::for_target`]).
+    fn create_for(dir: &Path, private: bool, temp_dir: Option<&Path>) -> Result<TempFile> {
+        match crate::private_temp::for_output(dir, temp_dir) {
+            Some(p) => {
+                crate::stale::sweep(&p);
+                TempFile::create(&p, private)
+            }
+            None => TempFile::create(dir, private),
+        }
+    }
+
     /// The open file, for writing.
     pub(crate) fn file(&self) -> &File {
         self.file.as_ref().expect("open until commit")
@@ -210,13 +232,15 @@ pub(crate) fn create_output_dir(dir: &Path) -> Result<()> {
 
 /// Get ready to write `output`, which lies in `root/rel_dir`: refuse early if it exists and
 /// `force` is not set (the commit checks again, atomically), create the folders of `rel_dir`,
-/// and create the temporary file there (see [`TempFile::create`] for `private`).
+/// and create the temporary file there (see [`TempFile::create`] for `private`), or in
+/// `temp_dir` when the folder is inside a sync folder (see [`TempFile::for_target`]).
 pub(crate) fn start_output(
     root: &Path,
     rel_dir: &Path,
     output: &Path,
     force: bool,
     private: bool,
+    temp_dir: Option<&Path>,
 ) -> Result<TempFile> {
     if !force && fs::symlink_metadata(output).is_ok() {
         return Err(Error::Exists {
@@ -226,7 +250,7 @@ pub(crate) fn start_output(
     let dir = create_dirs(root, rel_dir)?;
     // A run killed earlier may have left temporary files here (up to a whole plaintext).
     crate::stale::sweep(&dir);
-    TempFile::create(&dir, private)
+    TempFile::create_for(&dir, private, temp_dir)
 }
 
 /// Create the folders of `rel` (normal components only) under `base`, refusing to go

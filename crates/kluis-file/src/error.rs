@@ -152,6 +152,17 @@ pub enum Error {
         /// The journal beside it.
         journal: PathBuf,
     },
+    /// A document to re-key is sealed under more than one label.
+    SeveralLabels {
+        /// The sealed document.
+        path: PathBuf,
+    },
+    /// A document to re-key is sealed to holder or recovery keys only: it has no label key
+    /// version to move.
+    NoLabel {
+        /// The sealed document.
+        path: PathBuf,
+    },
     /// The operating system's random number generator failed.
     Random,
 }
@@ -282,6 +293,14 @@ impl fmt::Display for Error {
             Error::NoVerifyKeys { path } => write!(
                 f,
                 "{path:?} was sealed but kept: removing the original needs a key that opens the sealed copy, to verify it first"
+            ),
+            Error::SeveralLabels { path } => write!(
+                f,
+                "{path:?} is sealed under several labels; `kluis rekey` handles documents under one label"
+            ),
+            Error::NoLabel { path } => write!(
+                f,
+                "{path:?} is sealed to holder or recovery keys only, not under a label: there is no key version to move"
             ),
             Error::RekeyInterrupted { path, journal } => write!(
                 f,

@@ -78,6 +78,14 @@
 //! can leave a `.kluis-tmp-…` file behind (safe to delete; later runs skip it), never a
 //! partial file under the final name.
 //!
+//! ## Temporary files of outputs in a sync folder
+//!
+//! A plaintext output inside a cloud sync folder ([`sync_folder`]) has its temporary file
+//! written in [`OpenOptions::temp_dir`] instead (a private folder, mode 0700, created on
+//! demand), when that is the user's own and on the same file system ([`private_temp_dir`]), so
+//! no partial plaintext is ever in the sync folder, not even after `kill -9`; stale ones there
+//! are removed like those beside outputs. Otherwise it is written beside the output as above.
+//!
 //! New output folders are synced into their parent folder as they are created. Outputs of
 //! 8 MiB and more are written in 4 MiB blocks by a background thread while the next blocks are
 //! encrypted: on Linux with `O_DIRECT` (straight from memory to the disk, without a copy into
@@ -132,12 +140,13 @@ mod atomic;
 mod error;
 mod file;
 mod identity;
-mod list;
 mod name;
 mod open;
 mod output;
 mod pool;
+mod private_temp;
 mod rekey;
+mod rekey_paths;
 mod report;
 mod seal;
 mod stale;
@@ -147,14 +156,17 @@ mod walk;
 pub use atomic::TempFile;
 pub use error::{Error, Result};
 pub use identity::{read_identity_file, write_identity_file};
-pub use list::list_sealed;
 pub use name::{
     EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
 };
 pub use open::{open_file, open_paths};
 pub use pool::MAX_THREADS;
+pub use private_temp::private_temp_dir;
 pub use rekey::{
     Journal, MAX_JOURNAL_LEN, Recovery, Rewrite, finish_rekey, journal_path, replace_header,
+};
+pub use rekey_paths::{
+    RekeyDoc, RekeyOptions, RekeyOutcome, RekeyReport, RekeyTarget, list_sealed, rekey_paths,
 };
 pub use report::{Event, OpenOptions, Outcome, Progress, Report, SealOptions, Skip};
 pub use seal::{seal_file, seal_paths};

@@ -127,6 +127,7 @@ pub fn open_paths<P: AsRef<Path>>(
     let shared = Shared {
         force: options.force,
         progress: options.progress,
+        temp_dir: options.temp_dir.as_deref(),
     };
     let mut reports = Vec::with_capacity(listed.len());
     let mut pending = Vec::new();
@@ -445,7 +446,14 @@ fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     shared.emit(Event::Started { input: &job.input });
     let rel_dir = job.rel.parent().unwrap_or(Path::new(""));
     let force = shared.force || job.replaces.is_some();
-    let tmp = start_output(&job.root, rel_dir, &job.output, force, true)?;
+    let tmp = start_output(
+        &job.root,
+        rel_dir,
+        &job.output,
+        force,
+        true,
+        shared.temp_dir,
+    )?;
     let count = Cell::new(job.header.len() as u64);
     let file = reopen_sealed(&job.input, &job.header)?;
     // The plaintext size, or (sealed without one) the sealed size, which is a little more.

@@ -223,7 +223,7 @@ fn copy(path: &Path, old: &Header, new: &Header) -> Result<()> {
     let mut src = File::open(path).map_err(|e| Error::io(path, "read", e))?;
     let meta = check_start(path, &mut src, old.as_bytes(), None)?;
     let dir = parent_of(path);
-    let out = start_output(&dir, Path::new(""), path, true, false)?;
+    let out = start_output(&dir, Path::new(""), path, true, false, None)?;
     out.file()
         .set_permissions(meta.permissions())
         .map_err(|e| Error::io(path, "copy the permissions of", e))?;

@@ -83,6 +83,13 @@ pub struct OpenOptions<'a> {
     pub threads: Option<NonZeroUsize>,
     /// Called as work progresses.
     pub progress: Option<Progress<'a>>,
+    /// A private folder for the plaintext temporary files of outputs inside a cloud sync
+    /// folder (the CLI uses `<cache dir>/tmp`), so none is ever written, or left by a killed
+    /// run, inside the sync folder. Created on demand (mode 0700); used only when it is the
+    /// user's own and on the same file system as the output (see
+    /// [`crate::private_temp_dir`]), otherwise the temporary file is written beside its
+    /// output as elsewhere. `None`: always beside the output.
+    pub temp_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for OpenOptions<'_> {
@@ -93,6 +100,7 @@ impl fmt::Debug for OpenOptions<'_> {
             .field("allow_dotfiles", &self.allow_dotfiles)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("temp_dir", &self.temp_dir)
             .finish()
     }
 }
@@ -231,6 +239,8 @@ pub(crate) fn single(reports: Vec<Report>, input: &Path) -> Result<Report> {
 pub(crate) struct Shared<'a> {
     pub(crate) force: bool,
     pub(crate) progress: Option<Progress<'a>>,
+    /// [`OpenOptions::temp_dir`] (`None` when sealing: ciphertext needs no hiding).
+    pub(crate) temp_dir: Option<&'a Path>,
 }
 
 impl Shared<'_> {

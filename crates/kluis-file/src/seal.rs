@@ -87,6 +87,7 @@ pub fn seal_paths<P: AsRef<Path>>(
     let shared = Shared {
         force: options.force,
         progress: options.progress,
+        temp_dir: None,
     };
     let (mut reports, jobs, bytes) = plan(listed, out_dir, options.hide_names, options.name_key);
     shared.emit(Event::Planned {
@@ -335,7 +336,14 @@ fn seal_one(
 ) -> Result<(u64, Option<Sealed>)> {
     shared.emit(Event::Started { input: &job.input });
     let (mut input, meta) = open_checked(&job.input, None)?;
-    let tmp = start_output(&job.root, &job.rel_parent, &job.output, shared.force, false)?;
+    let tmp = start_output(
+        &job.root,
+        &job.rel_parent,
+        &job.output,
+        shared.force,
+        false,
+        None,
+    )?;
     let len = meta.len();
     let mut metadata = Metadata::with_size(len).name(job.name.clone());
     metadata.modified = meta.modified().ok();

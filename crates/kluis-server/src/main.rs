@@ -1000,6 +1000,7 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async move {
+        kluis_server::serve::catch_hangups();
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             ServerError::Config(format!(
                 "cannot listen on {listen}: {e}: {}",

@@ -369,10 +369,17 @@ fn hangups() -> Option<Hangups> {
     None
 }
 
-/// One line on standard error, never panicking on a closed or full stream.
+/// One line on standard error, through the server's log: never panicking on a closed or
+/// full stream, never blocking on one that takes nothing.
 fn log(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "kluis-server: {line}");
+    crate::log!("{line}");
+}
+
+/// Take `SIGHUP` over from its default (ending the process) now, before the server says it
+/// is listening: a reload asked for before [`serve`] watches for it must not stop the server.
+/// The certificate is loaded at start anyway; such an early `SIGHUP` is not acted on.
+pub fn catch_hangups() {
+    drop(hangups());
 }
 
 /// Resolves on SIGINT or SIGTERM.
