@@ -28,7 +28,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::{ReplyKey, SealedShare};
 use kluis_core::{DocId, Header, Identity, LabelPublicKey, Metadata, Recipient, Share, Slot, Stanza, Unwrap, UnwrapError, UnwrapRequest};
 use kluis_server::api::{Api, ApiConfig};
-use kluis_server::{KeySource, Policy, SqliteStore, Store};
+use kluis_server::{KeyService, KeySource, Policy, SqliteStore};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -53,7 +53,7 @@ static STATE: LazyLock<Mutex<Option<Fixture>>> = LazyLock::new(|| Mutex::new(Non
 /// A store with labels and tokens, the API on it, and documents sealed to its labels.
 struct Fixture {
     dir: PathBuf,
-    api: Arc<Api>,
+    api: Arc<Api<SqliteStore>>,
     router: Router,
     tokens: [String; 4],
     /// (doc id, header) of the documents sealed here.
@@ -106,7 +106,7 @@ fn fixture(generation: u64) -> Fixture {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut store = SqliteStore::init(
+    let mut store = KeyService::init_sqlite(
         &dir.join("store.db"),
         KeySource::File(&dir.join("master.key")),
     )

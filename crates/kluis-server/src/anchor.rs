@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
+use crate::service::KeyService;
 use crate::store::Store;
 use crate::time::{now_ms, rfc3339};
 
@@ -39,7 +40,7 @@ impl Anchor {
 
 /// The current head of a verified trail: verifies the whole chain first, so an anchor is
 /// never taken of a broken one.
-pub fn take(store: &impl Store) -> Result<Anchor> {
+pub fn take<S: Store>(store: &KeyService<S>) -> Result<Anchor> {
     let (seq, mac) = store.verify_audit()?;
     Ok(Anchor {
         seq,
@@ -119,8 +120,13 @@ pub fn read(path: &Path) -> Result<Vec<Anchor>> {
 /// Verify the chain and check every anchor against it: fails when an anchored record is
 /// beyond the head (records cut off, or the store rolled back) or holds another MAC (the
 /// trail was rewritten). Returns the number of records and the head MAC, as
-/// [`Store::verify_audit`] does.
-pub fn verify(store: &impl Store, anchors: &[Anchor]) -> Result<(i64, String)> {
+/// [`KeyService::verify_audit`] does.
+pub fn verify<S: Store>(store: &KeyService<S>, anchors: &[Anchor]) -> Result<(i64, String)> {
+    // One read snapshot: the chain and the anchored records are read at the same moment.
+    store.store().snapshot(|_| check(store, anchors))
+}
+
+fn check<S: Store>(store: &KeyService<S>, anchors: &[Anchor]) -> Result<(i64, String)> {
     let (count, head) = store.verify_audit()?;
     for a in anchors {
         if a.seq > count {

@@ -1,11 +1,11 @@
 //! The HTTP API, `/v1`: public label records, unwrap and batch unwrap, the caller's own audit
 //! events, health checks and metrics.
 //!
-//! Every unwrap is authenticated, rate limited and authorised before any key operation, and
-//! its audit records are committed (group commit, see [`crate::writer`]) before the sealed
-//! shares leave the server.
+//! The handlers only translate: they parse a request, call the [`crate::service`] layer and
+//! render its answer. Every unwrap is authenticated, rate limited and authorised before any
+//! key operation, and its audit records are committed (group commit, see [`crate::writer`])
+//! before the sealed shares leave the server; the service's types enforce that order.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,52 +22,20 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::ReplySealer;
-use kluis_core::{DocId, LabelKey, Share, SlotKind, Stanza};
+use kluis_core::{DocId, Stanza};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::audit::AuditEntry;
 use crate::error::ServerError;
 use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, route_name};
-use crate::sqlite::SqliteStore;
-use crate::store::{LabelInfo, Principal, Store, VersionState};
-use crate::time::now_ms;
-use crate::writer::AuditWriter;
+use crate::service::KeyService;
+use crate::service::auth::{AuthError, Caller};
+use crate::service::unwrap::{Admitted, Pending, Purpose, Refusal, UnwrapRequest as Unwrap};
+use crate::service::writer::AuditWriter;
+use crate::store::Store;
 
-/// Verifies bearer tokens that are not kluis API tokens (OpenID Connect JWTs).
-pub trait TokenVerifier: Send + Sync {
-    /// Who the token authenticates, with names namespaced to the verifier's source (see
-    /// [`Principal`]). Must not wait for the network (reload keys in the background); it runs
-    /// on a blocking thread, without a store connection.
-    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError>;
-}
-
-/// Why a bearer token was not accepted.
-#[derive(Debug)]
-pub enum VerifyError {
-    /// The token is not valid: 401, with a message for the caller (never the token itself).
-    Invalid(String),
-    /// The token cannot be checked now (the identity provider's keys are unavailable): 503.
-    Unavailable(String),
-}
-
-impl TokenVerifier for crate::oidc::OidcVerifier {
-    fn verify(&self, token: &str, now_secs: i64) -> Result<Principal, VerifyError> {
-        crate::oidc::OidcVerifier::verify(self, token, now_secs).map_err(|e| {
-            if let Some(cause) = e.jwks_cause() {
-                crate::log!("OpenID Connect keys unavailable: {cause}");
-            }
-            match e {
-                crate::oidc::OidcError::JwksUnavailable(_) => VerifyError::Unavailable(
-                    "the identity provider's signing keys cannot be fetched; try again later"
-                        .into(),
-                ),
-                e => VerifyError::Invalid(e.to_string()),
-            }
-        })
-    }
-}
+pub use crate::service::auth::{TokenVerifier, VerifyError};
 
 /// Server settings that the API needs.
 #[derive(Clone, Debug)]
@@ -103,26 +71,26 @@ impl Default for ApiConfig {
 }
 
 /// Read connections, each used by one request at a time.
-struct Pool {
-    conns: Vec<Mutex<SqliteStore>>,
+struct Pool<S> {
+    conns: Vec<Mutex<KeyService<S>>>,
     next: AtomicUsize,
 }
 
-impl Pool {
+impl<S: Store> Pool<S> {
     /// A free connection, looking from the next one round; `None` when all are busy.
-    fn free(&self, start: usize) -> Option<std::sync::MutexGuard<'_, SqliteStore>> {
+    fn free(&self, start: usize) -> Option<std::sync::MutexGuard<'_, KeyService<S>>> {
         (0..self.conns.len())
             .find_map(|i| self.conns[(start + i) % self.conns.len()].try_lock().ok())
     }
 
     /// Run `f` on a free connection; `None` when all are busy.
-    fn try_with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> Option<T> {
+    fn try_with<T>(&self, f: impl FnOnce(&mut KeyService<S>) -> T) -> Option<T> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         self.free(start).map(|mut s| f(&mut s))
     }
 
     /// Run `f` on a free connection, or wait for one when all are busy.
-    fn with<T>(&self, f: impl FnOnce(&mut SqliteStore) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut KeyService<S>) -> T) -> T {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut s = self.free(start).unwrap_or_else(|| {
             self.conns[start % self.conns.len()]
@@ -133,10 +101,10 @@ impl Pool {
     }
 }
 
-/// The running API: store connections, the audit writer, limits, metrics and the optional
-/// OpenID Connect verifier.
-pub struct Api {
-    readers: Pool,
+/// The running API over any [`Store`]: store connections, the audit writer, limits, metrics
+/// and the optional OpenID Connect verifier.
+pub struct Api<S> {
+    readers: Pool<S>,
     writer: AuditWriter,
     config: ApiConfig,
     metrics: Metrics,
@@ -144,10 +112,10 @@ pub struct Api {
     oidc: Option<Arc<dyn TokenVerifier>>,
 }
 
-impl Api {
+impl<S: Store> Api<S> {
     /// Take over `store` (its connection becomes the audit writer's) and open the readers.
     pub fn new(
-        store: SqliteStore,
+        store: KeyService<S>,
         config: ApiConfig,
         oidc: Option<Arc<dyn TokenVerifier>>,
     ) -> crate::Result<Arc<Self>> {
@@ -171,13 +139,13 @@ impl Api {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .route("/v1/labels", get(labels))
-            .route("/v1/labels/{name}", get(label_record))
-            .route("/v1/unwrap", post(unwrap_one))
-            .route("/v1/unwrap/batch", post(unwrap_batch))
-            .route("/v1/me/audit", get(my_audit))
+            .route("/readyz", get(readyz::<S>))
+            .route("/metrics", get(metrics::<S>))
+            .route("/v1/labels", get(labels::<S>))
+            .route("/v1/labels/{name}", get(label_record::<S>))
+            .route("/v1/unwrap", post(unwrap_one::<S>))
+            .route("/v1/unwrap/batch", post(unwrap_batch::<S>))
+            .route("/v1/me/audit", get(my_audit::<S>))
             .method_not_allowed_fallback(|| async {
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -193,7 +161,7 @@ impl Api {
                 )
             })
             .layer(DefaultBodyLimit::max(self.config.max_body))
-            .layer(middleware::from_fn_with_state(self.clone(), track))
+            .layer(middleware::from_fn_with_state(self.clone(), track::<S>))
             .with_state(self.clone())
     }
 
@@ -206,39 +174,10 @@ impl Api {
     pub fn shutdown(&self) {
         self.writer.shutdown();
     }
-
-    /// Check an API token (`kluis_…`) against the store.
-    fn authenticate_token(&self, store: &SqliteStore, bearer: &str) -> Result<Principal, ApiError> {
-        store.authenticate(bearer, now_ms())?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the token is unknown, revoked or expired: ask for a new one",
-            )
-        })
-    }
-
-    /// Check a bearer token that is not an API token (an OpenID Connect JWT), without a
-    /// store connection: a slow identity provider must never hold one.
-    fn authenticate_jwt(&self, bearer: &str) -> Result<Principal, ApiError> {
-        let unauth = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-        match &self.oidc {
-            Some(oidc) => oidc.verify(bearer, now_ms() / 1000).map_err(|e| match e {
-                VerifyError::Invalid(m) => unauth(m),
-                VerifyError::Unavailable(m) => {
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", m)
-                        .retry_after(Duration::from_secs(30))
-                }
-            }),
-            None => Err(unauth(
-                "not a kluis API token (this server accepts no OpenID Connect tokens)".into(),
-            )),
-        }
-    }
 }
 
 /// Time every request out, and count it.
-async fn track(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+async fn track<S: Store>(State(api): State<Arc<Api<S>>>, req: Request, next: Next) -> Response {
     let route = route_name(req.uri().path());
     let start = Instant::now();
     let response = match tokio::time::timeout(api.config.request_timeout, next.run(req)).await {
@@ -321,23 +260,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let status = match r.code {
+            "malformed" => StatusCode::BAD_REQUEST,
+            "denied" | "double_key_required" | "retired" => StatusCode::FORBIDDEN,
+            "not_found" => StatusCode::NOT_FOUND,
+            "destroyed" => StatusCode::GONE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            destroyed_ms: r.destroyed_ms,
+            ..ApiError::new(status, r.code, r.message)
+        }
+    }
+}
+
 impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
-        match e {
-            ServerError::UnknownLabel(_) | ServerError::UnknownVersion { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            ServerError::Destroyed { destroyed_ms, .. } => ApiError {
-                destroyed_ms,
-                ..ApiError::new(StatusCode::GONE, "destroyed", e.to_string())
-            },
-            // Never leak store internals to callers.
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the key server failed; its operators can find details in its log",
-            ),
-        }
+        Refusal::from(e).into()
     }
 }
 
@@ -353,9 +294,9 @@ fn json_response(v: &impl Serialize) -> Response {
 }
 
 /// Run blocking store work (SQLite, X25519) off the async threads, on a read connection.
-async fn blocking<T: Send + 'static>(
-    api: &Arc<Api>,
-    f: impl FnOnce(&Api, &mut SqliteStore) -> Result<T, ApiError> + Send + 'static,
+async fn blocking<S: Store, T: Send + 'static>(
+    api: &Arc<Api<S>>,
+    f: impl FnOnce(&Api<S>, &mut KeyService<S>) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let api = api.clone();
     tokio::task::spawn_blocking(move || api.readers.with(|store| f(&api, store)))
@@ -363,33 +304,32 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ServerError::Init("a request task failed"))?
 }
 
-/// Who is calling: an API token still to be checked against the store, or the principal of a
-/// JWT already verified (without a store connection).
-enum Caller {
-    ApiToken(String),
-    Verified(Principal),
+/// Tell an API token from a JWT; a JWT is verified here, on a blocking thread that holds no
+/// store connection (verification never waits for the identity provider, see
+/// [`TokenVerifier::verify`]).
+async fn caller<S: Store>(api: &Arc<Api<S>>, token: String) -> Result<Caller, ApiError> {
+    if !Caller::needs_verifier(&token) {
+        return Ok(Caller::identify(token, None)?);
+    }
+    let api = api.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || Caller::identify(token, api.oidc.as_deref()))
+            .await
+            .map_err(|_| ServerError::Init("a request task failed"))??,
+    )
 }
 
-impl Caller {
-    /// Tell an API token from a JWT; a JWT is verified here, on a blocking thread that holds no store
-    /// connection (verification never waits for the identity provider, see
-    /// [`TokenVerifier::verify`]).
-    async fn of(api: &Arc<Api>, token: String) -> Result<Caller, ApiError> {
-        if token.starts_with("kluis_") {
-            return Ok(Caller::ApiToken(token));
-        }
-        let api = api.clone();
-        tokio::task::spawn_blocking(move || api.authenticate_jwt(&token))
-            .await
-            .map_err(|_| ServerError::Init("a request task failed"))?
-            .map(Caller::Verified)
-    }
-
-    /// The principal: an API token is looked up on `store`.
-    fn principal(&self, api: &Api, store: &SqliteStore) -> Result<Principal, ApiError> {
-        match self {
-            Caller::ApiToken(token) => api.authenticate_token(store, token),
-            Caller::Verified(p) => Ok(p.clone()),
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
+            }
+            AuthError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", m)
+                    .retry_after(Duration::from_secs(30))
+            }
+            AuthError::Store(e) => e.into(),
         }
     }
 }
@@ -415,7 +355,7 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-async fn readyz(State(api): State<Arc<Api>>) -> Response {
+async fn readyz<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
     let store_ok = matches!(blocking(&api, |_, s| Ok(s.is_reachable())).await, Ok(true));
     if store_ok && api.writer.is_running() {
         "ready\n".into_response()
@@ -424,7 +364,7 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     }
 }
 
-async fn metrics(State(api): State<Arc<Api>>) -> Response {
+async fn metrics<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
     let mut r = api.metrics.render(&api.writer).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -433,7 +373,7 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
     r
 }
 
-async fn labels(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+async fn labels<S: Store>(State(api): State<Arc<Api<S>>>) -> Result<Response, ApiError> {
     let list = blocking(&api, |_, s| {
         Ok(s.labels()?
             .into_iter()
@@ -445,8 +385,8 @@ async fn labels(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
 }
 
 /// The public record clients seal with: no authentication, cacheable.
-async fn label_record(
-    State(api): State<Arc<Api>>,
+async fn label_record<S: Store>(
+    State(api): State<Arc<Api<S>>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(|_| ApiError::bad("the label name is not valid UTF-8"))?;
@@ -490,15 +430,6 @@ async fn label_record(
         r.headers_mut().insert(header::CACHE_CONTROL, v);
     }
     Ok(r)
-}
-
-/// Why the caller unwraps: retired versions open only for re-keying.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Purpose {
-    #[default]
-    Open,
-    Rekey,
 }
 
 #[derive(Deserialize)]
@@ -548,133 +479,21 @@ fn reason(r: Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 /// Parse one item: the document id and an org stanza.
-fn parse_item(item: &Item) -> Result<(DocId, kluis_core::OrgStanza), ApiError> {
+fn parse_item(item: &Item) -> Result<(DocId, kluis_core::OrgStanza), Refusal> {
+    let bad = |m: &str| Refusal::new("malformed", m);
     let mut id = [0u8; 16];
-    hex::decode_to_slice(&item.doc_id, &mut id)
-        .map_err(|_| ApiError::bad("doc_id must be 32 hex digits"))?;
+    hex::decode_to_slice(&item.doc_id, &mut id).map_err(|_| bad("doc_id must be 32 hex digits"))?;
     if item.stanza.len() > 4096 {
-        return Err(ApiError::bad("stanza too long"));
+        return Err(bad("stanza too long"));
     }
     let bytes = B64
         .decode(&item.stanza)
-        .map_err(|_| ApiError::bad("stanza must be base64"))?;
+        .map_err(|_| bad("stanza must be base64"))?;
     match Stanza::from_bytes(&bytes) {
         Ok(Stanza::Org(o)) => Ok((DocId(id), o)),
-        Ok(_) => Err(ApiError::bad(
-            "only org (label) stanzas can be unwrapped here",
-        )),
-        Err(_) => Err(ApiError::bad("stanza: not a valid kluis stanza")),
+        Ok(_) => Err(bad("only org (label) stanzas can be unwrapped here")),
+        Err(_) => Err(bad("stanza: not a valid kluis stanza")),
     }
-}
-
-/// Authorise, unwrap and record one item. The audit entry is returned for the caller to
-/// commit (in one transaction with the rest of the batch) before any share is released.
-/// Label records and unsealed label keys, looked up once per request rather than once per
-/// item (the store lock is held for the whole request, so they cannot change meanwhile).
-#[derive(Default)]
-struct Lookups {
-    labels: HashMap<String, Result<LabelInfo, ApiError>>,
-    keys: HashMap<(String, u32), Result<(LabelKey, VersionState), ApiError>>,
-}
-
-impl Lookups {
-    fn label(&mut self, store: &SqliteStore, name: &str) -> Result<&LabelInfo, ApiError> {
-        self.labels
-            .entry(name.to_owned())
-            .or_insert_with(|| store.label(name).map_err(ApiError::from))
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-
-    fn key(
-        &mut self,
-        store: &SqliteStore,
-        name: &str,
-        kid: u32,
-    ) -> Result<&(LabelKey, VersionState), ApiError> {
-        self.keys
-            .entry((name.to_owned(), kid))
-            .or_insert_with(|| store.label_key(name, kid).map_err(ApiError::from))
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-}
-
-fn unwrap_item(
-    store: &SqliteStore,
-    lookups: &mut Lookups,
-    who: &Principal,
-    purpose: Purpose,
-    doc_id: &DocId,
-    stanza: &kluis_core::OrgStanza,
-    base: &AuditEntry,
-) -> (Result<kluis_core::Share, ApiError>, AuditEntry) {
-    let mut entry = base.clone();
-    entry.label = Some(stanza.label().to_owned());
-    entry.kid = Some(stanza.kid());
-    entry.doc_id = Some(doc_id.to_string());
-    let result = (|| {
-        let label = lookups.label(store, stanza.label())?;
-        if !label.policy.allows(&who.user, &who.groups) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "denied",
-                format!(
-                    "you may not open documents labelled `{}`; ask the label's owner",
-                    stanza.label()
-                ),
-            ));
-        }
-        if label.policy.double_key && stanza.slot_kind() != SlotKind::Half {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "double_key_required",
-                format!(
-                    "label `{}` requires double key; this document was sealed with one key",
-                    stanza.label()
-                ),
-            ));
-        }
-        // Only now, authorised, the key operation.
-        let (key, state) = lookups.key(store, stanza.label(), stanza.kid())?;
-        if *state == VersionState::Retired && purpose != Purpose::Rekey {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "retired",
-                "this key version is retired: it opens only to re-key (purpose \"rekey\")",
-            ));
-        }
-        key.unwrap_stanza(doc_id, stanza).map_err(|_| {
-            ApiError::bad("the stanza does not authenticate for this document and key version")
-        })
-    })();
-    entry.outcome = match &result {
-        Ok(_) => "granted".to_owned(),
-        Err(e) => e.code.to_owned(),
-    };
-    (result, entry)
-}
-
-fn base_entry(who: &Principal, client: SocketAddr, reason: Option<String>) -> AuditEntry {
-    AuditEntry {
-        time_ms: now_ms(),
-        actor: who.user.clone(),
-        action: "unwrap".to_owned(),
-        label: None,
-        kid: None,
-        doc_id: None,
-        outcome: String::new(),
-        reason,
-        client: Some(client.ip().to_string()),
-        credential: Some(who.credential.clone()),
-    }
-}
-
-/// A request authorised and unwrapped, waiting for its audit records to be committed.
-struct Unwrapped {
-    sealer: ReplySealer,
-    results: Vec<Result<(DocId, Share), ApiError>>,
-    entries: Vec<AuditEntry>,
 }
 
 /// The common body of both unwrap requests.
@@ -685,19 +504,23 @@ struct Common {
     items: Vec<Item>,
 }
 
-/// Authenticate, then read the request, rate limit, authorise and unwrap every item. No
-/// share leaves this function except inside [`Unwrapped`], which is released only after its
-/// audit records are committed.
-fn authorise_and_unwrap(
-    api: &Api,
-    store: &mut SqliteStore,
+/// The sealer for the caller's reply key, and the unwrapped request waiting for its audit
+/// records to be committed.
+type Unwrapped = (ReplySealer, Pending);
+
+/// Authenticate, then read the request, rate limit, and have the service authorise and
+/// unwrap every item. The shares stay inside [`Pending`] until the audit writer has
+/// committed its records.
+fn authorise_and_unwrap<S: Store>(
+    api: &Api<S>,
+    store: &mut KeyService<S>,
     caller: &Caller,
     client: SocketAddr,
     body: &Result<Bytes, ApiError>,
     batch: bool,
 ) -> Result<Unwrapped, ApiError> {
     // Authentication comes before even looking at the request body.
-    let who = caller.principal(api, store)?;
+    let who = caller.principal(store)?;
     let body = body.as_ref().map_err(Clone::clone)?;
     let bad_body = |e: serde_json::Error| ApiError::bad(format!("request body: {e}"));
     let req = if batch {
@@ -724,57 +547,34 @@ fn authorise_and_unwrap(
             items: vec![r.item],
         }
     };
-    api.limiter
-        .check(&who.user, req.items.len() as f64)
-        .map_err(|wait| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many unwraps for this identity; slow down",
-            )
-            .retry_after(wait)
-        })?;
+    let admitted = Admitted::admit(&api.limiter, who, req.items.len()).map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many unwraps for this identity; slow down",
+        )
+        .retry_after(wait)
+    })?;
     let r = reply_key(&req.reply_key)?;
     let sealer =
         ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
-    let mut base = base_entry(&who, client, reason(req.reason)?);
-    if req.purpose == Purpose::Rekey {
-        base.action = "unwrap.rekey".to_owned();
-    }
-    let mut lookups = Lookups::default();
-    let mut results = Vec::with_capacity(req.items.len());
-    let mut entries = Vec::with_capacity(req.items.len());
-    for item in &req.items {
-        match parse_item(item) {
-            Ok((doc_id, stanza)) => {
-                let (res, entry) = unwrap_item(
-                    store,
-                    &mut lookups,
-                    &who,
-                    req.purpose,
-                    &doc_id,
-                    &stanza,
-                    &base,
-                );
-                entries.push(entry);
-                results.push(res.map(|share| (doc_id, share)));
-            }
-            Err(e) => results.push(Err(e)),
-        }
-    }
-    api.metrics
-        .items(entries.iter().map(|e| e.outcome.as_str()));
-    Ok(Unwrapped {
-        sealer,
-        results,
-        entries,
-    })
+    let pending = store.unwrap(
+        &admitted,
+        Unwrap {
+            purpose: req.purpose,
+            reason: reason(req.reason)?,
+            client: client.ip().to_string(),
+            items: req.items.iter().map(parse_item).collect(),
+        },
+    );
+    api.metrics.items(pending.outcomes());
+    Ok((sealer, pending))
 }
 
 /// Unwrap, commit the audit records, then seal the shares to the caller.
 /// Returns `S` and, per item, a sealed share or why not.
-async fn unwrap_common(
-    api: Arc<Api>,
+async fn unwrap_common<S: Store>(
+    api: Arc<Api<S>>,
     client: SocketAddr,
     headers: HeaderMap,
     req: Request,
@@ -791,7 +591,7 @@ async fn unwrap_common(
     // hold a body of up to `max_body_bytes` per connection (review: 400 unauthenticated
     // connections trickling 1 MiB bodies held 420 MiB).
     // A JWT is verified before a store connection is taken; an API token is then checked.
-    let caller = Caller::of(&api, token).await?;
+    let caller = caller(&api, token).await?;
     authenticate_first(&api, &caller).await?;
     let body = Bytes::from_request(req, &()).await.map_err(body_error);
     let arriving = api.writer.arriving();
@@ -804,11 +604,7 @@ async fn unwrap_common(
                 .try_with(|store| authorise_and_unwrap(&api, store, &caller, client, &body, batch))
         })
         .flatten();
-    let Unwrapped {
-        mut sealer,
-        results,
-        entries,
-    } = match inline {
+    let (mut sealer, pending) = match inline {
         Some(done) => done?,
         None => {
             blocking(&api, move |api, store| {
@@ -818,24 +614,23 @@ async fn unwrap_common(
         }
     };
     // Durable before anything leaves: if the audit cannot be written, nothing is released.
-    if !entries.is_empty() {
-        api.writer.append(entries, arriving).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the key server cannot write its audit trail, so it releases no keys; try again later",
-            )
-        })?;
-    }
-    let sealed = results
+    let committed = api.writer.commit(pending, arriving).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the key server cannot write its audit trail, so it releases no keys; try again later",
+        )
+    })?;
+    let sealed = committed
+        .release(&mut sealer)
         .into_iter()
-        .map(|r| r.map(|(doc_id, share)| sealer.seal(&doc_id, &share)))
+        .map(|r| r.map_err(ApiError::from))
         .collect();
     Ok((sealer.server_public(), sealed))
 }
 
-async fn unwrap_one(
-    State(api): State<Arc<Api>>,
+async fn unwrap_one<S: Store>(
+    State(api): State<Arc<Api<S>>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     req: Request,
@@ -849,8 +644,8 @@ async fn unwrap_one(
     })))
 }
 
-async fn unwrap_batch(
-    State(api): State<Arc<Api>>,
+async fn unwrap_batch<S: Store>(
+    State(api): State<Arc<Api<S>>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     req: Request,
@@ -871,20 +666,20 @@ async fn unwrap_batch(
 
 /// Refuse an unknown credential before anything else is done for the request (its body is
 /// not read yet); an API token is checked on this thread when a store connection is free.
-async fn authenticate_first(api: &Arc<Api>, caller: &Caller) -> Result<(), ApiError> {
-    let Caller::ApiToken(token) = caller else {
+async fn authenticate_first<S: Store>(api: &Arc<Api<S>>, caller: &Caller) -> Result<(), ApiError> {
+    if !caller.needs_store() {
         // A JWT was verified when the caller was identified.
         return Ok(());
-    };
+    }
     if let Some(done) = api
         .readers
-        .try_with(|store| api.authenticate_token(store, token).map(|_| ()))
+        .try_with(|store| caller.principal(store).map(|_| ()))
     {
-        return done;
+        return Ok(done?);
     }
-    let token = token.clone();
-    blocking(api, move |api, store| {
-        api.authenticate_token(store, &token).map(|_| ())
+    let caller = caller.clone();
+    blocking(api, move |_, store| {
+        Ok(caller.principal(store).map(|_| ())?)
     })
     .await
 }
@@ -916,15 +711,15 @@ struct Page {
 /// The caller's own recorded openings (employees may see what is recorded under their name):
 /// the records of the caller's namespaced actor only, so an OpenID Connect `alice`
 /// (`oidc:<issuer>:alice`) never sees the API-token `alice`'s records, nor anyone the admin's.
-async fn my_audit(
-    State(api): State<Arc<Api>>,
+async fn my_audit<S: Store>(
+    State(api): State<Arc<Api<S>>>,
     page: Result<Query<Page>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
-    let caller = Caller::of(&api, token).await?;
-    let records = blocking(&api, move |api, store| {
-        let who = caller.principal(api, store)?;
+    let caller = caller(&api, token).await?;
+    let records = blocking(&api, move |_, store| {
+        let who = caller.principal(store)?;
         let Query(page) = page.map_err(|_| {
             ApiError::bad("query: only `after` (a sequence number) and `limit` (1-1000)")
         })?;

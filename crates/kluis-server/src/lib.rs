@@ -4,6 +4,11 @@
 //! (a 0600 key file or an Argon2id passphrase), in SQLite. Every administrative change is
 //! written together with its record in an HMAC-chained audit trail that `audit verify`
 //! checks. [`api`] serves unwrap, batch unwrap and the public label records over HTTP.
+//!
+//! Layers, each using only the ones below it: [`api`] (HTTP handlers: parse, call the service,
+//! render) → [`service`] (the key server's operations and the unwrap decision, with the audit
+//! writer) → [`keyring`] (the master key: sealing at rest, token hashes, the audit chain) and
+//! [`Store`] (rows, one implementation per engine: [`SqliteStore`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -15,6 +20,7 @@ pub mod config;
 mod error;
 mod fairness;
 mod handshake;
+pub mod keyring;
 mod limit;
 pub mod log;
 mod master_key;
@@ -24,18 +30,22 @@ mod policy;
 mod policy_edit;
 mod refusal;
 pub mod serve;
+pub mod service;
 mod sqlite;
 mod store;
 mod time;
 mod tls_reload;
-pub mod writer;
 
 pub use error::{Result, ServerError};
+pub use keyring::{KeySource, Keyring};
 pub use master_key::MasterKey;
 pub use policy::Policy;
 pub use policy_edit::PolicyEdit;
-pub use sqlite::{BackupCheck, KeySource, MasterKeyRotation, SqliteStore, pending_key_file};
+pub use service::writer;
+pub use service::{KeyService, MasterKeyRotation, pending_key_file};
+pub use sqlite::{BackupCheck, BackupTarget, SqliteStore};
 pub use store::{
-    LabelInfo, Principal, ScheduledChange, Store, TokenInfo, VersionInfo, VersionState,
+    LabelInfo, Principal, ScheduledChange, Store, StoreTx, TokenInfo, TokenRow, VersionInfo,
+    VersionRow, VersionState, meta,
 };
 pub use time::{now_ms, parse_duration, rfc3339};

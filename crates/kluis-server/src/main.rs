@@ -16,8 +16,8 @@ use kluis_server::api::{Api, ApiConfig};
 use kluis_server::config::Config;
 use kluis_server::serve::{ListenLimits, TlsFiles, serve, signals};
 use kluis_server::{
-    KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor, now_ms,
-    parse_duration,
+    KeyService, KeySource, Policy, PolicyEdit, Result, ServerError, SqliteStore, Store, anchor,
+    now_ms, parse_duration,
 };
 use zeroize::Zeroizing;
 
@@ -566,8 +566,8 @@ fn interrupted_rotation(
 }
 
 /// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
-fn rotate_master(
-    store: &mut SqliteStore,
+fn rotate_master<S: Store>(
+    store: &mut KeyService<S>,
     key_file: &std::path::Path,
     old: Option<&str>,
     new: Option<&str>,
@@ -631,7 +631,7 @@ fn run(cli: Cli) -> Result<()> {
         None => KeySource::File(&key_file),
     };
     if let Command::Init = cli.command {
-        SqliteStore::init(&store_path, key)?;
+        KeyService::init_sqlite(&store_path, key)?;
         println!("initialised store {}", store_path.display());
         if pass.is_none() {
             println!(
@@ -642,7 +642,7 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Command::Restore { from, force } = &cli.command {
-        let check = SqliteStore::restore(from, &store_path, key, *force, &actor())?;
+        let check = KeyService::restore(from, &store_path, key, *force, &actor())?;
         println!(
             "restored {} from {}: audit trail verified, {} records, head {}",
             store_path.display(),
@@ -661,7 +661,7 @@ fn run(cli: Cli) -> Result<()> {
             store_path.display()
         )));
     }
-    let mut store = SqliteStore::open(&store_path, key)
+    let mut store = KeyService::open_sqlite(&store_path, key)
         .map_err(|e| interrupted_rotation(e, &key_file, pass.is_none()))?;
     if let Command::MasterKey(MasterKeyCmd::Rotate {
         new_passphrase_env,
@@ -685,21 +685,36 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Serve(args) = cli.command {
         return run_server(store, args, &file);
     }
+    // Engine-specific (SQLite's `VACUUM INTO`).
+    if let Command::Backup { to } = &cli.command {
+        store.backup_to(to, &actor())?;
+        writeln!(
+            std::io::stdout().lock(),
+            "backup written to {} (mode 0600); it opens only with this master key",
+            to.display()
+        )?;
+        return Ok(());
+    }
+    administer(&mut store, cli.command, &|e| {
+        name_store_holders(e, &store_path)
+    })
+}
+
+/// The administrative commands, on any store. `diagnose` adds what the engine knows about a
+/// failure to the log (SQLite: which processes hold the store open when a scrub is pending).
+fn administer<S: Store>(
+    store: &mut KeyService<S>,
+    command: Command,
+    diagnose: &dyn Fn(&ServerError),
+) -> Result<()> {
     let out = &mut std::io::stdout().lock();
-    match cli.command {
+    match command {
         Command::Init
         | Command::Serve(_)
         | Command::Store(_)
         | Command::Restore { .. }
+        | Command::Backup { .. }
         | Command::MasterKey(_) => unreachable!("handled above"),
-        Command::Backup { to } => {
-            store.backup_to(&to, &actor())?;
-            writeln!(
-                out,
-                "backup written to {} (mode 0600); it opens only with this master key",
-                to.display()
-            )?;
-        }
         Command::Schedule => {
             let (changes, failure) = schedule_outcome(store.run_schedule(now_ms(), "scheduler"))?;
             for change in changes {
@@ -713,8 +728,8 @@ fn run(cli: Cli) -> Result<()> {
             // finish (a reader held them). Run from cron, nothing else retries that scrub:
             // finish it now (also one a previous run left), or fail saying why.
             let scrubbed = store
-                .scrub_if_pending(Duration::from_secs(2))
-                .inspect_err(|e| name_store_holders(e, &store_path));
+                .forget_pending_copies(Duration::from_secs(2))
+                .inspect_err(diagnose);
             if let Some(failure) = failure {
                 if let Err(e) = scrubbed {
                     kluis_server::log!("{e}");
@@ -820,9 +835,7 @@ fn run(cli: Cli) -> Result<()> {
                         "destroying is irreversible: pass --confirm {name} to confirm"
                     )));
                 }
-                store
-                    .destroy(&name, kid, &actor())
-                    .inspect_err(|e| name_store_holders(e, &store_path))?;
+                store.destroy(&name, kid, &actor()).inspect_err(diagnose)?;
                 writeln!(
                     out,
                     "label {name}: version {kid} destroyed; its documents can no longer be opened"
@@ -874,7 +887,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit(cmd) => match cmd {
             AuditCmd::Verify { anchors } => {
                 let (n, head) = match &anchors {
-                    Some(path) => anchor::verify(&store, &anchor::read(path)?)?,
+                    Some(path) => anchor::verify(store, &anchor::read(path)?)?,
                     None => store.verify_audit()?,
                 };
                 writeln!(out, "audit trail verified: {n} records, head {head}")?;
@@ -883,7 +896,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             AuditCmd::Anchor { to } => {
-                let a = anchor::take(&store)?;
+                let a = anchor::take(store)?;
                 match to {
                     Some(path) => {
                         anchor::append(&path, &a)?;
@@ -909,7 +922,8 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn run_server(store: SqliteStore, args: ServeArgs, file: &Config) -> Result<()> {
+/// Serve the API over `store`, whatever its engine.
+fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) -> Result<()> {
     let f = &file.serve;
     let listen = args
         .listen
@@ -1047,7 +1061,7 @@ async fn supervise(
 }
 
 /// Resolves when the audit writer thread has stopped.
-async fn stopped(api: &Api) {
+async fn stopped<S: Store>(api: &Api<S>) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
     while api.writer_running() {
         every.tick().await;
@@ -1200,11 +1214,11 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
 /// Scheduled rotation and retention, every `interval`, on its own connection. It also
 /// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
 /// full, even a panic) is logged and the next tick tries again.
-async fn run_schedule(store: SqliteStore, interval: Duration) {
+async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
     let store = std::sync::Mutex::new(store);
     repeat(interval, move || {
         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-        match s.scrub_if_pending(Duration::from_secs(1)) {
+        match s.forget_pending_copies(Duration::from_secs(1)) {
             Ok(true) => kluis_server::log!(
                 "scheduled scrub: no old copy of a destroyed key remains in the store files"
             ),

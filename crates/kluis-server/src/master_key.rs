@@ -109,11 +109,6 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
-    /// A copy, for another connection to the same store.
-    pub(crate) fn duplicate(&self) -> MasterKey {
-        MasterKey(Zeroizing::new(*self.0))
-    }
-
     /// A 32-byte subkey for one purpose.
     pub(crate) fn subkey(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"kluis-server/v1").extract(&self.0[..]);

@@ -3,7 +3,7 @@
 use crate::error::{Result, ServerError};
 use crate::policy::Policy;
 
-/// A change to a label's policy. Applied by [`crate::Store::update_policy`] inside the
+/// A change to a label's policy. Applied by [`crate::KeyService::update_policy`] inside the
 /// transaction that stores it, so two concurrent updates never lose each other's changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyEdit {

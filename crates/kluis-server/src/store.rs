@@ -1,12 +1,13 @@
-//! The storage interface, so that a PostgreSQL backend can follow the SQLite default.
+//! The store: rows of labels, key versions, tokens and audit records, one implementation per
+//! database engine. A store does no cryptography: sealed label keys, token hashes and audit
+//! MACs are opaque bytes to it; [`crate::keyring`] makes and checks them, and
+//! [`crate::service`] combines the two.
 
-use kluis_core::{LabelKey, LabelPublicKey};
 use serde::Serialize;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
 use crate::policy::Policy;
-use crate::policy_edit::PolicyEdit;
 
 /// The life of a key version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -23,7 +24,8 @@ pub enum VersionState {
 }
 
 impl VersionState {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The state's name, as stored.
+    pub fn as_str(self) -> &'static str {
         match self {
             VersionState::Current => "current",
             VersionState::Active => "active",
@@ -32,7 +34,8 @@ impl VersionState {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// The state named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "current" => VersionState::Current,
             "active" => VersionState::Active,
@@ -133,61 +136,157 @@ pub struct Principal {
     pub credential: String,
 }
 
-/// The key server's storage. Every administrative change is written together with its
-/// audit record, in one transaction.
-pub trait Store {
-    /// Create a label with key version 1.
-    fn create_label(&mut self, name: &str, policy: &Policy, actor: &str) -> Result<LabelPublicKey>;
-    /// All labels.
-    fn labels(&self) -> Result<Vec<LabelInfo>>;
-    /// One label.
-    fn label(&self, name: &str) -> Result<LabelInfo>;
-    /// Make a new current version; the old one keeps opening. Returns the new kid.
-    fn rotate(&mut self, name: &str, actor: &str) -> Result<u32>;
-    /// Mark a non-current version retired (opens only for re-keying).
-    fn retire(&mut self, name: &str, kid: u32, actor: &str) -> Result<()>;
-    /// Destroy a non-current version's private key, irreversibly.
-    fn destroy(&mut self, name: &str, kid: u32, actor: &str) -> Result<()>;
-    /// The private key of a version, unsealed; errors when unknown or destroyed.
-    fn label_key(&self, name: &str, kid: u32) -> Result<(LabelKey, VersionState)>;
-    /// Issue a token; returns the secret token (shown once) and its public id.
-    fn create_token(
-        &mut self,
-        user: &str,
-        groups: &[String],
-        expires_ms: Option<i64>,
-        actor: &str,
-    ) -> Result<(String, String)>;
-    /// All tokens.
-    fn tokens(&self) -> Result<Vec<TokenInfo>>;
-    /// Change a label's policy; takes effect on the next request. Audited as `label.update`
-    /// with the old and the new policy (JSON) in the reason. Returns (old, new).
-    fn update_policy(
-        &mut self,
-        name: &str,
-        edit: &PolicyEdit,
-        actor: &str,
-    ) -> Result<(Policy, Policy)>;
-    /// Revoke every active token of a user (leavers); returns the revoked token ids.
-    fn revoke_user_tokens(&mut self, user: &str, actor: &str) -> Result<Vec<String>>;
-    /// Revoke a token by id.
-    fn revoke_token(&mut self, id: &str, actor: &str) -> Result<()>;
-    /// Check a presented token (constant-time); `None` when unknown, revoked or expired.
-    fn authenticate(&self, token: &str, now_ms: i64) -> Result<Option<Principal>>;
-    /// Rotate labels whose rotation period has passed and destroy versions whose retention
-    /// period has ended, as of `now_ms`; each change is audited under `actor`.
-    fn run_schedule(&mut self, now_ms: i64, actor: &str) -> Result<Vec<ScheduledChange>>;
-    /// Append audit events durably, all in one transaction (group commit).
-    fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()>;
-    /// Audit records, oldest first, optionally only those of one actor.
-    fn audit_records(&self, actor: Option<&str>) -> Result<Vec<AuditRecord>>;
+/// One key version row. `sealed_secret` is the label private key sealed at rest by the
+/// keyring (opaque here); `None` once the version is destroyed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRow {
+    /// The key version id.
+    pub kid: u32,
+    /// Its state.
+    pub state: VersionState,
+    /// The public key (`kluis1…`).
+    pub public_key: String,
+    /// The sealed private key; `None` exactly when destroyed.
+    pub sealed_secret: Option<Vec<u8>>,
+    /// When it was created (ms since the epoch).
+    pub created_ms: i64,
+    /// When it was destroyed, if it was.
+    pub destroyed_ms: Option<i64>,
+    /// When it stopped sealing, if it did.
+    pub superseded_ms: Option<i64>,
+}
+
+impl VersionRow {
+    /// The public parts.
+    pub fn info(&self) -> VersionInfo {
+        VersionInfo {
+            kid: self.kid,
+            state: self.state,
+            public_key: self.public_key.clone(),
+            created_ms: self.created_ms,
+            destroyed_ms: self.destroyed_ms,
+            superseded_ms: self.superseded_ms,
+        }
+    }
+}
+
+/// One API token row. `hash` is the keyring's keyed hash of the token (opaque here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRow {
+    /// The public token id.
+    pub id: String,
+    /// The keyed hash of the whole token.
+    pub hash: Vec<u8>,
+    /// The user it authenticates.
+    pub user: String,
+    /// The groups it carries.
+    pub groups: Vec<String>,
+    /// When it was issued (ms since the epoch).
+    pub created_ms: i64,
+    /// When it expires, if ever.
+    pub expires_ms: Option<i64>,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<i64>,
+}
+
+/// Settings rows kept beside the data (`meta`), by name. Opaque bytes to the store.
+pub mod meta {
+    /// How the master key is obtained: `file` or `argon2id:<salt hex>`.
+    pub const KDF: &str = "kdf";
+    /// A known text sealed under the master key, to recognise the right one.
+    pub const CHECK: &str = "check";
+    /// `BE64(count) ‖ head MAC` of the audit chain.
+    pub const AUDIT_HEAD: &str = "audit_head";
+}
+
+/// The key server's storage, one implementation per database engine: rows in, rows out.
+///
+/// Reads see committed data. Every change goes through [`Store::write`], one transaction:
+/// all of it is committed, or (on an error or a crash) none of it. A transaction excludes
+/// every other writer of the same store, in this process and in others, for its whole
+/// length, so that the audit chain (read its tail, append after it) stays one chain.
+pub trait Store: Send + Sized + 'static {
+    /// Another connection to the same store (for a reader pool, the writer, the scheduler).
+    fn reopen(&self) -> Result<Self>;
+    /// Whether the store answers a query (cheap, for readiness probes).
+    fn is_reachable(&self) -> bool;
+    /// Run `f`'s reads in one consistent snapshot of the store (nothing committed meanwhile
+    /// shows), e.g. the audit records and the stored head together.
+    fn snapshot<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T>;
+    /// Run `f` in one write transaction and commit it if `f` returns `Ok`.
+    fn write<T>(&mut self, f: impl FnOnce(&mut dyn StoreTx) -> Result<T>) -> Result<T>;
+
+    /// A `meta` value.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// All label names, sorted.
+    fn label_names(&self) -> Result<Vec<String>>;
+    /// A label's policy (JSON), `None` when there is no such label.
+    fn label_policy(&self, name: &str) -> Result<Option<String>>;
+    /// A label's versions, oldest first.
+    fn versions(&self, label: &str) -> Result<Vec<VersionRow>>;
+    /// One version of a label.
+    fn version(&self, label: &str, kid: u32) -> Result<Option<VersionRow>>;
+    /// One token, by id.
+    fn token(&self, id: &str) -> Result<Option<TokenRow>>;
+    /// All tokens, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenRow>>;
     /// At most `limit` audit records after sequence number `after`, oldest first,
     /// optionally only those of one actor.
     fn audit_page(&self, actor: Option<&str>, after: i64, limit: usize)
     -> Result<Vec<AuditRecord>>;
-    /// Audit records, oldest first, made with one credential: exactly `credential`, or (for an
-    /// OpenID Connect subject given without `#<jti>`) any of its tokens `credential#…`.
+    /// Audit records, oldest first, with credential exactly `credential`, or (when it holds
+    /// no `#`) starting with `credential#`.
     fn audit_by_credential(&self, credential: &str) -> Result<Vec<AuditRecord>>;
-    /// Verify the whole audit chain; returns the number of records and the head MAC (hex).
-    fn verify_audit(&self) -> Result<(i64, String)>;
+
+    /// After a version was destroyed (committed): remove the engine's old copies of the
+    /// row (SQLite: checkpoint and empty the write-ahead log). Fails with
+    /// [`crate::ServerError::ScrubPending`] when that must be retried later.
+    fn forget_old_copies(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Finish a removal of old copies that [`Store::forget_old_copies`] left pending,
+    /// waiting up to `patience` for readers; returns whether one was pending. The scheduler
+    /// calls it.
+    fn forget_pending_copies(&self, patience: std::time::Duration) -> Result<bool> {
+        let _ = patience;
+        Ok(false)
+    }
+}
+
+/// The rows of one write transaction (see [`Store::write`]).
+pub trait StoreTx {
+    /// A `meta` value, as of this transaction.
+    fn meta(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Set a `meta` value.
+    fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<()>;
+    /// A label's policy (JSON), as of this transaction.
+    fn label_policy(&mut self, name: &str) -> Result<Option<String>>;
+    /// Add a label.
+    fn insert_label(&mut self, name: &str, policy: &str, created_ms: i64) -> Result<()>;
+    /// Replace a label's policy.
+    fn set_policy(&mut self, name: &str, policy: &str) -> Result<()>;
+    /// One version of a label, as of this transaction.
+    fn version(&mut self, label: &str, kid: u32) -> Result<Option<VersionRow>>;
+    /// Add a version of an existing label.
+    fn insert_version(&mut self, label: &str, row: &VersionRow) -> Result<()>;
+    /// Make the current version of `label` active, superseded at `at_ms`.
+    fn supersede_current(&mut self, label: &str, at_ms: i64) -> Result<()>;
+    /// Set a version's state (not to destroyed: see [`StoreTx::destroy_version`]).
+    fn set_state(&mut self, label: &str, kid: u32, state: VersionState) -> Result<()>;
+    /// Destroy a version: state destroyed, sealed secret gone, at `at_ms`.
+    fn destroy_version(&mut self, label: &str, kid: u32, at_ms: i64) -> Result<()>;
+    /// Every version that still has a sealed secret: (label, kid, sealed secret).
+    fn sealed_secrets(&mut self) -> Result<Vec<(String, u32, Vec<u8>)>>;
+    /// Replace a version's sealed secret (master-key rotation).
+    fn set_sealed_secret(&mut self, label: &str, kid: u32, sealed: &[u8]) -> Result<()>;
+    /// Add a token.
+    fn insert_token(&mut self, row: &TokenRow) -> Result<()>;
+    /// Revoke a token at `at_ms` unless it is revoked already; returns whether it was active.
+    fn revoke_token(&mut self, id: &str, at_ms: i64) -> Result<bool>;
+    /// Revoke every active token of `user` at `at_ms`; returns their ids, oldest first.
+    fn revoke_user(&mut self, user: &str, at_ms: i64) -> Result<Vec<String>>;
+    /// The last audit record's sequence number and MAC, if there is one.
+    fn audit_tail(&mut self) -> Result<Option<(i64, Vec<u8>)>>;
+    /// Add audit record `seq` (the tail's number plus one) with its chain MAC.
+    fn insert_audit(&mut self, seq: i64, entry: &AuditEntry, mac: &[u8]) -> Result<()>;
 }

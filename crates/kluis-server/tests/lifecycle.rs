@@ -768,14 +768,14 @@ fn anchors_detect_a_rollback_past_them_and_a_rewritten_trail() {
 
 #[test]
 fn a_process_that_opened_the_store_before_a_master_key_rotation_seals_nothing_under_the_old_key() {
-    use kluis_server::{KeySource, SqliteStore, Store};
+    use kluis_server::{KeyService, KeySource};
     let (dir, _, _) = store();
     let d = dir.path();
     let db = d.join("kluis-server.db");
     let key = d.join("kluis-master.key");
     // Like a running server's scheduler: opened under the key of the time.
-    let mut stale = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
-    let mut admin_side = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
+    let mut stale = KeyService::open_sqlite(&db, KeySource::File(&key)).unwrap();
+    let mut admin_side = KeyService::open_sqlite(&db, KeySource::File(&key)).unwrap();
     admin_side.rotate_master_key(&key, "admin:test").unwrap();
     drop(admin_side);
     let e = stale.rotate("hr", "scheduler").unwrap_err().to_string();
@@ -787,7 +787,7 @@ fn a_process_that_opened_the_store_before_a_master_key_rotation_seals_nothing_un
     assert!(e.contains("restart"), "{e}");
     drop(stale);
     // Under the new key every version opens, and the chain verifies.
-    let fresh = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
+    let fresh = KeyService::open_sqlite(&db, KeySource::File(&key)).unwrap();
     let hr = fresh.label("hr").unwrap();
     assert_eq!(hr.versions.len(), 1);
     for v in &hr.versions {
@@ -799,7 +799,7 @@ fn a_process_that_opened_the_store_before_a_master_key_rotation_seals_nothing_un
 
 #[test]
 fn kill_9_during_master_key_rotations_loses_no_key_and_the_documented_recovery_works() {
-    use kluis_server::{KeySource, SqliteStore, Store};
+    use kluis_server::{KeyService, KeySource};
     let (dir, _, _) = store();
     let d = dir.path();
     for _ in 0..3 {
@@ -829,7 +829,7 @@ fn kill_9_during_master_key_rotations_loses_no_key_and_the_documented_recovery_w
         // The recovery docs/SERVER.md describes: a leftover `.new` is either stale (the store
         // still opens with the key file: delete it) or the new key (rename it over).
         if pending.exists() {
-            if SqliteStore::open(&db, KeySource::File(&key)).is_ok() {
+            if KeyService::open_sqlite(&db, KeySource::File(&key)).is_ok() {
                 std::fs::remove_file(&pending).unwrap();
             } else {
                 std::fs::rename(&pending, &key).unwrap();
@@ -837,7 +837,7 @@ fn kill_9_during_master_key_rotations_loses_no_key_and_the_documented_recovery_w
             }
         }
         // Whatever the moment of the kill: the store opens, every key opens, the chain holds.
-        let s = SqliteStore::open(&db, KeySource::File(&key)).unwrap();
+        let s = KeyService::open_sqlite(&db, KeySource::File(&key)).unwrap();
         for v in s.label("hr").unwrap().versions {
             s.label_key("hr", v.kid).unwrap();
         }

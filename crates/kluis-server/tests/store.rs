@@ -1,7 +1,7 @@
 //! The SQLite store on real files: label lifecycle, sealing at rest, tokens, audit chain.
 
 use kluis_core::{Metadata, Recipient, Slot, open, seal};
-use kluis_server::{KeySource, Policy, ServerError, SqliteStore, Store, VersionState, now_ms};
+use kluis_server::{KeyService, KeySource, Policy, ServerError, SqliteStore, VersionState, now_ms};
 use rusqlite::Connection;
 
 struct Fixture {
@@ -10,16 +10,16 @@ struct Fixture {
     key: std::path::PathBuf,
 }
 
-fn fixture() -> (Fixture, SqliteStore) {
+fn fixture() -> (Fixture, KeyService<SqliteStore>) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("store.db");
     let key = dir.path().join("master.key");
-    let store = SqliteStore::init(&db, KeySource::File(&key)).unwrap();
+    let store = KeyService::init_sqlite(&db, KeySource::File(&key)).unwrap();
     (Fixture { _dir: dir, db, key }, store)
 }
 
-fn reopen(f: &Fixture) -> SqliteStore {
-    SqliteStore::open(&f.db, KeySource::File(&f.key)).unwrap()
+fn reopen(f: &Fixture) -> KeyService<SqliteStore> {
+    KeyService::open_sqlite(&f.db, KeySource::File(&f.key)).unwrap()
 }
 
 fn hr_policy() -> Policy {
@@ -153,23 +153,23 @@ fn wrong_master_key_and_passphrase_mode() {
         .write_new_file(&other)
         .unwrap();
     assert!(matches!(
-        SqliteStore::open(&f.db, KeySource::File(&other)),
+        KeyService::open_sqlite(&f.db, KeySource::File(&other)),
         Err(ServerError::WrongMasterKey)
     ));
     assert!(matches!(
-        SqliteStore::init(&f.db, KeySource::File(&other)),
+        KeyService::init_sqlite(&f.db, KeySource::File(&other)),
         Err(ServerError::Init(_))
     ));
 
     let db = f.db.with_file_name("pw.db");
-    SqliteStore::init(&db, KeySource::Passphrase(b"correct horse")).unwrap();
-    assert!(SqliteStore::open(&db, KeySource::Passphrase(b"correct horse")).is_ok());
+    KeyService::init_sqlite(&db, KeySource::Passphrase(b"correct horse")).unwrap();
+    assert!(KeyService::open_sqlite(&db, KeySource::Passphrase(b"correct horse")).is_ok());
     assert!(matches!(
-        SqliteStore::open(&db, KeySource::Passphrase(b"wrong")),
+        KeyService::open_sqlite(&db, KeySource::Passphrase(b"wrong")),
         Err(ServerError::WrongMasterKey)
     ));
     assert!(matches!(
-        SqliteStore::open(&db, KeySource::File(&f.key)),
+        KeyService::open_sqlite(&db, KeySource::File(&f.key)),
         Err(ServerError::Init(_))
     ));
 }
@@ -185,7 +185,7 @@ fn a_key_file_readable_by_others_is_refused() {
     );
     std::fs::set_permissions(&f.key, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(matches!(
-        SqliteStore::open(&f.db, KeySource::File(&f.key)),
+        KeyService::open_sqlite(&f.db, KeySource::File(&f.key)),
         Err(ServerError::KeyFilePermissions { mode: 0o644 })
     ));
 }

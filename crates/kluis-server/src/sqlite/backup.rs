@@ -9,11 +9,47 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::rekey_master::{resolve_link, sync_dir};
-use super::{KeySource, SqliteStore, admin_entry};
+use super::SqliteStore;
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
-use crate::store::Store;
+
+/// `path`, or where it points when it is a symbolic link: a rename then replaces the file
+/// itself, not the link (which would leave the old file in place behind the operator's back).
+pub(crate) fn resolve_link(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().or_else(|e| {
+            // A link to a file not there yet (a store to restore after losing the disk):
+            // the target it names, when that is a free name and not another link.
+            let bad = || {
+                ServerError::Config(format!(
+                    "{} is a symbolic link whose target cannot be resolved: {e}",
+                    path.display()
+                ))
+            };
+            let target = std::fs::read_link(path).map_err(|_| bad())?;
+            let target = match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(target),
+                _ => target,
+            };
+            match std::fs::symlink_metadata(&target) {
+                Err(n) if n.kind() == std::io::ErrorKind::NotFound => Ok(target),
+                _ => Err(bad()),
+            }
+        }),
+        _ => Ok(path.to_owned()),
+    }
+}
+
+/// Make a rename or a new file in `dir` durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
 
 /// A new empty file beside `target` (mode 0600), named after it with a random suffix.
 fn temp_beside(target: &Path, what: &str) -> Result<(PathBuf, std::fs::File)> {
@@ -88,30 +124,11 @@ fn integrity_ok(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every live label key of `store` opens under its master key and matches its stored
-/// public key: the chain and `integrity_check` do not look inside the sealed keys, and a
-/// backup with a damaged one must not replace a working store.
-fn keys_open(store: &SqliteStore) -> Result<()> {
-    for label in store.labels()? {
-        for v in &label.versions {
-            if v.state == crate::store::VersionState::Destroyed {
-                continue;
-            }
-            let damaged = |what: &str| {
-                ServerError::Refused(format!(
-                    "the backup's key version {} of label `{}` {what}: use another backup",
-                    v.kid, label.name
-                ))
-            };
-            let (key, _) = store
-                .label_key(&label.name, v.kid)
-                .map_err(|_| damaged("does not open with this master key"))?;
-            if key.public_key().key().to_string() != v.public_key {
-                return Err(damaged("does not match its public key"));
-            }
-        }
-    }
-    Ok(())
+/// A backup file reserved by [`SqliteStore::reserve_backup`].
+pub struct BackupTarget {
+    to: PathBuf,
+    tmp: PathBuf,
+    guard: TempGuard,
 }
 
 /// What a verified backup holds.
@@ -124,11 +141,9 @@ pub struct BackupCheck {
 }
 
 impl SqliteStore {
-    /// Write a consistent copy of the store to `to`, which must not exist, while other
-    /// connections keep reading and writing. The copy is sealed under the same master key.
-    /// The backup holds a `store.backup` record naming the file, appended first (outcome
-    /// `started`); the store then gets a second one, `ok` or `failed` with the error.
-    pub fn backup_to(&mut self, to: &Path, actor: &str) -> Result<()> {
+    /// Reserve the backup file `to`, which must not exist: a temporary file beside it
+    /// (mode 0600) that [`SqliteStore::write_backup`] fills. Dropped unused, it is removed.
+    pub fn reserve_backup(&self, to: &Path) -> Result<BackupTarget> {
         // `symlink_metadata`, not `exists`: a dangling symbolic link is an existing name too.
         if std::fs::symlink_metadata(to).is_ok() {
             return Err(ServerError::Refused(format!(
@@ -139,30 +154,23 @@ impl SqliteStore {
         let (tmp, file) = temp_beside(to, "backup")?;
         drop(file);
         let guard = TempGuard(Some(tmp.clone()));
+        tmp.to_str()
+            .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
+        Ok(BackupTarget {
+            to: to.to_owned(),
+            tmp,
+            guard,
+        })
+    }
+
+    /// Write a consistent copy of the store into `target` while other connections keep
+    /// reading and writing: `VACUUM INTO` the temporary file, check, fsync, link into place.
+    pub fn write_backup(&self, target: BackupTarget) -> Result<()> {
+        let BackupTarget { to, tmp, mut guard } = target;
+        let (to, tmp) = (to.as_path(), tmp.as_path());
         let name = tmp
             .to_str()
             .ok_or_else(|| ServerError::Config(format!("{} is not a UTF-8 path", to.display())))?;
-        // Recorded first, so the backup holds the record of its own making; as "started",
-        // because it may still fail. A second record says how it ended.
-        let mut entry = admin_entry(actor, "store.backup", None, None);
-        entry.outcome = "started".into();
-        entry.reason = Some(format!("backup to {}", to.display()));
-        self.append_audit(&[entry])?;
-        let result = self.write_backup(&tmp, name, to, guard);
-        let mut end = admin_entry(actor, "store.backup", None, None);
-        end.reason = Some(match &result {
-            Ok(()) => format!("backup to {} written", to.display()),
-            Err(e) => {
-                end.outcome = "failed".into();
-                format!("backup to {} failed: {e}", to.display())
-            }
-        });
-        let recorded = self.append_audit(&[end]);
-        result.and(recorded)
-    }
-
-    /// The copy itself: `VACUUM INTO` the temporary file, check, fsync, link into place.
-    fn write_backup(&self, tmp: &Path, name: &str, to: &Path, mut guard: TempGuard) -> Result<()> {
         // VACUUM INTO writes into an existing empty file, keeping its 0600 mode.
         self.conn.execute("VACUUM INTO ?1", [name])?;
         integrity_ok(tmp)?;
@@ -192,15 +200,15 @@ impl SqliteStore {
     }
 
     /// Put the backup `from` in place as the store `to`, after checking that it passes
-    /// SQLite's integrity check, that `key` opens it and that its audit chain verifies. Refuses
-    /// to replace an existing store unless `force`; the server must be stopped. The backup
-    /// file itself is not changed; the restored store gets a `store.restore` record.
-    pub fn restore(
+    /// SQLite's integrity check and that `check` accepts a copy of it (the service opens it
+    /// with the master key, verifies its audit chain and appends a `store.restore` record).
+    /// Refuses to replace an existing store unless `force`; the server must be stopped. The
+    /// backup file itself is not changed.
+    pub fn restore_file(
         from: &Path,
         to: &Path,
-        key: KeySource<'_>,
         force: bool,
-        actor: &str,
+        check: impl FnOnce(SqliteStore) -> Result<BackupCheck>,
     ) -> Result<BackupCheck> {
         // A store reached through a symbolic link is restored where the link points (as
         // SQLite opens it), not by replacing the link and leaving the old store in place.
@@ -238,20 +246,9 @@ impl SqliteStore {
         file.sync_all()?;
         drop(file);
         integrity_ok(&tmp)?;
-        let check = {
-            let mut store = SqliteStore::open(&tmp, key)?;
-            store.verify_audit()?;
-            keys_open(&store)?;
-            let mut entry = admin_entry(actor, "store.restore", None, None);
-            entry.reason = Some(format!("restored from {}", from.display()));
-            store.append_audit(&[entry])?;
-            let (records, head) = store.verify_audit()?;
-            // A single file, no WAL beside it, for the rename.
-            store
-                .conn
-                .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
-            BackupCheck { records, head }
-        };
+        let check = check(SqliteStore::open(&tmp)?)?;
+        // A single file, no WAL beside it, for the rename.
+        Connection::open(&tmp)?.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
         // The old store's WAL must not be replayed into the restored file.
         for suffix in ["-wal", "-shm"] {
             let mut s = to.as_os_str().to_owned();

@@ -2,10 +2,12 @@
 //! (review finding of issue 14, defect 2): the failure must say that the version IS
 //! destroyed and what remains to do, not only the SQLite error.
 
-use super::{KeySource, SqliteStore};
+use super::SqliteStore;
 use crate::error::ServerError;
+use crate::keyring::KeySource;
 use crate::policy::Policy;
-use crate::store::{Store, VersionState};
+use crate::service::KeyService;
+use crate::store::VersionState;
 
 /// The destroy commits on the real store; the scrub that follows then fails (here: the file
 /// it opens is not a database, as an I/O error or a full disk would make it fail).
@@ -13,8 +15,11 @@ use crate::store::{Store, VersionState};
 fn a_scrub_that_fails_after_the_destroy_says_the_version_is_destroyed() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("store.db");
-    let mut store =
-        SqliteStore::init(&db, KeySource::File(&dir.path().join("master.key"))).unwrap();
+    let mut store = KeyService::<SqliteStore>::init_sqlite(
+        &db,
+        KeySource::File(&dir.path().join("master.key")),
+    )
+    .unwrap();
     let policy = Policy {
         users: vec!["alice".to_owned()],
         ..Policy::default()
@@ -24,7 +29,7 @@ fn a_scrub_that_fails_after_the_destroy_says_the_version_is_destroyed() {
 
     let broken = dir.path().join("not-a-database");
     std::fs::write(&broken, vec![b'x'; 4096]).unwrap();
-    store.path = broken;
+    store.store_mut().path = broken;
     let e = store.destroy("hr", 1, "admin").unwrap_err();
     assert!(
         matches!(e, ServerError::ScrubFailed { kid: 1, .. }),
@@ -43,14 +48,16 @@ fn a_scrub_that_fails_after_the_destroy_says_the_version_is_destroyed() {
         store.label("hr").unwrap().versions[0].state,
         VersionState::Destroyed
     );
-    store.path = db;
+    store.store_mut().path = db;
     assert!(
         store
+            .store()
             .scrub_if_pending(std::time::Duration::from_secs(5))
             .unwrap()
     );
     assert!(
         !store
+            .store()
             .scrub_if_pending(std::time::Duration::from_secs(5))
             .unwrap()
     );

@@ -2,9 +2,10 @@
 //! of every waiting request in one transaction (group commit), so that one fsync covers many
 //! requests and durability does not cost throughput.
 //!
-//! A request's records are durable when [`AuditWriter::append`] returns `Ok`; only then may
-//! its shares leave the server. If the commit fails (disk full, I/O error), every request in
-//! the group gets the error and releases nothing.
+//! A request's records are durable when [`AuditWriter::commit`] returns its [`Committed`]
+//! receipt; only that receipt releases the request's shares. If the commit fails (disk full,
+//! I/O error), every request in the group gets the error and releases nothing. The writer
+//! works with any [`Store`].
 //!
 //! Under load the writer waits up to [`COMMIT_DELAY`] for requests that are already being
 //! worked on ([`AuditWriter::arriving`]) to join the group, like PostgreSQL's
@@ -17,10 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kluis_core::reply::{ReplySealer, SealedShare};
 use tokio::sync::oneshot;
 
+use super::KeyService;
+use super::unwrap::{Pending, Refusal};
 use crate::audit::AuditEntry;
-use crate::sqlite::SqliteStore;
 use crate::store::Store;
 
 /// At most this many records go into one transaction.
@@ -78,7 +81,7 @@ pub struct WriterStats {
     pub failures: AtomicUsize,
 }
 
-/// A request on its way to [`AuditWriter::append`]; counted until it gets there or gives up
+/// A request on its way to [`AuditWriter::commit`]; counted until it gets there or gives up
 /// (dropped).
 pub struct Arriving<'a>(&'a AtomicUsize);
 
@@ -92,9 +95,25 @@ impl Drop for Arriving<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct AuditUnavailable;
 
+/// The receipt for a [`Pending`] request whose audit records are committed: the only way to
+/// its shares. Only [`AuditWriter::commit`] makes one (its field is private to this module).
+pub struct Committed(Pending);
+
+impl Committed {
+    /// Seal each granted share to the caller's reply key; the refused items keep their
+    /// refusal.
+    pub fn release(self, sealer: &mut ReplySealer) -> Vec<Result<SealedShare, Refusal>> {
+        self.0
+            .results
+            .into_iter()
+            .map(|r| r.map(|(doc_id, share)| sealer.seal(&doc_id, &share)))
+            .collect()
+    }
+}
+
 impl AuditWriter {
     /// Start the writer thread on its own connection.
-    pub fn start(mut store: SqliteStore) -> std::io::Result<Self> {
+    pub fn start<S: Store>(mut store: KeyService<S>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let depth = Arc::new(AtomicUsize::new(0));
         let arriving = Arc::new(AtomicUsize::new(0));
@@ -149,10 +168,26 @@ impl AuditWriter {
         Arriving(&self.arriving)
     }
 
+    /// Commit the audit records of `pending` durably; returns the receipt that releases its
+    /// shares once they are committed (fsynced), or the failure (then nothing is released).
+    /// `arriving` (from [`AuditWriter::arriving`]) stops being counted as the records are
+    /// queued.
+    pub async fn commit(
+        &self,
+        mut pending: Pending,
+        arriving: Arriving<'_>,
+    ) -> Result<Committed, AuditUnavailable> {
+        if !pending.entries.is_empty() {
+            let entries = std::mem::take(&mut pending.entries);
+            self.append(entries, arriving).await?;
+        }
+        Ok(Committed(pending))
+    }
+
     /// Append `entries` durably; returns once they are committed (fsynced) or failed.
     /// `arriving` (from [`AuditWriter::arriving`]) stops being counted as the entries are
     /// queued.
-    pub async fn append(
+    async fn append(
         &self,
         entries: Vec<AuditEntry>,
         arriving: Arriving<'_>,
@@ -206,7 +241,7 @@ impl AuditWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqlite::KeySource;
+    use crate::keyring::KeySource;
 
     fn entry(n: usize) -> AuditEntry {
         AuditEntry {
@@ -225,7 +260,7 @@ mod tests {
 
     fn writer(dir: &std::path::Path) -> AuditWriter {
         let key = dir.join("master.key");
-        let store = SqliteStore::init(&dir.join("store.db"), KeySource::File(&key)).unwrap();
+        let store = KeyService::init_sqlite(&dir.join("store.db"), KeySource::File(&key)).unwrap();
         AuditWriter::start(store).unwrap()
     }
 
