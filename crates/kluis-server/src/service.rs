@@ -323,6 +323,9 @@ impl<S: Store> KeyService<S> {
     }
 
     /// The private key of a version, unsealed; errors when unknown or destroyed.
+    ///
+    /// Not for the HTTP layer: a key taken here bypasses the unwrap path's audit commit (see
+    /// `service::unwrap`); it is public for administrative checks and tests only.
     pub fn label_key(&self, name: &str, kid: u32) -> Result<(LabelKey, VersionState)> {
         let row = self
             .store
