@@ -3,49 +3,7 @@
 
 mod common;
 
-use common::{Server, User, write};
-
-/// A plain HTTP listener on loopback that records every request it gets and answers 503.
-struct Recorder {
-    url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl Recorder {
-    fn start() -> Recorder {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
-                let mut buf = [0u8; 65536];
-                let mut got = Vec::new();
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                log.lock().unwrap().extend_from_slice(&got);
-                let _ = s.write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Recorder { url, seen }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-}
+use common::{Recorder, Server, User, write};
 
 /// Defect 3: a token saved before `token.server` existed (an upgraded installation) is
 /// bound to the server in config.toml. `kluis config set server ELSEWHERE` must not move
