@@ -322,11 +322,25 @@ impl<S: Store> KeyService<S> {
         Ok(())
     }
 
+    /// The private key of a version, unsealed, for the crate's own tests (feature
+    /// `test-support`, enabled only by this crate's dev-dependency on itself). It bypasses the
+    /// unwrap path's audit commit: never enable the feature in a build that serves.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn label_key_for_tests(&self, name: &str, kid: u32) -> Result<(LabelKey, VersionState)> {
+        self.label_key(name, kid)
+    }
+
     /// The private key of a version, unsealed; errors when unknown or destroyed.
     ///
-    /// Not for the HTTP layer: a key taken here bypasses the unwrap path's audit commit (see
-    /// `service::unwrap`); it is public for administrative checks and tests only.
-    pub fn label_key(&self, name: &str, kid: u32) -> Result<(LabelKey, VersionState)> {
+    /// Private to the service module: a key taken here bypasses the unwrap path's audit commit
+    /// (see `service::unwrap`), so only the service's own paths (the audited unwrap, the
+    /// restore checks) can call it; the HTTP handlers (`api`) cannot.
+    pub(in crate::service) fn label_key(
+        &self,
+        name: &str,
+        kid: u32,
+    ) -> Result<(LabelKey, VersionState)> {
         let row = self
             .store
             .version(name, kid)?

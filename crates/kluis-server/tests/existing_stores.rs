@@ -63,7 +63,7 @@ fn keeps_working(mut svc: KeyService<SqliteStore>, records: i64) {
     assert_eq!(n, records + 2);
     for v in svc.label("hr").unwrap().versions {
         if v.state != VersionState::Destroyed {
-            svc.label_key("hr", v.kid).unwrap();
+            svc.label_key_for_tests("hr", v.kid).unwrap();
         }
     }
 }
@@ -90,14 +90,14 @@ fn a_key_file_store_written_before_the_layering_opens_verifies_and_works() {
     );
     // Keys sealed before and after the master-key rotation open.
     for (label, kid) in [("hr", 2), ("hr", 3), ("legal", 1), ("legal", 2)] {
-        let (k, _) = svc.label_key(label, kid).unwrap();
+        let (k, _) = svc.label_key_for_tests(label, kid).unwrap();
         assert_eq!(
             k.public_key().key().to_string(),
             svc.label(label).unwrap().versions[kid as usize - 1].public_key
         );
     }
     assert!(matches!(
-        svc.label_key("hr", 1),
+        svc.label_key_for_tests("hr", 1),
         Err(ServerError::Destroyed { .. })
     ));
     // The token issued before the master-key rotation authenticates; bob's stay revoked.
@@ -131,7 +131,7 @@ fn a_passphrase_store_written_before_the_layering_opens_verifies_and_works() {
     let (n, head) = old_head(dir.path());
     assert_eq!(svc.verify_audit().unwrap(), (n, head));
     assert_eq!(states(&svc, "hr"), [(1, VersionState::Current)]);
-    svc.label_key("hr", 1).unwrap();
+    svc.label_key_for_tests("hr", 1).unwrap();
     let alice = svc
         .authenticate(&token(dir.path()), now_ms())
         .unwrap()

@@ -39,6 +39,14 @@
 //!     Committed(p)
 //! }
 //! ```
+//!
+//! ```compile_fail,E0624
+//! // Nor can code outside the service take a label key and unwrap with it unaudited.
+//! use kluis_server::{KeyService, SqliteStore};
+//! fn bypass(svc: &KeyService<SqliteStore>) {
+//!     let _ = svc.label_key("hr", 1);
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::time::Duration;
