@@ -431,6 +431,39 @@ fn first_line(r: impl Read, what: &str) -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(line.to_owned()))
 }
 
+/// The first line of the passphrase in environment variable `var` (`what` names it in errors).
+fn passphrase_from_env(var: &str, what: &str) -> Result<Zeroizing<String>> {
+    let v = std::env::var(var).map_err(|_| {
+        ServerError::Config(format!("the {what} environment variable {var} is not set"))
+    })?;
+    first_line(v.as_bytes(), "the environment")
+}
+
+/// The first line of the passphrase file `p` (`what` names it in errors).
+fn passphrase_from_file(p: &std::path::Path, what: &str) -> Result<Zeroizing<String>> {
+    let f = std::fs::File::open(p)
+        .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
+    first_line(f, what)
+}
+
+/// Ask on the terminal with `question`, a second time when `confirm`; `hint` says what to use
+/// without a terminal.
+fn passphrase_from_prompt(question: &str, confirm: bool, hint: &str) -> Result<Zeroizing<String>> {
+    let ask = |q: &str| {
+        rpassword::prompt_password(q)
+            .map(Zeroizing::new)
+            .map_err(|e| ServerError::Config(format!("cannot ask for the passphrase: {e}: {hint}")))
+    };
+    let pw = ask(question)?;
+    if pw.is_empty() {
+        return Err(ServerError::Config("the passphrase is empty".into()));
+    }
+    if confirm && *ask("again, to confirm: ")? != *pw {
+        return Err(ServerError::Config("the two passphrases differ".into()));
+    }
+    Ok(pw)
+}
+
 /// The passphrase, if one of the passphrase sources is chosen (flags, then the file).
 fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizing<String>>> {
     let env = cli.passphrase_env.as_ref().or(file.passphrase_env.as_ref());
@@ -450,17 +483,10 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
         ));
     }
     if let Some(var) = env {
-        let v = std::env::var(var).map_err(|_| {
-            ServerError::Config(format!(
-                "the passphrase environment variable {var} is not set"
-            ))
-        })?;
-        return first_line(v.as_bytes(), "the environment").map(Some);
+        return passphrase_from_env(var, "passphrase").map(Some);
     }
     if let Some(p) = path {
-        let f = std::fs::File::open(p)
-            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
-        return first_line(f, "the passphrase file").map(Some);
+        return passphrase_from_file(p, "the passphrase file").map(Some);
     }
     if let Some(fd) = fd {
         // The descriptor is opened by name; no unsafe descriptor juggling.
@@ -470,24 +496,13 @@ fn passphrase(cli: &Cli, file: &Config, confirm: bool) -> Result<Option<Zeroizin
         return first_line(f, "the file descriptor").map(Some);
     }
     if prompt {
-        let ask = |q: &str| {
-            rpassword::prompt_password(q)
-                .map(Zeroizing::new)
-                .map_err(|e| {
-                    ServerError::Config(format!(
-                        "cannot ask for the passphrase: {e}: --passphrase-prompt needs a terminal; \
-                         without one use --passphrase-file, --passphrase-fd or --passphrase-env"
-                    ))
-                })
-        };
-        let pw = ask("kluis-server passphrase: ")?;
-        if pw.is_empty() {
-            return Err(ServerError::Config("the passphrase is empty".into()));
-        }
-        if confirm && *ask("again, to confirm: ")? != *pw {
-            return Err(ServerError::Config("the two passphrases differ".into()));
-        }
-        return Ok(Some(pw));
+        return passphrase_from_prompt(
+            "kluis-server passphrase: ",
+            confirm,
+            "--passphrase-prompt needs a terminal; without one use --passphrase-file, \
+             --passphrase-fd or --passphrase-env",
+        )
+        .map(Some);
     }
     Ok(None)
 }
@@ -506,37 +521,19 @@ fn new_passphrase(
         ));
     }
     if let Some(var) = env {
-        let v = std::env::var(var).map_err(|_| {
-            ServerError::Config(format!(
-                "the new passphrase environment variable {var} is not set"
-            ))
-        })?;
-        return first_line(v.as_bytes(), "the environment").map(Some);
+        return passphrase_from_env(var, "new passphrase").map(Some);
     }
     if let Some(p) = file {
-        let f = std::fs::File::open(p)
-            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))?;
-        return first_line(f, "the new passphrase file").map(Some);
+        return passphrase_from_file(p, "the new passphrase file").map(Some);
     }
     if prompt {
-        let ask = |q: &str| {
-            rpassword::prompt_password(q)
-                .map(Zeroizing::new)
-                .map_err(|e| {
-                    ServerError::Config(format!(
-                        "cannot ask for the passphrase: {e}: --new-passphrase-prompt needs a \
-                         terminal; without one use --new-passphrase-file or --new-passphrase-env"
-                    ))
-                })
-        };
-        let pw = ask("new kluis-server passphrase: ")?;
-        if pw.is_empty() {
-            return Err(ServerError::Config("the passphrase is empty".into()));
-        }
-        if *ask("again, to confirm: ")? != *pw {
-            return Err(ServerError::Config("the two passphrases differ".into()));
-        }
-        return Ok(Some(pw));
+        return passphrase_from_prompt(
+            "new kluis-server passphrase: ",
+            true,
+            "--new-passphrase-prompt needs a terminal; without one use --new-passphrase-file \
+             or --new-passphrase-env",
+        )
+        .map(Some);
     }
     Ok(None)
 }

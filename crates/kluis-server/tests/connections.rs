@@ -340,27 +340,7 @@ fn tls_flood(
 #[test]
 fn tls_connections_with_unfinished_headers_fit_the_default_cap_in_256_mib() {
     const TLS_CONNS: usize = 1000;
-    let (dir, _) = store();
-    let (ca, cert, key) = make_cert();
-    write_pair(dir.path(), &cert, &key);
-    std::fs::write(
-        dir.path().join("kluis.toml"),
-        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
-    )
-    .unwrap();
-    let server = serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "cert.pem",
-            "--tls-key",
-            "key.pem",
-        ],
-    );
+    let (server, ca) = serve_tls_without_address_cap();
     assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
     let pid = server.child.id();
     let Some(start) = proc_status_kib(pid, "VmRSS") else {
@@ -423,27 +403,7 @@ fn oversized_client_hello() -> Vec<u8> {
 #[test]
 fn oversized_tls_handshakes_are_cut_off_and_fit_the_default_cap_in_256_mib() {
     const TLS_CONNS: usize = 1000;
-    let (dir, _) = store();
-    let (ca, cert, key) = make_cert();
-    write_pair(dir.path(), &cert, &key);
-    std::fs::write(
-        dir.path().join("kluis.toml"),
-        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
-    )
-    .unwrap();
-    let server = serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "cert.pem",
-            "--tls-key",
-            "key.pem",
-        ],
-    );
+    let (server, ca) = serve_tls_without_address_cap();
     assert_eq!(healthz_trusting(&server.base, &ca), Ok(200));
     let pid = server.child.id();
     let start = proc_status_kib(pid, "VmRSS");
@@ -855,6 +815,32 @@ fn hangup(server: &Server) {
     assert!(ok, "kill -HUP failed");
 }
 
+/// `serve` on loopback with TLS from `cert.pem` and `key.pem` in the store's folder.
+const TLS_ARGS: &[&str] = &[
+    "--listen",
+    "127.0.0.1:0",
+    "--tls-cert",
+    "cert.pem",
+    "--tls-key",
+    "key.pem",
+];
+
+/// A TLS server with no per-address cap and a long header timeout (for the memory tests, whose
+/// connections all come from one address and must stay open); returns it and its CA.
+fn serve_tls_without_address_cap() -> (Server, Vec<u8>) {
+    let (dir, _) = store();
+    let (ca, cert, key) = make_cert();
+    write_pair(dir.path(), &cert, &key);
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nmax_connections_per_address = 0\nheader_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let mut args = vec!["--config", "kluis.toml"];
+    args.extend_from_slice(TLS_ARGS);
+    (serve(dir, &args), ca)
+}
+
 fn write_pair(dir: &Path, cert: &str, key: &str) {
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
     std::fs::write(dir.join("key.pem"), key).unwrap();
@@ -866,17 +852,7 @@ fn sighup_reloads_the_tls_certificate_and_a_bad_replacement_keeps_the_old_one() 
     let (ca_a, cert_a, key_a) = make_cert();
     let (ca_b, cert_b, key_b) = make_cert();
     write_pair(dir.path(), &cert_a, &key_a);
-    let mut server = serve(
-        dir,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "cert.pem",
-            "--tls-key",
-            "key.pem",
-        ],
-    );
+    let mut server = serve(dir, TLS_ARGS);
     let stderr = drain_stderr(&mut server.child);
     let d = server.dir.path().to_owned();
     assert_eq!(healthz_trusting(&server.base, &ca_a), Ok(200));
@@ -965,17 +941,7 @@ fn a_malformed_tls_key_is_refused_without_showing_it() {
 
     // On SIGHUP: the old pair stays in service, and the log does not show the key.
     write_pair(dir.path(), &cert, &key);
-    let mut server = serve(
-        dir,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "cert.pem",
-            "--tls-key",
-            "key.pem",
-        ],
-    );
+    let mut server = serve(dir, TLS_ARGS);
     let stderr = drain_stderr(&mut server.child);
     std::fs::write(server.dir.path().join("key.pem"), &one_line).unwrap();
     hangup(&server);
