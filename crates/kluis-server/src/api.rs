@@ -591,8 +591,7 @@ async fn unwrap_common<S: Store>(
     // hold a body of up to `max_body_bytes` per connection (review: 400 unauthenticated
     // connections trickling 1 MiB bodies held 420 MiB).
     // A JWT is verified before a store connection is taken; an API token is then checked.
-    let caller = caller(&api, token).await?;
-    authenticate_first(&api, &caller).await?;
+    let caller = authenticate_first(&api, caller(&api, token).await?).await?;
     let body = Bytes::from_request(req, &()).await.map_err(body_error);
     let arriving = api.writer.arriving();
     // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
@@ -665,23 +664,23 @@ async fn unwrap_batch<S: Store>(
 }
 
 /// Refuse an unknown credential before anything else is done for the request (its body is
-/// not read yet); an API token is checked on this thread when a store connection is free.
-async fn authenticate_first<S: Store>(api: &Arc<Api<S>>, caller: &Caller) -> Result<(), ApiError> {
+/// not read yet); an API token is checked on this thread when a store connection is free. The
+/// caller comes back authenticated: the rest of the request does not look the token up again.
+async fn authenticate_first<S: Store>(
+    api: &Arc<Api<S>>,
+    caller: Caller,
+) -> Result<Caller, ApiError> {
     if !caller.needs_store() {
         // A JWT was verified when the caller was identified.
-        return Ok(());
+        return Ok(caller);
     }
     if let Some(done) = api
         .readers
-        .try_with(|store| caller.principal(store).map(|_| ()))
+        .try_with(|store| caller.clone().authenticated(store))
     {
         return Ok(done?);
     }
-    let caller = caller.clone();
-    blocking(api, move |_, store| {
-        Ok(caller.principal(store).map(|_| ())?)
-    })
-    .await
+    blocking(api, move |_, store| Ok(caller.authenticated(store)?)).await
 }
 
 /// A body the server could not read: too large (413) or cut off (400).

@@ -106,6 +106,15 @@ impl Caller {
         matches!(self.0, Inner::ApiToken(_))
     }
 
+    /// The same caller with its API token checked on `svc`'s store once (a JWT was verified
+    /// already), so that later [`Caller::principal`] calls need no store lookup.
+    pub fn authenticated<S: Store>(self, svc: &KeyService<S>) -> Result<Caller, AuthError> {
+        match self.0 {
+            Inner::ApiToken(_) => self.principal(svc).map(|p| Caller(Inner::Verified(p))),
+            Inner::Verified(_) => Ok(self),
+        }
+    }
+
     /// The principal: an API token is looked up on `svc`'s store.
     pub fn principal<S: Store>(&self, svc: &KeyService<S>) -> Result<Principal, AuthError> {
         match &self.0 {
