@@ -886,7 +886,10 @@ fn sighup_reloads_the_tls_certificate_and_a_bad_replacement_keeps_the_old_one() 
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let _ = server.child.kill();
+    // SIGTERM, not SIGKILL: the server writes its log through a queue and flushes it on exit.
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
     let _ = server.child.wait();
     let log = stderr.join().unwrap();
     assert!(log.contains("TLS certificate reloaded"), "{log}");
@@ -954,7 +957,10 @@ fn a_malformed_tls_key_is_refused_without_showing_it() {
         answer = healthz_trusting(&server.base, &ca);
     }
     assert_eq!(answer, Ok(200));
-    let _ = server.child.kill();
+    // SIGTERM, not SIGKILL: the server writes its log through a queue and flushes it on exit.
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
     let _ = server.child.wait();
     let log = stderr.join().unwrap();
     assert!(log.contains("TLS certificate not reloaded"), "{log}");
