@@ -997,7 +997,7 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async move {
-        kluis_server::serve::catch_hangups();
+        let hangups = kluis_server::serve::catch_hangups();
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             ServerError::Config(format!(
                 "cannot listen on {listen}: {e}: {}",
@@ -1024,7 +1024,7 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
         let api = Api::new(store, config, oidc)?;
         let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
         let outcome = supervise(
-            serve(listener, api.router(), tls, limits, signals()),
+            serve(listener, api.router(), tls, limits, hangups, signals()),
             &mut schedule,
             stopped(&api),
         )

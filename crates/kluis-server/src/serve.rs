@@ -159,19 +159,22 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then let in-flight requests finish
-/// (up to the drain timeout). With TLS, `SIGHUP` reloads the certificate and key.
+/// (up to the drain timeout). With TLS, each `SIGHUP` that `hangups` caught (from
+/// [`catch_hangups`], taken before the server said it was listening) reloads the certificate
+/// and key.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<TlsFiles>>,
     limits: ListenLimits,
+    hangups: HangupWatch,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let limits = limits.within_open_files(free_file_descriptors());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let conns = Connections::new(limits.per_address());
-    let reloader = tokio::spawn(reload_on_hangup(hangups(), tls.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(hangups.0, tls.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -375,11 +378,15 @@ fn log(line: &str) {
     crate::log!("{line}");
 }
 
+/// The `SIGHUP`s caught since [`catch_hangups`], handed to [`serve`].
+pub struct HangupWatch(Option<Hangups>);
+
 /// Take `SIGHUP` over from its default (ending the process) now, before the server says it
-/// is listening: a reload asked for before [`serve`] watches for it must not stop the server.
-/// The certificate is loaded at start anyway; such an early `SIGHUP` is not acted on.
-pub fn catch_hangups() {
-    drop(hangups());
+/// is listening, and keep every one from then on for [`serve`]: a reload asked for as soon as
+/// the server is ready must neither stop the server nor be lost (a fresh-clone CI run lost one
+/// sent between the "listening" line and `serve` registering its own watch).
+pub fn catch_hangups() -> HangupWatch {
+    HangupWatch(hangups())
 }
 
 /// Resolves on SIGINT or SIGTERM.
