@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, AuditEntry, GENESIS};
 use crate::error::{Result, ServerError};
 use crate::master_key::{MasterKey, random};
-use crate::store::{Store, StoreTx, meta};
+use crate::store::{SecretKind, Store, StoreTx, meta};
 
 /// Text every store seals at init, to recognise the right master key.
 const CHECK: &[u8] = b"kluis-server master key check";
@@ -50,7 +50,16 @@ pub(crate) type MetaRow = (&'static str, Vec<u8>);
 
 /// Associated data binding a sealed label key to its label and version.
 fn key_aad(label: &str, kid: u32) -> Vec<u8> {
-    let mut aad = b"kluis-server/v1/label-key".to_vec();
+    secret_aad(SecretKind::Label, label, kid)
+}
+
+/// Associated data binding a sealed private key to its kind, label and version: a sealed
+/// DKE key cannot pass for a label key or the other way round.
+pub(crate) fn secret_aad(kind: SecretKind, label: &str, kid: u32) -> Vec<u8> {
+    let mut aad = match kind {
+        SecretKind::Label => b"kluis-server/v1/label-key".to_vec(),
+        SecretKind::Dke => b"kluis-server/v1/dke-key".to_vec(),
+    };
     aad.push(label.len() as u8);
     aad.extend_from_slice(label.as_bytes());
     aad.extend_from_slice(&kid.to_be_bytes());
@@ -294,13 +303,13 @@ impl Keyring {
         kdf: Option<&str>,
     ) -> Result<(usize, Keyring)> {
         let rows = tx.sealed_secrets()?;
-        for (label, kid, sealed) in &rows {
-            let aad = key_aad(label, *kid);
+        for row in &rows {
+            let aad = secret_aad(row.kind, &row.label, row.kid);
             let secret = self
                 .master
-                .open(&aad, sealed)
+                .open(&aad, &row.sealed)
                 .ok_or(ServerError::WrongMasterKey)?;
-            tx.set_sealed_secret(label, *kid, &new.seal(&aad, &secret)?)?;
+            tx.set_sealed_secret(&row.label, row.kid, row.kind, &new.seal(&aad, &secret)?)?;
         }
         for (i, sub) in [&self.audit, &self.token].into_iter().enumerate() {
             let (name, aad, _) = SUBKEYS[i];

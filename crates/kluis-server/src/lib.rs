@@ -45,7 +45,7 @@ pub use service::writer;
 pub use service::{KeyService, MasterKeyRotation, pending_key_file};
 pub use sqlite::{BackupCheck, BackupTarget, SqliteStore};
 pub use store::{
-    LabelInfo, Principal, ScheduledChange, Store, StoreTx, TokenInfo, TokenRow, VersionInfo,
-    VersionRow, VersionState, meta,
+    LabelInfo, Principal, ScheduledChange, SealedRow, SecretKind, Store, StoreTx, TokenInfo,
+    TokenRow, VersionInfo, VersionRow, VersionState, meta,
 };
 pub use time::{now_ms, parse_duration, rfc3339};

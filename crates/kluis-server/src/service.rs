@@ -155,6 +155,8 @@ impl<S: Store> KeyService<S> {
                 created_ms: now_ms(),
                 destroyed_ms: None,
                 superseded_ms: None,
+                dke_public: None,
+                dke_sealed: None,
             },
         )?;
         Ok(key.public_key().clone())

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::{Result, ServerError};
 use crate::master_key::random;
-use crate::store::{Store, StoreTx, TokenRow, VersionRow, VersionState};
+use crate::store::{SealedRow, SecretKind, Store, StoreTx, TokenRow, VersionRow, VersionState};
 
 mod backup;
 #[cfg(test)]
@@ -71,6 +71,11 @@ ALTER TABLE key_versions ADD COLUMN superseded_ms INTEGER;
     r#"
 ALTER TABLE audit ADD COLUMN credential TEXT;
 CREATE INDEX audit_credential ON audit(credential);
+"#,
+    // 4: a Microsoft DKE RSA key pair per version (issue 16), for labels that have one.
+    r#"
+ALTER TABLE key_versions ADD COLUMN dke_public BLOB;
+ALTER TABLE key_versions ADD COLUMN dke_sealed BLOB;
 "#,
 ];
 
@@ -145,7 +150,7 @@ fn state(s: &str) -> rusqlite::Result<VersionState> {
 }
 
 /// One `key_versions` row, selected as `kid, state, public_key, sealed_secret, created_ms,
-/// destroyed_ms, superseded_ms`.
+/// destroyed_ms, superseded_ms, dke_public, dke_sealed`.
 fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     Ok(VersionRow {
         kid: r.get(0)?,
@@ -155,6 +160,8 @@ fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
         created_ms: r.get(4)?,
         destroyed_ms: r.get(5)?,
         superseded_ms: r.get(6)?,
+        dke_public: r.get(7)?,
+        dke_sealed: r.get(8)?,
     })
 }
 
@@ -172,8 +179,8 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
-const VERSION_COLUMNS: &str =
-    "kid, state, public_key, sealed_secret, created_ms, destroyed_ms, superseded_ms";
+const VERSION_COLUMNS: &str = "kid, state, public_key, sealed_secret, created_ms, destroyed_ms, \
+     superseded_ms, dke_public, dke_sealed";
 const TOKEN_COLUMNS: &str = "id, hash, user, groups, created_ms, expires_ms, revoked_ms";
 
 impl SqliteStore {
@@ -581,8 +588,9 @@ impl StoreTx for SqliteTx<'_> {
 
     fn insert_version(&mut self, label: &str, v: &VersionRow) -> Result<()> {
         self.0.execute(
-            "INSERT INTO key_versions (label, kid, state, public_key, sealed_secret, created_ms, destroyed_ms, superseded_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO key_versions (label, kid, state, public_key, sealed_secret, created_ms,
+                 destroyed_ms, superseded_ms, dke_public, dke_sealed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 label,
                 v.kid,
@@ -591,7 +599,9 @@ impl StoreTx for SqliteTx<'_> {
                 v.sealed_secret,
                 v.created_ms,
                 v.destroyed_ms,
-                v.superseded_ms
+                v.superseded_ms,
+                v.dke_public,
+                v.dke_sealed
             ],
         )?;
         Ok(())
@@ -616,7 +626,8 @@ impl StoreTx for SqliteTx<'_> {
 
     fn destroy_version(&mut self, label: &str, kid: u32, at_ms: i64) -> Result<()> {
         self.0.execute(
-            "UPDATE key_versions SET state = 'destroyed', sealed_secret = NULL, destroyed_ms = ?3
+            "UPDATE key_versions
+             SET state = 'destroyed', sealed_secret = NULL, dke_sealed = NULL, destroyed_ms = ?3
              WHERE label = ?1 AND kid = ?2",
             params![label, kid, at_ms],
         )?;
@@ -627,18 +638,51 @@ impl StoreTx for SqliteTx<'_> {
         self.put_meta("scrub_pending", &mark)
     }
 
-    fn sealed_secrets(&mut self) -> Result<Vec<(String, u32, Vec<u8>)>> {
-        let mut stmt = self.0.prepare(
-            "SELECT label, kid, sealed_secret FROM key_versions WHERE sealed_secret IS NOT NULL",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    fn sealed_secrets(&mut self) -> Result<Vec<SealedRow>> {
+        let mut out = Vec::new();
+        for (kind, column) in [
+            (SecretKind::Label, "sealed_secret"),
+            (SecretKind::Dke, "dke_sealed"),
+        ] {
+            let mut stmt = self.0.prepare(&format!(
+                "SELECT label, kid, {column} FROM key_versions WHERE {column} IS NOT NULL"
+            ))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(SealedRow {
+                    label: r.get(0)?,
+                    kid: r.get(1)?,
+                    kind,
+                    sealed: r.get(2)?,
+                })
+            })?;
+            out.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+        }
+        Ok(out)
     }
 
-    fn set_sealed_secret(&mut self, label: &str, kid: u32, sealed: &[u8]) -> Result<()> {
+    fn set_sealed_secret(
+        &mut self,
+        label: &str,
+        kid: u32,
+        kind: SecretKind,
+        sealed: &[u8],
+    ) -> Result<()> {
+        let column = match kind {
+            SecretKind::Label => "sealed_secret",
+            SecretKind::Dke => "dke_sealed",
+        };
         self.0.execute(
-            "UPDATE key_versions SET sealed_secret = ?3 WHERE label = ?1 AND kid = ?2",
+            &format!("UPDATE key_versions SET {column} = ?3 WHERE label = ?1 AND kid = ?2"),
             params![label, kid, sealed],
+        )?;
+        Ok(())
+    }
+
+    fn set_dke_key(&mut self, label: &str, kid: u32, public: &[u8], sealed: &[u8]) -> Result<()> {
+        self.0.execute(
+            "UPDATE key_versions SET dke_public = ?3, dke_sealed = ?4
+             WHERE label = ?1 AND kid = ?2 AND state != 'destroyed'",
+            params![label, kid, public, sealed],
         )?;
         Ok(())
     }

@@ -154,6 +154,33 @@ pub struct VersionRow {
     pub destroyed_ms: Option<i64>,
     /// When it stopped sealing, if it did.
     pub superseded_ms: Option<i64>,
+    /// The version's Microsoft DKE RSA public key (DER, opaque here), if it has one. It stays
+    /// after a destroy, so the key id is still recognised (and refused).
+    pub dke_public: Option<Vec<u8>>,
+    /// The version's sealed DKE RSA private key; `None` when it has none or is destroyed.
+    pub dke_sealed: Option<Vec<u8>>,
+}
+
+/// Which of a version's private keys a sealed secret is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// The X25519 label private key (`sealed_secret`).
+    Label,
+    /// The Microsoft DKE RSA private key (`dke_sealed`).
+    Dke,
+}
+
+/// One sealed private key of a version, for re-sealing under a new master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedRow {
+    /// The label.
+    pub label: String,
+    /// The version.
+    pub kid: u32,
+    /// Which private key.
+    pub kind: SecretKind,
+    /// The sealed bytes (opaque here).
+    pub sealed: Vec<u8>,
 }
 
 impl VersionRow {
@@ -273,12 +300,21 @@ pub trait StoreTx {
     fn supersede_current(&mut self, label: &str, at_ms: i64) -> Result<()>;
     /// Set a version's state (not to destroyed: see [`StoreTx::destroy_version`]).
     fn set_state(&mut self, label: &str, kid: u32, state: VersionState) -> Result<()>;
-    /// Destroy a version: state destroyed, sealed secret gone, at `at_ms`.
+    /// Destroy a version: state destroyed, every sealed secret of it (the label key's and
+    /// the DKE key's) gone, at `at_ms`.
     fn destroy_version(&mut self, label: &str, kid: u32, at_ms: i64) -> Result<()>;
-    /// Every version that still has a sealed secret: (label, kid, sealed secret).
-    fn sealed_secrets(&mut self) -> Result<Vec<(String, u32, Vec<u8>)>>;
-    /// Replace a version's sealed secret (master-key rotation).
-    fn set_sealed_secret(&mut self, label: &str, kid: u32, sealed: &[u8]) -> Result<()>;
+    /// Every sealed secret still held, of every kind.
+    fn sealed_secrets(&mut self) -> Result<Vec<SealedRow>>;
+    /// Replace one sealed secret of a version (master-key rotation).
+    fn set_sealed_secret(
+        &mut self,
+        label: &str,
+        kid: u32,
+        kind: SecretKind,
+        sealed: &[u8],
+    ) -> Result<()>;
+    /// Give a version a DKE key pair: its public key and sealed private key.
+    fn set_dke_key(&mut self, label: &str, kid: u32, public: &[u8], sealed: &[u8]) -> Result<()>;
     /// Add a token.
     fn insert_token(&mut self, row: &TokenRow) -> Result<()>;
     /// Revoke a token at `at_ms` unless it is revoked already; returns whether it was active.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use kluis_server::audit::AuditEntry;
 use kluis_server::{
-    KeyService, KeySource, ServerError, SqliteStore, Store, TokenRow, VersionRow, VersionState,
-    meta,
+    KeyService, KeySource, SecretKind, ServerError, SqliteStore, Store, TokenRow, VersionRow,
+    VersionState, meta,
 };
 
 /// How the suite makes and reopens a store of one engine, kept in `dir`.
@@ -61,6 +61,8 @@ fn version(kid: u32, state: VersionState, sealed: Option<Vec<u8>>) -> VersionRow
         created_ms: 1000 + i64::from(kid),
         destroyed_ms: None,
         superseded_ms: None,
+        dke_public: None,
+        dke_sealed: None,
     }
 }
 
@@ -184,27 +186,64 @@ fn versions<B: Backend>() {
         s.version("hr", 1).unwrap().unwrap().state,
         VersionState::Retired
     );
-    let mut live = s.write(|tx| tx.sealed_secrets()).unwrap();
-    live.sort();
+    // A DKE key pair on version 1: the public part stays for the record, the sealed private
+    // part goes with the destroy.
+    s.write(|tx| tx.set_dke_key("hr", 1, b"rsa-public-1", &[7; 1200]))
+        .unwrap();
+    let v1 = s.version("hr", 1).unwrap().unwrap();
     assert_eq!(
-        live,
+        (v1.dke_public.as_deref(), v1.dke_sealed.as_deref()),
+        (Some(&b"rsa-public-1"[..]), Some(&[7u8; 1200][..]))
+    );
+    assert_eq!(s.version("hr", 2).unwrap().unwrap().dke_public, None);
+    assert_eq!(
+        live(&mut s),
         [
-            ("hr".to_owned(), 1, sealed1.clone()),
-            ("hr".to_owned(), 2, vec![2; 60])
+            ("hr".to_owned(), 1, SecretKind::Label, sealed1.clone()),
+            ("hr".to_owned(), 1, SecretKind::Dke, vec![7; 1200]),
+            ("hr".to_owned(), 2, SecretKind::Label, vec![2; 60]),
         ]
+    );
+    s.write(|tx| tx.set_sealed_secret("hr", 1, SecretKind::Dke, &[8; 1201]))
+        .unwrap();
+    assert_eq!(
+        s.version("hr", 1).unwrap().unwrap().dke_sealed,
+        Some(vec![8; 1201]),
+        "re-sealing the DKE key replaces only it"
+    );
+    assert_eq!(
+        s.version("hr", 1).unwrap().unwrap().sealed_secret,
+        Some(sealed1.clone())
     );
     s.write(|tx| tx.destroy_version("hr", 1, 70)).unwrap();
     let gone = s.version("hr", 1).unwrap().unwrap();
     assert_eq!(
-        (gone.state, gone.sealed_secret, gone.destroyed_ms),
-        (VersionState::Destroyed, None, Some(70))
+        (
+            gone.state,
+            gone.sealed_secret,
+            gone.dke_sealed,
+            gone.destroyed_ms
+        ),
+        (VersionState::Destroyed, None, None, Some(70))
     );
     assert_eq!(gone.public_key, "kluis1public1", "kept for the record");
     assert_eq!(
-        s.write(|tx| tx.sealed_secrets()).unwrap(),
-        [("hr".to_owned(), 2, vec![2; 60])]
+        gone.dke_public.as_deref(),
+        Some(&b"rsa-public-1"[..]),
+        "kept for the record"
     );
-    s.write(|tx| tx.set_sealed_secret("hr", 2, &[9; 61]))
+    s.write(|tx| tx.set_dke_key("hr", 1, b"again", &[1; 9]))
+        .unwrap();
+    assert_eq!(
+        s.version("hr", 1).unwrap().unwrap().dke_sealed,
+        None,
+        "a destroyed version takes no new key"
+    );
+    assert_eq!(
+        live(&mut s),
+        [("hr".to_owned(), 2, SecretKind::Label, vec![2; 60])]
+    );
+    s.write(|tx| tx.set_sealed_secret("hr", 2, SecretKind::Label, &[9; 61]))
         .unwrap();
     assert_eq!(
         s.version("hr", 2).unwrap().unwrap().sealed_secret,
@@ -215,6 +254,18 @@ fn versions<B: Backend>() {
         Ok(()) | Err(ServerError::ScrubPending { .. }) => {}
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Every sealed secret the store holds, sorted.
+fn live<S: Store>(s: &mut S) -> Vec<(String, u32, SecretKind, Vec<u8>)> {
+    let mut rows: Vec<_> = s
+        .write(|tx| tx.sealed_secrets())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.label, r.kid, r.kind, r.sealed))
+        .collect();
+    rows.sort_by(|a, b| (&a.0, a.1, a.2 as u8).cmp(&(&b.0, b.1, b.2 as u8)));
+    rows
 }
 
 /// Tokens: rows round trip (hash bytes, Unicode groups), listed oldest first, revoked once,
