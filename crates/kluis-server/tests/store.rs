@@ -355,7 +355,7 @@ fn a_store_from_before_credentials_is_upgraded_and_keeps_verifying() {
         credential: None,
     };
     // Rewrite the trail as an older kluis-server wrote it (no credential is MACed then),
-    // and take the schema back to version 2.
+    // and take the schema back to version 2 (what migrations 3 and 4 added removed).
     let conn = Connection::open(&f.db).unwrap();
     conn.execute_batch("DELETE FROM audit; DELETE FROM meta WHERE key = 'audit_head';")
         .unwrap();
@@ -363,6 +363,8 @@ fn a_store_from_before_credentials_is_upgraded_and_keeps_verifying() {
     drop(s);
     conn.execute_batch(
         "DROP INDEX audit_credential; ALTER TABLE audit DROP COLUMN credential;
+         ALTER TABLE key_versions DROP COLUMN dke_public;
+         ALTER TABLE key_versions DROP COLUMN dke_sealed;
          PRAGMA user_version = 2;",
     )
     .unwrap();
