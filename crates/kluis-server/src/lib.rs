@@ -8,7 +8,7 @@
 //! Layers, each using only the ones below it: [`api`] (HTTP handlers: parse, call the service,
 //! render) → [`service`] (the key server's operations and the unwrap decision, with the audit
 //! writer) → [`keyring`] (the master key: sealing at rest, token hashes, the audit chain) and
-//! [`Store`] (rows, one implementation per engine: [`SqliteStore`]).
+//! [`Store`] (rows, one implementation per engine: [`SqliteStore`], [`PgStore`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod oidc;
 mod policy;
 mod policy_edit;
+pub mod postgres;
 mod refusal;
 pub mod serve;
 pub mod service;
@@ -43,6 +44,7 @@ pub use policy::Policy;
 pub use policy_edit::PolicyEdit;
 pub use service::writer;
 pub use service::{KeyService, MasterKeyRotation, pending_key_file};
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{BackupCheck, BackupTarget, SqliteStore};
 pub use store::{
     LabelInfo, Principal, ScheduledChange, SealedRow, SecretKind, Store, StoreTx, TokenInfo,
