@@ -42,9 +42,9 @@ pub use keyring::{KeySource, Keyring};
 pub use master_key::MasterKey;
 pub use policy::Policy;
 pub use policy_edit::PolicyEdit;
+pub use postgres::{PgOptions, PgStore};
 pub use service::writer;
 pub use service::{KeyService, MasterKeyRotation, pending_key_file};
-pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{BackupCheck, BackupTarget, SqliteStore};
 pub use store::{
     LabelInfo, Principal, ScheduledChange, SealedRow, SecretKind, Store, StoreTx, TokenInfo,

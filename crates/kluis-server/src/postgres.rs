@@ -45,7 +45,9 @@ const MIGRATE_LOCK: i64 = 0x6b6c_7569_7303;
 ///
 /// The sealed secrets are `STORAGE PLAIN`: never compressed, never moved out of line into the
 /// TOAST table, so that a destroy's scrub (which rewrites `key_versions`) leaves no copy in a
-/// TOAST relation either (docs/SERVER.md, "Crypto-shredding on PostgreSQL").
+/// TOAST relation either; and `STATISTICS 0`, so that `ANALYZE` never copies a sealed value
+/// into `pg_statistic` as a most-common value or histogram bound (docs/SERVER.md,
+/// "Crypto-shredding on PostgreSQL").
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE meta (key text PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE labels (
@@ -68,7 +70,9 @@ CREATE TABLE key_versions (
     CHECK ((state = 'destroyed') = (sealed_secret IS NULL))
 );
 ALTER TABLE key_versions ALTER COLUMN sealed_secret SET STORAGE PLAIN,
-                         ALTER COLUMN dke_sealed SET STORAGE PLAIN;
+                         ALTER COLUMN dke_sealed SET STORAGE PLAIN,
+                         ALTER COLUMN sealed_secret SET STATISTICS 0,
+                         ALTER COLUMN dke_sealed SET STATISTICS 0;
 CREATE UNIQUE INDEX one_current ON key_versions(label) WHERE state = 'current';
 CREATE TABLE tokens (
     id text PRIMARY KEY,
@@ -224,11 +228,9 @@ impl Shared {
             ));
         }
         if config.get_user().is_none() {
-            return Err(bad(
-                "the PostgreSQL store URL names no user: write it as \
+            return Err(bad("the PostgreSQL store URL names no user: write it as \
                  postgres://USER@HOST:PORT/DATABASE"
-                    .into(),
-            ));
+                .into()));
         }
         if let Some(p) = &opts.password {
             config.password(p.as_bytes());
@@ -390,10 +392,7 @@ impl PgStore {
     pub fn open(opts: &PgOptions) -> Result<Self> {
         let mut s = PgStore::connect(opts)?;
         let exists: bool = s
-            .query_one(
-                "SELECT to_regclass('kluis_schema') IS NOT NULL",
-                &[],
-            )?
+            .query_one("SELECT to_regclass('kluis_schema') IS NOT NULL", &[])?
             .get(0);
         if !exists {
             return Err(ServerError::Init(
@@ -426,8 +425,11 @@ impl PgStore {
                      INSERT INTO kluis_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM kluis_schema)",
                 ),
             )?;
-            let done: i32 = run(&shared, c.query_one("SELECT version FROM kluis_schema", &[]))?
-                .get(0);
+            let done: i32 = run(
+                &shared,
+                c.query_one("SELECT version FROM kluis_schema", &[]),
+            )?
+            .get(0);
             let done = usize::try_from(done).unwrap_or(usize::MAX);
             if done > MIGRATIONS.len() {
                 return Err(ServerError::Init(
@@ -512,7 +514,10 @@ impl PgStore {
         let conn = self.conn()?;
         let c = &conn.client;
         let ms = patience.as_millis().clamp(1, 600_000);
-        run(&self.shared, c.batch_execute(&format!("SET lock_timeout = {ms}")))?;
+        run(
+            &self.shared,
+            c.batch_execute(&format!("SET lock_timeout = {ms}")),
+        )?;
         let vacuum = run(&self.shared, c.batch_execute("VACUUM (FULL) key_versions"));
         let _ = run(&self.shared, c.batch_execute("RESET lock_timeout"));
         if let Err(ServerError::Database(m)) = &vacuum {
@@ -821,7 +826,9 @@ impl Store for PgStore {
     }
 
     fn label_policy(&self, name: &str) -> Result<Option<String>> {
-        Ok(self.query_opt(sql::LABEL_POLICY, &[&name])?.map(|r| r.get(0)))
+        Ok(self
+            .query_opt(sql::LABEL_POLICY, &[&name])?
+            .map(|r| r.get(0)))
     }
 
     fn versions(&self, label: &str) -> Result<Vec<VersionRow>> {
@@ -843,7 +850,11 @@ impl Store for PgStore {
     }
 
     fn tokens(&self) -> Result<Vec<TokenRow>> {
-        Ok(self.query(sql::TOKENS, &[])?.iter().map(token_row).collect())
+        Ok(self
+            .query(sql::TOKENS, &[])?
+            .iter()
+            .map(token_row)
+            .collect())
     }
 
     fn audit_page(
@@ -912,7 +923,9 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn label_policy(&mut self, name: &str) -> Result<Option<String>> {
-        Ok(self.query_opt(sql::LABEL_POLICY, &[&name])?.map(|r| r.get(0)))
+        Ok(self
+            .query_opt(sql::LABEL_POLICY, &[&name])?
+            .map(|r| r.get(0)))
     }
 
     fn insert_label(&mut self, name: &str, policy: &str, created_ms: i64) -> Result<()> {

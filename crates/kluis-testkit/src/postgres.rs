@@ -137,7 +137,11 @@ impl PgCluster {
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
              {runas} '{ctl}' stop -D '{data}' -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
             pid = std::process::id(),
-            runas = if is_root() { "runuser -u postgres --" } else { "" },
+            runas = if is_root() {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
             ctl = pg_ctl.display(),
             data = dir.join("data").display(),
             dir = dir.display(),
@@ -198,7 +202,11 @@ impl PgCluster {
 
     /// Start it again on the same port (after [`PgCluster::stop_immediate`]).
     pub fn restart(&self) {
-        assert!(self.try_start(), "PostgreSQL did not start again: {}", self.log());
+        assert!(
+            self.try_start(),
+            "PostgreSQL did not start again: {}",
+            self.log()
+        );
     }
 
     /// The data directory.
@@ -221,7 +229,16 @@ impl PgCluster {
         check(
             Command::new(self.bin.join("psql"))
                 .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, "-d", db])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    USER,
+                    "-d",
+                    db,
+                ])
                 .args(["-c", sql])
                 .env("PGPASSWORD", PASSWORD)
                 .output()

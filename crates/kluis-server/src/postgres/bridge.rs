@@ -28,8 +28,7 @@ fn handle() -> &'static Handle {
                 rt.block_on(std::future::pending::<()>());
             })
             .expect("a thread for the PostgreSQL connections");
-        rx.recv()
-            .expect("the PostgreSQL runtime thread started")
+        rx.recv().expect("the PostgreSQL runtime thread started")
     })
 }
 

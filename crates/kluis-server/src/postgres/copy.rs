@@ -42,12 +42,15 @@ fn state(s: &str) -> rusqlite::Result<VersionState> {
 
 /// Whether `target` holds nothing yet (no setting, label, token or record).
 fn is_empty<T: Store>(target: &mut T) -> Result<bool> {
-    target.write(|tx| {
-        Ok(tx.meta(meta::KDF)?.is_none()
-            && tx.meta(meta::CHECK)?.is_none()
-            && tx.audit_tail()?.is_none())
-    })
-        .and_then(|empty| Ok(empty && target.label_names()?.is_empty() && target.tokens()?.is_empty()))
+    target
+        .write(|tx| {
+            Ok(tx.meta(meta::KDF)?.is_none()
+                && tx.meta(meta::CHECK)?.is_none()
+                && tx.audit_tail()?.is_none())
+        })
+        .and_then(|empty| {
+            Ok(empty && target.label_names()?.is_empty() && target.tokens()?.is_empty())
+        })
 }
 
 /// Copy the SQLite store at `from` into `target`, which must be empty. The source is read in

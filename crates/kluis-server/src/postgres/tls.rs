@@ -27,9 +27,8 @@ impl RustlsConnect {
     /// Trust exactly the PEM certificates in `path`.
     pub(super) fn from_ca_file(path: &Path) -> Result<Self> {
         use std::io::Read;
-        let problem = |m: String| {
-            ServerError::Config(format!("the store CA file {}: {m}", path.display()))
-        };
+        let problem =
+            |m: String| ServerError::Config(format!("the store CA file {}: {m}", path.display()));
         let mut pem = Vec::new();
         std::fs::File::open(path)
             .and_then(|f| f.take(MAX_CA_FILE).read_to_end(&mut pem))
