@@ -422,8 +422,8 @@ fn destroyed_keys_are_gone_from_the_database_files() {
             .unwrap(),
     );
     let all = files(&base);
-    assert_eq!(found_in(&all, &sealed), [table.clone()], "stored, inline");
-    assert_eq!(found_in(&all, &dke[..200]), [table.clone()], "not TOASTed");
+    assert_eq!(found_in(&all, &sealed), std::slice::from_ref(&table), "stored, inline");
+    assert_eq!(found_in(&all, &dke[..200]), std::slice::from_ref(&table), "not TOASTed");
 
     s.write(|tx| tx.destroy_version("hr", 1, 5)).unwrap();
     s.execute_raw("CHECKPOINT").unwrap();
