@@ -422,8 +422,16 @@ fn destroyed_keys_are_gone_from_the_database_files() {
             .unwrap(),
     );
     let all = files(&base);
-    assert_eq!(found_in(&all, &sealed), std::slice::from_ref(&table), "stored, inline");
-    assert_eq!(found_in(&all, &dke[..200]), std::slice::from_ref(&table), "not TOASTed");
+    assert_eq!(
+        found_in(&all, &sealed),
+        std::slice::from_ref(&table),
+        "stored, inline"
+    );
+    assert_eq!(
+        found_in(&all, &dke[..200]),
+        std::slice::from_ref(&table),
+        "not TOASTed"
+    );
 
     s.write(|tx| tx.destroy_version("hr", 1, 5)).unwrap();
     s.execute_raw("CHECKPOINT").unwrap();
@@ -449,4 +457,69 @@ fn destroyed_keys_are_gone_from_the_database_files() {
     // The other versions are untouched.
     assert_eq!(s.versions("hr").unwrap().len(), 60);
     assert!(s.version("hr", 2).unwrap().unwrap().sealed_secret.is_some());
+}
+
+/// Figures for docs/SERVER.md, not a timed assertion: audit records committed per second by
+/// one writer (one replica's group commit) and by two writers on two connections (two
+/// replicas contending for the writers' advisory lock), for group sizes 1, 16 and 64; SQLite
+/// beside it. Run: `cargo test -p kluis-server --test postgres -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn audit_append_figures() {
+    use kluis_server::audit::AuditEntry;
+    use kluis_server::{KeyService, KeySource};
+    fn measure<S: Store>(svc: &KeyService<S>, writers: usize, group: usize) -> f64 {
+        let stop = Instant::now() + Duration::from_secs(3);
+        let total: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let mut mine = svc.reopen().unwrap();
+                    scope.spawn(move || {
+                        let mut n = 0;
+                        while Instant::now() < stop {
+                            let batch: Vec<AuditEntry> = (0..group)
+                                .map(|i| AuditEntry {
+                                    time_ms: 1,
+                                    actor: format!("w{w}"),
+                                    action: "unwrap".into(),
+                                    label: Some("hr".into()),
+                                    kid: Some(1),
+                                    doc_id: Some(format!("{i:064x}")),
+                                    outcome: "granted".into(),
+                                    reason: None,
+                                    client: Some("127.0.0.1".into()),
+                                    credential: Some("token:kluis_abcdefgh".into()),
+                                })
+                                .collect();
+                            mine.append_audit(&batch).unwrap();
+                            n += group;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        svc.verify_audit().unwrap();
+        total as f64 / 3.0
+    }
+    use std::time::{Duration, Instant};
+    for (writers, group) in [(1, 1), (2, 1), (1, 16), (2, 16), (1, 64), (2, 64)] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let mut o = PgOptions::new(&database());
+        o.password = Some(PASSWORD.to_owned().into());
+        let pg = KeyService::init(PgStore::create(&o).unwrap(), KeySource::File(&key)).unwrap();
+        let sq = KeyService::init(
+            kluis_server::SqliteStore::create(&dir.path().join("s.db")).unwrap(),
+            KeySource::File(&dir.path().join("k2")),
+        )
+        .unwrap();
+        println!(
+            "audit appends: {writers} writer(s), {group} records a transaction: PostgreSQL \
+             {:.0} records/s, SQLite {:.0} records/s",
+            measure(&pg, writers, group),
+            measure(&sq, writers, group)
+        );
+    }
 }

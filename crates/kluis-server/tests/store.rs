@@ -363,6 +363,8 @@ fn a_store_from_before_credentials_is_upgraded_and_keeps_verifying() {
     drop(s);
     conn.execute_batch(
         "DROP INDEX audit_credential; ALTER TABLE audit DROP COLUMN credential;
+         ALTER TABLE key_versions DROP COLUMN dke_public;
+         ALTER TABLE key_versions DROP COLUMN dke_sealed;
          PRAGMA user_version = 2;",
     )
     .unwrap();
