@@ -710,8 +710,9 @@ mod sql {
     pub const AUDIT_TAIL: &str = "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1";
     pub const INSERT_AUDIT: &str = "INSERT INTO audit (seq, time_ms, actor, action, label, kid, \
          doc_id, outcome, reason, client, mac, credential) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-    pub const LOCK_WRITERS: &str = "SELECT pg_advisory_xact_lock($1)";
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+         $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
+         ORDER BY 1";
     pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
 }
 
@@ -719,9 +720,40 @@ mod sql {
 struct PgTx<'a> {
     store: &'a PgStore,
     conn: Arc<Conn>,
+    /// Audit records not sent yet: a group commit's records go in one statement (one round
+    /// trip, not one per record), sent before any other statement and before the commit.
+    audit: Vec<(i64, AuditEntry, Vec<u8>)>,
 }
 
 impl PgTx<'_> {
+    /// Send the buffered audit records, in order, as one `INSERT … SELECT unnest(…)`.
+    fn flush(&mut self) -> Result<()> {
+        if self.audit.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.audit);
+        let seq: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let time: Vec<i64> = rows.iter().map(|r| r.1.time_ms).collect();
+        let actor: Vec<&str> = rows.iter().map(|r| r.1.actor.as_str()).collect();
+        let action: Vec<&str> = rows.iter().map(|r| r.1.action.as_str()).collect();
+        let label: Vec<Option<&str>> = rows.iter().map(|r| r.1.label.as_deref()).collect();
+        let kid: Vec<Option<i64>> = rows.iter().map(|r| r.1.kid.map(i64::from)).collect();
+        let doc: Vec<Option<&str>> = rows.iter().map(|r| r.1.doc_id.as_deref()).collect();
+        let outcome: Vec<&str> = rows.iter().map(|r| r.1.outcome.as_str()).collect();
+        let reason: Vec<Option<&str>> = rows.iter().map(|r| r.1.reason.as_deref()).collect();
+        let client: Vec<Option<&str>> = rows.iter().map(|r| r.1.client.as_deref()).collect();
+        let mac: Vec<&[u8]> = rows.iter().map(|r| r.2.as_slice()).collect();
+        let cred: Vec<Option<&str>> = rows.iter().map(|r| r.1.credential.as_deref()).collect();
+        self.execute(
+            sql::INSERT_AUDIT,
+            &[
+                &seq, &time, &actor, &action, &label, &kid, &doc, &outcome, &reason, &client, &mac,
+                &cred,
+            ],
+        )?;
+        Ok(())
+    }
+
     fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let s = self.conn.statement(&self.store.shared, sql)?;
         run(&self.store.shared, self.conn.client.query(&s, params))
@@ -793,20 +825,25 @@ impl Store for PgStore {
         let conn = self.conn()?;
         let shared = self.shared.clone();
         let c = &conn.client;
-        let begun = run(&shared, c.batch_execute("BEGIN")).and_then(|()| {
-            let s = conn.statement(&shared, sql::LOCK_WRITERS)?;
-            run(&shared, c.execute(&s, &[&WRITE_LOCK]))
-        });
+        // One round trip: the simple-query protocol runs both statements.
+        let begun = run(
+            &shared,
+            c.batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+            )),
+        );
         if let Err(e) = begun {
             let _ = run(&shared, c.batch_execute("ROLLBACK"));
             return self.guarded(Err(e));
         }
         self.in_tx.set(true);
         let mut flag = TxFlag(self, false);
-        let result = f(&mut PgTx {
+        let mut tx = PgTx {
             store: self,
             conn: conn.clone(),
-        });
+            audit: Vec::new(),
+        };
+        let result = f(&mut tx).and_then(|v| tx.flush().map(|()| v));
         let out = finish(&shared, c, result);
         flag.1 = out.is_ok() || !c.is_closed();
         drop(flag);
@@ -914,31 +951,37 @@ impl Store for PgStore {
 
 impl StoreTx for PgTx<'_> {
     fn meta(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.flush()?;
         Ok(self.query_opt(sql::META, &[&key])?.map(|r| r.get(0)))
     }
 
     fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.flush()?;
         self.execute(sql::PUT_META, &[&key, &value])?;
         Ok(())
     }
 
     fn label_policy(&mut self, name: &str) -> Result<Option<String>> {
+        self.flush()?;
         Ok(self
             .query_opt(sql::LABEL_POLICY, &[&name])?
             .map(|r| r.get(0)))
     }
 
     fn insert_label(&mut self, name: &str, policy: &str, created_ms: i64) -> Result<()> {
+        self.flush()?;
         self.execute(sql::INSERT_LABEL, &[&name, &policy, &created_ms])?;
         Ok(())
     }
 
     fn set_policy(&mut self, name: &str, policy: &str) -> Result<()> {
+        self.flush()?;
         self.execute(sql::SET_POLICY, &[&name, &policy])?;
         Ok(())
     }
 
     fn version(&mut self, label: &str, kid: u32) -> Result<Option<VersionRow>> {
+        self.flush()?;
         self.query_opt(sql::VERSION, &[&label, &i64::from(kid)])?
             .as_ref()
             .map(version_row)
@@ -946,6 +989,7 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn insert_version(&mut self, label: &str, v: &VersionRow) -> Result<()> {
+        self.flush()?;
         self.execute(
             sql::INSERT_VERSION,
             &[
@@ -965,16 +1009,19 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn supersede_current(&mut self, label: &str, at_ms: i64) -> Result<()> {
+        self.flush()?;
         self.execute(sql::SUPERSEDE, &[&label, &at_ms])?;
         Ok(())
     }
 
     fn set_state(&mut self, label: &str, kid: u32, state: VersionState) -> Result<()> {
+        self.flush()?;
         self.execute(sql::SET_STATE, &[&label, &i64::from(kid), &state.as_str()])?;
         Ok(())
     }
 
     fn destroy_version(&mut self, label: &str, kid: u32, at_ms: i64) -> Result<()> {
+        self.flush()?;
         self.execute(sql::DESTROY, &[&label, &i64::from(kid), &at_ms])?;
         // The old row version stays in the table's files until the table is rewritten: mark
         // the scrub pending in the same transaction, so that it is retried until it is done.
@@ -983,6 +1030,7 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn sealed_secrets(&mut self) -> Result<Vec<SealedRow>> {
+        self.flush()?;
         let mut out = Vec::new();
         for (kind, q) in [
             (SecretKind::Label, sql::SEALED_LABEL),
@@ -1007,6 +1055,7 @@ impl StoreTx for PgTx<'_> {
         kind: SecretKind,
         sealed: &[u8],
     ) -> Result<()> {
+        self.flush()?;
         let q = match kind {
             SecretKind::Label => sql::SET_SEALED_LABEL,
             SecretKind::Dke => sql::SET_SEALED_DKE,
@@ -1016,11 +1065,13 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn set_dke_key(&mut self, label: &str, kid: u32, public: &[u8], sealed: &[u8]) -> Result<()> {
+        self.flush()?;
         self.execute(sql::SET_DKE, &[&label, &i64::from(kid), &public, &sealed])?;
         Ok(())
     }
 
     fn insert_token(&mut self, t: &TokenRow) -> Result<()> {
+        self.flush()?;
         let groups = serde_json::to_string(&t.groups).expect("strings");
         self.execute(
             sql::INSERT_TOKEN,
@@ -1038,10 +1089,12 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn revoke_token(&mut self, id: &str, at_ms: i64) -> Result<bool> {
+        self.flush()?;
         Ok(self.execute(sql::REVOKE_TOKEN, &[&id, &at_ms])? > 0)
     }
 
     fn revoke_user(&mut self, user: &str, at_ms: i64) -> Result<Vec<String>> {
+        self.flush()?;
         Ok(self
             .query(sql::REVOKE_USER, &[&user, &at_ms])?
             .iter()
@@ -1050,29 +1103,14 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn audit_tail(&mut self) -> Result<Option<(i64, Vec<u8>)>> {
+        self.flush()?;
         Ok(self
             .query_opt(sql::AUDIT_TAIL, &[])?
             .map(|r| (r.get(0), r.get(1))))
     }
 
     fn insert_audit(&mut self, seq: i64, e: &AuditEntry, mac: &[u8]) -> Result<()> {
-        self.execute(
-            sql::INSERT_AUDIT,
-            &[
-                &seq,
-                &e.time_ms,
-                &e.actor,
-                &e.action,
-                &e.label,
-                &e.kid.map(i64::from),
-                &e.doc_id,
-                &e.outcome,
-                &e.reason,
-                &e.client,
-                &mac,
-                &e.credential,
-            ],
-        )?;
+        self.audit.push((seq, e.clone(), mac.to_vec()));
         Ok(())
     }
 }
