@@ -302,7 +302,7 @@ fn two_replicas_survive_a_replica_kill_and_a_database_restart() {
         .collect();
     let twice = granted.values().filter(|n| **n > 1).count();
     println!(
-        "replicas: {} grants acknowledged ({} by A before its kill, {} through A in all, {} by B \
+        "replicas: {} grants acknowledged ({} before A was killed, {} through A in all, {} by B \
          after the database restart, {} while it was down), {} requests failed or refused \
          during the faults, {} audit records ({} granted unwraps), {}",
         acked.len(),
