@@ -151,6 +151,27 @@ fn the_password_and_tls_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The configuration file's `store` and `store_password_file`.
+    std::fs::write(
+        d.join("config.toml"),
+        format!(
+            "store = \"{url}\"\nstore_password_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .current_dir(d)
+        .args(["--config", "config.toml", "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified: 1 records"));
+
     // A wrong one.
     let out = bin()
         .current_dir(d)
@@ -522,4 +543,93 @@ fn audit_append_figures() {
             measure(&sq, writers, group)
         );
     }
+}
+
+/// TLS to a real PostgreSQL with `ssl = on`: with the organisation's CA the connection is TLS
+/// and verified; a certificate from another CA, or one that does not name the host in the URL,
+/// is refused (`sslmode=verify-full` semantics).
+#[test]
+fn tls_with_the_organisations_ca_is_verified() {
+    let c = PgCluster::shared();
+    let ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), rcgen::Issuer::new(params, key))
+    };
+    let (org_pem, org) = ca("organisation CA");
+    let (other_pem, _) = ca("another CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &org)
+        .unwrap();
+    let data = c.data_dir();
+    std::fs::write(data.join("kluis-test.crt"), cert.pem()).unwrap();
+    std::fs::write(data.join("kluis-test.key"), key.serialize_pem()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("kluis-test.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let _ = std::process::Command::new("chown")
+        .arg("postgres")
+        .arg(data.join("kluis-test.crt"))
+        .arg(data.join("kluis-test.key"))
+        .status();
+    for sql in [
+        "ALTER SYSTEM SET ssl_cert_file = 'kluis-test.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'kluis-test.key'",
+        "ALTER SYSTEM SET ssl = on",
+    ] {
+        c.psql("postgres", sql);
+    }
+    c.psql("postgres", "SELECT pg_reload_conf()");
+    let db = c.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("org.pem"), &org_pem).unwrap();
+    std::fs::write(dir.path().join("other.pem"), &other_pem).unwrap();
+    let opts = |host: &str, ca: &str| {
+        let mut o = PgOptions::new(&format!("postgres://kluis@{host}:{}/{db}", c.port()));
+        o.password = Some(PASSWORD.to_owned().into());
+        o.ca_file = Some(dir.path().join(ca));
+        o
+    };
+    // The reload takes effect for new connections shortly after.
+    let mut store = None;
+    for _ in 0..50 {
+        match PgStore::create(&opts("localhost", "org.pem")) {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    let store = store.expect("a verified TLS connection with the organisation's CA");
+    assert_eq!(
+        store
+            .query_text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .unwrap()
+            .as_deref(),
+        Some("t"),
+        "the connection is TLS"
+    );
+    let e = PgStore::open(&opts("localhost", "other.pem"))
+        .err()
+        .expect("another CA's trust is refused")
+        .to_string();
+    assert!(e.contains("cannot connect"), "{e}");
+    let e = PgStore::open(&opts("127.0.0.1", "org.pem"))
+        .err()
+        .expect("a certificate that does not name the host is refused")
+        .to_string();
+    assert!(e.contains("cannot connect"), "{e}");
 }
