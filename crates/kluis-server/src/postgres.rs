@@ -175,18 +175,27 @@ pub struct PgStore {
     in_tx: Cell<bool>,
 }
 
-fn pg_error(e: tokio_postgres::Error) -> ServerError {
-    // The server's message and SQLSTATE only: a DETAIL line can quote a whole failing row,
-    // sealed key bytes included.
-    let what = match e.as_db_error() {
+/// What went wrong, for a message: the server's message and SQLSTATE only (a DETAIL line can
+/// quote a whole failing row, sealed key bytes included), or the client's error with its causes.
+fn pg_what(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => {
             let mut s = e.to_string();
-            s.truncate(300);
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(": ");
+                s.push_str(&c.to_string());
+                cause = c.source();
+            }
+            s.truncate(400);
             s
         }
-    };
-    ServerError::Database(what)
+    }
+}
+
+fn pg_error(e: tokio_postgres::Error) -> ServerError {
+    ServerError::Database(pg_what(&e))
 }
 
 impl From<tokio_postgres::Error> for ServerError {
@@ -309,7 +318,7 @@ impl Shared {
         let client = bridge::wait(made, Instant::now() + Duration::from_secs(10))
             .ok_or_else(|| self.unreachable("it did not answer within 10 s"))?
             .map_err(|_| self.unreachable("the connecting task failed"))?
-            .map_err(|e| self.unreachable(&pg_error(e).to_string()))?;
+            .map_err(|e| self.unreachable(&pg_what(&e)))?;
         // Durability as on SQLite: a commit returns only once its WAL is flushed (and, with
         // synchronous_standby_names set on the server, replicated).
         let setup = format!(
@@ -328,7 +337,7 @@ impl Shared {
 
     fn unreachable(&self, why: &str) -> ServerError {
         ServerError::Database(format!(
-            "cannot connect to the {}: {why}: check that it runs and that --store, the \
+            "cannot connect to the {} ({why}); check that it runs and that --store, the \
              password and the CA are right",
             self.name
         ))

@@ -633,3 +633,61 @@ fn tls_with_the_organisations_ca_is_verified() {
         .to_string();
     assert!(e.contains("cannot connect"), "{e}");
 }
+
+/// `master-key rotate` on PostgreSQL: refused while a server is connected to the database;
+/// with every server stopped it re-seals, the store opens only with the new key, the chain
+/// verifies and the label still opens documents.
+#[test]
+fn master_key_rotation_on_postgres() {
+    let url = database();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &url, &["init"]);
+    ok(d, &url, &["label", "create", "hr", "--group", "staff"]);
+    let token = ok(
+        d,
+        &url,
+        &["token", "create", "--user", "a", "--group", "staff"],
+    );
+    let old_key = std::fs::read(d.join("kluis-master.key")).unwrap();
+    let env = [
+        ("KLUIS_STORE", url.as_str()),
+        ("KLUIS_STORE_PASSWORD", PASSWORD),
+    ];
+    let server = serve_with_env(dir, &LOOPBACK, &env);
+    let body = unwrap_body(&server, "hr", "before rotation");
+    let e = fails(server.dir.path(), &url, &["master-key", "rotate"]);
+    assert!(e.contains("in use by another kluis-server"), "{e}");
+    let dir = server.kill();
+    let d = dir.path();
+    // The killed server's sessions end with its process, once PostgreSQL has noticed.
+    let start = std::time::Instant::now();
+    let out = loop {
+        let out = run(d, &url, &["master-key", "rotate"]);
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("in use"), "{e}");
+        assert!(start.elapsed().as_secs() < 20, "still in use: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(out.contains("1 label key(s) re-sealed"), "{out}");
+    assert_ne!(std::fs::read(d.join("kluis-master.key")).unwrap(), old_key);
+    std::fs::write(d.join("old.key"), &old_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("old.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
+    let e = fails(d, &url, &["--key-file", "old.key", "audit", "verify"]);
+    assert!(e.to_lowercase().contains("master key"), "{e}");
+    assert!(ok(d, &url, &["audit", "verify"]).contains("audit trail verified"));
+    let server = serve_with_env(dir, &LOOPBACK, &env);
+    let (status, v, _) = post(
+        &format!("{}/v1/unwrap", server.base),
+        Some(token.trim()),
+        &body,
+    );
+    assert_eq!(status, 200, "{v}");
+}
