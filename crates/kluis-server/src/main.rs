@@ -1416,6 +1416,12 @@ fn store_copy(cli: &Cli, file: &Config, from: &str, to: &str) -> Result<()> {
         ));
     }
     let path = std::path::Path::new(path);
+    if !path.exists() {
+        return Err(ServerError::Config(format!(
+            "no SQLite store at {}: give --from sqlite:PATH",
+            path.display()
+        )));
+    }
     if SqliteStore::in_use(path)? {
         return Err(ServerError::Refused(format!(
             "the store {} is in use (a running server?): stop it, then copy",

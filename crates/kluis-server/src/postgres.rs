@@ -3,7 +3,7 @@
 //!
 //! The [`Store`] trait is synchronous; the wire protocol is `tokio-postgres`, run behind a small
 //! bridge: one background thread runs a tokio runtime that drives every connection's socket,
-//! and a query is a future that the calling thread polls itself ([`bridge`]) with a deadline,
+//! and a query is a future that the calling thread polls itself (module `bridge`) with a deadline,
 //! so a store call never needs (nor panics in) the caller's own runtime, and never waits for
 //! ever on a database that stopped answering.
 //!
@@ -248,6 +248,14 @@ impl Shared {
             Some(ca) => {
                 config.ssl_mode(SslMode::Require);
                 Some(tls::RustlsConnect::from_ca_file(ca)?)
+            }
+            None if config.get_ssl_mode() == SslMode::Require => {
+                return Err(bad(
+                    "the PostgreSQL store URL asks for TLS (sslmode=require): give the \
+                     organisation's CA with --store-ca-file (KLUIS_STORE_CA_FILE), so that the \
+                     server's certificate is verified"
+                        .into(),
+                ));
             }
             None if is_local(&config) => {
                 config.ssl_mode(SslMode::Disable);
