@@ -743,6 +743,14 @@ fn administer<S: Store>(
         | Command::Backup { .. }
         | Command::MasterKey(_) => unreachable!("handled above"),
         Command::Schedule => {
+            // On a store shared by replicas, only the scheduler's lease holder runs it.
+            if !store.store().scheduler_lease()? {
+                return Err(ServerError::Refused(
+                    "a running replica leads the scheduler on this store and runs the schedule \
+                     itself; nothing done"
+                        .into(),
+                ));
+            }
             let (changes, failure) = schedule_outcome(store.run_schedule(now_ms(), "scheduler"))?;
             for change in changes {
                 writeln!(

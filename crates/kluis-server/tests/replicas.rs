@@ -365,6 +365,10 @@ fn two_replicas_survive_a_replica_kill_and_a_database_restart() {
     });
     assert_eq!(unwrap(&agent, &b.base, &tokens[0], &doc, "policy"), 200);
     println!(
+        "replicas: /readyz 503 after {not_ready:?} with the database down, 200 again after \
+         {ready_again:?} once it was back"
+    );
+    println!(
         "replicas: revocation refused on both replicas after {revoked:?}, policy change after {denied:?}"
     );
     assert!(revoked.is_some(), "a revocation did not hold within 1 s");
@@ -372,6 +376,19 @@ fn two_replicas_survive_a_replica_kill_and_a_database_restart() {
 
     // The scheduler's lead: B holds it; a2 takes it when B dies, and never had it before.
     assert!(!a2.logged(LEADS), "two replicas led at once");
+    let out = bin()
+        .current_dir(d)
+        .env("KLUIS_STORE", &url)
+        .env("KLUIS_STORE_PASSWORD", PASSWORD)
+        .arg("schedule")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a manual schedule ran beside the leader"
+    );
+    assert!(e.contains("leads the scheduler"), "{e}");
     let mut b = b;
     b.kill();
     let moved = within(Duration::from_secs(15), || a2.logged(LEADS));
