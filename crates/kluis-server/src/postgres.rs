@@ -410,7 +410,7 @@ impl PgStore {
         let mut s = PgStore::connect(opts)?;
         let exists: bool = s
             .query_one("SELECT to_regclass('kluis_schema') IS NOT NULL", &[])?
-            .get(0);
+            .try_get(0)?;
         if !exists {
             return Err(ServerError::Init(
                 "no kluis store in this PostgreSQL database: create one with `kluis-server init`",
@@ -446,7 +446,7 @@ impl PgStore {
                 &shared,
                 c.query_one("SELECT version FROM kluis_schema", &[]),
             )?
-            .get(0);
+            .try_get(0)?;
             let done = usize::try_from(done).unwrap_or(usize::MAX);
             if done > MIGRATIONS.len() {
                 return Err(ServerError::Init(
@@ -547,7 +547,7 @@ impl PgStore {
         }
         vacuum?;
         if let Some(mark) = mark {
-            let mark: Vec<u8> = mark.get(0);
+            let mark: Vec<u8> = col(&mark, 0)?;
             // Cleared only if no destroy set a new mark meanwhile.
             self.query(
                 "DELETE FROM meta WHERE key = 'scrub_pending' AND value = $1 RETURNING 1",
@@ -567,7 +567,7 @@ impl PgStore {
                    AND pid <> pg_backend_pid()",
                 &[],
             )?
-            .get(0))
+            .try_get(0)?)
     }
 
     /// Run `sql` as is on this store's connection (tests: `CHECKPOINT`, inspection).
@@ -614,6 +614,12 @@ impl Drop for TxFlag<'_> {
     }
 }
 
+/// Column `i` of a row; a NULL or a type that does not fit is an error, never a panic.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T> {
+    r.try_get(i)
+        .map_err(|_| ServerError::Database(format!("unexpected value in column {i} of the store")))
+}
+
 fn kid_of(v: i64) -> Result<u32> {
     u32::try_from(v).map_err(|_| ServerError::Database("a key version out of range".into()))
 }
@@ -625,48 +631,48 @@ fn state_of(s: &str) -> Result<VersionState> {
 
 fn version_row(r: &Row) -> Result<VersionRow> {
     Ok(VersionRow {
-        kid: kid_of(r.get(0))?,
-        state: state_of(r.get(1))?,
-        public_key: r.get(2),
-        sealed_secret: r.get(3),
-        created_ms: r.get(4),
-        destroyed_ms: r.get(5),
-        superseded_ms: r.get(6),
-        dke_public: r.get(7),
-        dke_sealed: r.get(8),
+        kid: kid_of(col(r, 0)?)?,
+        state: state_of(col(r, 1)?)?,
+        public_key: col(r, 2)?,
+        sealed_secret: col(r, 3)?,
+        created_ms: col(r, 4)?,
+        destroyed_ms: col(r, 5)?,
+        superseded_ms: col(r, 6)?,
+        dke_public: col(r, 7)?,
+        dke_sealed: col(r, 8)?,
     })
 }
 
-fn token_row(r: &Row) -> TokenRow {
-    let groups: String = r.get(3);
-    TokenRow {
-        id: r.get(0),
-        hash: r.get(1),
-        user: r.get(2),
+fn token_row(r: &Row) -> Result<TokenRow> {
+    let groups: String = col(r, 3)?;
+    Ok(TokenRow {
+        id: col(r, 0)?,
+        hash: col(r, 1)?,
+        user: col(r, 2)?,
         groups: serde_json::from_str(&groups).unwrap_or_default(),
-        created_ms: r.get(4),
-        expires_ms: r.get(5),
-        revoked_ms: r.get(6),
-    }
+        created_ms: col(r, 4)?,
+        expires_ms: col(r, 5)?,
+        revoked_ms: col(r, 6)?,
+    })
 }
 
 fn audit_row(r: &Row) -> Result<AuditRecord> {
-    let kid: Option<i64> = r.get(5);
+    let kid: Option<i64> = col(r, 5)?;
     Ok(AuditRecord {
-        seq: r.get(0),
+        seq: col(r, 0)?,
         entry: AuditEntry {
-            time_ms: r.get(1),
-            actor: r.get(2),
-            action: r.get(3),
-            label: r.get(4),
+            time_ms: col(r, 1)?,
+            actor: col(r, 2)?,
+            action: col(r, 3)?,
+            label: col(r, 4)?,
             kid: kid.map(kid_of).transpose()?,
-            doc_id: r.get(6),
-            outcome: r.get(7),
-            reason: r.get(8),
-            client: r.get(9),
-            credential: r.get(11),
+            doc_id: col(r, 6)?,
+            outcome: col(r, 7)?,
+            reason: col(r, 8)?,
+            client: col(r, 9)?,
+            credential: col(r, 11)?,
         },
-        mac: r.get(10),
+        mac: col(r, 10)?,
     })
 }
 
@@ -868,21 +874,22 @@ impl Store for PgStore {
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.query_opt(sql::META, &[&key])?.map(|r| r.get(0)))
+        self.query_opt(sql::META, &[&key])?
+            .map(|r| col(&r, 0))
+            .transpose()
     }
 
     fn label_names(&self) -> Result<Vec<String>> {
-        Ok(self
-            .query(sql::LABEL_NAMES, &[])?
+        self.query(sql::LABEL_NAMES, &[])?
             .iter()
-            .map(|r| r.get(0))
-            .collect())
+            .map(|r| col(r, 0))
+            .collect::<Result<_>>()
     }
 
     fn label_policy(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .query_opt(sql::LABEL_POLICY, &[&name])?
-            .map(|r| r.get(0)))
+        self.query_opt(sql::LABEL_POLICY, &[&name])?
+            .map(|r| col(&r, 0))
+            .transpose()
     }
 
     fn versions(&self, label: &str) -> Result<Vec<VersionRow>> {
@@ -900,15 +907,17 @@ impl Store for PgStore {
     }
 
     fn token(&self, id: &str) -> Result<Option<TokenRow>> {
-        Ok(self.query_opt(sql::TOKEN, &[&id])?.as_ref().map(token_row))
+        self.query_opt(sql::TOKEN, &[&id])?
+            .as_ref()
+            .map(token_row)
+            .transpose()
     }
 
     fn tokens(&self) -> Result<Vec<TokenRow>> {
-        Ok(self
-            .query(sql::TOKENS, &[])?
+        self.query(sql::TOKENS, &[])?
             .iter()
             .map(token_row)
-            .collect())
+            .collect::<Result<_>>()
     }
 
     fn audit_page(
@@ -960,7 +969,7 @@ impl Store for PgStore {
                 &self.shared,
                 conn.client.query_one(&s, &[&SCHEDULER_LOCK]),
             ))?
-            .get(0);
+            .try_get(0)?;
         conn.leader.store(got, Ordering::Relaxed);
         Ok(got)
     }
@@ -969,7 +978,9 @@ impl Store for PgStore {
 impl StoreTx for PgTx<'_> {
     fn meta(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         self.flush()?;
-        Ok(self.query_opt(sql::META, &[&key])?.map(|r| r.get(0)))
+        self.query_opt(sql::META, &[&key])?
+            .map(|r| col(&r, 0))
+            .transpose()
     }
 
     fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
@@ -980,9 +991,9 @@ impl StoreTx for PgTx<'_> {
 
     fn label_policy(&mut self, name: &str) -> Result<Option<String>> {
         self.flush()?;
-        Ok(self
-            .query_opt(sql::LABEL_POLICY, &[&name])?
-            .map(|r| r.get(0)))
+        self.query_opt(sql::LABEL_POLICY, &[&name])?
+            .map(|r| col(&r, 0))
+            .transpose()
     }
 
     fn insert_label(&mut self, name: &str, policy: &str, created_ms: i64) -> Result<()> {
@@ -1055,10 +1066,10 @@ impl StoreTx for PgTx<'_> {
         ] {
             for r in self.query(q, &[])? {
                 out.push(SealedRow {
-                    label: r.get(0),
-                    kid: kid_of(r.get(1))?,
+                    label: col(&r, 0)?,
+                    kid: kid_of(col(&r, 1)?)?,
                     kind,
-                    sealed: r.get(2),
+                    sealed: col(&r, 2)?,
                 });
             }
         }
@@ -1112,18 +1123,17 @@ impl StoreTx for PgTx<'_> {
 
     fn revoke_user(&mut self, user: &str, at_ms: i64) -> Result<Vec<String>> {
         self.flush()?;
-        Ok(self
-            .query(sql::REVOKE_USER, &[&user, &at_ms])?
+        self.query(sql::REVOKE_USER, &[&user, &at_ms])?
             .iter()
-            .map(|r| r.get(0))
-            .collect())
+            .map(|r| col(r, 0))
+            .collect::<Result<_>>()
     }
 
     fn audit_tail(&mut self) -> Result<Option<(i64, Vec<u8>)>> {
         self.flush()?;
-        Ok(self
-            .query_opt(sql::AUDIT_TAIL, &[])?
-            .map(|r| (r.get(0), r.get(1))))
+        self.query_opt(sql::AUDIT_TAIL, &[])?
+            .map(|r| Ok::<_, ServerError>((col(&r, 0)?, col(&r, 1)?)))
+            .transpose()
     }
 
     fn insert_audit(&mut self, seq: i64, e: &AuditEntry, mac: &[u8]) -> Result<()> {
