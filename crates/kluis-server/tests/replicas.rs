@@ -171,6 +171,24 @@ fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
+/// The cluster's postmaster and its children.
+fn postgres_processes(cluster: &PgCluster) -> Vec<String> {
+    let pidfile = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid")).unwrap();
+    let main = pidfile.lines().next().unwrap().trim().to_owned();
+    let children = Command::new("pgrep").args(["-P", &main]).output().unwrap();
+    let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    pids.push(main);
+    pids
+}
+
+fn signal(pids: &[String], sig: &str) {
+    let ok = Command::new("kill").arg(sig).args(pids).status().unwrap();
+    assert!(ok.success(), "kill {sig} {pids:?}");
+}
+
 const LEADS: &str = "this replica leads scheduled rotation and retention";
 
 #[test]
@@ -394,6 +412,34 @@ fn two_replicas_survive_a_replica_kill_and_a_database_restart() {
     let moved = within(Duration::from_secs(15), || a2.logged(LEADS));
     println!("replicas: scheduler lead moved to the new replica after {moved:?}");
     assert!(moved.is_some(), "the scheduler's lead did not move");
+
+    // A database that stops answering (every PostgreSQL process frozen with SIGSTOP) does
+    // not hang the replica: /readyz and an unwrap are answered, not 200, within the
+    // statement deadline; once it answers again the replica serves by itself.
+    let frozen = postgres_processes(&cluster);
+    signal(&frozen, "-STOP");
+    let t = Instant::now();
+    let status = ready(&a2.base);
+    let readyz_took = t.elapsed();
+    let t = Instant::now();
+    let unwrapped = unwrap(&agent, &a2.base, &tokens[0], &doc, "frozen");
+    let unwrap_took = t.elapsed();
+    signal(&frozen, "-CONT");
+    println!(
+        "replicas: database frozen: /readyz {status} after {readyz_took:?}, unwrap {unwrapped} \
+         after {unwrap_took:?}"
+    );
+    assert_ne!(status, 200, "/readyz said ready with the database frozen");
+    assert!(readyz_took < Duration::from_secs(25), "{readyz_took:?}");
+    assert_ne!(unwrapped, 200, "a grant without a durable audit record");
+    assert!(unwrap_took < Duration::from_secs(35), "{unwrap_took:?}");
+    let back = within(Duration::from_secs(40), || {
+        unwrap(&agent, &a2.base, &tokens[0], &doc, "thawed") == 200
+    });
+    assert!(
+        back.is_some(),
+        "the replica did not serve again after the database thawed"
+    );
     let verify = admin(d, &url, &["audit", "verify"]);
     assert!(verify.contains("audit trail verified"), "{verify}");
     drop(a2);
