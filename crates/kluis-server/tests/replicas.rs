@@ -175,10 +175,16 @@ fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
 fn postgres_processes(cluster: &PgCluster) -> Vec<String> {
     let pidfile = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid")).unwrap();
     let main = pidfile.lines().next().unwrap().trim().to_owned();
-    let children = Command::new("pgrep").args(["-P", &main]).output().unwrap();
-    let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
+    // Its children, from /proc (field 4 of /proc/PID/stat is the parent's id).
+    let mut pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let after = stat.rsplit_once(')')?.1;
+            let ppid = after.split_whitespace().nth(1)?;
+            (ppid == main).then(|| e.file_name().to_string_lossy().into_owned())
+        })
         .collect();
     pids.push(main);
     pids
