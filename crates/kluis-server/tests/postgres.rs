@@ -188,6 +188,20 @@ fn the_password_and_tls_rules() {
     let remote = "postgres://kluis@db.example.invalid:5432/kluis";
     let err = fails(d, remote, &["audit", "verify"]);
     assert!(err.contains("--store-ca-file"), "{err}");
+    // TLS asked for in the URL, but no CA to verify with: refused, not quietly downgraded.
+    let err = fails(d, &format!("{url}?sslmode=require"), &["audit", "verify"]);
+    assert!(err.contains("asks for TLS"), "{err}");
+    // A copy from a SQLite store that is not there: refused, and no empty file is left.
+    let err = fails(
+        d,
+        &url,
+        &["store", "copy", "--from", "sqlite:missing.db", "--to", &url],
+    );
+    assert!(err.contains("no SQLite store at"), "{err}");
+    assert!(
+        !d.join("missing.db").exists(),
+        "the copy created its source"
+    );
     // A CA file that is no certificate.
     std::fs::write(d.join("ca.pem"), "nonsense").unwrap();
     let out = bin()
