@@ -1,7 +1,8 @@
 //! kluis-server: the on-premise key server's store, labels, tokens and audit trail.
 //!
 //! This crate holds the organisation's label private keys, sealed at rest under a master key
-//! (a 0600 key file or an Argon2id passphrase), in SQLite. Every administrative change is
+//! (a 0600 key file or an Argon2id passphrase), in SQLite or, for several replicas,
+//! PostgreSQL. Every administrative change is
 //! written together with its record in an HMAC-chained audit trail that `audit verify`
 //! checks. [`api`] serves unwrap, batch unwrap and the public label records over HTTP.
 //!
