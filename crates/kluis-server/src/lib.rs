@@ -2,9 +2,8 @@
 //!
 //! This crate holds the organisation's label private keys, sealed at rest under a master key
 //! (a 0600 key file or an Argon2id passphrase), in SQLite or, for several replicas,
-//! PostgreSQL. Every administrative change is
-//! written together with its record in an HMAC-chained audit trail that `audit verify`
-//! checks. [`api`] serves unwrap, batch unwrap and the public label records over HTTP.
+//! PostgreSQL. Every administrative change is written together with its record in an
+//! HMAC-chained audit trail that `audit verify` checks. [`api`] serves unwrap, batch unwrap and the public label records over HTTP.
 //!
 //! Layers, each using only the ones below it: [`api`] (HTTP handlers: parse, call the service,
 //! render) → [`service`] (the key server's operations and the unwrap decision, with the audit
