@@ -184,6 +184,15 @@ fn the_password_and_tls_rules() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(!err.contains("4711"), "{err}");
 
+    // A Unix socket is local: no CA needed (local connections are `trust` in this cluster).
+    let socket = format!(
+        "postgres://kluis@/{db}?host={}&port={}",
+        c.socket_dir().display(),
+        c.port()
+    );
+    let out = ok(d, &socket, &["audit", "verify"]);
+    assert!(out.contains("verified: 1 records"), "{out}");
+
     // Another host without the organisation's CA: refused, nothing is sent.
     let remote = "postgres://kluis@db.example.invalid:5432/kluis";
     let err = fails(d, remote, &["audit", "verify"]);

@@ -214,6 +214,11 @@ impl PgCluster {
         self.dir.join("data")
     }
 
+    /// The folder of its Unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
