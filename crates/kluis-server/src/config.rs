@@ -30,8 +30,16 @@ use crate::error::{Result, ServerError};
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The SQLite store.
+    /// The store: a SQLite file, or a PostgreSQL URL `postgres://USER@HOST:PORT/DATABASE`.
     pub store: Option<PathBuf>,
+    /// PostgreSQL store (`store = "postgres://…"`): a file whose first line is the
+    /// database password.
+    pub store_password_file: Option<PathBuf>,
+    /// PostgreSQL store: the organisation's CA certificates (PEM) to verify the database
+    /// server with; TLS is then required and the host name checked.
+    pub store_ca_file: Option<PathBuf>,
+    /// PostgreSQL store: the longest one statement may run, in seconds (default 10).
+    pub store_statement_timeout_secs: Option<u64>,
     /// The master key file.
     pub key_file: Option<PathBuf>,
     /// Read the passphrase from this environment variable.

@@ -8,6 +8,9 @@ use std::fmt;
 pub enum ServerError {
     /// The store (SQLite) failed.
     Store(rusqlite::Error),
+    /// The PostgreSQL store failed (unreachable, timed out, or refused a statement); the
+    /// server's message and SQLSTATE, never a row's values.
+    Database(String),
     /// Reading or writing a file failed.
     Io(std::io::Error),
     /// The kluis format library refused something.
@@ -118,6 +121,10 @@ impl fmt::Display for ServerError {
         use ServerError::*;
         match self {
             Store(e) => write!(f, "store error: {e}: check the store path and disk space"),
+            Database(e) => write!(
+                f,
+                "PostgreSQL store error: {e}: check that the database runs and is reachable"
+            ),
             Io(e) => write!(f, "I/O error: {e}"),
             Core(e) => write!(f, "{e}"),
             KeyFilePermissions { mode } => write!(

@@ -28,9 +28,18 @@ struct Cli {
     /// A TOML configuration file (see docs/SERVER.md); flags and environment override it.
     #[arg(long, env = "KLUIS_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The SQLite store [default: kluis-server.db].
+    /// The store: a SQLite file, or a PostgreSQL database as
+    /// `postgres://USER@HOST:PORT/DATABASE` (no password in it) [default: kluis-server.db].
     #[arg(long, env = "KLUIS_STORE", global = true)]
     store: Option<PathBuf>,
+    /// PostgreSQL store: read the database password from this file (first line). Or set
+    /// KLUIS_STORE_PASSWORD or PGPASSWORD; never on the command line.
+    #[arg(long, env = "KLUIS_STORE_PASSWORD_FILE", global = true)]
+    store_password_file: Option<PathBuf>,
+    /// PostgreSQL store: the organisation's CA certificates (PEM); TLS is then required and
+    /// the server's certificate and host name are checked (needed for a non-loopback host).
+    #[arg(long, env = "KLUIS_STORE_CA_FILE", global = true)]
+    store_ca_file: Option<PathBuf>,
     /// The master key file, written 0600 by `init` [default: kluis-master.key].
     #[arg(long, env = "KLUIS_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
@@ -103,6 +112,17 @@ enum StoreCmd {
     /// Remove old copies of destroyed keys from the store files (checkpoint and empty the
     /// write-ahead log); needed when a destroy reported that a reader held them.
     Scrub,
+    /// Copy a SQLite store into a new, empty PostgreSQL database: labels, key versions,
+    /// tokens and the whole audit trail (same master key, same audit head). Stop the server
+    /// first.
+    Copy {
+        /// The SQLite store, as `sqlite:PATH`.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database, as `postgres://USER@HOST:PORT/DATABASE` (empty).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -615,6 +635,16 @@ fn run(cli: Cli) -> Result<()> {
         .clone()
         .or(file.key_file.clone())
         .unwrap_or_else(|| "kluis-master.key".into());
+    if let Command::Store(StoreCmd::Copy { from, to }) = &cli.command {
+        return store_copy(&cli, &file, from, to);
+    }
+    if let Some(url) = store_path
+        .to_str()
+        .filter(|s| kluis_server::postgres::is_postgres_url(s))
+    {
+        let opts = pg_options(&cli, &file, url)?;
+        return run_postgres(cli, &file, &opts, &key_file);
+    }
     if let Command::Store(cmd) = &cli.command {
         return store_command(cmd, &store_path);
     }
@@ -713,6 +743,14 @@ fn administer<S: Store>(
         | Command::Backup { .. }
         | Command::MasterKey(_) => unreachable!("handled above"),
         Command::Schedule => {
+            // On a store shared by replicas, only the scheduler's lease holder runs it.
+            if !store.store().scheduler_lease()? {
+                return Err(ServerError::Refused(
+                    "a running replica leads the scheduler on this store and runs the schedule \
+                     itself; nothing done"
+                        .into(),
+                ));
+            }
             let (changes, failure) = schedule_outcome(store.run_schedule(now_ms(), "scheduler"))?;
             for change in changes {
                 writeln!(
@@ -1133,6 +1171,7 @@ fn store_command(cmd: &StoreCmd, path: &std::path::Path) -> Result<()> {
             };
             writeln!(out, "store {}: {what} ok", path.display())?;
         }
+        StoreCmd::Copy { .. } => unreachable!("handled in run"),
         StoreCmd::Scrub => {
             SqliteStore::scrub(path, Duration::from_secs(10))
                 .inspect_err(|e| name_store_holders(e, path))?;
@@ -1213,8 +1252,30 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
 /// full, even a panic) is logged and the next tick tries again.
 async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
     let store = std::sync::Mutex::new(store);
+    let leading = std::sync::atomic::AtomicBool::new(false);
     repeat(interval, move || {
         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+        // Several replicas on one store: only the lease holder runs the schedule.
+        let lead = match s.store().scheduler_lease() {
+            Ok(lead) => lead,
+            Err(e) => {
+                kluis_server::log!("scheduler: the store is unreachable, retrying: {e}");
+                false
+            }
+        };
+        if lead != leading.swap(lead, std::sync::atomic::Ordering::Relaxed) {
+            kluis_server::log!(
+                "scheduler: {}",
+                if lead {
+                    "this replica leads scheduled rotation and retention"
+                } else {
+                    "this replica no longer leads the scheduler"
+                }
+            );
+        }
+        if !lead {
+            return;
+        }
         match s.forget_pending_copies(Duration::from_secs(1)) {
             Ok(true) => kluis_server::log!(
                 "scheduled scrub: no old copy of a destroyed key remains in the store files"
@@ -1319,6 +1380,163 @@ fn exit_code(e: &ServerError) -> ExitCode {
         | ServerError::Damaged { .. } => ExitCode::from(EXIT_NEEDS_OPERATOR),
         _ => ExitCode::FAILURE,
     }
+}
+
+// --- The PostgreSQL store (issue 15) -------------------------------------------------------
+
+/// The PostgreSQL options: the URL, the password (a file, else `KLUIS_STORE_PASSWORD`, else
+/// `PGPASSWORD`; never a flag), the CA file and the statement timeout.
+fn pg_options(cli: &Cli, file: &Config, url: &str) -> Result<kluis_server::PgOptions> {
+    let mut opts = kluis_server::PgOptions::new(url);
+    let password_file = cli
+        .store_password_file
+        .as_ref()
+        .or(file.store_password_file.as_ref());
+    opts.password = match password_file {
+        Some(p) => Some(kluis_server::postgres::password_from_file(p)?),
+        None => ["KLUIS_STORE_PASSWORD", "PGPASSWORD"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()))
+            .map(Zeroizing::new),
+    };
+    opts.ca_file = cli.store_ca_file.clone().or(file.store_ca_file.clone());
+    if let Some(secs) = file.store_statement_timeout_secs {
+        if !(1..=3600).contains(&secs) {
+            return Err(ServerError::Config(
+                "store_statement_timeout_secs must be 1 to 3600".into(),
+            ));
+        }
+        opts.statement_timeout = Duration::from_secs(secs);
+    }
+    Ok(opts)
+}
+
+/// `store copy --from sqlite:PATH --to postgres://…`.
+fn store_copy(cli: &Cli, file: &Config, from: &str, to: &str) -> Result<()> {
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        return Err(ServerError::Config(
+            "--from must name a SQLite store as sqlite:PATH".into(),
+        ));
+    };
+    if !kluis_server::postgres::is_postgres_url(to) {
+        return Err(ServerError::Config(
+            "--to must name a PostgreSQL database as postgres://USER@HOST:PORT/DATABASE".into(),
+        ));
+    }
+    let path = std::path::Path::new(path);
+    if !path.exists() {
+        return Err(ServerError::Config(format!(
+            "no SQLite store at {}: give --from sqlite:PATH",
+            path.display()
+        )));
+    }
+    if SqliteStore::in_use(path)? {
+        return Err(ServerError::Refused(format!(
+            "the store {} is in use (a running server?): stop it, then copy",
+            path.display()
+        )));
+    }
+    let opts = pg_options(cli, file, to)?;
+    let mut target = kluis_server::PgStore::create(&opts)?;
+    let done = kluis_server::postgres::copy::copy_from_sqlite(path, &mut target)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "copied {} labels, {} key versions, {} tokens and {} audit records into the {}; \
+         audit head {} (the same as the source's). Check it with `kluis-server --store URL \
+         audit verify`",
+        done.labels,
+        done.versions,
+        done.tokens,
+        done.records,
+        target.describe(),
+        done.head
+    )?;
+    Ok(())
+}
+
+/// Every command on a PostgreSQL store. The engine-specific ones differ from SQLite's: backups
+/// are PostgreSQL's (`pg_dump`, base backups), the integrity check is PostgreSQL's.
+fn run_postgres(
+    cli: Cli,
+    file: &Config,
+    opts: &kluis_server::PgOptions,
+    key_file: &std::path::Path,
+) -> Result<()> {
+    use kluis_server::PgStore;
+    let sqlite_only = |what: &str| {
+        Err(ServerError::Refused(format!(
+            "`{what}` is for SQLite stores; a PostgreSQL store is backed up and checked with \
+             PostgreSQL's own tools (pg_dump, base backups, amcheck): see docs/SERVER.md, \
+             \"The PostgreSQL store\""
+        )))
+    };
+    match &cli.command {
+        Command::Backup { .. } => return sqlite_only("backup"),
+        Command::Restore { .. } => return sqlite_only("restore"),
+        Command::Store(StoreCmd::Check { .. }) => return sqlite_only("store check"),
+        Command::Store(StoreCmd::Scrub) => {
+            let store = PgStore::open(opts)?;
+            store.scrub(Duration::from_secs(10))?;
+            writeln!(
+                std::io::stdout().lock(),
+                "store: key_versions rewritten; no old row version of a destroyed key remains \
+                 in its files (the WAL and backups: see docs/SERVER.md)"
+            )?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let pass = passphrase(&cli, file, matches!(cli.command, Command::Init))?;
+    let key = match &pass {
+        Some(p) => KeySource::Passphrase(p.as_bytes()),
+        None => KeySource::File(key_file),
+    };
+    if let Command::Init = cli.command {
+        let store = PgStore::create(opts)?;
+        let name = store.describe().to_owned();
+        KeyService::init(store, key)?;
+        println!("initialised store in the {name}");
+        if pass.is_none() {
+            println!(
+                "master key written to {} (mode 0600): back it up offline",
+                key_file.display()
+            );
+        }
+        return Ok(());
+    }
+    let store = PgStore::open(opts)?;
+    if matches!(cli.command, Command::MasterKey(_)) && store.other_sessions()? > 0 {
+        return Err(ServerError::Refused(format!(
+            "the {} is in use by another kluis-server (a running replica?): stop every \
+             replica, rotate, then start them again",
+            store.describe()
+        )));
+    }
+    let mut store = KeyService::open(store, key)
+        .map_err(|e| interrupted_rotation(e, key_file, pass.is_none()))?;
+    if let Command::MasterKey(MasterKeyCmd::Rotate {
+        new_passphrase_env,
+        new_passphrase_file,
+        new_passphrase_prompt,
+    }) = &cli.command
+    {
+        let new = new_passphrase(
+            new_passphrase_env.as_deref(),
+            new_passphrase_file.as_deref(),
+            *new_passphrase_prompt,
+        )?;
+        return rotate_master(
+            &mut store,
+            key_file,
+            pass.as_ref().map(|p| p.as_str()),
+            new.as_ref().map(|p| p.as_str()),
+        );
+    }
+    drop(pass);
+    if let Command::Serve(args) = cli.command {
+        return run_server(store, args, file);
+    }
+    administer(&mut store, cli.command, &|_| {})
 }
 
 #[cfg(test)]

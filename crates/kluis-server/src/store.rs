@@ -278,6 +278,13 @@ pub trait Store: Send + Sized + 'static {
         let _ = patience;
         Ok(false)
     }
+    /// Whether this connection leads the scheduler (taking the lead if no other process holds
+    /// it). Several replicas share one store, and scheduled rotation and retention must run on
+    /// exactly one of them: an engine with several writers holds a lease that ends with the
+    /// connection (PostgreSQL: a session advisory lock). One process on SQLite always leads.
+    fn scheduler_lease(&self) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// The rows of one write transaction (see [`Store::write`]).

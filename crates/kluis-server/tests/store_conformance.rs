@@ -1,5 +1,6 @@
 //! The store conformance suite: what every [`Store`] implementation must do, run against each
-//! (SQLite now; PostgreSQL joins it). Rows are checked through the row-level trait; the audit
+//! (SQLite, and PostgreSQL on a throwaway cluster of this test binary: see
+//! `kluis_testkit::postgres`). Rows are checked through the row-level trait; the audit
 //! chain, concurrent writers and a writer killed mid-append through the keyring and service
 //! that every store is used with.
 //!
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use kluis_server::audit::AuditEntry;
 use kluis_server::{
-    KeyService, KeySource, SecretKind, ServerError, SqliteStore, Store, TokenRow, VersionRow,
-    VersionState, meta,
+    KeyService, KeySource, PgOptions, PgStore, SecretKind, ServerError, SqliteStore, Store,
+    TokenRow, VersionRow, VersionState, meta,
 };
+use kluis_testkit::postgres::{PASSWORD, PgCluster};
 
 /// How the suite makes and reopens a store of one engine, kept in `dir`.
 trait Backend {
@@ -36,6 +38,30 @@ impl Backend for Sqlite {
     }
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(&dir.join("store.db")).unwrap()
+    }
+}
+
+/// PostgreSQL: a new database in this binary's cluster per store; its URL is kept in `dir`, so
+/// that a child process (the crash test's writer) finds it without a cluster of its own.
+struct Postgres;
+
+fn pg_options(url: &str) -> PgOptions {
+    let mut o = PgOptions::new(url);
+    o.password = Some(PASSWORD.to_owned().into());
+    o
+}
+
+impl Backend for Postgres {
+    type S = PgStore;
+    fn create(dir: &Path) -> PgStore {
+        let cluster = PgCluster::shared();
+        let url = cluster.url(&cluster.create_database());
+        std::fs::write(dir.join("pg-url"), &url).unwrap();
+        PgStore::create(&pg_options(&url)).unwrap()
+    }
+    fn open(dir: &Path) -> PgStore {
+        let url = std::fs::read_to_string(dir.join("pg-url")).unwrap();
+        PgStore::open(&pg_options(&url)).unwrap()
     }
 }
 
@@ -644,3 +670,4 @@ macro_rules! conformance {
 }
 
 conformance!(sqlite, Sqlite);
+conformance!(postgres, Postgres);

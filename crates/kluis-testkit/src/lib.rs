@@ -243,3 +243,5 @@ impl Drop for Server {
         self.stop();
     }
 }
+
+pub mod postgres;
