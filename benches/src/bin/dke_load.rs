@@ -175,7 +175,11 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     if n < 128 {
         out.push(n as u8);
     } else {
-        let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -197,7 +201,9 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
     let alg = der(
         0x30,
         &[
-            &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
+            &[
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+            ][..],
             &[0x05, 0x00],
         ]
         .concat(),
