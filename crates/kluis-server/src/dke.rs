@@ -436,6 +436,37 @@ mod tests {
         assert!(key.decrypt(&other).is_none());
     }
 
+    /// A `[dke]` table from TOML.
+    fn config(toml_text: &str) -> DkeConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn the_configuration_is_checked() {
+        let base = "issuers = [\"https://sts.windows.net/t/\"]\njwks_file = \"/nonexistent\"\n";
+        let refused = |extra: &str, what: &str| {
+            let e = config(&format!("{base}{extra}"))
+                .settings(true)
+                .unwrap_err();
+            assert!(e.to_string().contains(what), "{extra}: {e}");
+        };
+        refused("", "`url`");
+        refused("url = \"https://dke.example.org/path\"\n", "origin");
+        refused("url = \"https://x\"\nprefix = \"/v1\"\n", "prefix");
+        refused("url = \"https://x\"\nuser_claim = \"sub\"\n", "user_claim");
+        refused("url = \"https://x\"\nscope = \"a b\"\n", "scope");
+        refused(
+            "url = \"https://x\"\nkey_cache_secs = 1\n",
+            "key_cache_secs",
+        );
+        refused("audience = \"a\\\"b\"\n", "audience");
+        let e = config("url = \"https://x\"\nissuers = []\njwks_file = \"j\"\n")
+            .settings(true)
+            .unwrap_err();
+        assert!(e.to_string().contains("issuers"), "{e}");
+        assert!(toml::from_str::<DkeConfig>("issuers = []\nurll = \"x\"\n").is_err());
+    }
+
     #[test]
     fn prefixes_and_origins() {
         assert!(valid_prefix("/dke"));
