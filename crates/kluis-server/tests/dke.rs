@@ -770,3 +770,38 @@ fn the_round_trip_works_over_tls() {
     assert_eq!(B64.decode(v["value"].as_str().unwrap()).unwrap(), blob());
     assert_eq!(dke_records(server.dir.path()).len(), 1);
 }
+
+/// Master-key rotation re-seals the DKE private keys: after it, with the new key file, what
+/// was encrypted before still decrypts.
+#[test]
+fn dke_keys_survive_a_master_key_rotation() {
+    let server = setup("");
+    let (key, _) = fetch_key(&server.base, "medical");
+    let ct = office_encrypt(&key, &blob());
+    let path = key["kid"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&server.base)
+        .unwrap()
+        .to_owned();
+    let dir = server.kill();
+    let out = admin(dir.path(), &["master-key", "rotate"]);
+    assert!(!out.is_empty());
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    );
+    let (status, body, _) = decrypt(
+        &format!("{}{path}", server.base),
+        Some(&token("alice@org.nl", &[])),
+        &ct,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(B64.decode(body["value"].as_str().unwrap()).unwrap(), blob());
+}
