@@ -60,6 +60,28 @@ admin label rotate old >/dev/null
 admin label rotate old >/dev/null
 admin label retire old 2 >/dev/null
 admin label destroy old 1 --confirm old >/dev/null
+# Microsoft DKE (docs/DKE.md): a label with a DKE key that the Entra user alice@org.nl may
+# open; an identity provider made here (an RSA key, its JWKS file); a [dke] table.
+admin label create office --dke --user oidc:entra:alice@org.nl >/dev/null
+python3 - "$work" <<'PY'
+import base64, json, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+open(sys.argv[1] + "/idp.pem", "wb").write(k.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    serialization.NoEncryption()))
+n = k.public_key().public_numbers()
+b = lambda i: base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+json.dump({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "n": b(n.n), "e": b(n.e)}]},
+          open(sys.argv[1] + "/jwks.json", "w"))
+PY
+cat >"$work/kluis.toml" <<TOML
+[dke]
+audience = "https://dke.test"
+issuers = ["https://sts.windows.net/tenant/"]
+jwks_file = "$work/jwks.json"
+TOML
 token=$(admin token create --user alice 2>/dev/null)
 case "$token" in
   kluis_*) ;;
@@ -68,7 +90,7 @@ esac
 
 # The server prints `listening on http://ADDR` once it accepts connections.
 : >"$work/serve.out"
-(cd "$store" && exec "$bin" serve --listen 127.0.0.1:0 --insecure-http --rate-limit 0) \
+(cd "$store" && exec "$bin" serve --config "$work/kluis.toml" --listen 127.0.0.1:0 --insecure-http --rate-limit 0) \
   >"$work/serve.out" 2>"$work/serve.err" &
 server_pid=$!
 base=
@@ -103,7 +125,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-spec, base, token = sys.argv[1:4]
+spec, base, token, work = sys.argv[1:5]
 schema = schemathesis.openapi.from_path(spec)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
@@ -260,13 +282,56 @@ if mine is not None:
         print(f"FAIL /v1/me/audit: {total} records, expected {2 + len(refusals) + len(items)}")
         failures += 1
 call("/metrics", "GET", 200)
+
+# Microsoft DKE: fetch the key, encrypt as Office does, decrypt with an Entra-like token.
+import json as _json, time
+from cryptography.hazmat.primitives.asymmetric import padding, rsa as _rsa
+idp = serialization.load_pem_private_key(open(work + "/idp.pem", "rb").read(), None)
+def jwt(upn):
+    enc = lambda o: base64.urlsafe_b64encode(_json.dumps(o).encode()).rstrip(b"=").decode()
+    now = int(time.time())
+    head = enc({"alg": "RS256", "typ": "JWT", "kid": "k1"})
+    body = enc({"iss": "https://sts.windows.net/tenant/", "aud": "https://dke.test",
+                "scp": "user_impersonation", "upn": upn, "sub": "s-" + upn, "iat": now,
+                "exp": now + 600})
+    sig = idp.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+dke = call("/dke/{keyName}", "GET", 200, path_parameters={"keyName": "office"})
+call("/dke/{keyName}", "GET", 400, path_parameters={"keyName": "Office"})
+if dke:
+    key_id = dke["key"]["kid"].rsplit("/", 1)[1]
+    n = int.from_bytes(base64.b64decode(dke["key"]["n"]), "big")
+    pub = _rsa.RSAPublicNumbers(dke["key"]["e"], n).public_key()
+    blob = os.urandom(44)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    ct = b64(pub.encrypt(blob, oaep))
+    params = {"keyName": "office", "keyId": key_id}
+    body = {"alg": "RSA-OAEP-256", "value": ct}
+    v = call("/dke/{keyName}/{keyId}/decrypt", "POST", 200, path_parameters=params,
+             headers={"Authorization": "Bearer " + jwt("Alice@org.nl")},
+             media_type="application/json", body=body)
+    if v and base64.b64decode(v["value"]) != blob:
+        print("FAIL dke decrypt: not the value encrypted")
+        failures += 1
+    call("/dke/{keyName}/{keyId}/decrypt", "POST", 403, path_parameters=params,
+         headers={"Authorization": "Bearer " + jwt("bob@org.nl")},
+         media_type="application/json", body=body)
+    call("/dke/{keyName}/{keyId}/decrypt", "POST", 401, path_parameters=params,
+         headers=AUTH, media_type="application/json", body=body)
+    call("/dke/{keyName}/{keyId}/decrypt", "POST", 400,
+         path_parameters={"keyName": "office", "keyId": "9-00000000"},
+         headers={"Authorization": "Bearer " + jwt("alice@org.nl")},
+         media_type="application/json", body=body)
+    call("/dke/{keyName}/{keyId}/decrypt", "POST", 400, path_parameters=params,
+         headers={"Authorization": "Bearer " + jwt("alice@org.nl")},
+         media_type="application/json", body={"alg": "RSA-OAEP-256", "value": b64(os.urandom(256))})
 print(f"positive paths: {failures} failure(s)")
 sys.exit(1 if failures else 0)
 PY
 echo "== positive paths"
 # Both steps run in the temporary directory: hypothesis and schemathesis keep caches in the
 # working directory.
-(cd "$work" && python3 positive.py "$root/docs/openapi.yaml" "$base" "$token") || status=1
+(cd "$work" && python3 positive.py "$root/docs/openapi.yaml" "$base" "$token" "$work") || status=1
 
 echo "== schemathesis"
 mkdir -p "$report_dir"

@@ -37,6 +37,8 @@ use crate::store::Store;
 
 pub use crate::service::auth::{TokenVerifier, VerifyError};
 
+mod dke;
+
 /// Server settings that the API needs.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
@@ -110,6 +112,8 @@ pub struct Api<S> {
     metrics: Metrics,
     limiter: RateLimiter,
     oidc: Option<Arc<dyn TokenVerifier>>,
+    /// Microsoft Double Key Encryption, when configured (`[dke]`).
+    dke: Option<crate::dke::DkeSettings>,
 }
 
 impl<S: Store> Api<S> {
@@ -118,6 +122,16 @@ impl<S: Store> Api<S> {
         store: KeyService<S>,
         config: ApiConfig,
         oidc: Option<Arc<dyn TokenVerifier>>,
+    ) -> crate::Result<Arc<Self>> {
+        Self::with_dke(store, config, oidc, None)
+    }
+
+    /// [`Api::new`], also serving the Microsoft DKE routes when `dke` is given.
+    pub fn with_dke(
+        store: KeyService<S>,
+        config: ApiConfig,
+        oidc: Option<Arc<dyn TokenVerifier>>,
+        dke: Option<crate::dke::DkeSettings>,
     ) -> crate::Result<Arc<Self>> {
         let conns = (0..config.readers.max(1))
             .map(|_| store.reopen().map(Mutex::new))
@@ -132,12 +146,13 @@ impl<S: Store> Api<S> {
             metrics: Metrics::default(),
             config,
             oidc,
+            dke,
         }))
     }
 
     /// The router, ready to serve.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz::<S>))
             .route("/metrics", get(metrics::<S>))
@@ -145,7 +160,8 @@ impl<S: Store> Api<S> {
             .route("/v1/labels/{name}", get(label_record::<S>))
             .route("/v1/unwrap", post(unwrap_one::<S>))
             .route("/v1/unwrap/batch", post(unwrap_batch::<S>))
-            .route("/v1/me/audit", get(my_audit::<S>))
+            .route("/v1/me/audit", get(my_audit::<S>));
+        dke::routes(self, router)
             .method_not_allowed_fallback(|| async {
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -178,7 +194,8 @@ impl<S: Store> Api<S> {
 
 /// Time every request out, and count it.
 async fn track<S: Store>(State(api): State<Arc<Api<S>>>, req: Request, next: Next) -> Response {
-    let route = route_name(req.uri().path());
+    let route =
+        dke::route_name(&api, req.uri().path()).unwrap_or_else(|| route_name(req.uri().path()));
     let start = Instant::now();
     let response = match tokio::time::timeout(api.config.request_timeout, next.run(req)).await {
         Ok(r) => r,

@@ -56,6 +56,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// OpenID Connect bearer tokens; absent means only kluis API tokens are accepted.
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// Microsoft Double Key Encryption for Office (docs/DKE.md); absent means no DKE routes.
+    pub dke: Option<crate::dke::DkeConfig>,
 }
 
 /// The `[serve]` table.

@@ -212,6 +212,26 @@ impl Keyring {
         Ok(LabelKey::from_secret_bytes(label, kid, bytes)?)
     }
 
+    /// Seal a DKE private key (PKCS#8 DER) at rest, bound to its kind, label and version
+    /// (the associated data that master-key rotation re-seals it under).
+    pub(crate) fn seal_dke_key(&self, pkcs8: &[u8], label: &str, kid: u32) -> Result<Vec<u8>> {
+        self.master
+            .seal(&secret_aad(SecretKind::Dke, label, kid), pkcs8)
+    }
+
+    /// Open a sealed DKE private key: its PKCS#8 DER, wiped on drop. A row copied to another
+    /// label, version or kind fails.
+    pub(crate) fn open_dke_key(
+        &self,
+        label: &str,
+        kid: u32,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        self.master
+            .open(&secret_aad(SecretKind::Dke, label, kid), sealed)
+            .ok_or(ServerError::WrongMasterKey)
+    }
+
     /// A new API token: (the secret token, shown once; its public id; its keyed hash, which
     /// is all the store keeps).
     pub(crate) fn new_token(&self) -> Result<(String, String, Vec<u8>)> {

@@ -17,6 +17,7 @@ pub mod anchor;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod dke;
 mod error;
 mod fairness;
 mod handshake;

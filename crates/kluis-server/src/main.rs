@@ -179,6 +179,16 @@ enum LabelCmd {
         /// how retention periods are enforced (`365d`, ...).
         #[arg(long, value_parser = parse_duration)]
         retain: Option<u64>,
+        /// Also give the label a Microsoft Double Key Encryption key (RSA-2048) for Office,
+        /// served under `[dke]` (docs/DKE.md); every rotation gives the new version one.
+        #[arg(long)]
+        dke: bool,
+    },
+    /// Give an existing label's current version a Microsoft DKE key (docs/DKE.md); every
+    /// later rotation gives the new version one.
+    DkeEnable {
+        /// The label.
+        name: String,
     },
     /// List labels.
     List,
@@ -782,6 +792,7 @@ fn administer<S: Store>(
                 recovery,
                 rotate_every,
                 retain,
+                dke,
             } => {
                 let policy = Policy {
                     users,
@@ -791,8 +802,19 @@ fn administer<S: Store>(
                     rotation_secs: rotate_every,
                     retention_secs: retain,
                 };
-                let public = store.create_label(&name, &policy, &actor())?;
+                let public = store.create_label_with(&name, &policy, dke, &actor())?;
                 writeln!(out, "label {name} version 1: {}", public.key())?;
+                if dke {
+                    let id = store
+                        .label(&name)?
+                        .current()
+                        .and_then(|v| v.dke_key_id.clone());
+                    writeln!(out, "label {name}: DKE key id {}", id.unwrap_or_default())?;
+                }
+            }
+            LabelCmd::DkeEnable { name } => {
+                let id = store.enable_dke(&name, &actor())?;
+                writeln!(out, "label {name}: DKE key id {id}")?;
             }
             LabelCmd::List => {
                 for l in store.labels()? {
@@ -1030,6 +1052,10 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
     );
     check_limits(&config, &limits, interval)?;
     let oidc = oidc_verifier(file)?;
+    let dke = match &file.dke {
+        Some(c) => Some(c.settings(tls.is_some())?),
+        None => None,
+    };
     let scheduler = store.reopen()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1059,7 +1085,7 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {scheme}://{addr}");
         let _ = stdout.flush();
-        let api = Api::new(store, config, oidc)?;
+        let api = Api::with_dke(store, config, oidc, dke)?;
         let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
         let outcome = supervise(
             serve(listener, api.router(), tls, limits, hangups, signals()),

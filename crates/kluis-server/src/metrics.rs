@@ -26,6 +26,7 @@ struct Inner {
     requests: BTreeMap<(&'static str, u16), u64>,
     latency: BTreeMap<&'static str, Histogram>,
     items: BTreeMap<String, u64>,
+    dke: BTreeMap<String, u64>,
 }
 
 /// The server's counters.
@@ -72,6 +73,17 @@ impl Metrics {
                 None => {
                     m.items.insert(o.to_owned(), 1);
                 }
+            }
+        }
+    }
+
+    /// Count one Microsoft DKE decrypt by outcome (`granted`, `denied`, `decrypt_failed`, ...).
+    pub fn dke(&self, outcome: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match m.dke.get_mut(outcome) {
+            Some(n) => *n += 1,
+            None => {
+                m.dke.insert(outcome.to_owned(), 1);
             }
         }
     }
@@ -127,6 +139,14 @@ impl Metrics {
         let _ = writeln!(w, "# TYPE kluis_unwrap_items_total counter");
         for (outcome, n) in &m.items {
             let _ = writeln!(w, "kluis_unwrap_items_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            w,
+            "# HELP kluis_dke_decrypts_total Microsoft DKE decrypts by outcome."
+        );
+        let _ = writeln!(w, "# TYPE kluis_dke_decrypts_total counter");
+        for (outcome, n) in &m.dke {
+            let _ = writeln!(w, "kluis_dke_decrypts_total{{outcome=\"{outcome}\"}} {n}");
         }
         let s = writer.stats();
         let load = |c: &std::sync::atomic::AtomicUsize| c.load(Ordering::Relaxed);

@@ -324,6 +324,8 @@ pub enum OidcError {
     },
     /// The identity provider left the groups out (Entra ID "groups overage").
     GroupsOverage,
+    /// The token's `scp` does not contain the required scope.
+    MissingScope(String),
     /// The identity provider's keys are unavailable (never fetched, or too old and the reload
     /// fails): every token is refused until they are back.
     JwksUnavailable(Option<Arc<JwksError>>),
@@ -383,6 +385,10 @@ impl fmt::Display for OidcError {
             GroupsOverage => f.write_str(
                 "the identity provider left the groups out of the token (too many groups): its administrators should emit only the groups assigned to the application",
             ),
+            MissingScope(s) => write!(
+                f,
+                "the bearer token does not grant the `{s}` scope (`scp`): request a token for this service's `{s}` scope"
+            ),
             JwksUnavailable(_) => f.write_str(
                 "the identity provider's signing keys are unavailable, so no token can be checked: try again later",
             ),
@@ -404,6 +410,10 @@ pub struct OidcVerifier {
     /// `oidc:<name>:`, the prefix of this issuer's users, groups and credentials.
     prefix: String,
     issuer: String,
+    /// Further accepted issuers (Microsoft DKE: partner tenants); empty for `[oidc]`.
+    more_issuers: Vec<String>,
+    /// A scope `scp` must contain (Microsoft DKE: `user_impersonation`); none for `[oidc]`.
+    scope: Option<String>,
     audience: Vec<String>,
     user_claim: String,
     groups_claim: String,
@@ -518,6 +528,8 @@ impl OidcVerifier {
         let verifier = OidcVerifier {
             prefix: format!("oidc:{}:", config.name),
             issuer: config.issuer,
+            more_issuers: Vec::new(),
+            scope: None,
             audience: config.audience,
             user_claim: config.user_claim,
             groups_claim: config.groups_claim,
@@ -544,6 +556,14 @@ impl OidcVerifier {
         }
         Keys::keep_fresh(&verifier.keys, verifier.refresh);
         Ok(verifier)
+    }
+
+    /// The same verifier, also accepting tokens from `more_issuers` and requiring `scope` in
+    /// the `scp` claim (Microsoft Double Key Encryption, see [`crate::dke`]).
+    pub fn with_issuers_and_scope(mut self, more_issuers: Vec<String>, scope: String) -> Self {
+        self.more_issuers = more_issuers;
+        self.scope = Some(scope);
+        self
     }
 
     /// Check a bearer token (without the `Bearer ` prefix) at `now_unix_secs` and return whom it
@@ -750,7 +770,7 @@ impl OidcVerifier {
         };
         match claims.get("iss") {
             None => return Err(OidcError::MissingClaim("iss".into())),
-            Some(Value::String(iss)) if *iss == self.issuer => {}
+            Some(Value::String(iss)) if *iss == self.issuer || self.more_issuers.contains(iss) => {}
             Some(Value::String(_)) => return Err(OidcError::WrongIssuer),
             Some(_) => return Err(bad("iss", "not a string")),
         }
@@ -766,6 +786,16 @@ impl OidcVerifier {
         };
         if !auds.iter().any(accepted) {
             return Err(OidcError::WrongAudience);
+        }
+        if let Some(scope) = &self.scope {
+            // `scp` is a space-separated list of the delegated scopes granted.
+            let granted = match claims.get("scp") {
+                Some(Value::String(scp)) => scp.split(' ').any(|s| s == scope),
+                _ => false,
+            };
+            if !granted {
+                return Err(OidcError::MissingScope(scope.clone()));
+            }
         }
 
         let exp =

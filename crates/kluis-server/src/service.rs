@@ -24,6 +24,7 @@ use crate::time::now_ms;
 
 pub mod auth;
 mod backup;
+pub mod dke;
 mod lifecycle;
 mod rekey_master;
 pub mod unwrap;
@@ -41,6 +42,8 @@ pub struct KeyService<S> {
     /// Unsealed label keys, reused only while the row still holds exactly the sealed bytes
     /// they came from.
     keys: RefCell<KeyCache>,
+    /// Unsealed DKE keys, on the same terms as `keys`.
+    dke_keys: RefCell<dke::DkeKeyCache>,
 }
 
 /// The audit entry of an administrative change made under `actor`.
@@ -89,6 +92,7 @@ impl<S: Store> KeyService<S> {
             store,
             keyring,
             keys: RefCell::default(),
+            dke_keys: RefCell::default(),
         }
     }
 
@@ -179,6 +183,17 @@ impl<S: Store> KeyService<S> {
         policy: &Policy,
         actor: &str,
     ) -> Result<LabelPublicKey> {
+        self.create_label_with(name, policy, false, actor)
+    }
+
+    /// Create a label with key version 1, with a Microsoft DKE key when `dke` is set.
+    pub fn create_label_with(
+        &mut self,
+        name: &str,
+        policy: &Policy,
+        dke: bool,
+        actor: &str,
+    ) -> Result<LabelPublicKey> {
         policy.validate()?;
         if self.label(name).is_ok() {
             return Err(ServerError::LabelExists(name.to_owned()));
@@ -187,10 +202,12 @@ impl<S: Store> KeyService<S> {
         self.write(|keyring, tx| {
             tx.insert_label(name, &json, now_ms())?;
             let public = Self::new_version(keyring, tx, name, 1)?;
-            keyring.append_audit(
-                tx,
-                &[admin_entry(actor, "label.create", Some(name), Some(1))],
-            )?;
+            let mut entry = admin_entry(actor, "label.create", Some(name), Some(1));
+            if dke {
+                Self::add_dke_key(keyring, tx, name, 1)?;
+                entry.reason = Some("with a Microsoft DKE key".into());
+            }
+            keyring.append_audit(tx, &[entry])?;
             Ok(public)
         })
     }
@@ -236,9 +253,14 @@ impl<S: Store> KeyService<S> {
                  with; check it (`kluis-server audit verify`) and restore a backup"
             ))
         })?;
+        // A label with a DKE key gets one for every new version (a new key id).
+        let dke = self.has_dke(name)?;
         self.write(|keyring, tx| {
             tx.supersede_current(name, now_ms())?;
             Self::new_version(keyring, tx, name, kid)?;
+            if dke {
+                Self::add_dke_key(keyring, tx, name, kid)?;
+            }
             keyring.append_audit(
                 tx,
                 &[admin_entry(actor, "label.rotate", Some(name), Some(kid))],
@@ -307,6 +329,7 @@ impl<S: Store> KeyService<S> {
         })?;
         if destroy && changed {
             self.keys.borrow_mut().remove(&(name.to_owned(), kid));
+            self.dke_keys.borrow_mut().remove(&(name.to_owned(), kid));
             // Any failure now is reported as what it is: the version IS destroyed, the
             // removal of old copies remains to do (and stays marked pending in the store).
             self.store.forget_old_copies().map_err(|e| match e {

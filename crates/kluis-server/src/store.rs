@@ -61,6 +61,9 @@ pub struct VersionInfo {
     pub destroyed_ms: Option<i64>,
     /// When it stopped sealing (a rotation made another version current), if it did.
     pub superseded_ms: Option<i64>,
+    /// The key id of its Microsoft DKE key, if it has one (see [`crate::dke::key_id`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dke_key_id: Option<String>,
 }
 
 /// A change the scheduler made.
@@ -193,6 +196,10 @@ impl VersionRow {
             created_ms: self.created_ms,
             destroyed_ms: self.destroyed_ms,
             superseded_ms: self.superseded_ms,
+            dke_key_id: self
+                .dke_public
+                .as_deref()
+                .map(|p| crate::dke::key_id(self.kid, p)),
         }
     }
 }

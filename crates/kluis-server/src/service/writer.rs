@@ -22,6 +22,7 @@ use kluis_core::reply::{ReplySealer, SealedShare};
 use tokio::sync::oneshot;
 
 use super::KeyService;
+use super::dke::DkePending;
 use super::unwrap::{Pending, Refusal};
 use crate::audit::AuditEntry;
 use crate::store::Store;
@@ -111,6 +112,17 @@ impl Committed {
     }
 }
 
+/// The receipt for a [`DkePending`] decrypt whose audit record is committed: the only way to
+/// its plaintext. Only [`AuditWriter::commit_dke`] makes one.
+pub struct DkeCommitted(DkePending);
+
+impl DkeCommitted {
+    /// The plaintext (wiped on drop), or why the decrypt was refused.
+    pub fn release(self) -> Result<zeroize::Zeroizing<Vec<u8>>, Refusal> {
+        self.0.result
+    }
+}
+
 impl AuditWriter {
     /// Start the writer thread on its own connection.
     pub fn start<S: Store>(mut store: KeyService<S>) -> std::io::Result<Self> {
@@ -182,6 +194,17 @@ impl AuditWriter {
             self.append(entries, arriving).await?;
         }
         Ok(Committed(pending))
+    }
+
+    /// Commit the audit record of a DKE decrypt durably; returns the receipt that releases its
+    /// plaintext once it is committed, or the failure (then nothing is released).
+    pub async fn commit_dke(
+        &self,
+        pending: DkePending,
+        arriving: Arriving<'_>,
+    ) -> Result<DkeCommitted, AuditUnavailable> {
+        self.append(vec![pending.entry.clone()], arriving).await?;
+        Ok(DkeCommitted(pending))
     }
 
     /// Append `entries` durably; returns once they are committed (fsynced) or failed.

@@ -1,0 +1,807 @@
+//! Microsoft Double Key Encryption (issue 16), end to end: a real `kluis-server serve` process,
+//! real SQLite, an Entra-like identity provider made here (RS256, JWKS file), and an
+//! Office-like client written here. The client encrypts with the `openssl` command (another
+//! RSA implementation than the server's aws-lc-rs), from the JWK the server publishes.
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use kluis_core::reply::ReplyKey;
+use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
+use ring::signature::{self, RsaKeyPair, RsaPublicKeyComponents};
+use serde_json::{Value, json};
+
+mod common;
+use common::{admin, get, label_key, post, post_bytes, post_full, serve};
+
+const TENANT: &str = "https://sts.windows.net/11111111-2222-3333-4444-555555555555/";
+const PARTNER: &str = "https://sts.windows.net/99999999-8888-7777-6666-555555555555/";
+const AUDIENCE: &str = "https://dke.test";
+const AUTHORITY: &str = "https://login.windows.net/common/oauth2/authorize";
+const RSA_PKCS8: &[u8] = include_bytes!("fixtures/oidc-rs256.pk8");
+
+// ---------------------------------------------------------------------------------------------
+// The identity provider
+
+fn idp_key() -> RsaKeyPair {
+    RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap()
+}
+
+fn jwks() -> String {
+    let c: RsaPublicKeyComponents<Vec<u8>> = idp_key().public().into();
+    json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]})
+    .to_string()
+}
+
+fn sign(claims: &Value) -> String {
+    let key = idp_key();
+    let head = json!({"alg": "RS256", "typ": "JWT", "kid": "k1"});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(head.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+/// The claims of a token Office gets from Entra ID for the DKE service.
+fn dke_claims(upn: &str, groups: &[&str]) -> Value {
+    let now = kluis_server::now_ms() / 1000;
+    json!({"iss": TENANT, "aud": AUDIENCE, "scp": "user_impersonation", "upn": upn,
+           "sub": format!("sub-{upn}"), "iat": now, "exp": now + 600, "groups": groups})
+}
+
+fn token(upn: &str, groups: &[&str]) -> String {
+    sign(&dke_claims(upn, groups))
+}
+
+fn with(mut v: Value, k: &str, x: Value) -> Value {
+    v[k] = x;
+    v
+}
+
+fn without(mut v: Value, k: &str) -> Value {
+    v.as_object_mut().unwrap().remove(k);
+    v
+}
+
+/// A kluis-API token of the `[oidc]` issuer for the same person (audience `api://kluis`).
+fn kluis_token(upn: &str) -> String {
+    let now = kluis_server::now_ms() / 1000;
+    sign(
+        &json!({"iss": TENANT, "aud": "api://kluis", "upn": upn, "sub": format!("sub-{upn}"),
+                 "iat": now, "exp": now + 600}),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/// `[dke]` and `[oidc]` (one Entra ID tenant, one name `entra`, so one policy for both).
+fn config(dke_extra: &str) -> String {
+    format!(
+        "[serve]\nrate_limit_per_sec = 0\n\
+         [oidc]\nname = \"entra\"\nissuer = \"{TENANT}\"\naudience = \"api://kluis\"\n\
+         jwks_file = \"jwks.json\"\nuser_claim = \"upn\"\n\
+         [dke]\naudience = \"{AUDIENCE}\"\nissuers = [\"{TENANT}\", \"{PARTNER}\"]\n\
+         jwks_file = \"jwks.json\"\n{dke_extra}"
+    )
+}
+
+/// A store with label `medical` (DKE; user alice@org.nl, group `doctors`) and `plain` (no
+/// DKE), served on plain loopback HTTP.
+fn setup(dke_extra: &str) -> common::Server {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "medical",
+            "--dke",
+            "--user",
+            "oidc:entra:alice@org.nl",
+            "--group",
+            "oidc:entra:doctors",
+        ],
+    );
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "plain",
+            "--user",
+            "oidc:entra:alice@org.nl",
+        ],
+    );
+    std::fs::write(d.join("jwks.json"), jwks()).unwrap();
+    std::fs::write(d.join("kluis.toml"), config(dke_extra)).unwrap();
+    serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Office-like client
+
+/// DER: tag, length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 128 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn der_uint(be: &[u8]) -> Vec<u8> {
+    let mut v = be.to_vec();
+    if v[0] & 0x80 != 0 {
+        v.insert(0, 0);
+    }
+    der(0x02, &v)
+}
+
+/// The SubjectPublicKeyInfo of RSA key (n, e), as the client builds it from the JWK.
+fn spki(n: &[u8], e: u64) -> Vec<u8> {
+    let e_bytes: Vec<u8> = e
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let rsa = der(0x30, &[der_uint(n), der_uint(&e_bytes)].concat());
+    let alg = der(
+        0x30,
+        &[
+            &[
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+            ][..],
+            &[0x05, 0x00],
+        ]
+        .concat(),
+    );
+    let bits = der(0x03, &[&[0u8][..], &rsa].concat());
+    der(0x30, &[alg, bits].concat())
+}
+
+/// What `GET {base}/dke/{name}` publishes: (the key JSON, the whole answer).
+fn fetch_key(base: &str, name: &str) -> (Value, Value) {
+    let (status, body) = get(&format!("{base}/dke/{name}"), None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    (v["key"].clone(), v)
+}
+
+/// RSA-OAEP-256 with the `openssl` command, under the public key in `key` (a JWK).
+fn office_encrypt(key: &Value, plain: &[u8]) -> Vec<u8> {
+    let n = B64.decode(key["n"].as_str().unwrap()).unwrap();
+    let e = key["e"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pub_der, input, output) = (
+        dir.path().join("pub.der"),
+        dir.path().join("in"),
+        dir.path().join("out"),
+    );
+    std::fs::write(&pub_der, spki(&n, e)).unwrap();
+    std::fs::write(&input, plain).unwrap();
+    let status = Command::new("openssl")
+        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
+        .arg(&pub_der)
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
+            "-in",
+        ])
+        .arg(&input)
+        .arg("-out")
+        .arg(&output)
+        .status()
+        .expect("the openssl command");
+    assert!(status.success(), "openssl pkeyutl failed");
+    std::fs::read(output).unwrap()
+}
+
+/// `POST {kid}/decrypt`: (status, body JSON, headers).
+fn decrypt_at(
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value, std::collections::HashMap<String, String>) {
+    post_full(url, token, body)
+}
+
+fn decrypt(
+    kid: &str,
+    token: Option<&str>,
+    ct: &[u8],
+) -> (u16, Value, std::collections::HashMap<String, String>) {
+    decrypt_at(
+        &format!("{kid}/decrypt"),
+        token,
+        &json!({"alg": "RSA-OAEP-256", "value": B64.encode(ct)}),
+    )
+}
+
+/// The first 16 bytes of SHA-256, hex: the document reference of a wrapped value.
+fn doc_ref(ct: &[u8]) -> String {
+    hex::encode(&ring::digest::digest(&ring::digest::SHA256, ct).as_ref()[..16])
+}
+
+/// The `dke.decrypt` records of the audit trail, oldest first.
+fn dke_records(dir: &Path) -> Vec<Value> {
+    admin(dir, &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == "dke.decrypt")
+        .collect()
+}
+
+fn blob() -> Vec<u8> {
+    (0..44u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(5))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// The key as Office reads it, an Office-like client's round trip, every letter case of
+/// `decrypt`, and the audit record of each decrypt (in the export and in `/v1/me/audit` of the
+/// same person's kluis token).
+#[test]
+fn an_office_like_client_encrypts_offline_and_decrypts_through_the_server() {
+    let server = setup("");
+    let base = &server.base;
+    let (key, whole) = fetch_key(base, "medical");
+    assert_eq!(key["kty"], "RSA");
+    assert_eq!(key["alg"], "RS256");
+    assert_eq!(key["e"], json!(65537), "e is a JSON number");
+    let n = key["n"].as_str().unwrap();
+    assert_eq!(n.len(), 344, "padded standard base64 of 256 bytes");
+    assert_eq!(B64.decode(n).unwrap().len(), 256);
+    let kid = key["kid"].as_str().unwrap().to_owned();
+    let id = kid
+        .strip_prefix(&format!("{base}/dke/medical/"))
+        .unwrap_or_else(|| panic!("kid {kid} keeps the request's URL"));
+    assert!(id.starts_with("1-") && id.len() == 10, "{id}");
+    let exp = whole["cache"]["exp"].as_str().unwrap();
+    assert_eq!(exp.len(), 19, "{exp}");
+    assert_eq!(&exp[10..11], "T");
+    assert!(!exp.ends_with('Z'));
+    assert!(exp.as_bytes()[..4].iter().all(u8::is_ascii_digit));
+    // The query is not part of the kid; names are case-sensitive; no DKE key, no answer.
+    let (q, _) = {
+        let (s, b) = get(&format!("{base}/dke/medical?x=1"), None);
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_str(&b).unwrap();
+        (v["key"]["kid"].as_str().unwrap().to_owned(), ())
+    };
+    assert_eq!(q, kid);
+    for name in ["Medical", "plain", "nothing"] {
+        assert_eq!(get(&format!("{base}/dke/{name}"), None).0, 400, "{name}");
+    }
+
+    let alice = token("Alice@Org.NL", &[]);
+    let mut cts = Vec::new();
+    for action in ["decrypt", "Decrypt", "DECRYPT"] {
+        let ct = office_encrypt(&key, &blob());
+        let (status, body, _) = decrypt_at(
+            &format!("{kid}/{action}"),
+            Some(&alice),
+            &json!({"alg": "RSA-OAEP-256", "value": B64.encode(&ct)}),
+        );
+        assert_eq!(status, 200, "{action}: {body}");
+        assert_eq!(B64.decode(body["value"].as_str().unwrap()).unwrap(), blob());
+        cts.push(ct);
+    }
+    // A member of the label's group, by a partner tenant's token.
+    let partner = sign(&with(
+        dke_claims("dora@partner.example", &["doctors"]),
+        "iss",
+        json!(PARTNER),
+    ));
+    assert_eq!(decrypt(&kid, Some(&partner), &cts[0]).0, 200);
+    // Another action is no route.
+    assert_eq!(
+        decrypt_at(&format!("{kid}/encrypt"), Some(&alice), &json!({})).0,
+        404
+    );
+
+    let records = dke_records(server.dir.path());
+    assert_eq!(records.len(), 4, "{records:?}");
+    for (r, ct) in records.iter().zip(&cts) {
+        assert_eq!(r["actor"], "oidc:entra:Alice@Org.NL");
+        assert_eq!(r["label"], "medical");
+        assert_eq!(r["kid"], 1);
+        assert_eq!(r["outcome"], "granted");
+        assert_eq!(r["doc_id"], doc_ref(ct));
+        assert_eq!(r["credential"], "oidc:entra:sub-Alice@Org.NL");
+    }
+    assert_eq!(records[3]["actor"], "oidc:entra:dora@partner.example");
+    // The same person sees them with a kluis token of the same issuer.
+    let (status, body) = get(
+        &format!("{base}/v1/me/audit"),
+        Some(&kluis_token("Alice@Org.NL")),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mine: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        mine.iter().filter(|r| r["action"] == "dke.decrypt").count(),
+        3
+    );
+    // Metrics count the DKE routes and outcomes.
+    let (_, metrics) = get(&format!("{base}/metrics"), None);
+    assert!(
+        metrics.contains("kluis_dke_decrypts_total{outcome=\"granted\"} 4"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("route=\"dke_decrypt\",status=\"200\""));
+    assert!(metrics.contains("route=\"dke_key\",status=\"200\""));
+}
+
+/// Every refusal: 401 with the challenge for every missing or invalid token (before any key
+/// lookup), 403 for policy, 400 for every bad input and one answer for every ciphertext that
+/// does not decrypt; never a 5xx. Each authenticated attempt is audited.
+#[test]
+fn every_refusal_has_its_status_and_is_audited() {
+    let server = setup("");
+    let base = &server.base;
+    let (key, _) = fetch_key(base, "medical");
+    let kid = key["kid"].as_str().unwrap().to_owned();
+    let ct = office_encrypt(&key, &blob());
+
+    // 401: no token, a bad one, a kluis API token, wrong audience / scope / issuer, groups
+    // overage; also for an unknown key (authentication comes first).
+    let api_token = admin(server.dir.path(), &["token", "create", "--user", "alice"]);
+    let mut forged = token("alice@org.nl", &[]);
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let claims = dke_claims("alice@org.nl", &[]);
+    let unauthenticated = [
+        None,
+        Some(forged),
+        Some(api_token.trim().to_owned()),
+        Some(sign(&with(claims.clone(), "aud", json!("api://kluis")))),
+        Some(sign(&without(claims.clone(), "scp"))),
+        Some(sign(&with(claims.clone(), "scp", json!("Files.Read")))),
+        Some(sign(&with(
+            claims.clone(),
+            "iss",
+            json!("https://sts.windows.net/other/"),
+        ))),
+        Some(sign(&with(claims.clone(), "exp", json!(1_000)))),
+        Some(sign(&without(claims.clone(), "upn"))),
+        Some(sign(&with(
+            without(claims.clone(), "groups"),
+            "hasgroups",
+            json!(true),
+        ))),
+    ];
+    for (i, t) in unauthenticated.iter().enumerate() {
+        for url in [kid.clone(), format!("{base}/dke/nothing/1-00000000")] {
+            let (status, body, h) = decrypt(&url, t.as_deref(), &ct);
+            assert_eq!(status, 401, "case {i}: {body}");
+            assert_eq!(
+                h.get("www-authenticate").map(String::as_str),
+                Some(
+                    format!(
+                        "Bearer resource=\"{AUDIENCE}\", authorization=\"{AUTHORITY}\", realm=\"{AUDIENCE}\""
+                    )
+                    .as_str()
+                ),
+                "case {i}"
+            );
+            assert_eq!(h.get("resource").map(String::as_str), Some(AUDIENCE));
+            assert_eq!(h.get("authorization").map(String::as_str), Some(AUTHORITY));
+        }
+    }
+    assert!(
+        dke_records(server.dir.path()).is_empty(),
+        "unauthenticated requests reach no key"
+    );
+
+    let alice = token("alice@org.nl", &[]);
+    let bob = token("bob@org.nl", &["nurses"]);
+    // 403: the policy.
+    assert_eq!(decrypt(&kid, Some(&bob), &ct).0, 403);
+
+    // 400: unknown key or key id, bad bodies, ciphertexts that do not decrypt.
+    let (status, _, _) = decrypt(&format!("{base}/dke/nothing/1-00000000"), Some(&alice), &ct);
+    assert_eq!(status, 400);
+    let other_kid = format!("{}-00000000", &kid[..kid.len() - 9]);
+    for url in [
+        other_kid,
+        format!("{base}/dke/medical/2-00000000"),
+        format!("{base}/dke/medical/banana"),
+        format!("{base}/dke/plain/1-00000000"),
+    ] {
+        let (status, body, _) = decrypt(&url, Some(&alice), &ct);
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["code"], "not_found");
+    }
+    let value = B64.encode(&ct);
+    for body in [
+        json!({"value": value}),
+        json!({"alg": "RSA-OAEP", "value": value}),
+        json!({"alg": "RSA1_5", "value": value}),
+        json!({"alg": "RSA-OAEP-256"}),
+        json!({"alg": "RSA-OAEP-256", "value": "not base64!"}),
+        json!({"alg": "RSA-OAEP-256", "value": 5}),
+        json!([1, 2]),
+    ] {
+        let (status, answer, _) = decrypt_at(&format!("{kid}/decrypt"), Some(&alice), &body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["code"], "malformed", "{body}");
+    }
+    let (status, text, _) = post_bytes(
+        &format!("{kid}/decrypt"),
+        Some(&alice),
+        "application/json",
+        b"{not json",
+    );
+    assert_eq!(status, 400, "{text}");
+    // Wrong lengths, a flipped bit, random bytes: one status, one code, one message.
+    let mut flipped = ct.clone();
+    flipped[7] ^= 1;
+    let mut answers = Vec::new();
+    for bad in [
+        ct[..255].to_vec(),
+        [ct.clone(), vec![0]].concat(),
+        vec![],
+        flipped,
+        vec![0xff; 256],
+        vec![0x00; 256],
+    ] {
+        let (status, body, _) = decrypt(&kid, Some(&alice), &bad);
+        assert_eq!(status, 400, "{body}");
+        answers.push(body);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(answers[0]["code"], "decrypt_failed");
+
+    // Each authenticated attempt has its record, with its outcome.
+    let outcomes: Vec<String> = dke_records(server.dir.path())
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    let count = |o: &str| outcomes.iter().filter(|x| *x == o).count();
+    assert_eq!(count("denied"), 1);
+    assert_eq!(count("not_found"), 5);
+    assert_eq!(count("malformed"), 8);
+    assert_eq!(count("decrypt_failed"), 6);
+    assert_eq!(outcomes.len(), 20);
+    let (_, metrics) = get(&format!("{base}/metrics"), None);
+    assert!(
+        !metrics.contains("route=\"dke_decrypt\",status=\"5"),
+        "{metrics}"
+    );
+}
+
+/// A single key unwrap body for a fresh kluis document sealed to `label`.
+fn unwrap_body(label: &LabelPublicKey) -> Value {
+    let sealed = kluis_core::seal(
+        &[Slot::single(Recipient::Label(label.clone()))],
+        &Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    json!({
+        "reply_key": B64.encode(ReplyKey::generate().unwrap().public_bytes()),
+        "doc_id": header.doc_id().to_string(),
+        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
+    })
+}
+
+/// One label policy governs kluis unwraps and DKE decrypts of the same person: removing the
+/// user revokes both, on the next request.
+#[test]
+fn revoking_someone_in_the_label_policy_revokes_both() {
+    let server = setup("");
+    let base = &server.base;
+    let (key, _) = fetch_key(base, "medical");
+    let kid = key["kid"].as_str().unwrap().to_owned();
+    let ct = office_encrypt(&key, &blob());
+    let medical = label_key(&server, "medical");
+    let dke = token("alice@org.nl", &[]);
+    let kluis = kluis_token("alice@org.nl");
+    let unwrap = || {
+        post(
+            &format!("{base}/v1/unwrap"),
+            Some(&kluis),
+            &unwrap_body(&medical),
+        )
+        .0
+    };
+    assert_eq!(decrypt(&kid, Some(&dke), &ct).0, 200);
+    assert_eq!(unwrap(), 200);
+    admin(
+        server.dir.path(),
+        &[
+            "label",
+            "update",
+            "medical",
+            "--remove-user",
+            "oidc:entra:alice@org.nl",
+        ],
+    );
+    assert_eq!(decrypt(&kid, Some(&dke), &ct).0, 403);
+    assert_eq!(unwrap(), 403);
+}
+
+/// The sealed DKE private key of a version, as the store file holds it.
+fn sealed_dke(dir: &Path, kid: u32) -> Option<Vec<u8>> {
+    let db = rusqlite::Connection::open(dir.join("kluis-server.db")).unwrap();
+    db.query_row(
+        "SELECT dke_sealed FROM key_versions WHERE label = 'medical' AND kid = ?1",
+        [kid],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The store's files (database and write-ahead log), concatenated.
+fn store_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in ["kluis-server.db", "kluis-server.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.join(f)) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Rotation gives a new key id; the old one keeps opening what was made for it and refuses
+/// what was made for the new one; retire refuses; destroy refuses and removes the private
+/// key's bytes from the store files. `label dke-enable` gives an existing label a key.
+#[test]
+fn rotation_retire_destroy_and_dke_enable() {
+    let server = setup("");
+    let (base, d) = (server.base.clone(), server.dir.path().to_owned());
+    let alice = token("alice@org.nl", &[]);
+    let (k1, _) = fetch_key(&base, "medical");
+    let kid1 = k1["kid"].as_str().unwrap().to_owned();
+    let ct1 = office_encrypt(&k1, &blob());
+
+    admin(&d, &["label", "rotate", "medical"]);
+    let (k2, _) = fetch_key(&base, "medical");
+    let kid2 = k2["kid"].as_str().unwrap().to_owned();
+    assert_ne!(kid1, kid2);
+    assert!(
+        kid2.starts_with(&format!("{base}/dke/medical/2-")),
+        "{kid2}"
+    );
+    assert_ne!(k1["n"], k2["n"]);
+    let ct2 = office_encrypt(&k2, &blob());
+    assert_eq!(
+        decrypt(&kid1, Some(&alice), &ct1).0,
+        200,
+        "old kid still opens"
+    );
+    assert_eq!(decrypt(&kid2, Some(&alice), &ct2).0, 200);
+    let (status, body, _) = decrypt(&kid1, Some(&alice), &ct2);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("decrypt_failed"))
+    );
+    assert_eq!(decrypt(&kid2, Some(&alice), &ct1).0, 400);
+
+    admin(&d, &["label", "retire", "medical", "1"]);
+    let (status, body, _) = decrypt(&kid1, Some(&alice), &ct1);
+    assert_eq!((status, body["code"].as_str()), (403, Some("retired")));
+
+    let sealed = sealed_dke(&d, 1).expect("version 1 has a sealed DKE key");
+    assert!(contains(&store_bytes(&d), &sealed));
+    admin(
+        &d,
+        &["label", "destroy", "medical", "1", "--confirm", "medical"],
+    );
+    let (status, body, _) = decrypt(&kid1, Some(&alice), &ct1);
+    assert_eq!((status, body["code"].as_str()), (400, Some("destroyed")));
+    assert_eq!(sealed_dke(&d, 1), None);
+    assert!(
+        !contains(&store_bytes(&d), &sealed),
+        "the destroyed private key's bytes are still in the store files"
+    );
+    assert_eq!(
+        decrypt(&kid2, Some(&alice), &ct2).0,
+        200,
+        "version 2 unharmed"
+    );
+
+    // An existing label gets a key, once.
+    assert_eq!(get(&format!("{base}/dke/plain"), None).0, 400);
+    let out = admin(&d, &["label", "dke-enable", "plain"]);
+    assert!(out.contains("DKE key id 1-"), "{out}");
+    let (kp, _) = fetch_key(&base, "plain");
+    let ct = office_encrypt(&kp, &blob());
+    assert_eq!(
+        decrypt(kp["kid"].as_str().unwrap(), Some(&alice), &ct).0,
+        200
+    );
+    common::admin_fails(&d, &["label", "dke-enable", "plain"]);
+    admin(&d, &["label", "rotate", "plain"]);
+    let (kp2, _) = fetch_key(&base, "plain");
+    assert!(kp2["kid"].as_str().unwrap().contains("/dke/plain/2-"));
+}
+
+/// A configured public origin and prefix make the key ids, whatever the Host header says.
+#[test]
+fn the_configured_url_and_prefix_make_the_key_id() {
+    let server = setup("url = \"https://dke.example.org\"\nprefix = \"/keys/dke\"\n");
+    let (status, body) = get(&format!("{}/keys/dke/medical", server.base), None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let kid = v["key"]["kid"].as_str().unwrap();
+    assert!(
+        kid.starts_with("https://dke.example.org/keys/dke/medical/1-"),
+        "{kid}"
+    );
+    assert_eq!(get(&format!("{}/dke/medical", server.base), None).0, 404);
+    // Decrypt at the same path on this server.
+    let path = kid.strip_prefix("https://dke.example.org").unwrap();
+    let ct = office_encrypt(&v["key"], &blob());
+    let url = format!("{}{path}", server.base);
+    assert_eq!(decrypt(&url, Some(&token("alice@org.nl", &[])), &ct).0, 200);
+}
+
+/// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
+fn make_cert() -> (Vec<u8>, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.der().to_vec(), cert.pem(), key.serialize_pem())
+}
+
+/// The same round trip through a TLS listener with a certificate from a test CA.
+#[test]
+fn the_round_trip_works_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["init"]);
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "medical",
+            "--dke",
+            "--user",
+            "oidc:entra:alice@org.nl",
+        ],
+    );
+    let (ca, cert, key) = make_cert();
+    std::fs::write(d.join("cert.pem"), cert).unwrap();
+    std::fs::write(d.join("key.pem"), key).unwrap();
+    std::fs::write(d.join("jwks.json"), jwks()).unwrap();
+    std::fs::write(d.join("kluis.toml"), config("")).unwrap();
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+    );
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let tls: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_der(&ca).to_owned(),
+                ]))
+                .build(),
+        )
+        .build()
+        .into();
+    let mut r = tls
+        .get(&format!("{}/dke/medical", server.base))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let kid = v["key"]["kid"].as_str().unwrap();
+    assert!(
+        kid.starts_with(&format!("{}/dke/medical/1-", server.base)),
+        "{kid}: https from the TLS listener"
+    );
+    let ct = office_encrypt(&v["key"], &blob());
+    let mut r = tls
+        .post(&format!("{kid}/decrypt"))
+        .header(
+            "Authorization",
+            &format!("Bearer {}", token("alice@org.nl", &[])),
+        )
+        .header("Content-Type", "application/json")
+        .send(json!({"alg": "RSA-OAEP-256", "value": B64.encode(&ct)}).to_string())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(B64.decode(v["value"].as_str().unwrap()).unwrap(), blob());
+    assert_eq!(dke_records(server.dir.path()).len(), 1);
+}
+
+/// Master-key rotation re-seals the DKE private keys: after it, with the new key file, what
+/// was encrypted before still decrypts.
+#[test]
+fn dke_keys_survive_a_master_key_rotation() {
+    let server = setup("");
+    let (key, _) = fetch_key(&server.base, "medical");
+    let ct = office_encrypt(&key, &blob());
+    let path = key["kid"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&server.base)
+        .unwrap()
+        .to_owned();
+    let dir = server.kill();
+    let out = admin(dir.path(), &["master-key", "rotate"]);
+    assert!(!out.is_empty());
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    );
+    let (status, body, _) = decrypt(
+        &format!("{}{path}", server.base),
+        Some(&token("alice@org.nl", &[])),
+        &ct,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(B64.decode(body["value"].as_str().unwrap()).unwrap(), blob());
+}
