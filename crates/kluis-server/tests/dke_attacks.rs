@@ -372,7 +372,9 @@ fn forged_and_misdirected_tokens_open_nothing() {
             sign(&with(
                 c.clone(),
                 "iss",
-                json!("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"),
+                json!(
+                    "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+                ),
             )),
         ),
         (
@@ -435,8 +437,10 @@ fn dke_and_kluis_api_tokens_do_not_cross() {
     let (status, body) = get(&format!("{base}/v1/me/audit"), Some(&dke));
     assert_eq!(status, 401, "a DKE token on the kluis API: {body}");
     let now = kluis_server::now_ms() / 1000;
-    let kluis = sign(&json!({"iss": TENANT, "aud": "api://kluis", "upn": "alice@org.nl",
-        "sub": "sub-a", "iat": now, "exp": now + 600, "scp": "user_impersonation"}));
+    let kluis = sign(
+        &json!({"iss": TENANT, "aud": "api://kluis", "upn": "alice@org.nl",
+        "sub": "sub-a", "iat": now, "exp": now + 600, "scp": "user_impersonation"}),
+    );
     assert_eq!(get(&format!("{base}/v1/me/audit"), Some(&kluis)).0, 200);
     let (key, kid) = fetch_key(base, "medical");
     let ct = encrypt(&key, &secret(2));
@@ -451,24 +455,21 @@ fn only_ascii_case_is_ignored_in_the_user_claim() {
     let server = setup("");
     let (key, kid) = fetch_key(&server.base, "medical");
     let ct = encrypt(&key, &secret(3));
-    assert_eq!(
-        decrypt(&kid, Some(&token("ALICE@ORG.NL", &[])), &ct).0,
-        200
-    );
+    assert_eq!(decrypt(&kid, Some(&token("ALICE@ORG.NL", &[])), &ct).0, 200);
     assert_eq!(
         decrypt(&kid, Some(&token("alice@org.nl", &["doctors"])), &ct).0,
         200
     );
     for upn in [
-        "ALİCE@ORG.NL",          // dotted capital I, folds to "i̇" in Unicode
-        "alıce@org.nl",          // dotless i
-        "alice@org.nl\u{200b}",  // a zero-width space
-        "alice@org.nl ",         // trailing space
-        " alice@org.nl",         // leading space
-        "alice@org.nl.",         // trailing dot
-        "ａlice@org.nl",         // full-width a
-        "entra:alice@org.nl",    // a second prefix
-        "alice@org.nl:x",        // a colon
+        "ALİCE@ORG.NL",            // dotted capital I, folds to "i̇" in Unicode
+        "alıce@org.nl",            // dotless i
+        "alice@org.nl\u{200b}",    // a zero-width space
+        "alice@org.nl ",           // trailing space
+        " alice@org.nl",           // leading space
+        "alice@org.nl.",           // trailing dot
+        "ａlice@org.nl",           // full-width a
+        "entra:alice@org.nl",      // a second prefix
+        "alice@org.nl:x",          // a colon
         "oidc:entra:alice@org.nl", // the whole principal as the claim
         "alice@org.nl#x",
     ] {
@@ -659,7 +660,9 @@ fn odd_and_huge_bodies_are_refused_promptly() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "base64 with line breaks",
-            json!({"alg": "RSA-OAEP-256", "value": with_newlines}).to_string().into_bytes(),
+            json!({"alg": "RSA-OAEP-256", "value": with_newlines})
+                .to_string()
+                .into_bytes(),
         ),
         (
             "URL-safe base64",
@@ -675,7 +678,9 @@ fn odd_and_huge_bodies_are_refused_promptly() {
         ),
         (
             "alg in lower case",
-            json!({"alg": "rsa-oaep-256", "value": b64}).to_string().into_bytes(),
+            json!({"alg": "rsa-oaep-256", "value": b64})
+                .to_string()
+                .into_bytes(),
         ),
         ("10 MB value", big_json),
         ("10 MB of garbage", big.clone()),
@@ -775,7 +780,10 @@ fn nothing_is_released_while_the_audit_trail_cannot_be_written() {
     let server = setup("");
     let (key, kid) = fetch_key(&server.base, "medical");
     let alice = token("alice@org.nl", &[]);
-    assert_eq!(decrypt(&kid, Some(&alice), &encrypt(&key, &secret(7))).0, 200);
+    assert_eq!(
+        decrypt(&kid, Some(&alice), &encrypt(&key, &secret(7))).0,
+        200
+    );
 
     let db = server.dir.path().join(DB);
     let lock = rusqlite::Connection::open(&db).unwrap();
@@ -811,7 +819,10 @@ fn nothing_is_released_while_the_audit_trail_cannot_be_written() {
             "plaintext in a refusal: {body}"
         );
     }
-    assert!(refused >= 1, "nothing was refused while the audit was locked");
+    assert!(
+        refused >= 1,
+        "nothing was refused while the audit was locked"
+    );
     assert_eq!(
         granted(server.dir.path()),
         1 + released,
@@ -869,10 +880,7 @@ fn a_destroy_while_decrypts_run_shreds_the_key() {
                 let mut late = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let after = destroyed_at
-                        .lock()
-                        .unwrap()
-                        .is_some_and(|at| started > at);
+                    let after = destroyed_at.lock().unwrap().is_some_and(|at| started > at);
                     let (status, body) = decrypt(&kid, Some(&alice), &cts[i % cts.len()]);
                     if status == 200 {
                         oks.fetch_add(1, Ordering::Relaxed);
@@ -940,7 +948,11 @@ fn no_token_value_or_plaintext_in_the_log() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     let log = common::drain_stderr(&mut child);
     let (key, kid) = fetch_key(&base, "medical");
     let alice = token("alice@org.nl", &[]);
@@ -973,4 +985,58 @@ fn no_token_value_or_plaintext_in_the_log() {
         assert!(!text.contains(&needle), "{what} in the log:\n{text}");
     }
     drop(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backups
+
+/// Change one DKE column of `medical` version 1 in the store file `db`.
+fn tamper_dke(db: &Path, column: &str, change: impl FnOnce(&mut Vec<u8>)) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut v: Vec<u8> = conn
+        .query_row(
+            &format!("SELECT {column} FROM key_versions WHERE label = 'medical' AND kid = 1"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    change(&mut v);
+    conn.execute(
+        &format!("UPDATE key_versions SET {column} = ?1 WHERE label = 'medical' AND kid = 1"),
+        [&v],
+    )
+    .unwrap();
+}
+
+/// Review finding: `restore` checks that every live label key opens and matches its public
+/// key (a damaged backup must not replace a working store), but not the DKE keys. A backup
+/// whose sealed DKE key is damaged, or whose published DKE public key is not the private
+/// key's (Office would encrypt documents that nothing can open), replaced the store.
+#[test]
+fn restore_refuses_a_backup_whose_dke_key_is_damaged_or_mismatched() {
+    let dir = store("");
+    let d = dir.path();
+    admin(d, &["label", "rotate", "medical"]);
+    admin(d, &["backup", "--to", "good.db"]);
+    std::fs::copy(d.join("good.db"), d.join("rot.db")).unwrap();
+    tamper_dke(&d.join("rot.db"), "dke_sealed", |v| v[40] ^= 1);
+    let e = common::admin_fails(d, &["restore", "--from", "rot.db", "--force"]);
+    assert!(e.contains("version 1 of label `medical`"), "{e}");
+
+    // The public key of another DKE key, with this version's private key.
+    std::fs::copy(d.join("good.db"), d.join("swap.db")).unwrap();
+    let (other, _) = kluis_server::dke::generate().unwrap();
+    tamper_dke(&d.join("swap.db"), "dke_public", |v| *v = other.clone());
+    let e = common::admin_fails(d, &["restore", "--from", "swap.db", "--force"]);
+    assert!(e.contains("version 1 of label `medical`"), "{e}");
+
+    // The working store is untouched; a sound backup restores and its keys decrypt.
+    admin(d, &["audit", "verify"]);
+    admin(d, &["restore", "--from", "good.db", "--force"]);
+    let server = common::serve(dir, &SERVE);
+    admin(server.dir.path(), &["label", "retire", "medical", "1"]);
+    let (key, kid) = fetch_key(&server.base, "medical");
+    let ct = encrypt(&key, &secret(11));
+    let (status, body) = decrypt(&kid, Some(&token("alice@org.nl", &[])), &ct);
+    assert_eq!(status, 200, "{body}");
 }
