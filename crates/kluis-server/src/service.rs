@@ -25,6 +25,8 @@ use crate::time::now_ms;
 pub mod auth;
 mod backup;
 pub mod dke;
+#[cfg(test)]
+mod dke_cache_tests;
 mod lifecycle;
 mod rekey_master;
 pub mod unwrap;
