@@ -487,3 +487,39 @@ fn the_key_id_is_stable_across_fetches_and_restarts() {
     let second = kid(&again.base, "");
     assert_eq!(second, format!("{}/dke/medical/{id}", again.base));
 }
+
+/// The reference reads the body with Newtonsoft.Json, which matches member names ignoring
+/// case (`GetClosestMatchProperty`: the exact name first, then any letter case), so `Alg` and
+/// `VALUE` are the members `alg` and `value` there; so they are here. Two spellings of one
+/// member without the exact one are ambiguous and refused as malformed.
+#[test]
+fn member_names_are_matched_as_the_reference_matches_them() {
+    let server = setup("https://dke.test");
+    let (_, body) = get(&format!("{}/dke/medical", server.base), None);
+    let key: Value = serde_json::from_str::<Value>(&body).unwrap()["key"].clone();
+    let url = format!("{}/decrypt", key["kid"].as_str().unwrap());
+    let plain = [9u8; 44];
+    let value = B64.encode(office_encrypt(&key, &plain));
+    let token = office_token("https://dke.test", "alice@org.nl", "user_impersonation");
+    for body in [
+        json!({"Alg": "RSA-OAEP-256", "Value": value}),
+        json!({"ALG": "RSA-OAEP-256", "VALUE": value}),
+        json!({"alg": "RSA-OAEP-256", "Value": value}),
+        // The exact name wins over another spelling.
+        json!({"alg": "RSA-OAEP-256", "ALG": "RSA1_5", "value": value}),
+    ] {
+        let (status, answer, _) = post_full(&url, Some(&token), &body);
+        assert_eq!(status, 200, "{body}: {answer}");
+        assert_eq!(answer["value"], B64.encode(plain));
+    }
+    let (status, answer, _) = post_full(
+        &url,
+        Some(&token),
+        &json!({"Alg": "RSA-OAEP-256", "ALG": "RSA-OAEP-256", "value": value}),
+    );
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("malformed")),
+        "{answer}"
+    );
+}

@@ -207,7 +207,20 @@ fn parse_body(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
         return (None, None, Some("the body must be a JSON object".into()));
     };
-    let field = |k: &str| match o.get(k) {
+    // Member names as Microsoft's reference service (Newtonsoft.Json) matches them: the exact
+    // name, else the one member of that name in another letter case (two are ambiguous).
+    let get = |k: &str| -> Result<Option<&Value>, String> {
+        if let Some(v) = o.get(k) {
+            return Ok(Some(v));
+        }
+        let mut others = o.iter().filter(|(name, _)| name.eq_ignore_ascii_case(k));
+        match (others.next(), others.next()) {
+            (Some((_, v)), None) => Ok(Some(v)),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("`{k}` is given twice, in different letter cases")),
+        }
+    };
+    let field = |k: &str| match get(k)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(format!("`{k}` must be a string")),
