@@ -1040,3 +1040,77 @@ fn restore_refuses_a_backup_whose_dke_key_is_damaged_or_mismatched() {
     let (status, body) = decrypt(&kid, Some(&token("alice@org.nl", &[])), &ct);
     assert_eq!(status, 200, "{body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Partner tenants and mutable claims
+
+const PARTNER: &str = "https://sts.windows.net/99999999-8888-7777-6666-555555555555/";
+
+/// Review finding: with a partner tenant among `issuers`, `user_claim = "email"` (or
+/// `preferred_username`) let the partner's administrators name their own user
+/// `alice@org.nl` and open alice's documents (principals carry no tenant; Entra ID does not
+/// tie these claims to a verified domain: the "nOAuth" attack). docs/DKE.md warned; the
+/// server now refuses to start with that combination.
+#[test]
+fn a_mutable_user_claim_with_partner_tenants_is_refused() {
+    for claim in ["email", "preferred_username"] {
+        let dir = store("");
+        let d = dir.path();
+        std::fs::write(
+            d.join("kluis.toml"),
+            format!(
+                "[serve]\nrate_limit_per_sec = 0\n\
+                 [dke]\naudience = \"{AUDIENCE}\"\nissuers = [\"{TENANT}\", \"{PARTNER}\"]\n\
+                 jwks_file = \"jwks.json\"\nuser_claim = \"{claim}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut child = common::bin()
+            .current_dir(d)
+            .arg("serve")
+            .args(SERVE)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if let Some(base) = line.trim().strip_prefix("listening on ") {
+            // It started: show what a partner tenant can do with it, then fail.
+            let (key, kid) = fetch_key(base, "medical");
+            let ct = encrypt(&key, &secret(12));
+            let forged = sign(&with(
+                with(
+                    claims("mallory@partner.example", &[]),
+                    "iss",
+                    json!(PARTNER),
+                ),
+                claim,
+                json!("alice@org.nl"),
+            ));
+            let (status, _) = decrypt(&kid, Some(&forged), &ct);
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "served with user_claim = {claim} and a partner tenant; a partner's user named \
+                 alice@org.nl got {status}"
+            );
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("user_claim"), "{err}");
+    }
+    // With the organisation's tenant alone, `email` is allowed.
+    let server = setup("user_claim = \"email\"\n");
+    let (key, kid) = fetch_key(&server.base, "medical");
+    let ct = encrypt(&key, &secret(13));
+    let t = sign(&with(
+        claims("x@org.nl", &[]),
+        "email",
+        json!("alice@org.nl"),
+    ));
+    assert_eq!(decrypt(&kid, Some(&t), &ct).0, 200);
+}
