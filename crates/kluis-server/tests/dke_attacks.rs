@@ -1114,3 +1114,60 @@ fn a_mutable_user_claim_with_partner_tenants_is_refused() {
     ));
     assert_eq!(decrypt(&kid, Some(&t), &ct).0, 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A rotation racing `label dke-enable`
+
+/// Review finding: `label rotate` decided whether the new version gets a DKE key before its
+/// write transaction. A `label dke-enable` committed in between gave the old version a key and
+/// the new (current) one none: the label's DKE URL then answered 400 and Office could protect
+/// nothing, though dke-enable had reported success. Here the rotation waits on a write lock
+/// the test holds (it has made its reads by then); while holding it, the test gives version 1
+/// a DKE key as `label dke-enable` would, commits, and the rotation goes on.
+#[test]
+fn a_rotation_racing_dke_enable_keeps_the_current_version_keyed() {
+    let dir = store("");
+    let d = dir.path();
+    admin(d, &["label", "create", "plain", "--user", "alice"]);
+    let lock = rusqlite::Connection::open(d.join(DB)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let rotate = {
+        let d = d.to_owned();
+        std::thread::spawn(move || {
+            common::bin()
+                .current_dir(d)
+                .args(["label", "rotate", "plain"])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // What dke-enable writes (a key pair; the rotation looks only at whether there is one).
+    let (public, _) = kluis_server::dke::generate().unwrap();
+    lock.execute(
+        "UPDATE key_versions SET dke_public = ?1, dke_sealed = ?2 WHERE label = 'plain' AND kid = 1",
+        rusqlite::params![public, vec![0u8; 64]],
+    )
+    .unwrap();
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    let rotated = rotate.join().unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let v: Value = serde_json::from_str(&admin(d, &["label", "show", "plain"])).unwrap();
+    let current = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["state"] == "current")
+        .unwrap()
+        .clone();
+    assert_eq!(current["kid"], 2, "{v}");
+    assert!(
+        current.get("dke_key_id").is_some(),
+        "version 1 got a DKE key before the rotation committed, yet version 2 has none: {v}"
+    );
+}
