@@ -232,6 +232,28 @@ fn shape(v: &Value) -> Vec<String> {
     out
 }
 
+/// `yyyy-MM-ddTHH:mm:ss` (UTC) of `ms` since the epoch, by the civil-from-days algorithm, to
+/// compare with `cache.exp` as text.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -360,20 +382,7 @@ fn messages_have_the_shapes_of_the_reference_protocol_files() {
         });
     assert!(pattern_ok, "{exp}");
     let now = kluis_server::now_ms();
-    let today = {
-        // The same format for now, by the civil-from-days algorithm, to compare as text.
-        let days = now / 86_400_000;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        format!("{y:04}-{m:02}-{d:02}")
-    };
+    let today = utc(now)[..10].to_owned();
     assert!(exp[..10] > *today, "{exp} is not after {today}");
 
     // Decrypt.Request.json's shape in, Decrypt.Response.json's shape out.
@@ -521,5 +530,52 @@ fn member_names_are_matched_as_the_reference_matches_them() {
         (status, answer["code"].as_str()),
         (400, Some("malformed")),
         "{answer}"
+    );
+}
+
+/// Office protects new documents with the key it fetched until `cache.exp`, offline. A label
+/// that rotates on a schedule must not be handed a `cache.exp` past its current version's
+/// scheduled rotation: else Office keeps sealing under that version for up to a day after it
+/// was rotated out, and retention (counted from the rotation) destroys those documents before
+/// they are as old as the retention period says (docs/SERVER.md, "Retention"). Without a
+/// schedule, `cache.exp` is now + `key_cache_secs`.
+#[test]
+fn the_key_is_not_cached_past_its_scheduled_rotation() {
+    let server = setup("https://dke.test");
+    let d = server.dir.path();
+    let before = kluis_server::now_ms();
+    admin(
+        d,
+        &[
+            "label",
+            "create",
+            "hourly",
+            "--dke",
+            "--rotate-every",
+            "1h",
+            "--user",
+            "oidc:entra:alice@org.nl",
+        ],
+    );
+    let exp = |name: &str| -> String {
+        let (status, body) = get(&format!("{}/dke/{name}", server.base), None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["cache"]["exp"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (hourly, daily) = (exp("hourly"), exp("medical"));
+    let after = kluis_server::now_ms();
+    // The version was made between `before` and `after`, so it rotates an hour later.
+    assert!(
+        hourly >= utc(before + 3_600_000 - 1_000) && hourly <= utc(after + 3_600_000),
+        "cache.exp {hourly} is not the scheduled rotation (between {} and {})",
+        utc(before + 3_600_000),
+        utc(after + 3_600_000)
+    );
+    assert!(
+        daily >= utc(before + 86_400_000 - 1_000) && daily <= utc(after + 86_400_000 + 1_000),
+        "{daily}"
     );
 }

@@ -150,11 +150,30 @@ async fn public_key<S: Store>(
             "no DKE key of that name (names are case-sensitive)",
         )
     };
-    let (kid, public) = blocking(&api, move |_, s| Ok(s.dke_public_key(&name)?))
-        .await?
-        .ok_or_else(unknown)?;
+    let (kid, public, rotation_ms) = blocking(&api, move |_, s| {
+        let Some((kid, public)) = s.dke_public_key(&name)? else {
+            return Ok(None);
+        };
+        // When the label rotates on a schedule: when this version is due to stop sealing.
+        let label = s.label(&name)?;
+        let due = match (label.policy.rotation_secs, label.current()) {
+            (Some(every), Some(v)) if v.kid == kid => v
+                .created_ms
+                .saturating_add(i64::try_from(every.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            (Some(_), _) => 0, // rotated meanwhile: not to be cached
+            (None, _) => i64::MAX,
+        };
+        Ok(Some((kid, public, due)))
+    })
+    .await?
+    .ok_or_else(unknown)?;
     let (n, e) = jwk_parts(&public)?;
     let cache_ms = i64::try_from(dke.key_cache_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    // Office seals new documents under this key, offline, until `cache.exp`: never past the
+    // version's scheduled rotation, so that no document is sealed under a version after it
+    // was rotated out (retention counts from then).
+    let now = now_ms();
+    let exp = now.saturating_add(cache_ms).min(rotation_ms.max(now));
     let body = json!({
         "key": {
             "kty": "RSA",
@@ -164,7 +183,7 @@ async fn public_key<S: Store>(
             // The request's own path (the query left off), as the reference service does.
             "kid": format!("{origin}{}/{}", uri.path(), key_id(kid, &public)),
         },
-        "cache": { "exp": cache_exp(now_ms().saturating_add(cache_ms)) },
+        "cache": { "exp": cache_exp(exp) },
     });
     Ok(json_response(&body))
 }
