@@ -333,6 +333,14 @@ impl DkeConfig {
                 "`user_claim` must be `upn`, `email` or `preferred_username`",
             ));
         }
+        if self.issuers.len() > 1 && self.user_claim != "upn" {
+            // Users carry no tenant: a partner tenant's administrators can set `email` or
+            // `preferred_username` to one of your users' names and open their documents.
+            return Err(bad(
+                "`user_claim` must be `upn` when `issuers` lists more than one tenant: `email` \
+                 and `preferred_username` can be set by a partner tenant to your users' names",
+            ));
+        }
         if self.scope.is_empty() || self.scope.contains(char::is_whitespace) {
             return Err(bad(
                 "`scope` must be one scope name, like `user_impersonation`",

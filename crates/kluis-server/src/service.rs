@@ -25,6 +25,8 @@ use crate::time::now_ms;
 pub mod auth;
 mod backup;
 pub mod dke;
+#[cfg(test)]
+mod dke_cache_tests;
 mod lifecycle;
 mod rekey_master;
 pub mod unwrap;
@@ -256,6 +258,12 @@ impl<S: Store> KeyService<S> {
         // A label with a DKE key gets one for every new version (a new key id).
         let dke = self.has_dke(name)?;
         self.write(|keyring, tx| {
+            // Again inside the transaction: a `label dke-enable` may have given the current
+            // version a key since `has_dke` looked.
+            let dke = dke
+                || tx
+                    .version(name, last)?
+                    .is_some_and(|v| v.dke_public.is_some());
             tx.supersede_current(name, now_ms())?;
             Self::new_version(keyring, tx, name, kid)?;
             if dke {

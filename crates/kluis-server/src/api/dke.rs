@@ -150,11 +150,30 @@ async fn public_key<S: Store>(
             "no DKE key of that name (names are case-sensitive)",
         )
     };
-    let (kid, public) = blocking(&api, move |_, s| Ok(s.dke_public_key(&name)?))
-        .await?
-        .ok_or_else(unknown)?;
+    let (kid, public, rotation_ms) = blocking(&api, move |_, s| {
+        let Some((kid, public)) = s.dke_public_key(&name)? else {
+            return Ok(None);
+        };
+        // When the label rotates on a schedule: when this version is due to stop sealing.
+        let label = s.label(&name)?;
+        let due = match (label.policy.rotation_secs, label.current()) {
+            (Some(every), Some(v)) if v.kid == kid => v
+                .created_ms
+                .saturating_add(i64::try_from(every.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            (Some(_), _) => 0, // rotated meanwhile: not to be cached
+            (None, _) => i64::MAX,
+        };
+        Ok(Some((kid, public, due)))
+    })
+    .await?
+    .ok_or_else(unknown)?;
     let (n, e) = jwk_parts(&public)?;
     let cache_ms = i64::try_from(dke.key_cache_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    // Office seals new documents under this key, offline, until `cache.exp`: never past the
+    // version's scheduled rotation, so that no document is sealed under a version after it
+    // was rotated out (retention counts from then).
+    let now = now_ms();
+    let exp = now.saturating_add(cache_ms).min(rotation_ms.max(now));
     let body = json!({
         "key": {
             "kty": "RSA",
@@ -164,7 +183,7 @@ async fn public_key<S: Store>(
             // The request's own path (the query left off), as the reference service does.
             "kid": format!("{origin}{}/{}", uri.path(), key_id(kid, &public)),
         },
-        "cache": { "exp": cache_exp(now_ms().saturating_add(cache_ms)) },
+        "cache": { "exp": cache_exp(exp) },
     });
     Ok(json_response(&body))
 }
@@ -207,7 +226,20 @@ fn parse_body(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
         return (None, None, Some("the body must be a JSON object".into()));
     };
-    let field = |k: &str| match o.get(k) {
+    // Member names as Microsoft's reference service (Newtonsoft.Json) matches them: the exact
+    // name, else the one member of that name in another letter case (two are ambiguous).
+    let get = |k: &str| -> Result<Option<&Value>, String> {
+        if let Some(v) = o.get(k) {
+            return Ok(Some(v));
+        }
+        let mut others = o.iter().filter(|(name, _)| name.eq_ignore_ascii_case(k));
+        match (others.next(), others.next()) {
+            (Some((_, v)), None) => Ok(Some(v)),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("`{k}` is given twice, in different letter cases")),
+        }
+    };
+    let field = |k: &str| match get(k)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(format!("`{k}` must be a string")),

@@ -7,6 +7,7 @@ use super::{KeyService, admin_entry};
 use crate::error::{Result, ServerError};
 use crate::keyring::KeySource;
 use crate::sqlite::{BackupCheck, SqliteStore};
+use crate::store::Store;
 
 impl KeyService<SqliteStore> {
     /// Create a new SQLite store at `path` (which must not exist) under `key`.
@@ -92,6 +93,33 @@ impl KeyService<SqliteStore> {
                     .map_err(|_| damaged("does not open with this master key"))?;
                 if key.public_key().key().to_string() != v.public_key {
                     return Err(damaged("does not match its public key"));
+                }
+                // The Microsoft DKE key too: a damaged one fails every Office decrypt, and a
+                // published public key that is not the private key's makes Office encrypt
+                // documents that nothing opens.
+                let row = self
+                    .store
+                    .version(&label.name, v.kid)?
+                    .ok_or_else(|| damaged("is missing"))?;
+                match (row.dke_public, row.dke_sealed) {
+                    (None, None) => {}
+                    (Some(public), Some(sealed)) => {
+                        use aws_lc_rs::encoding::AsDer;
+                        let pkcs8 = self
+                            .keyring
+                            .open_dke_key(&label.name, v.kid, &sealed)
+                            .map_err(|_| damaged("has a DKE key that does not open"))?;
+                        let matches = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(&pkcs8)
+                            .ok()
+                            .and_then(|k| k.public_key().as_der().ok())
+                            .is_some_and(|der| der.as_ref() == public.as_slice());
+                        if !matches {
+                            return Err(damaged(
+                                "has a DKE key that does not match its public key",
+                            ));
+                        }
+                    }
+                    _ => return Err(damaged("has half a DKE key")),
                 }
             }
         }

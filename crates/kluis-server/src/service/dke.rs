@@ -247,6 +247,9 @@ impl<S: Store> KeyService<S> {
         *kid_seen = Some(kid);
         let sealed = match (row.state, row.dke_sealed) {
             (VersionState::Destroyed, _) | (_, None) => {
+                // Destroyed by another connection: forget the key unsealed here, as
+                // `label_key` does, so it does not outlive the destroy in memory.
+                self.dke_keys.borrow_mut().remove(&(req.label.clone(), kid));
                 return Err(Refusal {
                     destroyed_ms: row.destroyed_ms,
                     ..Refusal::new(

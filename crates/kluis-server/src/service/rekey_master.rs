@@ -55,6 +55,7 @@ impl<S: Store> KeyService<S> {
         })?;
         self.keyring = std::sync::Arc::new(keyring);
         self.keys.borrow_mut().clear();
+        self.dke_keys.borrow_mut().clear();
         // Push the rows sealed under the old key out of the engine's old copies now.
         // Committed already: a failure here must not look like a failed rotation (the next
         // scrub does it).
