@@ -173,6 +173,11 @@ pub struct PgStore {
     conn: RefCell<Option<Arc<Conn>>>,
     /// Inside a transaction or snapshot: a broken connection must fail it, not be replaced.
     in_tx: Cell<bool>,
+    /// The connection that held the scheduler's lease is gone: PostgreSQL freed the lease, and
+    /// another replica may lead now. Every call fails until [`Store::scheduler_lease`] asks
+    /// again, so that the rest of a scheduled run is not done on a new connection without
+    /// the lease (two replicas rotating one label twice).
+    lease_lost: Cell<bool>,
 }
 
 /// What went wrong, for a message: the server's message and SQLSTATE only (a DETAIL line can
@@ -392,6 +397,7 @@ impl PgStore {
             shared,
             conn: RefCell::new(None),
             in_tx: Cell::new(false),
+            lease_lost: Cell::new(false),
         };
         store.conn()?;
         Ok(store)
@@ -473,6 +479,16 @@ impl PgStore {
                 return Ok(c.clone());
             }
         }
+        // Closed: if it held the scheduler's lease, PostgreSQL has freed it.
+        self.drop_conn();
+        if self.lease_lost.get() {
+            return Err(ServerError::Database(format!(
+                "the connection to the {} broke while this replica led the scheduler: the \
+                 lease is gone (another replica may lead now), so the scheduled work stops \
+                 here and this replica asks for the lease again at the next run",
+                self.shared.name
+            )));
+        }
         if self.in_tx.get() {
             self.conn.borrow_mut().take();
             return Err(ServerError::Database(format!(
@@ -487,7 +503,11 @@ impl PgStore {
 
     /// Forget the connection (after a timeout: its state is unknown).
     fn drop_conn(&self) {
-        self.conn.borrow_mut().take();
+        if let Some(c) = self.conn.borrow_mut().take() {
+            if c.leader.load(Ordering::Relaxed) {
+                self.lease_lost.set(true);
+            }
+        }
     }
 
     fn guarded<T>(&self, r: Result<T>) -> Result<T> {
@@ -799,6 +819,7 @@ impl Store for PgStore {
             shared: self.shared.clone(),
             conn: RefCell::new(None),
             in_tx: Cell::new(false),
+            lease_lost: Cell::new(false),
         };
         s.conn()?;
         Ok(s)
@@ -959,6 +980,16 @@ impl Store for PgStore {
     /// connection ends, so when the leading replica dies, PostgreSQL frees it and the next
     /// replica to ask takes it.
     fn scheduler_lease(&self) -> Result<bool> {
+        // Asking again: a lease lost with its connection is sought anew on a new one.
+        if self
+            .conn
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.client.is_closed())
+        {
+            self.drop_conn();
+        }
+        self.lease_lost.set(false);
         let conn = self.conn()?;
         if conn.leader.load(Ordering::Relaxed) {
             return Ok(true);
