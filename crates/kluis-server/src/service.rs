@@ -70,6 +70,14 @@ impl<S: Store> KeyService<S> {
         }
         let (keyring, rows) = Keyring::create(key)?;
         store.write(|tx| {
+            // Again under the writers' lock: on a database shared by replicas, another `init`
+            // may have written its keys since the check above (it would be overwritten).
+            if tx.meta(meta::KDF)?.is_some() {
+                return Err(ServerError::Init(
+                    "the store exists already (another init wrote it just now): refusing to \
+                     initialise it again; the key just made opens nothing, delete it",
+                ));
+            }
             for (k, v) in &rows {
                 tx.put_meta(k, v)?;
             }

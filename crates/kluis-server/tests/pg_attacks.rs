@@ -158,3 +158,34 @@ fn a_replica_that_lost_the_scheduler_lease_does_no_scheduled_work() {
     }
     a.verify_audit().unwrap();
 }
+
+/// Two `kluis-server init` on one new database at once (two replicas' operators, a deploy
+/// script run twice): one store results, under one master key, with one `store.init` record.
+/// Before the fix both saw the database empty and both wrote: the second overwrote the
+/// first's keys and appended its `store.init` to the first's chain under another key, so the
+/// trail no longer verified and the first operator's key file opened nothing.
+#[test]
+fn two_inits_at_once_on_one_database_make_one_store() {
+    let cluster = PgCluster::shared();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let inits: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            let key = dir.path().join(format!("master{i}.key"));
+            std::thread::spawn(move || {
+                let store = PgStore::create(&options(&url)).unwrap();
+                barrier.wait();
+                KeyService::init(store, KeySource::File(&key)).map(|_| ())
+            })
+        })
+        .collect();
+    let results: Vec<_> = inits.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one init succeeds: {results:?}");
+    let key = dir.path().join(format!("master{}.key", won[0]));
+    let store = PgStore::open(&options(&url)).unwrap();
+    let svc = KeyService::open(store, KeySource::File(&key)).unwrap();
+    assert_eq!(svc.verify_audit().unwrap().0, 1, "one store.init record");
+}
