@@ -27,7 +27,6 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::{Result, ServerError};
-use crate::master_key::random;
 use crate::store::{SealedRow, SecretKind, Store, StoreTx, TokenRow, VersionRow, VersionState};
 
 mod bridge;
@@ -210,6 +209,11 @@ impl From<tokio_postgres::Error> for ServerError {
 }
 
 fn is_local(config: &tokio_postgres::Config) -> bool {
+    // A `hostaddr` is where the connection goes (the host name then only names the server
+    // for TLS): local only if every such address is loopback.
+    if !config.get_hostaddrs().is_empty() {
+        return config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    }
     !config.get_hosts().is_empty()
         && config.get_hosts().iter().all(|h| match h {
             Host::Tcp(name) => {
@@ -546,8 +550,18 @@ impl PgStore {
     /// Rewrite `key_versions` (`VACUUM FULL`), so that no old row version of a destroyed key
     /// remains in the table's files, then clear the pending mark. Waits up to `patience` for
     /// the table lock; fails with [`ServerError::ScrubPending`] when readers held it longer.
+    ///
+    /// `VACUUM FULL` copies an old row version into the new file as long as any snapshot
+    /// older than the destroy remains (another session's open transaction on any table of
+    /// this database, a prepared transaction, a standby's feedback, a replication slot): the
+    /// scrub then stays pending ([`ServerError::ScrubPending`]), checked before and after.
     pub fn scrub(&self, patience: Duration) -> Result<()> {
         let mark = self.query_opt("SELECT value FROM meta WHERE key = 'scrub_pending'", &[])?;
+        let mark: Option<Vec<u8>> = mark.map(|r| col(&r, 0)).transpose()?;
+        let destroyed_by = mark.as_deref().and_then(mark_txid);
+        if mark.is_some() {
+            self.no_older_snapshot(destroyed_by)?;
+        }
         let conn = self.conn()?;
         let c = &conn.client;
         let ms = patience.as_millis().clamp(1, 600_000);
@@ -567,12 +581,26 @@ impl PgStore {
         }
         vacuum?;
         if let Some(mark) = mark {
-            let mark: Vec<u8> = col(&mark, 0)?;
+            self.no_older_snapshot(destroyed_by)?;
             // Cleared only if no destroy set a new mark meanwhile.
             self.query(
                 "DELETE FROM meta WHERE key = 'scrub_pending' AND value = $1 RETURNING 1",
                 &[&mark],
             )?;
+        }
+        Ok(())
+    }
+
+    /// [`ServerError::ScrubPending`] if a snapshot that may still see the row versions the
+    /// transaction `destroyed_by` (a `txid_current()`; `None`: unknown, then any snapshot)
+    /// replaced is held anywhere that keeps `VACUUM FULL` from dropping them.
+    fn no_older_snapshot(&self, destroyed_by: Option<i64>) -> Result<()> {
+        let older: i64 = col(&self.query_one(sql::OLDER_SNAPSHOTS, &[&destroyed_by])?, 0)?;
+        if older > 0 {
+            return Err(ServerError::ScrubPending {
+                destroyed: None,
+                reader: true,
+            });
         }
         Ok(())
     }
@@ -605,6 +633,15 @@ impl PgStore {
             _ => None,
         }))
     }
+}
+
+/// The destroying transaction's id in a `scrub_pending` mark (`txid N`).
+fn mark_txid(mark: &[u8]) -> Option<i64> {
+    std::str::from_utf8(mark)
+        .ok()?
+        .strip_prefix("txid ")?
+        .parse()
+        .ok()
 }
 
 /// Commit (on `Ok`) or roll back a transaction begun on `c`.
@@ -757,6 +794,19 @@ mod sql {
          $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
          ORDER BY 1";
     pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
+    pub const TXID: &str = "SELECT txid_current()";
+    /// Snapshots, running or prepared transactions and replication slots of this database
+    /// that began no later than transaction $1 (NULL: than now); `age` counts back from the
+    /// next transaction id, so a larger age is older.
+    pub const OLDER_SNAPSHOTS: &str = "SELECT count(*) FROM ( \
+         SELECT backend_xmin AS x FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+            AND (datname IS NULL OR datname = current_database()) \
+         UNION ALL SELECT backend_xid FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+            AND (datname IS NULL OR datname = current_database()) \
+         UNION ALL SELECT xmin FROM pg_replication_slots \
+         UNION ALL SELECT transaction FROM pg_prepared_xacts) h \
+         WHERE x IS NOT NULL AND age(x) >= age((coalesce($1::bigint, \
+            txid_snapshot_xmax(txid_current_snapshot())) % 4294967296)::text::xid)";
 }
 
 /// A write transaction of [`PgStore`].
@@ -1084,8 +1134,13 @@ impl StoreTx for PgTx<'_> {
         self.execute(sql::DESTROY, &[&label, &i64::from(kid), &at_ms])?;
         // The old row version stays in the table's files until the table is rewritten: mark
         // the scrub pending in the same transaction, so that it is retried until it is done.
-        let mark: [u8; 16] = random()?;
-        self.put_meta("scrub_pending", &mark)
+        // The mark names this transaction: the scrub is done only once no snapshot from
+        // before it remains (`VACUUM FULL` keeps the old row version for one).
+        let txid: i64 = match self.query(sql::TXID, &[])?.first() {
+            Some(r) => col(r, 0)?,
+            None => return Err(ServerError::Database("no transaction id".into())),
+        };
+        self.put_meta("scrub_pending", format!("txid {txid}").as_bytes())
     }
 
     fn sealed_secrets(&mut self) -> Result<Vec<SealedRow>> {
