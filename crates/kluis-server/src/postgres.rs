@@ -809,6 +809,10 @@ mod sql {
             txid_snapshot_xmax(txid_current_snapshot())) % 4294967296)::text::xid)";
 }
 
+/// At most this many audit records go in one `INSERT` (a group commit of the audit writer
+/// holds at most 8192).
+const AUDIT_BATCH: usize = 4096;
+
 /// A write transaction of [`PgStore`].
 struct PgTx<'a> {
     store: &'a PgStore,
@@ -1224,6 +1228,11 @@ impl StoreTx for PgTx<'_> {
 
     fn insert_audit(&mut self, seq: i64, e: &AuditEntry, mac: &[u8]) -> Result<()> {
         self.audit.push((seq, e.clone(), mac.to_vec()));
+        // Bounded: a long trail (`store copy`) goes in batches, not in one statement that
+        // grows with it past memory and PostgreSQL's 1 GiB message limit.
+        if self.audit.len() >= AUDIT_BATCH {
+            self.flush()?;
+        }
         Ok(())
     }
 }

@@ -189,3 +189,51 @@ fn two_inits_at_once_on_one_database_make_one_store() {
     let svc = KeyService::open(store, KeySource::File(&key)).unwrap();
     assert_eq!(svc.verify_audit().unwrap().0, 1, "one store.init record");
 }
+
+/// `store copy` sends a long audit trail in bounded batches: before the fix the PostgreSQL
+/// transaction buffered every record of the trail and sent them all in one statement, so
+/// memory grew with the trail and a trail past PostgreSQL's 1 GiB message limit could not be
+/// copied at all. The statements are counted in the server's log (`log_statement = all` for
+/// this database only).
+#[test]
+fn store_copy_sends_a_long_trail_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("source.db");
+    let mut src =
+        KeyService::init_sqlite(&path, KeySource::File(&dir.path().join("master.key"))).unwrap();
+    let records = 20_000;
+    for g in 0..records / 1000 {
+        let group: Vec<_> = (0..1000)
+            .map(|i| entry(&format!("user{g}-{i}"), "copy me"))
+            .collect();
+        src.append_audit(&group).unwrap();
+    }
+    let (n, head) = src.verify_audit().unwrap();
+    drop(src);
+
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database();
+    let url = cluster.url(&db);
+    cluster.psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} SET log_statement = 'all'; \
+             ALTER DATABASE {db} SET log_parameter_max_length = 0"
+        ),
+    );
+    let mut target = PgStore::create(&options(&url)).unwrap();
+    let copied = kluis_server::postgres::copy::copy_from_sqlite(&path, &mut target).unwrap();
+    assert_eq!(copied.records as i64, n);
+    assert_eq!(copied.head, head);
+    let svc = KeyService::open(target, KeySource::File(&dir.path().join("master.key"))).unwrap();
+    assert_eq!(svc.verify_audit().unwrap(), (n, head));
+    let inserts = cluster
+        .log()
+        .lines()
+        .filter(|l| l.contains("INSERT INTO audit"))
+        .count();
+    assert!(
+        inserts >= records / 5000,
+        "{inserts} statements for {records} records"
+    );
+}
