@@ -237,3 +237,43 @@ fn store_copy_sends_a_long_trail_in_bounded_batches() {
         "{inserts} statements for {records} records"
     );
 }
+
+/// With a synchronous standby configured (`synchronous_standby_names`) and not answering, a
+/// commit must not be reported done: its audit record exists only on the primary, so a
+/// failover to the standby would lose the record of a share already released. (A cancelled
+/// wait for the standby ends with a mere WARNING, "committed locally, but might not have been
+/// replicated"; PostgreSQL does not apply `statement_timeout` to COMMIT's wait, so the store's
+/// own deadline reports the failure. This held in review; the test keeps it so.)
+#[test]
+fn a_commit_the_synchronous_standby_did_not_confirm_is_not_reported_done() {
+    let cluster = PgCluster::start();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&url);
+    o.statement_timeout = Duration::from_secs(1);
+    let store = PgStore::create(&o).unwrap();
+    let mut svc = KeyService::init(store, KeySource::File(&dir.path().join("master.key"))).unwrap();
+    svc.append_audit(&[entry("alice", "replicated: no standby configured yet")])
+        .unwrap();
+    cluster.psql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'standby'",
+    );
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .psql("postgres", "SHOW synchronous_standby_names")
+        .trim()
+        != "standby"
+    {
+        assert!(Instant::now() < deadline, "the setting was not reloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let r = svc.append_audit(&[entry("alice", "not replicated")]);
+    assert!(
+        r.is_err(),
+        "a commit no standby confirmed was reported done after {:?}",
+        started.elapsed()
+    );
+}
