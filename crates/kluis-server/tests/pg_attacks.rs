@@ -277,3 +277,265 @@ fn a_commit_the_synchronous_standby_did_not_confirm_is_not_reported_done() {
         started.elapsed()
     );
 }
+
+mod common;
+
+/// A served replica (`kluis-server serve` on loopback, on the store `url`).
+struct Replica {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    fn start(dir: &Path, url: &str) -> Replica {
+        use std::io::BufRead;
+        let mut child = common::bin()
+            .current_dir(dir)
+            .env("KLUIS_STORE", url)
+            .env("KLUIS_STORE_PASSWORD", PASSWORD)
+            .arg("serve")
+            .args(common::LOOPBACK)
+            .args(["--schedule-interval", "1", "--rate-limit", "0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("no address: {line}"))
+            .to_owned();
+        std::thread::spawn(move || for _ in out.lines() {});
+        Replica { child, base }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig}");
+    }
+}
+
+fn cli(dir: &Path, url: &str, args: &[&str]) -> String {
+    let out = common::bin()
+        .current_dir(dir)
+        .env("KLUIS_STORE", url)
+        .env("KLUIS_STORE_PASSWORD", PASSWORD)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An unwrap of a fresh-reply-key request for `doc` (doc id, stanza); the status, 0 when the
+/// replica could not be reached.
+fn unwrap(agent: &ureq::Agent, base: &str, token: &str, doc: &(String, String), why: &str) -> u16 {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({
+        "reply_key": b64.encode(kluis_core::reply::ReplyKey::generate().unwrap().public_bytes()),
+        "doc_id": doc.0,
+        "stanza": doc.1,
+        "reason": why,
+    });
+    match agent
+        .post(&format!("{base}/v1/unwrap"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Three replicas under load while PostgreSQL ends every kluis-server session twice
+/// (`pg_terminate_backend`: writers mid-transaction, readers, the scheduler's lease), one
+/// replica is frozen (SIGSTOP) for 3 s, perhaps holding the writers' lock, and another is
+/// killed (SIGKILL). The scheduler rotates a label every 2 s meanwhile. Afterwards: every grant
+/// acknowledged to a client is in the trail exactly once, the chain verifies, the frozen
+/// replica serves again, and no two scheduled rotations are closer than the rotation period
+/// (two leaders at once would rotate twice).
+#[test]
+fn three_replicas_keep_one_chain_through_terminated_sessions_a_freeze_and_a_kill() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database();
+    let url = cluster.url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli(d, &url, &["init"]);
+    cli(
+        d,
+        &url,
+        &[
+            "label",
+            "create",
+            "hr",
+            "--group",
+            "staff",
+            "--rotate-every",
+            "2s",
+        ],
+    );
+    const CLIENTS: usize = 6;
+    let tokens: Vec<String> = (0..CLIENTS)
+        .map(|i| {
+            let u = format!("u{i}");
+            cli(
+                d,
+                &url,
+                &["token", "create", "--user", &u, "--group", "staff"],
+            )
+            .trim()
+            .to_owned()
+        })
+        .collect();
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(d, &url)).collect();
+    let server = common::Server {
+        dir: tempfile::tempdir().unwrap(),
+        child: std::process::Command::new("true").spawn().unwrap(),
+        base: replicas[0].base.clone(),
+    };
+    let key = common::label_key(&server, "hr");
+    let sealed = kluis_core::seal(
+        &[kluis_core::Slot::single(kluis_core::Recipient::Label(key))],
+        &kluis_core::Metadata::default(),
+        b"x",
+    )
+    .unwrap();
+    let h = kluis_core::Header::parse(&sealed).unwrap();
+    let doc = {
+        use base64::Engine;
+        (
+            h.doc_id().to_string(),
+            base64::engine::general_purpose::STANDARD.encode(h.slots()[0][0].to_bytes()),
+        )
+    };
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<(String, usize, Instant)>>> =
+        std::sync::Arc::default();
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|t| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let (token, doc, bases) = (tokens[t].clone(), doc.clone(), bases.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let which = (t + i) % 3;
+                    let why = format!("c{t}-{i}");
+                    if unwrap(&agent, &bases[which], &token, &doc, &why) == 200 {
+                        acked.lock().unwrap().push((why, which, Instant::now()));
+                    } else {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let terminate = || {
+        cluster.psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND application_name = 'kluis-server'"
+            ),
+        )
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let ended = terminate();
+    std::thread::sleep(Duration::from_millis(1500));
+    replicas[2].signal("-STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    replicas[2].signal("-CONT");
+    let resumed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ended_again = terminate();
+    std::thread::sleep(Duration::from_millis(1000));
+    replicas[0].signal("-KILL");
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let verify = cli(d, &url, &["audit", "verify"]);
+    assert!(verify.contains("audit trail verified"), "{verify}");
+    let records: Vec<serde_json::Value> = cli(d, &url, &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut granted = std::collections::HashMap::new();
+    for r in &records {
+        if r["action"] == "unwrap" && r["outcome"] == "granted" {
+            *granted
+                .entry(r["reason"].as_str().unwrap().to_owned())
+                .or_insert(0usize) += 1;
+        }
+    }
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(r, _, _)| !granted.contains_key(r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, not in the trail: {missing:?}"
+    );
+    assert_eq!(
+        granted.values().filter(|n| **n > 1).count(),
+        0,
+        "recorded twice"
+    );
+    let on_frozen = acked
+        .iter()
+        .filter(|(_, w, t)| *w == 2 && *t > resumed)
+        .count();
+    assert!(on_frozen > 0, "the frozen replica did not serve again");
+    let rotations: Vec<i64> = records
+        .iter()
+        .filter(|r| r["action"] == "label.rotate" && r["actor"] == "scheduler")
+        .map(|r| r["time_ms"].as_i64().unwrap())
+        .collect();
+    let too_close: Vec<_> = rotations
+        .windows(2)
+        .filter(|w| w[1] - w[0] < 2000)
+        .collect();
+    println!(
+        "pg_attacks: {} grants acknowledged, {} after the freeze on the frozen replica; \
+         sessions ended {} and {}; {} scheduled rotations; {}",
+        acked.len(),
+        on_frozen,
+        ended.trim(),
+        ended_again.trim(),
+        rotations.len(),
+        verify.trim()
+    );
+    assert!(rotations.len() >= 2, "the scheduler rotated: {rotations:?}");
+    assert!(too_close.is_empty(), "rotated twice at once: {too_close:?}");
+}
