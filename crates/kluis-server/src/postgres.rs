@@ -562,6 +562,16 @@ impl PgStore {
         if mark.is_some() {
             self.no_older_snapshot(destroyed_by)?;
         }
+        // A reader that has held the table for a while (a backup, a long report) would keep
+        // the VACUUM waiting for the whole patience, and every new read of the table on every
+        // replica queued behind it, at every scheduler tick: leave the scrub pending instead.
+        let held: i64 = col(&self.query_one(sql::TABLE_HELD_LONG, &[])?, 0)?;
+        if held > 0 {
+            return Err(ServerError::ScrubPending {
+                destroyed: None,
+                reader: true,
+            });
+        }
         let conn = self.conn()?;
         let c = &conn.client;
         let ms = patience.as_millis().clamp(1, 600_000);
@@ -795,6 +805,15 @@ mod sql {
          ORDER BY 1";
     pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
     pub const TXID: &str = "SELECT txid_current()";
+    /// Other sessions holding (or waiting for) a lock on `key_versions` whose transaction
+    /// began more than 200 ms ago, or whose start this role may not see.
+    pub const TABLE_HELD_LONG: &str = "SELECT count(*) FROM pg_locks l \
+         LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'relation' AND l.relation = 'key_versions'::regclass \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND l.pid IS DISTINCT FROM pg_backend_pid() \
+           AND (a.xact_start IS NULL \
+                OR a.xact_start < clock_timestamp() - interval '200 milliseconds')";
     /// Snapshots, running or prepared transactions and replication slots of this database
     /// that began no later than transaction $1 (NULL: than now); `age` counts back from the
     /// next transaction id, so a larger age is older.
@@ -1246,6 +1265,26 @@ pub fn password_from_file(path: &Path) -> Result<Zeroizing<String>> {
             path.display()
         ))
     })?;
+    // Like the master key file: a password that other users can read is refused (it opens
+    // the whole store, policies included). A systemd credential may show group read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.metadata()?.permissions().mode();
+        let tolerated = if crate::master_key::is_systemd_credential(path) {
+            0o040
+        } else {
+            0
+        };
+        if mode & 0o077 & !tolerated != 0 {
+            return Err(ServerError::Config(format!(
+                "the store password file {} has mode {:o}, readable by other users: run \
+                 `chmod 600` on it",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
     let mut buf = Zeroizing::new(Vec::new());
     f.take(4097).read_to_end(&mut buf)?;
     let text = std::str::from_utf8(&buf).map_err(|_| {

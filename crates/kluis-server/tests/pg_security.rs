@@ -393,3 +393,77 @@ fn tls_adapter_and_url_options_hold() {
     }
     server_tls(c, None);
 }
+
+/// The store password file is held to the master key file's rule: one that other users can
+/// read is refused (the password opens the whole store: policies, tokens, the trail), and the
+/// message says what to do without quoting the password.
+#[test]
+fn a_password_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "password-file-secret-9d1e\n").unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = kluis_server::postgres::password_from_file(&pw)
+            .err()
+            .unwrap_or_else(|| panic!("mode {mode:o} accepted"))
+            .to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("9d1e"), "{e}");
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(
+            kluis_server::postgres::password_from_file(&pw)
+                .unwrap()
+                .as_str(),
+            "password-file-secret-9d1e"
+        );
+    }
+}
+
+/// A destroy must not stall unwraps for long: while a reader holds `key_versions` for a long
+/// time (a backup, a slow report), the scrub's `VACUUM FULL` used to wait its whole patience
+/// for the table lock, and every new read of the table (every unwrap, on every replica)
+/// queued behind it, again at every scheduler tick. Now the scrub sees the long reader and
+/// stays pending at once; reads go on; the retry after the reader ends scrubs.
+#[test]
+fn a_long_reader_does_not_make_the_scrub_stall_other_reads() {
+    let c = PgCluster::shared();
+    let db = c.create_database();
+    let url = c.url(&db);
+    let mut s = PgStore::create(&options(&url)).unwrap();
+    let sealed: Vec<u8> = b"destroyed-sealed-key-NEEDLE-0b44e2".to_vec();
+    s.write(|tx| {
+        tx.insert_label("hr", "{}", 1)?;
+        tx.insert_version("hr", &version(1, VersionState::Active, sealed.clone()))?;
+        tx.insert_version("hr", &version(2, VersionState::Current, b"other".to_vec()))
+    })
+    .unwrap();
+    s.write(|tx| tx.destroy_version("hr", 1, 5)).unwrap();
+    // The long reader: read committed, so it holds the table's lock but no old snapshot.
+    let long = PgStore::open(&options(&url)).unwrap();
+    long.execute_raw("BEGIN; SELECT count(*) FROM key_versions")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let reader = PgStore::open(&options(&url)).unwrap();
+    let scrub = std::thread::spawn(move || {
+        let r = s.forget_pending_copies(Duration::from_secs(6));
+        (r, s)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    assert_eq!(reader.versions("hr").unwrap().len(), 2);
+    let waited = start.elapsed();
+    let (r, s) = scrub.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(3),
+        "a read waited {waited:?} behind the scrub's lock request"
+    );
+    assert!(matches!(r, Err(ServerError::ScrubPending { .. })), "{r:?}");
+    assert!(s.meta("scrub_pending").unwrap().is_some());
+    long.execute_raw("COMMIT").unwrap();
+    assert!(s.forget_pending_copies(Duration::from_secs(2)).unwrap());
+    assert_eq!(s.meta("scrub_pending").unwrap(), None);
+}
