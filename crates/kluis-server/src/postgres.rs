@@ -338,9 +338,14 @@ impl Shared {
             .map_err(|e| self.unreachable(&pg_what(&e)))?;
         // Durability as on SQLite: a commit returns only once its WAL is flushed (and, with
         // synchronous_standby_names set on the server, replicated).
+        // The server's side of the keepalives too: the client's own do not make PostgreSQL
+        // notice a replica that vanished from the network, and its idle session (the
+        // scheduler's lease) would live until the system's keepalive gives up (over 2 hours).
         let setup = format!(
             "SET synchronous_commit = on; SET statement_timeout = {}; \
-             SET idle_in_transaction_session_timeout = 60000; SET client_min_messages = warning",
+             SET idle_in_transaction_session_timeout = 60000; SET client_min_messages = warning; \
+             SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; \
+             SET tcp_keepalives_count = 3",
             self.timeout.as_millis()
         );
         bridge::wait(client.batch_execute(&setup), self.deadline())

@@ -539,3 +539,30 @@ fn three_replicas_keep_one_chain_through_terminated_sessions_a_freeze_and_a_kill
     assert!(rotations.len() >= 2, "the scheduler rotated: {rotations:?}");
     assert!(too_close.is_empty(), "rotated twice at once: {too_close:?}");
 }
+
+/// A replica that vanishes from the network (host down, cable cut) holds the scheduler's lease
+/// and, mid-transaction, the writers' lock until PostgreSQL notices that its session is gone.
+/// The client's own keepalives do not make the *server* notice: an idle session on a dead
+/// peer lives until the server's TCP keepalive gives up (the operating system's default: over
+/// two hours), and no other replica can lead the scheduler meanwhile. So every session asks
+/// the server for keepalives after 30 s of silence, every 10 s, 3 probes (a dead peer noticed
+/// in about 60 s). Before the fix the session had the server's defaults (0: the system's).
+#[test]
+fn the_server_side_of_every_session_notices_a_vanished_replica() {
+    let cluster = PgCluster::shared();
+    let url = cluster.url(&cluster.create_database());
+    let store = PgStore::create(&options(&url)).unwrap();
+    let show = |what: &str| store.query_text(&format!("SHOW {what}")).unwrap().unwrap();
+    assert_eq!(show("tcp_keepalives_idle"), "30");
+    assert_eq!(show("tcp_keepalives_interval"), "10");
+    assert_eq!(show("tcp_keepalives_count"), "3");
+    // And a reconnected session (another store handle) has them too.
+    let other = store.reopen().unwrap();
+    assert_eq!(
+        other
+            .query_text("SHOW tcp_keepalives_idle")
+            .unwrap()
+            .as_deref(),
+        Some("30")
+    );
+}
