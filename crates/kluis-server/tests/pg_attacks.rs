@@ -566,3 +566,147 @@ fn the_server_side_of_every_session_notices_a_vanished_replica() {
         Some("30")
     );
 }
+
+/// The cluster's postmaster and its children (to freeze the whole database).
+fn postgres_processes(cluster: &PgCluster) -> Vec<String> {
+    let pidfile = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid")).unwrap();
+    let main = pidfile.lines().next().unwrap().trim().to_owned();
+    let mut pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            (ppid == main).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    pids.push(main);
+    pids
+}
+
+/// Thaws the database however the test ends.
+struct Frozen(Vec<String>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// While the database does not answer, requests in flight must not stall the HTTP server: a
+/// single-item unwrap (and a token check) ran its store reads on the async runtime's own
+/// threads when a reader connection was free, cheap on SQLite, but on PostgreSQL each read can
+/// wait for the statement deadline (15 s), so a handful of requests in flight froze every
+/// runtime thread and `/healthz` and `/readyz` went unanswered for the whole deadline (a
+/// load balancer probing them saw a dead server, not a 503). Now the probes answer at once.
+#[test]
+fn a_frozen_database_does_not_stall_the_http_server() {
+    let cluster = PgCluster::start();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli(d, &url, &["init"]);
+    cli(d, &url, &["label", "create", "hr", "--group", "staff"]);
+    let token = cli(
+        d,
+        &url,
+        &["token", "create", "--user", "u", "--group", "staff"],
+    )
+    .trim()
+    .to_owned();
+    let replica = Replica::start(d, &url);
+    let server = common::Server {
+        dir: tempfile::tempdir().unwrap(),
+        child: std::process::Command::new("true").spawn().unwrap(),
+        base: replica.base.clone(),
+    };
+    let key = common::label_key(&server, "hr");
+    let sealed = kluis_core::seal(
+        &[kluis_core::Slot::single(kluis_core::Recipient::Label(key))],
+        &kluis_core::Metadata::default(),
+        b"x",
+    )
+    .unwrap();
+    let h = kluis_core::Header::parse(&sealed).unwrap();
+    let doc = {
+        use base64::Engine;
+        (
+            h.doc_id().to_string(),
+            base64::engine::general_purpose::STANDARD.encode(h.slots()[0][0].to_bytes()),
+        )
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    assert_eq!(unwrap(&agent, &replica.base, &token, &doc, "warm"), 200);
+
+    let pids = postgres_processes(&cluster);
+    let ok = std::process::Command::new("kill")
+        .arg("-STOP")
+        .args(&pids)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let frozen = Frozen(pids);
+    // Requests in flight against the frozen database, a few per runtime thread.
+    let inflight: Vec<_> = (0..8)
+        .map(|i| {
+            let (agent, base, token, doc) = (
+                agent.clone(),
+                replica.base.clone(),
+                token.clone(),
+                doc.clone(),
+            );
+            std::thread::spawn(move || unwrap(&agent, &base, &token, &doc, &format!("f{i}")))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let probe: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let started = Instant::now();
+    let health = probe
+        .get(&format!("{}/healthz", replica.base))
+        .call()
+        .map(|r| r.status().as_u16());
+    let health_took = started.elapsed();
+    let started = Instant::now();
+    let ready = probe
+        .get(&format!("{}/readyz", replica.base))
+        .call()
+        .map(|r| r.status().as_u16());
+    let ready_took = started.elapsed();
+    drop(frozen);
+    let statuses: Vec<u16> = inflight.into_iter().map(|t| t.join().unwrap()).collect();
+    println!(
+        "pg_attacks: frozen database: /healthz {health:?} after {health_took:?}, /readyz \
+         {ready:?} after {ready_took:?}; in-flight unwraps answered {statuses:?}"
+    );
+    assert_eq!(health.ok(), Some(200), "/healthz unanswered within 5 s");
+    assert_eq!(ready.ok(), Some(503), "/readyz unanswered within 5 s");
+    // Whatever they answered, nothing was granted without its record: the chain verifies
+    // and holds every grant acknowledged.
+    let verify = cli(d, &url, &["audit", "verify"]);
+    assert!(verify.contains("audit trail verified"), "{verify}");
+    let export = cli(d, &url, &["audit", "export"]);
+    for (i, s) in statuses.iter().enumerate() {
+        if *s == 200 {
+            assert!(
+                export.contains(&format!("\"reason\":\"f{i}\"")),
+                "f{i} granted unrecorded"
+            );
+        }
+    }
+}
