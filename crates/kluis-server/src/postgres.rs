@@ -565,7 +565,17 @@ impl PgStore {
         let mark: Option<Vec<u8>> = mark.map(|r| col(&r, 0)).transpose()?;
         let destroyed_by = mark.as_deref().and_then(mark_txid);
         if mark.is_some() {
-            self.no_older_snapshot(destroyed_by)?;
+            // Short snapshots (other replicas' requests begun just before the destroy) end
+            // within milliseconds: wait for them, up to `patience`.
+            let until = Instant::now() + patience;
+            loop {
+                match self.no_older_snapshot(destroyed_by) {
+                    Err(ServerError::ScrubPending { .. }) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    r => break r?,
+                }
+            }
         }
         // A reader that has held the table for a while (a backup, a long report) would keep
         // the VACUUM waiting for the whole patience, and every new read of the table on every
@@ -663,7 +673,17 @@ fn mark_txid(mark: &[u8]) -> Option<i64> {
 fn finish<T>(shared: &Shared, c: &Client, result: Result<T>) -> Result<T> {
     match result {
         Ok(v) => {
-            run(shared, c.batch_execute("COMMIT"))?;
+            run(shared, c.batch_execute("COMMIT")).map_err(|e| match e {
+                // Sent, not answered: PostgreSQL may have committed it all the same, and a
+                // change taken for not made and done again (a rotation) is done twice.
+                ServerError::Database(m) if m.contains("did not answer") => {
+                    ServerError::Database(format!(
+                        "{m}, after the COMMIT was sent: the change may have been committed \
+                         all the same; check (`audit export`, `label show`) before doing it again"
+                    ))
+                }
+                e => e,
+            })?;
             Ok(v)
         }
         Err(e) => {
@@ -811,13 +831,14 @@ mod sql {
     pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
     pub const TXID: &str = "SELECT txid_current()";
     /// Other sessions holding (or waiting for) a lock on `key_versions` whose transaction
-    /// began more than 200 ms ago, or whose start this role may not see.
+    /// began more than 200 ms ago, or whose start this role may not see (`state` hidden; a
+    /// visible session that is idle by now has let go of the lock).
     pub const TABLE_HELD_LONG: &str = "SELECT count(*) FROM pg_locks l \
          LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'relation' AND l.relation = 'key_versions'::regclass \
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND l.pid IS DISTINCT FROM pg_backend_pid() \
-           AND (a.xact_start IS NULL \
+           AND ((a.xact_start IS NULL AND a.state IS NULL) \
                 OR a.xact_start < clock_timestamp() - interval '200 milliseconds')";
     /// Snapshots, running or prepared transactions and replication slots of this database
     /// that began no later than transaction $1 (NULL: than now); `age` counts back from the

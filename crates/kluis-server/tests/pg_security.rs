@@ -529,3 +529,59 @@ fn a_scheduled_run_scrubs_once_for_all_its_destroys() {
         "the run's scrub is done"
     );
 }
+
+/// Under load (other replicas' short read snapshots, some of them begun before the destroy
+/// committed) a destroy's scrub waits the few milliseconds until those end, and completes: the
+/// check for older snapshots does not make every destroy under load report a pending scrub.
+#[test]
+fn short_snapshots_under_load_do_not_leave_the_scrub_pending() {
+    let c = PgCluster::shared();
+    let db = c.create_database();
+    let url = c.url(&db);
+    let mut s = PgStore::create(&options(&url)).unwrap();
+    s.write(|tx| {
+        tx.insert_label("hr", "{}", 1)?;
+        for kid in 1..=20 {
+            tx.insert_version(
+                "hr",
+                &version(kid, VersionState::Active, vec![kid as u8; 40]),
+            )?;
+        }
+        tx.insert_version("hr", &version(21, VersionState::Current, vec![21; 40]))
+    })
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = PgStore::open(&options(&url)).unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    r.snapshot(|r| {
+                        r.token("kluis_nobody")?;
+                        r.versions("hr")
+                    })
+                    .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut pending = Vec::new();
+    for kid in 1..=10u32 {
+        s.write(|tx| tx.destroy_version("hr", kid, 5)).unwrap();
+        match s.forget_old_copies() {
+            Ok(()) => {}
+            Err(ServerError::ScrubPending { .. }) => pending.push(kid),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 10, "the readers ran ({reads} snapshots)");
+    assert_eq!(pending, Vec::<u32>::new(), "scrubs left pending under load");
+}
