@@ -281,8 +281,11 @@ impl Shared {
         let timeout = opts
             .statement_timeout
             .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        // Every replica writes (the audit trail first): only a server that accepts writes,
+        // never a standby, whatever `target_session_attrs` the URL says.
         config
             .application_name("kluis-server")
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
             .connect_timeout(Duration::from_secs(5))
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))

@@ -585,3 +585,32 @@ fn short_snapshots_under_load_do_not_leave_the_scrub_pending() {
     assert!(reads > 10, "the readers ran ({reads} snapshots)");
     assert_eq!(pending, Vec::<u32>::new(), "scrubs left pending under load");
 }
+
+/// Every replica writes (the audit trail before any key share leaves), so a connection must go
+/// to a server that accepts writes, whatever `target_session_attrs` the URL says: a read-only
+/// server (a hot standby; here a database whose sessions are read-only) is refused when
+/// connecting, not taken and then failing every request while `/readyz` says ready; and
+/// `target_session_attrs=read-only` in the URL does not send a replica to a standby.
+#[test]
+fn connections_go_to_a_writable_server_only() {
+    let c = PgCluster::shared();
+    let db = c.create_database();
+    PgStore::create(&options(&c.url(&db))).unwrap();
+    // `read-only` in the URL: still the (writable) primary.
+    let url = format!("{}?target_session_attrs=read-only", c.url(&db));
+    let mut s = PgStore::open(&options(&url)).unwrap();
+    s.write(|tx| tx.put_meta("probe", b"1")).unwrap();
+    drop(s);
+    // A read-only server.
+    c.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} SET default_transaction_read_only = on"),
+    );
+    for url in [
+        c.url(&db),
+        format!("{}?target_session_attrs=any", c.url(&db)),
+    ] {
+        let e = connect_err(&options(&url));
+        assert!(e.contains("cannot connect"), "{url}: {e}");
+    }
+}
