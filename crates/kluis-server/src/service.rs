@@ -214,12 +214,7 @@ impl<S: Store> KeyService<S> {
 
     /// One label.
     pub fn label(&self, name: &str) -> Result<LabelInfo> {
-        let policy = self
-            .store
-            .label_policy(name)?
-            .ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
-        let policy: Policy = serde_json::from_str(&policy)
-            .map_err(|e| ServerError::BadPolicy(format!("stored policy of `{name}`: {e}")))?;
+        let policy = self.policy(name)?;
         let versions = self
             .store
             .versions(name)?
@@ -231,6 +226,16 @@ impl<S: Store> KeyService<S> {
             policy,
             versions,
         })
+    }
+
+    /// One label's policy (one read: an unwrap needs no version list).
+    pub fn policy(&self, name: &str) -> Result<Policy> {
+        let policy = self
+            .store
+            .label_policy(name)?
+            .ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
+        serde_json::from_str(&policy)
+            .map_err(|e| ServerError::BadPolicy(format!("stored policy of `{name}`: {e}")))
     }
 
     /// Make a new current version; the old one keeps opening. Returns the new kid.
