@@ -18,7 +18,9 @@
 //! Environment: `LOAD_SECONDS` (10) per run, `LOAD_BATCH` (100) items per batch, `LOAD_RUNS`
 //! (3) rounds, `LOAD_PG_SETTINGS` (none) extra PostgreSQL settings as `name=value,…` (e.g.
 //! `commit_delay=200,commit_siblings=2`; `fsync` and `synchronous_commit` are refused: they
-//! stay on), `KLUIS_PG_BIN` PostgreSQL's bin folder (default: Debian's newest).
+//! stay on), `KLUIS_PG_BIN` PostgreSQL's bin folder (default: Debian's newest). For a
+//! profile of one case: `LOAD_SETUPS` (of `sqlite,pg1,pg2`), `LOAD_KINDS` (of
+//! `single,batch`), `LOAD_CONCS` (of `1,16,64`); it prints the servers' process ids.
 //!
 //! Run: `benches/server_load.sh` (builds, installs wrk and PostgreSQL if missing, runs this).
 
@@ -42,7 +44,8 @@ fn server_cmd(dir: &Path, store: Option<&str>) -> Command {
     let mut c = Command::new(server_bin());
     c.current_dir(dir);
     if let Some(url) = store {
-        c.env("KLUIS_STORE", url).env("KLUIS_STORE_PASSWORD", PASSWORD);
+        c.env("KLUIS_STORE", url)
+            .env("KLUIS_STORE_PASSWORD", PASSWORD);
     }
     c
 }
@@ -237,6 +240,15 @@ struct Setup {
 const KINDS: [(&str, &str); 2] = [("single", "/v1/unwrap"), ("batch", "/v1/unwrap/batch")];
 const CONCS: [u32; 3] = [1, 16, 64];
 
+/// Whether a kind and a concurrency are to run (`LOAD_KINDS`, `LOAD_CONCS`: lists; all by
+/// default). Left out, they show as NaN: for profiling one case.
+fn chosen(kind: &str, conns: u32) -> bool {
+    let has = |var: &str, v: &str| {
+        std::env::var(var).map_or(true, |l| l.split(',').any(|x| x.trim() == v))
+    };
+    has("LOAD_KINDS", kind) && has("LOAD_CONCS", &conns.to_string())
+}
+
 impl Setup {
     fn new(name: &'static str, store: Option<String>, replicas: usize, batch: usize) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -391,11 +403,26 @@ fn main() {
 
     let db1 = cluster.create_database();
     let db2 = cluster.create_database();
-    let mut setups = vec![
-        Setup::new("SQLite", None, 1, batch),
-        Setup::new("PostgreSQL, 1 replica", Some(cluster.url(&db1)), 1, batch),
-        Setup::new("PostgreSQL, 2 replicas", Some(cluster.url(&db2)), 2, batch),
-    ];
+    // LOAD_SETUPS (e.g. `pg1`, for a profile of one set-up) picks some of them.
+    let only = std::env::var("LOAD_SETUPS").unwrap_or_else(|_| "sqlite,pg1,pg2".into());
+    let wanted = |name: &str| only.split(',').any(|s| s.trim() == name);
+    let mut setups = Vec::new();
+    if wanted("sqlite") {
+        setups.push(Setup::new("SQLite", None, 1, batch));
+    }
+    if wanted("pg1") {
+        let url = Some(cluster.url(&db1));
+        setups.push(Setup::new("PostgreSQL, 1 replica", url, 1, batch));
+    }
+    if wanted("pg2") {
+        let url = Some(cluster.url(&db2));
+        setups.push(Setup::new("PostgreSQL, 2 replicas", url, 2, batch));
+    }
+    assert!(!setups.is_empty(), "LOAD_SETUPS: none of sqlite, pg1, pg2");
+    for s in &setups {
+        let pids: Vec<String> = s.servers.iter().map(|p| p.pid().to_string()).collect();
+        println!("{}: server pid(s) {}", s.name, pids.join(", "));
+    }
 
     println!(
         "kluis-server load test: {secs} s per run, {rounds} round(s), batch of {batch}, audit trail on \
@@ -408,13 +435,25 @@ fn main() {
     );
     println!(
         "{:<24} {:<7} {:>4} {:>3} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10}  replicas' CPU s",
-        "set-up", "kind", "conc", "run", "req/s", "items/s", "p50 ms", "p99 ms", "srv µs/it", "db µs/it"
+        "set-up",
+        "kind",
+        "conc",
+        "run",
+        "req/s",
+        "items/s",
+        "p50 ms",
+        "p99 ms",
+        "srv µs/it",
+        "db µs/it"
     );
     for round in 1..=rounds {
         for s in &mut setups {
             for (k, (kind, path)) in KINDS.iter().enumerate() {
                 let per = if k == 0 { 1 } else { batch } as u64;
                 for (c, &conns) in CONCS.iter().enumerate() {
+                    if !chosen(kind, conns) {
+                        continue;
+                    }
                     let lua = if k == 0 { &s.single_lua } else { &s.batch_lua };
                     let pids: Vec<u32> = s.servers.iter().map(Server::pid).collect();
                     let before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
@@ -477,8 +516,11 @@ fn main() {
                 row.push((items, p99));
             }
             println!();
-            if k == 0 && *conns == 64 {
-                pg1_vs_sqlite = Some((row[1].0 / row[0].0, row[1].1));
+            let of = |name: &str| setups.iter().position(|s| s.name == name);
+            if let (0, 64, Some(sq), Some(pg)) =
+                (k, *conns, of("SQLite"), of("PostgreSQL, 1 replica"))
+            {
+                pg1_vs_sqlite = Some((row[pg].0 / row[sq].0, row[pg].1));
             }
         }
     }
