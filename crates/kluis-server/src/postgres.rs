@@ -567,28 +567,34 @@ impl PgStore {
         let mark = self.query_opt("SELECT value FROM meta WHERE key = 'scrub_pending'", &[])?;
         let mark: Option<Vec<u8>> = mark.map(|r| col(&r, 0)).transpose()?;
         let destroyed_by = mark.as_deref().and_then(mark_txid);
-        if mark.is_some() {
-            // Short snapshots (other replicas' requests begun just before the destroy) end
-            // within milliseconds: wait for them, up to `patience`.
-            let until = Instant::now() + patience;
-            loop {
-                match self.no_older_snapshot(destroyed_by) {
-                    Err(ServerError::ScrubPending { .. }) if Instant::now() < until => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    r => break r?,
-                }
+        // Short snapshots (other replicas' requests begun just before the destroy) end within
+        // milliseconds: poll until they have, up to `patience`. A reader that has held the
+        // table for a while (a backup, a long report) would keep the VACUUM waiting for the
+        // whole patience, and every new read of the table on every replica queued behind it,
+        // at every scheduler tick: poll until it is gone too (nothing is locked meanwhile),
+        // else leave the scrub pending.
+        let until = Instant::now() + patience;
+        loop {
+            let clear = match mark {
+                Some(_) => self.no_older_snapshot(destroyed_by),
+                None => Ok(()),
             }
-        }
-        // A reader that has held the table for a while (a backup, a long report) would keep
-        // the VACUUM waiting for the whole patience, and every new read of the table on every
-        // replica queued behind it, at every scheduler tick: leave the scrub pending instead.
-        let held: i64 = col(&self.query_one(sql::TABLE_HELD_LONG, &[])?, 0)?;
-        if held > 0 {
-            return Err(ServerError::ScrubPending {
-                destroyed: None,
-                reader: true,
+            .and_then(|()| {
+                let held: i64 = col(&self.query_one(sql::TABLE_HELD_LONG, &[])?, 0)?;
+                match held {
+                    0 => Ok(()),
+                    _ => Err(ServerError::ScrubPending {
+                        destroyed: None,
+                        reader: true,
+                    }),
+                }
             });
+            match clear {
+                Err(ServerError::ScrubPending { .. }) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r?,
+            }
         }
         let conn = self.conn()?;
         let c = &conn.client;

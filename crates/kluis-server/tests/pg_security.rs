@@ -614,3 +614,32 @@ fn connections_go_to_a_writable_server_only() {
         assert!(e.contains("cannot connect"), "{url}: {e}");
     }
 }
+
+/// A reader that holds the table a little longer than a request (here 0.8 s) delays the scrub,
+/// within its patience, without leaving it pending and without the VACUUM queueing other reads
+/// behind it meanwhile.
+#[test]
+fn a_reader_that_ends_within_the_patience_delays_the_scrub_only() {
+    let c = PgCluster::shared();
+    let db = c.create_database();
+    let url = c.url(&db);
+    let mut s = PgStore::create(&options(&url)).unwrap();
+    s.write(|tx| {
+        tx.insert_label("hr", "{}", 1)?;
+        tx.insert_version("hr", &version(1, VersionState::Active, vec![1; 40]))?;
+        tx.insert_version("hr", &version(2, VersionState::Current, vec![2; 40]))
+    })
+    .unwrap();
+    s.write(|tx| tx.destroy_version("hr", 1, 5)).unwrap();
+    let slow = PgStore::open(&options(&url)).unwrap();
+    slow.execute_raw("BEGIN; SELECT count(*) FROM key_versions")
+        .unwrap();
+    let ends = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        slow.execute_raw("COMMIT").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    s.forget_pending_copies(Duration::from_secs(5)).unwrap();
+    ends.join().unwrap();
+    assert_eq!(s.meta("scrub_pending").unwrap(), None);
+}
