@@ -373,7 +373,13 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 async fn readyz<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
-    let store_ok = matches!(blocking(&api, |_, s| Ok(s.is_reachable())).await, Ok(true));
+    // Bounded: when every reader connection is held by a request waiting on a database that
+    // stopped answering, the probe must say 503 now, not wait for a reader for as long.
+    let probe = blocking(&api, |_, s| Ok(s.is_reachable()));
+    let store_ok = matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), probe).await,
+        Ok(Ok(true))
+    );
     if store_ok && api.writer.is_running() {
         "ready\n".into_response()
     } else {
@@ -614,7 +620,7 @@ async fn unwrap_common<S: Store>(
     // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
     // done here than handed to a blocking thread and back. Batches and a busy pool go to a
     // blocking thread.
-    let inline = (!batch)
+    let inline = (!batch && S::LOCAL_READS)
         .then(|| {
             api.readers
                 .try_with(|store| authorise_and_unwrap(&api, store, &caller, client, &body, batch))
@@ -691,9 +697,12 @@ async fn authenticate_first<S: Store>(
         // A JWT was verified when the caller was identified.
         return Ok(caller);
     }
-    if let Some(done) = api
-        .readers
-        .try_with(|store| caller.clone().authenticated(store))
+    if let Some(done) = S::LOCAL_READS
+        .then(|| {
+            api.readers
+                .try_with(|store| caller.clone().authenticated(store))
+        })
+        .flatten()
     {
         return Ok(done?);
     }

@@ -117,5 +117,45 @@ pub(crate) fn head_mac(key: &hmac::Key, seq: i64, mac: &[u8]) -> Vec<u8> {
     hmac::sign(key, &m).as_ref().to_vec()
 }
 
+/// `e` as every store can keep it: each NUL character (U+0000) replaced with U+FFFD.
+/// PostgreSQL's `text` cannot hold a NUL, and one record that a store refuses would fail the
+/// whole group commit, so every other request in the group too; the chain's MAC covers the
+/// text as stored, so it verifies on every engine (and after `store copy`).
+pub(crate) fn storable(e: &AuditEntry) -> std::borrow::Cow<'_, AuditEntry> {
+    fn has(s: &str) -> bool {
+        s.contains('\0')
+    }
+    fn clean(s: &mut String) {
+        if has(s) {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
+    let texts = [&e.label, &e.doc_id, &e.reason, &e.client, &e.credential];
+    if !has(&e.actor)
+        && !has(&e.action)
+        && !has(&e.outcome)
+        && !texts.iter().any(|t| t.as_deref().is_some_and(has))
+    {
+        return std::borrow::Cow::Borrowed(e);
+    }
+    let mut e = e.clone();
+    for s in [&mut e.actor, &mut e.action, &mut e.outcome] {
+        clean(s);
+    }
+    for s in [
+        &mut e.label,
+        &mut e.doc_id,
+        &mut e.reason,
+        &mut e.client,
+        &mut e.credential,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        clean(s);
+    }
+    std::borrow::Cow::Owned(e)
+}
+
 /// The MAC "before" record 1.
 pub(crate) const GENESIS: [u8; 32] = [0; 32];

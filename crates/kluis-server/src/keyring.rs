@@ -261,8 +261,9 @@ impl Keyring {
         let (mut seq, mut prev) = tx.audit_tail()?.unwrap_or((0, GENESIS.to_vec()));
         for e in entries {
             seq += 1;
-            let mac = audit::chain_mac(&self.audit.key, &prev, seq, e);
-            tx.insert_audit(seq, e, &mac)?;
+            let e = audit::storable(e);
+            let mac = audit::chain_mac(&self.audit.key, &prev, seq, &e);
+            tx.insert_audit(seq, &e, &mac)?;
             prev = mac;
         }
         let head = audit::head_mac(&self.audit.key, seq, &prev);

@@ -31,7 +31,7 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
 /// Whether `path` is a file directly in the credentials directory systemd made for this
 /// service (`$CREDENTIALS_DIRECTORY`: private to the service, on a read-only file system).
 #[cfg(unix)]
-fn is_systemd_credential(path: &Path) -> bool {
+pub(crate) fn is_systemd_credential(path: &Path) -> bool {
     let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
         return false;
     };

@@ -27,7 +27,6 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::{Result, ServerError};
-use crate::master_key::random;
 use crate::store::{SealedRow, SecretKind, Store, StoreTx, TokenRow, VersionRow, VersionState};
 
 mod bridge;
@@ -173,6 +172,11 @@ pub struct PgStore {
     conn: RefCell<Option<Arc<Conn>>>,
     /// Inside a transaction or snapshot: a broken connection must fail it, not be replaced.
     in_tx: Cell<bool>,
+    /// The connection that held the scheduler's lease is gone: PostgreSQL freed the lease, and
+    /// another replica may lead now. Every call fails until [`Store::scheduler_lease`] asks
+    /// again, so that the rest of a scheduled run is not done on a new connection without
+    /// the lease (two replicas rotating one label twice).
+    lease_lost: Cell<bool>,
 }
 
 /// What went wrong, for a message: the server's message and SQLSTATE only (a DETAIL line can
@@ -205,6 +209,11 @@ impl From<tokio_postgres::Error> for ServerError {
 }
 
 fn is_local(config: &tokio_postgres::Config) -> bool {
+    // A `hostaddr` is where the connection goes (the host name then only names the server
+    // for TLS): local only if every such address is loopback.
+    if !config.get_hostaddrs().is_empty() {
+        return config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    }
     !config.get_hosts().is_empty()
         && config.get_hosts().iter().all(|h| match h {
             Host::Tcp(name) => {
@@ -272,8 +281,11 @@ impl Shared {
         let timeout = opts
             .statement_timeout
             .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        // Every replica writes (the audit trail first): only a server that accepts writes,
+        // never a standby, whatever `target_session_attrs` the URL says.
         config
             .application_name("kluis-server")
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
             .connect_timeout(Duration::from_secs(5))
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
@@ -329,9 +341,14 @@ impl Shared {
             .map_err(|e| self.unreachable(&pg_what(&e)))?;
         // Durability as on SQLite: a commit returns only once its WAL is flushed (and, with
         // synchronous_standby_names set on the server, replicated).
+        // The server's side of the keepalives too: the client's own do not make PostgreSQL
+        // notice a replica that vanished from the network, and its idle session (the
+        // scheduler's lease) would live until the system's keepalive gives up (over 2 hours).
         let setup = format!(
             "SET synchronous_commit = on; SET statement_timeout = {}; \
-             SET idle_in_transaction_session_timeout = 60000; SET client_min_messages = warning",
+             SET idle_in_transaction_session_timeout = 60000; SET client_min_messages = warning; \
+             SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; \
+             SET tcp_keepalives_count = 3",
             self.timeout.as_millis()
         );
         bridge::wait(client.batch_execute(&setup), self.deadline())
@@ -392,6 +409,7 @@ impl PgStore {
             shared,
             conn: RefCell::new(None),
             in_tx: Cell::new(false),
+            lease_lost: Cell::new(false),
         };
         store.conn()?;
         Ok(store)
@@ -473,6 +491,16 @@ impl PgStore {
                 return Ok(c.clone());
             }
         }
+        // Closed: if it held the scheduler's lease, PostgreSQL has freed it.
+        self.drop_conn();
+        if self.lease_lost.get() {
+            return Err(ServerError::Database(format!(
+                "the connection to the {} broke while this replica led the scheduler: the \
+                 lease is gone (another replica may lead now), so the scheduled work stops \
+                 here and this replica asks for the lease again at the next run",
+                self.shared.name
+            )));
+        }
         if self.in_tx.get() {
             self.conn.borrow_mut().take();
             return Err(ServerError::Database(format!(
@@ -487,7 +515,11 @@ impl PgStore {
 
     /// Forget the connection (after a timeout: its state is unknown).
     fn drop_conn(&self) {
-        self.conn.borrow_mut().take();
+        if let Some(c) = self.conn.borrow_mut().take() {
+            if c.leader.load(Ordering::Relaxed) {
+                self.lease_lost.set(true);
+            }
+        }
     }
 
     fn guarded<T>(&self, r: Result<T>) -> Result<T> {
@@ -526,8 +558,44 @@ impl PgStore {
     /// Rewrite `key_versions` (`VACUUM FULL`), so that no old row version of a destroyed key
     /// remains in the table's files, then clear the pending mark. Waits up to `patience` for
     /// the table lock; fails with [`ServerError::ScrubPending`] when readers held it longer.
+    ///
+    /// `VACUUM FULL` copies an old row version into the new file as long as any snapshot
+    /// older than the destroy remains (another session's open transaction on any table of
+    /// this database, a prepared transaction, a standby's feedback, a replication slot): the
+    /// scrub then stays pending ([`ServerError::ScrubPending`]), checked before and after.
     pub fn scrub(&self, patience: Duration) -> Result<()> {
         let mark = self.query_opt("SELECT value FROM meta WHERE key = 'scrub_pending'", &[])?;
+        let mark: Option<Vec<u8>> = mark.map(|r| col(&r, 0)).transpose()?;
+        let destroyed_by = mark.as_deref().and_then(mark_txid);
+        // Short snapshots (other replicas' requests begun just before the destroy) end within
+        // milliseconds: poll until they have, up to `patience`. A reader that has held the
+        // table for a while (a backup, a long report) would keep the VACUUM waiting for the
+        // whole patience, and every new read of the table on every replica queued behind it,
+        // at every scheduler tick: poll until it is gone too (nothing is locked meanwhile),
+        // else leave the scrub pending.
+        let until = Instant::now() + patience;
+        loop {
+            let clear = match mark {
+                Some(_) => self.no_older_snapshot(destroyed_by),
+                None => Ok(()),
+            }
+            .and_then(|()| {
+                let held: i64 = col(&self.query_one(sql::TABLE_HELD_LONG, &[])?, 0)?;
+                match held {
+                    0 => Ok(()),
+                    _ => Err(ServerError::ScrubPending {
+                        destroyed: None,
+                        reader: true,
+                    }),
+                }
+            });
+            match clear {
+                Err(ServerError::ScrubPending { .. }) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r?,
+            }
+        }
         let conn = self.conn()?;
         let c = &conn.client;
         let ms = patience.as_millis().clamp(1, 600_000);
@@ -547,12 +615,26 @@ impl PgStore {
         }
         vacuum?;
         if let Some(mark) = mark {
-            let mark: Vec<u8> = col(&mark, 0)?;
+            self.no_older_snapshot(destroyed_by)?;
             // Cleared only if no destroy set a new mark meanwhile.
             self.query(
                 "DELETE FROM meta WHERE key = 'scrub_pending' AND value = $1 RETURNING 1",
                 &[&mark],
             )?;
+        }
+        Ok(())
+    }
+
+    /// [`ServerError::ScrubPending`] if a snapshot that may still see the row versions the
+    /// transaction `destroyed_by` (a `txid_current()`; `None`: unknown, then any snapshot)
+    /// replaced is held anywhere that keeps `VACUUM FULL` from dropping them.
+    fn no_older_snapshot(&self, destroyed_by: Option<i64>) -> Result<()> {
+        let older: i64 = col(&self.query_one(sql::OLDER_SNAPSHOTS, &[&destroyed_by])?, 0)?;
+        if older > 0 {
+            return Err(ServerError::ScrubPending {
+                destroyed: None,
+                reader: true,
+            });
         }
         Ok(())
     }
@@ -587,11 +669,30 @@ impl PgStore {
     }
 }
 
+/// The destroying transaction's id in a `scrub_pending` mark (`txid N`).
+fn mark_txid(mark: &[u8]) -> Option<i64> {
+    std::str::from_utf8(mark)
+        .ok()?
+        .strip_prefix("txid ")?
+        .parse()
+        .ok()
+}
+
 /// Commit (on `Ok`) or roll back a transaction begun on `c`.
 fn finish<T>(shared: &Shared, c: &Client, result: Result<T>) -> Result<T> {
     match result {
         Ok(v) => {
-            run(shared, c.batch_execute("COMMIT"))?;
+            run(shared, c.batch_execute("COMMIT")).map_err(|e| match e {
+                // Sent, not answered: PostgreSQL may have committed it all the same, and a
+                // change taken for not made and done again (a rotation) is done twice.
+                ServerError::Database(m) if m.contains("did not answer") => {
+                    ServerError::Database(format!(
+                        "{m}, after the COMMIT was sent: the change may have been committed \
+                         all the same; check (`audit export`, `label show`) before doing it again"
+                    ))
+                }
+                e => e,
+            })?;
             Ok(v)
         }
         Err(e) => {
@@ -737,7 +838,34 @@ mod sql {
          $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
          ORDER BY 1";
     pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
+    pub const TXID: &str = "SELECT txid_current()";
+    /// Other sessions holding (or waiting for) a lock on `key_versions` whose transaction
+    /// began more than 200 ms ago, or whose start this role may not see (`state` hidden; a
+    /// visible session that is idle by now has let go of the lock).
+    pub const TABLE_HELD_LONG: &str = "SELECT count(*) FROM pg_locks l \
+         LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'relation' AND l.relation = 'key_versions'::regclass \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND l.pid IS DISTINCT FROM pg_backend_pid() \
+           AND ((a.xact_start IS NULL AND a.state IS NULL) \
+                OR a.xact_start < clock_timestamp() - interval '200 milliseconds')";
+    /// Snapshots, running or prepared transactions and replication slots of this database
+    /// that began no later than transaction $1 (NULL: than now); `age` counts back from the
+    /// next transaction id, so a larger age is older.
+    pub const OLDER_SNAPSHOTS: &str = "SELECT count(*) FROM ( \
+         SELECT backend_xmin AS x FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+            AND (datname IS NULL OR datname = current_database()) \
+         UNION ALL SELECT backend_xid FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+            AND (datname IS NULL OR datname = current_database()) \
+         UNION ALL SELECT xmin FROM pg_replication_slots \
+         UNION ALL SELECT transaction FROM pg_prepared_xacts) h \
+         WHERE x IS NOT NULL AND age(x) >= age((coalesce($1::bigint, \
+            txid_snapshot_xmax(txid_current_snapshot())) % 4294967296)::text::xid)";
 }
+
+/// At most this many audit records go in one `INSERT` (a group commit of the audit writer
+/// holds at most 8192).
+const AUDIT_BATCH: usize = 4096;
 
 /// A write transaction of [`PgStore`].
 struct PgTx<'a> {
@@ -799,6 +927,7 @@ impl Store for PgStore {
             shared: self.shared.clone(),
             conn: RefCell::new(None),
             in_tx: Cell::new(false),
+            lease_lost: Cell::new(false),
         };
         s.conn()?;
         Ok(s)
@@ -959,6 +1088,16 @@ impl Store for PgStore {
     /// connection ends, so when the leading replica dies, PostgreSQL frees it and the next
     /// replica to ask takes it.
     fn scheduler_lease(&self) -> Result<bool> {
+        // Asking again: a lease lost with its connection is sought anew on a new one.
+        if self
+            .conn
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.client.is_closed())
+        {
+            self.drop_conn();
+        }
+        self.lease_lost.set(false);
         let conn = self.conn()?;
         if conn.leader.load(Ordering::Relaxed) {
             return Ok(true);
@@ -1053,8 +1192,13 @@ impl StoreTx for PgTx<'_> {
         self.execute(sql::DESTROY, &[&label, &i64::from(kid), &at_ms])?;
         // The old row version stays in the table's files until the table is rewritten: mark
         // the scrub pending in the same transaction, so that it is retried until it is done.
-        let mark: [u8; 16] = random()?;
-        self.put_meta("scrub_pending", &mark)
+        // The mark names this transaction: the scrub is done only once no snapshot from
+        // before it remains (`VACUUM FULL` keeps the old row version for one).
+        let txid: i64 = match self.query(sql::TXID, &[])?.first() {
+            Some(r) => col(r, 0)?,
+            None => return Err(ServerError::Database("no transaction id".into())),
+        };
+        self.put_meta("scrub_pending", format!("txid {txid}").as_bytes())
     }
 
     fn sealed_secrets(&mut self) -> Result<Vec<SealedRow>> {
@@ -1138,6 +1282,11 @@ impl StoreTx for PgTx<'_> {
 
     fn insert_audit(&mut self, seq: i64, e: &AuditEntry, mac: &[u8]) -> Result<()> {
         self.audit.push((seq, e.clone(), mac.to_vec()));
+        // Bounded: a long trail (`store copy`) goes in batches, not in one statement that
+        // grows with it past memory and PostgreSQL's 1 GiB message limit.
+        if self.audit.len() >= AUDIT_BATCH {
+            self.flush()?;
+        }
         Ok(())
     }
 }
@@ -1151,6 +1300,26 @@ pub fn password_from_file(path: &Path) -> Result<Zeroizing<String>> {
             path.display()
         ))
     })?;
+    // Like the master key file: a password that other users can read is refused (it opens
+    // the whole store, policies included). A systemd credential may show group read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.metadata()?.permissions().mode();
+        let tolerated = if crate::master_key::is_systemd_credential(path) {
+            0o040
+        } else {
+            0
+        };
+        if mode & 0o077 & !tolerated != 0 {
+            return Err(ServerError::Config(format!(
+                "the store password file {} has mode {:o}, readable by other users: run \
+                 `chmod 600` on it",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
     let mut buf = Zeroizing::new(Vec::new());
     f.take(4097).read_to_end(&mut buf)?;
     let text = std::str::from_utf8(&buf).map_err(|_| {

@@ -75,6 +75,14 @@ impl<S: Store> KeyService<S> {
         }
         let (keyring, rows) = Keyring::create(key)?;
         store.write(|tx| {
+            // Again under the writers' lock: on a database shared by replicas, another `init`
+            // may have written its keys since the check above (it would be overwritten).
+            if tx.meta(meta::KDF)?.is_some() {
+                return Err(ServerError::Init(
+                    "the store exists already (another init wrote it just now): refusing to \
+                     initialise it again; the key just made opens nothing, delete it",
+                ));
+            }
             for (k, v) in &rows {
                 tx.put_meta(k, v)?;
             }
@@ -225,12 +233,7 @@ impl<S: Store> KeyService<S> {
 
     /// One label.
     pub fn label(&self, name: &str) -> Result<LabelInfo> {
-        let policy = self
-            .store
-            .label_policy(name)?
-            .ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
-        let policy: Policy = serde_json::from_str(&policy)
-            .map_err(|e| ServerError::BadPolicy(format!("stored policy of `{name}`: {e}")))?;
+        let policy = self.policy(name)?;
         let versions = self
             .store
             .versions(name)?
@@ -242,6 +245,16 @@ impl<S: Store> KeyService<S> {
             policy,
             versions,
         })
+    }
+
+    /// One label's policy (one read: an unwrap needs no version list).
+    pub fn policy(&self, name: &str) -> Result<Policy> {
+        let policy = self
+            .store
+            .label_policy(name)?
+            .ok_or_else(|| ServerError::UnknownLabel(name.to_owned()))?;
+        serde_json::from_str(&policy)
+            .map_err(|e| ServerError::BadPolicy(format!("stored policy of `{name}`: {e}")))
     }
 
     /// Make a new current version; the old one keeps opening. Returns the new kid.
@@ -279,16 +292,25 @@ impl<S: Store> KeyService<S> {
 
     /// Mark a non-current version retired (opens only for re-keying).
     pub fn retire(&mut self, name: &str, kid: u32, actor: &str) -> Result<()> {
-        self.set_state(name, kid, VersionState::Retired, actor)
+        self.set_state(name, kid, VersionState::Retired, actor, true)
     }
 
     /// Destroy a non-current version's private key, irreversibly.
     pub fn destroy(&mut self, name: &str, kid: u32, actor: &str) -> Result<()> {
-        self.set_state(name, kid, VersionState::Destroyed, actor)
+        self.set_state(name, kid, VersionState::Destroyed, actor, true)
     }
 
     /// Change a non-current version's state, with its audit record.
-    fn set_state(&mut self, name: &str, kid: u32, to: VersionState, actor: &str) -> Result<()> {
+    /// `scrub_now`: remove the old copies of a destroyed key now (one destroy), or leave that
+    /// to the caller's one scrub after many (a scheduled run; the store marks it pending).
+    fn set_state(
+        &mut self,
+        name: &str,
+        kid: u32,
+        to: VersionState,
+        actor: &str,
+        scrub_now: bool,
+    ) -> Result<()> {
         let destroy = to == VersionState::Destroyed;
         let changed = self.write(|keyring, tx| {
             // The state is checked inside the write transaction: a concurrent destroy that
@@ -338,6 +360,9 @@ impl<S: Store> KeyService<S> {
         if destroy && changed {
             self.keys.borrow_mut().remove(&(name.to_owned(), kid));
             self.dke_keys.borrow_mut().remove(&(name.to_owned(), kid));
+            if !scrub_now {
+                return Ok(());
+            }
             // Any failure now is reported as what it is: the version IS destroyed, the
             // removal of old copies remains to do (and stays marked pending in the store).
             self.store.forget_old_copies().map_err(|e| match e {
@@ -515,6 +540,17 @@ impl<S: Store> KeyService<S> {
         for name in names {
             self.schedule_label(&name, now_ms, actor, &mut done, &mut failed);
         }
+        // One scrub for every destroy of the run (on PostgreSQL each is a rewrite of the
+        // whole table that unwraps wait for); if it cannot finish now, the store's pending
+        // mark has the scheduler retry it.
+        if done
+            .iter()
+            .any(|c| matches!(c, ScheduledChange::Destroyed { .. }))
+        {
+            if let Err(e) = self.store.forget_old_copies() {
+                crate::log!("scheduled destroys: removing old copies of the keys is pending: {e}");
+            }
+        }
         if failed.is_empty() {
             Ok(done)
         } else {
@@ -560,7 +596,7 @@ impl<S: Store> KeyService<S> {
                 .superseded_ms
                 .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
             if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                match self.destroy(name, v.kid, actor) {
+                match self.set_state(name, v.kid, VersionState::Destroyed, actor, false) {
                     // Destroyed; the scrub of old copies is retried by the scheduler.
                     Ok(())
                     | Err(ServerError::ScrubPending { .. } | ServerError::ScrubFailed { .. }) => {

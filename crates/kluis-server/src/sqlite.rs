@@ -402,6 +402,8 @@ impl SqliteStore {
 struct SqliteTx<'a>(&'a Transaction<'a>);
 
 impl Store for SqliteStore {
+    const LOCAL_READS: bool = true;
+
     fn reopen(&self) -> Result<Self> {
         Ok(SqliteStore {
             conn: connect(&self.path)?,

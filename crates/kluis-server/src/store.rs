@@ -240,6 +240,11 @@ pub mod meta {
 /// every other writer of the same store, in this process and in others, for its whole
 /// length, so that the audit chain (read its tail, append after it) stays one chain.
 pub trait Store: Send + Sized + 'static {
+    /// Whether a read is a local call that never waits on a network (SQLite), so that the
+    /// API may run a small request's reads on the async runtime's own threads. A store over
+    /// the network (PostgreSQL) leaves it `false`: a read may wait for its deadline, and
+    /// blocking the runtime's threads would stall every request, `/healthz` included.
+    const LOCAL_READS: bool = false;
     /// Another connection to the same store (for a reader pool, the writer, the scheduler).
     fn reopen(&self) -> Result<Self>;
     /// Whether the store answers a query (cheap, for readiness probes).

@@ -138,6 +138,10 @@ fn the_password_and_tls_rules() {
     let url = c.url(&db);
     let pw = d.join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let out = bin()
         .current_dir(d)
         .args(["--store", &url, "--store-password-file"])

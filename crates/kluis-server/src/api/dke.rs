@@ -307,12 +307,17 @@ async fn decrypt<S: Store>(
     };
     let arriving = api.writer.arriving();
     // One RSA-2048 decryption (a few hundred µs of CPU) and a few indexed reads: done here
-    // when a store connection is free, as a single unwrap is, which on a busy server saves
-    // two thread hand-overs per request; otherwise on a blocking thread.
+    // when a store connection is free and the store reads locally (SQLite), as a single
+    // unwrap is, which on a busy server saves two thread hand-overs per request; otherwise
+    // (a network store such as PostgreSQL, whose reads may wait for the database) on a
+    // blocking thread.
     let mut request = Some(request);
-    let inline = api
-        .readers
-        .try_with(|store| request.take().map(|r| store.dke_decrypt(&admitted, r)))
+    let inline = S::LOCAL_READS
+        .then(|| {
+            api.readers
+                .try_with(|store| request.take().map(|r| store.dke_decrypt(&admitted, r)))
+        })
+        .flatten()
         .flatten();
     let pending = match (inline, request) {
         (Some(p), _) => p,
