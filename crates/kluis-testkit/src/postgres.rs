@@ -22,11 +22,25 @@ pub struct PgCluster {
 }
 
 /// The folder of PostgreSQL's programs: `KLUIS_PG_BIN`, else Debian's newest
-/// `/usr/lib/postgresql/<version>/bin`. Panics, saying what to install, when there is none.
+/// `/usr/lib/postgresql/<version>/bin`. When there is none and we are root, Debian's
+/// `postgresql` package is installed first (as the network egress test installs `strace`), so
+/// the README's test command needs no set-up of its own. Panics, saying what to install, when
+/// there is still none.
 pub fn bin_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("KLUIS_PG_BIN") {
         return PathBuf::from(p);
     }
+    if let Some(bin) = installed().or_else(|| install().then(installed).flatten()) {
+        return bin;
+    }
+    panic!(
+        "PostgreSQL is not installed, and the PostgreSQL store tests need it: \
+         run `apt-get install postgresql` (or point KLUIS_PG_BIN at its bin folder)"
+    )
+}
+
+/// Debian's newest installed PostgreSQL's program folder.
+fn installed() -> Option<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -38,13 +52,26 @@ pub fn bin_dir() -> PathBuf {
         })
         .collect();
     found.sort();
-    match found.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "PostgreSQL is not installed, and the PostgreSQL store tests need it: \
-             run `apt-get install postgresql` (or point KLUIS_PG_BIN at its bin folder)"
-        ),
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// Install Debian's `postgresql` with apt-get, when we are root; whether that ran. Test
+/// binaries may get here at once: apt-get waits for the other's lock.
+fn install() -> bool {
+    if !is_root() {
+        return false;
     }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=900", "-qq"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    apt(&["update"]) && apt(&["install", "-y", "postgresql"])
 }
 
 fn is_root() -> bool {
