@@ -1,80 +1,24 @@
 //! Microsoft Double Key Encryption (issue 16), end to end: a real `kluis-server serve` process,
-//! real SQLite, an Entra-like identity provider made here (RS256, JWKS file), and an
-//! Office-like client written here. The client encrypts with the `openssl` command (another
+//! real SQLite, an Entra-like identity provider (RS256, JWKS file), and an Office-like client,
+//! both in `common/dke.rs`. The client encrypts with the `openssl` command (another
 //! RSA implementation than the server's aws-lc-rs), from the JWK the server publishes.
 
 use std::path::Path;
-use std::process::Command;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD as B64;
 use kluis_core::reply::ReplyKey;
 use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
-use ring::signature::{self, RsaKeyPair, RsaPublicKeyComponents};
 use serde_json::{Value, json};
 
 mod common;
+use common::dke::{
+    AUDIENCE, PARTNER, TENANT, config, decrypt, dke_claims, dke_records, doc_ref, fetch_key,
+    office_encrypt, serve_http, sign, store, token, with, without,
+};
 use common::{admin, get, label_key, post, post_bytes, post_full, serve};
 
-const TENANT: &str = "https://sts.windows.net/11111111-2222-3333-4444-555555555555/";
-const PARTNER: &str = "https://sts.windows.net/99999999-8888-7777-6666-555555555555/";
-const AUDIENCE: &str = "https://dke.test";
 const AUTHORITY: &str = "https://login.windows.net/common/oauth2/authorize";
-const RSA_PKCS8: &[u8] = include_bytes!("fixtures/oidc-rs256.pk8");
-
-// ---------------------------------------------------------------------------------------------
-// The identity provider
-
-fn idp_key() -> RsaKeyPair {
-    RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap()
-}
-
-fn jwks() -> String {
-    let c: RsaPublicKeyComponents<Vec<u8>> = idp_key().public().into();
-    json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig",
-        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]})
-    .to_string()
-}
-
-fn sign(claims: &Value) -> String {
-    let key = idp_key();
-    let head = json!({"alg": "RS256", "typ": "JWT", "kid": "k1"});
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(head.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let mut sig = vec![0; key.public().modulus_len()];
-    key.sign(
-        &signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut sig,
-    )
-    .unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
-}
-
-/// The claims of a token Office gets from Entra ID for the DKE service.
-fn dke_claims(upn: &str, groups: &[&str]) -> Value {
-    let now = kluis_server::now_ms() / 1000;
-    json!({"iss": TENANT, "aud": AUDIENCE, "scp": "user_impersonation", "upn": upn,
-           "sub": format!("sub-{upn}"), "iat": now, "exp": now + 600, "groups": groups})
-}
-
-fn token(upn: &str, groups: &[&str]) -> String {
-    sign(&dke_claims(upn, groups))
-}
-
-fn with(mut v: Value, k: &str, x: Value) -> Value {
-    v[k] = x;
-    v
-}
-
-fn without(mut v: Value, k: &str) -> Value {
-    v.as_object_mut().unwrap().remove(k);
-    v
-}
 
 /// A kluis-API token of the `[oidc]` issuer for the same person (audience `api://kluis`).
 fn kluis_token(upn: &str) -> String {
@@ -85,41 +29,15 @@ fn kluis_token(upn: &str) -> String {
     )
 }
 
-// ---------------------------------------------------------------------------------------------
-// The server
-
-/// `[dke]` and `[oidc]` (one Entra ID tenant, one name `entra`, so one policy for both).
-fn config(dke_extra: &str) -> String {
-    format!(
-        "[serve]\nrate_limit_per_sec = 0\n\
-         [oidc]\nname = \"entra\"\nissuer = \"{TENANT}\"\naudience = \"api://kluis\"\n\
-         jwks_file = \"jwks.json\"\nuser_claim = \"upn\"\n\
-         [dke]\naudience = \"{AUDIENCE}\"\nissuers = [\"{TENANT}\", \"{PARTNER}\"]\n\
-         jwks_file = \"jwks.json\"\n{dke_extra}"
-    )
-}
-
 /// A store with label `medical` (DKE; user alice@org.nl, group `doctors`) and `plain` (no
-/// DKE), served on plain loopback HTTP.
+/// DKE), `[dke]` trusting the tenant and a partner tenant, served on plain loopback HTTP.
 fn setup(dke_extra: &str) -> common::Server {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    admin(d, &["init"]);
-    admin(
-        d,
-        &[
-            "label",
-            "create",
-            "medical",
-            "--dke",
-            "--user",
-            "oidc:entra:alice@org.nl",
-            "--group",
-            "oidc:entra:doctors",
-        ],
+    let dir = store(
+        &config(&[TENANT, PARTNER], dke_extra),
+        &["--group", "oidc:entra:doctors"],
     );
     admin(
-        d,
+        dir.path(),
         &[
             "label",
             "create",
@@ -128,111 +46,7 @@ fn setup(dke_extra: &str) -> common::Server {
             "oidc:entra:alice@org.nl",
         ],
     );
-    std::fs::write(d.join("jwks.json"), jwks()).unwrap();
-    std::fs::write(d.join("kluis.toml"), config(dke_extra)).unwrap();
-    serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The Office-like client
-
-/// DER: tag, length, content.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 128 {
-        out.push(n as u8);
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn der_uint(be: &[u8]) -> Vec<u8> {
-    let mut v = be.to_vec();
-    if v[0] & 0x80 != 0 {
-        v.insert(0, 0);
-    }
-    der(0x02, &v)
-}
-
-/// The SubjectPublicKeyInfo of RSA key (n, e), as the client builds it from the JWK.
-fn spki(n: &[u8], e: u64) -> Vec<u8> {
-    let e_bytes: Vec<u8> = e
-        .to_be_bytes()
-        .into_iter()
-        .skip_while(|b| *b == 0)
-        .collect();
-    let rsa = der(0x30, &[der_uint(n), der_uint(&e_bytes)].concat());
-    let alg = der(
-        0x30,
-        &[
-            &[
-                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-            ][..],
-            &[0x05, 0x00],
-        ]
-        .concat(),
-    );
-    let bits = der(0x03, &[&[0u8][..], &rsa].concat());
-    der(0x30, &[alg, bits].concat())
-}
-
-/// What `GET {base}/dke/{name}` publishes: (the key JSON, the whole answer).
-fn fetch_key(base: &str, name: &str) -> (Value, Value) {
-    let (status, body) = get(&format!("{base}/dke/{name}"), None);
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    (v["key"].clone(), v)
-}
-
-/// RSA-OAEP-256 with the `openssl` command, under the public key in `key` (a JWK).
-fn office_encrypt(key: &Value, plain: &[u8]) -> Vec<u8> {
-    let n = B64.decode(key["n"].as_str().unwrap()).unwrap();
-    let e = key["e"].as_u64().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (pub_der, input, output) = (
-        dir.path().join("pub.der"),
-        dir.path().join("in"),
-        dir.path().join("out"),
-    );
-    std::fs::write(&pub_der, spki(&n, e)).unwrap();
-    std::fs::write(&input, plain).unwrap();
-    let status = Command::new("openssl")
-        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
-        .arg(&pub_der)
-        .args([
-            "-pkeyopt",
-            "rsa_padding_mode:oaep",
-            "-pkeyopt",
-            "rsa_oaep_md:sha256",
-            "-pkeyopt",
-            "rsa_mgf1_md:sha256",
-            "-in",
-        ])
-        .arg(&input)
-        .arg("-out")
-        .arg(&output)
-        .status()
-        .expect("the openssl command");
-    assert!(status.success(), "openssl pkeyutl failed");
-    std::fs::read(output).unwrap()
+    serve_http(dir)
 }
 
 /// `POST {kid}/decrypt`: (status, body JSON, headers).
@@ -242,32 +56,6 @@ fn decrypt_at(
     body: &Value,
 ) -> (u16, Value, std::collections::HashMap<String, String>) {
     post_full(url, token, body)
-}
-
-fn decrypt(
-    kid: &str,
-    token: Option<&str>,
-    ct: &[u8],
-) -> (u16, Value, std::collections::HashMap<String, String>) {
-    decrypt_at(
-        &format!("{kid}/decrypt"),
-        token,
-        &json!({"alg": "RSA-OAEP-256", "value": B64.encode(ct)}),
-    )
-}
-
-/// The first 16 bytes of SHA-256, hex: the document reference of a wrapped value.
-fn doc_ref(ct: &[u8]) -> String {
-    hex::encode(&ring::digest::digest(&ring::digest::SHA256, ct).as_ref()[..16])
-}
-
-/// The `dke.decrypt` records of the audit trail, oldest first.
-fn dke_records(dir: &Path) -> Vec<Value> {
-    admin(dir, &["audit", "export"])
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["action"] == "dke.decrypt")
-        .collect()
 }
 
 fn blob() -> Vec<u8> {
@@ -700,25 +488,11 @@ fn make_cert() -> (Vec<u8>, String, String) {
 /// The same round trip through a TLS listener with a certificate from a test CA.
 #[test]
 fn the_round_trip_works_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = store(&config(&[TENANT, PARTNER], ""), &[]);
     let d = dir.path();
-    admin(d, &["init"]);
-    admin(
-        d,
-        &[
-            "label",
-            "create",
-            "medical",
-            "--dke",
-            "--user",
-            "oidc:entra:alice@org.nl",
-        ],
-    );
     let (ca, cert, key) = make_cert();
     std::fs::write(d.join("cert.pem"), cert).unwrap();
     std::fs::write(d.join("key.pem"), key).unwrap();
-    std::fs::write(d.join("jwks.json"), jwks()).unwrap();
-    std::fs::write(d.join("kluis.toml"), config("")).unwrap();
     let server = serve(
         dir,
         &[
@@ -787,16 +561,7 @@ fn dke_keys_survive_a_master_key_rotation() {
     let dir = server.kill();
     let out = admin(dir.path(), &["master-key", "rotate"]);
     assert!(!out.is_empty());
-    let server = serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    );
+    let server = serve_http(dir);
     let (status, body, _) = decrypt(
         &format!("{}{path}", server.base),
         Some(&token("alice@org.nl", &[])),

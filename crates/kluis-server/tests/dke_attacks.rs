@@ -14,57 +14,19 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE, URL_SAFE_NO_PAD};
-use ring::signature::{self, RsaKeyPair, RsaPublicKeyComponents};
 use serde_json::{Value, json};
 
 mod common;
-use common::{admin, get, post_full, raw_body, raw_exchange, raw_status};
+use common::dke::{
+    AUDIENCE, PARTNER, SERVE, TENANT, dke_claims, dke_records, doc_ref, idp_n, jwks, serve_http,
+    sign, signing_input, spki, token, with,
+};
+use common::{admin, get, raw_body, raw_exchange, raw_status};
 
-const TENANT: &str = "https://sts.windows.net/11111111-2222-3333-4444-555555555555/";
-const AUDIENCE: &str = "https://dke.test";
-const RSA_PKCS8: &[u8] = include_bytes!("fixtures/oidc-rs256.pk8");
 const DB: &str = "kluis-server.db";
 
 // ---------------------------------------------------------------------------------------------
-// An Entra-like identity provider
-
-fn idp_key() -> RsaKeyPair {
-    RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap()
-}
-
-fn idp_n() -> Vec<u8> {
-    let c: RsaPublicKeyComponents<Vec<u8>> = idp_key().public().into();
-    c.n
-}
-
-fn jwks() -> String {
-    let c: RsaPublicKeyComponents<Vec<u8>> = idp_key().public().into();
-    json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig",
-        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]})
-    .to_string()
-}
-
-fn signing_input(head: &Value, claims: &Value) -> String {
-    format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(head.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    )
-}
-
-fn sign(claims: &Value) -> String {
-    let key = idp_key();
-    let input = signing_input(&json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}), claims);
-    let mut sig = vec![0; key.public().modulus_len()];
-    key.sign(
-        &signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut sig,
-    )
-    .unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
-}
+// An Entra-like identity provider (`common/dke.rs`) and a token it would never sign
 
 /// HS256 "signed" with `secret`: the classic confusion of a public key used as an HMAC key.
 fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
@@ -74,67 +36,19 @@ fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
 }
 
-fn claims(upn: &str, groups: &[&str]) -> Value {
-    let now = kluis_server::now_ms() / 1000;
-    json!({"iss": TENANT, "aud": AUDIENCE, "scp": "user_impersonation", "upn": upn,
-           "sub": format!("sub-{upn}"), "iat": now, "exp": now + 600, "groups": groups})
-}
-
-fn token(upn: &str, groups: &[&str]) -> String {
-    sign(&claims(upn, groups))
-}
-
-fn with(mut v: Value, k: &str, x: Value) -> Value {
-    v[k] = x;
-    v
-}
-
 // ---------------------------------------------------------------------------------------------
 // The server
 
-fn config(dke_extra: &str) -> String {
-    format!(
-        "[serve]\nrate_limit_per_sec = 0\n\
-         [oidc]\nname = \"entra\"\nissuer = \"{TENANT}\"\naudience = \"api://kluis\"\n\
-         jwks_file = \"jwks.json\"\nuser_claim = \"upn\"\n\
-         [dke]\naudience = \"{AUDIENCE}\"\nissuers = [\"{TENANT}\"]\n\
-         jwks_file = \"jwks.json\"\n{dke_extra}"
+/// A store with label `medical` (DKE; user alice@org.nl, group `doctors`), not served yet.
+fn store(dke_extra: &str) -> tempfile::TempDir {
+    common::dke::store(
+        &common::dke::config(&[TENANT], dke_extra),
+        &["--group", "oidc:entra:doctors"],
     )
 }
 
-/// A store with label `medical` (DKE; user alice@org.nl, group `doctors`), not served yet.
-fn store(dke_extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    admin(d, &["init"]);
-    admin(
-        d,
-        &[
-            "label",
-            "create",
-            "medical",
-            "--dke",
-            "--user",
-            "oidc:entra:alice@org.nl",
-            "--group",
-            "oidc:entra:doctors",
-        ],
-    );
-    std::fs::write(d.join("jwks.json"), jwks()).unwrap();
-    std::fs::write(d.join("kluis.toml"), config(dke_extra)).unwrap();
-    dir
-}
-
-const SERVE: [&str; 5] = [
-    "--config",
-    "kluis.toml",
-    "--listen",
-    "127.0.0.1:0",
-    "--insecure-http",
-];
-
 fn setup(dke_extra: &str) -> common::Server {
-    common::serve(store(dke_extra), &SERVE)
+    serve_http(store(dke_extra))
 }
 
 /// `host:port` of a served base URL.
@@ -146,66 +60,15 @@ fn addr(server: &common::Server) -> String {
 // An Office-like client (aws-lc-rs on the client side; the server's RSA is the same library,
 // which tests/dke.rs covers with openssl)
 
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 128 {
-        out.push(n as u8);
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn der_uint(be: &[u8]) -> Vec<u8> {
-    let mut v = be.to_vec();
-    if v[0] & 0x80 != 0 {
-        v.insert(0, 0);
-    }
-    der(0x02, &v)
-}
-
-fn spki(n: &[u8], e: u64) -> Vec<u8> {
-    let e_bytes: Vec<u8> = e
-        .to_be_bytes()
-        .into_iter()
-        .skip_while(|b| *b == 0)
-        .collect();
-    let rsa = der(0x30, &[der_uint(n), der_uint(&e_bytes)].concat());
-    let alg = der(
-        0x30,
-        &[
-            &[
-                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-            ][..],
-            &[0x05, 0x00],
-        ]
-        .concat(),
-    );
-    let bits = der(0x03, &[&[0u8][..], &rsa].concat());
-    der(0x30, &[alg, bits].concat())
-}
-
 /// The published key of `name`: (key JSON, kid).
 fn fetch_key(base: &str, name: &str) -> (Value, String) {
-    let (status, body) = get(&format!("{base}/dke/{name}"), None);
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let kid = v["key"]["kid"].as_str().unwrap().to_owned();
-    (v["key"].clone(), kid)
+    let (key, _) = common::dke::fetch_key(base, name);
+    let kid = key["kid"].as_str().unwrap().to_owned();
+    (key, kid)
 }
 
 fn encrypt(key: &Value, plain: &[u8]) -> Vec<u8> {
-    let n = B64.decode(key["n"].as_str().unwrap()).unwrap();
-    let e = key["e"].as_u64().unwrap();
-    let public = PublicEncryptingKey::from_der(&spki(&n, e)).unwrap();
+    let public = PublicEncryptingKey::from_der(&spki(key)).unwrap();
     let enc = OaepPublicEncryptingKey::new(public).unwrap();
     let mut out = vec![0u8; 256];
     let ct = enc
@@ -215,11 +78,7 @@ fn encrypt(key: &Value, plain: &[u8]) -> Vec<u8> {
 }
 
 fn decrypt(kid: &str, token: Option<&str>, ct: &[u8]) -> (u16, Value) {
-    let (s, v, _) = post_full(
-        &format!("{kid}/decrypt"),
-        token,
-        &json!({"alg": "RSA-OAEP-256", "value": B64.encode(ct)}),
-    );
+    let (s, v, _) = common::dke::decrypt(kid, token, ct);
     (s, v)
 }
 
@@ -265,18 +124,6 @@ fn secret(i: u32) -> Vec<u8> {
     [d.as_ref(), &d.as_ref()[..12]].concat()
 }
 
-fn doc_ref(ct: &[u8]) -> String {
-    hex::encode(&ring::digest::digest(&ring::digest::SHA256, ct).as_ref()[..16])
-}
-
-fn dke_records(dir: &Path) -> Vec<Value> {
-    admin(dir, &["audit", "export"])
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["action"] == "dke.decrypt")
-        .collect()
-}
-
 fn granted(dir: &Path) -> usize {
     dke_records(dir)
         .iter()
@@ -296,7 +143,7 @@ fn forged_and_misdirected_tokens_open_nothing() {
     let base = &server.base;
     let (key, kid) = fetch_key(base, "medical");
     let ct = encrypt(&key, &secret(1));
-    let c = claims("alice@org.nl", &[]);
+    let c = dke_claims("alice@org.nl", &[]);
     let unsigned = |head: Value| format!("{}.", signing_input(&head, &c));
     let good = token("alice@org.nl", &[]);
     let parts: Vec<&str> = good.split('.').collect();
@@ -1033,7 +880,7 @@ fn restore_refuses_a_backup_whose_dke_key_is_damaged_or_mismatched() {
     // The working store is untouched; a sound backup restores and its keys decrypt.
     admin(d, &["audit", "verify"]);
     admin(d, &["restore", "--from", "good.db", "--force"]);
-    let server = common::serve(dir, &SERVE);
+    let server = serve_http(dir);
     admin(server.dir.path(), &["label", "retire", "medical", "1"]);
     let (key, kid) = fetch_key(&server.base, "medical");
     let ct = encrypt(&key, &secret(11));
@@ -1043,8 +890,6 @@ fn restore_refuses_a_backup_whose_dke_key_is_damaged_or_mismatched() {
 
 // ---------------------------------------------------------------------------------------------
 // Partner tenants and mutable claims
-
-const PARTNER: &str = "https://sts.windows.net/99999999-8888-7777-6666-555555555555/";
 
 /// Review finding: with a partner tenant among `issuers`, `user_claim = "email"` (or
 /// `preferred_username`) let the partner's administrators name their own user
@@ -1083,7 +928,7 @@ fn a_mutable_user_claim_with_partner_tenants_is_refused() {
             let ct = encrypt(&key, &secret(12));
             let forged = sign(&with(
                 with(
-                    claims("mallory@partner.example", &[]),
+                    dke_claims("mallory@partner.example", &[]),
                     "iss",
                     json!(PARTNER),
                 ),
@@ -1108,7 +953,7 @@ fn a_mutable_user_claim_with_partner_tenants_is_refused() {
     let (key, kid) = fetch_key(&server.base, "medical");
     let ct = encrypt(&key, &secret(13));
     let t = sign(&with(
-        claims("x@org.nl", &[]),
+        dke_claims("x@org.nl", &[]),
         "email",
         json!("alice@org.nl"),
     ));

@@ -7,18 +7,13 @@
 //! `scripts/key_store_tester.ps1` (the validator Microsoft Learn's set-up has you run),
 //! `Protocols/*.json` (the message formats), `Models/PublicKey.cs`, `Startup.cs`.
 
-use std::process::Command;
-
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
-use ring::signature::{self, RsaKeyPair, RsaPublicKeyComponents};
+use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
 mod common;
-use common::{admin, get, post_full, raw_body, raw_exchange, raw_status, serve};
-
-const TENANT: &str = "https://sts.windows.net/11111111-2222-3333-4444-555555555555/";
-const RSA_PKCS8: &[u8] = include_bytes!("fixtures/oidc-rs256.pk8");
+use common::dke::{TENANT, office_encrypt, serve_http, sign, store};
+use common::{admin, get, post_full, raw_body, raw_exchange, raw_status};
 
 /// `Protocols/PublicKey.Response.json` of the reference service.
 const REFERENCE_KEY: &str = r#"{"key":{"kty":"RSA","n":"wP4ir0aynve6Cpv3ZcBo5+HDue7OA6ogQetNkql1ptfKXilQ2N6x+wDTszcrJlb672l+ckUV5Gjn+ohhFUh0hx6B3rTNKVyxJiGq8S+MRXrTl0UGjWjFED7fYZ2nYZPigu1VHdm3HgBVZdeR8TMr1uIjDHxhWgen2utnTvacn5r8X079ImwpbhilrYBUvt9q42r/CxRp+axsMY3ozkGYsSZ/vXsgjSN0Nbn+9cwHi+XeE2PcjAOnaxUTKVcxjcZvRE+y2FcwgT+nVfJub4ZvRjz9lAbhdDNUS2ZrisAtHVRWJx1ArAMHH7OYg41LoA9+wmBoB04cEzi3JkJkqNCwtw==","e":65537,"alg":"RS256","kid":"https://localhost:5001/TestKey1/F2DBF8CB-7B06-4ABA-B93A-CACAD13CD7BB"},"cache":{"exp":"2020-11-21T21:15:55"}}"#;
@@ -28,37 +23,7 @@ const REFERENCE_DECRYPTED: &str =
     r#"{"value":"LAD//yAAEAACEAAAC7xFqqyoJQGy7DEKv/vTWMrNA8bwZuA4JwXaXfnbF3Y="}"#;
 
 // ---------------------------------------------------------------------------------------------
-// An Entra-like identity provider (RS256, a JWKS file)
-
-fn idp_key() -> RsaKeyPair {
-    RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap()
-}
-
-fn jwks() -> String {
-    let c: RsaPublicKeyComponents<Vec<u8>> = idp_key().public().into();
-    json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig",
-        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]})
-    .to_string()
-}
-
-fn sign(claims: &Value) -> String {
-    let key = idp_key();
-    let head = json!({"alg": "RS256", "typ": "JWT", "kid": "k1"});
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(head.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let mut sig = vec![0; key.public().modulus_len()];
-    key.sign(
-        &signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut sig,
-    )
-    .unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
-}
+// The identity provider's token for Office (the provider itself: `common/dke.rs`)
 
 /// A v1 Entra ID access token as Office gets it for `resource`: `aud` is the resource asked
 /// for, `scp` a space-separated list.
@@ -77,40 +42,14 @@ fn office_token(resource: &str, upn: &str, scp: &str) -> String {
 /// A store with label `medical` (DKE; user alice@org.nl), served on loopback HTTP with
 /// `[dke]` whose audience is `audience` (key ids from the request's `Host`).
 fn setup(audience: &str) -> common::Server {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    admin(d, &["init"]);
-    admin(
-        d,
-        &[
-            "label",
-            "create",
-            "medical",
-            "--dke",
-            "--user",
-            "oidc:entra:alice@org.nl",
-        ],
-    );
-    std::fs::write(d.join("jwks.json"), jwks()).unwrap();
-    std::fs::write(
-        d.join("kluis.toml"),
-        format!(
+    serve_http(store(
+        &format!(
             "[serve]\nrate_limit_per_sec = 0\n\
              [dke]\naudience = \"{audience}\"\nissuers = [\"{TENANT}\"]\n\
              jwks_file = \"jwks.json\"\n"
         ),
-    )
-    .unwrap();
-    serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    )
+        &[],
+    ))
 }
 
 /// `host:port` of a base URL.
@@ -126,91 +65,7 @@ fn host(url: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Office-like client (the `openssl` command: another RSA implementation than the server's)
-
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 128 {
-        out.push(n as u8);
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn der_uint(be: &[u8]) -> Vec<u8> {
-    let mut v = be.to_vec();
-    if v[0] & 0x80 != 0 {
-        v.insert(0, 0);
-    }
-    der(0x02, &v)
-}
-
-/// The SubjectPublicKeyInfo of the RSA key of a JWK as the reference publishes it.
-fn spki(key: &Value) -> Vec<u8> {
-    let n = B64.decode(key["n"].as_str().unwrap()).unwrap();
-    let e: Vec<u8> = key["e"]
-        .as_u64()
-        .unwrap()
-        .to_be_bytes()
-        .into_iter()
-        .skip_while(|b| *b == 0)
-        .collect();
-    let rsa = der(0x30, &[der_uint(&n), der_uint(&e)].concat());
-    let alg = der(
-        0x30,
-        &[
-            &[
-                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-            ][..],
-            &[0x05, 0x00],
-        ]
-        .concat(),
-    );
-    der(
-        0x30,
-        &[alg, der(0x03, &[&[0u8][..], &rsa].concat())].concat(),
-    )
-}
-
-/// RSA-OAEP with SHA-256 and MGF1-SHA-256 under the JWK `key`.
-fn office_encrypt(key: &Value, plain: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let (pub_der, input, output) = (
-        dir.path().join("pub.der"),
-        dir.path().join("in"),
-        dir.path().join("out"),
-    );
-    std::fs::write(&pub_der, spki(key)).unwrap();
-    std::fs::write(&input, plain).unwrap();
-    let status = Command::new("openssl")
-        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
-        .arg(&pub_der)
-        .args([
-            "-pkeyopt",
-            "rsa_padding_mode:oaep",
-            "-pkeyopt",
-            "rsa_oaep_md:sha256",
-            "-pkeyopt",
-            "rsa_mgf1_md:sha256",
-            "-in",
-        ])
-        .arg(&input)
-        .arg("-out")
-        .arg(&output)
-        .status()
-        .expect("the openssl command");
-    assert!(status.success(), "openssl pkeyutl failed");
-    std::fs::read(output).unwrap()
-}
+// Reading the answers
 
 /// The members of a JSON object with the JSON type of each: `name:type`, sorted.
 fn shape(v: &Value) -> Vec<String> {
@@ -232,26 +87,11 @@ fn shape(v: &Value) -> Vec<String> {
     out
 }
 
-/// `yyyy-MM-ddTHH:mm:ss` (UTC) of `ms` since the epoch, by the civil-from-days algorithm, to
-/// compare with `cache.exp` as text.
+/// `yyyy-MM-ddTHH:mm:ss` (UTC) of `ms` since the epoch, by kluis-core's calendar (its dates
+/// are checked against known ones there), to compare with `cache.exp` as text.
 fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = kluis_core::UtcDateTime::from_unix_ms(ms);
+    format!("{}T{}", t.date(), t.time())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,16 +323,7 @@ fn the_key_id_is_stable_across_fetches_and_restarts() {
     let id = first.rsplit('/').next().unwrap().to_owned();
 
     let dir = server.kill();
-    let again = serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    );
+    let again = serve_http(dir);
     let second = kid(&again.base, "");
     assert_eq!(second, format!("{}/dke/medical/{id}", again.base));
 }

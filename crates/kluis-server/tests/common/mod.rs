@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use kluis_core::{LabelPublicKey, PublicKey};
 use serde_json::Value;
 
+pub mod dke;
+
 /// A served `kluis-server` process; killed on drop.
 pub struct Server {
     pub dir: tempfile::TempDir,
