@@ -114,24 +114,8 @@ pub fn jwk_parts(public_der: &[u8]) -> Result<(String, u64)> {
 
 /// `yyyy-MM-ddTHH:mm:ss` (UTC, no zone), the form of `cache.exp`, for `ms` since the epoch.
 pub fn cache_exp(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = kluis_core::UtcDateTime::from_unix_ms(ms);
+    format!("{}T{}", t.date(), t.time())
 }
 
 /// The `[dke]` table of the server's configuration: serve the DKE protocol for Office.

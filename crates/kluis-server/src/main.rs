@@ -592,13 +592,25 @@ fn interrupted_rotation(
     e
 }
 
-/// `master-key rotate`: a new key file, or a new passphrase that differs from the old one.
+/// `master-key rotate`: a new key file, or a new passphrase (from the source `cmd` names) that
+/// differs from the old one.
 fn rotate_master<S: Store>(
     store: &mut KeyService<S>,
+    cmd: &MasterKeyCmd,
     key_file: &std::path::Path,
     old: Option<&str>,
-    new: Option<&str>,
 ) -> Result<()> {
+    let MasterKeyCmd::Rotate {
+        new_passphrase_env,
+        new_passphrase_file,
+        new_passphrase_prompt,
+    } = cmd;
+    let new = new_passphrase(
+        new_passphrase_env.as_deref(),
+        new_passphrase_file.as_deref(),
+        *new_passphrase_prompt,
+    )?;
+    let new = new.as_ref().map(|p| p.as_str());
     let out = &mut std::io::stdout().lock();
     let advice = "Restart the server, and destroy every copy of the old key once no backup you \
                   must keep needs it";
@@ -700,22 +712,12 @@ fn run(cli: Cli) -> Result<()> {
     }
     let mut store = KeyService::open_sqlite(&store_path, key)
         .map_err(|e| interrupted_rotation(e, &key_file, pass.is_none()))?;
-    if let Command::MasterKey(MasterKeyCmd::Rotate {
-        new_passphrase_env,
-        new_passphrase_file,
-        new_passphrase_prompt,
-    }) = &cli.command
-    {
-        let new = new_passphrase(
-            new_passphrase_env.as_deref(),
-            new_passphrase_file.as_deref(),
-            *new_passphrase_prompt,
-        )?;
+    if let Command::MasterKey(cmd) = &cli.command {
         return rotate_master(
             &mut store,
+            cmd,
             &key_file,
             pass.as_ref().map(|p| p.as_str()),
-            new.as_ref().map(|p| p.as_str()),
         );
     }
     drop(pass);
@@ -1540,23 +1542,8 @@ fn run_postgres(
     }
     let mut store = KeyService::open(store, key)
         .map_err(|e| interrupted_rotation(e, key_file, pass.is_none()))?;
-    if let Command::MasterKey(MasterKeyCmd::Rotate {
-        new_passphrase_env,
-        new_passphrase_file,
-        new_passphrase_prompt,
-    }) = &cli.command
-    {
-        let new = new_passphrase(
-            new_passphrase_env.as_deref(),
-            new_passphrase_file.as_deref(),
-            *new_passphrase_prompt,
-        )?;
-        return rotate_master(
-            &mut store,
-            key_file,
-            pass.as_ref().map(|p| p.as_str()),
-            new.as_ref().map(|p| p.as_str()),
-        );
+    if let Command::MasterKey(cmd) = &cli.command {
+        return rotate_master(&mut store, cmd, key_file, pass.as_ref().map(|p| p.as_str()));
     }
     drop(pass);
     if let Command::Serve(args) = cli.command {
