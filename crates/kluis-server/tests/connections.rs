@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    Server, admin, drain_stderr, get, label_key, post, proc_status_kib, raw_body, raw_exchange,
-    raw_exchange_until_close, raw_status, serve,
+    Server, admin, drain_stderr, get, label_key, make_cert, post, proc_status_kib, raw_body,
+    raw_exchange, raw_exchange_until_close, raw_status, serve, tls_agent,
 };
 use kluis_core::reply::ReplyKey;
 use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
@@ -771,35 +771,9 @@ fn a_client_that_waited_for_a_place_is_not_the_first_to_make_room() {
     );
 }
 
-/// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
-fn make_cert() -> (Vec<u8>, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.der().to_vec(), cert.pem(), key.serialize_pem())
-}
-
 /// `/healthz` over a new TLS connection that trusts only `ca`; `Err` if the handshake fails.
 fn healthz_trusting(base: &str, ca: &[u8]) -> Result<u16, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
-                    ureq::tls::Certificate::from_der(ca).to_owned(),
-                ]))
-                .build(),
-        )
-        .build()
-        .into();
-    agent
+    tls_agent(ca)
         .get(&format!("{base}/healthz"))
         .call()
         .map(|r| r.status().as_u16())

@@ -16,7 +16,7 @@ use common::dke::{
     AUDIENCE, PARTNER, TENANT, config, decrypt, dke_claims, dke_records, doc_ref, fetch_key,
     office_encrypt, serve_http, sign, store, token, with, without,
 };
-use common::{admin, get, label_key, post, post_bytes, post_full, serve};
+use common::{admin, get, label_key, make_cert, post, post_bytes, post_full, serve, tls_agent};
 
 const AUTHORITY: &str = "https://login.windows.net/common/oauth2/authorize";
 
@@ -470,21 +470,6 @@ fn the_configured_url_and_prefix_make_the_key_id() {
     assert_eq!(decrypt(&url, Some(&token("alice@org.nl", &[])), &ct).0, 200);
 }
 
-/// A CA and a certificate for 127.0.0.1 it signs: (CA DER, certificate PEM, key PEM).
-fn make_cert() -> (Vec<u8>, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.der().to_vec(), cert.pem(), key.serialize_pem())
-}
-
 /// The same round trip through a TLS listener with a certificate from a test CA.
 #[test]
 fn the_round_trip_works_over_tls() {
@@ -507,17 +492,7 @@ fn the_round_trip_works_over_tls() {
         ],
     );
     assert!(server.base.starts_with("https://"), "{}", server.base);
-    let tls: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
-                    ureq::tls::Certificate::from_der(&ca).to_owned(),
-                ]))
-                .build(),
-        )
-        .build()
-        .into();
+    let tls = tls_agent(&ca);
     let mut r = tls
         .get(&format!("{}/dke/medical", server.base))
         .call()

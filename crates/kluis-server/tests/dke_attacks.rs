@@ -783,24 +783,9 @@ fn a_destroy_while_decrypts_run_shreds_the_key() {
 /// token, no wrapped value and no plaintext.
 #[test]
 fn no_token_value_or_plaintext_in_the_log() {
-    let dir = store("");
-    let mut child = common::bin()
-        .current_dir(dir.path())
-        .arg("serve")
-        .args(SERVE)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let log = common::drain_stderr(&mut child);
+    let mut server = setup("");
+    let base = server.base.clone();
+    let log = common::drain_stderr(&mut server.child);
     let (key, kid) = fetch_key(&base, "medical");
     let alice = token("alice@org.nl", &[]);
     let bob = token("bob@org.nl", &[]);
@@ -812,13 +797,13 @@ fn no_token_value_or_plaintext_in_the_log() {
     forged.replace_range(forged.len() - 4.., "AAAA");
     assert_eq!(decrypt(&kid, Some(&forged), &ct).0, 401);
     // The audit writer fails once (a held write lock), which the server logs.
-    let lock = rusqlite::Connection::open(dir.path().join(DB)).unwrap();
+    let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let during = decrypt(&kid, Some(&alice), &ct).0;
     lock.execute_batch("ROLLBACK").unwrap();
     assert_ne!(during, 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     let text = log.join().unwrap();
     let sig = |t: &str| t.rsplit('.').next().unwrap().to_owned();
     for (what, needle) in [
@@ -831,7 +816,7 @@ fn no_token_value_or_plaintext_in_the_log() {
     ] {
         assert!(!text.contains(&needle), "{what} in the log:\n{text}");
     }
-    drop(dir);
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -101,6 +101,37 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// A CA and a certificate for 127.0.0.1 and localhost it signs: (CA DER, certificate PEM,
+/// key PEM).
+pub fn make_cert() -> (Vec<u8>, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.der().to_vec(), cert.pem(), key.serialize_pem())
+}
+
+/// An HTTPS agent that trusts only the CA `ca` (DER) and returns error statuses as answers.
+pub fn tls_agent(ca: &[u8]) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_der(ca).to_owned(),
+                ]))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
 /// GET; returns (status, body text).
 pub fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let mut req = agent().get(url);
