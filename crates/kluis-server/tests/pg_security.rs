@@ -97,6 +97,10 @@ fn a_scrub_under_an_older_snapshot_stays_pending() {
                 "a pending scrub, not another error: {e}"
             );
             assert!(!e.to_string().contains("NEEDLE"), "{e}");
+            assert!(
+                e.to_string().contains("pg_stat_activity"),
+                "says where to look on PostgreSQL: {e}"
+            );
         }
     }
     assert!(
