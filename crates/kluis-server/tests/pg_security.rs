@@ -372,6 +372,10 @@ fn tls_adapter_and_url_options_hold() {
             "{q}"
         );
     }
+    // Channel binding is not offered (the certificate authenticates the server): a URL that
+    // requires it fails closed rather than going on without it.
+    let e = connect_err(&with_ca("localhost", "?channel_binding=require"));
+    assert!(e.contains("cannot connect"), "{e}");
     // Another CA.
     let (other_pem, _) = ca("another CA");
     std::fs::write(dir.path().join("other.pem"), other_pem).unwrap();
