@@ -651,3 +651,37 @@ fn a_reader_that_ends_within_the_patience_delays_the_scrub_only() {
     ends.join().unwrap();
     assert_eq!(s.meta("scrub_pending").unwrap(), None);
 }
+
+/// A store URL with a mistyped scheme (`pgsql://`, `postgresq://`, `POSTGRES://`,
+/// `postgres:/`) was taken for a SQLite file path: `init` then printed it, password and all, in
+/// its error ("cannot create the store pgsql://kluis:…@db/kluis"), into the terminal and the
+/// journal. Such a store is refused as a URL that is not PostgreSQL's, without echoing it.
+#[test]
+fn a_mistyped_store_url_is_not_a_file_path_and_is_not_echoed() {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_kluis-server"));
+    for spec in [
+        "pgsql://kluis:mistyped-secret-31@db.example/kluis",
+        "postgresq://kluis:mistyped-secret-31@db.example/kluis",
+        "POSTGRES://kluis:mistyped-secret-31@db.example/kluis",
+        "postgres:/kluis:mistyped-secret-31@db.example/kluis",
+    ] {
+        for cmd in [&["init"][..], &["audit", "verify"]] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(&bin)
+                .current_dir(dir.path())
+                .args(["--store", spec])
+                .args(cmd)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{spec} {cmd:?}");
+            assert!(!err.contains("mistyped-secret-31"), "{spec} {cmd:?}: {err}");
+            assert!(err.contains("postgres://"), "says what to write: {err}");
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "{spec} {cmd:?}: nothing created"
+            );
+        }
+    }
+}
