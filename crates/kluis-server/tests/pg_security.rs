@@ -685,3 +685,60 @@ fn a_mistyped_store_url_is_not_a_file_path_and_is_not_echoed() {
         }
     }
 }
+
+/// The servers may run as a role that does not own the tables (least privilege: the tables
+/// made by the database's owner, the replicas' role given rights on them). `VACUUM FULL` on a
+/// table the role does not own only warns ("skipping … only table or database owner can vacuum
+/// it") and succeeds, so the scrub reported the destroyed key gone, and cleared its mark,
+/// while the table was never rewritten. The scrub must see that nothing was rewritten.
+#[test]
+fn a_scrub_by_a_role_that_cannot_rewrite_the_table_is_not_reported_done() {
+    let c = PgCluster::shared();
+    let db = c.create_database();
+    let mut owner = PgStore::create(&options(&c.url(&db))).unwrap();
+    let sealed: Vec<u8> = b"destroyed-sealed-key-NEEDLE-a11c07".to_vec();
+    owner
+        .write(|tx| {
+            tx.insert_label("hr", "{}", 1)?;
+            tx.insert_version("hr", &version(1, VersionState::Active, sealed.clone()))?;
+            tx.insert_version("hr", &version(2, VersionState::Current, b"other".to_vec()))
+        })
+        .unwrap();
+    let role = format!("app_{db}");
+    c.psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"),
+    );
+    c.psql(
+        &db,
+        &format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+        ),
+    );
+    let url = format!("postgres://{role}@127.0.0.1:{}/{db}", c.port());
+    let mut app = PgStore::open(&options(&url)).unwrap();
+    app.write(|tx| tx.destroy_version("hr", 1, 5)).unwrap();
+    let r = app.forget_old_copies();
+    owner.execute_raw("CHECKPOINT").unwrap();
+    let oid = owner
+        .query_text("SELECT oid FROM pg_database WHERE datname = current_database()")
+        .unwrap()
+        .unwrap();
+    let left = found_in(&c.data_dir().join("base").join(oid), &sealed);
+    match r {
+        Ok(()) => panic!("scrub reported done; the destroyed key is still in {left:?}"),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("own"), "says the role must own the tables: {m}");
+        }
+    }
+    assert!(
+        app.meta("scrub_pending").unwrap().is_some(),
+        "still pending"
+    );
+    // The owner's scrub (`kluis-server store scrub` as the owner) does it.
+    assert!(owner.forget_pending_copies(Duration::from_secs(2)).unwrap());
+    owner.execute_raw("CHECKPOINT").unwrap();
+    assert_eq!(owner.meta("scrub_pending").unwrap(), None);
+}
