@@ -184,7 +184,8 @@ impl fmt::Display for ServerError {
                         " remains in the database file until \
                          the reader holding it finishes (another process has a read transaction \
                          open on the store since before the destroy): end that reader (`fuser` on \
-                         the store file shows it)",
+                         a SQLite store's file shows it; on PostgreSQL, `pg_stat_activity` and \
+                         `pg_locks` of the store's database)",
                     )?;
                 } else {
                     f.write_str(

@@ -667,6 +667,22 @@ fn run(cli: Cli) -> Result<()> {
         let opts = pg_options(&cli, &file, url)?;
         return run_postgres(cli, &file, &opts, &key_file);
     }
+    // A mistyped PostgreSQL URL is no file path: taken for one, it was echoed (password and
+    // all) in the error, and `init` would try to create it.
+    if let Some(spec) = store_path.to_str() {
+        let lower = spec.to_ascii_lowercase();
+        if spec.contains("://")
+            || lower.starts_with("postgres:")
+            || lower.starts_with("postgresql:")
+        {
+            return Err(ServerError::Config(
+                "the store looks like a URL, but not a PostgreSQL one: write it as \
+                 postgres://USER@HOST:PORT/DATABASE (or postgresql://, in lower case); a SQLite \
+                 store is a file path"
+                    .into(),
+            ));
+        }
+    }
     if let Command::Store(cmd) = &cli.command {
         return store_command(cmd, &store_path);
     }

@@ -596,6 +596,8 @@ impl PgStore {
                 r => break r?,
             }
         }
+        let filenode = || -> Result<i64> { col(&self.query_one(sql::FILENODE, &[])?, 0) };
+        let before = filenode()?;
         let conn = self.conn()?;
         let c = &conn.client;
         let ms = patience.as_millis().clamp(1, 600_000);
@@ -614,6 +616,15 @@ impl PgStore {
             }
         }
         vacuum?;
+        // PostgreSQL skips a table of another owner with only a warning: no new file, no scrub.
+        if filenode()? == before {
+            return Err(ServerError::Database(
+                "VACUUM FULL did not rewrite key_versions: the store's role does not own the \
+                 table (PostgreSQL skips it with a warning); run the servers, or at least \
+                 `kluis-server store scrub`, as the role that owns the store's tables"
+                    .into(),
+            ));
+        }
         if let Some(mark) = mark {
             self.no_older_snapshot(destroyed_by)?;
             // Cleared only if no destroy set a new mark meanwhile.
@@ -839,6 +850,7 @@ mod sql {
          ORDER BY 1";
     pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
     pub const TXID: &str = "SELECT txid_current()";
+    pub const FILENODE: &str = "SELECT pg_relation_filenode('key_versions')::bigint";
     /// Other sessions holding (or waiting for) a lock on `key_versions` whose transaction
     /// began more than 200 ms ago, or whose start this role may not see (`state` hidden; a
     /// visible session that is idle by now has let go of the lock).

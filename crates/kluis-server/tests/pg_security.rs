@@ -97,6 +97,10 @@ fn a_scrub_under_an_older_snapshot_stays_pending() {
                 "a pending scrub, not another error: {e}"
             );
             assert!(!e.to_string().contains("NEEDLE"), "{e}");
+            assert!(
+                e.to_string().contains("pg_stat_activity"),
+                "says where to look on PostgreSQL: {e}"
+            );
         }
     }
     assert!(
@@ -368,6 +372,10 @@ fn tls_adapter_and_url_options_hold() {
             "{q}"
         );
     }
+    // Channel binding is not offered (the certificate authenticates the server): a URL that
+    // requires it fails closed rather than going on without it.
+    let e = connect_err(&with_ca("localhost", "?channel_binding=require"));
+    assert!(e.contains("cannot connect"), "{e}");
     // Another CA.
     let (other_pem, _) = ca("another CA");
     std::fs::write(dir.path().join("other.pem"), other_pem).unwrap();
@@ -642,4 +650,95 @@ fn a_reader_that_ends_within_the_patience_delays_the_scrub_only() {
     s.forget_pending_copies(Duration::from_secs(5)).unwrap();
     ends.join().unwrap();
     assert_eq!(s.meta("scrub_pending").unwrap(), None);
+}
+
+/// A store URL with a mistyped scheme (`pgsql://`, `postgresq://`, `POSTGRES://`,
+/// `postgres:/`) was taken for a SQLite file path: `init` then printed it, password and all, in
+/// its error ("cannot create the store pgsql://kluis:…@db/kluis"), into the terminal and the
+/// journal. Such a store is refused as a URL that is not PostgreSQL's, without echoing it.
+#[test]
+fn a_mistyped_store_url_is_not_a_file_path_and_is_not_echoed() {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_kluis-server"));
+    for spec in [
+        "pgsql://kluis:mistyped-secret-31@db.example/kluis",
+        "postgresq://kluis:mistyped-secret-31@db.example/kluis",
+        "POSTGRES://kluis:mistyped-secret-31@db.example/kluis",
+        "postgres:/kluis:mistyped-secret-31@db.example/kluis",
+    ] {
+        for cmd in [&["init"][..], &["audit", "verify"]] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(&bin)
+                .current_dir(dir.path())
+                .args(["--store", spec])
+                .args(cmd)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{spec} {cmd:?}");
+            assert!(!err.contains("mistyped-secret-31"), "{spec} {cmd:?}: {err}");
+            assert!(err.contains("postgres://"), "says what to write: {err}");
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "{spec} {cmd:?}: nothing created"
+            );
+        }
+    }
+}
+
+/// The servers may run as a role that does not own the tables (least privilege: the tables
+/// made by the database's owner, the replicas' role given rights on them). `VACUUM FULL` on a
+/// table the role does not own only warns ("skipping … only table or database owner can vacuum
+/// it") and succeeds, so the scrub reported the destroyed key gone, and cleared its mark,
+/// while the table was never rewritten. The scrub must see that nothing was rewritten.
+#[test]
+fn a_scrub_by_a_role_that_cannot_rewrite_the_table_is_not_reported_done() {
+    let c = PgCluster::shared();
+    let db = c.create_database();
+    let mut owner = PgStore::create(&options(&c.url(&db))).unwrap();
+    let sealed: Vec<u8> = b"destroyed-sealed-key-NEEDLE-a11c07".to_vec();
+    owner
+        .write(|tx| {
+            tx.insert_label("hr", "{}", 1)?;
+            tx.insert_version("hr", &version(1, VersionState::Active, sealed.clone()))?;
+            tx.insert_version("hr", &version(2, VersionState::Current, b"other".to_vec()))
+        })
+        .unwrap();
+    let role = format!("app_{db}");
+    c.psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"),
+    );
+    c.psql(
+        &db,
+        &format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+        ),
+    );
+    let url = format!("postgres://{role}@127.0.0.1:{}/{db}", c.port());
+    let mut app = PgStore::open(&options(&url)).unwrap();
+    app.write(|tx| tx.destroy_version("hr", 1, 5)).unwrap();
+    let r = app.forget_old_copies();
+    owner.execute_raw("CHECKPOINT").unwrap();
+    let oid = owner
+        .query_text("SELECT oid FROM pg_database WHERE datname = current_database()")
+        .unwrap()
+        .unwrap();
+    let left = found_in(&c.data_dir().join("base").join(oid), &sealed);
+    match r {
+        Ok(()) => panic!("scrub reported done; the destroyed key is still in {left:?}"),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("own"), "says the role must own the tables: {m}");
+        }
+    }
+    assert!(
+        app.meta("scrub_pending").unwrap().is_some(),
+        "still pending"
+    );
+    // The owner's scrub (`kluis-server store scrub` as the owner) does it.
+    assert!(owner.forget_pending_copies(Duration::from_secs(2)).unwrap());
+    owner.execute_raw("CHECKPOINT").unwrap();
+    assert_eq!(owner.meta("scrub_pending").unwrap(), None);
 }
