@@ -1,0 +1,1069 @@
+//! One reconciliation pass over both folders.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kluis_core::{FileKey, Header, Metadata, StreamReader, StreamWriter, UnwrapError};
+use serde::Serialize;
+
+use crate::error::{SyncError, io};
+use crate::folder_key::{self, FolderKey};
+use crate::journal::{Entry, Journal, PairLock, pair_dir, random_suffix, sync_dir, write_atomic};
+use crate::scan::{
+    PLAIN_TEMP_PREFIX, SEALED_TEMP_PREFIX, Scan, Stamp, check_pair, ensure_parent, scan,
+};
+use crate::{Keys, Sealing};
+
+/// A pass deletes (sealed copies removed plus plain files trashed) at most this share of the
+/// files in sync without [`Options::allow_mass_delete`]...
+pub const GUARD_SHARE_PERCENT: usize = 50;
+/// ...once it would delete at least this many.
+pub const GUARD_MIN_FILES: usize = 5;
+/// Documents unwrapped per key server request.
+const UNWRAP_BATCH: usize = 1000;
+/// Save the journal after this many changes within a pass (and at its end).
+const SAVE_EVERY: usize = 200;
+
+/// How to sync one pair of folders.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The plain folder people work in.
+    pub plain: PathBuf,
+    /// The sealed folder (inside the cloud sync folder).
+    pub sealed: PathBuf,
+    /// Hidden names: sealed files are named by the folder key, flat in the sealed folder.
+    pub hide_names: bool,
+    /// Where the state of every pair is kept (a folder outside both folders).
+    pub state_root: PathBuf,
+    /// Carry out a pass even when it deletes a large share of the files (the guard).
+    pub allow_mass_delete: bool,
+    /// A plain file modified less than this long ago is left for a later pass.
+    pub settle: Duration,
+}
+
+/// What one pass did and left.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PassReport {
+    /// Plain paths sealed into the sealed folder.
+    pub sealed: Vec<String>,
+    /// Plain paths written from sealed files.
+    pub opened: Vec<String>,
+    /// Plain paths whose sealed copies were removed (the plain file was deleted).
+    pub removed: Vec<String>,
+    /// Plain paths moved to the local trash (their sealed file was deleted), with where.
+    pub trashed: Vec<(String, String)>,
+    /// Conflict copies written into the plain folder: (path, conflict copy).
+    pub conflicts: Vec<(String, String)>,
+    /// Paths left for a later pass, with why.
+    pub pending: Vec<(String, String)>,
+    /// Paths that failed, with why.
+    pub failed: Vec<(String, String)>,
+    /// A direction that stopped (access revoked, label retired or destroyed), with why.
+    pub stopped: Vec<String>,
+    /// The mass-delete guard held back deletions: why, and what to do.
+    pub guard: Option<String>,
+    /// Things the person should know (sealing from a cached label record offline).
+    pub notices: Vec<String>,
+    /// When a later pass should run by itself (a file still changing, the key server away).
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl PassReport {
+    /// Whether the pass changed anything on either side.
+    pub fn changed(&self) -> bool {
+        !(self.sealed.is_empty()
+            && self.opened.is_empty()
+            && self.removed.is_empty()
+            && self.trashed.is_empty()
+            && self.conflicts.is_empty())
+    }
+
+    fn retry(&mut self, after: Duration) {
+        self.retry_after = Some(self.retry_after.map_or(after, |d| d.min(after)));
+    }
+}
+
+/// A synced pair of folders with its journal; holds the pair's lock while it lives.
+pub struct Syncer {
+    plain: PathBuf,
+    sealed: PathBuf,
+    hide: bool,
+    dir: PathBuf,
+    tmp: PathBuf,
+    journal_path: PathBuf,
+    journal: Journal,
+    allow_mass_delete: bool,
+    settle: Duration,
+    folder_key: Option<FolderKey>,
+    cleaned: bool,
+    _lock: PairLock,
+}
+
+enum Action {
+    /// Seal the plain file (expected stamp) over the sealed name (expected stamp or none).
+    Seal(String, Stamp, Option<Stamp>),
+    /// Open the sealed file into the plain path (expected plain stamp or none).
+    Open(String, Stamp, Option<Stamp>),
+    /// Both changed: open the sealed version beside the plain one, then seal the plain one.
+    Conflict(String, Stamp, Stamp),
+    /// Remove the sealed copy (expected stamp).
+    RemoveSealed(String, Stamp),
+    /// Move the plain file (expected stamp) to the trash.
+    Trash(String, Stamp),
+    /// Forget the path (gone on both sides).
+    Forget(String),
+    /// A sealed file under a name no known path maps to.
+    Incoming(String, Stamp),
+}
+
+/// An opening to do once the keys are there.
+struct OpenJob {
+    name: String,
+    stamp: Stamp,
+    kind: OpenKind,
+}
+
+enum OpenKind {
+    Main(String, Option<Stamp>),
+    Conflict(String, Stamp),
+    Incoming,
+}
+
+impl Syncer {
+    /// Check the folders and take the pair's lock; reads the journal.
+    pub fn new(o: &Options) -> Result<Syncer, SyncError> {
+        let (plain, sealed) = check_pair(&o.plain, &o.sealed)?;
+        std::fs::create_dir_all(&o.state_root).map_err(io("create", &o.state_root))?;
+        let root = std::fs::canonicalize(&o.state_root).map_err(io("find", &o.state_root))?;
+        if root.starts_with(&plain) || root.starts_with(&sealed) {
+            return Err(SyncError::StateInside(root));
+        }
+        let dir = pair_dir(&root, &plain, &sealed);
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700));
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let lock = PairLock::take(&dir)?;
+        // Leftovers of a killed run (we hold the lock: no one else writes them).
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let info = format!(
+            "{{\"plain\":{},\"sealed\":{}}}\n",
+            serde_json::Value::from(plain.to_string_lossy()),
+            serde_json::Value::from(sealed.to_string_lossy())
+        );
+        write_atomic(&dir.join("pair.json"), info.as_bytes(), false)?;
+        let journal_path = dir.join("journal.json");
+        let journal = Journal::load(&journal_path)?;
+        // Sealed temporaries go to the state folder when it is on the sealed folder's file
+        // system (nothing partial ever shows in the sync folder), else into the sealed folder
+        // under a random name.
+        let tmp = if same_device(&tmp, &sealed) {
+            tmp
+        } else {
+            sealed.clone()
+        };
+        Ok(Syncer {
+            plain,
+            sealed,
+            hide: o.hide_names,
+            dir,
+            tmp,
+            journal_path,
+            journal,
+            allow_mass_delete: o.allow_mass_delete,
+            settle: o.settle,
+            folder_key: None,
+            cleaned: false,
+            _lock: lock,
+        })
+    }
+
+    /// The pair's state folder (journal, status, trash).
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The canonical plain folder.
+    pub fn plain(&self) -> &Path {
+        &self.plain
+    }
+
+    /// The canonical sealed folder.
+    pub fn sealed(&self) -> &Path {
+        &self.sealed
+    }
+
+    fn name_for(&self, rel: &str) -> String {
+        match &self.folder_key {
+            Some(k) => k.name_for(rel),
+            None => format!("{rel}.{}", kluis_file::EXTENSION),
+        }
+    }
+
+    /// Run passes until nothing changes any more (at most `max` passes): a pass can write
+    /// conflict copies that the next one seals.
+    pub fn run(&mut self, keys: &dyn Keys, max: usize) -> Result<PassReport, SyncError> {
+        let mut total = self.pass(keys)?;
+        for _ in 1..max {
+            if !total.changed() && total.conflicts.is_empty() {
+                break;
+            }
+            let r = self.pass(keys)?;
+            let more = r.changed();
+            merge(&mut total, r);
+            if !more {
+                break;
+            }
+        }
+        self.write_status(&total);
+        Ok(total)
+    }
+
+    /// Save `report` as the pair's status (read by `kluis sync status`).
+    pub fn write_status(&self, report: &PassReport) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let v = serde_json::json!({
+            "plain": self.plain.to_string_lossy(),
+            "sealed": self.sealed.to_string_lossy(),
+            "at": now,
+            "in_sync": self.journal.entries.len(),
+            "report": report,
+        });
+        let _ = write_atomic(
+            &self.dir.join("status.json"),
+            v.to_string().as_bytes(),
+            false,
+        );
+    }
+
+    /// One pass: scan both folders, compare with the journal, carry out what changed.
+    pub fn pass(&mut self, keys: &dyn Keys) -> Result<PassReport, SyncError> {
+        let mut r = PassReport::default();
+        if self.hide {
+            let chosen = folder_key::choose(&self.sealed, &self.dir, &self.tmp, keys)?;
+            let changed = chosen.changed || self.folder_key.is_none();
+            self.folder_key = Some(chosen.key);
+            if changed {
+                self.rename_to_current_key()?;
+            }
+        }
+        let plain = scan(&self.plain, false)?;
+        if !self.cleaned {
+            self.cleaned = true;
+            remove_plain_temps(&self.plain);
+        }
+        let sealed = scan(&self.sealed, self.hide)?;
+        for (p, why) in &plain.refused {
+            r.failed.push((p.clone(), why.clone()));
+        }
+        let plain_files = self.valid_plain(&plain, &mut r);
+        let sealed_files: BTreeMap<String, Stamp> = sealed
+            .files
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".kluis"))
+            .collect();
+
+        let actions = self.plan(&plain_files, &sealed_files, &mut r);
+        self.execute(actions, keys, &mut r)?;
+        self.journal.save(&self.journal_path)?;
+        Ok(r)
+    }
+
+    /// The plain files whose names can be sealed (and opened again everywhere).
+    fn valid_plain(&self, plain: &Scan, r: &mut PassReport) -> BTreeMap<String, Stamp> {
+        let mut out = BTreeMap::new();
+        for (rel, st) in &plain.files {
+            match kluis_file::safe_relative_path(rel) {
+                Ok(_) => {
+                    out.insert(rel.clone(), *st);
+                }
+                Err(problem) => r.failed.push((
+                    rel.escape_debug().to_string(),
+                    format!("not synced: {problem}; rename it"),
+                )),
+            }
+        }
+        out
+    }
+
+    /// After the folder key changed (this device lost a race), give every sealed file this
+    /// device synced the name the winning key gives its path.
+    fn rename_to_current_key(&mut self) -> Result<(), SyncError> {
+        let mut forget = Vec::new();
+        let renames: Vec<(String, String)> = self
+            .journal
+            .entries
+            .iter()
+            .filter_map(|(rel, e)| {
+                let new = self.name_for(rel);
+                (e.name != new).then(|| (rel.clone(), new))
+            })
+            .collect();
+        for (rel, new) in renames {
+            let Some(e) = self.journal.entries.get_mut(&rel) else {
+                continue;
+            };
+            let old_path = self.sealed.join(&e.name);
+            let new_path = self.sealed.join(&new);
+            let ours = e.sealed.is_some() && Stamp::at(&old_path) == e.sealed;
+            if ours && std::fs::hard_link(&old_path, &new_path).is_ok() {
+                let _ = std::fs::remove_file(&old_path);
+                e.sealed = Stamp::at(&new_path);
+                e.name = new;
+            } else {
+                // Something is under the new name already (or ours is gone): our sealed copy
+                // under the old name goes (its plain file is still here), and the path is
+                // compared afresh, both sides as new: nothing is lost.
+                if ours {
+                    let _ = std::fs::remove_file(&old_path);
+                }
+                forget.push(rel);
+            }
+        }
+        for rel in forget {
+            self.journal.entries.remove(&rel);
+        }
+        sync_dir(&self.sealed);
+        self.journal.save(&self.journal_path)
+    }
+
+    fn plan(
+        &mut self,
+        plain: &BTreeMap<String, Stamp>,
+        sealed: &BTreeMap<String, Stamp>,
+        r: &mut PassReport,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut claimed: HashMap<String, ()> = HashMap::new();
+        let mut rels: Vec<&String> = self.journal.entries.keys().collect();
+        rels.extend(
+            plain
+                .keys()
+                .filter(|k| !self.journal.entries.contains_key(*k)),
+        );
+        let now = SystemTime::now();
+        for rel in rels {
+            let name = self.name_for(rel);
+            claimed.insert(name.clone(), ());
+            let j = self.journal.entries.get(rel);
+            let (jp, js) = (j.and_then(|e| e.plain), j.and_then(|e| e.sealed));
+            let p = plain.get(rel).copied();
+            let s = sealed.get(&name).copied();
+            let fresh = |st: &Stamp| {
+                let t = SystemTime::UNIX_EPOCH
+                    + Duration::from_nanos(u64::try_from(st.mtime_ns).unwrap_or(0));
+                now.duration_since(t).unwrap_or_default()
+            };
+            // A plain file that changed recently may still be being written.
+            if let Some(pp) = p {
+                if p != jp && fresh(&pp) < self.settle {
+                    r.pending.push((rel.clone(), "still changing".into()));
+                    r.retry(self.settle - fresh(&pp) + Duration::from_millis(50));
+                    continue;
+                }
+            }
+            let action = match (p != jp, s != js) {
+                (false, false) => continue,
+                (true, false) => match (p, s) {
+                    (Some(p), s) => Action::Seal(rel.clone(), p, s),
+                    (None, Some(s)) => Action::RemoveSealed(rel.clone(), s),
+                    (None, None) => Action::Forget(rel.clone()),
+                },
+                (false, true) => match (p, s) {
+                    (p, Some(s)) => Action::Open(rel.clone(), s, p),
+                    (Some(p), None) => Action::Trash(rel.clone(), p),
+                    (None, None) => Action::Forget(rel.clone()),
+                },
+                (true, true) => match (p, s) {
+                    (Some(p), Some(s)) => Action::Conflict(rel.clone(), p, s),
+                    // Sealed deleted, plain changed: the change is kept and sealed again.
+                    (Some(p), None) => Action::Seal(rel.clone(), p, None),
+                    // Plain deleted, sealed changed: the newer version comes back.
+                    (None, Some(s)) => Action::Open(rel.clone(), s, None),
+                    (None, None) => Action::Forget(rel.clone()),
+                },
+            };
+            actions.push(action);
+        }
+        for (name, st) in sealed {
+            if claimed.contains_key(name) {
+                continue;
+            }
+            if self.journal.misplaced.get(name) == Some(st) {
+                r.failed.push((
+                    format!("(sealed) {name}"),
+                    "not opened: it cannot be opened here, or its stored path does not match its sealed name; looked at again when it changes".into(),
+                ));
+                continue;
+            }
+            actions.push(Action::Incoming(name.clone(), *st));
+        }
+        self.journal
+            .misplaced
+            .retain(|name, _| sealed.contains_key(name));
+        // The mass-delete guard.
+        let deletes = actions
+            .iter()
+            .filter(|a| matches!(a, Action::RemoveSealed(..) | Action::Trash(..)))
+            .count();
+        let tracked = self.journal.entries.len().max(1);
+        if !self.allow_mass_delete
+            && deletes >= GUARD_MIN_FILES
+            && deletes * 100 > tracked * GUARD_SHARE_PERCENT
+        {
+            r.guard = Some(format!(
+                "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash); nothing was deleted. If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
+            ));
+            actions.retain(|a| !matches!(a, Action::RemoveSealed(..) | Action::Trash(..)));
+        }
+        actions
+    }
+
+    fn execute(
+        &mut self,
+        actions: Vec<Action>,
+        keys: &dyn Keys,
+        r: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        let needs_sealing = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Seal(..) | Action::Conflict(..) | Action::RemoveSealed(..)
+            )
+        });
+        let sealing: Option<Sealing> = if needs_sealing {
+            match keys.seal_to() {
+                Ok(s) => {
+                    if let Some(n) = &s.notice {
+                        r.notices.push(n.clone());
+                    }
+                    Some(s)
+                }
+                Err(why) => {
+                    r.stopped.push(format!(
+                        "sealing stopped (plain → sealed: nothing sealed or removed): {why}"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut opens = Vec::new();
+        let mut done = 0usize;
+        for a in actions {
+            match a {
+                Action::Forget(rel) => {
+                    self.journal.entries.remove(&rel);
+                }
+                Action::Seal(rel, p, s) => {
+                    let Some(sealing) = &sealing else {
+                        r.pending.push((rel, "sealing stopped".into()));
+                        continue;
+                    };
+                    self.do_seal(&rel, p, s, &sealing.slots, r)?;
+                }
+                Action::RemoveSealed(rel, s) => {
+                    if sealing.is_none() {
+                        r.pending.push((rel, "sealing stopped".into()));
+                        continue;
+                    }
+                    let name = self.name_for(&rel);
+                    let path = self.sealed.join(&name);
+                    if Stamp::at(&path) == Some(s) {
+                        std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                        remove_empty_parents(&self.sealed, &name);
+                    }
+                    self.journal.entries.remove(&rel);
+                    r.removed.push(rel);
+                }
+                Action::Trash(rel, p) => self.do_trash(&rel, p, r)?,
+                Action::Open(rel, s, p) => opens.push(OpenJob {
+                    name: self.name_for(&rel),
+                    stamp: s,
+                    kind: OpenKind::Main(rel, p),
+                }),
+                Action::Conflict(rel, p, s) => opens.push(OpenJob {
+                    name: self.name_for(&rel),
+                    stamp: s,
+                    kind: OpenKind::Conflict(rel, p),
+                }),
+                Action::Incoming(name, s) => opens.push(OpenJob {
+                    name,
+                    stamp: s,
+                    kind: OpenKind::Incoming,
+                }),
+            }
+            done += 1;
+            if done % SAVE_EVERY == 0 {
+                self.journal.save(&self.journal_path)?;
+            }
+        }
+        self.do_opens(opens, keys, sealing.as_ref(), r)
+    }
+
+    fn do_seal(
+        &mut self,
+        rel: &str,
+        p: Stamp,
+        s: Option<Stamp>,
+        slots: &[kluis_core::Slot],
+        r: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        let name = self.name_for(rel);
+        let src = self.plain.join(rel);
+        let target = self.sealed.join(&name);
+        let tmp = self
+            .tmp
+            .join(format!("{SEALED_TEMP_PREFIX}{}", random_suffix()?));
+        let result = seal_one(&src, p, rel, &tmp, slots);
+        let outcome = match result {
+            Ok(()) if Stamp::at(&src) != Some(p) => Err("changed while it was sealed".to_owned()),
+            Ok(()) if Stamp::at(&target) != s => {
+                Err("its sealed copy changed meanwhile; compared again next pass".to_owned())
+            }
+            Ok(()) => {
+                if !self.hide {
+                    ensure_parent(&self.sealed, &name)?;
+                }
+                std::fs::rename(&tmp, &target).map_err(io("move into place", &target))?;
+                sync_dir(target.parent().unwrap_or(&self.sealed));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        match outcome {
+            Ok(()) => {
+                self.journal.entries.insert(
+                    rel.to_owned(),
+                    Entry {
+                        plain: Some(p),
+                        sealed: Stamp::at(&target),
+                        name,
+                    },
+                );
+                r.sealed.push(rel.to_owned());
+            }
+            Err(why) => {
+                r.pending.push((rel.to_owned(), why));
+                r.retry(self.settle.max(Duration::from_millis(200)));
+            }
+        }
+        Ok(())
+    }
+
+    fn do_trash(&mut self, rel: &str, p: Stamp, r: &mut PassReport) -> Result<(), SyncError> {
+        let src = self.plain.join(rel);
+        if Stamp::at(&src) != Some(p) {
+            r.pending
+                .push((rel.to_owned(), "changed; compared again next pass".into()));
+            return Ok(());
+        }
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let trash = self.dir.join("trash").join(stamp.to_string());
+        std::fs::create_dir_all(&trash).map_err(io("create", &trash))?;
+        let dest = ensure_parent(&trash, rel)?;
+        if std::fs::rename(&src, &dest).is_err() {
+            // Another file system: copy, sync, then remove.
+            std::fs::copy(&src, &dest).map_err(io("copy to the trash", &src))?;
+            if let Ok(f) = std::fs::File::open(&dest) {
+                let _ = f.sync_all();
+            }
+            std::fs::remove_file(&src).map_err(io("remove", &src))?;
+        }
+        sync_dir(dest.parent().unwrap_or(&trash));
+        self.journal.entries.remove(rel);
+        r.trashed
+            .push((rel.to_owned(), dest.to_string_lossy().into_owned()));
+        Ok(())
+    }
+
+    fn do_opens(
+        &mut self,
+        jobs: Vec<OpenJob>,
+        keys: &dyn Keys,
+        sealing: Option<&Sealing>,
+        r: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        let unwrappers = keys.unwrappers();
+        let mut stopped = false;
+        for batch in jobs.chunks(UNWRAP_BATCH) {
+            let mut headers = Vec::with_capacity(batch.len());
+            for job in batch {
+                let path = self.sealed.join(&job.name);
+                let h = std::fs::File::open(&path)
+                    .and_then(|mut f| Header::read(&mut f).map_err(std::io::Error::other));
+                headers.push(h.ok());
+            }
+            let readable: Vec<&Header> = headers.iter().flatten().collect();
+            let mut unlocked = if stopped || readable.is_empty() {
+                Vec::new()
+            } else {
+                kluis_core::unlock_all(&readable, &unwrappers)
+            }
+            .into_iter();
+            for (job, header) in batch.iter().zip(&headers) {
+                let Some(header) = header else {
+                    self.misplace(job, r, "not a readable kluis document (partly downloaded?)");
+                    continue;
+                };
+                if stopped {
+                    r.pending.push((shown(job), "opening stopped".into()));
+                    continue;
+                }
+                let key = match unlocked.next() {
+                    Some(Ok(k)) => k,
+                    Some(Err(kluis_core::Error::Unwrap(
+                        e @ (UnwrapError::Denied(_) | UnwrapError::Destroyed(_)),
+                    ))) => {
+                        r.stopped.push(format!(
+                            "opening stopped (sealed → plain: nothing opened): the key server refused: {e}"
+                        ));
+                        r.pending.push((shown(job), "opening stopped".into()));
+                        stopped = true;
+                        continue;
+                    }
+                    Some(Err(kluis_core::Error::Unwrap(e @ UnwrapError::Unavailable(_)))) => {
+                        r.pending.push((
+                            shown(job),
+                            format!("the key server could not be reached; retrying: {e}"),
+                        ));
+                        r.retry(Duration::from_secs(2));
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        self.misplace(job, r, &format!("cannot be opened: {e}"));
+                        continue;
+                    }
+                    None => continue,
+                };
+                self.open_one(job, header, &key, sealing, r)?;
+            }
+            self.journal.save(&self.journal_path)?;
+        }
+        Ok(())
+    }
+
+    fn open_stray(
+        &mut self,
+        job: &OpenJob,
+        header: &Header,
+        key: &FileKey,
+        rel: &str,
+        meta: &Metadata,
+        r: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        let path = self.sealed.join(&job.name);
+        let copy_rel = conflict_name(rel, |c| Stamp::at(&self.plain.join(c)).is_none());
+        let target = ensure_parent(&self.plain, &copy_rel)?;
+        let dir = target.parent().unwrap_or(&self.plain).to_owned();
+        let tmp = dir.join(format!("{PLAIN_TEMP_PREFIX}{}", random_suffix()?));
+        if let Err(why) = open_to(&path, header, key, &tmp, meta) {
+            let _ = std::fs::remove_file(&tmp);
+            self.misplace(job, r, &why);
+            return Ok(());
+        }
+        let placed = Stamp::at(&path) == Some(job.stamp) && place(&tmp, &target, None);
+        let _ = std::fs::remove_file(&tmp);
+        if placed {
+            sync_dir(&dir);
+            let _ = std::fs::remove_file(&path);
+            r.conflicts.push((rel.to_owned(), copy_rel));
+        }
+        Ok(())
+    }
+
+    fn misplace(&mut self, job: &OpenJob, r: &mut PassReport, why: &str) {
+        r.failed.push((shown(job), why.to_owned()));
+        if matches!(job.kind, OpenKind::Incoming) {
+            self.journal.misplaced.insert(job.name.clone(), job.stamp);
+        }
+    }
+
+    fn open_one(
+        &mut self,
+        job: &OpenJob,
+        header: &Header,
+        key: &FileKey,
+        sealing: Option<&Sealing>,
+        r: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        let path = self.sealed.join(&job.name);
+        let meta = match header.metadata(key) {
+            Ok(m) => m,
+            Err(e) => {
+                self.misplace(job, r, &format!("cannot be opened: {e}"));
+                return Ok(());
+            }
+        };
+        // The stored path must be safe and must be the one this sealed name stands for:
+        // the sealer does not choose where a file lands.
+        let rel = meta.name.clone();
+        let valid = kluis_file::safe_relative_path(&rel).is_ok();
+        // A sealed file under a name that is not its path's (the sync client's conflict copy,
+        // `x-LAPTOP.kluis`, or a crafted one) but not a hidden name of another folder key:
+        // opened beside its path as a conflict copy, then its sealed file removed (the copy
+        // is sealed under its own name next).
+        if valid
+            && self.name_for(&rel) != job.name
+            && matches!(job.kind, OpenKind::Incoming)
+            && !(self.hide && is_hidden_name(&job.name))
+        {
+            return self.open_stray(job, header, key, &rel, &meta, r);
+        }
+        if !valid || self.name_for(&rel) != job.name {
+            self.misplace(
+                job,
+                r,
+                "its stored path does not match its sealed name (sealed by a device with another folder key, or crafted); left alone",
+            );
+            return Ok(());
+        }
+        let expected_rel = match &job.kind {
+            OpenKind::Main(rel, _) | OpenKind::Conflict(rel, _) => Some(rel.as_str()),
+            OpenKind::Incoming => None,
+        };
+        if expected_rel.is_some_and(|e| e != rel) {
+            self.misplace(
+                job,
+                r,
+                "its stored path is not the expected one; left alone",
+            );
+            return Ok(());
+        }
+        if matches!(job.kind, OpenKind::Incoming) && Stamp::at(&self.plain.join(&rel)).is_some() {
+            // Appeared on both sides at once: the next pass compares them.
+            r.pending
+                .push((rel, "appeared on both sides; compared next pass".into()));
+            return Ok(());
+        }
+        let target = ensure_parent(&self.plain, &rel)?;
+        let dir = target.parent().unwrap_or(&self.plain).to_owned();
+        let tmp = dir.join(format!("{PLAIN_TEMP_PREFIX}{}", random_suffix()?));
+        let written = open_to(&path, header, key, &tmp, &meta);
+        if let Err(why) = written {
+            let _ = std::fs::remove_file(&tmp);
+            r.failed.push((rel, why));
+            return Ok(());
+        }
+        if Stamp::at(&path) != Some(job.stamp) {
+            let _ = std::fs::remove_file(&tmp);
+            r.pending
+                .push((rel, "its sealed file changed while it was opened".into()));
+            r.retry(Duration::from_millis(500));
+            return Ok(());
+        }
+        match &job.kind {
+            OpenKind::Main(_, expected) => {
+                let placed = place(&tmp, &target, *expected);
+                let _ = std::fs::remove_file(&tmp);
+                if !placed {
+                    r.pending
+                        .push((rel, "changed meanwhile; compared again next pass".into()));
+                    return Ok(());
+                }
+                sync_dir(&dir);
+                self.journal.entries.insert(
+                    rel.clone(),
+                    Entry {
+                        plain: Stamp::at(&target),
+                        sealed: Some(job.stamp),
+                        name: job.name.clone(),
+                    },
+                );
+                r.opened.push(rel);
+            }
+            OpenKind::Incoming => {
+                let placed = place(&tmp, &target, None);
+                let _ = std::fs::remove_file(&tmp);
+                if !placed {
+                    r.pending
+                        .push((rel, "appeared on both sides; compared next pass".into()));
+                    return Ok(());
+                }
+                sync_dir(&dir);
+                self.journal.entries.insert(
+                    rel.clone(),
+                    Entry {
+                        plain: Stamp::at(&target),
+                        sealed: Some(job.stamp),
+                        name: job.name.clone(),
+                    },
+                );
+                r.opened.push(rel);
+            }
+            OpenKind::Conflict(_, p) => {
+                let p = *p;
+                if same_content(&tmp, &target) {
+                    // The same version on both sides (a step a killed run did not record).
+                    let _ = std::fs::remove_file(&tmp);
+                    if Stamp::at(&target) == Some(p) {
+                        self.journal.entries.insert(
+                            rel.clone(),
+                            Entry {
+                                plain: Some(p),
+                                sealed: Some(job.stamp),
+                                name: job.name.clone(),
+                            },
+                        );
+                    }
+                    return Ok(());
+                }
+                let copy_rel = conflict_name(&rel, |c| Stamp::at(&self.plain.join(c)).is_none());
+                let copy = self.plain.join(&copy_rel);
+                let placed = place(&tmp, &copy, None);
+                let _ = std::fs::remove_file(&tmp);
+                if !placed {
+                    r.pending
+                        .push((rel, "conflict copy could not be written; next pass".into()));
+                    return Ok(());
+                }
+                sync_dir(&dir);
+                r.conflicts.push((rel.clone(), copy_rel));
+                // The other version is safe beside it: now the plain one is sealed.
+                match sealing {
+                    Some(s) => self.do_seal(&rel, p, Some(job.stamp), &s.slots, r)?,
+                    None => r.pending.push((rel, "sealing stopped".into())),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` has the form of a hidden name (26 base32 characters and `.kluis`).
+fn is_hidden_name(name: &str) -> bool {
+    name.strip_suffix(".kluis").is_some_and(|stem| {
+        stem.len() == 26
+            && stem
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c))
+    })
+}
+
+/// The path a job is about, as shown to people (the sealed name for unknown ones).
+fn shown(job: &OpenJob) -> String {
+    match &job.kind {
+        OpenKind::Main(rel, _) | OpenKind::Conflict(rel, _) => rel.clone(),
+        OpenKind::Incoming => format!("(sealed) {}", job.name),
+    }
+}
+
+fn merge(total: &mut PassReport, r: PassReport) {
+    total.sealed.extend(r.sealed);
+    total.opened.extend(r.opened);
+    total.removed.extend(r.removed);
+    total.trashed.extend(r.trashed);
+    total.conflicts.extend(r.conflicts);
+    total.pending = r.pending;
+    total.failed = r.failed;
+    total.stopped = r.stopped;
+    total.guard = r.guard;
+    for n in r.notices {
+        if !total.notices.contains(&n) {
+            total.notices.push(n);
+        }
+    }
+    total.retry_after = r.retry_after;
+}
+
+/// Put `tmp` at `target`: with `expected` none only if nothing is there (a hard link fails
+/// atomically otherwise), else only if `target` is still the expected version.
+fn place(tmp: &Path, target: &Path, expected: Option<Stamp>) -> bool {
+    match expected {
+        None => std::fs::hard_link(tmp, target).is_ok(),
+        Some(e) => Stamp::at(target) == Some(e) && std::fs::rename(tmp, target).is_ok(),
+    }
+}
+
+/// `report.docx` → `report (conflict 2026-12-07 10.04.05).docx`, the first name `free` allows.
+fn conflict_name(rel: &str, free: impl Fn(&str) -> bool) -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let t = kluis_core::UtcDateTime::from_unix_ms(ms);
+    let when = format!("{} {}", t.date(), t.time().replace(':', "."));
+    let (dir, file) = match rel.rsplit_once('/') {
+        Some((d, f)) => (format!("{d}/"), f),
+        None => (String::new(), rel),
+    };
+    let (stem, ext) = match file.rfind('.') {
+        Some(i) if i > 0 => (&file[..i], &file[i..]),
+        _ => (file, ""),
+    };
+    for n in 1..1000 {
+        let extra = if n == 1 {
+            String::new()
+        } else {
+            format!(" {n}")
+        };
+        let cand = format!("{dir}{stem} (conflict {when}{extra}){ext}");
+        if free(&cand) {
+            return cand;
+        }
+    }
+    format!("{dir}{stem} (conflict {when} {}){ext}", ms)
+}
+
+/// Whether two files hold the same bytes.
+fn same_content(a: &Path, b: &Path) -> bool {
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    match (fa.metadata(), fb.metadata()) {
+        (Ok(ma), Ok(mb)) if ma.len() == mb.len() => {}
+        _ => return false,
+    }
+    let (mut ra, mut rb) = (std::io::BufReader::new(fa), std::io::BufReader::new(fb));
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let Ok(n) = ra.read(&mut ba) else {
+            return false;
+        };
+        if n == 0 {
+            return rb.read(&mut bb[..1]).map(|m| m == 0).unwrap_or(false);
+        }
+        if rb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+/// Seal `src` (expected at stamp `p`) into a new file at `tmp`, storing `rel` as its name.
+fn seal_one(
+    src: &Path,
+    p: Stamp,
+    rel: &str,
+    tmp: &Path,
+    slots: &[kluis_core::Slot],
+) -> Result<(), String> {
+    let mut input = std::fs::File::open(src).map_err(|e| format!("cannot be read: {e}"))?;
+    let meta = input
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if Stamp::of(&meta) != p {
+        return Err("changed since it was looked at".into());
+    }
+    let mut md = Metadata::with_size(meta.len()).name(rel);
+    if let Ok(t) = meta.modified() {
+        md = md.modified(t);
+    }
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| format!("cannot write a temporary file: {e}"))?;
+    let mut w = StreamWriter::new(out, slots, &md).map_err(|e| format!("sealing failed: {e}"))?;
+    loop {
+        let space = w.spare().map_err(|e| format!("sealing failed: {e}"))?;
+        let n = match input.read(space) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("cannot be read: {e}")),
+        };
+        w.advance(n).map_err(|e| format!("sealing failed: {e}"))?;
+    }
+    let out = w.finish().map_err(|e| match e {
+        kluis_core::Error::SizeMismatch { .. } => "changed while it was sealed".to_owned(),
+        e => format!("sealing failed: {e}"),
+    })?;
+    out.sync_all()
+        .map_err(|e| format!("cannot write a temporary file: {e}"))?;
+    Ok(())
+}
+
+/// Open the document at `path` (its header already read) into a new owner-only file `tmp`.
+fn open_to(
+    path: &Path,
+    header: &Header,
+    key: &FileKey,
+    tmp: &Path,
+    meta: &Metadata,
+) -> Result<(), String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    // Skip the header: the payload follows it.
+    Header::read(&mut f).map_err(|e| format!("cannot be opened: {e}"))?;
+    let mut reader =
+        StreamReader::new(header, key, f).map_err(|e| format!("cannot be opened: {e}"))?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut out = o
+        .open(tmp)
+        .map_err(|e| format!("cannot write a temporary file: {e}"))?;
+    std::io::copy(&mut reader, &mut out)
+        .map_err(|e| format!("cannot be opened (damaged or incomplete): {e}"))?;
+    out.flush().map_err(|e| format!("cannot write: {e}"))?;
+    if let Some(t) = meta.modified {
+        let _ = out.set_modified(t);
+    }
+    out.sync_all().map_err(|e| format!("cannot write: {e}"))?;
+    Ok(())
+}
+
+fn remove_plain_temps(root: &Path) {
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file()
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(PLAIN_TEMP_PREFIX))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn remove_empty_parents(root: &Path, rel: &str) {
+    let mut p = root.join(rel);
+    while p.pop() && p != root && p.starts_with(root) {
+        if std::fs::remove_dir(&p).is_err() {
+            break;
+        }
+    }
+}
+
+fn same_device(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
