@@ -96,6 +96,7 @@ pub fn run(args: SyncArgs, g: &Global) -> Result<u8, CliError> {
         state_root: settings.dir.join(STATE_DIR),
         allow_mass_delete: args.allow_mass_delete,
         settle: std::time::Duration::from_millis(args.settle_ms),
+        stray_grace: std::time::Duration::from_secs(600),
     };
     let mut syncer = Syncer::new(&options).map_err(sync_error)?;
     if args.watch {

@@ -41,6 +41,10 @@ pub struct Options {
     pub allow_mass_delete: bool,
     /// A plain file modified less than this long ago is left for a later pass.
     pub settle: Duration,
+    /// A sealed file named by another folder key (a device that lost the race to create the
+    /// folder key) is left this long for that device to re-name it, then opened as a conflict
+    /// copy of its path (or dropped when the same version is already there).
+    pub stray_grace: Duration,
 }
 
 /// What one pass did and left.
@@ -97,6 +101,7 @@ pub struct Syncer {
     journal: Journal,
     allow_mass_delete: bool,
     settle: Duration,
+    stray_grace: Duration,
     folder_key: Option<FolderKey>,
     cleaned: bool,
     _lock: PairLock,
@@ -183,6 +188,7 @@ impl Syncer {
             journal,
             allow_mass_delete: o.allow_mass_delete,
             settle: o.settle,
+            stray_grace: o.stray_grace,
             folder_key: None,
             cleaned: false,
             _lock: lock,
@@ -681,7 +687,17 @@ impl Syncer {
             self.misplace(job, r, &why);
             return Ok(());
         }
-        let placed = Stamp::at(&path) == Some(job.stamp) && place(&tmp, &target, None);
+        if Stamp::at(&path) != Some(job.stamp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(());
+        }
+        if same_content(&tmp, &self.plain.join(rel)) {
+            // The same version is already in place: only the stray sealed copy goes.
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        let placed = place(&tmp, &target, None);
         let _ = std::fs::remove_file(&tmp);
         if placed {
             sync_dir(&dir);
@@ -722,12 +738,24 @@ impl Syncer {
         // `x-LAPTOP.kluis`, or a crafted one) but not a hidden name of another folder key:
         // opened beside its path as a conflict copy, then its sealed file removed (the copy
         // is sealed under its own name next).
-        if valid
-            && self.name_for(&rel) != job.name
-            && matches!(job.kind, OpenKind::Incoming)
-            && !(self.hide && is_hidden_name(&job.name))
-        {
-            return self.open_stray(job, header, key, &rel, &meta, r);
+        // A hidden name of another folder key (a device that lost the race for the folder
+        // key renames its files itself) is given `stray_grace` to do so first.
+        if valid && self.name_for(&rel) != job.name && matches!(job.kind, OpenKind::Incoming) {
+            let age = SystemTime::now()
+                .duration_since(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_nanos(u64::try_from(job.stamp.mtime_ns).unwrap_or(0)),
+                )
+                .unwrap_or_default();
+            if !(self.hide && is_hidden_name(&job.name)) || age >= self.stray_grace {
+                return self.open_stray(job, header, key, &rel, &meta, r);
+            }
+            r.pending.push((
+                format!("(sealed) {}", job.name),
+                "named by another device's folder key; waiting for it to re-name it".into(),
+            ));
+            r.retry(self.stray_grace - age + Duration::from_millis(50));
+            return Ok(());
         }
         if !valid || self.name_for(&rel) != job.name {
             self.misplace(

@@ -161,6 +161,7 @@ fn nesting_is_refused() {
             state_root: state.clone(),
             allow_mass_delete: false,
             settle: std::time::Duration::ZERO,
+            stray_grace: std::time::Duration::ZERO,
         })
         .err()
     };
@@ -194,6 +195,7 @@ fn nesting_is_refused() {
         state_root: inner.join("state"),
         allow_mass_delete: false,
         settle: std::time::Duration::ZERO,
+        stray_grace: std::time::Duration::ZERO,
     });
     assert!(err.is_err());
 }
@@ -315,6 +317,9 @@ fn two_devices_creating_the_folder_key_at_once_converge() {
     let cloud_b = tempfile::tempdir().unwrap();
     let mut a = Device::new(cloud_a.path(), true);
     let mut b = Device::new(cloud_b.path(), true);
+    // As in real use: the loser re-names its own files, the winner waits for it.
+    a.grace = std::time::Duration::from_secs(600);
+    b.grace = std::time::Duration::from_secs(600);
     a.write("from-a.txt", b"A");
     b.write("from-b.txt", b"B");
     b.write("both.txt", b"same");

@@ -46,6 +46,8 @@ pub struct Device {
     pub sealed: PathBuf,
     pub hide: bool,
     pub syncer: Option<Syncer>,
+    /// [`Options::stray_grace`].
+    pub grace: Duration,
 }
 
 impl Device {
@@ -57,6 +59,7 @@ impl Device {
             sealed: sealed.to_owned(),
             hide,
             syncer: None,
+            grace: Duration::ZERO,
         }
     }
 
@@ -72,6 +75,7 @@ impl Device {
             state_root: self.home.path().join("state"),
             allow_mass_delete: false,
             settle: Duration::ZERO,
+            stray_grace: self.grace,
         }
     }
 
