@@ -35,8 +35,23 @@ pub fn watch(
 ) -> Result<Stop, SyncError> {
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Every event (and every error, such as an overflow) asks for a pass.
-        let _ = ev;
+        if let Ok(ev) = &ev {
+            // Reading (a pass's own scan, the sync client's upload) changes nothing; events
+            // only about ignored names (temporaries) neither.
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            if !ev.paths.is_empty()
+                && ev.paths.iter().all(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        crate::scan::ignored(n) && !n.starts_with(crate::FOLDER_KEY_FILE)
+                    })
+                })
+            {
+                return;
+            }
+        }
+        // Every other event (and every error, such as an overflow) asks for a pass.
         let _ = tx.send(());
     })
     .map_err(|e| SyncError::Watch(e.to_string()))?;
@@ -81,8 +96,10 @@ pub fn watch(
         if !due {
             continue;
         }
-        // Debounce: wait until no event came for QUIET.
-        while rx.recv_timeout(QUIET).is_ok() {
+        // Debounce: wait until no event came for QUIET (at most 10 s: a file written without
+        // end is then left for later by the settle rule, the rest goes on).
+        let burst = Instant::now();
+        while rx.recv_timeout(QUIET).is_ok() && burst.elapsed() < Duration::from_secs(10) {
             if stop() {
                 return Ok(Stop::Asked);
             }

@@ -13,7 +13,12 @@ use std::time::{Duration, SystemTime};
 use common::{Device, SyncClient, TestKeys, assert_no_leak, files};
 use proptest::prelude::*;
 
-const PATHS: [&str; 4] = ["PLAINNAME-a.txt", "dir/PLAINNAME-b.doc", "PLAINNAME-c", "dir/sub/PLAINNAME-d.x"];
+const PATHS: [&str; 4] = [
+    "PLAINNAME-a.txt",
+    "dir/PLAINNAME-b.doc",
+    "PLAINNAME-c",
+    "dir/sub/PLAINNAME-d.x",
+];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -119,7 +124,10 @@ impl World {
                 self.last_failed[d] = r.failed;
             }
             Op::Client => {
-                let (x, y) = (self._clouds[0].path().to_owned(), self._clouds[1].path().to_owned());
+                let (x, y) = (
+                    self._clouds[0].path().to_owned(),
+                    self._clouds[1].path().to_owned(),
+                );
                 self.client.sync(&x, &y);
             }
             Op::Kill(d) => {
@@ -176,7 +184,11 @@ impl World {
             if self.devs[0].hide {
                 assert_no_leak(c.path(), b"PLAINNAME");
             }
-            assert!(files(c.path()).iter().all(|(n, _)| !n.contains("kluis-tmp")));
+            assert!(
+                files(c.path())
+                    .iter()
+                    .all(|(n, _)| !n.contains("kluis-tmp"))
+            );
         }
     }
 }

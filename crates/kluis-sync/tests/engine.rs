@@ -354,3 +354,59 @@ fn two_devices_creating_the_folder_key_at_once_converge() {
         sealed.iter().map(|f| &f.0).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn watch_seals_a_saved_file_once_it_stopped_changing() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let a = Device::new(cloud.path(), true);
+    let mut o = a.options();
+    o.settle = std::time::Duration::from_millis(300);
+    let plain = a.plain();
+    let cloud_path = cloud.path().to_owned();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut syncer = Syncer::new(&o).unwrap();
+            let mut passes = Vec::new();
+            let stop_fn = || stop.load(std::sync::atomic::Ordering::SeqCst);
+            kluis_sync::watch(&mut syncer, &keys, Some(&stop_fn), &mut |r| {
+                passes.push(r.clone())
+            })
+            .unwrap();
+            passes
+        });
+        let sealed_count = || files(&cloud_path).len();
+        let t0 = std::time::Instant::now();
+        while sealed_count() < 1 && t0.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Written in pieces over 600 ms: not sealed half-way.
+        let path = plain.join("doc.txt");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path).unwrap();
+            for i in 0..6 {
+                f.write_all(format!("SECRET part {i}\n").as_bytes())
+                    .unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        let t0 = std::time::Instant::now();
+        while sealed_count() < 2 && t0.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let passes = h.join().unwrap();
+        let sealed: Vec<_> = passes.iter().flat_map(|p| p.sealed.clone()).collect();
+        assert_eq!(sealed, vec!["doc.txt".to_owned()], "{passes:?}");
+    });
+    // What was sealed is the whole file.
+    let mut b = Device::new(cloud.path(), true);
+    b.sync(&keys);
+    assert_eq!(
+        b.read("doc.txt").unwrap(),
+        std::fs::read(a.plain().join("doc.txt")).unwrap()
+    );
+}
