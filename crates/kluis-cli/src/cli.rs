@@ -112,17 +112,17 @@ pub struct SyncArgs {
     #[command(subcommand)]
     pub cmd: Option<SyncCmd>,
     /// The plain folder you work in (a folder named `status`: write `./status`).
-    #[arg(value_name = "PLAIN")]
+    #[arg(value_name = "PLAIN", env = "KLUIS_SYNC_PLAIN")]
     pub plain: Option<PathBuf>,
     /// The sealed folder, inside the OneDrive or SharePoint folder: only sealed files go there.
-    #[arg(value_name = "SEALED")]
+    #[arg(value_name = "SEALED", env = "KLUIS_SYNC_SEALED")]
     pub sealed: Option<PathBuf>,
     /// The label to seal under (default: `label` in config.toml).
     #[arg(short, long, env = "KLUIS_LABEL")]
     pub label: Option<String>,
     /// Sealed files get meaningless names derived from a folder key shared through the label
     /// (every device and colleague gets the same names); without it, PATH.kluis.
-    #[arg(long)]
+    #[arg(long, env = "KLUIS_SYNC_HIDE_NAMES")]
     pub hide_names: bool,
     /// Keep syncing on every change until stopped (event-driven; idle when nothing changes).
     #[arg(long)]

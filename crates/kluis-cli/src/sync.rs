@@ -119,9 +119,7 @@ pub fn run(args: SyncArgs, g: &Global) -> Result<u8, CliError> {
 }
 
 fn exit_code(r: &PassReport) -> u8 {
-    if r.stopped.iter().any(|s| s.contains("opening stopped")) {
-        return Class::Denied.code();
-    }
+    // A direction stopped by the key server (access revoked, label retired or destroyed).
     if !r.stopped.is_empty() {
         return Class::Denied.code();
     }
