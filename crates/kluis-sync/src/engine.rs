@@ -481,7 +481,9 @@ impl Syncer {
                         r.pending.push((rel, "sealing stopped".into()));
                         continue;
                     };
-                    self.do_seal(&rel, p, s, &sealing.slots, r)?;
+                    if let Err(e) = self.do_seal(&rel, p, s, &sealing.slots, r) {
+                        r.failed.push((rel, e.to_string()));
+                    }
                 }
                 Action::RemoveSealed(rel, s) => {
                     if sealing.is_none() {
@@ -491,13 +493,21 @@ impl Syncer {
                     let name = self.name_for(&rel);
                     let path = self.sealed.join(&name);
                     if Stamp::at(&path) == Some(s) {
-                        std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            r.failed
+                                .push((rel, format!("its sealed copy could not be removed: {e}")));
+                            continue;
+                        }
                         remove_empty_parents(&self.sealed, &name);
                     }
                     self.journal.entries.remove(&rel);
                     r.removed.push(rel);
                 }
-                Action::Trash(rel, p) => self.do_trash(&rel, p, r)?,
+                Action::Trash(rel, p) => {
+                    if let Err(e) = self.do_trash(&rel, p, r) {
+                        r.failed.push((rel, e.to_string()));
+                    }
+                }
                 Action::Open(rel, s, p) => opens.push(OpenJob {
                     name: self.name_for(&rel),
                     stamp: s,
@@ -661,7 +671,11 @@ impl Syncer {
                     }
                     None => continue,
                 };
-                self.open_one(job, header, &key, sealing, r)?;
+                // A failure of one file (a file in the way of a folder, a full disk) is
+                // listed; the others go on.
+                if let Err(e) = self.open_one(job, header, &key, sealing, r) {
+                    r.failed.push((shown(job), e.to_string()));
+                }
             }
             self.journal.save(&self.journal_path)?;
         }
@@ -868,7 +882,11 @@ impl Syncer {
                 r.conflicts.push((rel.clone(), copy_rel));
                 // The other version is safe beside it: now the plain one is sealed.
                 match sealing {
-                    Some(s) => self.do_seal(&rel, p, Some(job.stamp), &s.slots, r)?,
+                    Some(s) => {
+                        if let Err(e) = self.do_seal(&rel, p, Some(job.stamp), &s.slots, r) {
+                            r.failed.push((rel, e.to_string()));
+                        }
+                    }
                     None => r.pending.push((rel, "sealing stopped".into())),
                 }
             }

@@ -410,3 +410,25 @@ fn watch_seals_a_saved_file_once_it_stopped_changing() {
         std::fs::read(a.plain().join("doc.txt")).unwrap()
     );
 }
+
+#[test]
+fn one_file_that_cannot_be_placed_does_not_stop_the_others() {
+    // b has a plain file where a's folder is: that path fails, listed; the rest is synced.
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("x/inner.txt", b"inner");
+    a.write("y.txt", b"y");
+    a.sync(&keys);
+    let mut b = Device::new(cloud.path(), true);
+    let mut o = b.options();
+    o.settle = std::time::Duration::from_secs(3600);
+    b.write("x", b"a file in the way");
+    let r = Syncer::new(&o).unwrap().run(&keys, 1).unwrap();
+    assert!(
+        r.failed.iter().any(|(_, why)| why.contains("in the way")),
+        "{r:?}"
+    );
+    assert!(r.opened.contains(&"y.txt".to_owned()), "{r:?}");
+    let _ = &mut b;
+}
