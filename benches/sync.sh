@@ -23,7 +23,8 @@ srv() { "$bin/kluis-server" --store "$work/store.db" --key-file "$work/master.ke
 srv init >/dev/null 2>&1
 srv label create hr --group hr-staff >/dev/null 2>&1
 token=$(srv token create --user alice --group hr-staff 2>/dev/null)
-srv serve --listen 127.0.0.1:0 --insecure-http >"$work/serve.out" 2>/dev/null &
+"$bin/kluis-server" --store "$work/store.db" --key-file "$work/master.key" \
+  serve --listen 127.0.0.1:0 --insecure-http >"$work/serve.out" 2>/dev/null &
 server_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/serve.out")
@@ -57,7 +58,8 @@ opened=$(find "$work/b/plain" -type f | wc -l)
 printf 'first sync plain -> sealed: %d files in %.2f s\n' "$sealed" "$(echo "$t1 - $t0" | bc)"
 printf 'first sync sealed -> plain: %d files in %.2f s\n' "$opened" "$(echo "$t2 - $t1" | bc)"
 
-dev a --quiet sync "$work/a/plain" "$work/cloud" --label hr --hide-names --watch &
+KLUIS_CONFIG_DIR="$work/a/config" KLUIS_CACHE_DIR="$work/a/cache" \
+  "$bin/kluis" --quiet sync "$work/a/plain" "$work/cloud" --label hr --hide-names --watch &
 watch_pid=$!
 sleep 3
 for i in 1 2 3 4 5; do
@@ -76,3 +78,4 @@ hz=$(getconf CLK_TCK)
 printf 'idle CPU of the watching process over 10 s: %d ticks (%.3f s of CPU, %.2f %%)\n' \
   "$((c1 - c0))" "$(echo "($c1 - $c0) / $hz" | bc -l)" "$(echo "($c1 - $c0) / $hz * 10" | bc -l)"
 echo "rss of the watching process: $(awk '/VmRSS/ {print $2, $3}' "/proc/$watch_pid/status")"
+echo "(kluis sync watching $(find "$work/a/plain" -type f | wc -l) files)"

@@ -153,7 +153,10 @@ fn show(r: &PassReport, quiet: bool, json: bool) {
         say(&format!("mass-delete guard: {g}"));
     }
     for (p, why) in &r.failed {
-        say(&format!("failed: {p}: {why}"));
+        match p.is_empty() {
+            true => say(&format!("failed: {why}")),
+            false => say(&format!("failed: {p}: {why}")),
+        }
     }
     if quiet {
         return;

@@ -25,6 +25,40 @@ pub const GUARD_MIN_FILES: usize = 5;
 const UNWRAP_BATCH: usize = 1000;
 /// Save the journal after this many changes within a pass (and at its end).
 const SAVE_EVERY: usize = 200;
+/// Files sealed between two journal saves.
+const SEAL_CHUNK: usize = 500;
+/// Threads that seal at once.
+const WORKERS: usize = 8;
+
+/// `f` over `items` on up to [`WORKERS`] threads; the results in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    // A few files: threads would cost more than they save.
+    if items.len() < 16 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: std::sync::Mutex<Vec<Option<R>>> =
+        std::sync::Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    if let Ok(mut o) = out.lock() {
+                        o[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect()
+}
 
 /// How to sync one pair of folders.
 #[derive(Clone, Debug)]
@@ -104,6 +138,8 @@ pub struct Syncer {
     stray_grace: Duration,
     folder_key: Option<FolderKey>,
     cleaned: bool,
+    /// Folders with renames or removals not yet made durable (`fsync`ed before the journal).
+    dirty: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
     _lock: PairLock,
 }
 
@@ -191,6 +227,7 @@ impl Syncer {
             stray_grace: o.stray_grace,
             folder_key: None,
             cleaned: false,
+            dirty: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             _lock: lock,
         })
     }
@@ -215,6 +252,26 @@ impl Syncer {
             Some(k) => k.name_for(rel),
             None => format!("{rel}.{}", kluis_file::EXTENSION),
         }
+    }
+
+    /// Remember that `dir` had a rename or removal to make durable before the journal is saved.
+    fn mark(&self, dir: &Path) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(dir.to_owned());
+        }
+    }
+
+    /// Make the marked folders durable (`fsync`), then save the journal: a step is recorded
+    /// only once it is on disk.
+    fn flush(&mut self) -> Result<(), SyncError> {
+        let dirs = match self.dirty.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => Default::default(),
+        };
+        for d in dirs {
+            sync_dir(&d);
+        }
+        self.journal.save(&self.journal_path)
     }
 
     /// Run passes until nothing changes any more (at most `max` passes): a pass can write
@@ -285,7 +342,7 @@ impl Syncer {
 
         let actions = self.plan(&plain_files, &sealed_files, &mut r);
         self.execute(actions, keys, &mut r)?;
-        self.journal.save(&self.journal_path)?;
+        self.flush()?;
         Ok(r)
     }
 
@@ -470,6 +527,7 @@ impl Syncer {
             None
         };
         let mut opens = Vec::new();
+        let mut seals = Vec::new();
         let mut done = 0usize;
         for a in actions {
             match a {
@@ -481,9 +539,8 @@ impl Syncer {
                         r.pending.push((rel, "sealing stopped".into()));
                         continue;
                     };
-                    if let Err(e) = self.do_seal(&rel, p, s, &sealing.slots, r) {
-                        r.failed.push((rel, e.to_string()));
-                    }
+                    let _ = sealing;
+                    seals.push((rel, p, s));
                 }
                 Action::RemoveSealed(rel, s) => {
                     if sealing.is_none() {
@@ -498,6 +555,7 @@ impl Syncer {
                                 .push((rel, format!("its sealed copy could not be removed: {e}")));
                             continue;
                         }
+                        self.mark(path.parent().unwrap_or(&self.sealed));
                         remove_empty_parents(&self.sealed, &name);
                     }
                     self.journal.entries.remove(&rel);
@@ -526,10 +584,75 @@ impl Syncer {
             }
             done += 1;
             if done % SAVE_EVERY == 0 {
-                self.journal.save(&self.journal_path)?;
+                self.flush()?;
             }
         }
+        if let Some(sealing) = &sealing {
+            self.seal_many(&seals, &sealing.slots, r)?;
+        }
         self.do_opens(opens, keys, sealing.as_ref(), r)
+    }
+
+    /// Seal one plain file over its sealed name; the sealed file's stamp, or why not (left
+    /// for a later pass). Takes `&self`: sealing runs on several threads.
+    fn seal_work(
+        &self,
+        rel: &str,
+        p: Stamp,
+        s: Option<Stamp>,
+        slots: &[kluis_core::Slot],
+    ) -> Result<Stamp, String> {
+        let name = self.name_for(rel);
+        let src = self.plain.join(rel);
+        let target = self.sealed.join(&name);
+        let tmp = self.tmp.join(format!(
+            "{SEALED_TEMP_PREFIX}{}",
+            random_suffix().map_err(|e| e.to_string())?
+        ));
+        let result = seal_one(&src, p, rel, &tmp, slots).and_then(|()| {
+            if Stamp::at(&src) != Some(p) {
+                return Err("changed while it was sealed".to_owned());
+            }
+            if Stamp::at(&target) != s {
+                return Err("its sealed copy changed meanwhile; compared again next pass".into());
+            }
+            if !self.hide {
+                ensure_parent(&self.sealed, &name).map_err(|e| e.to_string())?;
+            }
+            std::fs::rename(&tmp, &target)
+                .map_err(|e| format!("the sealed file could not be moved into place: {e}"))?;
+            self.mark(target.parent().unwrap_or(&self.sealed));
+            Stamp::at(&target).ok_or_else(|| "the sealed file vanished".to_owned())
+        });
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
+    /// Record the outcome of `seal_work`.
+    fn record_seal(
+        &mut self,
+        rel: &str,
+        p: Stamp,
+        outcome: Result<Stamp, String>,
+        r: &mut PassReport,
+    ) {
+        match outcome {
+            Ok(stamp) => {
+                self.journal.entries.insert(
+                    rel.to_owned(),
+                    Entry {
+                        plain: Some(p),
+                        sealed: Some(stamp),
+                        name: self.name_for(rel),
+                    },
+                );
+                r.sealed.push(rel.to_owned());
+            }
+            Err(why) => {
+                r.pending.push((rel.to_owned(), why));
+                r.retry(self.settle.max(Duration::from_millis(200)));
+            }
+        }
     }
 
     fn do_seal(
@@ -540,45 +663,26 @@ impl Syncer {
         slots: &[kluis_core::Slot],
         r: &mut PassReport,
     ) -> Result<(), SyncError> {
-        let name = self.name_for(rel);
-        let src = self.plain.join(rel);
-        let target = self.sealed.join(&name);
-        let tmp = self
-            .tmp
-            .join(format!("{SEALED_TEMP_PREFIX}{}", random_suffix()?));
-        let result = seal_one(&src, p, rel, &tmp, slots);
-        let outcome = match result {
-            Ok(()) if Stamp::at(&src) != Some(p) => Err("changed while it was sealed".to_owned()),
-            Ok(()) if Stamp::at(&target) != s => {
-                Err("its sealed copy changed meanwhile; compared again next pass".to_owned())
+        let outcome = self.seal_work(rel, p, s, slots);
+        self.record_seal(rel, p, outcome, r);
+        Ok(())
+    }
+
+    /// Seal many files, `WORKERS` at a time (each waits on its `fsync` most of the time),
+    /// recording them in the journal every `SEAL_CHUNK`.
+    fn seal_many(
+        &mut self,
+        items: &[(String, Stamp, Option<Stamp>)],
+        slots: &[kluis_core::Slot],
+        r: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        for chunk in items.chunks(SEAL_CHUNK) {
+            let this = &*self;
+            let outcomes = parallel_map(chunk, |(rel, p, s)| this.seal_work(rel, *p, *s, slots));
+            for ((rel, p, _), outcome) in chunk.iter().zip(outcomes) {
+                self.record_seal(rel, *p, outcome, r);
             }
-            Ok(()) => {
-                if !self.hide {
-                    ensure_parent(&self.sealed, &name)?;
-                }
-                std::fs::rename(&tmp, &target).map_err(io("move into place", &target))?;
-                sync_dir(target.parent().unwrap_or(&self.sealed));
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_file(&tmp);
-        match outcome {
-            Ok(()) => {
-                self.journal.entries.insert(
-                    rel.to_owned(),
-                    Entry {
-                        plain: Some(p),
-                        sealed: Stamp::at(&target),
-                        name,
-                    },
-                );
-                r.sealed.push(rel.to_owned());
-            }
-            Err(why) => {
-                r.pending.push((rel.to_owned(), why));
-                r.retry(self.settle.max(Duration::from_millis(200)));
-            }
+            self.flush()?;
         }
         Ok(())
     }
@@ -636,8 +740,9 @@ impl Syncer {
                 kluis_core::unlock_all(&readable, &unwrappers)
             }
             .into_iter();
-            for (job, header) in batch.iter().zip(&headers) {
-                let Some(header) = header else {
+            let mut ready: Vec<(usize, FileKey)> = Vec::new();
+            for (i, (job, header)) in batch.iter().zip(&headers).enumerate() {
+                let Some(_) = header else {
                     self.misplace(job, r, "not a readable kluis document (partly downloaded?)");
                     continue;
                 };
@@ -671,15 +776,58 @@ impl Syncer {
                     }
                     None => continue,
                 };
+                ready.push((i, key));
+            }
+            // Decrypt into temporaries on several threads (each mostly waits on its fsync),
+            // then place them one by one.
+            let this = &*self;
+            let pre = parallel_map(&ready, |(i, key)| {
+                headers[*i]
+                    .as_ref()
+                    .and_then(|h| this.prewrite(&batch[*i], h, key))
+            });
+            for ((i, key), pre) in ready.iter().zip(pre) {
+                let (job, Some(header)) = (&batch[*i], &headers[*i]) else {
+                    continue;
+                };
+                let tmp = pre.as_ref().map(|(t, _)| t.clone());
                 // A failure of one file (a file in the way of a folder, a full disk) is
                 // listed; the others go on.
-                if let Err(e) = self.open_one(job, header, &key, sealing, r) {
+                if let Err(e) = self.open_one(job, header, key, sealing, r, pre) {
                     r.failed.push((shown(job), e.to_string()));
                 }
+                if let Some(t) = tmp {
+                    let _ = std::fs::remove_file(t);
+                }
             }
-            self.journal.save(&self.journal_path)?;
+            self.flush()?;
         }
         Ok(())
+    }
+
+    /// The opening of a document to its own path, done ahead into a temporary beside the
+    /// target when every check `open_one` makes before writing passes; `None` otherwise.
+    fn prewrite(
+        &self,
+        job: &OpenJob,
+        header: &Header,
+        key: &FileKey,
+    ) -> Option<(PathBuf, Result<(), String>)> {
+        let meta = header.metadata(key).ok()?;
+        let rel = meta.name.clone();
+        if kluis_file::safe_relative_path(&rel).is_err() || self.name_for(&rel) != job.name {
+            return None;
+        }
+        match &job.kind {
+            OpenKind::Main(e, _) | OpenKind::Conflict(e, _) if *e != rel => return None,
+            OpenKind::Incoming if Stamp::at(&self.plain.join(&rel)).is_some() => return None,
+            _ => {}
+        }
+        let target = ensure_parent(&self.plain, &rel).ok()?;
+        let dir = target.parent().unwrap_or(&self.plain);
+        let tmp = dir.join(format!("{PLAIN_TEMP_PREFIX}{}", random_suffix().ok()?));
+        let written = open_to(&self.sealed.join(&job.name), header, key, &tmp, &meta);
+        Some((tmp, written))
     }
 
     fn open_stray(
@@ -714,7 +862,7 @@ impl Syncer {
         let placed = place(&tmp, &target, None);
         let _ = std::fs::remove_file(&tmp);
         if placed {
-            sync_dir(&dir);
+            self.mark(&dir);
             let _ = std::fs::remove_file(&path);
             r.conflicts.push((rel.to_owned(), copy_rel));
         }
@@ -735,6 +883,7 @@ impl Syncer {
         key: &FileKey,
         sealing: Option<&Sealing>,
         r: &mut PassReport,
+        pre: Option<(PathBuf, Result<(), String>)>,
     ) -> Result<(), SyncError> {
         let path = self.sealed.join(&job.name);
         let meta = match header.metadata(key) {
@@ -799,8 +948,15 @@ impl Syncer {
         }
         let target = ensure_parent(&self.plain, &rel)?;
         let dir = target.parent().unwrap_or(&self.plain).to_owned();
-        let tmp = dir.join(format!("{PLAIN_TEMP_PREFIX}{}", random_suffix()?));
-        let written = open_to(&path, header, key, &tmp, &meta);
+        let (tmp, written) = match pre {
+            // Written ahead, into this same folder.
+            Some((tmp, written)) if tmp.parent() == Some(dir.as_path()) => (tmp, written),
+            _ => {
+                let tmp = dir.join(format!("{PLAIN_TEMP_PREFIX}{}", random_suffix()?));
+                let written = open_to(&path, header, key, &tmp, &meta);
+                (tmp, written)
+            }
+        };
         if let Err(why) = written {
             let _ = std::fs::remove_file(&tmp);
             r.failed.push((rel, why));
@@ -822,7 +978,7 @@ impl Syncer {
                         .push((rel, "changed meanwhile; compared again next pass".into()));
                     return Ok(());
                 }
-                sync_dir(&dir);
+                self.mark(&dir);
                 self.journal.entries.insert(
                     rel.clone(),
                     Entry {
@@ -841,7 +997,7 @@ impl Syncer {
                         .push((rel, "appeared on both sides; compared next pass".into()));
                     return Ok(());
                 }
-                sync_dir(&dir);
+                self.mark(&dir);
                 self.journal.entries.insert(
                     rel.clone(),
                     Entry {
@@ -878,7 +1034,7 @@ impl Syncer {
                         .push((rel, "conflict copy could not be written; next pass".into()));
                     return Ok(());
                 }
-                sync_dir(&dir);
+                self.mark(&dir);
                 r.conflicts.push((rel.clone(), copy_rel));
                 // The other version is safe beside it: now the plain one is sealed.
                 match sealing {
