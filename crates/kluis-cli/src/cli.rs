@@ -130,8 +130,9 @@ pub struct SyncArgs {
     /// Carry out deletions even when a large share of the files would go at once.
     #[arg(long)]
     pub allow_mass_delete: bool,
-    /// A plain file is sealed only once it has not changed for this long.
-    #[arg(long, value_name = "MS", default_value_t = 500)]
+    /// A plain file is sealed only once it has not changed for this long (with --watch, the
+    /// folders must also have been quiet for 300 ms).
+    #[arg(long, value_name = "MS", default_value_t = 250)]
     pub settle_ms: u64,
 }
 

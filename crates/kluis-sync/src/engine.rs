@@ -138,6 +138,8 @@ pub struct Syncer {
     stray_grace: Duration,
     folder_key: Option<FolderKey>,
     cleaned: bool,
+    /// The digest of the journal as last written.
+    saved: Option<Vec<u8>>,
     /// Folders with renames or removals not yet made durable (`fsync`ed before the journal).
     dirty: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
     _lock: PairLock,
@@ -227,6 +229,7 @@ impl Syncer {
             stray_grace: o.stray_grace,
             folder_key: None,
             cleaned: false,
+            saved: None,
             dirty: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             _lock: lock,
         })
@@ -271,7 +274,7 @@ impl Syncer {
         for d in dirs {
             sync_dir(&d);
         }
-        self.journal.save(&self.journal_path)
+        self.journal.save(&self.journal_path, &mut self.saved)
     }
 
     /// Run passes until nothing changes any more (at most `max` passes): a pass can write
@@ -401,7 +404,7 @@ impl Syncer {
             self.journal.entries.remove(&rel);
         }
         sync_dir(&self.sealed);
-        self.journal.save(&self.journal_path)
+        self.journal.save(&self.journal_path, &mut self.saved)
     }
 
     fn plan(

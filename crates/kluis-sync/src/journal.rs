@@ -69,15 +69,24 @@ impl Journal {
         Ok(j)
     }
 
-    /// Write the journal to `path` atomically and durably.
-    pub fn save(&self, path: &Path) -> Result<(), SyncError> {
+    /// Write the journal to `path` atomically and durably, unless it is what was last written
+    /// (`last` holds the SHA-256 of that; an idle pass then writes nothing).
+    pub fn save(&self, path: &Path, last: &mut Option<Vec<u8>>) -> Result<(), SyncError> {
         let mut j = self.clone();
         j.version = VERSION;
         let bytes = serde_json::to_vec(&j).map_err(|e| SyncError::Io {
             what: "encode the journal".into(),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(path, &bytes, false)
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec();
+        if last.as_ref() == Some(&digest) {
+            return Ok(());
+        }
+        write_atomic(path, &bytes, false)?;
+        *last = Some(digest);
+        Ok(())
     }
 }
 
