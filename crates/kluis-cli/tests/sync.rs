@@ -228,3 +228,29 @@ fn watch_seals_changes_opens_arrivals_and_survives_kill_9() {
         vec!["from desktop.txt", "report.txt", "second.txt"]
     );
 }
+
+#[test]
+fn a_destroyed_or_retired_key_version_stops_opening_and_says_so() {
+    let server = Server::start();
+    let laptop = User::logged_in(&server, &server.alice);
+    let desktop = User::logged_in(&server, &server.alice);
+    plain(&desktop);
+    let cloud = tempfile::tempdir().unwrap();
+    let c = cloud.path().to_str().unwrap();
+    write(&plain(&laptop).join("a.txt"), b"sealed to version 1");
+    laptop.run(&sync_args(c, &[])).ok();
+    // Version 1 retired (it opens only for re-keying): the desktop stops opening, says so.
+    server.admin(&["label", "rotate", "hr"]);
+    server.admin(&["label", "retire", "hr", "1"]);
+    let run = desktop.run(&sync_args(c, &[])).fails(5, "opening stopped");
+    assert!(!desktop.path("plain/a.txt").exists(), "{}", run.stderr);
+    // Version 1 destroyed: the same, naming the destruction.
+    server.admin(&["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    let run = desktop.run(&sync_args(c, &[])).fails(5, "opening stopped");
+    assert!(run.stderr.contains("destroyed"), "{}", run.stderr);
+    assert!(!desktop.path("plain/a.txt").exists());
+    // Sealing goes on, to the current version.
+    write(&laptop.path("plain/b.txt"), b"new");
+    laptop.run(&sync_args(c, &[])).ok();
+    assert_eq!(tree(cloud.path()).len(), 2);
+}

@@ -432,3 +432,36 @@ fn one_file_that_cannot_be_placed_does_not_stop_the_others() {
     assert!(r.opened.contains(&"y.txt".to_owned()), "{r:?}");
     let _ = &mut b;
 }
+
+#[test]
+fn a_label_that_cannot_be_sealed_to_stops_sealing_and_removals() {
+    struct Refusing(TestKeys);
+    impl kluis_sync::Keys for Refusing {
+        fn seal_to(&self) -> Result<kluis_sync::Sealing, String> {
+            Err("label `hr` was retired on the key server".into())
+        }
+        fn unwrappers(&self) -> Vec<&dyn kluis_core::Unwrap> {
+            self.0.unwrappers()
+        }
+    }
+    use kluis_sync::Keys;
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("old.txt", b"old");
+    a.sync(&keys);
+    let refusing = Refusing(TestKeys { key: keys.key });
+    a.write("new.txt", b"new");
+    std::fs::remove_file(a.plain().join("old.txt")).unwrap();
+    let r = a.sync(&refusing);
+    assert!(
+        r.stopped[0].contains("sealing stopped") && r.stopped[0].contains("retired"),
+        "{r:?}"
+    );
+    assert!(r.sealed.is_empty() && r.removed.is_empty(), "{r:?}");
+    assert!(
+        cloud.path().join("old.txt.kluis").exists(),
+        "nothing removed"
+    );
+    assert!(!cloud.path().join("new.txt.kluis").exists());
+}
