@@ -444,7 +444,6 @@ fn a_label_that_cannot_be_sealed_to_stops_sealing_and_removals() {
             self.0.unwrappers()
         }
     }
-    use kluis_sync::Keys;
     let keys = TestKeys::new();
     let cloud = tempfile::tempdir().unwrap();
     let mut a = Device::new(cloud.path(), false);
