@@ -1091,10 +1091,18 @@ fn merge(total: &mut PassReport, r: PassReport) {
 }
 
 /// Put `tmp` at `target`: with `expected` none only if nothing is there (a hard link fails
-/// atomically otherwise), else only if `target` is still the expected version.
+/// atomically otherwise), else only if `target` is still the expected version. The caller
+/// removes `tmp` afterwards (a no-op when it was renamed).
 fn place(tmp: &Path, target: &Path, expected: Option<Stamp>) -> bool {
     match expected {
-        None => std::fs::hard_link(tmp, target).is_ok(),
+        None => match std::fs::hard_link(tmp, target) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            // A file system without hard links (FAT, exFAT): check, then rename (a small race).
+            Err(_) => {
+                std::fs::symlink_metadata(target).is_err() && std::fs::rename(tmp, target).is_ok()
+            }
+        },
         Some(e) => Stamp::at(target) == Some(e) && std::fs::rename(tmp, target).is_ok(),
     }
 }

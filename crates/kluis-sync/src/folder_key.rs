@@ -185,7 +185,17 @@ fn create(
     write_atomic(&tmp, &doc, false)?;
     let target = sealed.join(FOLDER_KEY_FILE);
     // No-clobber: a folder key that arrived meanwhile is never replaced.
-    let linked = std::fs::hard_link(&tmp, &target);
+    let linked = match std::fs::hard_link(&tmp, &target) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            // No hard links (FAT, exFAT): check, then rename (a small race).
+            if std::fs::symlink_metadata(&target).is_ok() {
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+            } else {
+                std::fs::rename(&tmp, &target)
+            }
+        }
+        other => other,
+    };
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => {
