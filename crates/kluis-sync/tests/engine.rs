@@ -464,3 +464,55 @@ fn a_label_that_cannot_be_sealed_to_stops_sealing_and_removals() {
     );
     assert!(!cloud.path().join("new.txt.kluis").exists());
 }
+
+#[test]
+fn openings_wait_while_the_key_server_is_away_and_nothing_is_dropped() {
+    /// A key holder that cannot be reached.
+    struct Away(kluis_core::LabelKey);
+    impl kluis_core::Unwrap for Away {
+        fn accepts(&self, stanza: &kluis_core::Stanza) -> bool {
+            self.0.accepts(stanza)
+        }
+        fn unwrap(
+            &self,
+            requests: &[kluis_core::UnwrapRequest<'_>],
+        ) -> Vec<Result<kluis_core::Share, kluis_core::UnwrapError>> {
+            requests
+                .iter()
+                .map(|_| Err(kluis_core::UnwrapError::unavailable("connection refused")))
+                .collect()
+        }
+    }
+    struct Offline(Away, TestKeys);
+    impl kluis_sync::Keys for Offline {
+        fn seal_to(&self) -> Result<kluis_sync::Sealing, String> {
+            self.1.seal_to()
+        }
+        fn unwrappers(&self) -> Vec<&dyn kluis_core::Unwrap> {
+            vec![&self.0]
+        }
+    }
+    use kluis_sync::Keys;
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("a.txt", b"from a");
+    a.sync(&keys);
+    let mut b = Device::new(cloud.path(), false);
+    // The same label key, but its holder unreachable.
+    let offline = Offline(Away(keys.key.clone()), TestKeys::new());
+    let r = b.sync(&offline);
+    assert!(r.opened.is_empty());
+    assert!(
+        r.pending
+            .iter()
+            .any(|(p, why)| p.contains("a.txt") && why.contains("could not be reached")),
+        "{r:?}"
+    );
+    assert!(r.retry_after.is_some(), "a retry is asked for");
+    assert!(r.stopped.is_empty(), "unreachable is not a refusal: {r:?}");
+    // Back online: opened, nothing was dropped.
+    let r = b.sync(&keys);
+    assert_eq!(r.opened, vec!["a.txt".to_owned()]);
+    let _ = offline.seal_to();
+}
