@@ -1039,6 +1039,29 @@ impl Syncer {
                 }
                 self.mark(&dir);
                 r.conflicts.push((rel.clone(), copy_rel));
+                // The sealed version is taken care of (its copy is a plain file of its own):
+                // record it, the plain side still unsynced, so a pass that cannot seal now
+                // (sealing stopped, the plain file changed again) seals later instead of
+                // copying the same version again on every pass.
+                let unsynced = Stamp {
+                    size: u64::MAX,
+                    mtime_ns: i64::MIN,
+                    ino: 0,
+                };
+                let jp = self
+                    .journal
+                    .entries
+                    .get(&rel)
+                    .and_then(|e| e.plain)
+                    .unwrap_or(unsynced);
+                self.journal.entries.insert(
+                    rel.clone(),
+                    Entry {
+                        plain: Some(jp),
+                        sealed: Some(job.stamp),
+                        name: job.name.clone(),
+                    },
+                );
                 // The other version is safe beside it: now the plain one is sealed.
                 match sealing {
                     Some(s) => {
