@@ -61,6 +61,10 @@ impl Keys for ServerKeys {
     fn unwrappers(&self) -> Vec<&dyn Unwrap> {
         vec![&self.client]
     }
+
+    fn label(&self) -> Option<String> {
+        Some(self.label.clone())
+    }
 }
 
 /// Run `kluis sync`.

@@ -29,6 +29,9 @@ const SAVE_EVERY: usize = 200;
 const SEAL_CHUNK: usize = 500;
 /// Threads that seal at once.
 const WORKERS: usize = 8;
+/// When a file that could not be sealed for a lasting reason (unreadable, a full disk) is
+/// tried again without a change.
+const SLOW_RETRY: Duration = Duration::from_secs(60);
 
 /// `f` over `items` on up to [`WORKERS`] threads; the results in order.
 fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -651,9 +654,16 @@ impl Syncer {
                 );
                 r.sealed.push(rel.to_owned());
             }
-            Err(why) => {
+            // The file or its sealed copy changed meanwhile: soon again.
+            Err(why) if why.contains("changed") => {
                 r.pending.push((rel.to_owned(), why));
                 r.retry(self.settle.max(Duration::from_millis(200)));
+            }
+            // Unreadable, a full disk, something in the way: that does not pass by itself
+            // within a second; listed as failing, tried again on the next change or slowly.
+            Err(why) => {
+                r.failed.push((rel.to_owned(), why));
+                r.retry(SLOW_RETRY);
             }
         }
     }
@@ -727,16 +737,30 @@ impl Syncer {
         r: &mut PassReport,
     ) -> Result<(), SyncError> {
         let unwrappers = keys.unwrappers();
+        // Only documents the pair's label alone opens are opened (and never unwrapped
+        // otherwise): one of another label would be sealed again to this one.
+        let label = if jobs.is_empty() { None } else { keys.label() };
         let mut stopped = false;
         for batch in jobs.chunks(UNWRAP_BATCH) {
             let mut headers = Vec::with_capacity(batch.len());
+            let mut foreign = Vec::with_capacity(batch.len());
             for job in batch {
                 let path = self.sealed.join(&job.name);
                 let h = std::fs::File::open(&path)
-                    .and_then(|mut f| Header::read(&mut f).map_err(std::io::Error::other));
-                headers.push(h.ok());
+                    .and_then(|mut f| Header::read(&mut f).map_err(std::io::Error::other))
+                    .ok();
+                foreign.push(
+                    h.as_ref()
+                        .is_some_and(|h| !crate::opened_by_label_alone(h, label.as_deref())),
+                );
+                headers.push(h);
             }
-            let readable: Vec<&Header> = headers.iter().flatten().collect();
+            let readable: Vec<&Header> = headers
+                .iter()
+                .zip(&foreign)
+                .filter(|(_, f)| !**f)
+                .filter_map(|(h, _)| h.as_ref())
+                .collect();
             let mut unlocked = if stopped || readable.is_empty() {
                 Vec::new()
             } else {
@@ -749,6 +773,14 @@ impl Syncer {
                     self.misplace(job, r, "not a readable kluis document (partly downloaded?)");
                     continue;
                 };
+                if foreign[i] {
+                    let why = format!(
+                        "not opened: it is not sealed to label `{}` alone (opened here, it would be sealed again to that label and readable by everyone it admits); open it with `kluis open` if it is yours, or move it out of the sealed folder",
+                        label.as_deref().unwrap_or("?")
+                    );
+                    self.misplace(job, r, &why);
+                    continue;
+                }
                 if stopped {
                     r.pending.push((shown(job), "opening stopped".into()));
                     continue;

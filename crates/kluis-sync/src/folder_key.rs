@@ -86,8 +86,9 @@ pub struct Chosen {
 }
 
 /// The `.kluis-folder*` documents in the sealed folder (the sync client may have kept a
-/// second one under a conflict name), by document id.
-fn candidates(sealed: &Path) -> Vec<(String, PathBuf)> {
+/// second one under a conflict name), by document id. Only documents the pair's `label` alone
+/// opens count: one sealed to another label is never adopted (nor unwrapped).
+fn candidates(sealed: &Path, label: Option<&str>) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(sealed) else {
         return out;
@@ -109,7 +110,9 @@ fn candidates(sealed: &Path) -> Vec<(String, PathBuf)> {
             continue;
         };
         if let Ok(h) = Header::read(&mut f) {
-            out.push((h.doc_id().to_string(), path));
+            if crate::opened_by_label_alone(&h, label) {
+                out.push((h.doc_id().to_string(), path));
+            }
         }
     }
     out.sort();
@@ -217,8 +220,9 @@ pub fn choose(
     keys: &dyn Keys,
 ) -> Result<Chosen, SyncError> {
     let cached = load_cache(state);
+    let label = keys.label();
     for _ in 0..3 {
-        let found = candidates(sealed);
+        let found = candidates(sealed, label.as_deref());
         let Some((winner_id, winner_path)) = found.first().cloned() else {
             // None there (a new folder, or its document was deleted): seal one, with the
             // cached key when there is one, so the names stay as they are.

@@ -48,6 +48,36 @@ pub trait Keys {
     fn seal_to(&self) -> Result<Sealing, String>;
     /// The key holders that open documents (the key server client).
     fn unwrappers(&self) -> Vec<&dyn Unwrap>;
+    /// The label the pair is sealed to. Sync opens only documents (the folder key included)
+    /// that this label alone opens: a document of another label dropped into SEALED is left
+    /// there and listed, since once opened it would be sealed again to this label (as a
+    /// conflict copy, or after an edit) and readable by everyone this label admits. The
+    /// default takes the label of the first single-label slot of [`Keys::seal_to`]; `None`
+    /// opens nothing.
+    fn label(&self) -> Option<String> {
+        self.seal_to()
+            .ok()?
+            .slots
+            .iter()
+            .find_map(|slot| match slot.recipients().as_slice() {
+                [kluis_core::Recipient::Label(l)] => Some(l.label().to_owned()),
+                _ => None,
+            })
+    }
+}
+
+/// Whether the document with `header` is opened by `label` alone (a one-stanza slot wrapped
+/// to that label): sealing it again to `label` then lets no one new read it.
+pub(crate) fn opened_by_label_alone(header: &kluis_core::Header, label: Option<&str>) -> bool {
+    let Some(label) = label else {
+        return false;
+    };
+    header.slots().iter().any(|slot| match slot.as_slice() {
+        [kluis_core::Stanza::Org(o)] => {
+            o.label() == label && o.slot_kind() == kluis_core::SlotKind::Whole
+        }
+        _ => false,
+    })
 }
 
 /// The state folder of every pair below `state_root`, with each pair's last status (the

@@ -1,0 +1,159 @@
+//! Attacks on kluis sync from a hostile SEALED folder (the cloud provider, a colleague who can
+//! write to the shared folder, a crafted file) and on its confidentiality (review of issue 18).
+
+#[allow(unused_imports)]
+mod common;
+
+use std::path::Path;
+
+use common::{Device, TestKeys, files};
+use kluis_core::{LabelKey, Metadata, Recipient, Slot, Unwrap};
+use kluis_sync::{Keys, Sealing};
+
+/// A person who may open two labels: the pair's label `hr` and a more restricted `board`.
+/// Sealing goes to `hr`, the pair's label.
+struct TwoLabels {
+    hr: TestKeys,
+    board: LabelKey,
+}
+
+impl Keys for TwoLabels {
+    fn seal_to(&self) -> Result<Sealing, String> {
+        self.hr.seal_to()
+    }
+    fn unwrappers(&self) -> Vec<&dyn Unwrap> {
+        vec![&self.hr.key, &self.board]
+    }
+}
+
+fn two_labels() -> TwoLabels {
+    TwoLabels {
+        hr: TestKeys::new(),
+        board: LabelKey::generate("board", 1).unwrap(),
+    }
+}
+
+/// A document sealed to `board` only (the attacker took it from elsewhere: they cannot open it).
+fn board_doc(keys: &TwoLabels, stored_path: &str, content: &[u8]) -> Vec<u8> {
+    let slots = vec![Slot::single(Recipient::Label(
+        keys.board.public_key().clone(),
+    ))];
+    kluis_core::seal(&slots, &Metadata::default().name(stored_path), content).unwrap()
+}
+
+/// Whether anything in `sealed` that the `hr` key alone opens holds `needle`: what every
+/// member of `hr` (the attacker included) could read.
+fn hr_can_read(keys: &TwoLabels, sealed: &Path, needle: &[u8]) -> Vec<String> {
+    let hr: [&dyn Unwrap; 1] = [&keys.hr.key];
+    let mut out = Vec::new();
+    for (name, data) in files(sealed) {
+        if let Ok((plain, _)) = kluis_core::open(&data, &hr) {
+            if plain.windows(needle.len()).any(|w| w == needle) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+const SECRET: &[u8] = b"BOARD-ONLY: merger with ACME on 1 March";
+
+/// A member of `hr` who is not on `board` drops a `board` document into the shared `hr` SEALED
+/// folder under a stray name (as a sync client's conflict copy would be named). A person on
+/// both labels syncs: sync must not open it and seal it again to `hr` (the stray rule seals
+/// the conflict copy under its own name), which would let every `hr` member read a `board`
+/// document.
+#[test]
+fn a_document_of_another_label_is_not_laundered_into_the_pairs_label_as_a_stray() {
+    let keys = two_labels();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut victim = Device::new(cloud.path(), false);
+    victim.write("notes.txt", b"hr notes");
+    victim.sync(&keys);
+    std::fs::write(
+        cloud.path().join("minutes-LAPTOP.txt.kluis"),
+        board_doc(&keys, "minutes.txt", SECRET),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        victim.sync(&keys);
+    }
+    let leaked = hr_can_read(&keys, cloud.path(), SECRET);
+    assert!(
+        leaked.is_empty(),
+        "a board document was sealed again to hr: {leaked:?}"
+    );
+}
+
+/// The same document dropped under the name its stored path gives: opened into PLAIN, the
+/// person edits it (not knowing it is a board document), and the edit is sealed to `hr`.
+#[test]
+fn a_document_of_another_label_is_not_opened_into_the_pair_and_resealed_after_an_edit() {
+    let keys = two_labels();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut victim = Device::new(cloud.path(), false);
+    victim.write("notes.txt", b"hr notes");
+    victim.sync(&keys);
+    std::fs::write(
+        cloud.path().join("minutes.txt.kluis"),
+        board_doc(&keys, "minutes.txt", SECRET),
+    )
+    .unwrap();
+    let r = victim.sync(&keys);
+    if let Some(mut text) = victim.read("minutes.txt") {
+        text.extend_from_slice(b"\nedited by the victim\n");
+        std::fs::write(victim.plain().join("minutes.txt"), text).unwrap();
+        victim.sync(&keys);
+    }
+    let leaked = hr_can_read(&keys, cloud.path(), SECRET);
+    assert!(
+        leaked.is_empty(),
+        "a board document was sealed again to hr: {leaked:?} (first pass: {r:?})"
+    );
+    assert!(
+        r.failed.iter().any(|(p, _)| p.contains("minutes.txt")),
+        "the refusal is listed: {r:?}"
+    );
+}
+
+/// A `.kluis-folder…` document sealed to another label, with a smaller document id than the
+/// folder key in force, planted in SEALED (hidden names): it is neither adopted nor unwrapped;
+/// sync goes on with the folder key it has, names unchanged.
+#[test]
+fn a_folder_key_of_another_label_is_not_adopted() {
+    let keys = two_labels();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut victim = Device::new(cloud.path(), true);
+    victim.write("notes.txt", b"hr notes");
+    victim.sync(&keys);
+    let names_before: Vec<String> = files(cloud.path()).into_iter().map(|(n, _)| n).collect();
+    let doc_id = |bytes: &[u8]| {
+        kluis_core::Header::read(&mut &bytes[..])
+            .unwrap()
+            .doc_id()
+            .to_string()
+    };
+    let ours = doc_id(&std::fs::read(cloud.path().join(".kluis-folder")).unwrap());
+    // A folder-key document the attacker knows, sealed to `board` (which the victim may open),
+    // with a smaller document id than ours.
+    let mut payload = b"kluis-sync/v1 folder-key\0".to_vec();
+    payload.extend_from_slice(&[7u8; 32]);
+    let slots = vec![Slot::single(Recipient::Label(
+        keys.board.public_key().clone(),
+    ))];
+    let planted = (0..256)
+        .map(|_| kluis_core::seal(&slots, &Metadata::default(), &payload).unwrap())
+        .find(|d| doc_id(d) < ours)
+        .expect("a smaller document id in 256 tries");
+    std::fs::write(cloud.path().join(".kluis-folder-attacker"), planted).unwrap();
+    victim.write("more.txt", b"more hr notes");
+    let r = victim.sync(&keys);
+    assert!(r.sealed.contains(&"more.txt".to_owned()), "{r:?}");
+    let names_after: Vec<String> = files(cloud.path()).into_iter().map(|(n, _)| n).collect();
+    for n in &names_before {
+        assert!(
+            names_after.contains(n),
+            "{n} was re-named under a folder key sealed to another label: {names_after:?}"
+        );
+    }
+}
