@@ -615,7 +615,7 @@ impl Syncer {
             "{SEALED_TEMP_PREFIX}{}",
             random_suffix().map_err(|e| e.to_string())?
         ));
-        let result = seal_one(&src, p, rel, &tmp, slots).and_then(|()| {
+        let result = seal_one(&src, p, rel, &tmp, slots, self.hide).and_then(|()| {
             if Stamp::at(&src) != Some(p) {
                 return Err("changed while it was sealed".to_owned());
             }
@@ -1216,13 +1216,16 @@ fn same_content(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Seal `src` (expected at stamp `p`) into a new file at `tmp`, storing `rel` as its name.
+/// Seal `src` (expected at stamp `p`) into a new file at `tmp`, storing `rel` as its name
+/// (padded to a multiple of 256 bytes with `hide`: the header's length would show the
+/// path's length otherwise).
 fn seal_one(
     src: &Path,
     p: Stamp,
     rel: &str,
     tmp: &Path,
     slots: &[kluis_core::Slot],
+    hide: bool,
 ) -> Result<(), String> {
     let mut input = std::fs::File::open(src).map_err(|e| format!("cannot be read: {e}"))?;
     let meta = input
@@ -1232,6 +1235,7 @@ fn seal_one(
         return Err("changed since it was looked at".into());
     }
     let mut md = Metadata::with_size(meta.len()).name(rel);
+    md.name_padded = hide;
     if let Ok(t) = meta.modified() {
         md = md.modified(t);
     }

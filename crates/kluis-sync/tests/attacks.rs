@@ -157,3 +157,40 @@ fn a_folder_key_of_another_label_is_not_adopted() {
         );
     }
 }
+
+/// With `--hide-names` the provider must not learn names; the sealed metadata stores the
+/// relative path, and its length shows in the header without a key
+/// (`Header::name_len_bound`) unless the name is padded. Two paths of very different lengths
+/// must give the same bound.
+#[test]
+fn hidden_names_do_not_show_the_length_of_the_path() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    let short = "a.txt";
+    let long = "board/strategy-2027-acquisition-of-acme-and-layoffs-confidential.docx";
+    a.write(short, b"same content");
+    a.write(long, b"same content");
+    let r = a.sync(&keys);
+    assert_eq!(r.sealed.len(), 2, "{r:?}");
+    let mut bounds = Vec::new();
+    for (name, data) in files(cloud.path()) {
+        if name.starts_with(".kluis-folder") {
+            continue;
+        }
+        let h = kluis_core::Header::read(&mut &data[..]).unwrap();
+        bounds.push(h.name_len_bound());
+    }
+    assert_eq!(bounds.len(), 2);
+    assert_eq!(
+        bounds[0],
+        bounds[1],
+        "the header shows each path's length: {bounds:?} (short {}, long {})",
+        short.len(),
+        long.len()
+    );
+    // And both open to their own paths on another device.
+    let mut b = Device::new(cloud.path(), true);
+    b.sync(&keys);
+    assert_eq!(b.read(long).as_deref(), Some(&b"same content"[..]));
+}
