@@ -490,8 +490,11 @@ impl Syncer {
             .filter(|a| matches!(a, Action::RemoveSealed(..) | Action::Trash(..)))
             .count();
         let tracked = self.journal.entries.len().max(1);
+        // A small folder emptied as a whole (an unmounted drive holding four files) is held
+        // back too, not only one of at least GUARD_MIN_FILES.
+        let whole = deletes >= 2 && deletes >= tracked;
         if !self.allow_mass_delete
-            && deletes >= GUARD_MIN_FILES
+            && (deletes >= GUARD_MIN_FILES || whole)
             && deletes * 100 > tracked * GUARD_SHARE_PERCENT
         {
             r.guard = Some(format!(

@@ -97,3 +97,35 @@ fn watch_does_not_spin_on_a_file_that_cannot_be_sealed() {
         "listed as failing: {last:?}"
     );
 }
+
+/// The classic catastrophe on a small folder: SEALED unmounted (an empty folder where the
+/// drive was) while PLAIN holds four synced files. Four is below the guard's five, but every
+/// file in sync would go to the trash at once: the guard holds, PLAIN stays as it is.
+#[test]
+fn an_emptied_small_sealed_folder_does_not_trash_every_plain_file() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    for i in 0..4 {
+        a.write(&format!("f{i}.txt"), b"data");
+    }
+    a.sync(&keys);
+    // Unmounted: the mount point is an empty folder (no folder key either).
+    for e in std::fs::read_dir(cloud.path()).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let r = a.sync(&keys);
+    assert!(r.trashed.is_empty(), "{r:?}");
+    assert!(r.guard.is_some(), "{r:?}");
+    assert_eq!(a.files().len(), 4, "PLAIN untouched");
+    // A deletion of one of them passes the guard.
+    let cloud2 = tempfile::tempdir().unwrap();
+    let mut b = Device::new(cloud2.path(), false);
+    b.write("x.txt", b"x");
+    b.write("y.txt", b"y");
+    b.write("z.txt", b"z");
+    b.sync(&keys);
+    std::fs::remove_file(b.plain().join("x.txt")).unwrap();
+    let r = b.sync(&keys);
+    assert!(r.guard.is_none() && r.removed == vec!["x.txt".to_owned()], "{r:?}");
+}
