@@ -194,3 +194,131 @@ fn hidden_names_do_not_show_the_length_of_the_path() {
     b.sync(&keys);
     assert_eq!(b.read(long).as_deref(), Some(&b"same content"[..]));
 }
+
+/// Symbolic links in PLAIN (to a file such as `~/.ssh/id_ed25519`, or to a folder outside) are
+/// not followed: nothing of their targets is sealed into the cloud folder.
+#[cfg(unix)]
+#[test]
+fn symlinks_in_plain_are_not_followed_into_the_cloud() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("id_ed25519"), b"PRIVATE-KEY-MARKER").unwrap();
+    std::fs::create_dir(outside.path().join("dir")).unwrap();
+    std::fs::write(outside.path().join("dir/inner.txt"), b"PRIVATE-KEY-MARKER").unwrap();
+    for hide in [false, true] {
+        let mut a = Device::new(cloud.path(), hide);
+        a.write("ok.txt", b"fine");
+        std::os::unix::fs::symlink(
+            outside.path().join("id_ed25519"),
+            a.plain().join("key-link"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("dir"), a.plain().join("dir-link")).unwrap();
+        let r = a.sync(&keys);
+        assert!(r.sealed.contains(&"ok.txt".to_owned()), "{r:?}");
+        assert!(
+            r.sealed.iter().all(|p| !p.contains("link")),
+            "a symbolic link was sealed: {r:?}"
+        );
+        // Opened on another device: only ok.txt arrives.
+        let mut b = Device::new(cloud.path(), hide);
+        b.sync(&keys);
+        for (n, data) in b.files() {
+            assert!(
+                !data.windows(18).any(|w| w == b"PRIVATE-KEY-MARKER"),
+                "{n} carries a symbolic link's target"
+            );
+        }
+        // Leave the cloud folder clean for the next mode.
+        for e in std::fs::read_dir(cloud.path()).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+}
+
+/// Symbolic links planted in SEALED (by the provider or a colleague) do not make sync write
+/// outside SEALED: a folder link in the way of a sealed path is refused, a file link under a
+/// sealed name is replaced, not written through.
+#[cfg(unix)]
+#[test]
+fn symlinks_planted_in_sealed_do_not_make_sync_write_outside() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("bashrc"), b"keep me").unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("sub/a.txt", b"v1");
+    a.sync(&keys);
+    // The `sub` folder of SEALED becomes a link to a folder outside; a new sealed name
+    // becomes a link to a file outside.
+    std::fs::remove_dir_all(cloud.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), cloud.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("bashrc"),
+        cloud.path().join("new.txt.kluis"),
+    )
+    .unwrap();
+    a.write("sub/a.txt", b"v2 longer");
+    a.write("sub/b.txt", b"b");
+    a.write("new.txt", b"new");
+    let mut r = a.sync(&keys);
+    for _ in 0..2 {
+        r = a.sync(&keys);
+    }
+    let out: Vec<String> = files(outside.path()).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        out,
+        vec!["bashrc".to_owned()],
+        "written outside SEALED: {r:?}"
+    );
+    assert_eq!(
+        std::fs::read(outside.path().join("bashrc")).unwrap(),
+        b"keep me"
+    );
+    assert!(
+        std::fs::symlink_metadata(cloud.path().join("new.txt.kluis"))
+            .unwrap()
+            .is_file(),
+        "the link was replaced by the sealed file"
+    );
+    // PLAIN keeps its files (the sealed copies behind the link are not trusted as deleted
+    // into anything but the trash).
+    assert_eq!(a.read("new.txt").as_deref(), Some(&b"new"[..]));
+}
+
+/// The state folder (journal with real names, trash with plain copies, the cached folder key)
+/// is owner-only, and made so again when someone opened it up.
+#[cfg(unix)]
+#[test]
+fn the_state_folder_and_cached_folder_key_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("x.txt", b"x");
+    a.sync(&keys);
+    let state_root = a.home.path().join("state");
+    let pair = std::fs::read_dir(&state_root)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state_root), 0o700);
+    assert_eq!(mode(&pair), 0o700);
+    assert_eq!(mode(&pair.join("folder.key")), 0o600);
+    // Opened up by someone: the next run closes the folders again.
+    std::fs::set_permissions(&state_root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&pair, std::fs::Permissions::from_mode(0o755)).unwrap();
+    a.restart();
+    a.sync(&keys);
+    assert_eq!(mode(&state_root), 0o700);
+    assert_eq!(mode(&pair), 0o700);
+}
