@@ -1063,9 +1063,14 @@ impl Syncer {
                     }
                     return Ok(());
                 }
-                let copy_rel = conflict_name(&rel, |c| Stamp::at(&self.plain.join(c)).is_none());
+                // A copy of this version written by a run killed before it saved its journal
+                // is used again, not written a second time.
+                let earlier = earlier_copy(&self.plain, &rel, &tmp);
+                let copy_rel = earlier.clone().unwrap_or_else(|| {
+                    conflict_name(&rel, |c| Stamp::at(&self.plain.join(c)).is_none())
+                });
                 let copy = self.plain.join(&copy_rel);
-                let placed = place(&tmp, &copy, None);
+                let placed = earlier.is_some() || place(&tmp, &copy, None);
                 let _ = std::fs::remove_file(&tmp);
                 if !placed {
                     r.pending
@@ -1193,6 +1198,30 @@ fn conflict_name(rel: &str, free: impl Fn(&str) -> bool) -> String {
         }
     }
     format!("{dir}{stem} (conflict {when} {}){ext}", ms)
+}
+
+/// A conflict copy of `rel` (as [`conflict_name`] names them) in the plain folder `root` that
+/// holds the same bytes as `tmp`.
+fn earlier_copy(root: &Path, rel: &str, tmp: &Path) -> Option<String> {
+    let (dir, file) = match rel.rsplit_once('/') {
+        Some((d, f)) => (format!("{d}/"), f),
+        None => (String::new(), rel),
+    };
+    let (stem, ext) = match file.rfind('.') {
+        Some(i) if i > 0 => (&file[..i], &file[i..]),
+        _ => (file, ""),
+    };
+    let prefix = format!("{stem} (conflict ");
+    let suffix = format!("){ext}");
+    let entries = std::fs::read_dir(root.join(&dir)).ok()?;
+    entries.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        let candidate = name.starts_with(&prefix)
+            && name.ends_with(&suffix)
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && same_content(tmp, &e.path());
+        candidate.then(|| format!("{dir}{name}"))
+    })
 }
 
 /// Whether two files hold the same bytes.

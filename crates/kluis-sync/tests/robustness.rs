@@ -127,5 +127,47 @@ fn an_emptied_small_sealed_folder_does_not_trash_every_plain_file() {
     b.sync(&keys);
     std::fs::remove_file(b.plain().join("x.txt")).unwrap();
     let r = b.sync(&keys);
-    assert!(r.guard.is_none() && r.removed == vec!["x.txt".to_owned()], "{r:?}");
+    assert!(
+        r.guard.is_none() && r.removed == vec!["x.txt".to_owned()],
+        "{r:?}"
+    );
+}
+
+/// `kill -9` after a conflict copy was written and before the pass sealed the plain version
+/// and saved its journal (simulated by putting back the journal as it was before the pass):
+/// the next run finds the same conflict again and must not write a second copy of the same
+/// version (which would then be sealed and reach every device twice).
+#[test]
+fn a_conflict_copy_is_not_written_twice_after_a_kill() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    let mut b = Device::new(cloud.path(), true);
+    a.write("dir/doc.txt", b"v1");
+    a.sync(&keys);
+    b.sync(&keys);
+    a.write("dir/doc.txt", b"v2 from a");
+    a.sync(&keys);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    b.write("dir/doc.txt", b"v2 from b");
+    let journal = b.syncer.as_ref().unwrap().state_dir().join("journal.json");
+    let before = std::fs::read(&journal).unwrap();
+    // The pass writes the conflict copy, then cannot seal (here: sealing stopped)...
+    b.sync(&Refusing(&keys));
+    assert_eq!(conflict_copies(&b).len(), 1, "{:?}", b.files());
+    // ...and is killed before its journal is saved.
+    b.restart();
+    std::fs::write(&journal, &before).unwrap();
+    b.sync(&keys);
+    assert_eq!(
+        conflict_copies(&b).len(),
+        1,
+        "the same version copied twice: {:?}",
+        b.files()
+    );
+    a.sync(&keys);
+    assert_eq!(a.read("dir/doc.txt").as_deref(), Some(&b"v2 from b"[..]));
+    let copies = conflict_copies(&a);
+    assert_eq!(copies.len(), 1, "{:?}", a.files());
+    assert_eq!(a.read(&copies[0]).as_deref(), Some(&b"v2 from a"[..]));
 }
