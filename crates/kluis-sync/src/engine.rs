@@ -329,6 +329,16 @@ impl Syncer {
             if changed {
                 self.rename_to_current_key()?;
             }
+        } else if folder_key::present(&self.sealed) {
+            // Another device syncs this folder with hidden names: without them this device
+            // would open every hidden-named document as a stray and seal it again under its
+            // real path, publishing the names (and the hidden-names devices, whose scan is
+            // flat, would see their files deleted).
+            return Err(SyncError::FolderKey(format!(
+                "{} holds a folder key ({}): it is synced with hidden names; run kluis sync with --hide-names on this device too",
+                self.sealed.display(),
+                crate::scan::FOLDER_KEY_FILE
+            )));
         }
         let plain = scan(&self.plain, false)?;
         if !self.cleaned {

@@ -119,6 +119,18 @@ fn candidates(sealed: &Path, label: Option<&str>) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// Whether the sealed folder holds a `.kluis-folder*` file (it is synced with hidden names).
+pub fn present(sealed: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(sealed) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        e.file_name().to_str().is_some_and(|n| {
+            n.starts_with(FOLDER_KEY_FILE) && !n.contains(".kluis-tmp-") && !n.contains(".tmp-")
+        }) && e.file_type().is_ok_and(|t| t.is_file())
+    })
+}
+
 fn load_cache(dir: &Path) -> Option<FolderKey> {
     let text = Zeroizing::new(std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?);
     let mut lines = text.lines();

@@ -322,3 +322,36 @@ fn the_state_folder_and_cached_folder_key_are_owner_only() {
     assert_eq!(mode(&state_root), 0o700);
     assert_eq!(mode(&pair), 0o700);
 }
+
+/// A second device that forgets `--hide-names` on a SEALED folder synced with hidden names
+/// (an easy mistake: the flag is per device) must not publish the real names: before, it
+/// opened every hidden-named document as a stray, removed it, and sealed its conflict copy
+/// under its real path (`secret/plan (conflict …).txt.kluis`), which the hidden-names devices
+/// never see (their scan is flat) while their own copy went to the trash.
+#[test]
+fn a_device_without_hide_names_does_not_publish_the_names_of_a_hidden_folder() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("secret/acquisition-plan.txt", b"plan");
+    a.sync(&keys);
+    let mut b = Device::new(cloud.path(), false);
+    b.syncer = None;
+    let refused = kluis_sync::Syncer::new(&b.options())
+        .and_then(|mut s| s.run(&keys, 3).map(|_| ()))
+        .err();
+    for (name, _) in files(cloud.path()) {
+        assert!(
+            !name.contains("acquisition"),
+            "a real name reached SEALED: {name}"
+        );
+    }
+    let why = refused.expect("the run is refused").to_string();
+    assert!(why.contains("--hide-names"), "{why}");
+    // The hidden-names device still has its file.
+    a.sync(&keys);
+    assert_eq!(
+        a.read("secret/acquisition-plan.txt").as_deref(),
+        Some(&b"plan"[..])
+    );
+}
