@@ -29,6 +29,8 @@ const SAVE_EVERY: usize = 200;
 const SEAL_CHUNK: usize = 500;
 /// Threads that seal at once.
 const WORKERS: usize = 8;
+/// A plain file dated more than this far in the future is not taken for one being written.
+const FUTURE_SLACK: Duration = Duration::from_secs(2);
 /// When a file that could not be sealed for a lasting reason (unreadable, a full disk) is
 /// tried again without a change.
 const SLOW_RETRY: Duration = Duration::from_secs(60);
@@ -445,7 +447,14 @@ impl Syncer {
             let fresh = |st: &Stamp| {
                 let t = SystemTime::UNIX_EPOCH
                     + Duration::from_nanos(u64::try_from(st.mtime_ns).unwrap_or(0));
-                now.duration_since(t).unwrap_or_default()
+                match now.duration_since(t) {
+                    Ok(age) => age,
+                    // Dated well in the future (an archive, another machine's clock): not
+                    // being written now, or it would carry the time of now; else it would
+                    // count as "still changing" until that date.
+                    Err(e) if e.duration() > FUTURE_SLACK => Duration::MAX,
+                    Err(_) => Duration::ZERO,
+                }
             };
             // A plain file that changed recently may still be being written.
             if let Some(pp) = p {

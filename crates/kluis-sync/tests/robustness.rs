@@ -171,3 +171,43 @@ fn a_conflict_copy_is_not_written_twice_after_a_kill() {
     assert_eq!(copies.len(), 1, "{:?}", a.files());
     assert_eq!(a.read(&copies[0]).as_deref(), Some(&b"v2 from a"[..]));
 }
+
+/// A plain file whose modification time lies in the future (unpacked from an archive, copied
+/// from a machine with a fast clock) is not "still being written" for ever: it is sealed, and
+/// `--watch` does not run a pass every half second until that time comes.
+#[test]
+fn a_file_dated_in_the_future_is_sealed_and_does_not_spin() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant, SystemTime};
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let a = Device::new(cloud.path(), false);
+    a.write("future.txt", b"from tomorrow");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(a.plain().join("future.txt"))
+        .unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(86_400))
+        .unwrap();
+    drop(f);
+    let mut o = a.options();
+    o.settle = Duration::from_millis(250);
+    let mut syncer = kluis_sync::Syncer::new(&o).unwrap();
+    let passes = Cell::new(0usize);
+    let sealed = Cell::new(false);
+    let start = Instant::now();
+    let stop = || start.elapsed() > Duration::from_secs(4);
+    kluis_sync::watch(&mut syncer, &keys, Some(&stop), &mut |r| {
+        passes.set(passes.get() + 1);
+        if r.sealed.contains(&"future.txt".to_owned()) {
+            sealed.set(true);
+        }
+    })
+    .unwrap();
+    assert!(sealed.get(), "sealed");
+    assert!(
+        passes.get() <= 2,
+        "{} passes in 4 s with nothing changing",
+        passes.get()
+    );
+}
