@@ -131,6 +131,31 @@ pub fn present(sealed: &Path) -> bool {
     })
 }
 
+/// Whether the sealed folder holds a folder (not a dot-folder) or a `.kluis` document whose
+/// name does not begin with a hidden name (26 base32 characters; a sync client's conflict copy
+/// of a hidden name keeps them).
+fn synced_without_hidden_names(sealed: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(sealed) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+            return false;
+        };
+        let Ok(t) = e.file_type() else {
+            return false;
+        };
+        if t.is_dir() {
+            return !name.starts_with('.');
+        }
+        let hidden_stem = name.len() >= 26
+            && name.as_bytes()[..26]
+                .iter()
+                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(c));
+        t.is_file() && name.ends_with(".kluis") && !hidden_stem
+    })
+}
+
 fn load_cache(dir: &Path) -> Option<FolderKey> {
     let text = Zeroizing::new(std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?);
     let mut lines = text.lines();
@@ -236,6 +261,15 @@ pub fn choose(
     for _ in 0..3 {
         let found = candidates(sealed, label.as_deref());
         let Some((winner_id, winner_path)) = found.first().cloned() else {
+            // A device new to a folder that other devices sync without hidden names: a
+            // folder key would turn their documents into strays (opened as conflict copies
+            // and removed from SEALED, their plain files trashed on those devices).
+            if cached.is_none() && synced_without_hidden_names(sealed) {
+                return Err(SyncError::FolderKey(format!(
+                    "{} is synced without hidden names (it holds folders or documents under their real names); run kluis sync without --hide-names, or start hidden names in a new, empty sealed folder",
+                    sealed.display()
+                )));
+            }
             // None there (a new folder, or its document was deleted): seal one, with the
             // cached key when there is one, so the names stay as they are.
             if let Some(c) = create(sealed, tmp_dir, keys, cached.as_ref())? {

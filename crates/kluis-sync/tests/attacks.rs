@@ -355,3 +355,27 @@ fn a_device_without_hide_names_does_not_publish_the_names_of_a_hidden_folder() {
         Some(&b"plan"[..])
     );
 }
+
+/// The other way round: a device with `--hide-names` joining a SEALED folder synced without
+/// them must not create a folder key and turn the others' documents into strays (opened as
+/// conflict copies and removed from SEALED, so the other devices' files went to their trash).
+#[test]
+fn a_device_with_hide_names_does_not_take_over_a_folder_synced_without() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("x.txt", b"x");
+    a.write("sub/y.txt", b"y");
+    a.sync(&keys);
+    let before = files(cloud.path());
+    let b = Device::new(cloud.path(), true);
+    let refused = kluis_sync::Syncer::new(&b.options())
+        .and_then(|mut s| s.run(&keys, 3).map(|_| ()))
+        .err();
+    assert_eq!(files(cloud.path()), before, "SEALED was changed");
+    let why = refused.expect("the run is refused").to_string();
+    assert!(why.contains("without hidden names"), "{why}");
+    let r = a.sync(&keys);
+    assert!(r.trashed.is_empty(), "{r:?}");
+    assert_eq!(a.read("x.txt").as_deref(), Some(&b"x"[..]));
+}
