@@ -512,14 +512,33 @@ impl Syncer {
         // A small folder emptied as a whole (an unmounted drive holding four files) is held
         // back too, not only one of at least GUARD_MIN_FILES.
         let whole = deletes >= 2 && deletes >= tracked;
+        let is_delete = |a: &Action| match a {
+            Action::RemoveSealed(rel, _) | Action::Trash(rel, _) => Some(rel.clone()),
+            _ => None,
+        };
+        let deleting: std::collections::BTreeSet<String> =
+            actions.iter().filter_map(is_delete).collect();
+        // Deletions held before stay held while they are still to be done.
+        self.journal.held.retain(|rel| deleting.contains(rel));
+        if self.allow_mass_delete {
+            self.journal.held.clear();
+        }
         if !self.allow_mass_delete
             && (deletes >= GUARD_MIN_FILES || whole)
             && deletes * 100 > tracked * GUARD_SHARE_PERCENT
         {
+            self.journal.held.extend(deleting);
             r.guard = Some(format!(
                 "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash); nothing was deleted. If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
             ));
             actions.retain(|a| !matches!(a, Action::RemoveSealed(..) | Action::Trash(..)));
+        } else if !self.journal.held.is_empty() {
+            let held = self.journal.held.len();
+            r.guard = Some(format!(
+                "{held} deletions held back earlier by the mass-delete guard are still held (other files were synced meanwhile); nothing of them was deleted. If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
+            ));
+            let journal = &self.journal;
+            actions.retain(|a| is_delete(a).is_none_or(|rel| !journal.held.contains(&rel)));
         }
         actions
     }

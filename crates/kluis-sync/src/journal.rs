@@ -36,6 +36,11 @@ pub struct Journal {
     /// Sealed files that are not named for the path they store (or cannot be opened), by
     /// name, with the version that was looked at: not unwrapped again until they change.
     pub misplaced: BTreeMap<String, Stamp>,
+    /// Paths whose deletion the mass-delete guard held back: held in later passes too (the
+    /// share of files deleted falls as other files are synced meanwhile) until deletions are
+    /// allowed or the path is no longer to be deleted.
+    #[serde(default)]
+    pub held: std::collections::BTreeSet<String>,
 }
 
 impl Journal {

@@ -211,3 +211,38 @@ fn a_file_dated_in_the_future_is_sealed_and_does_not_spin() {
         passes.get()
     );
 }
+
+/// The guard holds back the deletions of a pass; work that goes on meanwhile (new files sealed
+/// into the empty mount point) grows the number of files in sync, and the next pass, in the
+/// same run or a later one, must not then carry out the held deletions after all.
+#[test]
+fn deletions_held_by_the_guard_stay_held_while_other_files_are_sealed() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    for i in 0..5 {
+        a.write(&format!("old{i}.txt"), b"old");
+    }
+    a.sync(&keys);
+    // SEALED unmounted: empty. The person keeps working meanwhile.
+    for e in std::fs::read_dir(cloud.path()).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for i in 0..6 {
+        a.write(&format!("new{i}.txt"), b"new");
+    }
+    let r = a.sync(&keys);
+    assert!(r.trashed.is_empty(), "{r:?}");
+    assert!(r.guard.is_some(), "the run reports the guard: {r:?}");
+    // A later run (the next event under --watch): still held.
+    a.write("new6.txt", b"new");
+    let r = a.sync(&keys);
+    assert!(r.trashed.is_empty() && r.guard.is_some(), "{r:?}");
+    assert_eq!(a.files().len(), 12, "PLAIN untouched");
+    // Asked for: carried out (into the trash).
+    a.restart();
+    let mut o = a.options();
+    o.allow_mass_delete = true;
+    let r = kluis_sync::Syncer::new(&o).unwrap().run(&keys, 3).unwrap();
+    assert_eq!(r.trashed.len(), 5, "{r:?}");
+}
