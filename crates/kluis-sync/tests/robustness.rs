@@ -246,3 +246,44 @@ fn deletions_held_by_the_guard_stay_held_while_other_files_are_sealed() {
     let r = kluis_sync::Syncer::new(&o).unwrap().run(&keys, 3).unwrap();
     assert_eq!(r.trashed.len(), 5, "{r:?}");
 }
+
+/// `status` lists a conflict while its copy is there, not only in the pass that wrote it:
+/// under `--watch` the pass that wrote it is followed at once by another (its own writes are
+/// events), which used to leave `status` without it.
+#[test]
+fn status_keeps_listing_a_conflict_while_its_copy_is_there() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    let mut b = Device::new(cloud.path(), false);
+    a.write("doc.txt", b"v1");
+    a.sync(&keys);
+    b.sync(&keys);
+    a.write("doc.txt", b"v2 from a");
+    a.sync(&keys);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    b.write("doc.txt", b"v2 from b");
+    let r = b.sync(&keys);
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    let copy = r.conflicts[0].1.clone();
+    let listed = |b: &Device| {
+        let all = kluis_sync::statuses(&b.home.path().join("state"));
+        assert_eq!(all.len(), 1);
+        all[0]["report"]["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c[1].as_str() == Some(copy.as_str()))
+    };
+    assert!(listed(&b));
+    // The next pass (nothing changed): still listed.
+    b.sync(&keys);
+    assert!(
+        listed(&b),
+        "the conflict is gone from status while its copy is there"
+    );
+    // The person deals with it (removes the copy): no longer listed.
+    std::fs::remove_file(b.plain().join(&copy)).unwrap();
+    b.sync(&keys);
+    assert!(!listed(&b));
+}
