@@ -379,3 +379,28 @@ fn a_device_with_hide_names_does_not_take_over_a_folder_synced_without() {
     assert!(r.trashed.is_empty(), "{r:?}");
     assert_eq!(a.read("x.txt").as_deref(), Some(&b"x"[..]));
 }
+
+/// The nesting check is made when a run starts; a watching process lives for weeks. If PLAIN
+/// is replaced meanwhile by a symbolic link into SEALED (a folder moved into the cloud folder
+/// and a link left behind), the next pass must not write plaintext into SEALED.
+#[cfg(unix)]
+#[test]
+fn plain_replaced_by_a_link_into_sealed_while_running_writes_no_plaintext_there() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("x.txt", b"PLAINTEXT-MARKER from a");
+    a.sync(&keys);
+    let mut b = Device::new(cloud.path(), true);
+    b.sync(&keys);
+    assert!(b.read("x.txt").is_some());
+    a.write("y.txt", b"PLAINTEXT-MARKER new");
+    a.sync(&keys);
+    // B's PLAIN goes away and a link to SEALED takes its place, while B's syncer runs.
+    std::fs::rename(b.plain(), b.home.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(cloud.path(), b.plain()).unwrap();
+    let result = b.syncer.as_mut().unwrap().pass(&keys);
+    common::assert_no_leak(cloud.path(), b"PLAINTEXT-MARKER");
+    let why = result.err().expect("the pass is refused").to_string();
+    assert!(why.contains("inside"), "{why}");
+}
