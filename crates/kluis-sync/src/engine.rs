@@ -307,13 +307,35 @@ impl Syncer {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "plain": self.plain.to_string_lossy(),
             "sealed": self.sealed.to_string_lossy(),
             "at": now,
             "in_sync": self.journal.entries.len(),
             "report": report,
         });
+        // Conflicts of earlier passes stay listed while their copy is in the plain folder.
+        let path = self.dir.join("status.json");
+        let earlier: Vec<serde_json::Value> = std::fs::File::open(&path)
+            .ok()
+            .and_then(|f| {
+                let mut b = Vec::new();
+                f.take(64 << 20).read_to_end(&mut b).ok()?;
+                serde_json::from_slice::<serde_json::Value>(&b).ok()
+            })
+            .and_then(|old| old["report"]["conflicts"].as_array().cloned())
+            .unwrap_or_default();
+        if let Some(list) = v["report"]["conflicts"].as_array_mut() {
+            for c in earlier {
+                let kept = c[1].as_str().is_some_and(|copy| {
+                    kluis_file::safe_relative_path(copy).is_ok()
+                        && Stamp::at(&self.plain.join(copy)).is_some()
+                });
+                if kept && !list.contains(&c) {
+                    list.push(c);
+                }
+            }
+        }
         let _ = write_atomic(
             &self.dir.join("status.json"),
             v.to_string().as_bytes(),
@@ -329,7 +351,11 @@ impl Syncer {
         let (plain, sealed) = check_pair(&self.plain, &self.sealed)?;
         if plain != self.plain || sealed != self.sealed {
             return Err(SyncError::Io {
-                what: format!("use {} and {}", self.plain.display(), self.sealed.display()),
+                what: format!(
+                    "use {} and {}",
+                    self.plain.display(),
+                    self.sealed.display()
+                ),
                 source: std::io::Error::other(format!(
                     "they now lead to {} and {} (moved, or replaced by a link, while kluis sync ran); check the folders and start kluis sync again",
                     plain.display(),
