@@ -351,11 +351,7 @@ impl Syncer {
         let (plain, sealed) = check_pair(&self.plain, &self.sealed)?;
         if plain != self.plain || sealed != self.sealed {
             return Err(SyncError::Io {
-                what: format!(
-                    "use {} and {}",
-                    self.plain.display(),
-                    self.sealed.display()
-                ),
+                what: format!("use {} and {}", self.plain.display(), self.sealed.display()),
                 source: std::io::Error::other(format!(
                     "they now lead to {} and {} (moved, or replaced by a link, while kluis sync ran); check the folders and start kluis sync again",
                     plain.display(),
