@@ -964,8 +964,11 @@ impl Syncer {
             let _ = std::fs::remove_file(&tmp);
             return Ok(());
         }
-        if same_content(&tmp, &self.plain.join(rel)) {
-            // The same version is already in place: only the stray sealed copy goes.
+        if same_content(&tmp, &self.plain.join(rel))
+            || earlier_copy(&self.plain, rel, &tmp).is_some()
+        {
+            // The same version is already in place (or its copy, written by a run killed
+            // before it removed the stray): only the stray sealed copy goes.
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(&path);
             return Ok(());

@@ -287,3 +287,35 @@ fn status_keeps_listing_a_conflict_while_its_copy_is_there() {
     b.sync(&keys);
     assert!(!listed(&b));
 }
+
+/// A stray sealed file (the sync client's own conflict copy) is opened as a conflict copy and
+/// then removed; `kill -9` between the two (simulated by putting the stray back) must not
+/// give a second copy of the same version.
+#[test]
+fn a_stray_is_not_copied_twice_after_a_kill() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("doc.txt", b"v1");
+    a.sync(&keys);
+    let stray = cloud.path().join("doc.txt-LAPTOP.kluis");
+    std::fs::copy(cloud.path().join("doc.txt.kluis"), &stray).unwrap();
+    let bytes = std::fs::read(&stray).unwrap();
+    // Not picked up yet: the stray arrives with the next version.
+    std::fs::remove_file(&stray).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    a.write("doc.txt", b"v2");
+    a.sync(&keys);
+    std::fs::write(&stray, &bytes).unwrap();
+    let r = a.sync(&keys);
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert!(!stray.exists());
+    // Killed before the stray was removed: it is still there next time.
+    a.restart();
+    std::fs::write(&stray, &bytes).unwrap();
+    a.sync(&keys);
+    let copies = conflict_copies(&a);
+    assert_eq!(copies.len(), 1, "the same version copied twice: {copies:?}");
+    assert_eq!(a.read(&copies[0]).as_deref(), Some(&b"v1"[..]));
+    assert!(!stray.exists(), "the stray is removed");
+}
