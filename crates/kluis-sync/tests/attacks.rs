@@ -401,6 +401,6 @@ fn plain_replaced_by_a_link_into_sealed_while_running_writes_no_plaintext_there(
     std::os::unix::fs::symlink(cloud.path(), b.plain()).unwrap();
     let result = b.syncer.as_mut().unwrap().pass(&keys);
     common::assert_no_leak(cloud.path(), b"PLAINTEXT-MARKER");
-    let why = result.err().expect("the pass is refused").to_string();
+    let why = result.expect_err("the pass is refused").to_string();
     assert!(why.contains("inside"), "{why}");
 }
