@@ -359,6 +359,8 @@ impl Syncer {
                 )),
             });
         }
+        // An empty SEALED (not even a folder key) is what an unmounted drive looks like.
+        let sealed_empty = std::fs::read_dir(&self.sealed).is_ok_and(|mut d| d.next().is_none());
         if self.hide {
             let chosen = folder_key::choose(&self.sealed, &self.dir, &self.tmp, keys)?;
             let changed = chosen.changed || self.folder_key.is_none();
@@ -393,7 +395,7 @@ impl Syncer {
             .filter(|(n, _)| n.ends_with(".kluis"))
             .collect();
 
-        let actions = self.plan(&plain_files, &sealed_files, &mut r);
+        let actions = self.plan(&plain_files, &sealed_files, sealed_empty, &mut r);
         self.execute(actions, keys, &mut r)?;
         self.flush()?;
         Ok(r)
@@ -461,6 +463,7 @@ impl Syncer {
         &mut self,
         plain: &BTreeMap<String, Stamp>,
         sealed: &BTreeMap<String, Stamp>,
+        sealed_empty: bool,
         r: &mut PassReport,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -544,9 +547,9 @@ impl Syncer {
             .filter(|a| matches!(a, Action::RemoveSealed(..) | Action::Trash(..)))
             .count();
         let tracked = self.journal.entries.len().max(1);
-        // A small folder emptied as a whole (an unmounted drive holding four files) is held
-        // back too, not only one of at least GUARD_MIN_FILES.
-        let whole = deletes >= 2 && deletes >= tracked;
+        // A small folder whose SEALED is empty as a whole (an unmounted drive, four files)
+        // is held back too, not only one of at least GUARD_MIN_FILES.
+        let whole = sealed_empty && deletes >= 2 && deletes >= tracked;
         let is_delete = |a: &Action| match a {
             Action::RemoveSealed(rel, _) | Action::Trash(rel, _) => Some(rel.clone()),
             _ => None,
