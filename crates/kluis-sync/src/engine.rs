@@ -29,6 +29,8 @@ const SAVE_EVERY: usize = 200;
 const SEAL_CHUNK: usize = 500;
 /// Threads that seal at once.
 const WORKERS: usize = 8;
+/// A sealed temporary in SEALED older than this is a leftover of a killed run.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// A plain file dated more than this far in the future is not taken for one being written.
 const FUTURE_SLACK: Duration = Duration::from_secs(2);
 /// When a file that could not be sealed for a lasting reason (unreadable, a full disk) is
@@ -203,6 +205,23 @@ impl Syncer {
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_file(e.path());
+            }
+        }
+        // Sealed temporaries of a killed run in SEALED itself (state folder on another file
+        // system): other devices may be writing theirs there now, so only old ones go.
+        if let Ok(entries) = std::fs::read_dir(&sealed) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let old = e
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TEMP);
+                if old && name.to_str().is_some_and(|n| n.starts_with(SEALED_TEMP_PREFIX)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         let info = format!(

@@ -365,3 +365,31 @@ fn a_file_rewritten_while_it_is_sealed_is_never_sealed_torn() {
         "torn versions sealed (count of A bytes): {torn:?}"
     );
 }
+
+/// With the state folder on another file system than SEALED, sealed temporaries are written
+/// in SEALED itself; one left by a `kill -9` (ciphertext, but uploaded by the sync client to
+/// every device) is removed by a later run once it is old, not kept for ever.
+#[test]
+fn an_old_sealed_temporary_left_by_a_kill_is_removed() {
+    use std::time::{Duration, SystemTime};
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("doc.txt", b"data");
+    a.sync(&keys);
+    a.restart();
+    let left = cloud.path().join(".kluis-tmp-killedrun0001");
+    let fresh = cloud.path().join(".kluis-tmp-otherdevice01");
+    std::fs::write(&left, b"partial ciphertext").unwrap();
+    std::fs::write(&fresh, b"being written by another device").unwrap();
+    let f = std::fs::File::options().write(true).open(&left).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    drop(f);
+    a.sync(&keys);
+    assert!(!left.exists(), "an old leftover temporary is removed");
+    assert!(
+        fresh.exists(),
+        "a fresh one (another device's) is left alone"
+    );
+}
