@@ -219,7 +219,11 @@ impl Syncer {
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > STALE_TEMP);
-                if old && name.to_str().is_some_and(|n| n.starts_with(SEALED_TEMP_PREFIX)) {
+                if old
+                    && name
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(SEALED_TEMP_PREFIX))
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
