@@ -132,8 +132,8 @@ pub fn present(sealed: &Path) -> bool {
 }
 
 /// Whether the sealed folder holds a folder (not a dot-folder) or a `.kluis` document whose
-/// name does not begin with a hidden name (26 base32 characters; a sync client's conflict copy
-/// of a hidden name keeps them).
+/// name does not begin with a hidden name (26 base32 characters, then `.kluis` or the
+/// separator of a sync client's conflict copy of it).
 fn synced_without_hidden_names(sealed: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(sealed) else {
         return false;
@@ -148,10 +148,12 @@ fn synced_without_hidden_names(sealed: &Path) -> bool {
         if t.is_dir() {
             return !name.starts_with('.');
         }
-        let hidden_stem = name.len() >= 26
-            && name.as_bytes()[..26]
+        let b = name.as_bytes();
+        let hidden_stem = b.len() > 26
+            && b[..26]
                 .iter()
-                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(c));
+                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(c))
+            && matches!(b[26], b'.' | b'-' | b' ' | b'(' | b'_');
         t.is_file() && name.ends_with(".kluis") && !hidden_stem
     })
 }

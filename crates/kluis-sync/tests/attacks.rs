@@ -404,3 +404,21 @@ fn plain_replaced_by_a_link_into_sealed_while_running_writes_no_plaintext_there(
     let why = result.expect_err("the pass is refused").to_string();
     assert!(why.contains("inside"), "{why}");
 }
+
+/// The same with only a top-level document whose real name begins with 26 lowercase letters
+/// (it looks like a hidden name at first sight).
+#[test]
+fn a_device_with_hide_names_tells_a_long_lowercase_real_name_from_a_hidden_one() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("annualreportforshareholders.txt", b"x");
+    a.sync(&keys);
+    let before = files(cloud.path());
+    let b = Device::new(cloud.path(), true);
+    let refused = kluis_sync::Syncer::new(&b.options())
+        .and_then(|mut s| s.run(&keys, 3).map(|_| ()))
+        .err();
+    assert_eq!(files(cloud.path()), before, "SEALED was changed");
+    assert!(refused.is_some());
+}
