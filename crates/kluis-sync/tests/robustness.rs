@@ -1,5 +1,6 @@
 //! Reviewer B: losing or duplicating versions, and liveness.
 
+#[allow(unused_imports)]
 mod common;
 
 use common::{Device, TestKeys};
