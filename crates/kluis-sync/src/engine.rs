@@ -414,11 +414,13 @@ impl Syncer {
         let plain_files = self.valid_plain(&plain, &mut r);
         let sealed_files: BTreeMap<String, Stamp> = sealed
             .files
-            .into_iter()
+            .iter()
             .filter(|(n, _)| n.ends_with(".kluis"))
+            .map(|(n, st)| (n.clone(), *st))
             .collect();
 
-        let actions = self.plan(&plain_files, &sealed_files, sealed_empty, &mut r);
+        let unknown = |rel: &str, name: &str| plain.is_unknown(rel) || sealed.is_unknown(name);
+        let actions = self.plan(&plain_files, &sealed_files, sealed_empty, &unknown, &mut r);
         self.execute(actions, keys, &mut r)?;
         self.flush()?;
         Ok(r)
@@ -487,6 +489,7 @@ impl Syncer {
         plain: &BTreeMap<String, Stamp>,
         sealed: &BTreeMap<String, Stamp>,
         sealed_empty: bool,
+        unknown: &dyn Fn(&str, &str) -> bool,
         r: &mut PassReport,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -505,6 +508,12 @@ impl Syncer {
             let (jp, js) = (j.and_then(|e| e.plain), j.and_then(|e| e.sealed));
             let p = plain.get(rel).copied();
             let s = sealed.get(&name).copied();
+            // Not seen because it could not be looked at: unknown, not deleted.
+            if (p.is_none() || s.is_none()) && unknown(rel, &name) {
+                r.pending
+                    .push((rel.clone(), "could not be looked at; left as it was".into()));
+                continue;
+            }
             let fresh = |st: &Stamp| {
                 let t = SystemTime::UNIX_EPOCH
                     + Duration::from_nanos(u64::try_from(st.mtime_ns).unwrap_or(0));

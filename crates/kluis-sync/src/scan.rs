@@ -108,6 +108,18 @@ pub struct Scan {
     pub files: BTreeMap<String, Stamp>,
     /// Files that cannot be synced, with the reason (names shown escaped).
     pub refused: Vec<(String, String)>,
+    /// Paths that could not be looked at (a file, or a folder as `dir/`, `""` for all):
+    /// what is under them is unknown, not gone.
+    pub unknown: Vec<String>,
+}
+
+impl Scan {
+    /// Whether the state of `rel` is unknown (it or a folder above it could not be read).
+    pub fn is_unknown(&self, rel: &str) -> bool {
+        self.unknown
+            .iter()
+            .any(|u| u == rel || ((u.is_empty() || u.ends_with('/')) && rel.starts_with(u)))
+    }
 }
 
 /// Walk `root` for regular files (no symbolic links followed, ignored names skipped). With
@@ -120,10 +132,25 @@ pub fn scan(root: &Path, flat: bool) -> Result<Scan, SyncError> {
             Ok(e) => e,
             // A folder removed while walking: its files are simply not there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
-            Err(e) => return Err(io("read the folder", &dir)(e)),
+            Err(e) if dir == root => return Err(io("read the folder", &dir)(e)),
+            // Unreadable (permissions, an I/O error): its files are unknown, not deleted.
+            Err(e) => {
+                out.refused
+                    .push((prefix.clone(), format!("the folder cannot be read: {e}")));
+                out.unknown.push(prefix);
+                continue;
+            }
         };
         for entry in entries {
-            let Ok(entry) = entry else { continue };
+            let Ok(entry) = entry else {
+                // A listing cut short: whatever it did not list is unknown.
+                out.refused.push((
+                    prefix.clone(),
+                    "the folder could not be listed whole".into(),
+                ));
+                out.unknown.push(prefix.clone());
+                continue;
+            };
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
                 out.refused.push((
@@ -136,8 +163,18 @@ pub fn scan(root: &Path, flat: bool) -> Result<Scan, SyncError> {
                 continue;
             }
             let rel = format!("{prefix}{name}");
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
-                continue;
+            let meta = match std::fs::symlink_metadata(entry.path()) {
+                Ok(m) => m,
+                // Removed while walking.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Cannot be looked at: unknown (a file, or a folder and all below it).
+                Err(e) => {
+                    out.refused
+                        .push((rel.clone(), format!("cannot be looked at: {e}")));
+                    out.unknown.push(format!("{rel}/"));
+                    out.unknown.push(rel);
+                    continue;
+                }
             };
             if meta.is_dir() {
                 if !flat {

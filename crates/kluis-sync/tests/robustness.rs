@@ -394,3 +394,60 @@ fn an_old_sealed_temporary_left_by_a_kill_is_removed() {
         "a fresh one (another device's) is left alone"
     );
 }
+
+/// Whether permissions hold for this process (not for root, which reads everything).
+fn permissions_hold(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = dir.join("probe");
+    std::fs::create_dir(&probe).unwrap();
+    std::fs::write(probe.join("f"), b"").unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let holds = std::fs::symlink_metadata(probe.join("f")).is_err();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::remove_dir_all(&probe).unwrap();
+    holds
+}
+
+/// A plain folder whose files cannot be looked at for a while (no search permission, an I/O
+/// error, a network share that hiccups) is not taken for files deleted: their sealed copies
+/// stay (removing them would make every other device move its copies to the trash).
+/// Runs for real as an ordinary user (as root, permissions do not hold: it says so and checks
+/// nothing; CI runs it as an ordinary user).
+#[test]
+fn files_that_cannot_be_looked_at_are_not_taken_for_deleted() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    if !permissions_hold(&a.plain()) {
+        eprintln!("running as root: permissions do not hold, nothing checked");
+        return;
+    }
+    a.write("sub/a.txt", b"a");
+    a.write("sub/b.txt", b"b");
+    a.write("sub/deeper/c.txt", b"c");
+    a.write("top.txt", b"top");
+    a.sync(&keys);
+    let sub = a.plain().join("sub");
+    let sealed_before = common::files(cloud.path()).len();
+    // Readable but not searchable: the names are listed, the files cannot be looked at.
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = a.sync(&keys);
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(r.removed.is_empty(), "taken for deleted: {r:?}");
+    assert_eq!(common::files(cloud.path()).len(), sealed_before);
+    // Not readable at all: the rest of the folder still syncs.
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o000)).unwrap();
+    a.write("new.txt", b"new");
+    let r = a.sync(&keys);
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(r.removed.is_empty(), "taken for deleted: {r:?}");
+    assert!(r.sealed.contains(&"new.txt".to_owned()), "{r:?}");
+    assert!(
+        r.failed.iter().any(|(p, _)| p.starts_with("sub")),
+        "the folder is listed as failing: {r:?}"
+    );
+    let r = a.sync(&keys);
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert_eq!(common::files(cloud.path()).len(), sealed_before + 1);
+}
