@@ -451,3 +451,40 @@ fn files_that_cannot_be_looked_at_are_not_taken_for_deleted() {
     assert!(r.removed.is_empty(), "{r:?}");
     assert_eq!(common::files(cloud.path()).len(), sealed_before + 1);
 }
+
+/// An unreadable plain file (EACCES) is listed as failing, its earlier sealed version stays,
+/// and once it is readable again its new version is sealed. Runs for real as an ordinary user
+/// (as root, permissions do not hold: it checks nothing).
+#[test]
+fn an_unreadable_plain_file_is_listed_and_sealed_once_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    let mut b = Device::new(cloud.path(), false);
+    if !permissions_hold(&a.plain()) {
+        eprintln!("running as root: permissions do not hold, nothing checked");
+        return;
+    }
+    a.write("doc.txt", b"v1");
+    a.sync(&keys);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    a.write("doc.txt", b"v2");
+    let doc = a.plain().join("doc.txt");
+    std::fs::set_permissions(&doc, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let r = a.sync(&keys);
+    assert!(
+        r.failed
+            .iter()
+            .any(|(p, why)| p == "doc.txt" && why.contains("read")),
+        "{r:?}"
+    );
+    assert!(r.removed.is_empty() && r.sealed.is_empty(), "{r:?}");
+    b.sync(&keys);
+    assert_eq!(b.read("doc.txt").as_deref(), Some(&b"v1"[..]));
+    std::fs::set_permissions(&doc, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = a.sync(&keys);
+    assert_eq!(r.sealed, vec!["doc.txt".to_owned()], "{r:?}");
+    b.sync(&keys);
+    assert_eq!(b.read("doc.txt").as_deref(), Some(&b"v2"[..]));
+}
