@@ -488,3 +488,46 @@ fn an_unreadable_plain_file_is_listed_and_sealed_once_readable() {
     b.sync(&keys);
     assert_eq!(b.read("doc.txt").as_deref(), Some(&b"v2"[..]));
 }
+
+/// A file appended to without pause (a log) under `--watch`: no pass per write and no busy
+/// loop (the burst of events is waited out), and its final content sealed once it stops.
+/// Holds.
+#[test]
+fn a_file_appended_without_pause_does_not_drive_a_pass_per_write() {
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let a = Device::new(cloud.path(), false);
+    a.write("log.txt", b"");
+    let path = a.plain().join("log.txt");
+    let mut o = a.options();
+    o.settle = Duration::from_millis(250);
+    let mut syncer = kluis_sync::Syncer::new(&o).unwrap();
+    let passes = Cell::new(0usize);
+    let sealed = Cell::new(0usize);
+    let start = Instant::now();
+    let stop = || start.elapsed() > Duration::from_secs(7);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut f = std::fs::File::options().append(true).open(&path).unwrap();
+            // 4 s of appends, 40 ms apart (about 100 writes).
+            while start.elapsed() < Duration::from_secs(4) {
+                f.write_all(b"line\n").unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        });
+        kluis_sync::watch(&mut syncer, &keys, Some(&stop), &mut |r| {
+            passes.set(passes.get() + 1);
+            sealed.set(sealed.get() + r.sealed.len());
+        })
+        .unwrap();
+    });
+    assert!(passes.get() <= 4, "{} reported passes in 7 s", passes.get());
+    // The final version is what SEALED holds: open it on a second device.
+    let mut b = Device::new(cloud.path(), false);
+    b.sync(&keys);
+    assert_eq!(b.read("log.txt"), std::fs::read(&path).ok());
+    assert!(sealed.get() >= 1);
+}
