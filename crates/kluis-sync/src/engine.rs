@@ -599,18 +599,33 @@ impl Syncer {
         {
             self.journal.held.extend(deleting);
             r.guard = Some(format!(
-                "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash); nothing was deleted. If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
+                "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash); nothing was done (nothing deleted, sealed or opened). If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
             ));
-            actions.retain(|a| !matches!(a, Action::RemoveSealed(..) | Action::Trash(..)));
         } else if !self.journal.held.is_empty() {
             let held = self.journal.held.len();
             r.guard = Some(format!(
-                "{held} deletions held back earlier by the mass-delete guard are still held (other files were synced meanwhile); nothing of them was deleted. If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
+                "{held} deletions held back by the mass-delete guard are still to be done; nothing was done (nothing deleted, sealed or opened). If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
             ));
-            let journal = &self.journal;
-            actions.retain(|a| is_delete(a).is_none_or(|rel| !journal.held.contains(&rel)));
+        } else {
+            return actions;
         }
-        actions
+        // The guard stops the whole pass: a folder that looks emptied may be an unmounted
+        // drive, and what is written into its mount point is hidden once it is mounted again
+        // (the journal would then take the drive's older versions for newer ones).
+        for a in &actions {
+            let shown = match a {
+                Action::Seal(rel, ..)
+                | Action::Open(rel, ..)
+                | Action::Conflict(rel, ..)
+                | Action::RemoveSealed(rel, _)
+                | Action::Trash(rel, _)
+                | Action::Forget(rel) => rel.clone(),
+                Action::Incoming(name, _) => format!("(sealed) {name}"),
+            };
+            r.pending
+                .push((shown, "held by the mass-delete guard".into()));
+        }
+        Vec::new()
     }
 
     fn execute(

@@ -213,9 +213,10 @@ fn a_file_dated_in_the_future_is_sealed_and_does_not_spin() {
     );
 }
 
-/// The guard holds back the deletions of a pass; work that goes on meanwhile (new files sealed
-/// into the empty mount point) grows the number of files in sync, and the next pass, in the
-/// same run or a later one, must not then carry out the held deletions after all.
+/// The guard holds back the deletions of a pass; the next pass, in the same run or a later
+/// one, must not then carry them out after all. (Found with new files sealed meanwhile growing
+/// the number of files in sync below the share; since the guard stops the whole pass nothing
+/// is sealed meanwhile, and the held deletions stay held until allowed.)
 #[test]
 fn deletions_held_by_the_guard_stay_held_while_other_files_are_sealed() {
     let keys = TestKeys::new();
@@ -530,4 +531,48 @@ fn a_file_appended_without_pause_does_not_drive_a_pass_per_write() {
     b.sync(&keys);
     assert_eq!(b.read("log.txt"), std::fs::read(&path).ok());
     assert!(sealed.get() >= 1);
+}
+
+/// Move every entry of `from` into `to` (what a mount or an unmount does to what is seen).
+fn move_all(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// SEALED unmounted (its mount point an empty folder), the person edits a file meanwhile, the
+/// drive comes back. While the guard holds, nothing may be written into the empty mount point:
+/// what is sealed there is hidden once the drive is mounted again, the journal then takes the
+/// drive's older sealed version for a change from the cloud, and opens it over the edit.
+#[test]
+fn an_edit_made_while_sealed_is_unmounted_survives_the_remount() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let drive = tempfile::tempdir().unwrap();
+    let shadow = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    for i in 0..6 {
+        a.write(&format!("doc{i}.txt"), b"old");
+    }
+    a.sync(&keys);
+    // Unmounted: the drive's files are out of sight.
+    move_all(cloud.path(), drive.path());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    a.write("doc0.txt", b"the edit");
+    let r = a.sync(&keys);
+    assert!(r.guard.is_some() && r.trashed.is_empty(), "{r:?}");
+    // Mounted again: whatever was written into the mount point is hidden by the drive.
+    move_all(cloud.path(), shadow.path());
+    move_all(drive.path(), cloud.path());
+    let r = a.sync(&keys);
+    assert_eq!(
+        a.read("doc0.txt").as_deref(),
+        Some(&b"the edit"[..]),
+        "the edit was overwritten by the drive's older version: {r:?}"
+    );
+    let mut b = Device::new(cloud.path(), false);
+    b.sync(&keys);
+    assert_eq!(b.read("doc0.txt").as_deref(), Some(&b"the edit"[..]));
 }
