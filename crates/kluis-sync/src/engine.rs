@@ -579,9 +579,9 @@ impl Syncer {
             .filter(|a| matches!(a, Action::RemoveSealed(..) | Action::Trash(..)))
             .count();
         let tracked = self.journal.entries.len().max(1);
-        // A small folder whose SEALED is empty as a whole (an unmounted drive, four files)
-        // is held back too, not only one of at least GUARD_MIN_FILES.
-        let whole = sealed_empty && deletes >= 2 && deletes >= tracked;
+        // An entirely empty SEALED while files are in sync is what an unmounted drive looks
+        // like, whatever the number of files: held too, not only GUARD_MIN_FILES or more.
+        let whole = sealed_empty && !self.journal.entries.is_empty();
         let is_delete = |a: &Action| match a {
             Action::RemoveSealed(rel, _) | Action::Trash(rel, _) => Some(rel.clone()),
             _ => None,
@@ -594,12 +594,17 @@ impl Syncer {
             self.journal.held.clear();
         }
         if !self.allow_mass_delete
-            && (deletes >= GUARD_MIN_FILES || whole)
-            && deletes * 100 > tracked * GUARD_SHARE_PERCENT
+            && ((deletes >= GUARD_MIN_FILES && deletes * 100 > tracked * GUARD_SHARE_PERCENT)
+                || whole)
         {
             self.journal.held.extend(deleting);
             r.guard = Some(format!(
-                "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash); nothing was done (nothing deleted, sealed or opened). If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete"
+                "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash){}; nothing was done (nothing deleted, sealed or opened). If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete",
+                if whole {
+                    ", and the sealed folder is entirely empty"
+                } else {
+                    ""
+                }
             ));
         } else if !self.journal.held.is_empty() {
             let held = self.journal.held.len();

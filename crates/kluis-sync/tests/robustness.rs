@@ -576,3 +576,25 @@ fn an_edit_made_while_sealed_is_unmounted_survives_the_remount() {
     b.sync(&keys);
     assert_eq!(b.read("doc0.txt").as_deref(), Some(&b"the edit"[..]));
 }
+
+/// The same with a folder of a single file: too small for any share rule, but an entirely
+/// empty SEALED while files are in sync is what an unmounted drive looks like.
+#[test]
+fn an_edit_of_a_single_file_made_while_sealed_is_unmounted_survives_the_remount() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let drive = tempfile::tempdir().unwrap();
+    let shadow = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    a.write("only.txt", b"old");
+    a.sync(&keys);
+    move_all(cloud.path(), drive.path());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    a.write("only.txt", b"the edit");
+    let r = a.sync(&keys);
+    assert!(r.guard.is_some(), "{r:?}");
+    move_all(cloud.path(), shadow.path());
+    move_all(drive.path(), cloud.path());
+    a.sync(&keys);
+    assert_eq!(a.read("only.txt").as_deref(), Some(&b"the edit"[..]));
+}
