@@ -81,6 +81,9 @@ impl Device {
                 "--watch",
                 "--settle-ms",
                 "200",
+                // Random deletions can empty a PLAIN folder, which the guard (tested in
+                // kluis-sync's tests) takes for an unmounted drive and stops for.
+                "--allow-mass-delete",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -382,8 +382,10 @@ impl Syncer {
                 )),
             });
         }
-        // An empty SEALED (not even a folder key) is what an unmounted drive looks like.
-        let sealed_empty = std::fs::read_dir(&self.sealed).is_ok_and(|mut d| d.next().is_none());
+        // An empty SEALED (not even a folder key) or PLAIN is what an unmounted drive looks
+        // like.
+        let empty = |d: &Path| std::fs::read_dir(d).is_ok_and(|mut d| d.next().is_none());
+        let folder_empty = empty(&self.sealed) || empty(&self.plain);
         if self.hide {
             let chosen = folder_key::choose(&self.sealed, &self.dir, &self.tmp, keys)?;
             let changed = chosen.changed || self.folder_key.is_none();
@@ -420,7 +422,7 @@ impl Syncer {
             .collect();
 
         let unknown = |rel: &str, name: &str| plain.is_unknown(rel) || sealed.is_unknown(name);
-        let actions = self.plan(&plain_files, &sealed_files, sealed_empty, &unknown, &mut r);
+        let actions = self.plan(&plain_files, &sealed_files, folder_empty, &unknown, &mut r);
         self.execute(actions, keys, &mut r)?;
         self.flush()?;
         Ok(r)
@@ -488,7 +490,7 @@ impl Syncer {
         &mut self,
         plain: &BTreeMap<String, Stamp>,
         sealed: &BTreeMap<String, Stamp>,
-        sealed_empty: bool,
+        folder_empty: bool,
         unknown: &dyn Fn(&str, &str) -> bool,
         r: &mut PassReport,
     ) -> Vec<Action> {
@@ -579,9 +581,9 @@ impl Syncer {
             .filter(|a| matches!(a, Action::RemoveSealed(..) | Action::Trash(..)))
             .count();
         let tracked = self.journal.entries.len().max(1);
-        // An entirely empty SEALED while files are in sync is what an unmounted drive looks
-        // like, whatever the number of files: held too, not only GUARD_MIN_FILES or more.
-        let whole = sealed_empty && !self.journal.entries.is_empty();
+        // An entirely empty SEALED or PLAIN while files are in sync is what an unmounted drive
+        // looks like, whatever the number of files: held too, not only GUARD_MIN_FILES or more.
+        let whole = folder_empty && !self.journal.entries.is_empty();
         let is_delete = |a: &Action| match a {
             Action::RemoveSealed(rel, _) | Action::Trash(rel, _) => Some(rel.clone()),
             _ => None,
@@ -601,7 +603,7 @@ impl Syncer {
             r.guard = Some(format!(
                 "{deletes} of {tracked} files would be deleted at once (sealed copies removed or plain files moved to the trash){}; nothing was done (nothing deleted, sealed or opened). If one folder is unmounted or the sync client went wrong, fix that first; if the deletions are meant, run `kluis sync` once with --allow-mass-delete",
                 if whole {
-                    ", and the sealed folder is entirely empty"
+                    ", and one of the folders is entirely empty"
                 } else {
                     ""
                 }

@@ -598,3 +598,38 @@ fn an_edit_of_a_single_file_made_while_sealed_is_unmounted_survives_the_remount(
     a.sync(&keys);
     assert_eq!(a.read("only.txt").as_deref(), Some(&b"the edit"[..]));
 }
+
+/// PLAIN unmounted (an empty mount point) over a folder of three files, below the guard's five:
+/// their sealed copies must not be removed (every other device would then move its copies to
+/// the trash), and a colleague's edit arriving meanwhile must not be opened into the mount
+/// point (hidden once the drive is back, the drive's older file would then be sealed over it).
+#[test]
+fn an_unmounted_plain_folder_removes_nothing_and_loses_no_edit() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let drive = tempfile::tempdir().unwrap();
+    let shadow = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), false);
+    let mut b = Device::new(cloud.path(), false);
+    for i in 0..3 {
+        a.write(&format!("doc{i}.txt"), b"old");
+    }
+    a.sync(&keys);
+    b.sync(&keys);
+    // A's PLAIN is unmounted; B edits doc0 meanwhile.
+    move_all(&a.plain(), drive.path());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    b.write("doc0.txt", b"the edit from b");
+    b.sync(&keys);
+    let r = a.sync(&keys);
+    assert!(r.removed.is_empty() && r.guard.is_some(), "{r:?}");
+    assert_eq!(common::files(cloud.path()).len(), 3, "sealed copies stay");
+    // Mounted again.
+    move_all(&a.plain(), shadow.path());
+    move_all(drive.path(), &a.plain());
+    a.sync(&keys);
+    b.sync(&keys);
+    assert_eq!(a.read("doc0.txt").as_deref(), Some(&b"the edit from b"[..]));
+    assert_eq!(b.read("doc0.txt").as_deref(), Some(&b"the edit from b"[..]));
+    assert_eq!(b.files().len(), 3, "{:?}", b.files());
+}
