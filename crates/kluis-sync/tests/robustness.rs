@@ -633,3 +633,54 @@ fn an_unmounted_plain_folder_removes_nothing_and_loses_no_edit() {
     assert_eq!(b.read("doc0.txt").as_deref(), Some(&b"the edit from b"[..]));
     assert_eq!(b.files().len(), 3, "{:?}", b.files());
 }
+
+/// A delete on one device and an edit on the other between two passes, in both orders, and a
+/// delete followed by a new file under the same name: the edit or the new file wins, nothing
+/// is lost, nothing duplicated. Holds.
+#[test]
+fn delete_against_edit_and_delete_then_recreate_lose_nothing() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    let mut b = Device::new(cloud.path(), true);
+    a.write("x.txt", b"x1");
+    a.write("y.txt", b"y1");
+    a.write("z.txt", b"z1");
+    a.sync(&keys);
+    b.sync(&keys);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // x: A deletes, B edits; A syncs first.
+    std::fs::remove_file(a.plain().join("x.txt")).unwrap();
+    b.write("x.txt", b"x2 from b");
+    // y: A edits, B deletes; B syncs first.
+    a.write("y.txt", b"y2 from a");
+    std::fs::remove_file(b.plain().join("y.txt")).unwrap();
+    // z: A deletes and writes a new file under the same name before any pass.
+    std::fs::remove_file(a.plain().join("z.txt")).unwrap();
+    a.write("z.txt", b"z new");
+    a.sync(&keys);
+    b.sync(&keys);
+    a.sync(&keys);
+    b.sync(&keys);
+    for d in [&a, &b] {
+        assert_eq!(
+            d.read("x.txt").as_deref(),
+            Some(&b"x2 from b"[..]),
+            "{:?}",
+            d.files()
+        );
+        assert_eq!(
+            d.read("y.txt").as_deref(),
+            Some(&b"y2 from a"[..]),
+            "{:?}",
+            d.files()
+        );
+        assert_eq!(
+            d.read("z.txt").as_deref(),
+            Some(&b"z new"[..]),
+            "{:?}",
+            d.files()
+        );
+        assert_eq!(d.files().len(), 3, "no copies: {:?}", d.files());
+    }
+}
