@@ -386,6 +386,15 @@ impl Syncer {
         // like.
         let empty = |d: &Path| std::fs::read_dir(d).is_ok_and(|mut d| d.next().is_none());
         let folder_empty = empty(&self.sealed) || empty(&self.plain);
+        if folder_empty && !self.journal.entries.is_empty() && !self.allow_mass_delete {
+            // Stopped before anything is written, the folder key included (written into the
+            // mount point, it would make the next pass take the folder for a mounted one).
+            r.guard = Some(format!(
+                "one of the folders is entirely empty while {} files are in sync; nothing was done (nothing deleted, sealed or opened). If a drive is unmounted, mount it; if every file is meant to go, run `kluis sync` once with --allow-mass-delete",
+                self.journal.entries.len()
+            ));
+            return Ok(r);
+        }
         if self.hide {
             let chosen = folder_key::choose(&self.sealed, &self.dir, &self.tmp, keys)?;
             let changed = chosen.changed || self.folder_key.is_none();

@@ -579,24 +579,37 @@ fn an_edit_made_while_sealed_is_unmounted_survives_the_remount() {
 
 /// The same with a folder of a single file: too small for any share rule, but an entirely
 /// empty SEALED while files are in sync is what an unmounted drive looks like.
+/// Both modes; with hidden names, a second pass while unmounted must not find the folder key
+/// the first one wrote into the mount point and go ahead.
 #[test]
 fn an_edit_of_a_single_file_made_while_sealed_is_unmounted_survives_the_remount() {
-    let keys = TestKeys::new();
-    let cloud = tempfile::tempdir().unwrap();
-    let drive = tempfile::tempdir().unwrap();
-    let shadow = tempfile::tempdir().unwrap();
-    let mut a = Device::new(cloud.path(), false);
-    a.write("only.txt", b"old");
-    a.sync(&keys);
-    move_all(cloud.path(), drive.path());
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    a.write("only.txt", b"the edit");
-    let r = a.sync(&keys);
-    assert!(r.guard.is_some(), "{r:?}");
-    move_all(cloud.path(), shadow.path());
-    move_all(drive.path(), cloud.path());
-    a.sync(&keys);
-    assert_eq!(a.read("only.txt").as_deref(), Some(&b"the edit"[..]));
+    for hide in [false, true] {
+        let keys = TestKeys::new();
+        let cloud = tempfile::tempdir().unwrap();
+        let drive = tempfile::tempdir().unwrap();
+        let shadow = tempfile::tempdir().unwrap();
+        let mut a = Device::new(cloud.path(), hide);
+        a.write("only.txt", b"old");
+        a.sync(&keys);
+        move_all(cloud.path(), drive.path());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        a.write("only.txt", b"the edit");
+        for _ in 0..2 {
+            let r = a.sync(&keys);
+            assert!(
+                r.guard.is_some() && r.sealed.is_empty(),
+                "hide {hide}: {r:?}"
+            );
+        }
+        move_all(cloud.path(), shadow.path());
+        move_all(drive.path(), cloud.path());
+        a.sync(&keys);
+        assert_eq!(
+            a.read("only.txt").as_deref(),
+            Some(&b"the edit"[..]),
+            "hide {hide}"
+        );
+    }
 }
 
 /// PLAIN unmounted (an empty mount point) over a folder of three files, below the guard's five:
