@@ -98,6 +98,12 @@ unit=/lib/systemd/system/kluis-server.service
 [ -f "$unit" ] || fail "$unit missing"
 verify=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze verify: $verify"
 [ -z "$verify" ] || fail "systemd-analyze verify warns: $verify"
+# The kluis package's systemd user unit for `kluis sync --watch` (a template: one instance per
+# pair of folders, docs/SYNC.md): same check, empty output.
+sync_unit=/usr/lib/systemd/user/kluis-sync@.service
+[ -f "$sync_unit" ] || fail "$sync_unit missing"
+verify=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$sync_unit" 2>&1) || fail "systemd-analyze verify $sync_unit: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify warns about $sync_unit: $verify"
 # The exposure score (OPERATIONS.md: 1.2 with systemd 252) must not grow: a hardening setting
 # dropped or misspelt (verify only warns about the latter) fails here. --threshold is 10x.
 systemd-analyze security --offline=true --threshold=12 "$unit" >"$work/security" 2>&1 ||

@@ -92,6 +92,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Check the key server, the token and the label cache.
     Status,
+    /// Keep a plain folder sealed in a cloud sync folder, both ways (`kluis sync status`:
+    /// what is pending, in conflict or failing).
+    Sync(SyncArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -99,6 +102,45 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+/// `kluis sync`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SyncArgs {
+    /// `status`: what each synced pair of folders has pending, in conflict or failing.
+    #[command(subcommand)]
+    pub cmd: Option<SyncCmd>,
+    /// The plain folder you work in (a folder named `status`: write `./status`).
+    #[arg(value_name = "PLAIN", env = "KLUIS_SYNC_PLAIN")]
+    pub plain: Option<PathBuf>,
+    /// The sealed folder, inside the OneDrive or SharePoint folder: only sealed files go there.
+    #[arg(value_name = "SEALED", env = "KLUIS_SYNC_SEALED")]
+    pub sealed: Option<PathBuf>,
+    /// The label to seal under (default: `label` in config.toml).
+    #[arg(short, long, env = "KLUIS_LABEL")]
+    pub label: Option<String>,
+    /// Sealed files get meaningless names derived from a folder key shared through the label
+    /// (every device and colleague gets the same names); without it, PATH.kluis.
+    #[arg(long, env = "KLUIS_SYNC_HIDE_NAMES")]
+    pub hide_names: bool,
+    /// Keep syncing on every change until stopped (event-driven; idle when nothing changes).
+    #[arg(long)]
+    pub watch: bool,
+    /// Carry out deletions even when a large share of the files would go at once.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    /// A plain file is sealed only once it has not changed for this long (with --watch, the
+    /// folders must also have been quiet for 300 ms).
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    pub settle_ms: u64,
+}
+
+/// `kluis sync` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SyncCmd {
+    /// Show what each synced pair of folders has pending, in conflict or failing.
+    Status,
 }
 
 /// Where an identity file's passphrase comes from when it is not asked on the terminal.

@@ -118,6 +118,7 @@ mod pins;
 mod progress;
 mod rekey;
 mod seal;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -154,6 +155,7 @@ fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Labels => account::labels(&g),
         Command::Audit(args) => account::audit(args, &g),
         Command::Status => account::status(&g),
+        Command::Sync(a) => sync::run(a, &g),
         Command::Completions { shell } => {
             // Into memory first: the generator panics when its output fails.
             let mut out = Vec::new();
