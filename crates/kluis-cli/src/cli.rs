@@ -130,6 +130,10 @@ pub struct SyncArgs {
     /// Carry out deletions even when a large share of the files would go at once.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// With --hide-names: the folder-key document (its id) to use when SEALED holds several
+    /// and this device has not used one before (kluis lists them); ask who set the folder up.
+    #[arg(long, value_name = "DOCID")]
+    pub trust_folder_key: Option<String>,
     /// A plain file is sealed only once it has not changed for this long (with --watch, the
     /// folders must also have been quiet for 300 ms).
     #[arg(long, value_name = "MS", default_value_t = 250)]

@@ -101,6 +101,8 @@ pub fn run(args: SyncArgs, g: &Global) -> Result<u8, CliError> {
         allow_mass_delete: args.allow_mass_delete,
         settle: std::time::Duration::from_millis(args.settle_ms),
         stray_grace: std::time::Duration::from_secs(600),
+        folder_key_window: std::time::Duration::from_secs(600),
+        trust_folder_key: args.trust_folder_key.clone(),
     };
     let mut syncer = Syncer::new(&options).map_err(sync_error)?;
     if args.watch {

@@ -86,6 +86,13 @@ pub struct Options {
     /// folder key) is left this long for that device to re-name it, then opened as a conflict
     /// copy of its path (or dropped when the same version is already there).
     pub stray_grace: Duration,
+    /// Hidden names: a device may switch to a folder key with a smaller document id only while
+    /// the key it pinned is one it created itself less than this long ago (two devices that
+    /// created one at once on a new SEALED converge); after that it never switches silently.
+    pub folder_key_window: Duration,
+    /// Hidden names: the folder-key document id the person chose (`--trust-folder-key`), for a
+    /// device that finds several and has no pin, or whose pinned key is gone.
+    pub trust_folder_key: Option<String>,
 }
 
 /// What one pass did and left.
@@ -143,6 +150,8 @@ pub struct Syncer {
     allow_mass_delete: bool,
     settle: Duration,
     stray_grace: Duration,
+    folder_key_window: Duration,
+    trust_folder_key: Option<String>,
     folder_key: Option<FolderKey>,
     cleaned: bool,
     /// The digest of the journal as last written.
@@ -255,6 +264,8 @@ impl Syncer {
             allow_mass_delete: o.allow_mass_delete,
             settle: o.settle,
             stray_grace: o.stray_grace,
+            folder_key_window: o.folder_key_window,
+            trust_folder_key: o.trust_folder_key.clone(),
             folder_key: None,
             cleaned: false,
             saved: None,
@@ -396,7 +407,33 @@ impl Syncer {
             return Ok(r);
         }
         if self.hide {
-            let chosen = folder_key::choose(&self.sealed, &self.dir, &self.tmp, keys)?;
+            let pin_before = self.journal.folder_key.clone();
+            let mut warnings = Vec::new();
+            let choice = folder_key::choose(
+                &self.sealed,
+                &self.dir,
+                &self.tmp,
+                keys,
+                folder_key::Trust {
+                    pin: &mut self.journal.folder_key,
+                    refused: &mut self.journal.refused_keys,
+                    chosen: self.trust_folder_key.as_deref(),
+                    window: self.folder_key_window,
+                    warnings: &mut warnings,
+                },
+            )?;
+            r.failed.extend(warnings);
+            if self.journal.folder_key != pin_before {
+                // The pin is on disk before anything is named by it.
+                self.journal.save(&self.journal_path, &mut self.saved)?;
+            }
+            let chosen = match choice {
+                folder_key::Choice::Use(c) => c,
+                folder_key::Choice::Stop(why) => {
+                    r.stopped.push(why);
+                    return Ok(r);
+                }
+            };
             let changed = chosen.changed || self.folder_key.is_none();
             self.folder_key = Some(chosen.key);
             if changed {

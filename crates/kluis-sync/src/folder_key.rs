@@ -168,8 +168,19 @@ fn load_cache(dir: &Path) -> Option<FolderKey> {
     Some(FolderKey { key, doc_id })
 }
 
-fn save_cache(dir: &Path, k: &FolderKey) -> Result<(), SyncError> {
-    let text = Zeroizing::new(format!("{}\n{}\n", k.doc_id, hex::encode(&k.key[..])));
+/// The creation time of the pin, kept in the cache too (a lost journal keeps the window).
+fn load_cache_created(dir: &Path) -> Option<u64> {
+    let text = Zeroizing::new(std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?);
+    text.lines().nth(2)?.trim().parse().ok()
+}
+
+fn save_cache(dir: &Path, k: &FolderKey, created: Option<u64>) -> Result<(), SyncError> {
+    let created = created.map(|c| c.to_string()).unwrap_or_default();
+    let text = Zeroizing::new(format!(
+        "{}\n{}\n{created}\n",
+        k.doc_id,
+        hex::encode(&k.key[..])
+    ));
     write_atomic(&dir.join(CACHE_FILE), text.as_bytes(), true)
 }
 
@@ -249,20 +260,120 @@ fn create(
     }
 }
 
-/// Find the folder key in force: of the `.kluis-folder*` documents present, the one with the
-/// smallest document id wins (every device decides the same way). Creates one when there is
-/// none. A device whose own key lost removes its own document.
+/// The folder key a device uses, recorded in its journal (trust on first use): the document
+/// id of its `.kluis-folder*` document, and when this device created that key itself (Unix
+/// seconds; `None` for a key it adopted or re-sealed). Only while a key it created itself is
+/// younger than the creation window may a smaller-id folder key replace it (two devices that
+/// created a folder key at once on a new SEALED converge); after that, never silently.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pin {
+    /// The document id of the folder-key document in use.
+    pub doc_id: String,
+    /// When this device created the key it first pinned (a fresh random key), in Unix seconds.
+    #[serde(default)]
+    pub created: Option<u64>,
+}
+
+/// What [`choose`] decided.
+pub enum Choice {
+    /// Name with this key.
+    Use(Chosen),
+    /// No key can be chosen by rule (a device without a pin finds several): hidden names
+    /// stop, with the message (the candidates and the flag to choose with).
+    Stop(String),
+}
+
+/// The inputs and the state of [`choose`] that live in the journal and the options.
+pub struct Trust<'a> {
+    /// The pin (updated when a key is adopted, created or switched to).
+    pub pin: &'a mut Option<Pin>,
+    /// Folder-key documents already opened and refused (not opened again).
+    pub refused: &'a mut std::collections::BTreeSet<String>,
+    /// The document id the person chose with `--trust-folder-key`.
+    pub chosen: Option<&'a str>,
+    /// The creation window (see [`Pin`]).
+    pub window: std::time::Duration,
+    /// Warnings for the pass: (file name, what happened and what to do).
+    pub warnings: &'a mut Vec<(String, String)>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn not_adopted(path: &Path, id: &str) -> (String, String) {
+    (
+        file_name(path),
+        format!(
+            "a second folder key appeared in SEALED (document {id}); it was not adopted and the sealed names stay as they are. If you did not create it, someone with write access to the folder did (it could be used to test guesses of your file names): remove it, and check who can write to the folder"
+        ),
+    )
+}
+
+/// The candidates with their document ids and creation times, for a message.
+fn list(found: &[(String, PathBuf)]) -> String {
+    found
+        .iter()
+        .map(|(id, path)| {
+            let when = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| format!("file written at Unix time {}", d.as_secs()))
+                .unwrap_or_else(|| "time unknown".into());
+            format!("{id} ({}, {when})", file_name(path))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Find the folder key in force (trust on first use). A device with a pin keeps the pinned
+/// key: another folder-key document is adopted only when it holds the same key (a re-sealed
+/// copy), or, while this device's own key is younger than the creation window, when its
+/// document id is smaller (two devices that created one at once converge on the smallest id;
+/// the loser removes its own document). Any other is reported and ignored. A device without a
+/// pin adopts the only candidate, or the one named by `--trust-folder-key`; with several and
+/// no choice it stops. Creates one when there is none.
 pub fn choose(
     sealed: &Path,
     state: &Path,
     tmp_dir: &Path,
     keys: &dyn Keys,
-) -> Result<Chosen, SyncError> {
+    t: Trust<'_>,
+) -> Result<Choice, SyncError> {
     let cached = load_cache(state);
+    // The cache (owner-only state, written at the same decision, just before the journal)
+    // holds the pinned key: a journal from before pins, or one not saved after a switch (a
+    // killed run), takes its document id.
+    if let Some(c) = &cached {
+        match t.pin.as_mut() {
+            Some(p) => {
+                if p.doc_id != c.doc_id {
+                    p.doc_id = c.doc_id.clone();
+                }
+            }
+            None => {
+                *t.pin = Some(Pin {
+                    doc_id: c.doc_id.clone(),
+                    created: load_cache_created(state),
+                })
+            }
+        }
+    }
     let label = keys.label();
     for _ in 0..3 {
         let found = candidates(sealed, label.as_deref());
-        let Some((winner_id, winner_path)) = found.first().cloned() else {
+        if found.is_empty() {
             // A device new to a folder that other devices sync without hidden names: a
             // folder key would turn their documents into strays (opened as conflict copies
             // and removed from SEALED, their plain files trashed on those devices).
@@ -275,34 +386,136 @@ pub fn choose(
             // None there (a new folder, or its document was deleted): seal one, with the
             // cached key when there is one, so the names stay as they are.
             if let Some(c) = create(sealed, tmp_dir, keys, cached.as_ref())? {
-                let changed = false;
-                save_cache(state, &c)?;
-                return Ok(Chosen { key: c, changed });
+                let created = match &cached {
+                    // Re-sealed: no new creation window.
+                    Some(_) => None,
+                    None => Some(now_secs()),
+                };
+                *t.pin = Some(Pin {
+                    doc_id: c.doc_id.clone(),
+                    created,
+                });
+                save_cache(state, &c, created)?;
+                return Ok(Choice::Use(Chosen {
+                    key: c,
+                    changed: false,
+                }));
             }
             continue;
-        };
-        if let Some(c) = &cached {
-            if c.doc_id == winner_id {
-                return Ok(Chosen {
-                    key: load_cache(state).ok_or_else(|| {
-                        SyncError::FolderKey("the cached folder key vanished".into())
-                    })?,
-                    changed: false,
+        }
+        // The person's explicit choice (a new device, or one whose pinned key is gone).
+        if let Some(want) = t.chosen {
+            if t.pin.as_ref().is_none_or(|p| p.doc_id != want) {
+                let Some((_, path)) = found.iter().find(|(id, _)| id == want) else {
+                    return Ok(Choice::Stop(format!(
+                        "--trust-folder-key {want}: no folder-key document with that id in SEALED; the candidates are: {}",
+                        list(&found)
+                    )));
+                };
+                let k = open_doc(path, keys)?;
+                let changed = cached.as_ref().is_some_and(|old| !old.same_key(&k));
+                *t.pin = Some(Pin {
+                    doc_id: k.doc_id.clone(),
+                    created: None,
                 });
+                save_cache(state, &k, None)?;
+                return Ok(Choice::Use(Chosen { key: k, changed }));
             }
         }
-        let k = open_doc(&winner_path, keys)?;
-        let changed = cached.as_ref().is_some_and(|old| !old.same_key(&k));
-        // Our own losing document goes; others remove theirs.
-        if let Some(old) = &cached {
-            for (id, path) in &found {
-                if *id == old.doc_id && *id != k.doc_id {
-                    let _ = std::fs::remove_file(path);
+        let Some(pin) = t.pin.clone() else {
+            // No pin: adopt only what needs no choice.
+            if let [(_, path)] = found.as_slice() {
+                let k = open_doc(path, keys)?;
+                *t.pin = Some(Pin {
+                    doc_id: k.doc_id.clone(),
+                    created: None,
+                });
+                save_cache(state, &k, None)?;
+                return Ok(Choice::Use(Chosen {
+                    key: k,
+                    changed: false,
+                }));
+            }
+            return Ok(Choice::Stop(format!(
+                "SEALED holds {} folder keys for hidden names and this device has not used either before, so it cannot tell which one your colleagues use (someone with write access to the folder may have planted one); nothing was synced. Ask who set the folder up which one is theirs, then run kluis sync with --trust-folder-key DOCID. The candidates: {}",
+                found.len(),
+                list(&found)
+            )));
+        };
+        // The pinned key: from the cache, or opened from its document.
+        let mine = found.iter().find(|(id, _)| *id == pin.doc_id);
+        let current = match (&cached, mine) {
+            (Some(_), _) => match load_cache(state) {
+                Some(k) if k.doc_id == pin.doc_id => k,
+                _ => {
+                    return Err(SyncError::FolderKey(
+                        "the cached folder key vanished; run kluis sync again".into(),
+                    ));
                 }
+            },
+            (None, Some((_, path))) => {
+                let k = open_doc(path, keys)?;
+                save_cache(state, &k, pin.created)?;
+                k
+            }
+            (None, None) => {
+                return Ok(Choice::Stop(format!(
+                    "the folder key this device used (document {}) is gone from SEALED and not cached here, and another one is there; it was not adopted. If you trust it, run kluis sync with --trust-folder-key DOCID. The candidates: {}",
+                    pin.doc_id,
+                    list(&found)
+                )));
+            }
+        };
+        let now = now_secs();
+        let in_window = pin
+            .created
+            .is_some_and(|c| now >= c && u128::from(now - c) < t.window.as_millis().div_ceil(1000));
+        for (id, path) in &found {
+            if *id == pin.doc_id {
+                continue;
+            }
+            if t.refused.contains(id) {
+                t.warnings.push(not_adopted(path, id));
+                continue;
+            }
+            let smaller = *id < pin.doc_id;
+            if in_window && !smaller {
+                // The other side of a race: that device switches to ours and removes it.
+                continue;
+            }
+            let other = match open_doc(path, keys) {
+                Ok(k) => k,
+                Err(e) => {
+                    t.warnings.push((file_name(path), e.to_string()));
+                    continue;
+                }
+            };
+            let same = other.same_key(&current);
+            if smaller && (same || in_window) {
+                // The race on a new SEALED (or a re-sealed copy of the same key): switch,
+                // and remove our own document. The window stays the one of our creation.
+                if let Some((_, p)) = mine {
+                    let _ = std::fs::remove_file(p);
+                }
+                *t.pin = Some(Pin {
+                    doc_id: other.doc_id.clone(),
+                    created: pin.created,
+                });
+                save_cache(state, &other, pin.created)?;
+                return Ok(Choice::Use(Chosen {
+                    key: other,
+                    changed: !same,
+                }));
+            }
+            if !same {
+                t.refused.insert(id.clone());
+                t.warnings.push(not_adopted(path, id));
             }
         }
-        save_cache(state, &k)?;
-        return Ok(Chosen { key: k, changed });
+        return Ok(Choice::Use(Chosen {
+            key: current,
+            changed: false,
+        }));
     }
     Err(SyncError::FolderKey(
         "the folder key changed three times while it was being read; try again".into(),

@@ -41,6 +41,13 @@ pub struct Journal {
     /// allowed or the path is no longer to be deleted.
     #[serde(default)]
     pub held: std::collections::BTreeSet<String>,
+    /// The folder key this device uses (hidden names): trust on first use.
+    #[serde(default)]
+    pub folder_key: Option<crate::folder_key::Pin>,
+    /// Folder-key documents opened and refused (not the pinned key): reported, not opened
+    /// again.
+    #[serde(default)]
+    pub refused_keys: std::collections::BTreeSet<String>,
 }
 
 impl Journal {

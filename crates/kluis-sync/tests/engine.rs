@@ -162,6 +162,8 @@ fn nesting_is_refused() {
             allow_mass_delete: false,
             settle: std::time::Duration::ZERO,
             stray_grace: std::time::Duration::ZERO,
+            folder_key_window: std::time::Duration::from_secs(600),
+            trust_folder_key: None,
         })
         .err()
     };
@@ -196,6 +198,8 @@ fn nesting_is_refused() {
         allow_mass_delete: false,
         settle: std::time::Duration::ZERO,
         stray_grace: std::time::Duration::ZERO,
+        folder_key_window: std::time::Duration::from_secs(600),
+        trust_folder_key: None,
     });
     assert!(err.is_err());
 }

@@ -48,6 +48,10 @@ pub struct Device {
     pub syncer: Option<Syncer>,
     /// [`Options::stray_grace`].
     pub grace: Duration,
+    /// [`Options::folder_key_window`] (10 minutes unless a test changes it).
+    pub window: Duration,
+    /// [`Options::trust_folder_key`].
+    pub trust: Option<String>,
 }
 
 impl Device {
@@ -60,6 +64,8 @@ impl Device {
             hide,
             syncer: None,
             grace: Duration::ZERO,
+            window: Duration::from_secs(600),
+            trust: None,
         }
     }
 
@@ -76,6 +82,8 @@ impl Device {
             allow_mass_delete: false,
             settle: Duration::ZERO,
             stray_grace: self.grace,
+            folder_key_window: self.window,
+            trust_folder_key: self.trust.clone(),
         }
     }
 
