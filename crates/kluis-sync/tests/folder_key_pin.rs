@@ -1,0 +1,222 @@
+//! The folder key is pinned (trust on first use, issue 18 follow-up): a `.kluis-folder…`
+//! document with a smaller document id that someone with write access to SEALED (the cloud
+//! provider) plants, sealed to the pair's label with a key they know, is not adopted once the
+//! device's own key is past the creation window; a new device that finds two does not pick
+//! one by rule; the pin survives a restart.
+
+#[allow(unused_imports)]
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Device, TestKeys, files};
+use kluis_core::{Metadata, Recipient, Slot};
+
+/// The attacker's folder key (they know its bytes).
+const ATTACKER_KEY: [u8; 32] = [7u8; 32];
+
+fn doc_id(bytes: &[u8]) -> String {
+    kluis_core::Header::read(&mut &bytes[..])
+        .unwrap()
+        .doc_id()
+        .to_string()
+}
+
+/// The document id of the folder key in SEALED (the only one).
+fn key_id(sealed: &Path) -> String {
+    doc_id(&std::fs::read(sealed.join(kluis_sync::FOLDER_KEY_FILE)).unwrap())
+}
+
+/// Plant a folder-key document sealed to the pair's label (its public key is public) with
+/// a key the attacker knows and a document id smaller than `below`; returns its id.
+fn plant(keys: &TestKeys, sealed: &Path, below: &str) -> String {
+    let mut payload = b"kluis-sync/v1 folder-key\0".to_vec();
+    payload.extend_from_slice(&ATTACKER_KEY);
+    let slots = vec![Slot::single(Recipient::Label(
+        keys.key.public_key().clone(),
+    ))];
+    let planted = (0..256)
+        .map(|_| kluis_core::seal(&slots, &Metadata::default(), &payload).unwrap())
+        .find(|d| doc_id(d).as_str() < below)
+        .expect("a smaller document id in 256 tries");
+    std::fs::write(sealed.join(".kluis-folder-x"), &planted).unwrap();
+    doc_id(&planted)
+}
+
+/// The sealed names (the folder-key documents left out).
+fn names(sealed: &Path) -> Vec<String> {
+    files(sealed)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !n.starts_with(".kluis-folder"))
+        .collect()
+}
+
+/// After the creation window, a planted smaller-id folder key is not adopted: the names stay,
+/// new files are named by the pinned key, and the pass says what appeared.
+#[test]
+fn a_planted_folder_key_after_the_window_is_not_adopted_and_is_reported() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    // The window closes one second after the key was created.
+    a.window = Duration::from_secs(1);
+    a.write("payroll/2027.xlsx", b"salaries");
+    a.sync(&keys);
+    let ours = key_id(cloud.path());
+    let before = names(cloud.path());
+    assert_eq!(before.len(), 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    let planted = plant(&keys, cloud.path(), &ours);
+    a.write("layoffs.docx", b"names");
+    let r = a.sync(&keys);
+    assert!(r.sealed.contains(&"layoffs.docx".to_owned()), "{r:?}");
+    let after = names(cloud.path());
+    assert!(
+        before.iter().all(|n| after.contains(n)),
+        "the sealed names changed under the planted key: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.len(), 2, "{after:?}");
+    let reported = r.failed.iter().any(|(f, why)| {
+        f == ".kluis-folder-x"
+            && why.contains("a second folder key appeared in SEALED")
+            && why.contains(&planted)
+            && why.contains("not adopted")
+    });
+    assert!(reported, "not reported: {r:?}");
+    // Reported again on the next pass (it is still there), still not adopted.
+    a.restart();
+    let r = a.sync(&keys);
+    assert!(
+        r.failed.iter().any(|(f, _)| f == ".kluis-folder-x"),
+        "{r:?}"
+    );
+    assert_eq!(names(cloud.path()), after);
+    assert_eq!(a.read("layoffs.docx").as_deref(), Some(&b"names"[..]));
+}
+
+/// A window of zero: a key this device created is never replaced by another one.
+#[test]
+fn with_no_window_a_smaller_id_key_is_never_adopted() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.window = Duration::ZERO;
+    a.write("a.txt", b"A");
+    a.sync(&keys);
+    let before = names(cloud.path());
+    plant(&keys, cloud.path(), &key_id(cloud.path()));
+    a.sync(&keys);
+    assert_eq!(names(cloud.path()), before);
+}
+
+/// Within the window, a smaller-id key (the other device of a race on a new SEALED) is
+/// adopted: this device re-names its files and removes its own document.
+#[test]
+fn within_the_window_a_smaller_id_key_is_adopted_as_in_a_race() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("a.txt", b"A");
+    a.sync(&keys);
+    let ours = key_id(cloud.path());
+    let before = names(cloud.path());
+    let theirs = plant(&keys, cloud.path(), &ours);
+    let r = a.sync(&keys);
+    assert!(r.failed.is_empty(), "{r:?}");
+    let after = names(cloud.path());
+    assert_ne!(after, before, "not re-named to the winning key");
+    assert_eq!(after.len(), 1);
+    let keys_left: Vec<String> = files(cloud.path())
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with(".kluis-folder"))
+        .collect();
+    assert_eq!(keys_left, vec![".kluis-folder-x".to_owned()]);
+    assert!(theirs < ours);
+}
+
+/// A new device that finds two folder keys stops and lists both; with `--trust-folder-key` it
+/// adopts the one named and opens the files.
+#[test]
+fn a_new_device_with_two_folder_keys_refuses_until_one_is_chosen() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.window = Duration::ZERO;
+    a.write("plan.txt", b"the plan");
+    a.sync(&keys);
+    let ours = key_id(cloud.path());
+    let planted = plant(&keys, cloud.path(), &ours);
+    let mut b = Device::new(cloud.path(), true);
+    let r = b.sync(&keys);
+    assert!(b.files().is_empty(), "{:?}", b.files());
+    let stop = r.stopped.join(" ");
+    assert!(
+        stop.contains(&ours) && stop.contains(&planted) && stop.contains("--trust-folder-key"),
+        "{r:?}"
+    );
+    // Nothing was named by either key on the new device's behalf.
+    assert_eq!(names(cloud.path()).len(), 1);
+    // A choice that is not among them is refused too.
+    b.restart();
+    b.trust = Some("not-a-document".into());
+    let r = b.sync(&keys);
+    assert!(!r.stopped.is_empty(), "{r:?}");
+    b.restart();
+    b.trust = Some(ours.clone());
+    let r = b.sync(&keys);
+    assert!(r.stopped.is_empty(), "{r:?}");
+    assert_eq!(b.read("plan.txt").as_deref(), Some(&b"the plan"[..]));
+    // Pinned now: without the flag it keeps the chosen key and reports the other.
+    b.restart();
+    b.trust = None;
+    b.write("reply.txt", b"ok");
+    let r = b.sync(&keys);
+    assert!(r.stopped.is_empty(), "{r:?}");
+    assert!(
+        r.failed.iter().any(|(f, _)| f == ".kluis-folder-x"),
+        "{r:?}"
+    );
+    a.sync(&keys);
+    assert_eq!(a.read("reply.txt").as_deref(), Some(&b"ok"[..]));
+}
+
+/// The pin is in the journal: after a restart, with the cached key gone (a new state folder
+/// copy, or a wiped cache), the device opens the pinned document again, not the smaller one.
+#[test]
+fn the_pin_survives_a_restart_without_the_cached_key() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.write("a.txt", b"A");
+    a.sync(&keys);
+    // b joins (adopts the only key: no creation window of its own).
+    let mut b = Device::new(cloud.path(), true);
+    b.sync(&keys);
+    assert_eq!(b.read("a.txt").as_deref(), Some(&b"A"[..]));
+    let before = names(cloud.path());
+    plant(&keys, cloud.path(), &key_id(cloud.path()));
+    b.restart();
+    for e in std::fs::read_dir(b.home.path().join("state")).unwrap() {
+        let p = e.unwrap().path().join("folder.key");
+        if p.exists() {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    b.write("b.txt", b"B");
+    let r = b.sync(&keys);
+    assert!(r.stopped.is_empty(), "{r:?}");
+    assert!(r.sealed.contains(&"b.txt".to_owned()), "{r:?}");
+    let after = names(cloud.path());
+    assert!(
+        before.iter().all(|n| after.contains(n)),
+        "re-named under the planted key after a restart: {before:?} -> {after:?}"
+    );
+    // The creator (its window closed) opens b's file: both still name by the pinned key.
+    a.window = Duration::ZERO;
+    a.restart();
+    a.sync(&keys);
+    assert_eq!(a.read("b.txt").as_deref(), Some(&b"B"[..]));
+}
