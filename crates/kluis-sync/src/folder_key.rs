@@ -22,6 +22,8 @@ use crate::{Keys, Sealing};
 const MAGIC: &[u8] = b"kluis-sync/v1 folder-key\0";
 /// The cache file in the pair's state folder.
 const CACHE_FILE: &str = "folder.key";
+/// The most other folder-key documents opened (to compare keys) in one pass.
+const MAX_OPENED_PER_PASS: usize = 4;
 /// The largest folder-key document read (it is a few hundred bytes).
 const MAX_DOC: u64 = 64 << 10;
 
@@ -470,11 +472,16 @@ pub fn choose(
         let in_window = pin
             .created
             .is_some_and(|c| now >= c && u128::from(now - c) < t.window.as_millis().div_ceil(1000));
+        // Refusals of documents no longer there are forgotten (the set stays small).
+        t.refused.retain(|r| found.iter().any(|(id, _)| id == r));
+        // Each other document is opened (one audited unwrap) to compare its key, a few per
+        // pass at most: a folder flooded with planted keys costs no flood of unwraps.
+        let mut opened = 0usize;
         for (id, path) in &found {
             if *id == pin.doc_id {
                 continue;
             }
-            if t.refused.contains(id) {
+            if t.refused.contains(id) || opened >= MAX_OPENED_PER_PASS {
                 t.warnings.push(not_adopted(path, id));
                 continue;
             }
@@ -483,6 +490,7 @@ pub fn choose(
                 // The other side of a race: that device switches to ours and removes it.
                 continue;
             }
+            opened += 1;
             let other = match open_doc(path, keys) {
                 Ok(k) => k,
                 Err(e) => {
