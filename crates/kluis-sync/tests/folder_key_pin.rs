@@ -220,3 +220,43 @@ fn the_pin_survives_a_restart_without_the_cached_key() {
     a.sync(&keys);
     assert_eq!(a.read("b.txt").as_deref(), Some(&b"B"[..]));
 }
+
+/// The folder-key document is deleted and two devices (both past their window) each seal
+/// their cached key again at once: the two documents hold the same key, so the smaller id is
+/// taken silently (names unchanged) and one document is left; nothing is reported.
+#[test]
+fn two_re_sealed_copies_of_the_same_key_converge_silently() {
+    let keys = TestKeys::new();
+    let cloud_a = tempfile::tempdir().unwrap();
+    let cloud_b = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud_a.path(), true);
+    let mut b = Device::new(cloud_b.path(), true);
+    a.window = Duration::ZERO;
+    b.window = Duration::ZERO;
+    let mut client = common::SyncClient::default();
+    a.write("a.txt", b"A");
+    a.sync(&keys);
+    client.sync(cloud_a.path(), cloud_b.path());
+    b.sync(&keys);
+    assert_eq!(b.read("a.txt").as_deref(), Some(&b"A"[..]));
+    let before = names(cloud_a.path());
+    // Deleted everywhere; each device seals the key again in its own copy of the folder.
+    std::fs::remove_file(cloud_a.path().join(".kluis-folder")).unwrap();
+    std::fs::remove_file(cloud_b.path().join(".kluis-folder")).unwrap();
+    a.sync(&keys);
+    b.sync(&keys);
+    let mut last = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        client.sync(cloud_a.path(), cloud_b.path());
+        last = (a.sync(&keys).failed, b.sync(&keys).failed);
+    }
+    client.sync(cloud_a.path(), cloud_b.path());
+    assert!(last.0.is_empty() && last.1.is_empty(), "{last:?}");
+    assert_eq!(names(cloud_a.path()), before);
+    let folder_keys = files(cloud_a.path())
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(".kluis-folder"))
+        .count();
+    assert_eq!(folder_keys, 1);
+    assert_eq!(a.files(), b.files());
+}
