@@ -284,11 +284,16 @@ impl From<Refusal> for ApiError {
             "denied" | "double_key_required" | "retired" => StatusCode::FORBIDDEN,
             "not_found" => StatusCode::NOT_FOUND,
             "destroyed" => StatusCode::GONE,
+            "store_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError {
+        let e = ApiError {
             destroyed_ms: r.destroyed_ms,
             ..ApiError::new(status, r.code, r.message)
+        };
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => e.retry_after(Duration::from_secs(5)),
+            _ => e,
         }
     }
 }

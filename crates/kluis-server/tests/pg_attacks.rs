@@ -717,3 +717,88 @@ fn a_frozen_database_does_not_stall_the_http_server() {
         }
     }
 }
+
+/// With the database down, an unwrap is answered `503 store_unavailable` with `Retry-After`
+/// (the kluis client retries a 503), not `500 internal` (which says the server failed and is
+/// not retried); once the database is back, the same request is granted. Found by the
+/// reference-deployment work: a replica answered 500 while PostgreSQL was stopped.
+#[test]
+fn an_unwrap_while_the_database_is_down_is_503_to_retry() {
+    let cluster = PgCluster::start();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli(d, &url, &["init"]);
+    cli(d, &url, &["label", "create", "hr", "--group", "staff"]);
+    let token = cli(
+        d,
+        &url,
+        &["token", "create", "--user", "u", "--group", "staff"],
+    )
+    .trim()
+    .to_owned();
+    let replica = Replica::start(d, &url);
+    let server = common::Server {
+        dir: tempfile::tempdir().unwrap(),
+        child: std::process::Command::new("true").spawn().unwrap(),
+        base: replica.base.clone(),
+    };
+    let key = common::label_key(&server, "hr");
+    let sealed = kluis_core::seal(
+        &[kluis_core::Slot::single(kluis_core::Recipient::Label(key))],
+        &kluis_core::Metadata::default(),
+        b"x",
+    )
+    .unwrap();
+    let h = kluis_core::Header::parse(&sealed).unwrap();
+    let body = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        serde_json::json!({
+            "reply_key": b64.encode(kluis_core::reply::ReplyKey::generate().unwrap().public_bytes()),
+            "doc_id": h.doc_id().to_string(),
+            "stanza": b64.encode(h.slots()[0][0].to_bytes()),
+        })
+        .to_string()
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let post = || {
+        let mut r = agent
+            .post(&format!("{}/v1/unwrap", replica.base))
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(body.as_str())
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = r.body_mut().read_to_string().unwrap();
+        (r.status().as_u16(), retry, text)
+    };
+    assert_eq!(post().0, 200, "granted while the database is up");
+
+    cluster.stop_immediate();
+    let (status, retry, text) = post();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\"store_unavailable\""), "{text}");
+    assert!(retry.is_some(), "no Retry-After: {text}");
+    assert!(!text.contains(&url), "the store URL is not shown: {text}");
+
+    cluster.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = post();
+    while last.0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        last = post();
+    }
+    assert_eq!(
+        last.0, 200,
+        "granted again once the database is back: {}",
+        last.2
+    );
+}

@@ -92,6 +92,11 @@ fn refusal(r: Refusal) -> Response {
     let status = match r.code {
         "denied" | "retired" => StatusCode::FORBIDDEN,
         "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+        "store_unavailable" => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, r.code, r.message)
+                .retry_after(Duration::from_secs(5))
+                .into_response();
+        }
         // Bad input, of whatever kind: unknown or destroyed key, bad body, no decryption.
         _ => StatusCode::BAD_REQUEST,
     };

@@ -107,6 +107,12 @@ impl From<ServerError> for Refusal {
                 destroyed_ms,
                 ..Refusal::new("destroyed", e.to_string())
             },
+            // The database cannot be reached or did not answer in time: say so (503), so
+            // that clients retry, rather than claim the server failed.
+            ServerError::Database(_) => Refusal::new(
+                "store_unavailable",
+                "the key server cannot reach its database now; try again shortly",
+            ),
             // Never leak store internals to callers.
             _ => Refusal::new(
                 "internal",
