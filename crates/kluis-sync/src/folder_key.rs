@@ -485,7 +485,9 @@ pub fn choose(
                 t.warnings.push(not_adopted(path, id));
                 continue;
             }
-            let smaller = *id < pin.doc_id;
+            // Our own document gone (the sync client kept the other device's in its place):
+            // within the window the race is lost whatever the ids; the smallest other wins.
+            let smaller = *id < pin.doc_id || mine.is_none();
             if in_window && !smaller {
                 // The other side of a race: that device switches to ours and removes it.
                 continue;

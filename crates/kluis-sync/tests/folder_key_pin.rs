@@ -31,6 +31,11 @@ fn key_id(sealed: &Path) -> String {
 /// Plant a folder-key document sealed to the pair's label (its public key is public) with
 /// a key the attacker knows and a document id smaller than `below`; returns its id.
 fn plant(keys: &TestKeys, sealed: &Path, below: &str) -> String {
+    plant_as(keys, sealed, ".kluis-folder-x", |id| id < below)
+}
+
+/// A folder-key document with a key the attacker knows, whose id passes `pick`, as `name`.
+fn plant_as(keys: &TestKeys, sealed: &Path, name: &str, pick: impl Fn(&str) -> bool) -> String {
     let mut payload = b"kluis-sync/v1 folder-key\0".to_vec();
     payload.extend_from_slice(&ATTACKER_KEY);
     let slots = vec![Slot::single(Recipient::Label(
@@ -38,9 +43,9 @@ fn plant(keys: &TestKeys, sealed: &Path, below: &str) -> String {
     ))];
     let planted = (0..256)
         .map(|_| kluis_core::seal(&slots, &Metadata::default(), &payload).unwrap())
-        .find(|d| doc_id(d).as_str() < below)
-        .expect("a smaller document id in 256 tries");
-    std::fs::write(sealed.join(".kluis-folder-x"), &planted).unwrap();
+        .find(|d| pick(&doc_id(d)))
+        .expect("a fitting document id in 256 tries");
+    std::fs::write(sealed.join(name), &planted).unwrap();
     doc_id(&planted)
 }
 
@@ -259,4 +264,39 @@ fn two_re_sealed_copies_of_the_same_key_converge_silently() {
         .count();
     assert_eq!(folder_keys, 1);
     assert_eq!(a.files(), b.files());
+}
+
+/// The sync client may resolve the race by keeping the other device's `.kluis-folder` in
+/// place of ours. Within the window the device adopts it whatever the ids (its own is gone,
+/// so no other device can adopt it); after the window it keeps its pin and reports it.
+#[test]
+fn our_folder_key_replaced_by_the_other_device_s_within_and_after_the_window() {
+    for (window, adopted) in [(Duration::from_secs(600), true), (Duration::ZERO, false)] {
+        let keys = TestKeys::new();
+        let cloud = tempfile::tempdir().unwrap();
+        let mut a = Device::new(cloud.path(), true);
+        a.window = window;
+        a.write("a.txt", b"A");
+        a.sync(&keys);
+        let ours = key_id(cloud.path());
+        let before = names(cloud.path());
+        // Replaced by one with a larger id (the smaller-id case is the plain race).
+        plant_as(&keys, cloud.path(), ".kluis-folder", |id| {
+            id > ours.as_str()
+        });
+        let r = a.sync(&keys);
+        let after = names(cloud.path());
+        assert_eq!(after.len(), 1, "{after:?}");
+        if adopted {
+            assert!(r.failed.is_empty(), "{r:?}");
+            assert_ne!(after, before, "not re-named to the key in place");
+        } else {
+            assert_eq!(after, before);
+            assert!(
+                r.failed.iter().any(|(f, why)| f == ".kluis-folder"
+                    && why.contains("a second folder key appeared in SEALED")),
+                "{r:?}"
+            );
+        }
+    }
 }
