@@ -187,26 +187,49 @@ fn save_cache(dir: &Path, k: &FolderKey, created: Option<u64>) -> Result<(), Syn
 }
 
 fn open_doc(path: &Path, keys: &dyn Keys) -> Result<FolderKey, SyncError> {
+    open_doc_or_why(path, keys).map_err(|(e, _)| e)
+}
+
+/// [`open_doc`], and whether a failure lies in the document itself (it will never open as a
+/// folder key: not opened again) rather than in reaching or asking the key server.
+fn open_doc_or_why(path: &Path, keys: &dyn Keys) -> Result<FolderKey, (SyncError, bool)> {
+    use kluis_core::{Error, UnwrapError};
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_DOC).read_to_end(&mut bytes))
-        .map_err(io("read the folder key", path))?;
+        .map_err(|e| (io("read the folder key", path)(e), false))?;
     let unwrappers = keys.unwrappers();
     let (plain, _) = kluis_core::open(&bytes, &unwrappers).map_err(|e| {
-        SyncError::FolderKey(format!(
-            "{} could not be opened: {e}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ))
+        let in_doc = !matches!(
+            e,
+            Error::Io(_)
+                | Error::NoMatchingKey
+                | Error::Unwrap(
+                    UnwrapError::Unavailable(_)
+                        | UnwrapError::Denied(_)
+                        | UnwrapError::Destroyed(_)
+                )
+        );
+        (
+            SyncError::FolderKey(format!(
+                "{} could not be opened: {e}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            in_doc,
+        )
     })?;
     let plain = Zeroizing::new(plain);
     let doc_id = Header::read(&mut &bytes[..])
         .map(|h| h.doc_id().to_string())
-        .map_err(|e| SyncError::FolderKey(e.to_string()))?;
+        .map_err(|e| (SyncError::FolderKey(e.to_string()), true))?;
     if plain.len() != MAGIC.len() + 32 || !plain.starts_with(MAGIC) {
-        return Err(SyncError::FolderKey(format!(
-            "{} is not a kluis sync folder key; move it out of the sealed folder",
-            path.display()
-        )));
+        return Err((
+            SyncError::FolderKey(format!(
+                "{} is not a kluis sync folder key; move it out of the sealed folder",
+                path.display()
+            )),
+            true,
+        ));
     }
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&plain[MAGIC.len()..]);
@@ -406,14 +429,19 @@ pub fn choose(
             continue;
         }
         // The person's explicit choice (a new device, or one whose pinned key is gone).
+        // A device with a pin ignores a choice whose document is gone (the flag left in its
+        // command line after its key was sealed again under another id keeps the pin).
         if let Some(want) = t.chosen {
-            if t.pin.as_ref().is_none_or(|p| p.doc_id != want) {
-                let Some((_, path)) = found.iter().find(|(id, _)| id == want) else {
-                    return Ok(Choice::Stop(format!(
-                        "--trust-folder-key {want}: no folder-key document with that id in SEALED; the candidates are: {}",
-                        list(&found)
-                    )));
-                };
+            let target = found.iter().find(|(id, _)| id == want);
+            if t.pin.is_none() && target.is_none() {
+                return Ok(Choice::Stop(format!(
+                    "--trust-folder-key {want}: no folder-key document with that id in SEALED; the candidates are: {}",
+                    list(&found)
+                )));
+            }
+            if let (Some((_, path)), true) =
+                (target, t.pin.as_ref().is_none_or(|p| p.doc_id != want))
+            {
                 let k = open_doc(path, keys)?;
                 let changed = cached.as_ref().is_some_and(|old| !old.same_key(&k));
                 *t.pin = Some(Pin {
@@ -493,9 +521,14 @@ pub fn choose(
                 continue;
             }
             opened += 1;
-            let other = match open_doc(path, keys) {
+            let other = match open_doc_or_why(path, keys) {
                 Ok(k) => k,
-                Err(e) => {
+                Err((e, in_doc)) => {
+                    // One that can never open as a folder key is not opened (unwrapped,
+                    // audited) again on every pass; one the key server could not answer is.
+                    if in_doc {
+                        t.refused.insert(id.clone());
+                    }
                     t.warnings.push((file_name(path), e.to_string()));
                     continue;
                 }

@@ -300,3 +300,128 @@ fn our_folder_key_replaced_by_the_other_device_s_within_and_after_the_window() {
         }
     }
 }
+
+/// The test keys, counting every unwrap.
+struct Counting<'a> {
+    keys: &'a TestKeys,
+    opened: std::cell::Cell<usize>,
+}
+
+impl kluis_core::Unwrap for Counting<'_> {
+    fn accepts(&self, stanza: &kluis_core::Stanza) -> bool {
+        self.keys.key.accepts(stanza)
+    }
+    fn unwrap(
+        &self,
+        requests: &[kluis_core::UnwrapRequest<'_>],
+    ) -> Vec<Result<kluis_core::Share, kluis_core::UnwrapError>> {
+        self.opened.set(self.opened.get() + requests.len());
+        self.keys.key.unwrap(requests)
+    }
+}
+
+impl kluis_sync::Keys for Counting<'_> {
+    fn seal_to(&self) -> Result<kluis_sync::Sealing, String> {
+        kluis_sync::Keys::seal_to(self.keys)
+    }
+    fn unwrappers(&self) -> Vec<&dyn kluis_core::Unwrap> {
+        vec![self]
+    }
+}
+
+/// Documents sealed to the label that are no folder key (any payload) are opened once, as a
+/// planted folder key is, not on every pass: each opening is an audited unwrap that counts
+/// against the person's rate limit, and the provider can start passes at will (any upload).
+#[test]
+fn planted_documents_that_are_no_folder_key_are_not_opened_on_every_pass() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.window = Duration::ZERO;
+    a.write("a.txt", b"A");
+    a.sync(&keys);
+    let slots = vec![Slot::single(Recipient::Label(
+        keys.key.public_key().clone(),
+    ))];
+    for i in 0..4 {
+        let doc = kluis_core::seal(&slots, &Metadata::default(), b"not a folder key").unwrap();
+        std::fs::write(cloud.path().join(format!(".kluis-folder-{i}")), doc).unwrap();
+    }
+    let counting = Counting {
+        keys: &keys,
+        opened: std::cell::Cell::new(0),
+    };
+    let r = a.sync(&counting);
+    assert!(
+        r.failed
+            .iter()
+            .filter(|(f, _)| f.starts_with(".kluis-folder-"))
+            .count()
+            >= 4,
+        "{r:?}"
+    );
+    let first = counting.opened.get();
+    assert!(first <= 4, "{first} unwraps in the first run");
+    for _ in 0..3 {
+        a.restart();
+        let r = a.sync(&counting);
+        assert!(
+            r.failed
+                .iter()
+                .filter(|(f, _)| f.starts_with(".kluis-folder-"))
+                .count()
+                >= 4,
+            "still reported: {r:?}"
+        );
+    }
+    assert_eq!(
+        counting.opened.get(),
+        first,
+        "the planted documents were unwrapped again on later passes"
+    );
+}
+
+/// `--trust-folder-key` left in a device's command line (a service set up as the new-device
+/// message says) must not stop the device once the chosen document is legitimately replaced by
+/// a re-sealed copy of the same key (anyone who can delete `.kluis-folder` causes that).
+#[test]
+fn a_trust_flag_left_in_place_does_not_stop_the_device_after_a_re_seal() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.window = Duration::ZERO;
+    a.write("plan.txt", b"the plan");
+    a.sync(&keys);
+    let ours = key_id(cloud.path());
+    plant(&keys, cloud.path(), &ours);
+    let mut b = Device::new(cloud.path(), true);
+    b.trust = Some(ours.clone());
+    let r = b.sync(&keys);
+    assert!(r.stopped.is_empty(), "{r:?}");
+    assert_eq!(b.read("plan.txt").as_deref(), Some(&b"the plan"[..]));
+    let before = names(cloud.path());
+    // The provider deletes both folder keys; b seals its cached key again (a new document id).
+    for e in std::fs::read_dir(cloud.path()).unwrap() {
+        let p = e.unwrap().path();
+        if file_name_of(&p).starts_with(".kluis-folder") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    b.write("reply.txt", b"ok");
+    let r = b.sync(&keys);
+    assert!(r.stopped.is_empty(), "{r:?}");
+    b.restart();
+    b.write("later.txt", b"later");
+    let r = b.sync(&keys);
+    assert!(r.stopped.is_empty(), "stopped after the re-seal: {r:?}");
+    assert!(r.sealed.contains(&"later.txt".to_owned()), "{r:?}");
+    let after = names(cloud.path());
+    assert!(
+        before.iter().all(|n| after.contains(n)),
+        "{before:?} -> {after:?}"
+    );
+}
+
+fn file_name_of(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
