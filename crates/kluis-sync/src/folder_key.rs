@@ -408,6 +408,15 @@ pub fn choose(
                     sealed.display()
                 )));
             }
+            // A pinned key that is neither there nor cached here (the cache lost): a fresh
+            // key would re-name everything under a key no other device has and open a new
+            // creation window, in which a planted key would be adopted.
+            if let (None, Some(pin)) = (&cached, t.pin.as_ref()) {
+                return Ok(Choice::Stop(format!(
+                    "the folder key this device used (document {}) is gone from SEALED and not cached here; nothing was synced. Run kluis sync on a device that still has it (it seals it again), then here with --trust-folder-key DOCID",
+                    pin.doc_id
+                )));
+            }
             // None there (a new folder, or its document was deleted): seal one, with the
             // cached key when there is one, so the names stay as they are.
             if let Some(c) = create(sealed, tmp_dir, keys, cached.as_ref())? {

@@ -425,3 +425,53 @@ fn a_trust_flag_left_in_place_does_not_stop_the_device_after_a_re_seal() {
 fn file_name_of(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
+
+/// A device whose cached key is lost (a wiped or copied state folder) and whose pinned
+/// document the provider deleted must not seal a fresh random key: that would re-open the
+/// creation window (and re-name its files under a key the others refuse), so the key the
+/// provider plants next is adopted.
+#[test]
+fn a_lost_cache_and_a_deleted_folder_key_open_no_new_window() {
+    let keys = TestKeys::new();
+    let cloud = tempfile::tempdir().unwrap();
+    let mut a = Device::new(cloud.path(), true);
+    a.window = Duration::ZERO;
+    a.write("a.txt", b"A");
+    a.sync(&keys);
+    let mut b = Device::new(cloud.path(), true);
+    b.sync(&keys);
+    assert_eq!(b.read("a.txt").as_deref(), Some(&b"A"[..]));
+    let before = names(cloud.path());
+    b.restart();
+    for e in std::fs::read_dir(b.home.path().join("state")).unwrap() {
+        let p = e.unwrap().path().join("folder.key");
+        if p.exists() {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    std::fs::remove_file(cloud.path().join(kluis_sync::FOLDER_KEY_FILE)).unwrap();
+    b.sync(&keys);
+    // The provider plants a key of its own with a smaller id than whatever is there.
+    let smallest = files(cloud.path())
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with(".kluis-folder"))
+        .map(|n| key_id_of(&cloud.path().join(n)))
+        .min()
+        .unwrap_or_else(|| "g".into());
+    plant(&keys, cloud.path(), &smallest);
+    b.restart();
+    b.write("b.txt", b"B");
+    b.sync(&keys);
+    // a.txt's sealed file is still named by the folder's real key (not re-named under a
+    // fresh key of b's, nor under the planted one).
+    let after = names(cloud.path());
+    assert!(
+        before.iter().all(|n| after.contains(n)),
+        "re-named: {before:?} -> {after:?}"
+    );
+}
+
+fn key_id_of(p: &Path) -> String {
+    doc_id(&std::fs::read(p).unwrap())
+}
