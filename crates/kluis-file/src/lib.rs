@@ -157,7 +157,8 @@ pub use atomic::TempFile;
 pub use error::{Error, Result};
 pub use identity::{read_identity_file, write_identity_file};
 pub use name::{
-    EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, safe_relative_path,
+    EXTENSION, MAX_COMPONENT_LEN, NameKey, NameProblem, TEMP_PREFIX, base32_name,
+    safe_relative_path,
 };
 pub use open::{open_file, open_paths};
 pub use pool::MAX_THREADS;

@@ -250,8 +250,9 @@ pub(crate) fn random_name() -> Result<String> {
     Ok(base32_name(bytes))
 }
 
-/// 128 bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding).
-fn base32_name(bytes: [u8; 16]) -> String {
+/// 128 bits as 26 lowercase base32 characters (RFC 4648 alphabet, no padding): the form of
+/// hidden names (here, and in `kluis sync`).
+pub fn base32_name(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let bits = u128::from_be_bytes(bytes);
     (0..26)

@@ -617,39 +617,8 @@ impl Drop for Frozen {
 #[test]
 fn a_frozen_database_does_not_stall_the_http_server() {
     let cluster = PgCluster::start();
-    let url = cluster.url(&cluster.create_database());
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, url, token, replica, doc) = one_replica(&cluster);
     let d = dir.path();
-    cli(d, &url, &["init"]);
-    cli(d, &url, &["label", "create", "hr", "--group", "staff"]);
-    let token = cli(
-        d,
-        &url,
-        &["token", "create", "--user", "u", "--group", "staff"],
-    )
-    .trim()
-    .to_owned();
-    let replica = Replica::start(d, &url);
-    let server = common::Server {
-        dir: tempfile::tempdir().unwrap(),
-        child: std::process::Command::new("true").spawn().unwrap(),
-        base: replica.base.clone(),
-    };
-    let key = common::label_key(&server, "hr");
-    let sealed = kluis_core::seal(
-        &[kluis_core::Slot::single(kluis_core::Recipient::Label(key))],
-        &kluis_core::Metadata::default(),
-        b"x",
-    )
-    .unwrap();
-    let h = kluis_core::Header::parse(&sealed).unwrap();
-    let doc = {
-        use base64::Engine;
-        (
-            h.doc_id().to_string(),
-            base64::engine::general_purpose::STANDARD.encode(h.slots()[0][0].to_bytes()),
-        )
-    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
@@ -718,13 +687,12 @@ fn a_frozen_database_does_not_stall_the_http_server() {
     }
 }
 
-/// With the database down, an unwrap is answered `503 store_unavailable` with `Retry-After`
-/// (the kluis client retries a 503), not `500 internal` (which says the server failed and is
-/// not retried); once the database is back, the same request is granted. Found by the
-/// reference-deployment work: a replica answered 500 while PostgreSQL was stopped.
-#[test]
-fn an_unwrap_while_the_database_is_down_is_503_to_retry() {
-    let cluster = PgCluster::start();
+/// A store on `cluster` with label `hr` and a token of a `staff` member, one replica serving
+/// it, and a document sealed to `hr`: (the admin's folder, the store URL, the token, the
+/// replica, (doc id, base64 stanza)).
+fn one_replica(
+    cluster: &PgCluster,
+) -> (tempfile::TempDir, String, String, Replica, (String, String)) {
     let url = cluster.url(&cluster.create_database());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -751,13 +719,31 @@ fn an_unwrap_while_the_database_is_down_is_503_to_retry() {
     )
     .unwrap();
     let h = kluis_core::Header::parse(&sealed).unwrap();
+    let doc = {
+        use base64::Engine;
+        (
+            h.doc_id().to_string(),
+            base64::engine::general_purpose::STANDARD.encode(h.slots()[0][0].to_bytes()),
+        )
+    };
+    (dir, url, token, replica, doc)
+}
+
+/// With the database down, an unwrap is answered `503 store_unavailable` with `Retry-After`
+/// (the kluis client retries a 503), not `500 internal` (which says the server failed and is
+/// not retried); once the database is back, the same request is granted. Found by the
+/// reference-deployment work: a replica answered 500 while PostgreSQL was stopped.
+#[test]
+fn an_unwrap_while_the_database_is_down_is_503_to_retry() {
+    let cluster = PgCluster::start();
+    let (_dir, url, token, replica, doc) = one_replica(&cluster);
     let body = {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         serde_json::json!({
             "reply_key": b64.encode(kluis_core::reply::ReplyKey::generate().unwrap().public_bytes()),
-            "doc_id": h.doc_id().to_string(),
-            "stanza": b64.encode(h.slots()[0][0].to_bytes()),
+            "doc_id": doc.0,
+            "stanza": doc.1,
         })
         .to_string()
     };

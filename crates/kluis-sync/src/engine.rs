@@ -1187,31 +1187,17 @@ impl Syncer {
             return Ok(());
         }
         match &job.kind {
-            OpenKind::Main(_, expected) => {
-                let placed = place(&tmp, &target, *expected);
+            OpenKind::Main(..) | OpenKind::Incoming => {
+                let (expected, busy) = match &job.kind {
+                    OpenKind::Main(_, expected) => {
+                        (*expected, "changed meanwhile; compared again next pass")
+                    }
+                    _ => (None, "appeared on both sides; compared next pass"),
+                };
+                let placed = place(&tmp, &target, expected);
                 let _ = std::fs::remove_file(&tmp);
                 if !placed {
-                    r.pending
-                        .push((rel, "changed meanwhile; compared again next pass".into()));
-                    return Ok(());
-                }
-                self.mark(&dir);
-                self.journal.entries.insert(
-                    rel.clone(),
-                    Entry {
-                        plain: Stamp::at(&target),
-                        sealed: Some(job.stamp),
-                        name: job.name.clone(),
-                    },
-                );
-                r.opened.push(rel);
-            }
-            OpenKind::Incoming => {
-                let placed = place(&tmp, &target, None);
-                let _ = std::fs::remove_file(&tmp);
-                if !placed {
-                    r.pending
-                        .push((rel, "appeared on both sides; compared next pass".into()));
+                    r.pending.push((rel, busy.into()));
                     return Ok(());
                 }
                 self.mark(&dir);

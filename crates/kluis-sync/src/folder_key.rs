@@ -50,33 +50,22 @@ impl FolderKey {
         let tag = ctx.sign();
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&tag.as_ref()[..16]);
-        format!("{}.kluis", base32(bytes))
+        format!("{}.kluis", kluis_file::base32_name(bytes))
     }
 
     fn same_key(&self, other: &FolderKey) -> bool {
-        // Every byte is looked at, whatever differs.
-        self.key
-            .iter()
-            .zip(other.key.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        // Compared through ring's constant-time tag check, not by hand: equal tags of one
+        // message under the two keys mean equal keys (but for a 2^-256 chance).
+        use ring::hmac;
+        const MESSAGE: &[u8] = b"kluis-sync/v1 same key";
+        let theirs = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &other.key[..]), MESSAGE);
+        hmac::verify(
+            &hmac::Key::new(hmac::HMAC_SHA256, &self.key[..]),
+            MESSAGE,
+            theirs.as_ref(),
+        )
+        .is_ok()
     }
-}
-
-fn base32(bytes: [u8; 16]) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let bits = u128::from_be_bytes(bytes);
-    (0..26)
-        .map(|i| {
-            let shift = 128i32 - 5 * (i + 1);
-            let v = if shift >= 0 {
-                bits >> shift
-            } else {
-                bits << -shift
-            };
-            ALPHABET[(v & 31) as usize] as char
-        })
-        .collect()
 }
 
 /// The folder key now in force, and the one used before when it changed (a lost race).
