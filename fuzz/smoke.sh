@@ -20,7 +20,8 @@ if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
     targets=(header open metadata stanza public_key identity_file jwt
-        unwrap_request label_record server_config cli_config rekey_journal)
+        unwrap_request label_record server_config cli_config rekey_journal
+        dke_request sync_journal store_url)
 fi
 
 logs="$(mktemp -d)"

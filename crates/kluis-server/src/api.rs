@@ -37,7 +37,7 @@ use crate::store::Store;
 
 pub use crate::service::auth::{TokenVerifier, VerifyError};
 
-mod dke;
+pub(crate) mod dke;
 
 /// Server settings that the API needs.
 #[derive(Clone, Debug)]

@@ -96,6 +96,14 @@ pub fn parse_key_id(key_id: &str) -> Option<u32> {
     (ok && digits && !kid.starts_with('0')).then(|| kid.parse().ok())?
 }
 
+/// A DKE decrypt request body as the server reads it: (`alg`, `value`, why the body is
+/// malformed). Member names match as Microsoft's reference service matches them (the exact
+/// name, else the one member of that name in another letter case). Public for the fuzz
+/// target and property tests; the server reads at most 16 KiB of body before calling it.
+pub fn parse_decrypt_body(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
+    crate::api::dke::parse_body(body)
+}
+
 /// The JWK members of a public key: (`n`, padded standard base64 of the big-endian modulus;
 /// `e`, the public exponent).
 pub fn jwk_parts(public_der: &[u8]) -> Result<(String, u64)> {

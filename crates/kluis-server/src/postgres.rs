@@ -147,6 +147,14 @@ pub fn is_postgres_url(spec: &str) -> bool {
     spec.starts_with("postgres://") || spec.starts_with("postgresql://")
 }
 
+/// Check `opts` as [`PgStore::open`] would before connecting, without connecting: the
+/// store's description (`database on host:port`), or why the URL is refused (a password in
+/// it, no user, TLS asked for without a CA, a remote host without TLS, …). No message
+/// repeats the URL or a password.
+pub fn check_options(opts: &PgOptions) -> Result<String> {
+    Shared::new(opts).map(|s| s.name)
+}
+
 /// What every connection of one store shares.
 struct Shared {
     config: tokio_postgres::Config,

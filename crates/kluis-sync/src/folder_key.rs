@@ -26,6 +26,8 @@ const CACHE_FILE: &str = "folder.key";
 const MAX_OPENED_PER_PASS: usize = 4;
 /// The largest folder-key document read (it is a few hundred bytes).
 const MAX_DOC: u64 = 64 << 10;
+/// The largest cache file read (it is about 120 bytes: document id, key, creation time).
+const MAX_CACHE: u64 = 4 << 10;
 
 /// The key sealed names are derived from. Wiped on drop, never printed.
 pub struct FolderKey {
@@ -149,8 +151,21 @@ fn synced_without_hidden_names(sealed: &Path) -> bool {
     })
 }
 
+/// The cache file's text, if it is at most [`MAX_CACHE`] bytes of UTF-8.
+fn read_cache(dir: &Path) -> Option<Zeroizing<String>> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(dir.join(CACHE_FILE))
+        .and_then(|f| f.take(MAX_CACHE + 1).read_to_end(&mut bytes))
+        .ok()?;
+    if bytes.len() as u64 > MAX_CACHE {
+        return None;
+    }
+    let text = std::str::from_utf8(&bytes).ok()?;
+    Some(Zeroizing::new(text.to_owned()))
+}
+
 fn load_cache(dir: &Path) -> Option<FolderKey> {
-    let text = Zeroizing::new(std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?);
+    let text = read_cache(dir)?;
     let mut lines = text.lines();
     let doc_id = lines.next()?.trim().to_owned();
     let hex_key = lines.next()?.trim();
@@ -161,7 +176,7 @@ fn load_cache(dir: &Path) -> Option<FolderKey> {
 
 /// The creation time of the pin, kept in the cache too (a lost journal keeps the window).
 fn load_cache_created(dir: &Path) -> Option<u64> {
-    let text = Zeroizing::new(std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?);
+    let text = read_cache(dir)?;
     text.lines().nth(2)?.trim().parse().ok()
 }
 
@@ -211,7 +226,7 @@ fn open_doc_or_why(path: &Path, keys: &dyn Keys) -> Result<FolderKey, (SyncError
     let doc_id = Header::read(&mut &bytes[..])
         .map(|h| h.doc_id().to_string())
         .map_err(|e| (SyncError::FolderKey(e.to_string()), true))?;
-    if plain.len() != MAGIC.len() + 32 || !plain.starts_with(MAGIC) {
+    let Some(key) = key_from_content(&plain) else {
         return Err((
             SyncError::FolderKey(format!(
                 "{} is not a kluis sync folder key; move it out of the sealed folder",
@@ -219,10 +234,26 @@ fn open_doc_or_why(path: &Path, keys: &dyn Keys) -> Result<FolderKey, (SyncError
             )),
             true,
         ));
-    }
-    let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(&plain[MAGIC.len()..]);
+    };
     Ok(FolderKey { key, doc_id })
+}
+
+/// The key in an opened folder-key document's content: the magic, then exactly 32 bytes.
+pub(crate) fn key_from_content(plain: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+    let rest = plain.strip_prefix(MAGIC)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    if rest.len() != key.len() {
+        return None;
+    }
+    key.copy_from_slice(rest);
+    Some(key)
+}
+
+/// The content a folder-key document seals for `key`.
+pub(crate) fn content_for(key: &[u8; 32]) -> Zeroizing<Vec<u8>> {
+    let mut plain = Zeroizing::new(MAGIC.to_vec());
+    plain.extend_from_slice(key);
+    plain
 }
 
 fn create(
@@ -241,8 +272,7 @@ fn create(
             .fill(&mut key[..])
             .map_err(|_| SyncError::Random)?,
     }
-    let mut plain = Zeroizing::new(MAGIC.to_vec());
-    plain.extend_from_slice(&key[..]);
+    let plain = content_for(&key);
     let doc = kluis_core::seal(&slots, &Metadata::default(), &plain)
         .map_err(|e| SyncError::FolderKey(format!("sealing it failed: {e}")))?;
     let doc_id = Header::read(&mut &doc[..])
@@ -561,4 +591,28 @@ pub fn choose(
     Err(SyncError::FolderKey(
         "the folder key changed three times while it was being read; try again".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_cache_file_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FolderKey {
+            key: Zeroizing::new([9; 32]),
+            doc_id: "00112233445566778899aabbccddeeff".into(),
+        };
+        save_cache(dir.path(), &k, Some(5)).unwrap();
+        let read = load_cache(dir.path()).expect("the cache is read");
+        assert!(read.same_key(&k) && read.doc_id == k.doc_id);
+        assert_eq!(load_cache_created(dir.path()), Some(5));
+        // The same lines, then more than the limit: not read (nor held whole in memory).
+        let mut text = std::fs::read(dir.path().join(CACHE_FILE)).unwrap();
+        text.resize(MAX_CACHE as usize + 1, b'\n');
+        std::fs::write(dir.path().join(CACHE_FILE), &text).unwrap();
+        assert!(load_cache(dir.path()).is_none());
+        assert_eq!(load_cache_created(dir.path()), None);
+    }
 }

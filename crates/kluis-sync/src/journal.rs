@@ -70,23 +70,33 @@ impl Journal {
             Ok(_) => {}
         }
         let bytes = std::fs::read(path).map_err(io("read the journal", path))?;
-        let j: Journal = serde_json::from_slice(&bytes)
-            .map_err(|e| SyncError::Journal(path.to_owned(), e.to_string()))?;
+        Journal::from_bytes(&bytes).map_err(|m| SyncError::Journal(path.to_owned(), m))
+    }
+
+    /// Parse a journal file's bytes (at most [`MAX_LEN`], checked by the caller before
+    /// reading): the format version must be this one.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Journal, String> {
+        if bytes.len() as u64 > MAX_LEN {
+            return Err("it is too large".into());
+        }
+        let j: Journal = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if j.version != VERSION {
-            return Err(SyncError::Journal(
-                path.to_owned(),
-                format!("format version {} is not {VERSION}", j.version),
-            ));
+            return Err(format!("format version {} is not {VERSION}", j.version));
         }
         Ok(j)
+    }
+
+    /// The bytes [`Journal::save`] writes.
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut j = self.clone();
+        j.version = VERSION;
+        serde_json::to_vec(&j)
     }
 
     /// Write the journal to `path` atomically and durably, unless it is what was last written
     /// (`last` holds the SHA-256 of that; an idle pass then writes nothing).
     pub fn save(&self, path: &Path, last: &mut Option<Vec<u8>>) -> Result<(), SyncError> {
-        let mut j = self.clone();
-        j.version = VERSION;
-        let bytes = serde_json::to_vec(&j).map_err(|e| SyncError::Io {
+        let bytes = self.to_bytes().map_err(|e| SyncError::Io {
             what: "encode the journal".into(),
             source: std::io::Error::other(e),
         })?;

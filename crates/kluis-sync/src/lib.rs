@@ -23,6 +23,31 @@ mod journal;
 mod scan;
 mod watch;
 
+/// The parsers of what kluis sync reads back from disk, for the fuzz targets and property
+/// tests: not an interface for other uses.
+#[doc(hidden)]
+pub mod fuzzing {
+    use zeroize::Zeroizing;
+
+    /// A state journal file's bytes as [`Syncer`](crate::Syncer) reads them back: `Ok` with
+    /// the bytes it would write for that journal, or why the file is refused.
+    pub fn journal(bytes: &[u8]) -> Result<Vec<u8>, String> {
+        crate::journal::Journal::from_bytes(bytes)?
+            .to_bytes()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The key in an opened `.kluis-folder` document's content, if it is a folder key.
+    pub fn folder_key_content(plain: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+        crate::folder_key::key_from_content(plain)
+    }
+
+    /// The content a `.kluis-folder` document seals for `key`.
+    pub fn folder_key_content_for(key: &[u8; 32]) -> Zeroizing<Vec<u8>> {
+        crate::folder_key::content_for(key)
+    }
+}
+
 pub use engine::{GUARD_MIN_FILES, GUARD_SHARE_PERCENT, Options, PassReport, Syncer};
 pub use error::SyncError;
 pub use folder_key::FolderKey;

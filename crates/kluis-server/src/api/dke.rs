@@ -227,7 +227,7 @@ async fn principal<S: Store>(
 }
 
 /// The body's `alg` and `value`, or why the body is not a JSON object of strings there.
-fn parse_body(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
+pub(crate) fn parse_body(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
         return (None, None, Some("the body must be a JSON object".into()));
     };
