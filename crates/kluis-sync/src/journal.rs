@@ -2,7 +2,7 @@
 //! atomically (temporary file, `fsync`, rename, `fsync` of the folder).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -69,12 +69,16 @@ impl Journal {
             }
             Ok(_) => {}
         }
-        let bytes = std::fs::read(path).map_err(io("read the journal", path))?;
+        // Read through the limit too: the file may have grown since it was measured.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_LEN + 1).read_to_end(&mut bytes))
+            .map_err(io("read the journal", path))?;
         Journal::from_bytes(&bytes).map_err(|m| SyncError::Journal(path.to_owned(), m))
     }
 
-    /// Parse a journal file's bytes (at most [`MAX_LEN`], checked by the caller before
-    /// reading): the format version must be this one.
+    /// Parse a journal file's bytes (more than [`MAX_LEN`] are refused; [`Journal::load`]
+    /// reads no more than one byte beyond it): the format version must be this one.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Journal, String> {
         if bytes.len() as u64 > MAX_LEN {
             return Err("it is too large".into());
