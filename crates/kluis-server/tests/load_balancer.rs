@@ -76,19 +76,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 fn admin(dir: &Path, url: &str, args: &[&str]) -> String {
-    let out = bin()
-        .current_dir(dir)
-        .env("KLUIS_STORE", url)
-        .env("KLUIS_STORE_PASSWORD", PASSWORD)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::pg_admin(dir, url, args)
 }
 
 /// A replica with TLS (`cert.pem`, `key.pem` in `dir`) on a free loopback port; its port.

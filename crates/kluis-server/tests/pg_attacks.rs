@@ -337,19 +337,7 @@ impl Replica {
 }
 
 fn cli(dir: &Path, url: &str, args: &[&str]) -> String {
-    let out = common::bin()
-        .current_dir(dir)
-        .env("KLUIS_STORE", url)
-        .env("KLUIS_STORE_PASSWORD", PASSWORD)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::pg_admin(dir, url, args)
 }
 
 /// An unwrap of a fresh-reply-key request for `doc` (doc id, stanza); the status, 0 when the

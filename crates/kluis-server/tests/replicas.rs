@@ -144,19 +144,7 @@ fn document(r: &Replica, label: &str) -> (String, String) {
 }
 
 fn admin(dir: &Path, url: &str, args: &[&str]) -> String {
-    let out = bin()
-        .current_dir(dir)
-        .env("KLUIS_STORE", url)
-        .env("KLUIS_STORE_PASSWORD", PASSWORD)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::pg_admin(dir, url, args)
 }
 
 /// Wait up to `limit` for `f`; how long it took.

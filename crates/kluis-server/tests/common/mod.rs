@@ -284,3 +284,22 @@ pub fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
         String::from_utf8_lossy(&text).into_owned()
     })
 }
+
+/// Run an admin command on the PostgreSQL store at `url` (the test clusters' password from the
+/// environment, as an operator would give it) in `dir`; its standard output. Panics, showing
+/// standard error, when it fails.
+pub fn pg_admin(dir: &Path, url: &str, args: &[&str]) -> String {
+    let out = bin()
+        .current_dir(dir)
+        .env("KLUIS_STORE", url)
+        .env("KLUIS_STORE_PASSWORD", kluis_testkit::postgres::PASSWORD)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
