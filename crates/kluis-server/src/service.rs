@@ -27,6 +27,7 @@ mod backup;
 pub mod dke;
 #[cfg(test)]
 mod dke_cache_tests;
+pub(crate) mod epoch;
 mod lifecycle;
 mod rekey_master;
 pub mod unwrap;
@@ -128,9 +129,12 @@ impl<S: Store> KeyService<S> {
     }
 
     /// Run `f` in one store transaction with the keyring (for changes and their records).
+    /// A change in it that can withdraw access increases the access epoch in the same
+    /// transaction (see [`epoch`]).
     fn write<T>(&mut self, f: impl FnOnce(&Keyring, &mut dyn StoreTx) -> Result<T>) -> Result<T> {
         let keyring = self.keyring.clone();
-        self.store.write(|tx| f(&keyring, tx))
+        self.store
+            .write(|tx| f(&keyring, &mut epoch::Counting::new(tx)))
     }
 
     /// Inside a write transaction: fail unless this process's master key is still the
