@@ -27,7 +27,7 @@ mod backup;
 pub mod dke;
 #[cfg(test)]
 mod dke_cache_tests;
-pub(crate) mod epoch;
+pub mod epoch;
 mod lifecycle;
 mod rekey_master;
 pub mod unwrap;

@@ -7,8 +7,8 @@
 //! share with a "granted" record after the record of the change.
 //!
 //! The protocol:
-//! - every write transaction goes through [`super::KeyService::write`], which hands its closure
-//!   a [`Counting`] transaction: the first call of a method that can withdraw access
+//! - every write transaction goes through `KeyService::write`, which hands its closure
+//!   a `Counting` transaction: the first call of a method that can withdraw access
 //!   ([`StoreTx::revoke_token`], [`StoreTx::revoke_user`], [`StoreTx::set_policy`],
 //!   [`StoreTx::set_state`], [`StoreTx::destroy_version`]) increases the epoch in the same
 //!   transaction (so a new write path cannot forget it);
@@ -19,16 +19,18 @@
 //!   a request that releases something (a granted share, a DKE plaintext) and observed another
 //!   value is not appended: it is answered "stale" and decided again from the start.
 //!
-//! Why that is enough. The epoch only grows (one write transaction at a time, each adds one).
-//! Say a request observed `e`, and the writer's transaction `W` reads `e` again. The value `e`
-//! was read by an earlier writer transaction `W0` that committed before it was published,
-//! hence before the request's reads began; every change that raised the epoch to `e` or below
-//! committed before `W0` (writers take turns and `W0` saw it), so the request's reads, which
-//! see everything committed before they start, saw each of them. A change committed after
-//! `W0` and before `W` would have raised the epoch above `e`, and `W` would not read `e`. So
-//! every change the request did not see commits after `W`, under the same writers' lock: its
-//! record follows the request's records in the chain, and the shares, released once `W` is
-//! committed, went out under authority that still held when they were recorded.
+//! Why that is enough. The epoch only grows: only `Counting` writes it, one write transaction
+//! at a time, each adding one (a restore replaces the store of a stopped server only). Say a
+//! request observed `e`, and the writer's transaction `W` reads `e` again. The value `e` was
+//! read by an earlier writer transaction `W0` (or at start-up, before any request) that
+//! committed before it was published, hence before the request's reads began. Every change
+//! that raised the epoch to `e` or below committed before `W0` read it (writers take turns, in
+//! this process and in every other, under the store's writers' lock), so the request's reads,
+//! which see everything committed before they start, saw each of them. A change committed
+//! after `W0` and before `W` would have raised the epoch above `e`, and `W` would not read
+//! `e`. So every change the request did not see commits after `W`, under the same writers'
+//! lock: its record follows the request's records in the chain, and the shares, released once
+//! `W` is committed, went out under authority that still held when they were recorded.
 
 use crate::error::{Result, ServerError};
 use crate::store::{SealedRow, SecretKind, StoreTx, TokenRow, VersionRow, VersionState, meta};
