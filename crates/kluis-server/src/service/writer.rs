@@ -410,6 +410,35 @@ mod tests {
         assert_eq!(rx.try_recv().map(|j| j.entries.len()).ok(), Some(1));
     }
 
+    /// In one group, a job that releases something under an older epoch is left out (stale),
+    /// while a job under the current epoch and one that releases nothing are appended.
+    #[test]
+    fn a_group_appends_only_jobs_authorised_under_the_current_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        let mut svc =
+            KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
+        svc.reopen()
+            .unwrap()
+            .revoke_user_tokens("nobody", "admin")
+            .unwrap();
+        let before = svc.audit_records(None).unwrap().len();
+        let mut jobs = Vec::new();
+        for (n, under) in [(1, Some(0)), (2, Some(1)), (3, None)] {
+            let (mut j, _) = job(n);
+            j.releases_under = under;
+            jobs.push(j);
+        }
+        let (now, fresh, appended) = commit_group(&mut svc, &mut jobs, 3).unwrap();
+        assert_eq!((now, fresh, appended), (1, vec![false, true, true], 2));
+        let actors: Vec<String> = svc.audit_records(None).unwrap()[before..]
+            .iter()
+            .map(|r| r.entry.actor.clone())
+            .collect();
+        assert_eq!(actors, ["user2", "user3"]);
+        svc.verify_audit().unwrap();
+    }
+
     /// Requests already being worked on join one commit instead of one commit each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn arriving_requests_are_committed_together() {
