@@ -4,7 +4,9 @@
 //! The handlers only translate: they parse a request, call the [`crate::service`] layer and
 //! render its answer. Every unwrap is authenticated, rate limited and authorised before any
 //! key operation, and its audit records are committed (group commit, see [`crate::writer`])
-//! before the sealed shares leave the server; the service's types enforce that order.
+//! before the sealed shares leave the server; the service's types enforce that order. A
+//! request whose commit finds access withdrawn since it was authorised is decided again
+//! (see [`crate::service::epoch`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

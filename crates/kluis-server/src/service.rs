@@ -3,7 +3,8 @@
 //! Administrative changes (labels, versions, policies, tokens, the scheduler's rotations and
 //! destructions) are each written with their audit record in one store transaction. An unwrap
 //! goes authenticate → rate limit → authorise → audit commit → release (see [`unwrap`] and
-//! [`writer`]); the types make the last two steps impossible to swap.
+//! [`writer`]); the types make the last two steps impossible to swap, and the commit releases
+//! nothing authorised before a change that can withdraw access (see [`epoch`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
