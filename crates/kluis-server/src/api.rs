@@ -4,7 +4,9 @@
 //! The handlers only translate: they parse a request, call the [`crate::service`] layer and
 //! render its answer. Every unwrap is authenticated, rate limited and authorised before any
 //! key operation, and its audit records are committed (group commit, see [`crate::writer`])
-//! before the sealed shares leave the server; the service's types enforce that order.
+//! before the sealed shares leave the server; the service's types enforce that order. A
+//! request whose commit finds access withdrawn since it was authorised is decided again
+//! (see [`crate::service::epoch`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +34,7 @@ use crate::metrics::{Metrics, route_name};
 use crate::service::KeyService;
 use crate::service::auth::{AuthError, Caller};
 use crate::service::unwrap::{Admitted, Pending, Purpose, Refusal, UnwrapRequest as Unwrap};
-use crate::service::writer::AuditWriter;
+use crate::service::writer::{AuditWriter, NotCommitted, Observed};
 use crate::store::Store;
 
 pub use crate::service::auth::{TokenVerifier, VerifyError};
@@ -532,13 +534,40 @@ struct Common {
     items: Vec<Item>,
 }
 
-/// The sealer for the caller's reply key, and the unwrapped request waiting for its audit
-/// records to be committed.
-type Unwrapped = (ReplySealer, Pending);
+/// The sealer for the caller's reply key, the unwrapped request waiting for its audit
+/// records to be committed, and the caller as admitted by the rate limiter.
+type Unwrapped = (ReplySealer, Pending, Admitted);
 
-/// Authenticate, then read the request, rate limit, and have the service authorise and
-/// unwrap every item. The shares stay inside [`Pending`] until the audit writer has
+/// How often a request is decided, at most, when its commit finds that access may have been
+/// withdrawn since it was authorised ([`NotCommitted::Stale`]); then it is answered 503.
+const DECISIONS: usize = 3;
+
+/// The answer to a request decided [`DECISIONS`] times, each time overtaken by a change that
+/// can withdraw access: nothing was released or recorded as granted.
+fn access_changing() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "access_changing",
+        "access rights changed while your request was being decided, several times in a row; \
+         nothing was released: try again shortly",
+    )
+    .retry_after(Duration::from_secs(1))
+}
+
+/// The answer to a request whose audit records could not be committed.
+fn audit_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the key server cannot write its audit trail, so it releases no keys; try again later",
+    )
+}
+
+/// Authenticate, then read the request, rate limit (unless `charged`, the admission of an
+/// earlier decision of the same request), and have the service authorise and unwrap every
+/// item under `observed`. The shares stay inside [`Pending`] until the audit writer has
 /// committed its records.
+#[allow(clippy::too_many_arguments)]
 fn authorise_and_unwrap<S: Store>(
     api: &Api<S>,
     store: &mut KeyService<S>,
@@ -546,6 +575,8 @@ fn authorise_and_unwrap<S: Store>(
     client: SocketAddr,
     body: &Result<Bytes, ApiError>,
     batch: bool,
+    observed: Observed,
+    charged: Option<Admitted>,
 ) -> Result<Unwrapped, ApiError> {
     // Authentication comes before even looking at the request body.
     let who = caller.principal(store)?;
@@ -575,14 +606,15 @@ fn authorise_and_unwrap<S: Store>(
             items: vec![r.item],
         }
     };
-    let admitted = Admitted::admit(&api.limiter, who, req.items.len()).map_err(|wait| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many unwraps for this identity; slow down",
-        )
-        .retry_after(wait)
-    })?;
+    let admitted =
+        Admitted::readmit(&api.limiter, charged, who, req.items.len()).map_err(|wait| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many unwraps for this identity; slow down",
+            )
+            .retry_after(wait)
+        })?;
     let r = reply_key(&req.reply_key)?;
     let sealer =
         ReplySealer::new(&r).map_err(|_| ApiError::bad("reply_key is a low-order point"))?;
@@ -594,9 +626,9 @@ fn authorise_and_unwrap<S: Store>(
             client: client.ip().to_string(),
             items: req.items.iter().map(parse_item).collect(),
         },
+        observed,
     );
-    api.metrics.items(pending.outcomes());
-    Ok((sealer, pending))
+    Ok((sealer, pending, admitted))
 }
 
 /// Unwrap, commit the audit records, then seal the shares to the caller.
@@ -618,42 +650,66 @@ async fn unwrap_common<S: Store>(
     // Who calls is checked before the body is read: otherwise anyone could make the server
     // hold a body of up to `max_body_bytes` per connection (review: 400 unauthenticated
     // connections trickling 1 MiB bodies held 420 MiB).
-    // A JWT is verified before a store connection is taken; an API token is then checked.
-    let caller = authenticate_first(&api, caller(&api, token).await?).await?;
+    // A JWT is verified before a store connection is taken; an API token is then checked,
+    // under the access epoch observed before that first store read.
+    let identified = caller(&api, token).await?;
+    let mut observed = api.writer.observe();
+    let mut caller = authenticate_first(&api, identified.clone()).await?;
     let body = Bytes::from_request(req, &()).await.map_err(body_error);
-    let arriving = api.writer.arriving();
-    // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
-    // done here than handed to a blocking thread and back. Batches and a busy pool go to a
-    // blocking thread.
-    let inline = (!batch && S::LOCAL_READS)
-        .then(|| {
-            api.readers
-                .try_with(|store| authorise_and_unwrap(&api, store, &caller, client, &body, batch))
-        })
-        .flatten();
-    let (mut sealer, pending) = match inline {
-        Some(done) => done?,
-        None => {
-            blocking(&api, move |api, store| {
-                authorise_and_unwrap(api, store, &caller, client, &body, batch)
+    let mut charged = None;
+    for decision in 1..=DECISIONS {
+        let arriving = api.writer.arriving();
+        // One item is two X25519 operations and a few indexed reads (about 0.1 ms): cheaper
+        // done here than handed to a blocking thread and back. Batches and a busy pool go to a
+        // blocking thread.
+        let mut charged_now = charged.take();
+        let inline = (!batch && S::LOCAL_READS)
+            .then(|| {
+                api.readers.try_with(|store| {
+                    let c = charged_now.take();
+                    authorise_and_unwrap(&api, store, &caller, client, &body, batch, observed, c)
+                })
             })
-            .await?
+            .flatten();
+        let (mut sealer, pending, admitted) = match inline {
+            Some(done) => done?,
+            None => {
+                let (caller, body) = (caller.clone(), body.clone());
+                blocking(&api, move |api, store| {
+                    let c = charged_now;
+                    authorise_and_unwrap(api, store, &caller, client, &body, batch, observed, c)
+                })
+                .await?
+            }
+        };
+        let outcomes: Vec<String> = pending.outcomes().map(str::to_owned).collect();
+        // Durable before anything leaves: if the audit cannot be written, nothing is released.
+        match api.writer.commit(pending, arriving).await {
+            Ok(committed) => {
+                api.metrics.items(outcomes.iter().map(String::as_str));
+                let sealed = committed
+                    .release(&mut sealer)
+                    .into_iter()
+                    .map(|r| r.map_err(ApiError::from))
+                    .collect();
+                return Ok((sealer.server_public(), sealed));
+            }
+            Err(NotCommitted::Unavailable) => {
+                api.metrics.items(outcomes.iter().map(String::as_str));
+                return Err(audit_unavailable());
+            }
+            // Access may have been withdrawn since this decision: decide again, from
+            // authentication on (the token may be revoked now), without charging the rate
+            // limiter again.
+            Err(NotCommitted::Stale) if decision < DECISIONS => {
+                charged = Some(admitted);
+                observed = api.writer.observe();
+                caller = authenticate_first(&api, identified.clone()).await?;
+            }
+            Err(NotCommitted::Stale) => break,
         }
-    };
-    // Durable before anything leaves: if the audit cannot be written, nothing is released.
-    let committed = api.writer.commit(pending, arriving).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the key server cannot write its audit trail, so it releases no keys; try again later",
-        )
-    })?;
-    let sealed = committed
-        .release(&mut sealer)
-        .into_iter()
-        .map(|r| r.map_err(ApiError::from))
-        .collect();
-    Ok((sealer.server_public(), sealed))
+    }
+    Err(access_changing())
 }
 
 async fn unwrap_one<S: Store>(

@@ -175,6 +175,14 @@ impl Metrics {
                 "Audit transactions that failed; their requests were refused.",
                 load(&s.failures),
             ),
+            (
+                "kluis_audit_stale_total",
+                "counter",
+                "Requests not recorded because access may have changed since they were \
+                 authorised (a revocation, policy update, retire or destroy); each is decided \
+                 again.",
+                load(&s.stale),
+            ),
         ] {
             let _ = writeln!(
                 w,

@@ -27,7 +27,9 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::{Result, ServerError};
-use crate::store::{SealedRow, SecretKind, Store, StoreTx, TokenRow, VersionRow, VersionState};
+use crate::store::{
+    SealedRow, SecretKind, Store, StoreTx, TokenRow, VersionRow, VersionState, meta,
+};
 
 mod bridge;
 pub mod copy;
@@ -851,6 +853,10 @@ mod sql {
          WHERE user_name = $1 AND revoked_ms IS NULL RETURNING id, created_ms) \
          SELECT id FROM r ORDER BY created_ms, id";
     pub const AUDIT_TAIL: &str = "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1";
+    /// A `meta` value and the audit tail in one round trip (always one row).
+    pub const META_AND_TAIL: &str = "SELECT m.value, a.seq, a.mac FROM (SELECT 1) AS one \
+         LEFT JOIN meta m ON m.key = $1 \
+         LEFT JOIN LATERAL (SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1) a ON true";
     pub const INSERT_AUDIT: &str = "INSERT INTO audit (seq, time_ms, actor, action, label, kid, \
          doc_id, outcome, reason, client, mac, credential) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
@@ -894,6 +900,10 @@ struct PgTx<'a> {
     /// Audit records not sent yet: a group commit's records go in one statement (one round
     /// trip, not one per record), sent before any other statement and before the commit.
     audit: Vec<(i64, AuditEntry, Vec<u8>)>,
+    /// The audit tail, read together with the access epoch (the audit writer reads both in
+    /// each group commit: one round trip, not two); dropped by the next audit insert. Under
+    /// the writers' lock nothing else can change it meanwhile.
+    tail: Option<Option<(i64, Vec<u8>)>>,
 }
 
 impl PgTx<'_> {
@@ -1014,6 +1024,7 @@ impl Store for PgStore {
             store: self,
             conn: conn.clone(),
             audit: Vec::new(),
+            tail: None,
         };
         let result = f(&mut tx).and_then(|v| tx.flush().map(|()| v));
         let out = finish(&shared, c, result);
@@ -1137,6 +1148,17 @@ impl Store for PgStore {
 impl StoreTx for PgTx<'_> {
     fn meta(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         self.flush()?;
+        if key == meta::ACCESS_EPOCH {
+            let row = self
+                .query_opt(sql::META_AND_TAIL, &[&key])?
+                .ok_or_else(|| ServerError::Database("no row for the audit tail".into()))?;
+            let seq: Option<i64> = col(&row, 1)?;
+            self.tail = Some(match seq {
+                Some(seq) => Some((seq, col(&row, 2)?)),
+                None => None,
+            });
+            return col(&row, 0);
+        }
         self.query_opt(sql::META, &[&key])?
             .map(|r| col(&r, 0))
             .transpose()
@@ -1294,6 +1316,9 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn audit_tail(&mut self) -> Result<Option<(i64, Vec<u8>)>> {
+        if let Some(tail) = self.tail.take() {
+            return Ok(tail);
+        }
         self.flush()?;
         self.query_opt(sql::AUDIT_TAIL, &[])?
             .map(|r| Ok::<_, ServerError>((col(&r, 0)?, col(&r, 1)?)))
@@ -1301,6 +1326,7 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn insert_audit(&mut self, seq: i64, e: &AuditEntry, mac: &[u8]) -> Result<()> {
+        self.tail = None;
         self.audit.push((seq, e.clone(), mac.to_vec()));
         // Bounded: a long trail (`store copy`) goes in batches, not in one statement that
         // grows with it past memory and PostgreSQL's 1 GiB message limit.

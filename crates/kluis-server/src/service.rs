@@ -3,7 +3,8 @@
 //! Administrative changes (labels, versions, policies, tokens, the scheduler's rotations and
 //! destructions) are each written with their audit record in one store transaction. An unwrap
 //! goes authenticate → rate limit → authorise → audit commit → release (see [`unwrap`] and
-//! [`writer`]); the types make the last two steps impossible to swap.
+//! [`writer`]); the types make the last two steps impossible to swap, and the commit releases
+//! nothing authorised before a change that can withdraw access (see [`epoch`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ mod backup;
 pub mod dke;
 #[cfg(test)]
 mod dke_cache_tests;
+pub mod epoch;
 mod lifecycle;
 mod rekey_master;
 pub mod unwrap;
@@ -128,9 +130,12 @@ impl<S: Store> KeyService<S> {
     }
 
     /// Run `f` in one store transaction with the keyring (for changes and their records).
+    /// A change in it that can withdraw access increases the access epoch in the same
+    /// transaction (see [`epoch`]).
     fn write<T>(&mut self, f: impl FnOnce(&Keyring, &mut dyn StoreTx) -> Result<T>) -> Result<T> {
         let keyring = self.keyring.clone();
-        self.store.write(|tx| f(&keyring, tx))
+        self.store
+            .write(|tx| f(&keyring, &mut epoch::Counting::new(tx)))
     }
 
     /// Inside a write transaction: fail unless this process's master key is still the

@@ -231,6 +231,9 @@ pub mod meta {
     pub const CHECK: &str = "check";
     /// `BE64(count) ‖ head MAC` of the audit chain.
     pub const AUDIT_HEAD: &str = "audit_head";
+    /// `BE64` counter of the changes that can withdraw access (revocations, policy updates,
+    /// retired and destroyed versions); absent = 0. See `service::epoch`.
+    pub const ACCESS_EPOCH: &str = "access_epoch";
 }
 
 /// The key server's storage, one implementation per database engine: rows in, rows out.

@@ -545,3 +545,104 @@ fn dke_keys_survive_a_master_key_rotation() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(B64.decode(body["value"].as_str().unwrap()).unwrap(), blob());
 }
+
+/// A decrypt decided just before a policy change commits is not granted after it: DKE
+/// decrypts from several threads while the label's policy loses alice (the admin command,
+/// another process). In the verified trail no granted `dke.decrypt` of alice follows the
+/// `label.update` record, and every plaintext a client received has its granted record.
+#[test]
+fn no_decrypt_is_granted_after_the_policy_change_that_forbids_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    let server = setup("");
+    let (key, _) = fetch_key(&server.base, "medical");
+    let kid = key["kid"].as_str().unwrap().to_owned();
+    let ct = Arc::new(office_encrypt(&key, &blob()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per user: plaintexts received, and answers other than 200 and 403.
+    let granted = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let other = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for (i, (upn, groups)) in [("alice@org.nl", &[][..]), ("bob@org.nl", &["doctors"][..])]
+        .into_iter()
+        .enumerate()
+    {
+        for _ in 0..3 {
+            let (kid, ct, stop) = (kid.clone(), ct.clone(), stop.clone());
+            let (granted, other) = (granted[i].clone(), other.clone());
+            let token = token(upn, groups);
+            threads.push(std::thread::spawn(move || {
+                for _ in 0..5000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (status, v, _) = decrypt(&kid, Some(&token), &ct);
+                    match status {
+                        200 => {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        403 => {}
+                        s => other.lock().unwrap().push(format!("{upn}: {s} {v}")),
+                    }
+                }
+            }));
+        }
+    }
+    let until = |who: usize, n: usize| {
+        let start = Instant::now();
+        while granted[who].load(Ordering::Relaxed) < n {
+            assert!(start.elapsed() < Duration::from_secs(60), "no grants");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    until(0, 20);
+    until(1, 20);
+    admin(
+        server.dir.path(),
+        &[
+            "label",
+            "update",
+            "medical",
+            "--remove-user",
+            "oidc:entra:alice@org.nl",
+        ],
+    );
+    let bob_then = granted[1].load(Ordering::Relaxed);
+    until(1, bob_then + 30);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let other = other.lock().unwrap();
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+    admin(server.dir.path(), &["audit", "verify"]);
+    let trail: Vec<Value> = admin(server.dir.path(), &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let update = trail
+        .iter()
+        .position(|r| r["action"] == "label.update")
+        .unwrap();
+    let granted_to = |actor: &str, from: usize| {
+        trail[from..]
+            .iter()
+            .filter(|r| {
+                r["action"] == "dke.decrypt" && r["outcome"] == "granted" && r["actor"] == actor
+            })
+            .count()
+    };
+    let alice = "oidc:entra:alice@org.nl";
+    assert_eq!(
+        granted_to(alice, update),
+        0,
+        "alice granted after the update"
+    );
+    assert_eq!(granted_to(alice, 0), granted[0].load(Ordering::Relaxed));
+    assert_eq!(
+        granted_to("oidc:entra:bob@org.nl", 0),
+        granted[1].load(Ordering::Relaxed)
+    );
+}

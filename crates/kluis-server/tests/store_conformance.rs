@@ -12,10 +12,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kluis_core::reply::{ReplyKey, ReplySealer};
+use kluis_core::{DocId, OrgStanza, Stanza};
 use kluis_server::audit::AuditEntry;
+use kluis_server::service::unwrap::{Admitted, Purpose, UnwrapRequest};
+use kluis_server::writer::{AuditWriter, NotCommitted};
 use kluis_server::{
-    KeyService, KeySource, PgOptions, PgStore, SecretKind, ServerError, SqliteStore, Store,
-    TokenRow, VersionRow, VersionState, meta,
+    KeyService, KeySource, PgOptions, PgStore, Policy, PolicyEdit, SecretKind, ServerError,
+    SqliteStore, Store, TokenRow, VersionRow, VersionState, meta, now_ms,
 };
 use kluis_testkit::postgres::{PASSWORD, PgCluster};
 
@@ -622,6 +626,210 @@ fn crash<B: Backend>(name: &str) {
     assert!(total_acked >= 4 * 20);
 }
 
+/// A document sealed to `key`: its id and org stanza, parsed as the server parses them.
+fn org_document(key: kluis_core::LabelPublicKey) -> (DocId, OrgStanza) {
+    let doc = kluis_core::seal(
+        &[kluis_core::Slot::single(kluis_core::Recipient::Label(key))],
+        &kluis_core::Metadata::default(),
+        b"x",
+    )
+    .unwrap();
+    let h = kluis_core::Header::parse(&doc).unwrap();
+    match Stanza::from_bytes(&h.slots()[0][0].to_bytes()).unwrap() {
+        Stanza::Org(o) => (h.doc_id(), o),
+        _ => panic!("not an org stanza"),
+    }
+}
+
+/// The outcome of one unwrap decided on `reader` under the writer's current epoch, with
+/// `between` run after the decision and before its commit (the race, made deterministic).
+/// Returns the commit's answer and the decision's outcome (`None`: not authenticated).
+fn race<S: Store>(
+    rt: &tokio::runtime::Runtime,
+    writer: &AuditWriter,
+    reader: &KeyService<S>,
+    token: &str,
+    doc: &(DocId, OrgStanza),
+    purpose: Purpose,
+    between: impl FnOnce(),
+) -> Option<(String, Result<usize, NotCommitted>)> {
+    let observed = writer.observe();
+    let who = reader.authenticate(token, now_ms()).unwrap()?;
+    let pending = reader.unwrap(
+        &Admitted::for_tests(who),
+        UnwrapRequest {
+            purpose,
+            reason: None,
+            client: "127.0.0.1".into(),
+            items: vec![Ok(doc.clone())],
+        },
+        observed,
+    );
+    let outcome = pending.outcomes().next().unwrap().to_owned();
+    between();
+    let committed = rt.block_on(writer.commit(pending, writer.arriving()));
+    let reply = ReplyKey::generate().unwrap();
+    let mut sealer = ReplySealer::new(&reply.public_bytes()).unwrap();
+    let released = committed.map(|c| c.release(&mut sealer).iter().filter(|r| r.is_ok()).count());
+    Some((outcome, released))
+}
+
+/// A revocation, a policy narrowed, a version retired or destroyed, committed by another
+/// connection between a request's authorisation and its audit commit: the commit releases
+/// nothing and records nothing ("stale"); decided again, the request is refused. The chain
+/// shows no grant after the change that forbids it. Changes that withdraw nothing (a new
+/// token) let the commit through; a refusal is recorded whatever the epoch.
+fn withdrawals_race_commits<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut admin = service::<B>(dir.path());
+    let policy = Policy {
+        users: vec!["alice".into(), "carol".into()],
+        ..Policy::default()
+    };
+    let v1 = admin.create_label("hr", &policy, "admin").unwrap();
+    admin.rotate("hr", "admin").unwrap();
+    let v2 = admin
+        .label("hr")
+        .unwrap()
+        .current()
+        .unwrap()
+        .public_key
+        .clone();
+    let v2 = kluis_core::LabelPublicKey::new("hr", 2, v2.parse().unwrap()).unwrap();
+    let old = org_document(v1);
+    let new = org_document(v2);
+    let (alice1, alice1_id) = admin.create_token("alice", &[], None, "admin").unwrap();
+    let (alice2, _) = admin.create_token("alice", &[], None, "admin").unwrap();
+    let (carol, _) = admin.create_token("carol", &[], None, "admin").unwrap();
+    let (bob, _) = admin.create_token("bob", &[], None, "admin").unwrap();
+    let reader = reopened::<B>(dir.path());
+    let writer = AuditWriter::start(reopened::<B>(dir.path())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let epoch = |s: &KeyService<B::S>| s.store().meta(meta::ACCESS_EPOCH).unwrap();
+    let mut admin = admin;
+    let open = Purpose::Open;
+
+    // A change that withdraws nothing (a new token, a rotation) lets the grant through.
+    let (o, r) = race(&rt, &writer, &reader, &alice1, &old, open, || {
+        admin.create_token("dave", &[], None, "admin").unwrap();
+        admin.rotate("hr", "admin").unwrap();
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("granted", Ok(1)));
+    assert_eq!(epoch(&admin), None, "nothing withdrew access yet");
+
+    // The token revoked between authorisation and commit.
+    let (o, r) = race(&rt, &writer, &reader, &alice1, &old, open, || {
+        admin.revoke_token(&alice1_id, "admin").unwrap()
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("granted", Err(NotCommitted::Stale)));
+    assert!(race(&rt, &writer, &reader, &alice1, &old, open, || {}).is_none());
+
+    // Every token of the user revoked (the leaver procedure).
+    let (o, r) = race(&rt, &writer, &reader, &alice2, &new, open, || {
+        admin.revoke_user_tokens("alice", "admin").unwrap();
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("granted", Err(NotCommitted::Stale)));
+    assert!(race(&rt, &writer, &reader, &alice2, &new, open, || {}).is_none());
+
+    // Version 1 retired: it opens only for re-keying now.
+    let (o, r) = race(&rt, &writer, &reader, &carol, &old, open, || {
+        admin.retire("hr", 1, "admin").unwrap()
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("granted", Err(NotCommitted::Stale)));
+    let (o, r) = race(&rt, &writer, &reader, &carol, &old, open, || {}).unwrap();
+    assert_eq!((o.as_str(), r), ("retired", Ok(0)));
+
+    // Version 1 destroyed while a re-key unwrap of it waits for its commit.
+    let rekey = Purpose::Rekey;
+    let (o, r) = race(&rt, &writer, &reader, &carol, &old, rekey, || {
+        admin.destroy("hr", 1, "admin").unwrap()
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("granted", Err(NotCommitted::Stale)));
+    let (o, r) = race(&rt, &writer, &reader, &carol, &old, rekey, || {}).unwrap();
+    assert_eq!((o.as_str(), r), ("destroyed", Ok(0)));
+
+    // A refusal decided under an older epoch is recorded all the same: it releases nothing.
+    let (o, r) = race(&rt, &writer, &reader, &bob, &new, open, || {
+        admin.revoke_user_tokens("nobody", "admin").unwrap();
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("denied", Ok(0)));
+
+    // Carol removed from the label's policy.
+    let edit = PolicyEdit {
+        remove_users: vec!["carol".into()],
+        ..PolicyEdit::default()
+    };
+    let (o, r) = race(&rt, &writer, &reader, &carol, &new, open, || {
+        admin.update_policy("hr", &edit, "admin").unwrap();
+    })
+    .unwrap();
+    assert_eq!((o.as_str(), r), ("granted", Err(NotCommitted::Stale)));
+    let (o, r) = race(&rt, &writer, &reader, &carol, &new, open, || {}).unwrap();
+    assert_eq!((o.as_str(), r), ("denied", Ok(0)));
+    writer.shutdown();
+
+    // Each withdrawal raised the epoch once: revoke, revoke-user, retire, destroy,
+    // revoke-user (of nobody), update.
+    assert_eq!(epoch(&admin), Some(6u64.to_be_bytes().to_vec()));
+    admin.verify_audit().unwrap();
+    let trail = admin.audit_records(None).unwrap();
+    let at = |action: &str, reason: Option<&str>| {
+        trail
+            .iter()
+            .position(|r| {
+                r.entry.action == action
+                    && reason.is_none_or(|x| r.entry.reason.as_deref().unwrap_or("").contains(x))
+            })
+            .unwrap_or_else(|| panic!("no {action} record"))
+    };
+    let no_grant_after = |what: &str, from: usize, hit: &dyn Fn(&AuditEntry) -> bool| {
+        let after = trail[from..]
+            .iter()
+            .filter(|r| r.entry.outcome == "granted" && hit(&r.entry))
+            .count();
+        assert_eq!(after, 0, "{after} grant(s) recorded after: {what}");
+    };
+    let alice1_cred = format!("token:{alice1_id}");
+    no_grant_after(
+        "token revoked",
+        at("token.revoke", Some(&alice1_id)),
+        &|e| e.credential.as_deref() == Some(alice1_cred.as_str()),
+    );
+    no_grant_after(
+        "user's tokens revoked",
+        at("token.revoke-user", Some("alice")),
+        &|e| e.actor == "alice",
+    );
+    no_grant_after("version retired", at("label.retire", None), &|e| {
+        e.kid == Some(1) && e.action == "unwrap"
+    });
+    no_grant_after("version destroyed", at("label.destroy", None), &|e| {
+        e.kid == Some(1)
+    });
+    no_grant_after("removed from the policy", at("label.update", None), &|e| {
+        e.actor == "carol"
+    });
+    let outcomes: Vec<&str> = trail
+        .iter()
+        .filter(|r| r.entry.action.starts_with("unwrap"))
+        .map(|r| r.entry.outcome.as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["granted", "retired", "destroyed", "denied", "denied"],
+        "the stale decisions left no record"
+    );
+}
+
 /// The suite for one backend, as a module of tests.
 macro_rules! conformance {
     ($name:ident, $backend:ty) => {
@@ -659,6 +867,10 @@ macro_rules! conformance {
             #[test]
             fn a_writer_killed_mid_append_loses_no_committed_record() {
                 super::crash::<$backend>(stringify!($name));
+            }
+            #[test]
+            fn a_withdrawal_between_authorisation_and_commit_releases_nothing() {
+                super::withdrawals_race_commits::<$backend>();
             }
             /// Not a test by itself: the writer that the crash test runs and kills.
             #[test]

@@ -26,11 +26,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, bearer, blocking, json_response};
+use super::{Api, ApiError, DECISIONS, access_changing, bearer, blocking, json_response};
 use crate::dke::{DkeSettings, cache_exp, jwk_parts, key_id};
 use crate::service::auth::{TokenVerifier, VerifyError};
 use crate::service::dke::DkeRequest;
 use crate::service::unwrap::{Admitted, Refusal};
+use crate::service::writer::NotCommitted;
 use crate::store::{Principal, Store};
 use crate::time::now_ms;
 
@@ -277,6 +278,8 @@ async fn decrypt<S: Store>(
     if !action.eq_ignore_ascii_case("decrypt") {
         return not_found();
     }
+    // The access epoch the decrypt is decided under, taken before its first store read.
+    let mut observed = api.writer.observe();
     // Authentication before anything else: the body is not read, no key is looked up.
     let who = match principal(&api, &headers).await {
         Ok(p) => p,
@@ -310,49 +313,71 @@ async fn decrypt<S: Store>(
         malformed,
         client: client.ip().to_string(),
     };
-    let arriving = api.writer.arriving();
-    // One RSA-2048 decryption (a few hundred µs of CPU) and a few indexed reads: done here
-    // when a store connection is free and the store reads locally (SQLite), as a single
-    // unwrap is, which on a busy server saves two thread hand-overs per request; otherwise
-    // (a network store such as PostgreSQL, whose reads may wait for the database) on a
-    // blocking thread.
-    let mut request = Some(request);
-    let inline = S::LOCAL_READS
-        .then(|| {
-            api.readers
-                .try_with(|store| request.take().map(|r| store.dke_decrypt(&admitted, r)))
-        })
-        .flatten()
-        .flatten();
-    let pending = match (inline, request) {
-        (Some(p), _) => p,
-        (None, Some(request)) => {
-            match blocking(&api, move |_, store| {
-                Ok(store.dke_decrypt(&admitted, request))
+    let mut admitted = Some(admitted);
+    for decision in 1..=DECISIONS {
+        let arriving = api.writer.arriving();
+        // One RSA-2048 decryption (a few hundred µs of CPU) and a few indexed reads: done here
+        // when a store connection is free and the store reads locally (SQLite), as a single
+        // unwrap is, which on a busy server saves two thread hand-overs per request; otherwise
+        // (a network store such as PostgreSQL, whose reads may wait for the database) on a
+        // blocking thread.
+        let inline = S::LOCAL_READS
+            .then(|| {
+                api.readers.try_with(|store| {
+                    let a = admitted.as_ref()?;
+                    Some(store.dke_decrypt(a, request.clone(), observed))
+                })
             })
-            .await
-            {
-                Ok(p) => p,
-                Err(e) => return e.into_response(),
+            .flatten()
+            .flatten();
+        let pending = match (inline, admitted.take()) {
+            (Some(p), a) => {
+                admitted = a;
+                p
             }
-        }
-        (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    api.metrics.dke(pending.outcome());
-    // Durable before anything leaves: if the audit cannot be written, nothing is released.
-    let committed = match api.writer.commit_dke(pending, arriving).await {
-        Ok(c) => c,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the key server cannot write its audit trail, so it decrypts nothing; try again later",
-            )
-            .into_response();
-        }
-    };
-    match committed.release() {
-        Ok(plain) => json_response(&json!({ "value": B64.encode(plain.as_slice()) })),
-        Err(r) => refusal(r),
+            (None, Some(a)) => {
+                let request = request.clone();
+                match blocking(&api, move |_, store| {
+                    let p = store.dke_decrypt(&a, request, observed);
+                    Ok((p, a))
+                })
+                .await
+                {
+                    Ok((p, a)) => {
+                        admitted = Some(a);
+                        p
+                    }
+                    Err(e) => return e.into_response(),
+                }
+            }
+            (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
+        let outcome = pending.outcome().to_owned();
+        // Durable before anything leaves: if the audit cannot be written, nothing is released.
+        let committed = match api.writer.commit_dke(pending, arriving).await {
+            Ok(c) => c,
+            Err(NotCommitted::Unavailable) => {
+                api.metrics.dke(&outcome);
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the key server cannot write its audit trail, so it decrypts nothing; try again later",
+                )
+                .into_response();
+            }
+            // Access may have been withdrawn since this decision (the caller's JWT stands):
+            // decide again, without charging the rate limiter again.
+            Err(NotCommitted::Stale) if decision < DECISIONS => {
+                observed = api.writer.observe();
+                continue;
+            }
+            Err(NotCommitted::Stale) => break,
+        };
+        api.metrics.dke(&outcome);
+        return match committed.release() {
+            Ok(plain) => json_response(&json!({ "value": B64.encode(plain.as_slice()) })),
+            Err(r) => refusal(r),
+        };
     }
+    access_changing().into_response()
 }

@@ -31,6 +31,7 @@ use zeroize::Zeroizing;
 use super::KeyService;
 use super::admin_entry;
 use super::unwrap::{Admitted, Refusal};
+use super::writer::Observed;
 use crate::audit::AuditEntry;
 use crate::dke::{ALGORITHM, DkeKey, document_ref, key_id, parse_key_id};
 use crate::error::{Result, ServerError};
@@ -66,6 +67,8 @@ pub struct DkePending {
     pub(super) result: std::result::Result<Zeroizing<Vec<u8>>, Refusal>,
     /// The audit record.
     pub(super) entry: AuditEntry,
+    /// The access epoch it was authorised under.
+    pub(super) observed: Observed,
 }
 
 impl DkePending {
@@ -182,8 +185,14 @@ impl<S: Store> KeyService<S> {
 
     /// Authorise and do one DKE decrypt for an admitted caller. Every request gets an audit
     /// record (granted or refused, with the document reference when the value is base64);
-    /// nothing leaves before it is committed.
-    pub fn dke_decrypt(&self, admitted: &Admitted, req: DkeRequest) -> DkePending {
+    /// nothing leaves before it is committed. `observed` is the access epoch taken before the
+    /// caller's first store read ([`AuditWriter::observe`](super::writer::AuditWriter::observe)).
+    pub fn dke_decrypt(
+        &self,
+        admitted: &Admitted,
+        req: DkeRequest,
+        observed: Observed,
+    ) -> DkePending {
         let who = admitted.principal();
         let wrapped = req.value.as_deref().and_then(|v| STANDARD.decode(v).ok());
         let mut entry = AuditEntry {
@@ -203,7 +212,11 @@ impl<S: Store> KeyService<S> {
             Ok(_) => "granted".to_owned(),
             Err(r) => r.code.to_owned(),
         };
-        DkePending { result, entry }
+        DkePending {
+            result,
+            entry,
+            observed,
+        }
     }
 
     fn dke_decide(

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use super::KeyService;
 use super::dke::DkeRequest;
 use super::unwrap::Admitted;
+use super::writer::Observed;
 use crate::keyring::KeySource;
 use crate::limit::RateLimiter;
 use crate::master_key::MasterKey;
@@ -74,16 +75,24 @@ fn destroyed_and_resealed_dke_keys_leave_the_cache() {
     let reader = admin.reopen().unwrap();
     let first = request(&reader, 1);
     assert_eq!(
-        reader.dke_decrypt(&alice(), first.clone()).outcome(),
+        reader
+            .dke_decrypt(&alice(), first.clone(), Observed(0))
+            .outcome(),
         "granted"
     );
     assert!(cached(&reader, 1));
 
     admin.rotate("medical", "admin").unwrap();
     let second = request(&reader, 2);
-    assert_eq!(reader.dke_decrypt(&alice(), second).outcome(), "granted");
+    assert_eq!(
+        reader.dke_decrypt(&alice(), second, Observed(0)).outcome(),
+        "granted"
+    );
     admin.destroy("medical", 1, "admin").unwrap();
-    assert_eq!(reader.dke_decrypt(&alice(), first).outcome(), "destroyed");
+    assert_eq!(
+        reader.dke_decrypt(&alice(), first, Observed(0)).outcome(),
+        "destroyed"
+    );
     assert!(
         !cached(&reader, 1),
         "the destroyed version's private key stays unsealed in memory"

@@ -13,13 +13,13 @@
 //! ```
 //! use kluis_core::reply::{ReplySealer, SealedShare};
 //! use kluis_server::service::unwrap::{Pending, Refusal};
-//! use kluis_server::service::writer::{AuditUnavailable, AuditWriter};
+//! use kluis_server::service::writer::{AuditWriter, NotCommitted};
 //!
 //! async fn release(
 //!     writer: &AuditWriter,
 //!     pending: Pending,
 //!     sealer: &mut ReplySealer,
-//! ) -> Result<Vec<Result<SealedShare, Refusal>>, AuditUnavailable> {
+//! ) -> Result<Vec<Result<SealedShare, Refusal>>, NotCommitted> {
 //!     let committed = writer.commit(pending, writer.arriving()).await?;
 //!     Ok(committed.release(sealer))
 //! }
@@ -55,6 +55,7 @@ use kluis_core::{DocId, LabelKey, OrgStanza, Share, SlotKind};
 use serde::Deserialize;
 
 use super::KeyService;
+use super::writer::Observed;
 use crate::audit::AuditEntry;
 use crate::error::ServerError;
 use crate::limit::RateLimiter;
@@ -138,6 +139,30 @@ impl Admitted {
         Ok(Admitted { who })
     }
 
+    /// [`Admitted::admit`], except for a request decided again after
+    /// [`NotCommitted::Stale`](super::writer::NotCommitted::Stale): `before`, its earlier
+    /// admission, was charged already, so `who` (authenticated anew) is not charged again
+    /// when it is the same user.
+    pub(crate) fn readmit(
+        limiter: &RateLimiter,
+        before: Option<Admitted>,
+        who: Principal,
+        items: usize,
+    ) -> Result<Admitted, Duration> {
+        match before {
+            Some(b) if b.who.user == who.user => Ok(Admitted { who }),
+            _ => Admitted::admit(limiter, who, items),
+        }
+    }
+
+    /// `who` admitted without a rate limiter, for the crate's own tests of the unwrap path
+    /// (feature `test-support`, enabled only by this crate's dev-dependency on itself).
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn for_tests(who: Principal) -> Admitted {
+        Admitted { who }
+    }
+
     /// Who was admitted.
     pub fn principal(&self) -> &Principal {
         &self.who
@@ -153,6 +178,8 @@ pub struct Pending {
     pub(super) results: Vec<Result<(DocId, Share), Refusal>>,
     /// The audit records, one per parsed item.
     pub(super) entries: Vec<AuditEntry>,
+    /// The access epoch it was authorised under.
+    pub(super) observed: Observed,
 }
 
 impl Pending {
@@ -209,7 +236,9 @@ pub struct UnwrapRequest {
 impl<S: Store> KeyService<S> {
     /// Authorise and unwrap every item of an admitted caller's request. Each parsed item gets
     /// an audit record (granted or refused); nothing leaves before they are committed.
-    pub fn unwrap(&self, admitted: &Admitted, req: UnwrapRequest) -> Pending {
+    /// `observed` is the access epoch taken before the caller was authenticated
+    /// ([`AuditWriter::observe`](super::writer::AuditWriter::observe)).
+    pub fn unwrap(&self, admitted: &Admitted, req: UnwrapRequest, observed: Observed) -> Pending {
         let who = &admitted.who;
         let base = AuditEntry {
             time_ms: now_ms(),
@@ -248,7 +277,11 @@ impl<S: Store> KeyService<S> {
                 Err(e) => results.push(Err(e)),
             }
         }
-        Pending { results, entries }
+        Pending {
+            results,
+            entries,
+            observed,
+        }
     }
 
     /// Authorise, then unwrap one item.

@@ -7,12 +7,18 @@
 //! I/O error), every request in the group gets the error and releases nothing. The writer
 //! works with any [`Store`].
 //!
+//! A request that releases something was authorised under the access epoch it
+//! [observed](AuditWriter::observe) before its first store read; the writer appends its records
+//! only if the store's epoch is still that one, in the commit's own transaction, and otherwise
+//! answers [`NotCommitted::Stale`]: nothing that could withdraw access committed in between (see
+//! [`super::epoch`] for why this suffices). A request that releases nothing is appended as it is.
+//!
 //! Under load the writer waits up to [`COMMIT_DELAY`] for requests that are already being
 //! worked on ([`AuditWriter::arriving`]) to join the group, like PostgreSQL's
 //! `commit_delay`: fewer, larger commits cost less CPU per record (an fsync costs far more
 //! than the records it carries). A lone request never waits: nothing else is arriving.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,9 +29,10 @@ use tokio::sync::oneshot;
 
 use super::KeyService;
 use super::dke::DkePending;
+use super::epoch;
 use super::unwrap::{Pending, Refusal};
 use crate::audit::AuditEntry;
-use crate::store::Store;
+use crate::store::{Store, meta};
 
 /// At most this many records go into one transaction.
 const MAX_GROUP: usize = 8192;
@@ -34,7 +41,10 @@ pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
 
 struct Job {
     entries: Vec<AuditEntry>,
-    done: oneshot::Sender<Result<(), ()>>,
+    /// For a request that releases something: the access epoch it was authorised under; its
+    /// records are appended only while the store's epoch is still this one.
+    releases_under: Option<u64>,
+    done: oneshot::Sender<Result<(), NotCommitted>>,
 }
 
 /// The group to commit: `first`, what is queued behind it, and, while requests are still
@@ -62,9 +72,36 @@ fn gather(rx: &mpsc::Receiver<Job>, first: Job, coming: &AtomicUsize, delay: Dur
     jobs
 }
 
+/// In one transaction: the store's access epoch, then the records of every job that releases
+/// nothing or was authorised under that epoch. Returns the epoch and, per job, whether its
+/// records were appended (the others are stale), and the number of records appended.
+fn commit_group<S: Store>(
+    store: &mut KeyService<S>,
+    jobs: &mut [Job],
+    records: usize,
+) -> crate::Result<(u64, Vec<bool>, usize)> {
+    store.write(|keyring, tx| {
+        let now = epoch::read(tx)?;
+        let fresh: Vec<bool> = jobs
+            .iter()
+            .map(|j| j.releases_under.is_none_or(|e| e == now))
+            .collect();
+        let mut all = Vec::with_capacity(records);
+        for (job, _) in jobs.iter_mut().zip(&fresh).filter(|(_, f)| **f) {
+            all.append(&mut job.entries);
+        }
+        if !all.is_empty() {
+            keyring.append_audit(tx, &all)?;
+        }
+        Ok((now, fresh, all.len()))
+    })
+}
+
 /// Handle to the writer thread.
 pub struct AuditWriter {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The access epoch the writer read in its last committed transaction (or at start).
+    epoch: Arc<AtomicU64>,
     depth: Arc<AtomicUsize>,
     arriving: Arc<AtomicUsize>,
     stats: Arc<WriterStats>,
@@ -80,6 +117,9 @@ pub struct WriterStats {
     pub records: AtomicUsize,
     /// Transactions that failed (their requests were refused).
     pub failures: AtomicUsize,
+    /// Requests not appended because access may have changed since they were authorised
+    /// (each is decided again).
+    pub stale: AtomicUsize,
 }
 
 /// A request on its way to [`AuditWriter::commit`]; counted until it gets there or gives up
@@ -92,9 +132,22 @@ impl Drop for Arriving<'_> {
     }
 }
 
-/// The audit trail could not be written; nothing may be released.
-#[derive(Debug, Clone, Copy)]
-pub struct AuditUnavailable;
+/// Why a request's records were not committed; nothing of it may be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCommitted {
+    /// The audit trail could not be written.
+    Unavailable,
+    /// Something that can withdraw access (a revocation, a policy update, a retired or
+    /// destroyed version) was committed after the request was authorised: decide it again,
+    /// from authentication on, with a new [`Observed`].
+    Stale,
+}
+
+/// The access epoch a request observed ([`AuditWriter::observe`]) before its first store read
+/// for authentication or authorisation; the writer releases nothing of the request unless the
+/// store's epoch is still this one when its records are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed(pub(super) u64);
 
 /// The receipt for a [`Pending`] request whose audit records are committed: the only way to
 /// its shares. Only [`AuditWriter::commit`] makes one (its field is private to this module).
@@ -125,7 +178,10 @@ impl DkeCommitted {
 
 impl AuditWriter {
     /// Start the writer thread on its own connection.
-    pub fn start<S: Store>(mut store: KeyService<S>) -> std::io::Result<Self> {
+    pub fn start<S: Store>(mut store: KeyService<S>) -> crate::Result<Self> {
+        let first_epoch = epoch::decode(store.store().meta(meta::ACCESS_EPOCH)?)?;
+        let epoch = Arc::new(AtomicU64::new(first_epoch));
+        let published = epoch.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let depth = Arc::new(AtomicUsize::new(0));
         let arriving = Arc::new(AtomicUsize::new(0));
@@ -137,16 +193,21 @@ impl AuditWriter {
                 while let Ok(first) = rx.recv() {
                     let mut jobs = gather(&rx, first, &coming, COMMIT_DELAY);
                     let n = jobs.iter().map(|j| j.entries.len()).sum();
-                    let mut all = Vec::with_capacity(n);
-                    for job in &mut jobs {
-                        all.append(&mut job.entries);
-                    }
-                    let result = store.append_audit(&all);
+                    let result = commit_group(&mut store, &mut jobs, n);
                     d.fetch_sub(jobs.len(), Ordering::Relaxed);
-                    match &result {
-                        Ok(()) => {
+                    let answers: Vec<_> = match result {
+                        Ok((now, fresh, appended)) => {
+                            // Published after the commit: a request that reads it from now on
+                            // sees, in its own reads, every change up to this epoch.
+                            published.store(now, Ordering::Release);
                             st.commits.fetch_add(1, Ordering::Relaxed);
-                            st.records.fetch_add(all.len(), Ordering::Relaxed);
+                            st.records.fetch_add(appended, Ordering::Relaxed);
+                            let stale = fresh.iter().filter(|f| !**f).count();
+                            st.stale.fetch_add(stale, Ordering::Relaxed);
+                            fresh
+                                .into_iter()
+                                .map(|f| if f { Ok(()) } else { Err(NotCommitted::Stale) })
+                                .collect()
                         }
                         Err(e) => {
                             st.failures.fetch_add(1, Ordering::Relaxed);
@@ -156,16 +217,18 @@ impl AuditWriter {
                                 "writing the audit trail failed, {} requests refused: {e}",
                                 jobs.len()
                             );
+                            vec![Err(NotCommitted::Unavailable); jobs.len()]
                         }
-                    }
-                    for job in jobs {
+                    };
+                    for (job, answer) in jobs.into_iter().zip(answers) {
                         // The request may have gone (client disconnected): nothing to do.
-                        let _ = job.done.send(result.as_ref().map(|_| ()).map_err(|_| ()));
+                        let _ = job.done.send(answer);
                     }
                 }
             })?;
         Ok(AuditWriter {
             queue: Mutex::new(Some(tx)),
+            epoch,
             depth,
             arriving,
             stats,
@@ -180,57 +243,73 @@ impl AuditWriter {
         Arriving(&self.arriving)
     }
 
+    /// The access epoch to authorise a request under: take it before the request's first
+    /// store read for authentication or authorisation (see [`super::epoch`]).
+    pub fn observe(&self) -> Observed {
+        Observed(self.epoch.load(Ordering::Acquire))
+    }
+
     /// Commit the audit records of `pending` durably; returns the receipt that releases its
-    /// shares once they are committed (fsynced), or the failure (then nothing is released).
-    /// `arriving` (from [`AuditWriter::arriving`]) stops being counted as the records are
-    /// queued.
+    /// shares once they are committed (fsynced), or why not (then nothing is released):
+    /// [`NotCommitted::Stale`] when it grants something and access may have been withdrawn
+    /// since it was authorised. `arriving` (from [`AuditWriter::arriving`]) stops being counted
+    /// as the records are queued.
     pub async fn commit(
         &self,
         mut pending: Pending,
         arriving: Arriving<'_>,
-    ) -> Result<Committed, AuditUnavailable> {
+    ) -> Result<Committed, NotCommitted> {
         if !pending.entries.is_empty() {
             let entries = std::mem::take(&mut pending.entries);
-            self.append(entries, arriving).await?;
+            let releases = pending.results.iter().any(|r| r.is_ok());
+            let under = releases.then_some(pending.observed.0);
+            self.append(entries, under, arriving).await?;
         }
         Ok(Committed(pending))
     }
 
     /// Commit the audit record of a DKE decrypt durably; returns the receipt that releases its
-    /// plaintext once it is committed, or the failure (then nothing is released).
+    /// plaintext once it is committed, or why not (then nothing is released), as
+    /// [`AuditWriter::commit`].
     pub async fn commit_dke(
         &self,
         pending: DkePending,
         arriving: Arriving<'_>,
-    ) -> Result<DkeCommitted, AuditUnavailable> {
-        self.append(vec![pending.entry.clone()], arriving).await?;
+    ) -> Result<DkeCommitted, NotCommitted> {
+        let under = pending.result.is_ok().then_some(pending.observed.0);
+        self.append(vec![pending.entry.clone()], under, arriving)
+            .await?;
         Ok(DkeCommitted(pending))
     }
 
-    /// Append `entries` durably; returns once they are committed (fsynced) or failed.
-    /// `arriving` (from [`AuditWriter::arriving`]) stops being counted as the entries are
-    /// queued.
+    /// Append `entries` durably, if `releases_under` is `None` or still the store's access
+    /// epoch; returns once they are committed (fsynced), or why not. `arriving` (from
+    /// [`AuditWriter::arriving`]) stops being counted as the entries are queued.
     async fn append(
         &self,
         entries: Vec<AuditEntry>,
+        releases_under: Option<u64>,
         arriving: Arriving<'_>,
-    ) -> Result<(), AuditUnavailable> {
+    ) -> Result<(), NotCommitted> {
         // Not arriving any more: a writer that looks now must not wait for this request,
         // whose job may already be in the queue.
         drop(arriving);
         let (done, wait) = oneshot::channel();
         {
             let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let queue = queue.as_ref().ok_or(AuditUnavailable)?;
+            let queue = queue.as_ref().ok_or(NotCommitted::Unavailable)?;
             self.depth.fetch_add(1, Ordering::Relaxed);
-            if queue.send(Job { entries, done }).is_err() {
+            let job = Job {
+                entries,
+                releases_under,
+                done,
+            };
+            if queue.send(job).is_err() {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
-                return Err(AuditUnavailable);
+                return Err(NotCommitted::Unavailable);
             }
         }
-        wait.await
-            .map_err(|_| AuditUnavailable)?
-            .map_err(|()| AuditUnavailable)
+        wait.await.map_err(|_| NotCommitted::Unavailable)?
     }
 
     /// Requests waiting for their audit records to be committed.
@@ -287,10 +366,15 @@ mod tests {
         AuditWriter::start(store).unwrap()
     }
 
-    fn job(n: usize) -> (Job, oneshot::Receiver<Result<(), ()>>) {
+    fn job(n: usize) -> (Job, oneshot::Receiver<Result<(), NotCommitted>>) {
         let (done, wait) = oneshot::channel();
         let entries = vec![entry(n)];
-        (Job { entries, done }, wait)
+        let job = Job {
+            entries,
+            releases_under: None,
+            done,
+        };
+        (job, wait)
     }
 
     /// While a request is coming, the group waits for it; when none is, it does not wait.
@@ -326,6 +410,35 @@ mod tests {
         assert_eq!(rx.try_recv().map(|j| j.entries.len()).ok(), Some(1));
     }
 
+    /// In one group, a job that releases something under an older epoch is left out (stale),
+    /// while a job under the current epoch and one that releases nothing are appended.
+    #[test]
+    fn a_group_appends_only_jobs_authorised_under_the_current_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        let mut svc =
+            KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
+        svc.reopen()
+            .unwrap()
+            .revoke_user_tokens("nobody", "admin")
+            .unwrap();
+        let before = svc.audit_records(None).unwrap().len();
+        let mut jobs = Vec::new();
+        for (n, under) in [(1, Some(0)), (2, Some(1)), (3, None)] {
+            let (mut j, _) = job(n);
+            j.releases_under = under;
+            jobs.push(j);
+        }
+        let (now, fresh, appended) = commit_group(&mut svc, &mut jobs, 3).unwrap();
+        assert_eq!((now, fresh, appended), (1, vec![false, true, true], 2));
+        let actors: Vec<String> = svc.audit_records(None).unwrap()[before..]
+            .iter()
+            .map(|r| r.entry.actor.clone())
+            .collect();
+        assert_eq!(actors, ["user2", "user3"]);
+        svc.verify_audit().unwrap();
+    }
+
     /// Requests already being worked on join one commit instead of one commit each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn arriving_requests_are_committed_together() {
@@ -340,7 +453,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let arriving = w.arriving();
                 all_counted.wait().await;
-                w.append(vec![entry(n)], arriving).await
+                w.append(vec![entry(n)], None, arriving).await
             }));
         }
         for t in tasks {
@@ -360,7 +473,7 @@ mod tests {
         let w = writer(dir.path());
         let _stuck = w.arriving();
         for n in 0..3 {
-            w.append(vec![entry(n)], w.arriving()).await.unwrap();
+            w.append(vec![entry(n)], None, w.arriving()).await.unwrap();
         }
         assert_eq!(w.stats().records.load(Ordering::Relaxed), 3);
         assert_eq!(
