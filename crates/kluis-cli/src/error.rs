@@ -24,7 +24,8 @@ pub enum Class {
     Corrupt,
     /// 8: the output exists.
     Exists,
-    /// 9: none of the keys at hand opens the document (it is not sealed to them).
+    /// 9: none of the keys at hand opens the document (it is sealed to other keys, or to a
+    /// label or key version the key server does not have).
     NoKey,
 }
 
@@ -126,6 +127,10 @@ pub fn client_class(e: &ClientError) -> Class {
         Denied { .. } | DoubleKeyRequired { .. } | Retired { .. } | Refused { .. } => Class::Denied,
         Destroyed { .. } | LabelGone { .. } => Class::Destroyed,
         CorruptStanza { .. } => Class::Corrupt,
+        // A document naming a label or key version the server does not have: sealed for
+        // another key server, or its label or version bytes were altered. Either way, none
+        // of the keys at hand opens it.
+        UnknownLabel { kid: Some(_), .. } => Class::NoKey,
         InvalidServerUrl { .. }
         | InsecureServerUrl { .. }
         | InvalidLabel { .. }
@@ -331,5 +336,14 @@ mod tests {
             .code(),
             6
         );
+        // A document naming a label or version the server does not have: not for these keys.
+        let unknown = |kid| ClientError::UnknownLabel {
+            server: s(),
+            label: "hr".into(),
+            kid,
+        };
+        assert_eq!(client_class(&unknown(Some(7))).code(), 9);
+        // Sealing to a label name the server does not know: a usage error.
+        assert_eq!(client_class(&unknown(None)).code(), 2);
     }
 }

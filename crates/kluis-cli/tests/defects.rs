@@ -560,9 +560,16 @@ fn escape_sequences_are_not_written_to_a_terminal() {
     assert!(!out.contains('\u{1b}'), "{out:?}");
 }
 
-/// Defect 8: one exit code per kind of failure: a flipped document-id byte is tampering (7,
-/// like other tampering, not 1), a document sealed to keys one does not have is 9 (not 5,
-/// "denied by policy"); the codes are listed once, in `kluis --help`.
+/// The byte layout of a header (kluis-core's tests and vector generator share it).
+#[path = "../../kluis-core/tests/layout/mod.rs"]
+mod layout;
+
+/// Defect 8: one exit code per kind of failure, and the table in `kluis --help` says which:
+/// a flipped document-id byte, ephemeral key (`E`) byte or stanza body byte is tampering (7,
+/// not 1); a flipped label or key-version byte names keys the key server does not have, as
+/// a document sealed to other keys does (9, not 1 or 5); a double-key document opened
+/// without an identity file is a configuration error (2). The codes are listed once, in
+/// `kluis --help`, and every row the help gives is checked here against a real failure.
 #[test]
 fn exit_codes_name_the_kind_of_failure_once() {
     let server = Server::start();
@@ -584,6 +591,41 @@ fn exit_codes_name_the_kind_of_failure_once() {
         .run(&["open", "-o", "out", "t.kluis"])
         .fails(7, "tampered");
 
+    // One byte of the org stanza flipped, through the real key server.
+    let sealed = std::fs::read(alice.path("a.txt.kluis")).unwrap();
+    let s = layout::layout(&sealed).slots[0].stanzas[0];
+    assert_eq!(s.kind, layout::ORG);
+    let label_at = s.content() + 1;
+    let kid_at = s.slot_kind(&sealed) - 4;
+    for (what, at, code, text) in [
+        ("label", label_at, 9, "has no label"),
+        ("kid", kid_at, 9, "has no label"),
+        ("E", s.ephemeral(&sealed) + 5, 7, "corrupt"),
+        ("body", s.body(&sealed) + 7, 7, "corrupt"),
+    ] {
+        let mut bytes = sealed.clone();
+        bytes[at] ^= 0x01;
+        let file = format!("flip-{what}.kluis");
+        write(&alice.path(&file), &bytes);
+        let run = alice.run(&["open", "-o", "out", &file]);
+        assert_eq!(run.code, code, "{what}: {}", run.stderr);
+        assert!(run.stderr.contains(text), "{what}: {}", run.stderr);
+    }
+    assert!(tree(&alice.path("out")).is_empty());
+
+    // A double-key document, and no identity file.
+    write(&alice.path("d.txt"), b"d");
+    let holder = kluis_core::Identity::generate()
+        .unwrap()
+        .public_key()
+        .to_string();
+    alice
+        .run(&["seal", "--label", "medical", "--to", &holder, "d.txt"])
+        .ok();
+    alice
+        .run(&["open", "-o", "out", "d.txt.kluis"])
+        .fails(2, "needs your identity file");
+
     let stranger = kluis_core::Identity::generate().unwrap();
     let slots = [Slot::single(Recipient::Key(stranger.public_key()))];
     let d = kluis_core::seal(&slots, &Metadata::default().name("s.txt"), b"s").unwrap();
@@ -597,9 +639,71 @@ fn exit_codes_name_the_kind_of_failure_once() {
         .run(&["open", "--passphrase-env", "PASS", "-o", "out", "s.kluis"])
         .fails(9, "no slot of this document can be opened");
 
+    // The other rows, each from a real failure.
+    alice.run(&["open", "-o", "o8", "a.txt.kluis"]).ok();
+    alice
+        .run(&["open", "-o", "o8", "a.txt.kluis"])
+        .fails(8, "already exists");
+    let bob = User::logged_in(&server, &server.bob);
+    std::fs::copy(alice.path("a.txt.kluis"), bob.path("a.txt.kluis")).unwrap();
+    let denied = bob.run(&["open", "-o", "out", "a.txt.kluis"]);
+    assert_eq!(denied.code, 5, "{}", denied.stderr);
+    write(&alice.path("v2.txt"), b"v2");
+    server.admin(&["label", "rotate", "hr"]);
+    alice.run(&["seal", "--label", "hr", "v2.txt"]).ok();
+    server.admin(&["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    alice
+        .run(&["open", "-o", "out", "a.txt.kluis"])
+        .fails(6, "destroyed");
+    server.admin(&["token", "revoke", &server.alice_id]);
+    alice
+        .run(&["open", "-o", "out", "v2.txt.kluis"])
+        .fails(4, "kluis login");
+    let mut server = server;
+    server.stop();
+    let offline = alice.run(&["open", "-o", "out", "v2.txt.kluis"]);
+    assert_eq!(offline.code, 3, "{}", offline.stderr);
+    alice
+        .run(&["open", "-o", "out", "--bogus"])
+        .fails(2, "--bogus");
+    assert!(tree(&alice.path("out")).is_empty());
+
     let top = alice.run(&["--help"]).ok().stdout_text();
     assert!(top.contains("Exit codes"), "{top}");
-    assert!(top.contains("9  none of your keys"), "{top}");
+    let row = |code: u8| {
+        let at = top
+            .find(&format!("\n  {code}  "))
+            .unwrap_or_else(|| panic!("{code}: {top}"));
+        let rest = &top[at + 5..];
+        // Up to the next row ("\n  N  ") or the end of the table.
+        let end = rest
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let next = rest[i + 1..].trim_start_matches(' ');
+                next.starts_with(|c: char| c.is_ascii_digit()) || next.starts_with("When")
+            })
+            .unwrap_or(rest.len());
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    // What the help says of each code seen above.
+    assert!(
+        row(2).contains("a document needs your identity file and none is given"),
+        "{}",
+        row(2)
+    );
+    assert!(row(7).contains("tampered with"), "{}", row(7));
+    assert!(
+        row(9).contains("a label or key version the key server does not have"),
+        "{}",
+        row(9)
+    );
+    assert!(!row(9).contains("identity file"), "{}", row(9));
+    assert!(row(3).contains("cannot be reached"), "{}", row(3));
+    assert!(row(4).contains("revoked"), "{}", row(4));
+    assert!(row(5).contains("denied"), "{}", row(5));
+    assert!(row(6).contains("destroyed"), "{}", row(6));
+    assert!(row(8).contains("output exists"), "{}", row(8));
     for sub in ["open", "seal", "audit", "status"] {
         let help = alice.run(&[sub, "--help"]).ok().stdout_text();
         assert!(!help.contains("Exit codes"), "{sub}: {help}");
