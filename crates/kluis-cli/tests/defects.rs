@@ -485,6 +485,24 @@ fn symlinked_folder_and_sealed_file_arguments_fail_clearly() {
         .run(&["seal", "--label", "hr", "b.txt.kluis"])
         .fails(2, "sealed already");
     assert!(!alice.path("b.txt.kluis.kluis").exists());
+
+    // Whatever the case of its extension, or its name: a sealed document is recognised by
+    // its name or by its first bytes (the `KLUIS\0` magic).
+    let sealed = std::fs::read(alice.path("b.txt.kluis")).unwrap();
+    for name in ["F.KLUIS", "g.Kluis", "renamed.bin"] {
+        write(&alice.path(name), &sealed);
+        alice
+            .run(&["seal", "--label", "hr", name])
+            .fails(2, "sealed already");
+        assert!(!alice.path(&format!("{name}.kluis")).exists(), "{name}");
+    }
+    // Inside a folder too: nothing in it is sealed a second time.
+    write(&alice.path("dir/H.KLUIS"), &sealed);
+    write(&alice.path("dir/sub/renamed.bin"), &sealed);
+    write(&alice.path("dir/plain.txt"), b"plain");
+    let run = alice.run(&["seal", "--label", "hr", "-o", "out", "dir"]);
+    assert!(run.stderr.contains("sealed already"), "{}", run.stderr);
+    assert_eq!(tree(&alice.path("out")), ["dir/plain.txt.kluis"]);
 }
 
 /// Defect 8: `status` asks the server whether it accepts the token.

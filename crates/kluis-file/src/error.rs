@@ -51,8 +51,8 @@ pub enum Error {
         /// The link.
         path: PathBuf,
     },
-    /// A file given by name to seal is a sealed document already (`.kluis`): it was not
-    /// sealed a second time.
+    /// A file to seal is a sealed document already (its name ends in `.kluis`, in any case,
+    /// or it starts with the `KLUIS\0` magic): it was not sealed a second time.
     AlreadySealed {
         /// The sealed document.
         path: PathBuf,
@@ -241,7 +241,7 @@ impl fmt::Display for Error {
             ),
             Error::AlreadySealed { path } => write!(
                 f,
-                "{path:?} is sealed already (.kluis) and was not sealed again: to open it, use `kluis open`"
+                "{path:?} is sealed already (a .kluis document) and was not sealed again: to open it, use `kluis open`"
             ),
             Error::DotFile { sealed } => write!(
                 f,

@@ -13,7 +13,7 @@ use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dir, sync
 use crate::error::{Error, Result};
 use crate::file::{
     Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, reopen_sealed,
-    require_file,
+    require_file, starts_sealed,
 };
 use crate::name::{EXTENSION, NameKey, check_component, random_name};
 use crate::open::BATCH;
@@ -160,10 +160,12 @@ fn plan(
     hide: bool,
     name_key: Option<&NameKey>,
 ) -> (Vec<Report>, Vec<Job>, u64) {
+    // The files to seal (not a `.kluis` file given by name, which is refused below: another
+    // input sealed over it is "exists", not "would replace an input").
     let inputs: HashSet<PathBuf> = listed
         .iter()
         .filter_map(|e| match e {
-            Entry::File(f) => Some(absolute(&f.path)),
+            Entry::File(f) if !sealed_by_name(f) => Some(absolute(&f.path)),
             _ => None,
         })
         .collect();
@@ -192,7 +194,7 @@ fn plan(
                 }
                 continue;
             }
-            Entry::File(f) if f.direct && f.path.file_name().is_some_and(has_extension) => {
+            Entry::File(f) if sealed_by_name(&f) => {
                 let path = f.path.clone();
                 reports.push(failed(f.path, Error::AlreadySealed { path }));
                 continue;
@@ -255,6 +257,11 @@ fn plan(
         jobs.push(job);
     }
     (reports, jobs, bytes)
+}
+
+/// A file given by name whose name says it is sealed already (`.kluis`, in any case).
+fn sealed_by_name(f: &Found) -> bool {
+    f.direct && f.path.file_name().is_some_and(has_extension)
 }
 
 /// Where a job's file would be restored when its output is opened in place.
@@ -336,6 +343,12 @@ fn seal_one(
 ) -> Result<(u64, Option<Sealed>)> {
     shared.emit(Event::Started { input: &job.input });
     let (mut input, meta) = open_checked(&job.input, None)?;
+    // Renamed or not, a sealed document is not sealed a second time.
+    if starts_sealed(&mut input).map_err(|e| Error::io(&job.input, "read", e))? {
+        return Err(Error::AlreadySealed {
+            path: job.input.clone(),
+        });
+    }
     let tmp = start_output(
         &job.root,
         &job.rel_parent,
