@@ -829,3 +829,50 @@ fn empty_folders_are_kept_on_seal_and_open() {
     assert!(alice.path("back/src/also-empty").is_dir());
     assert_eq!(tree(&alice.path("back")), ["src/a.txt"]);
 }
+
+/// Defect 8: with --hide-names the sealed folder is flat, and an empty folder is kept as a
+/// document of its own (its stored name ends in `/`, its content is empty), so opening
+/// restores it; sealing again with --force replaces those documents, as it does files.
+#[test]
+fn empty_folders_are_kept_with_hidden_names() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("src/a.txt"), b"a");
+    std::fs::create_dir_all(alice.path("src/empty/deeper")).unwrap();
+    std::fs::create_dir_all(alice.path("src/also-empty")).unwrap();
+    let seal = [
+        "seal",
+        "--label",
+        "hr",
+        "--hide-names",
+        "--pad",
+        "-o",
+        "cloud",
+        "src",
+    ];
+    let run = alice.run(&seal).ok();
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let sealed = tree(&alice.path("cloud"));
+    assert_eq!(sealed.len(), 3, "a file and two empty folders: {sealed:?}");
+    for f in &sealed {
+        assert!(!f.contains("empty") && !f.contains('/'), "{f}");
+    }
+    let mut forced = seal.to_vec();
+    forced.push("--force");
+    alice.run(&forced).ok();
+    assert_eq!(tree(&alice.path("cloud")), sealed, "the same names again");
+
+    let run = alice.run(&["open", "-o", "back", "cloud"]).ok();
+    assert!(
+        alice.path("back/src/empty/deeper").is_dir(),
+        "{}",
+        run.stderr
+    );
+    assert!(alice.path("back/src/also-empty").is_dir());
+    assert_eq!(tree(&alice.path("back")), ["src/a.txt"]);
+    // Opened again into the same place: the folders are there, nothing fails.
+    alice
+        .run(&["open", "-o", "back", "cloud"])
+        .fails(8, "already exists");
+    assert!(alice.path("back/src/also-empty").is_dir());
+}

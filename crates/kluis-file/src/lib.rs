@@ -49,7 +49,11 @@
 //! stores its relative path (`photos/2024/a.jpg`) in its sealed metadata; no folders are
 //! created on the sealed side. This scheme was chosen over a random folder per source folder
 //! because it leaks nothing about the tree's shape (depth, fan-out, which files share a
-//! folder), needs no extra state, and each document restores its own place alone. Without
+//! folder), needs no extra state, and each document restores its own place alone. An empty
+//! folder, which has no file to carry its path, is sealed as an empty document of its own
+//! whose stored name is its path ending in `/` (`photos/2025/`); opening creates the folder.
+//! (The format leaves the name to the application; kluis versions before this convention
+//! refuse such a document as "an empty path component", without writing anything.) Without
 //! an output folder each file is sealed beside itself and stores only its own name. Temporary
 //! files are named `.kluis-tmp-<random>` and carry no name either. Sizes still show; set
 //! [`SealOptions::pad`] to blur them.

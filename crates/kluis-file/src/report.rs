@@ -22,7 +22,8 @@ pub struct SealOptions<'a> {
     /// Give every output a random name (`<26 random base32 characters>.kluis`) and keep the
     /// real name only in the sealed metadata. With `output_dir`, the outputs of a folder are
     /// written flat into it and each stored name is the file's relative path
-    /// (`photos/2024/report.docx`), so no folder name shows either.
+    /// (`photos/2024/report.docx`), so no folder name shows either; an empty folder is
+    /// sealed as an empty document whose stored name is its path ending in `/`.
     pub hide_names: bool,
     /// With `hide_names`: derive each hidden name from the stored name with this key
     /// instead of at random, so sealing the same path into the same folder again gives the
