@@ -154,6 +154,16 @@ pub fn client_message(e: &ClientError) -> String {
     }
 }
 
+/// A label record that could not be had or was refused (a changed key, a rolled-back
+/// version, an unknown label, no server), with what was therefore not done in front:
+/// `nothing was sealed`, `no document of label … was re-keyed`.
+pub fn record_error(not_done: &str, e: &ClientError) -> CliError {
+    CliError::new(
+        client_class(e),
+        format!("{not_done}: {}", client_message(e)),
+    )
+}
+
 /// A refusal by one of this program's own key holders (no key server configured, the
 /// identity file cannot be used): the message for people and the class of its exit code.
 /// It travels inside the core's [`UnwrapError`] as its typed reason.

@@ -876,3 +876,65 @@ fn empty_folders_are_kept_with_hidden_names() {
         .fails(8, "already exists");
     assert!(alice.path("back/src/also-empty").is_dir());
 }
+
+/// The cache file of label `name` in `user`'s label cache.
+fn cached_label(user: &User, name: &str) -> std::path::PathBuf {
+    let servers: Vec<_> = std::fs::read_dir(user.cache_dir().join("servers"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    servers[0].join("labels").join(format!("{name}.json"))
+}
+
+/// Section 3 (pinning in kluis-client): `kluis seal` and `kluis rekey` both check the label
+/// record against the keys pinned in the cache: a known key version whose key changed is
+/// refused by both, nothing is written, and each says what it did not do (a re-keying does
+/// not say "nothing was sealed").
+#[test]
+fn seal_and_rekey_refuse_a_changed_pinned_key_and_write_nothing() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"a");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    server.admin(&["label", "rotate", "hr"]);
+    let before = std::fs::read(alice.path("a.txt.kluis")).unwrap();
+
+    // Someone swapped version 1's key, as far as this cache knows.
+    let path = cached_label(&alice, "hr");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let other = kluis_core::Identity::generate()
+        .unwrap()
+        .public_key()
+        .to_string();
+    v["known_keys"]["1"] = other.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+
+    write(&alice.path("b.txt"), b"b");
+    let run = alice.run(&["seal", "--label", "hr", "b.txt"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("different public key"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was sealed"), "{}", run.stderr);
+    assert!(!alice.path("b.txt.kluis").exists());
+
+    let run = alice.run(&["rekey", "a.txt.kluis"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("different public key"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("was re-keyed"), "{}", run.stderr);
+    assert!(!run.stderr.contains("nothing was sealed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("re-keyed 0 documents"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(alice.path("a.txt.kluis")).unwrap(), before);
+    assert_eq!(tree(&alice.work()), ["a.txt", "a.txt.kluis", "b.txt"]);
+}
