@@ -463,6 +463,70 @@ fn short_passphrases_are_refused_and_open_identity_files_warned_about() {
         run.stderr
     );
     assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+
+    // Also when only its public part is used (no passphrase: the key recorded at keygen):
+    // sealing to a double-key label, and `keygen --public`.
+    write(&alice.path("e.txt"), b"double again");
+    let run = alice.run(&["seal", "--label", "medical", "e.txt"]).ok();
+    assert!(
+        run.stderr.contains("can be read by other users"),
+        "{}",
+        run.stderr
+    );
+    let run = alice
+        .run(&["keygen", "--public", id.to_str().unwrap()])
+        .ok();
+    assert!(
+        run.stderr.contains("can be read by other users"),
+        "{}",
+        run.stderr
+    );
+
+    // The advice is a command that works as it is, even for a path with a space and a quote.
+    let odd = alice.path("it's my keys/id.key");
+    std::fs::create_dir_all(odd.parent().unwrap()).unwrap();
+    alice
+        .run(&[
+            "keygen",
+            "--passphrase-env",
+            "PASS",
+            "-o",
+            odd.to_str().unwrap(),
+        ])
+        .ok();
+    std::fs::set_permissions(&odd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = alice
+        .run(&[
+            "open",
+            "--identity",
+            odd.to_str().unwrap(),
+            "--passphrase-env",
+            "PASS",
+            "-o",
+            "o3",
+            "d.txt.kluis",
+        ])
+        .fails(9, "no slot");
+    let advice = run.stderr.split("run `").nth(1).unwrap();
+    let advice = &advice[..advice.find('`').unwrap()];
+    let sh = std::process::Command::new("sh")
+        .args(["-c", advice])
+        .current_dir(alice.home.path())
+        .status()
+        .unwrap();
+    assert!(sh.success(), "{advice}");
+    let mode = std::fs::metadata(&odd).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{advice}");
+
+    // Passphrases of blanks, or too short once the blanks around them are left out.
+    for pass in [" ".repeat(12), format!("{:^20}", "short"), "\t".repeat(13)] {
+        alice.env.retain(|(k, _)| k != "BLANK");
+        alice.env.push(("BLANK".into(), pass));
+        alice
+            .run(&["keygen", "--passphrase-env", "BLANK", "-o", "blank.key"])
+            .fails(2, "at least 12 characters");
+        assert!(!alice.path("blank.key").exists());
+    }
 }
 
 /// Defect 8: a symbolic link given as the folder to seal is not a silent success of nothing,
