@@ -903,6 +903,7 @@ fn the_docs_name_no_retired_api() {
         "kluis_core::MAX_",
         "kluis_core::MAGIC",
         "kluis_core::padme_padding",
+        "kluis_core::Result",
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut files = Vec::new();
