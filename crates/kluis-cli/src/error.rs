@@ -257,7 +257,10 @@ pub fn describe_file(e: &kluis_file::Error) -> (String, Class) {
     let class = match e {
         F::Exists { .. } => Class::Exists,
         F::UnsafeName { .. } => Class::Corrupt,
-        F::DotFile { .. } | F::SymlinkArgument { .. } | F::AlreadySealed { .. } => Class::Usage,
+        F::DotFile { .. }
+        | F::SymlinkArgument { .. }
+        | F::AlreadySealed { .. }
+        | F::TempInSyncFolder { .. } => Class::Usage,
         F::NotVerified { reason, .. } => describe_file(reason).1,
         F::NameNotPortable { .. }
         | F::NameNotUtf8 { .. }

@@ -85,11 +85,13 @@ pub struct OpenOptions<'a> {
     /// Called as work progresses.
     pub progress: Option<Progress<'a>>,
     /// A private folder for the plaintext temporary files of outputs inside a cloud sync
-    /// folder (the CLI uses `<cache dir>/tmp`), so none is ever written, or left by a killed
-    /// run, inside the sync folder. Created on demand (mode 0700); used only when it is the
-    /// user's own and on the same file system as the output (see
-    /// [`crate::private_temp_dir`]), otherwise the temporary file is written beside its
-    /// output as elsewhere. `None`: always beside the output.
+    /// folder (the CLI uses `<cache dir>/tmp`), used only where unnamed temporary files
+    /// cannot be had (not Linux, or a file system without them; see
+    /// [`crate::TempFile::for_target`]), and only when it is the user's own and on the same
+    /// file system as the output ([`crate::private_temp_dir`]). Created on demand (mode
+    /// 0700). Without a usable one, such an output fails with
+    /// [`crate::Error::TempInSyncFolder`] rather than put a plaintext temporary file in the
+    /// sync folder.
     pub temp_dir: Option<PathBuf>,
 }
 
