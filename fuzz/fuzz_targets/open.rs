@@ -13,7 +13,7 @@ static LABEL_KEY: LazyLock<LabelKey> =
 static IDENTITY: LazyLock<Identity> = LazyLock::new(|| Identity::from_secret_bytes([0x22; 32]));
 
 /// The streaming path: Header::read, unlock, StreamReader.
-fn open_streaming(mut data: &[u8], keys: &[&dyn Unwrap]) -> kluis_core::Result<Vec<u8>> {
+fn open_streaming(mut data: &[u8], keys: &[&dyn Unwrap]) -> Result<Vec<u8>, Error> {
     let header = Header::read(&mut data)?;
     let key = header.unlock(keys)?;
     let mut r = StreamReader::new(&header, &key, data)?;
@@ -44,12 +44,12 @@ impl BlockSink for Blocks {
     }
 }
 
-/// The streaming path into blocks: `StreamReader::read_into`, over 3 threads.
+/// The streaming path into blocks: `fast::read_into`, over 3 threads.
 fn open_into_blocks(
     mut data: &[u8],
     keys: &[&dyn Unwrap],
     block: usize,
-) -> kluis_core::Result<Vec<u8>> {
+) -> Result<Vec<u8>, Error> {
     let header = Header::read(&mut data)?;
     let key = header.unlock(keys)?;
     let mut r = kluis_core::fast::stream_reader(&header, &key, data, &kluis_core::fast::FastOptions::default().threads(3))?;

@@ -61,14 +61,14 @@ pub fn keygen(args: KeygenArgs, g: &Global) -> Result<u8, CliError> {
         }
         other => other.read_given()?,
     };
-    if pass.is_empty() {
+    if pass.trim().is_empty() {
         return Err(CliError::usage(
-            "an empty passphrase would leave the key unprotected: choose one",
+            "an empty passphrase (or one of blanks only) would leave the key unprotected: choose one of at least 12 characters",
         ));
     }
     // Anyone who copies the identity file (a synced home folder, a backup) can guess at the
-    // passphrase offline: refuse what is guessed in moments.
-    if pass.chars().count() < MIN_PASSPHRASE_CHARS {
+    // passphrase offline: refuse what is guessed in moments. Blanks around it do not count.
+    if pass.trim().chars().count() < MIN_PASSPHRASE_CHARS {
         return Err(CliError::usage(format!(
             "the passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters (a few unrelated words are easy to remember); nothing was written"
         )));

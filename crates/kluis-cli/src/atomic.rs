@@ -12,7 +12,8 @@ use crate::error::{Class, CliError};
 
 /// Write a new file at `path` (never over an existing one unless `force`; `private` makes
 /// it 0600) with what `fill` writes: nothing appears under `path` unless `fill` succeeds.
-/// `temp_dir`: where the temporary file goes when `path` is inside a cloud sync folder (see
+/// `temp_dir`: where a private (plaintext) output's temporary file may go when `path` is
+/// inside a cloud sync folder and the system has no unnamed temporary files (see
 /// [`TempFile::for_target`]).
 pub fn write_new<T>(
     path: &Path,

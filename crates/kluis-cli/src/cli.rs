@@ -9,8 +9,8 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  some files failed, or an error not listed below
-  2  usage or configuration error (bad option, no key server or identity configured, an
-     identity file that is malformed or unreadable)
+  2  usage or configuration error (bad option, no key server configured, a document needs
+     your identity file and none is given, an identity file that is malformed or unreadable)
   3  the key server cannot be reached (sealing still works offline from the label cache)
   4  authentication needed or failed (no token, token expired or revoked: run `kluis login`;
      wrong identity passphrase)
@@ -19,8 +19,9 @@ Exit codes:
   7  corrupt, tampered with or not a kluis document (also: a hostile stored file name, an
      identity file that fails its own check: its `# public key:` line was edited)
   8  the output exists (use --force to replace it)
-  9  none of your keys opens the document (it is sealed to other keys, or needs an identity
-     file you did not give)
+  9  none of your keys opens the document: it is sealed to other keys (someone else's, or
+     a label or key version the key server does not have: another organisation's document,
+     or one whose label or version bytes were altered)
 When files fail for different reasons the exit code is 1; when they all fail for the same
 reason it is that reason's code.";
 

@@ -281,7 +281,8 @@ impl Settings {
     }
 
     /// The private folder for plaintext temporary files of outputs inside a cloud sync
-    /// folder: `tmp` in the label cache folder (see `kluis_file::OpenOptions::temp_dir`).
+    /// folder where the system has no unnamed ones: `tmp` in the label cache folder (see
+    /// `kluis_file::OpenOptions::temp_dir`).
     pub fn temp_dir(&self) -> Option<PathBuf> {
         self.cache_dir.as_ref().map(|(d, _)| d.join("tmp"))
     }

@@ -24,7 +24,8 @@ pub enum Class {
     Corrupt,
     /// 8: the output exists.
     Exists,
-    /// 9: none of the keys at hand opens the document (it is not sealed to them).
+    /// 9: none of the keys at hand opens the document (it is sealed to other keys, or to a
+    /// label or key version the key server does not have).
     NoKey,
 }
 
@@ -126,6 +127,10 @@ pub fn client_class(e: &ClientError) -> Class {
         Denied { .. } | DoubleKeyRequired { .. } | Retired { .. } | Refused { .. } => Class::Denied,
         Destroyed { .. } | LabelGone { .. } => Class::Destroyed,
         CorruptStanza { .. } => Class::Corrupt,
+        // A document naming a label or key version the server does not have: sealed for
+        // another key server, or its label or version bytes were altered. Either way, none
+        // of the keys at hand opens it.
+        UnknownLabel { kid: Some(_), .. } => Class::NoKey,
         InvalidServerUrl { .. }
         | InsecureServerUrl { .. }
         | InvalidLabel { .. }
@@ -147,6 +152,16 @@ pub fn client_message(e: &ClientError) -> String {
         ClientError::CaFile { .. } => format!("{e} (`kluis config set ca_file FILE`)"),
         _ => e.to_string(),
     }
+}
+
+/// A label record that could not be had or was refused (a changed key, a rolled-back
+/// version, an unknown label, no server), with what was therefore not done in front:
+/// `nothing was sealed`, `no document of label … was re-keyed`.
+pub fn record_error(not_done: &str, e: &ClientError) -> CliError {
+    CliError::new(
+        client_class(e),
+        format!("{not_done}: {}", client_message(e)),
+    )
 }
 
 /// A refusal by one of this program's own key holders (no key server configured, the
@@ -242,7 +257,10 @@ pub fn describe_file(e: &kluis_file::Error) -> (String, Class) {
     let class = match e {
         F::Exists { .. } => Class::Exists,
         F::UnsafeName { .. } => Class::Corrupt,
-        F::DotFile { .. } | F::SymlinkArgument { .. } | F::AlreadySealed { .. } => Class::Usage,
+        F::DotFile { .. }
+        | F::SymlinkArgument { .. }
+        | F::AlreadySealed { .. }
+        | F::TempInSyncFolder { .. } => Class::Usage,
         F::NotVerified { reason, .. } => describe_file(reason).1,
         F::NameNotPortable { .. }
         | F::NameNotUtf8 { .. }
@@ -331,5 +349,14 @@ mod tests {
             .code(),
             6
         );
+        // A document naming a label or version the server does not have: not for these keys.
+        let unknown = |kid| ClientError::UnknownLabel {
+            server: s(),
+            label: "hr".into(),
+            kid,
+        };
+        assert_eq!(client_class(&unknown(Some(7))).code(), 9);
+        // Sealing to a label name the server does not know: a usage error.
+        assert_eq!(client_class(&unknown(None)).code(), 2);
     }
 }

@@ -108,8 +108,9 @@ pub fn prompt(text: &str) -> Result<Zeroizing<String>, CliError> {
 }
 
 /// Warn when an identity file can be read by other users of the machine (a 0644 file): they
-/// could copy it and guess at its passphrase offline.
-fn warn_if_readable_by_others(path: &Path) {
+/// could copy it and guess at its passphrase offline. Whether its secret or only its public
+/// key is used: the file is exposed either way.
+pub fn warn_if_readable_by_others(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -118,13 +119,20 @@ fn warn_if_readable_by_others(path: &Path) {
             if mode & 0o077 != 0 {
                 crate::output::warn(&format!(
                     "the identity file {path:?} can be read by other users (mode {mode:04o}): run `chmod 600 {}`",
-                    path.display()
+                    shell_quoted(path)
                 ));
             }
         }
     }
     #[cfg(not(unix))]
     let _ = path;
+}
+
+/// `path` as one POSIX shell word: in single quotes, each `'` written `'\''`, so advice such
+/// as `chmod 600 PATH` can be pasted as it is whatever the path holds.
+#[cfg(unix)]
+fn shell_quoted(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
 }
 
 /// Open an identity file, asking for its passphrase (up to three times on a terminal).

@@ -84,11 +84,8 @@
 //!
 //! # Exit codes
 //!
-//! 0 success; 1 some files failed, or another error; 2 usage or configuration; 3 key server
-//! unreachable; 4 authentication needed or failed (token, identity passphrase); 5 denied by
-//! policy; 6 key destroyed; 7 corrupt or not a kluis document (also a hostile stored name);
-//! 8 output exists; 9 none of the keys at hand opens the document. When files fail for
-//! different reasons the code is 1.
+//! One per kind of failure, listed once: [`cli::EXIT_CODES`], shown after `kluis --help` and
+//! in the man page. The classes behind them are [`error::Class`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -68,12 +68,6 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
                 "opening beside",
             ),
         }
-        // The folders outputs go to: -o, or each folder given, or each file's folder.
-        let dirs: Vec<std::path::PathBuf> = match &args.output {
-            Some(out) => vec![out.clone()],
-            None => args.files.iter().map(|f| output_dir_of(f)).collect(),
-        };
-        output::warn_if_temp_in_sync_folder(dirs.iter().map(|d| d.as_path()), temp_dir.as_deref());
     }
     let on_event = |e: Event<'_>| bars.event(e);
     let mut options = OpenOptions::default();
@@ -119,18 +113,6 @@ pub fn run(args: OpenArgs, g: &Global) -> Result<u8, CliError> {
     Ok(code)
 }
 
-/// The folder an output given as `path` is written in: a folder itself, else its parent
-/// (`.` for a bare name).
-fn output_dir_of(path: &std::path::Path) -> std::path::PathBuf {
-    if path.is_dir() {
-        return path.to_path_buf();
-    }
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    }
-}
-
 /// "standard input: MESSAGE", with the class of a format error.
 fn stdin_error(e: &kluis_core::Error) -> CliError {
     let (m, class) = describe_core(e);
@@ -153,10 +135,6 @@ fn open_stream(
         Some(path) => atomic::write_new(path, args.force, true, temp_dir.as_deref(), |f| {
             if !g.quiet {
                 output::warn_if_sync_folder([path.as_path()], "opening into");
-                output::warn_if_temp_in_sync_folder(
-                    [output_dir_of(path).as_path()],
-                    temp_dir.as_deref(),
-                );
             }
             copy_plain(reader, f, false, bars)
         })?,

@@ -214,32 +214,6 @@ pub fn warn_if_sync_folder<'p>(paths: impl IntoIterator<Item = &'p std::path::Pa
     }
 }
 
-/// Warn (once per run) when a plaintext temporary file will be written inside a cloud sync
-/// folder while its file is written: an output folder in `output_dirs` is inside one and the
-/// private folder `temp_dir` cannot take its temporary files (none configured, not the
-/// user's own, or on another file system; see `kluis_file::private_temp_dir`).
-pub fn warn_if_temp_in_sync_folder<'p>(
-    output_dirs: impl IntoIterator<Item = &'p std::path::Path>,
-    temp_dir: Option<&std::path::Path>,
-) {
-    for dir in output_dirs {
-        let Some(service) = kluis_file::sync_folder(dir) else {
-            continue;
-        };
-        if temp_dir
-            .and_then(|t| kluis_file::private_temp_dir(dir, t))
-            .is_none()
-        {
-            let private =
-                temp_dir.map_or_else(|| "none configured".to_owned(), |t| format!("{t:?}"));
-            warn(&format!(
-                "while each file is written, a plaintext temporary file (.kluis-tmp-…) is written inside the {service} sync folder {dir:?}, where its sync client may upload it: the private folder for temporary files ({private}) is not usable or not on the same file system. Set KLUIS_CACHE_DIR (or cache_dir in config.toml) to a folder on the same disk outside the sync folder, or open elsewhere with -o"
-            ));
-            return;
-        }
-    }
-}
-
 /// Print one JSON document on standard output.
 pub fn print_json(v: &Value) {
     println!(

@@ -99,6 +99,8 @@ pub fn holder_public_key(path: &Path, source: &Passphrase) -> Result<PublicKey, 
     // recorded, as the refusal below advises.
     let given = !matches!(source, Passphrase::Prompt);
     if let (Some(pinned), false) = (pinned(path), given) {
+        // Unlocking warns about an identity file others can read; this path does not unlock.
+        crate::keys::warn_if_readable_by_others(path);
         return match claimed {
             Some(c) if c != pinned => Err(CliError::new(
                 Class::Corrupt,

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use crate::Global;
 use crate::cli::RekeyArgs;
 use crate::config::{Settings, parse_public_key};
-use crate::error::{Class, CliError};
+use crate::error::{Class, CliError, record_error};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
-use crate::output::{plural, warn};
+use crate::output::{clean, plural, warn};
 use crate::progress::{self, Bars};
 use crate::seal::warn_if_stale;
 
@@ -75,7 +75,12 @@ impl RekeyTarget for Target<'_> {
 /// version never goes back) by the client itself ([`Client::label_record_to_seal`]). Offline,
 /// the cached record is used, with a warning.
 fn current_record(client: &Client, label: &str) -> Result<LabelRecord, CliError> {
-    let record = client.label_record_to_seal(label)?;
+    let record = client.label_record_to_seal(label).map_err(|e| {
+        record_error(
+            &format!("no document of label `{}` was re-keyed", clean(label)),
+            &e,
+        )
+    })?;
     if let Some(e) = &record.refresh_error {
         warn(&format!("{e}; using the cached record of label `{label}`"));
         if record.stale {

@@ -12,7 +12,7 @@ use crate::Global;
 use crate::atomic;
 use crate::cli::SealArgs;
 use crate::config::{Settings, parse_public_key};
-use crate::error::{Class, CliError};
+use crate::error::{Class, CliError, record_error};
 use crate::keys::{KeyServer, LazyIdentity, Passphrase};
 use crate::output::{self, plural, warn};
 use crate::progress::{self, Bars};
@@ -135,7 +135,9 @@ pub fn run(args: SealArgs, g: &Global) -> Result<u8, CliError> {
             .then_some("kluis seal --remove-original: verifying the sealed copy"),
     )?;
     // Asks the server every time (falls back to the cache offline, and says so).
-    let record = client.label_record_to_seal(&label)?;
+    let record = client
+        .label_record_to_seal(&label)
+        .map_err(|e| record_error("nothing was sealed", &e))?;
     warn_if_stale(&record);
     let holder = match &args.to {
         Some(t) => Some(parse_public_key(t, "--to")?),

@@ -32,7 +32,7 @@ impl Keys for ServerKeys {
         let record = self
             .client
             .label_record_to_seal(&self.label)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("nothing was sealed: {e}"))?;
         if record.double_key {
             return Err(format!(
                 "label `{}` is double key; kluis sync seals only to labels without a holder key",

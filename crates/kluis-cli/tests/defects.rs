@@ -463,6 +463,70 @@ fn short_passphrases_are_refused_and_open_identity_files_warned_about() {
         run.stderr
     );
     assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+
+    // Also when only its public part is used (no passphrase: the key recorded at keygen):
+    // sealing to a double-key label, and `keygen --public`.
+    write(&alice.path("e.txt"), b"double again");
+    let run = alice.run(&["seal", "--label", "medical", "e.txt"]).ok();
+    assert!(
+        run.stderr.contains("can be read by other users"),
+        "{}",
+        run.stderr
+    );
+    let run = alice
+        .run(&["keygen", "--public", id.to_str().unwrap()])
+        .ok();
+    assert!(
+        run.stderr.contains("can be read by other users"),
+        "{}",
+        run.stderr
+    );
+
+    // The advice is a command that works as it is, even for a path with a space and a quote.
+    let odd = alice.path("it's my keys/id.key");
+    std::fs::create_dir_all(odd.parent().unwrap()).unwrap();
+    alice
+        .run(&[
+            "keygen",
+            "--passphrase-env",
+            "PASS",
+            "-o",
+            odd.to_str().unwrap(),
+        ])
+        .ok();
+    std::fs::set_permissions(&odd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = alice
+        .run(&[
+            "open",
+            "--identity",
+            odd.to_str().unwrap(),
+            "--passphrase-env",
+            "PASS",
+            "-o",
+            "o3",
+            "d.txt.kluis",
+        ])
+        .fails(9, "no slot");
+    let advice = run.stderr.split("run `").nth(1).unwrap();
+    let advice = &advice[..advice.find('`').unwrap()];
+    let sh = std::process::Command::new("sh")
+        .args(["-c", advice])
+        .current_dir(alice.home.path())
+        .status()
+        .unwrap();
+    assert!(sh.success(), "{advice}");
+    let mode = std::fs::metadata(&odd).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{advice}");
+
+    // Passphrases of blanks, or too short once the blanks around them are left out.
+    for pass in [" ".repeat(12), format!("{:^20}", "short"), "\t".repeat(13)] {
+        alice.env.retain(|(k, _)| k != "BLANK");
+        alice.env.push(("BLANK".into(), pass));
+        alice
+            .run(&["keygen", "--passphrase-env", "BLANK", "-o", "blank.key"])
+            .fails(2, "at least 12 characters");
+        assert!(!alice.path("blank.key").exists());
+    }
 }
 
 /// Defect 8: a symbolic link given as the folder to seal is not a silent success of nothing,
@@ -485,6 +549,24 @@ fn symlinked_folder_and_sealed_file_arguments_fail_clearly() {
         .run(&["seal", "--label", "hr", "b.txt.kluis"])
         .fails(2, "sealed already");
     assert!(!alice.path("b.txt.kluis.kluis").exists());
+
+    // Whatever the case of its extension, or its name: a sealed document is recognised by
+    // its name or by its first bytes (the `KLUIS\0` magic).
+    let sealed = std::fs::read(alice.path("b.txt.kluis")).unwrap();
+    for name in ["F.KLUIS", "g.Kluis", "renamed.bin"] {
+        write(&alice.path(name), &sealed);
+        alice
+            .run(&["seal", "--label", "hr", name])
+            .fails(2, "sealed already");
+        assert!(!alice.path(&format!("{name}.kluis")).exists(), "{name}");
+    }
+    // Inside a folder too: nothing in it is sealed a second time.
+    write(&alice.path("dir/H.KLUIS"), &sealed);
+    write(&alice.path("dir/sub/renamed.bin"), &sealed);
+    write(&alice.path("dir/plain.txt"), b"plain");
+    let run = alice.run(&["seal", "--label", "hr", "-o", "out", "dir"]);
+    assert!(run.stderr.contains("sealed already"), "{}", run.stderr);
+    assert_eq!(tree(&alice.path("out")), ["dir/plain.txt.kluis"]);
 }
 
 /// Defect 8: `status` asks the server whether it accepts the token.
@@ -560,9 +642,16 @@ fn escape_sequences_are_not_written_to_a_terminal() {
     assert!(!out.contains('\u{1b}'), "{out:?}");
 }
 
-/// Defect 8: one exit code per kind of failure: a flipped document-id byte is tampering (7,
-/// like other tampering, not 1), a document sealed to keys one does not have is 9 (not 5,
-/// "denied by policy"); the codes are listed once, in `kluis --help`.
+/// The byte layout of a header (kluis-core's tests and vector generator share it).
+#[path = "../../kluis-core/tests/layout/mod.rs"]
+mod layout;
+
+/// Defect 8: one exit code per kind of failure, and the table in `kluis --help` says which:
+/// a flipped document-id byte, ephemeral key (`E`) byte or stanza body byte is tampering (7,
+/// not 1); a flipped label or key-version byte names keys the key server does not have, as
+/// a document sealed to other keys does (9, not 1 or 5); a double-key document opened
+/// without an identity file is a configuration error (2). The codes are listed once, in
+/// `kluis --help`, and every row the help gives is checked here against a real failure.
 #[test]
 fn exit_codes_name_the_kind_of_failure_once() {
     let server = Server::start();
@@ -584,6 +673,41 @@ fn exit_codes_name_the_kind_of_failure_once() {
         .run(&["open", "-o", "out", "t.kluis"])
         .fails(7, "tampered");
 
+    // One byte of the org stanza flipped, through the real key server.
+    let sealed = std::fs::read(alice.path("a.txt.kluis")).unwrap();
+    let s = layout::layout(&sealed).slots[0].stanzas[0];
+    assert_eq!(s.kind, layout::ORG);
+    let label_at = s.content() + 1;
+    let kid_at = s.slot_kind(&sealed) - 4;
+    for (what, at, code, text) in [
+        ("label", label_at, 9, "has no label"),
+        ("kid", kid_at, 9, "has no label"),
+        ("E", s.ephemeral(&sealed) + 5, 7, "corrupt"),
+        ("body", s.body(&sealed) + 7, 7, "corrupt"),
+    ] {
+        let mut bytes = sealed.clone();
+        bytes[at] ^= 0x01;
+        let file = format!("flip-{what}.kluis");
+        write(&alice.path(&file), &bytes);
+        let run = alice.run(&["open", "-o", "out", &file]);
+        assert_eq!(run.code, code, "{what}: {}", run.stderr);
+        assert!(run.stderr.contains(text), "{what}: {}", run.stderr);
+    }
+    assert!(tree(&alice.path("out")).is_empty());
+
+    // A double-key document, and no identity file.
+    write(&alice.path("d.txt"), b"d");
+    let holder = kluis_core::Identity::generate()
+        .unwrap()
+        .public_key()
+        .to_string();
+    alice
+        .run(&["seal", "--label", "medical", "--to", &holder, "d.txt"])
+        .ok();
+    alice
+        .run(&["open", "-o", "out", "d.txt.kluis"])
+        .fails(2, "needs your identity file");
+
     let stranger = kluis_core::Identity::generate().unwrap();
     let slots = [Slot::single(Recipient::Key(stranger.public_key()))];
     let d = kluis_core::seal(&slots, &Metadata::default().name("s.txt"), b"s").unwrap();
@@ -597,9 +721,71 @@ fn exit_codes_name_the_kind_of_failure_once() {
         .run(&["open", "--passphrase-env", "PASS", "-o", "out", "s.kluis"])
         .fails(9, "no slot of this document can be opened");
 
+    // The other rows, each from a real failure.
+    alice.run(&["open", "-o", "o8", "a.txt.kluis"]).ok();
+    alice
+        .run(&["open", "-o", "o8", "a.txt.kluis"])
+        .fails(8, "already exists");
+    let bob = User::logged_in(&server, &server.bob);
+    std::fs::copy(alice.path("a.txt.kluis"), bob.path("a.txt.kluis")).unwrap();
+    let denied = bob.run(&["open", "-o", "out", "a.txt.kluis"]);
+    assert_eq!(denied.code, 5, "{}", denied.stderr);
+    write(&alice.path("v2.txt"), b"v2");
+    server.admin(&["label", "rotate", "hr"]);
+    alice.run(&["seal", "--label", "hr", "v2.txt"]).ok();
+    server.admin(&["label", "destroy", "hr", "1", "--confirm", "hr"]);
+    alice
+        .run(&["open", "-o", "out", "a.txt.kluis"])
+        .fails(6, "destroyed");
+    server.admin(&["token", "revoke", &server.alice_id]);
+    alice
+        .run(&["open", "-o", "out", "v2.txt.kluis"])
+        .fails(4, "kluis login");
+    let mut server = server;
+    server.stop();
+    let offline = alice.run(&["open", "-o", "out", "v2.txt.kluis"]);
+    assert_eq!(offline.code, 3, "{}", offline.stderr);
+    alice
+        .run(&["open", "-o", "out", "--bogus"])
+        .fails(2, "--bogus");
+    assert!(tree(&alice.path("out")).is_empty());
+
     let top = alice.run(&["--help"]).ok().stdout_text();
     assert!(top.contains("Exit codes"), "{top}");
-    assert!(top.contains("9  none of your keys"), "{top}");
+    let row = |code: u8| {
+        let at = top
+            .find(&format!("\n  {code}  "))
+            .unwrap_or_else(|| panic!("{code}: {top}"));
+        let rest = &top[at + 5..];
+        // Up to the next row ("\n  N  ") or the end of the table.
+        let end = rest
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let next = rest[i + 1..].trim_start_matches(' ');
+                next.starts_with(|c: char| c.is_ascii_digit()) || next.starts_with("When")
+            })
+            .unwrap_or(rest.len());
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    // What the help says of each code seen above.
+    assert!(
+        row(2).contains("a document needs your identity file and none is given"),
+        "{}",
+        row(2)
+    );
+    assert!(row(7).contains("tampered with"), "{}", row(7));
+    assert!(
+        row(9).contains("a label or key version the key server does not have"),
+        "{}",
+        row(9)
+    );
+    assert!(!row(9).contains("identity file"), "{}", row(9));
+    assert!(row(3).contains("cannot be reached"), "{}", row(3));
+    assert!(row(4).contains("revoked"), "{}", row(4));
+    assert!(row(5).contains("denied"), "{}", row(5));
+    assert!(row(6).contains("destroyed"), "{}", row(6));
+    assert!(row(8).contains("output exists"), "{}", row(8));
     for sub in ["open", "seal", "audit", "status"] {
         let help = alice.run(&[sub, "--help"]).ok().stdout_text();
         assert!(!help.contains("Exit codes"), "{sub}: {help}");
@@ -706,4 +892,113 @@ fn empty_folders_are_kept_on_seal_and_open() {
     assert!(alice.path("back/src/empty/deeper").is_dir());
     assert!(alice.path("back/src/also-empty").is_dir());
     assert_eq!(tree(&alice.path("back")), ["src/a.txt"]);
+}
+
+/// Defect 8: with --hide-names the sealed folder is flat, and an empty folder is kept as a
+/// document of its own (its stored name ends in `/`, its content is empty), so opening
+/// restores it; sealing again with --force replaces those documents, as it does files.
+#[test]
+fn empty_folders_are_kept_with_hidden_names() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("src/a.txt"), b"a");
+    std::fs::create_dir_all(alice.path("src/empty/deeper")).unwrap();
+    std::fs::create_dir_all(alice.path("src/also-empty")).unwrap();
+    let seal = [
+        "seal",
+        "--label",
+        "hr",
+        "--hide-names",
+        "--pad",
+        "-o",
+        "cloud",
+        "src",
+    ];
+    let run = alice.run(&seal).ok();
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let sealed = tree(&alice.path("cloud"));
+    assert_eq!(sealed.len(), 3, "a file and two empty folders: {sealed:?}");
+    for f in &sealed {
+        assert!(!f.contains("empty") && !f.contains('/'), "{f}");
+    }
+    let mut forced = seal.to_vec();
+    forced.push("--force");
+    alice.run(&forced).ok();
+    assert_eq!(tree(&alice.path("cloud")), sealed, "the same names again");
+
+    let run = alice.run(&["open", "-o", "back", "cloud"]).ok();
+    assert!(
+        alice.path("back/src/empty/deeper").is_dir(),
+        "{}",
+        run.stderr
+    );
+    assert!(alice.path("back/src/also-empty").is_dir());
+    assert_eq!(tree(&alice.path("back")), ["src/a.txt"]);
+    // Opened again into the same place: the folders are there, nothing fails.
+    alice
+        .run(&["open", "-o", "back", "cloud"])
+        .fails(8, "already exists");
+    assert!(alice.path("back/src/also-empty").is_dir());
+}
+
+/// The cache file of label `name` in `user`'s label cache.
+fn cached_label(user: &User, name: &str) -> std::path::PathBuf {
+    let servers: Vec<_> = std::fs::read_dir(user.cache_dir().join("servers"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    servers[0].join("labels").join(format!("{name}.json"))
+}
+
+/// Section 3 (pinning in kluis-client): `kluis seal` and `kluis rekey` both check the label
+/// record against the keys pinned in the cache: a known key version whose key changed is
+/// refused by both, nothing is written, and each says what it did not do (a re-keying does
+/// not say "nothing was sealed").
+#[test]
+fn seal_and_rekey_refuse_a_changed_pinned_key_and_write_nothing() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"a");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    server.admin(&["label", "rotate", "hr"]);
+    let before = std::fs::read(alice.path("a.txt.kluis")).unwrap();
+
+    // Someone swapped version 1's key, as far as this cache knows.
+    let path = cached_label(&alice, "hr");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let other = kluis_core::Identity::generate()
+        .unwrap()
+        .public_key()
+        .to_string();
+    v["known_keys"]["1"] = other.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+
+    write(&alice.path("b.txt"), b"b");
+    let run = alice.run(&["seal", "--label", "hr", "b.txt"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("different public key"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was sealed"), "{}", run.stderr);
+    assert!(!alice.path("b.txt.kluis").exists());
+
+    let run = alice.run(&["rekey", "a.txt.kluis"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("different public key"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("was re-keyed"), "{}", run.stderr);
+    assert!(!run.stderr.contains("nothing was sealed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("re-keyed 0 documents"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(alice.path("a.txt.kluis")).unwrap(), before);
+    assert_eq!(tree(&alice.work()), ["a.txt", "a.txt.kluis", "b.txt"]);
 }

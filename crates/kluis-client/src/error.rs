@@ -445,7 +445,7 @@ impl fmt::Display for ClientError {
             } => {
                 write!(
                     f,
-                    "refusing the record of label `{}` from {server}: key version {kid} now has a different public key than the one seen before (a key must never change without a new version: this may be an attack); nothing was sealed. Ask the key server's operators",
+                    "refusing the record of label `{}` from {server}: key version {kid} now has a different public key than the one seen before (a key must never change without a new version: this may be an attack). The record was not used: ask the key server's operators",
                     clean(label)
                 )?;
                 if let Some(p) = cache_file {
@@ -466,7 +466,7 @@ impl fmt::Display for ClientError {
             } => {
                 write!(
                     f,
-                    "refusing the record of label `{}` from {server}: it offers key version {offered} for sealing, but version {seen} was current before (an old record replayed, or a server restored from backup); nothing was sealed. Ask the key server's operators",
+                    "refusing the record of label `{}` from {server}: it offers key version {offered} for sealing, but version {seen} was current before (an old record replayed, or a server restored from backup). The record was not used: ask the key server's operators",
                     clean(label)
                 )?;
                 if let Some(p) = cache_file {

@@ -188,6 +188,66 @@ fn a_changed_key_without_a_new_version_is_refused_and_new_versions_replace_the_c
     }
 }
 
+/// Sealing asks the server every time (`label_record_to_seal`), and its answer is checked
+/// against the pinned keys even while the cached record is fresh: a known version whose key
+/// changed, or an older current version than seen before, is refused (never answered from
+/// the cache as if the server were offline), and the cache file is left as it was.
+#[test]
+fn the_record_to_seal_with_is_checked_against_the_pinned_keys() {
+    let server = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let client = server.client(None, Some(cache.path()));
+    let v1 = client.label_record_to_seal("hr").unwrap();
+    let path = cache_file(cache.path(), "hr");
+
+    // Another key remembered for version 1; the cached record itself is fresh and intact.
+    let other = Identity::generate().unwrap().public_key().to_string();
+    edit(&path, |v| v["known_keys"]["1"] = other.into());
+    let before = std::fs::read(&path).unwrap();
+    assert_eq!(
+        client.label_record("hr").unwrap().key,
+        v1.key,
+        "fresh: not asked"
+    );
+    match client.label_record_to_seal("hr") {
+        Err(e @ ClientError::KeyChanged { kid: 1, .. }) => {
+            assert!(
+                !e.is_offline(),
+                "no falling back to the cache on a changed key"
+            );
+            assert!(e.to_string().contains("different public key"), "{e}");
+        }
+        other => panic!("expected KeyChanged, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the cache is left alone"
+    );
+
+    // The key remembered is the real one again: accepted.
+    let real = v1.key.key().to_string();
+    edit(&path, |v| v["known_keys"]["1"] = real.into());
+    assert_eq!(client.label_record_to_seal("hr").unwrap().key, v1.key);
+
+    // The cache saw version 3 as current; the server offers 1: refused as a rollback.
+    edit(&path, |v| v["record"]["kid"] = 3.into());
+    let before = std::fs::read(&path).unwrap();
+    match client.label_record_to_seal("hr") {
+        Err(ClientError::KeyRollback {
+            offered: 1,
+            seen: 3,
+            ..
+        }) => {}
+        other => panic!("expected KeyRollback, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the cache is left alone"
+    );
+}
+
 #[test]
 fn a_folder_opens_with_one_batch_request_and_every_opening_is_audited() {
     let server = Server::start();

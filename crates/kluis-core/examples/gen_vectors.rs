@@ -454,8 +454,8 @@ mod raw {
             let sealed = seal(&mkey, [0; 12], &[], &self.metadata_plain);
             h.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
             h.extend_from_slice(&sealed);
-            let total = (h.len() + 32) as u32;
-            h[8..12].copy_from_slice(&total.to_be_bytes());
+            let total = h.len() + 32;
+            crate::set_header_len(&mut h, total);
             let mac_key = hkdf(&self.key, &self.doc_id, b"kluis/v1/header");
             let k = hmac::Key::new(hmac::HMAC_SHA256, &mac_key);
             h.extend_from_slice(hmac::sign(&k, &h).as_ref());
@@ -974,7 +974,7 @@ fn prefix_vectors(v: &mut Vec<Vector>) {
         b[..11].to_vec(),
     ));
     let mut b = small_to_alice();
-    b[0] = b'k';
+    b[layout::MAGIC_AT] = b'k';
     v.push(fail(
         "not_sealed_magic_case",
         "not-sealed",
@@ -1018,7 +1018,7 @@ fn prefix_vectors(v: &mut Vec<Vector>) {
         b,
     ));
     let mut b = small_to_alice();
-    b[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+    set_header_len(&mut b, u32::MAX as usize);
     v.push(fail(
         "header_size_u32_max",
         "header-size",
@@ -1032,7 +1032,7 @@ fn header_vectors(v: &mut Vec<Vector>) {
     // Slot count (byte 44).
     for (name, count) in [("slot_count_17", 17u8), ("slot_count_0", 0)] {
         let mut b = small_to_alice();
-        b[44] = count;
+        b[layout::SLOT_COUNT_AT] = count;
         v.push(fail(
             name,
             "slot-count",

@@ -877,3 +877,77 @@ proptest! {
         prop_assert!(back == plain);
     }
 }
+
+/// The names the 0.1 API change retired (lib.rs, "API changes"): no documentation may still
+/// tell a reader to call them. Read are README.md, every Markdown file in docs/ and crates/,
+/// and the doc comments of every Rust file in crates/; the "API changes" section itself,
+/// which names them as gone, is left out.
+#[test]
+fn the_docs_name_no_retired_api() {
+    const RETIRED: &[&str] = &[
+        "open_with_backend",
+        "seal_with_backend",
+        "StreamReader::with_backend",
+        "StreamWriter::with_backend",
+        "BlockWriter::with_backend",
+        "Identity::write_file",
+        "Identity::read_file",
+        "kluis_core::seal_into",
+        "kluis_core::seal_to_slice",
+        "kluis_core::open_in_place",
+        "kluis_core::max_sealed_len",
+        "kluis_core::BlockWriter",
+        "kluis_core::BlockSink",
+        "kluis_core::Backend",
+        "kluis_core::CHUNK_LEN",
+        "kluis_core::MAX_",
+        "kluis_core::MAGIC",
+        "kluis_core::padme_padding",
+        "kluis_core::Result",
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    let mut stack = vec![
+        root.join("README.md"),
+        root.join("docs"),
+        root.join("crates"),
+    ];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else if p.extension().is_some_and(|e| e == "md" || e == "rs") {
+            files.push(p);
+        }
+    }
+    let mut found = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let rust = f.extension().is_some_and(|e| e == "rs");
+        let mut in_changes = false;
+        for (n, line) in text.lines().enumerate() {
+            let doc = line.trim_start();
+            if rust && !(doc.starts_with("//!") || doc.starts_with("///")) {
+                continue;
+            }
+            if doc.starts_with("//! # ") {
+                in_changes = doc.starts_with("//! # API changes");
+            }
+            if in_changes {
+                continue;
+            }
+            for name in RETIRED {
+                if line.contains(name) {
+                    found.push(format!("{}:{}: {name}", f.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(files.len() > 50, "too few files read: {}", files.len());
+    assert!(
+        found.is_empty(),
+        "retired API names in docs:\n{}",
+        found.join("\n")
+    );
+}

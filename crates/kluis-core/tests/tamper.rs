@@ -131,7 +131,7 @@ impl Doc {
             meta = meta.padded().unwrap();
         }
         let sealed = seal(&shape.slots(), &meta, &plain).unwrap();
-        let hl = u32::from_be_bytes(sealed[8..12].try_into().unwrap()) as usize;
+        let hl = layout::header_len(&sealed);
         let doc = Doc {
             shape,
             plain,
@@ -402,11 +402,11 @@ fn layout(h: &[u8]) -> Layout {
     let hl = layout::header_len(h);
     let mut fields = vec![Field::Mac; hl];
     let mut mark = |from: usize, len: usize, f: Field| fields[from..from + len].fill(f);
-    mark(0, 6, Field::Magic);
-    mark(6, 2, Field::Version);
-    mark(8, 4, Field::HeaderLen);
-    mark(12, 16, Field::DocId);
-    mark(28, 16, Field::PayloadSalt);
+    mark(layout::MAGIC_AT, 6, Field::Magic);
+    mark(layout::VERSION_AT, 2, Field::Version);
+    mark(layout::HEADER_LEN_AT, 4, Field::HeaderLen);
+    mark(layout::DOC_ID_AT, 16, Field::DocId);
+    mark(layout::PAYLOAD_SALT_AT, 16, Field::PayloadSalt);
     mark(layout::SLOT_COUNT_AT, 1, Field::SlotCount);
     let mut slots = Vec::new();
     let mut stanzas = Vec::new();
@@ -460,16 +460,18 @@ fn header_flip_verdict(doc: &Doc, lay: &Layout, pos: usize, mask: u8) -> Kind {
         Field::Magic => Kind::NotSealed,
         // Rule 2: any version but 1, before header_len is looked at.
         Field::Version => {
-            let mut v = [h[6], h[7]];
-            v[pos - 6] = flipped;
+            let at = layout::VERSION_AT;
+            let mut v = [h[at], h[at + 1]];
+            v[pos - at] = flipped;
             Kind::UnsupportedVersion(u16::from_be_bytes(v))
         }
         // Rule 3: out of 130..=65536 is HeaderSize. In range, the declared length is wrong:
         // shorter, and a field runs into the MAC; longer, and bytes lie between the metadata
         // and the MAC, or the input ends inside the header. All MalformedHeader.
         Field::HeaderLen => {
-            let mut v = [h[8], h[9], h[10], h[11]];
-            v[pos - 8] = flipped;
+            let at = layout::HEADER_LEN_AT;
+            let mut v = [h[at], h[at + 1], h[at + 2], h[at + 3]];
+            v[pos - at] = flipped;
             let v = u32::from_be_bytes(v) as u64;
             if (MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&v) {
                 Kind::MalformedHeader
@@ -903,9 +905,9 @@ fn chunks_and_headers_of_another_document_fail() {
 fn rebuild(doc: &Doc, doc_id: &[u8], slots: &[Vec<&[u8]>], count: Option<u8>) -> Vec<u8> {
     let lay = layout(&doc.sealed);
     let h = &doc.sealed;
-    let mut out = h[..12].to_vec();
+    let mut out = h[..layout::DOC_ID_AT].to_vec();
     out.extend_from_slice(doc_id);
-    out.extend_from_slice(&h[28..44]);
+    out.extend_from_slice(&h[layout::PAYLOAD_SALT_AT..layout::SLOT_COUNT_AT]);
     out.push(count.unwrap_or(slots.len() as u8));
     for slot in slots {
         out.push(slot.len() as u8);
@@ -915,8 +917,8 @@ fn rebuild(doc: &Doc, doc_id: &[u8], slots: &[Vec<&[u8]>], count: Option<u8>) ->
     }
     let (_, slots_end, _) = *lay.slots.last().unwrap();
     out.extend_from_slice(&h[slots_end..doc.hl]); // meta_len, metadata, old MAC
-    let hl = out.len() as u32;
-    out[8..12].copy_from_slice(&hl.to_be_bytes());
+    let hl = out.len();
+    layout::set_header_len(&mut out, hl);
     out.extend_from_slice(doc.payload());
     out
 }
@@ -938,7 +940,7 @@ fn stanza_bytes(doc: &Doc) -> Vec<Vec<&[u8]>> {
 }
 
 fn doc_id(doc: &Doc) -> &[u8] {
-    &doc.sealed[12..28]
+    &doc.sealed[layout::DOC_ID_AT..layout::PAYLOAD_SALT_AT]
 }
 
 #[test]
@@ -1104,7 +1106,7 @@ fn slots_removed_repeated_or_reordered_fail() {
         // The recovery slot removed without fixing header_len: bytes are left between the
         // metadata and the (shifted) MAC position.
         let mut bad = rebuild(&doc, id, std::slice::from_ref(&hr), None);
-        bad[8..12].copy_from_slice(&(doc.hl as u32).to_be_bytes());
+        layout::set_header_len(&mut bad, doc.hl);
         cases.push((
             "slot removed, header_len kept".into(),
             bad,

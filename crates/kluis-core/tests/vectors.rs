@@ -4,9 +4,9 @@
 //!
 //! Each vector is opened, for each backend in [`Backend::all`], by
 //!
-//! 1. the one-call [`open_with_backend`];
-//! 2. the streaming path: [`Header::read`] → [`Header::unlock`] → [`StreamReader::with_backend`]
-//!    → `read_to_end`;
+//! 1. the one-call [`kluis_core::fast::open`] with `FastOptions::default().backend(b)`;
+//! 2. the streaming path: [`Header::read`] → [`Header::unlock`] →
+//!    [`kluis_core::fast::stream_reader`] (same options) → `read_to_end`;
 //! 3. the streaming path again, with [`unlock_all`] and an input that hands out bytes in small,
 //!    uneven pieces.
 //!
@@ -270,7 +270,7 @@ impl Read for Trickle<'_> {
 
 type Opened = Result<(Vec<u8>, Metadata), Error>;
 
-/// Header::read → Header::unlock → StreamReader::with_backend → read_to_end.
+/// Header::read → Header::unlock → fast::stream_reader (with the backend) → read_to_end.
 fn open_streaming(sealed: &[u8], keys: &[&dyn Unwrap], backend: Backend) -> Opened {
     let mut input = sealed;
     let header = Header::read(&mut input)?;
@@ -286,7 +286,8 @@ fn open_streaming(sealed: &[u8], keys: &[&dyn Unwrap], backend: Backend) -> Open
     Ok((out, reader.metadata().clone()))
 }
 
-/// Header::read → unlock_all → StreamReader::with_backend → read_to_end, reading in pieces.
+/// Header::read → unlock_all → fast::stream_reader (with the backend) → read_to_end, reading
+/// in pieces.
 fn open_trickle(sealed: &[u8], keys: &[&dyn Unwrap], backend: Backend) -> Opened {
     let mut input = Trickle {
         data: sealed,
@@ -388,7 +389,7 @@ fn vectors_open_as_expected_with_every_api_and_backend() {
         for &backend in Backend::all() {
             let paths: [(&str, Opened); 3] = [
                 (
-                    "open_with_backend",
+                    "fast::open",
                     kluis_core::fast::open(
                         &v.sealed,
                         &keys,

@@ -12,7 +12,8 @@ use crate::report::{Outcome, Report};
 
 /// A temporary file in the folder of its final output. Removed on drop unless committed, so
 /// no failure leaves anything under the final name, and no error path leaves the temporary
-/// file behind (only a killed process can).
+/// file behind (only a killed process can, and not one without a name: see
+/// [`TempFile::for_target`]).
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -25,7 +26,8 @@ use crate::report::{Outcome, Report};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct TempFile {
-    path: PathBuf,
+    /// The temporary name; `None` while the file has none (see [`TempFile::unnamed`]).
+    path: Option<PathBuf>,
     file: Option<File>,
     /// The temporary name no longer exists (it was renamed into place).
     gone: bool,
@@ -53,7 +55,7 @@ impl TempFile {
                     // being written (see `crate::stale`).
                     crate::stale::hold(&file);
                     return Ok(TempFile {
-                        path,
+                        path: Some(path),
                         file: Some(file),
                         gone: false,
                     });
@@ -70,31 +72,78 @@ impl TempFile {
         ))
     }
 
+    /// An owner-only (0600) file without a name in `dir` (`O_TMPFILE`, Linux): nothing in
+    /// the folder shows it (no sync client can see or upload it) and a killed process leaves
+    /// nothing (the kernel frees it). It gets a name only when committed, complete and synced.
+    /// `None` where the system or file system offers no such files, or `/proc` (through which
+    /// it is linked into place) is missing.
+    #[cfg(target_os = "linux")]
+    fn unnamed(dir: &Path) -> Option<TempFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)
+            .ok()?;
+        fs::metadata(proc_fd(&file)).ok()?;
+        Some(TempFile {
+            path: None,
+            file: Some(file),
+            gone: false,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unnamed(_: &Path) -> Option<TempFile> {
+        None
+    }
+
     /// A temporary file in the folder `target` goes into (`.` for a bare file name), to become
     /// `target` on commit. `private` makes it owner-only from the start (mode 0600 on unix).
     pub fn beside(target: &Path, private: bool) -> Result<TempFile> {
         TempFile::create(&parent_of(target), private)
     }
 
-    /// Like [`TempFile::beside`], except when `target` lies inside a cloud sync folder
-    /// ([`crate::sync_folder`]) and `temp_dir` can hold its temporary file
-    /// ([`crate::private_temp_dir`]: the user's own, owner-only, on the same file system): then
-    /// the temporary file is created in `temp_dir` (after removing stale ones left there), so
-    /// no plaintext temporary file ever appears in the sync folder. Committing links or
-    /// renames it into place as usual.
+    /// The temporary file of `target`. With `private` (a plaintext output), never one with a
+    /// name inside a cloud sync folder, even one not recognised by its name: on Linux an
+    /// unnamed file in `target`'s folder (`O_TMPFILE`: invisible until the finished file is
+    /// linked into place, gone with the process if it is killed). Where there are no unnamed
+    /// files: when `target` lies inside a sync folder recognised by [`crate::sync_folder`],
+    /// a named file in `temp_dir` if it can hold it ([`crate::private_temp_dir`]: the user's
+    /// own, owner-only, on the same file system; stale ones there are removed first), else
+    /// [`Error::TempInSyncFolder`]; elsewhere, as [`TempFile::beside`]. Without `private`,
+    /// as [`TempFile::beside`].
     pub fn for_target(target: &Path, private: bool, temp_dir: Option<&Path>) -> Result<TempFile> {
         TempFile::create_for(&parent_of(target), private, temp_dir)
     }
 
-    /// [`TempFile::create`] in `dir`, or in the private folder `temp_dir` when `dir` is inside
-    /// a sync folder and `temp_dir` can be used for it (see [`TempFile::for_target`]).
+    /// [`TempFile::for_target`] for an output in `dir`.
     fn create_for(dir: &Path, private: bool, temp_dir: Option<&Path>) -> Result<TempFile> {
-        match crate::private_temp::for_output(dir, temp_dir) {
+        if !private {
+            return TempFile::create(dir, false);
+        }
+        match TempFile::unnamed(dir) {
+            Some(t) => Ok(t),
+            None => TempFile::named_private(dir, temp_dir),
+        }
+    }
+
+    /// The temporary file of a plaintext output in `dir` where unnamed files cannot be had
+    /// (see [`TempFile::for_target`]).
+    fn named_private(dir: &Path, temp_dir: Option<&Path>) -> Result<TempFile> {
+        let Some(service) = crate::sync_folder(dir) else {
+            return TempFile::create(dir, true);
+        };
+        match temp_dir.and_then(|t| crate::private_temp_dir(dir, t)) {
             Some(p) => {
                 crate::stale::sweep(&p);
-                TempFile::create(&p, private)
+                TempFile::create(&p, true)
             }
-            None => TempFile::create(dir, private),
+            None => Err(Error::TempInSyncFolder {
+                dir: dir.to_owned(),
+                service,
+            }),
         }
     }
 
@@ -122,11 +171,17 @@ impl TempFile {
     /// rename that atomically replaces it. The caller syncs the folder afterwards.
     pub(crate) fn commit(mut self, target: &Path, force: bool) -> Result<()> {
         let file = self.file.take().expect("open until commit");
-        file.sync_all()
-            .map_err(|e| Error::io(&self.path, "write", e))?;
+        file.sync_all().map_err(|e| Error::io(target, "write", e))?;
+        #[cfg(target_os = "linux")]
+        if self.path.is_none() {
+            // Unnamed: give it a name now that it is complete and synced.
+            let result = self.link_unnamed(&file, target, force);
+            drop(file);
+            return result;
+        }
         drop(file); // closed before the rename (Windows refuses to rename an open file)
         let result = if force {
-            fs::rename(&self.path, target).map(|()| self.gone = true)
+            fs::rename(self.named(), target).map(|()| self.gone = true)
         } else {
             self.link_no_clobber(target)
         };
@@ -144,26 +199,83 @@ impl TempFile {
     /// some network shares) fall back to check-then-rename, which has a small race: another
     /// program creating the target in between would be overwritten.
     fn link_no_clobber(&mut self, target: &Path) -> io::Result<()> {
-        match fs::hard_link(&self.path, target) {
+        let path = self.named().to_owned();
+        match fs::hard_link(&path, target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
             Err(_) => {
                 if fs::symlink_metadata(target).is_ok() {
                     return Err(io::ErrorKind::AlreadyExists.into());
                 }
-                fs::rename(&self.path, target)?;
+                fs::rename(&path, target)?;
                 self.gone = true;
                 Ok(())
             }
         }
     }
+
+    /// The temporary name (of a named file).
+    fn named(&self) -> &Path {
+        self.path.as_deref().expect("a named temporary file")
+    }
+
+    /// Link the unnamed `file` (open, complete, synced) into place: without `force` at
+    /// `target`, failing if anything is there; with `force` under a temporary name in its
+    /// folder first, then renamed over `target` (atomic), so only the finished file ever has
+    /// a name, for that instant.
+    #[cfg(target_os = "linux")]
+    fn link_unnamed(&mut self, file: &File, target: &Path, force: bool) -> Result<()> {
+        use rustix::fs::{AtFlags, CWD, linkat};
+        let link = |to: &Path| {
+            linkat(CWD, proc_fd(file), CWD, to, AtFlags::SYMLINK_FOLLOW).map_err(io::Error::from)
+        };
+        let moved = |e: io::Error| match e.kind() {
+            io::ErrorKind::AlreadyExists => Error::Exists {
+                path: target.to_owned(),
+            },
+            _ => Error::io(target, "move the finished file to", e),
+        };
+        if !force {
+            self.gone = true; // nothing named to remove, whatever happens
+            return link(target).map_err(moved);
+        }
+        // In the folder it was created in: the target's.
+        let dir = parent_of(target);
+        let mut last = None;
+        for _ in 0..4 {
+            let named = dir.join(format!("{TEMP_PREFIX}{}", random_name()?));
+            match link(&named) {
+                Ok(()) => {
+                    self.path = Some(named);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(moved(e)),
+            }
+        }
+        if self.path.is_none() {
+            let e = last.unwrap_or_else(|| io::ErrorKind::AlreadyExists.into());
+            return Err(Error::io(&dir, "create a temporary file in", e));
+        }
+        fs::rename(self.named(), target).map_err(moved)?;
+        self.gone = true;
+        Ok(())
+    }
+}
+
+/// The `/proc` path of an open file, through which a file without a name can be reopened or
+/// linked.
+#[cfg(target_os = "linux")]
+fn proc_fd(file: &File) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         self.file = None;
-        if !self.gone {
-            let _ = fs::remove_file(&self.path);
+        if let (false, Some(path)) = (self.gone, &self.path) {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -346,6 +458,97 @@ mod tests {
 
     fn take_synced() -> Vec<PathBuf> {
         SYNCED.with(|s| s.take())
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// On Linux a plaintext output's temporary file has no name until it is committed, with
+    /// or without `force`, and an existing output is not replaced without it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_private_temporary_file_has_no_name_until_it_is_committed() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("plain.txt");
+        let mut tmp = TempFile::for_target(&target, true, None).unwrap();
+        tmp.file_mut().write_all(b"secret").unwrap();
+        assert!(names_in(t.path()).is_empty(), "{:?}", names_in(t.path()));
+        tmp.commit_synced(&target, false).unwrap();
+        assert_eq!(names_in(t.path()), ["plain.txt"]);
+        assert_eq!(fs::read(&target).unwrap(), b"secret");
+        let mode = fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Without force an existing output stays; with it, it is replaced.
+        let mut tmp = TempFile::for_target(&target, true, None).unwrap();
+        tmp.file_mut().write_all(b"newer").unwrap();
+        let e = tmp.commit_synced(&target, false).unwrap_err();
+        assert!(matches!(e, Error::Exists { .. }), "{e:?}");
+        assert_eq!(fs::read(&target).unwrap(), b"secret");
+        let mut tmp = TempFile::for_target(&target, true, None).unwrap();
+        tmp.file_mut().write_all(b"newer").unwrap();
+        tmp.commit_synced(&target, true).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"newer");
+        assert_eq!(names_in(t.path()), ["plain.txt"]);
+
+        // Dropped without a commit: nothing at all.
+        let mut tmp = TempFile::for_target(&t.path().join("x"), true, None).unwrap();
+        tmp.file_mut().write_all(b"partial").unwrap();
+        drop(tmp);
+        assert_eq!(names_in(t.path()), ["plain.txt"]);
+    }
+
+    /// Where unnamed files cannot be had, a plaintext output in a recognised sync folder gets
+    /// its temporary file in the private folder when that can hold it, and is refused when
+    /// not; elsewhere it is written beside the output.
+    #[cfg(unix)]
+    #[test]
+    fn without_unnamed_files_a_sync_folder_output_uses_the_private_folder_or_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let sync = t.path().join("OneDrive - Org");
+        let plain = t.path().join("plain");
+        fs::create_dir_all(&sync).unwrap();
+        fs::create_dir_all(&plain).unwrap();
+        let private = t.path().join("cache/tmp");
+
+        let tmp = TempFile::named_private(&sync, Some(&private)).unwrap();
+        assert_eq!(tmp.named().parent(), Some(private.as_path()));
+        assert!(names_in(&sync).is_empty());
+        drop(tmp);
+
+        // The private folder cannot be made (a file is in the way): refused.
+        let blocked = t.path().join("blocked");
+        fs::write(&blocked, b"").unwrap();
+        for temp_dir in [None, Some(blocked.join("tmp"))] {
+            let e = TempFile::named_private(&sync, temp_dir.as_deref())
+                .err()
+                .unwrap();
+            assert!(
+                matches!(
+                    e,
+                    Error::TempInSyncFolder {
+                        service: "OneDrive",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("nothing was written"), "{e}");
+        }
+        assert!(names_in(&sync).is_empty());
+
+        // Not a sync folder: beside the output.
+        let tmp = TempFile::named_private(&plain, None).unwrap();
+        assert_eq!(tmp.named().parent(), Some(plain.as_path()));
+        assert_eq!(names_in(&plain).len(), 1);
     }
 
     #[test]

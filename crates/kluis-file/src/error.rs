@@ -51,8 +51,8 @@ pub enum Error {
         /// The link.
         path: PathBuf,
     },
-    /// A file given by name to seal is a sealed document already (`.kluis`): it was not
-    /// sealed a second time.
+    /// A file to seal is a sealed document already (its name ends in `.kluis`, in any case,
+    /// or it starts with the `KLUIS\0` magic): it was not sealed a second time.
     AlreadySealed {
         /// The sealed document.
         path: PathBuf,
@@ -113,6 +113,16 @@ pub enum Error {
     SymlinkInOutput {
         /// The symbolic link.
         path: PathBuf,
+    },
+    /// A plaintext output inside a cloud sync folder, on a system or file system without
+    /// unnamed temporary files, and no private folder on its file system to write its
+    /// temporary file in: it would have been written inside the sync folder, where the sync
+    /// client may upload it, so nothing was written.
+    TempInSyncFolder {
+        /// The folder the output goes into.
+        dir: PathBuf,
+        /// The sync service the folder belongs to (`OneDrive`, `Dropbox`, ...).
+        service: &'static str,
     },
     /// The input is not a regular file (a folder, a symbolic link, a device) where a file was
     /// needed.
@@ -241,7 +251,7 @@ impl fmt::Display for Error {
             ),
             Error::AlreadySealed { path } => write!(
                 f,
-                "{path:?} is sealed already (.kluis) and was not sealed again: to open it, use `kluis open`"
+                "{path:?} is sealed already (a .kluis document) and was not sealed again: to open it, use `kluis open`"
             ),
             Error::DotFile { sealed } => write!(
                 f,
@@ -278,6 +288,10 @@ impl fmt::Display for Error {
             Error::SymlinkInOutput { path } => write!(
                 f,
                 "{path:?} is a symbolic link on the way to the output; refusing to write through it: remove it or choose another output folder"
+            ),
+            Error::TempInSyncFolder { dir, service } => write!(
+                f,
+                "{dir:?} is inside a {service} sync folder, and its plaintext temporary file could only be written there (this file system has no unnamed temporary files, and the private folder for them is unusable or on another disk), where the sync client may upload it: nothing was written. Set KLUIS_CACHE_DIR (or cache_dir in config.toml) to a folder on the same disk outside the sync folder, or open elsewhere with -o"
             ),
             Error::NotAFile { path } => write!(
                 f,

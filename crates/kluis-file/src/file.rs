@@ -67,6 +67,19 @@ pub(crate) fn open_checked(path: &Path, expect: Option<Stamp>) -> Result<(File, 
     Ok((file, meta))
 }
 
+/// The first bytes of every sealed document (docs/FORMAT.md §3).
+const MAGIC: &[u8; 6] = b"KLUIS\0";
+
+/// Whether `file` starts like a sealed document (the `KLUIS\0` magic), whatever its name.
+/// Leaves it positioned at its start.
+pub(crate) fn starts_sealed(file: &mut File) -> io::Result<bool> {
+    use std::io::Seek;
+    let mut first = [0u8; MAGIC.len()];
+    read_full(file, &mut first)?;
+    file.rewind()?;
+    Ok(first == *MAGIC)
+}
+
 /// Open a sealed file and read its header, leaving the file positioned at the payload.
 fn open_sealed(path: &Path) -> Result<(File, Header)> {
     let (mut file, _) = open_checked(path, None)?;

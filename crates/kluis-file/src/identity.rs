@@ -4,13 +4,17 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use kluis_core::{Error, Identity, Result};
+use kluis_core::{Error, Identity};
 use zeroize::Zeroizing;
 
 /// Write a new identity file for `identity`, sealed under `passphrase`, at `path` with mode
 /// 0600 (on Unix). Never replaces an existing file (an [`Error::Io`] of kind `AlreadyExists`),
 /// and leaves nothing half-written under `path` on failure.
-pub fn write_identity_file(identity: &Identity, path: &Path, passphrase: &[u8]) -> Result<()> {
+pub fn write_identity_file(
+    identity: &Identity,
+    path: &Path,
+    passphrase: &[u8],
+) -> Result<(), Error> {
     let text = identity.to_file_string(passphrase)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -32,7 +36,7 @@ pub fn write_identity_file(identity: &Identity, path: &Path, passphrase: &[u8]) 
 
 /// Read the identity file at `path` (at most [`Identity::MAX_FILE_LEN`] bytes) and open it
 /// with `passphrase`.
-pub fn read_identity_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
+pub fn read_identity_file(path: &Path, passphrase: &[u8]) -> Result<Identity, Error> {
     let f = std::fs::File::open(path)?;
     let mut bytes = Zeroizing::new(Vec::new());
     f.take(Identity::MAX_FILE_LEN as u64 + 1)

@@ -49,7 +49,11 @@
 //! stores its relative path (`photos/2024/a.jpg`) in its sealed metadata; no folders are
 //! created on the sealed side. This scheme was chosen over a random folder per source folder
 //! because it leaks nothing about the tree's shape (depth, fan-out, which files share a
-//! folder), needs no extra state, and each document restores its own place alone. Without
+//! folder), needs no extra state, and each document restores its own place alone. An empty
+//! folder, which has no file to carry its path, is sealed as an empty document of its own
+//! whose stored name is its path ending in `/` (`photos/2025/`); opening creates the folder.
+//! (The format leaves the name to the application; kluis versions before this convention
+//! refuse such a document as "an empty path component", without writing anything.) Without
 //! an output folder each file is sealed beside itself and stores only its own name. Temporary
 //! files are named `.kluis-tmp-<random>` and carry no name either. Sizes still show; set
 //! [`SealOptions::pad`] to blur them.
@@ -75,16 +79,24 @@
 //! systems without hard links, such as FAT, fall back to check-then-rename, which has a small
 //! race.) Folders are synced afterwards. On any error the temporary file is removed by a drop
 //! guard, the input is untouched, and nothing exists under the final name. A killed process
-//! can leave a `.kluis-tmp-…` file behind (safe to delete; later runs skip it), never a
-//! partial file under the final name.
+//! can leave a `.kluis-tmp-…` file behind (safe to delete; later runs skip it, and remove it
+//! once stale), never a partial file under the final name; a plaintext output's temporary
+//! file on Linux has no name to leave (below).
 //!
-//! ## Temporary files of outputs in a sync folder
+//! ## Temporary files of plaintext outputs
 //!
-//! A plaintext output inside a cloud sync folder ([`sync_folder`]) has its temporary file
-//! written in [`OpenOptions::temp_dir`] instead (a private folder, mode 0700, created on
-//! demand), when that is the user's own and on the same file system ([`private_temp_dir`]), so
-//! no partial plaintext is ever in the sync folder, not even after `kill -9`; stale ones there
-//! are removed like those beside outputs. Otherwise it is written beside the output as above.
+//! An opened (plaintext) output's temporary file never has a name in a cloud sync folder,
+//! where the sync client could upload a partial copy. On Linux it has no name anywhere: it is
+//! created with `O_TMPFILE` in the output's folder and linked under its final name (through
+//! `/proc/self/fd`) only once complete and synced; with `force`, under a temporary name for
+//! the instant before the rename over the old output. Nothing shows it while it is written,
+//! whether or not the folder is recognised as a sync folder, and a killed process leaves
+//! nothing. Where the system or file system has no unnamed files, an output inside a sync
+//! folder recognised by [`sync_folder`] has its temporary file written in
+//! [`OpenOptions::temp_dir`] instead (a private folder, mode 0700, created on demand) when
+//! that is the user's own and on the same file system ([`private_temp_dir`]), and fails with
+//! [`Error::TempInSyncFolder`] otherwise; elsewhere it is written beside the output as above.
+//! See [`TempFile::for_target`].
 //!
 //! New output folders are synced into their parent folder as they are created. Outputs of
 //! 8 MiB and more are written in 4 MiB blocks by a background thread while the next blocks are

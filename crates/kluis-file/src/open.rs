@@ -12,7 +12,7 @@ use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
 use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{absolute, parent_of, payload_error, read_header, reopen_sealed, require_file};
-use crate::name::{EXTENSION, check_component, check_file_name, safe_relative_path};
+use crate::name::{EXTENSION, NameProblem, check_component, check_file_name, safe_relative_path};
 use crate::output::Output;
 use crate::pool;
 use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
@@ -54,6 +54,9 @@ struct Job {
     /// older one (this report) was opened to in an earlier batch of this run. The older is
     /// reported superseded only once this one is written.
     replaces: Option<usize>,
+    /// An empty folder (its stored name ends in `/` and it is empty): `output` is a folder to
+    /// create, not a file to write.
+    folder: bool,
 }
 
 /// Everything a batch needs besides its headers.
@@ -253,6 +256,14 @@ impl Run<'_> {
                 .map_err(|e| Error::format(&p.input, e))
                 .and_then(|key| self.plan(p, header, key));
             match job {
+                Ok(job) if job.folder => {
+                    let r = &mut reports[job.report];
+                    r.output = Some(job.output.clone());
+                    if let Err(e) = create_dirs(&job.root, &job.rel) {
+                        r.outcome = Outcome::Failed(e);
+                    }
+                    self.shared.emit(Event::Finished(r));
+                }
                 Ok(job) => self.claim(job, &mut jobs, reports),
                 Err(e) => {
                     reports[p.report].outcome = Outcome::Failed(e);
@@ -361,7 +372,14 @@ impl Run<'_> {
             sealed: p.input.clone(),
             problem,
         };
-        let name = if metadata.name.is_empty() {
+        // A stored name ending in `/` stands for an empty folder; its document is empty.
+        let folder_name = metadata.name.strip_suffix('/');
+        if folder_name.is_some() && metadata.size != Some(0) {
+            return Err(unsafe_name(NameProblem::EmptyComponent));
+        }
+        let name = if let Some(folder) = folder_name {
+            safe_relative_path(folder).map_err(unsafe_name)?
+        } else if metadata.name.is_empty() {
             // No stored name: the file name without `.kluis`.
             let file = p.input.file_name().unwrap_or_default();
             if !has_extension(file) {
@@ -422,6 +440,7 @@ impl Run<'_> {
             report: p.report,
             rank,
             replaces: None,
+            folder: folder_name.is_some(),
         })
     }
 }

@@ -22,7 +22,8 @@ pub struct SealOptions<'a> {
     /// Give every output a random name (`<26 random base32 characters>.kluis`) and keep the
     /// real name only in the sealed metadata. With `output_dir`, the outputs of a folder are
     /// written flat into it and each stored name is the file's relative path
-    /// (`photos/2024/report.docx`), so no folder name shows either.
+    /// (`photos/2024/report.docx`), so no folder name shows either; an empty folder is
+    /// sealed as an empty document whose stored name is its path ending in `/`.
     pub hide_names: bool,
     /// With `hide_names`: derive each hidden name from the stored name with this key
     /// instead of at random, so sealing the same path into the same folder again gives the
@@ -84,11 +85,13 @@ pub struct OpenOptions<'a> {
     /// Called as work progresses.
     pub progress: Option<Progress<'a>>,
     /// A private folder for the plaintext temporary files of outputs inside a cloud sync
-    /// folder (the CLI uses `<cache dir>/tmp`), so none is ever written, or left by a killed
-    /// run, inside the sync folder. Created on demand (mode 0700); used only when it is the
-    /// user's own and on the same file system as the output (see
-    /// [`crate::private_temp_dir`]), otherwise the temporary file is written beside its
-    /// output as elsewhere. `None`: always beside the output.
+    /// folder (the CLI uses `<cache dir>/tmp`), used only where unnamed temporary files
+    /// cannot be had (not Linux, or a file system without them; see
+    /// [`crate::TempFile::for_target`]), and only when it is the user's own and on the same
+    /// file system as the output ([`crate::private_temp_dir`]). Created on demand (mode
+    /// 0700). Without a usable one, such an output fails with
+    /// [`crate::Error::TempInSyncFolder`] rather than put a plaintext temporary file in the
+    /// sync folder.
     pub temp_dir: Option<PathBuf>,
 }
 

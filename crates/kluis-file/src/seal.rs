@@ -13,7 +13,7 @@ use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dir, sync
 use crate::error::{Error, Result};
 use crate::file::{
     Stamp, absolute, buf_len, open_checked, parent_of, payload_error, read_full, reopen_sealed,
-    require_file,
+    require_file, starts_sealed,
 };
 use crate::name::{EXTENSION, NameKey, check_component, random_name};
 use crate::open::BATCH;
@@ -35,6 +35,9 @@ struct Job {
     name: String,
     /// Index of its report.
     report: usize,
+    /// An empty folder in a flat (`--hide-names`) output: sealed as an empty document whose
+    /// stored name is its path with a `/` at the end, so opening restores the folder.
+    folder: bool,
 }
 
 /// What a sealed file leaves for verification.
@@ -160,10 +163,12 @@ fn plan(
     hide: bool,
     name_key: Option<&NameKey>,
 ) -> (Vec<Report>, Vec<Job>, u64) {
+    // The files to seal (not a `.kluis` file given by name, which is refused below: another
+    // input sealed over it is "exists", not "would replace an input").
     let inputs: HashSet<PathBuf> = listed
         .iter()
         .filter_map(|e| match e {
-            Entry::File(f) => Some(absolute(&f.path)),
+            Entry::File(f) if !sealed_by_name(f) => Some(absolute(&f.path)),
             _ => None,
         })
         .collect();
@@ -179,25 +184,37 @@ fn plan(
             bytes: 0,
             outcome: Outcome::Failed(e),
         };
-        let found = match entry {
-            // Mirrored in a non-flat output folder; nothing to seal.
-            Entry::EmptyDir(path, rel) => {
-                if let (Some(out), false) = (out_dir, hide) {
+        let (found, folder) = match entry {
+            // Mirrored in a non-flat output folder; nothing to seal. In a flat one (hidden
+            // names), sealed as an empty document that stands for the folder. In place, it
+            // stays where it is.
+            Entry::EmptyDir(path, rel) => match (out_dir, hide) {
+                (Some(out), false) => {
                     if let Err(e) = create_dirs(out, &rel) {
                         reports.push(Report {
                             output: Some(out.join(&rel)),
                             ..failed(path, e)
                         });
                     }
+                    continue;
                 }
-                continue;
-            }
-            Entry::File(f) if f.direct && f.path.file_name().is_some_and(has_extension) => {
+                (Some(_), true) => {
+                    let found = Found {
+                        path,
+                        rel_dir: rel,
+                        len: 0,
+                        direct: false,
+                    };
+                    (found, true)
+                }
+                (None, _) => continue,
+            },
+            Entry::File(f) if sealed_by_name(&f) => {
                 let path = f.path.clone();
                 reports.push(failed(f.path, Error::AlreadySealed { path }));
                 continue;
             }
-            Entry::File(f) => f,
+            Entry::File(f) => (f, false),
             Entry::Skipped(input, skip) => {
                 reports.push(Report {
                     input,
@@ -212,7 +229,7 @@ fn plan(
                 continue;
             }
         };
-        let job = match job_for(&found, out_dir, hide, name_key, reports.len()) {
+        let job = match job_for(&found, folder, out_dir, hide, name_key, reports.len()) {
             Ok(job) => job,
             Err(e) => {
                 reports.push(failed(found.path, e));
@@ -257,14 +274,21 @@ fn plan(
     (reports, jobs, bytes)
 }
 
+/// A file given by name whose name says it is sealed already (`.kluis`, in any case).
+fn sealed_by_name(f: &Found) -> bool {
+    f.direct && f.path.file_name().is_some_and(has_extension)
+}
+
 /// Where a job's file would be restored when its output is opened in place.
 fn restored_key(job: &Job) -> (PathBuf, String) {
     (absolute(&job.root.join(&job.rel_parent)), job.name.clone())
 }
 
-/// Where one file goes and what name it stores.
+/// Where one file goes and what name it stores. `folder`: `found` is an empty folder in a
+/// flat output; its stored name is its whole path below the output, ending in `/`.
 fn job_for(
     found: &Found,
+    folder: bool,
     out_dir: Option<&Path>,
     hide: bool,
     name_key: Option<&NameKey>,
@@ -272,17 +296,46 @@ fn job_for(
 ) -> Result<Job> {
     let path = &found.path;
     let not_utf8 = || Error::NameNotUtf8 { path: path.clone() };
-    let base = path
-        .file_name()
-        .ok_or_else(|| Error::NotAFile { path: path.clone() })?
-        .to_str()
-        .ok_or_else(not_utf8)?;
     let portable = |c: &str| {
         check_component(c).map_err(|problem| Error::NameNotPortable {
             path: path.clone(),
             problem,
         })
     };
+    if folder {
+        let out = out_dir.ok_or_else(|| Error::NotAFile { path: path.clone() })?;
+        let mut name = String::new();
+        for c in found.rel_dir.iter() {
+            let c = c.to_str().ok_or_else(not_utf8)?;
+            portable(c)?;
+            name.push_str(c);
+            name.push('/');
+        }
+        if name.len() > kluis_core::Metadata::MAX_NAME_LEN {
+            return Err(Error::NameNotPortable {
+                path: path.clone(),
+                problem: crate::NameProblem::TooLong,
+            });
+        }
+        let hidden = match name_key {
+            Some(k) => k.hidden_name(&name),
+            None => random_name()?,
+        };
+        return Ok(Job {
+            input: path.clone(),
+            output: out.join(format!("{hidden}.{EXTENSION}")),
+            root: out.to_path_buf(),
+            rel_parent: PathBuf::new(),
+            name,
+            report,
+            folder: true,
+        });
+    }
+    let base = path
+        .file_name()
+        .ok_or_else(|| Error::NotAFile { path: path.clone() })?
+        .to_str()
+        .ok_or_else(not_utf8)?;
     portable(base)?;
     let (root, rel_parent, name) = match out_dir {
         None => (parent_of(path), PathBuf::new(), base.to_owned()),
@@ -322,6 +375,7 @@ fn job_for(
         rel_parent,
         name,
         report,
+        folder: false,
     })
 }
 
@@ -335,7 +389,16 @@ fn seal_one(
     shared: Shared<'_>,
 ) -> Result<(u64, Option<Sealed>)> {
     shared.emit(Event::Started { input: &job.input });
+    if job.folder {
+        return seal_folder(job, slots, pad, shared).map(|()| (0, None));
+    }
     let (mut input, meta) = open_checked(&job.input, None)?;
+    // Renamed or not, a sealed document is not sealed a second time.
+    if starts_sealed(&mut input).map_err(|e| Error::io(&job.input, "read", e))? {
+        return Err(Error::AlreadySealed {
+            path: job.input.clone(),
+        });
+    }
     let tmp = start_output(
         &job.root,
         &job.rel_parent,
@@ -402,6 +465,35 @@ fn seal_one(
     tmp.commit(&job.output, shared.force)?;
     let stamp = Stamp::of(&meta);
     Ok((len, header.map(|header| Sealed { header, stamp })))
+}
+
+/// Seal the empty folder of `job` as an empty document whose stored name ends in `/`. It is
+/// not verified, and with `remove_original` the folder stays.
+fn seal_folder(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<()> {
+    let tmp = start_output(
+        &job.root,
+        &job.rel_parent,
+        &job.output,
+        shared.force,
+        false,
+        None,
+    )?;
+    let mut metadata = Metadata::with_size(0).name(job.name.clone());
+    if pad {
+        metadata = metadata
+            .padded()
+            .map_err(|e| Error::format(&job.input, e))?;
+    }
+    let out = Output::new(tmp.file(), 0).map_err(|e| Error::io(&job.output, "write", e))?;
+    let writer =
+        BlockWriter::new(out, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
+    let out = writer.finish().map_err(|e| match e {
+        kluis_core::Error::Io(e) => Error::io(&job.output, "write", e),
+        other => Error::format(&job.input, other),
+    })?;
+    out.finish()
+        .map_err(|e| Error::io(&job.output, "write", e))?;
+    tmp.commit(&job.output, shared.force)
 }
 
 /// Open each fresh sealed copy back with the verification keys (one `unlock_all` for the

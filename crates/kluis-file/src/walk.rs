@@ -134,9 +134,26 @@ pub(crate) fn walk(
     }
 }
 
-/// Whether a file name ends in `.kluis` (with something before it).
+/// Whether a file name ends in `.kluis`, in any case (`F.KLUIS`), with something before it.
 pub(crate) fn has_extension(name: &OsStr) -> bool {
     let b = name.as_encoded_bytes();
     let ext = crate::name::EXTENSION.as_bytes();
-    b.len() > ext.len() + 1 && b.ends_with(ext) && b[b.len() - ext.len() - 1] == b'.'
+    b.len() > ext.len() + 1
+        && b[b.len() - ext.len()..].eq_ignore_ascii_case(ext)
+        && b[b.len() - ext.len() - 1] == b'.'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_extension_in_any_case() {
+        for yes in ["a.kluis", "F.KLUIS", "g.Kluis", "x.y.kLuIs"] {
+            assert!(has_extension(OsStr::new(yes)), "{yes}");
+        }
+        for no in [".kluis", "kluis", "a.kluis.txt", "akluis", "a.kluiss"] {
+            assert!(!has_extension(OsStr::new(no)), "{no}");
+        }
+    }
 }

@@ -158,3 +158,71 @@ fn a_document_given_alone_restores_a_plain_name() {
         [std::path::PathBuf::from(".profile")]
     );
 }
+
+/// A document whose stored name ends in `/` stands for an empty folder (what `hide_names`
+/// seals an empty folder as): an empty one creates the folder, below the output folder only;
+/// one with content, or whose folder name breaks a rule, is refused and writes nothing.
+#[test]
+fn folder_documents_create_only_empty_folders_inside_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = LabelKey::generate("hr", 1).unwrap();
+    let sealed = dir.path().join("sealed");
+    fs::create_dir(&sealed).unwrap();
+    let put = |file: &str, name: &str, text: &[u8]| {
+        let d = kluis_core::seal(
+            &[label_slot(&hr)],
+            &Metadata::with_size(text.len() as u64).name(name),
+            text,
+        )
+        .unwrap();
+        fs::write(sealed.join(file), d).unwrap();
+    };
+    put("a.kluis", "x/empty/", b"");
+    put("b.kluis", "y/not-empty/", b"content");
+    put("c.kluis", "../escape/", b"");
+    put("d.kluis", "/", b"");
+    let mut options = OpenOptions::default();
+    options.output_dir = Some(dir.path().join("out"));
+    let reports = open_paths(&[&sealed], &[&hr], &options).unwrap();
+    let outcome = |file: &str| {
+        &reports
+            .iter()
+            .find(|r| r.input.ends_with(file))
+            .unwrap()
+            .outcome
+    };
+    assert!(matches!(outcome("a.kluis"), Outcome::Done));
+    assert!(dir.path().join("out/x/empty").is_dir());
+    for (file, problem) in [
+        ("b.kluis", NameProblem::EmptyComponent),
+        ("c.kluis", NameProblem::DotComponent),
+        ("d.kluis", NameProblem::Empty),
+    ] {
+        assert!(
+            matches!(outcome(file), Outcome::Failed(Error::UnsafeName { problem: p, .. }) if *p == problem),
+            "{file}: {:?}",
+            outcome(file)
+        );
+    }
+    assert!(!dir.path().join("out/y").exists());
+    assert!(!dir.path().join("escape").exists());
+    let mut listed: Vec<_> = walkdir(&dir.path().join("out"));
+    listed.sort();
+    assert_eq!(listed, ["x", "x/empty"]);
+}
+
+/// Every path below `root`, relative, folders included.
+fn walkdir(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}

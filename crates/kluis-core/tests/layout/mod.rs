@@ -3,6 +3,16 @@
 //! (`examples/gen_vectors.rs`), which both do byte surgery on well-formed headers.
 #![allow(dead_code)]
 
+/// Offset of the 6-byte magic (`KLUIS\0`).
+pub const MAGIC_AT: usize = 0;
+/// Offset of the BE16 format version.
+pub const VERSION_AT: usize = 6;
+/// Offset of the BE32 header length.
+pub const HEADER_LEN_AT: usize = 8;
+/// Offset of the 16-byte doc_id.
+pub const DOC_ID_AT: usize = 12;
+/// Offset of the 16-byte payload salt.
+pub const PAYLOAD_SALT_AT: usize = 28;
 /// Offset of the slot-count byte: after magic (6), version (2), header length (4), doc_id (16)
 /// and payload salt (16).
 pub const SLOT_COUNT_AT: usize = 44;
@@ -78,12 +88,12 @@ pub struct Layout {
 
 /// The header length a header declares (bytes 8..12).
 pub fn header_len(b: &[u8]) -> usize {
-    u32::from_be_bytes(b[8..12].try_into().unwrap()) as usize
+    u32::from_be_bytes(b[HEADER_LEN_AT..DOC_ID_AT].try_into().unwrap()) as usize
 }
 
 /// Declare `len` as the header length.
 pub fn set_header_len(b: &mut [u8], len: usize) {
-    b[8..12].copy_from_slice(&(len as u32).to_be_bytes());
+    b[HEADER_LEN_AT..DOC_ID_AT].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
 /// Walk a well-formed header.
