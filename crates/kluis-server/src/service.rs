@@ -620,6 +620,13 @@ impl<S: Store> KeyService<S> {
 
     /// Append audit events durably, all in one transaction (group commit).
     pub fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
+        // Test support only (never in a build that serves): a thread that appends records
+        // dies, so that a test can see a real server process exit when its audit writer
+        // thread dies. Nothing else in the writer can panic on purpose.
+        #[cfg(feature = "test-support")]
+        if !entries.is_empty() && std::env::var_os("KLUIS_TEST_AUDIT_APPEND_PANICS").is_some() {
+            panic!("KLUIS_TEST_AUDIT_APPEND_PANICS is set (test support)");
+        }
         self.write(|keyring, tx| keyring.append_audit(tx, entries))
     }
 
