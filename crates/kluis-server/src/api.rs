@@ -385,10 +385,23 @@ async fn readyz<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
         tokio::time::timeout(std::time::Duration::from_secs(3), probe).await,
         Ok(Ok(true))
     );
-    if store_ok && api.writer.is_running() {
-        "ready\n".into_response()
+    let unavailable = |code, message: &str| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response()
+    };
+    if !store_ok {
+        unavailable(
+            "store_unavailable",
+            "the key server cannot read its store, so it cannot serve unwraps",
+        )
+    } else if !api.writer.is_running() || api.writer.is_failing() {
+        // Readers still work, but every unwrap would be refused: a load balancer must not
+        // send traffic here (issue 14: "never lies").
+        unavailable(
+            "audit_unavailable",
+            "the key server cannot write its audit trail, so it releases no keys",
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+        "ready\n".into_response()
     }
 }
 

@@ -175,6 +175,12 @@ impl Metrics {
                 "Audit transactions that failed; their requests were refused.",
                 load(&s.failures),
             ),
+            (
+                "kluis_audit_failing",
+                "gauge",
+                "1 while the audit trail cannot be written (the last transaction failed), else 0.",
+                usize::from(writer.is_failing()),
+            ),
         ] {
             let _ = writeln!(
                 w,

@@ -958,3 +958,67 @@ fn a_dead_audit_writer_makes_serve_exit_non_zero() {
     );
     admin(server.dir.path(), &["audit", "verify"]);
 }
+
+/// `/readyz` (status and JSON `code`) and `/metrics` of `server`.
+fn readiness(server: &Server) -> (u16, String) {
+    let (status, body) = get(&format!("{}/readyz", server.base), None);
+    let code = serde_json::from_str::<Value>(&body)
+        .map(|v| v["code"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or(body);
+    (status, code)
+}
+
+/// Audit gap 2 (issue 14, "never lies"): while audit commits failed (the store locked by
+/// another process), `/readyz` said ready, so a load balancer kept sending unwraps that were
+/// all refused. Now it answers 503 `audit_unavailable` from the failed commit on, and 200
+/// again within seconds of the store accepting writes, without any further unwrap (the idle
+/// writer probes).
+#[test]
+fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_traffic() {
+    let (dir, token) = store(&[]);
+    let mut server = serve_to(dir, &LOOPBACK, Stdio::piped());
+    let _stderr = drain_stderr(&mut server.child);
+    let unwrap_url = format!("{}/v1/unwrap", server.base);
+    let v = label_key(&server, "hr");
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(readiness(&server).0, 200);
+
+    // Another process holds the write lock for 7 s, longer than the 5 s busy timeout.
+    let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked = Instant::now();
+    let (status, body, _) = post(&unwrap_url, Some(&token), &unwrap_body(&v));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "audit_unavailable", "{body}");
+    assert!(
+        locked.elapsed() < Duration::from_secs(7),
+        "the lock is gone"
+    );
+    assert_eq!(
+        readiness(&server),
+        (503, "audit_unavailable".to_owned()),
+        "/readyz while audit commits fail"
+    );
+    let (_, metrics) = get(&format!("{}/metrics", server.base), None);
+    assert!(metrics.contains("\nkluis_audit_failing 1\n"), "{metrics}");
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(locked.elapsed()));
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let released = Instant::now();
+
+    // No request but the probes: ready again within a few seconds.
+    assert!(
+        eventually(Duration::from_secs(5), || readiness(&server).0 == 200),
+        "/readyz still says {:?} {:?} after the store was released",
+        readiness(&server),
+        released.elapsed()
+    );
+    eprintln!(
+        "ready again {:?} after the store was released",
+        released.elapsed()
+    );
+    let (_, metrics) = get(&format!("{}/metrics", server.base), None);
+    assert!(metrics.contains("\nkluis_audit_failing 0\n"), "{metrics}");
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    admin(server.dir.path(), &["audit", "verify"]);
+}

@@ -4,15 +4,18 @@
 //!
 //! A request's records are durable when [`AuditWriter::commit`] returns its [`Committed`]
 //! receipt; only that receipt releases the request's shares. If the commit fails (disk full,
-//! I/O error), every request in the group gets the error and releases nothing. The writer
-//! works with any [`Store`].
+//! I/O error), every request in the group gets the error and releases nothing, and the writer
+//! counts as failing ([`AuditWriter::is_failing`], which `/readyz` reports) until a commit
+//! succeeds again: while no request comes, it tries an empty append every
+//! [`PROBE_EVERY`], so that readiness recovers without traffic. The writer works with any
+//! [`Store`].
 //!
 //! Under load the writer waits up to [`COMMIT_DELAY`] for requests that are already being
 //! worked on ([`AuditWriter::arriving`]) to join the group, like PostgreSQL's
 //! `commit_delay`: fewer, larger commits cost less CPU per record (an fsync costs far more
 //! than the records it carries). A lone request never waits: nothing else is arriving.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +34,9 @@ use crate::store::Store;
 const MAX_GROUP: usize = 8192;
 /// The longest the writer waits for arriving requests before it commits a group.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// While failing and idle, how often the writer tries an empty append (it rewrites the
+/// chain's head, unchanged: a real write, no record).
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 struct Job {
     entries: Vec<AuditEntry>,
@@ -80,6 +86,8 @@ pub struct WriterStats {
     pub records: AtomicUsize,
     /// Transactions that failed (their requests were refused).
     pub failures: AtomicUsize,
+    /// Whether the last transaction (a commit or an idle probe) failed.
+    pub failing: AtomicBool,
 }
 
 /// A request on its way to [`AuditWriter::commit`]; counted until it gets there or gives up
@@ -123,6 +131,34 @@ impl DkeCommitted {
     }
 }
 
+/// The next job; while the writer is failing, an empty append every [`PROBE_EVERY`] in which
+/// none comes. `None` once the queue is closed (shutdown).
+fn next_job<S: Store>(
+    rx: &mpsc::Receiver<Job>,
+    st: &WriterStats,
+    store: &mut KeyService<S>,
+) -> Option<Job> {
+    loop {
+        if !st.failing.load(Ordering::Relaxed) {
+            return rx.recv().ok();
+        }
+        match rx.recv_timeout(PROBE_EVERY) {
+            Ok(job) => return Some(job),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                recovered(st, store.append_audit(&[]).is_ok());
+            }
+        }
+    }
+}
+
+/// Note the outcome of a transaction; say so when the trail can be written again.
+fn recovered(st: &WriterStats, ok: bool) {
+    if st.failing.swap(!ok, Ordering::Relaxed) && ok {
+        crate::log!("the audit trail can be written again; unwraps are served");
+    }
+}
+
 impl AuditWriter {
     /// Start the writer thread on its own connection.
     pub fn start<S: Store>(mut store: KeyService<S>) -> std::io::Result<Self> {
@@ -134,7 +170,7 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("kluis-audit".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
+                while let Some(first) = next_job(&rx, &st, &mut store) {
                     let mut jobs = gather(&rx, first, &coming, COMMIT_DELAY);
                     let n = jobs.iter().map(|j| j.entries.len()).sum();
                     let mut all = Vec::with_capacity(n);
@@ -143,6 +179,7 @@ impl AuditWriter {
                     }
                     let result = store.append_audit(&all);
                     d.fetch_sub(jobs.len(), Ordering::Relaxed);
+                    recovered(&st, result.is_ok());
                     match &result {
                         Ok(()) => {
                             st.commits.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +278,12 @@ impl AuditWriter {
     /// The writer's counters.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// Whether the audit trail cannot be written now: the last transaction failed (and no
+    /// commit or probe has succeeded since).
+    pub fn is_failing(&self) -> bool {
+        self.stats.failing.load(Ordering::Relaxed)
     }
 
     /// Whether the writer thread is still running.
