@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::error::ServerError;
 use crate::limit::RateLimiter;
-use crate::metrics::{Metrics, route_name};
+use crate::metrics::{Metrics, SchedulerHealth, route_name};
 use crate::service::KeyService;
 use crate::service::auth::{AuthError, Caller};
 use crate::service::unwrap::{Admitted, Pending, Purpose, Refusal, UnwrapRequest as Unwrap};
@@ -110,6 +110,7 @@ pub struct Api<S> {
     writer: AuditWriter,
     config: ApiConfig,
     metrics: Metrics,
+    scheduler: Arc<SchedulerHealth>,
     limiter: RateLimiter,
     oidc: Option<Arc<dyn TokenVerifier>>,
     /// Microsoft Double Key Encryption, when configured (`[dke]`).
@@ -144,6 +145,7 @@ impl<S: Store> Api<S> {
             writer: AuditWriter::start(store)?,
             limiter: RateLimiter::new(config.rate_per_sec, config.rate_burst),
             metrics: Metrics::default(),
+            scheduler: Arc::default(),
             config,
             oidc,
             dke,
@@ -179,6 +181,11 @@ impl<S: Store> Api<S> {
             .layer(DefaultBodyLimit::max(self.config.max_body))
             .layer(middleware::from_fn_with_state(self.clone(), track::<S>))
             .with_state(self.clone())
+    }
+
+    /// Where the serving scheduler reports its health, shown in `/metrics`.
+    pub fn scheduler_health(&self) -> Arc<SchedulerHealth> {
+        self.scheduler.clone()
     }
 
     /// Whether the audit writer thread is running; the server must not go on without it.
@@ -406,7 +413,10 @@ async fn readyz<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
 }
 
 async fn metrics<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
-    let mut r = api.metrics.render(&api.writer).into_response();
+    let mut r = api
+        .metrics
+        .render(&api.writer, &api.scheduler)
+        .into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

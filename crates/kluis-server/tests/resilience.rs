@@ -431,8 +431,17 @@ fn a_destroy_while_another_process_reads_fails_loudly_and_the_scheduler_scrubs_l
     // Destroyed in the store, at once: version 1 no longer opens.
     let show: Value = serde_json::from_str(&admin(&d, &["label", "show", "hr"])).unwrap();
     assert_eq!(show["versions"][0]["state"], "destroyed");
-    // The old copy is still in the files while the reader holds it (what the message says).
+    // The old copy is still in the files while the reader holds it (what the message says),
+    // and `/metrics` says a scrub is pending.
     assert!(contains(&store_bytes(&d), &sealed));
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &server,
+            "kluis_scrub_pending"
+        ) == Some(1.0)),
+        "kluis_scrub_pending is {:?} while a reader holds an old copy",
+        metric(&server, "kluis_scrub_pending")
+    );
 
     reader.execute_batch("COMMIT").unwrap();
     drop(reader);
@@ -455,6 +464,14 @@ fn a_destroy_while_another_process_reads_fails_loudly_and_the_scheduler_scrubs_l
             == 0
     }));
     drop(conn);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &server,
+            "kluis_scrub_pending"
+        ) == Some(0.0)),
+        "kluis_scrub_pending stays {:?} after the scrub",
+        metric(&server, "kluis_scrub_pending")
+    );
     assert!(still_running(&mut server.child));
     admin(&d, &["audit", "verify"]);
     drop(server);
@@ -1021,4 +1038,77 @@ fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_tr
     assert!(metrics.contains("\nkluis_audit_failing 0\n"), "{metrics}");
     assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
     admin(server.dir.path(), &["audit", "verify"]);
+}
+
+/// The value of the `/metrics` line starting with `series` (a name, with its labels if any).
+fn metric(server: &Server, series: &str) -> Option<f64> {
+    let (_, text) = get(&format!("{}/metrics", server.base), None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Audit gap 6 (issue 14): scheduler failures showed only in the journal, so "retention is not
+/// being enforced" could not be alerted on from `/metrics`. Now failed runs are counted and
+/// the time of the last successful run is exported: across a store locked by another process
+/// for 7 s the failure counter rises and the last success stands still, then moves again.
+#[test]
+fn scheduler_failures_and_its_last_success_show_in_metrics_across_a_locked_store() {
+    let (dir, _) = store(&["--rotate-every", "1s"]);
+    let mut server = serve_to(
+        dir,
+        &[
+            LOOPBACK[0],
+            LOOPBACK[1],
+            LOOPBACK[2],
+            "--schedule-interval",
+            "1",
+        ],
+        Stdio::piped(),
+    );
+    let _stderr = drain_stderr(&mut server.child);
+    const OK: &str = "kluis_scheduler_runs_total{outcome=\"ok\"}";
+    const FAILED: &str = "kluis_scheduler_runs_total{outcome=\"failed\"}";
+    const LAST: &str = "kluis_scheduler_last_success_timestamp_seconds";
+    assert!(
+        eventually(Duration::from_secs(10), || metric(&server, OK)
+            .is_some_and(|n| n >= 1.0)),
+        "no successful scheduler run counted: {:?}",
+        metric(&server, OK)
+    );
+    assert!(metric(&server, LAST).is_some_and(|t| t > now_secs() - 10.0));
+    let failed_before = metric(&server, FAILED).unwrap();
+
+    // Another process holds the write lock for 7 s: every run (a rotation is due each second)
+    // fails after the 5 s busy timeout.
+    let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked_at = now_secs();
+    std::thread::sleep(Duration::from_millis(6900));
+    let failed_during = metric(&server, FAILED).unwrap();
+    let last_during = metric(&server, LAST).unwrap();
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let released_at = now_secs();
+    assert!(
+        failed_during > failed_before,
+        "no failed run counted during the lock ({failed_before} before, {failed_during} during)"
+    );
+    assert!(
+        last_during < locked_at + 0.5,
+        "the last success ({last_during}) is after the store was locked ({locked_at})"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || metric(&server, LAST)
+            .is_some_and(|t| t > released_at)),
+        "no successful run since the store was released: last success {:?}",
+        metric(&server, LAST)
+    );
+    assert!(still_running(&mut server.child));
 }
