@@ -1049,6 +1049,22 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
             .map_or(defaults.request_timeout, Duration::from_secs),
         max_body: f.max_body_bytes.unwrap_or(defaults.max_body),
         readers: defaults.readers,
+        ..defaults
+    };
+    // Unless set, the share fits in the budget set, and both grow with a larger body cap:
+    // one body must always fit.
+    let per_identity = f.max_body_bytes_in_flight_per_identity.unwrap_or_else(|| {
+        let share = config.body_budget_per_identity;
+        f.max_body_bytes_in_flight
+            .map_or(share, |all| all.min(share))
+            .max(config.max_body)
+    });
+    let config = ApiConfig {
+        body_budget: f
+            .max_body_bytes_in_flight
+            .unwrap_or(config.body_budget.max(per_identity)),
+        body_budget_per_identity: per_identity,
+        ..config
     };
     let limits = ListenLimits {
         header_timeout: f
@@ -1238,6 +1254,15 @@ fn check_limits(api: &ApiConfig, listen: &ListenLimits, interval: Duration) -> R
     }
     if !(1024..=64 * 1024 * 1024).contains(&api.max_body) {
         return bad("max_body_bytes", "1 KiB to 64 MiB");
+    }
+    if !(64 << 10..=64 << 30).contains(&(api.body_budget as u64)) {
+        return bad("max_body_bytes_in_flight", "64 KiB to 64 GiB");
+    }
+    if !(api.max_body.max(64 * 1024)..=api.body_budget).contains(&api.body_budget_per_identity) {
+        return bad(
+            "max_body_bytes_in_flight_per_identity",
+            "at least max_body_bytes (and 64 KiB) and at most max_body_bytes_in_flight",
+        );
     }
     if !(1..=86_400 * 30).contains(&api.record_max_age) {
         return bad("record_max_age_secs", "1 s to 30 days");

@@ -107,7 +107,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, writer: &AuditWriter, scheduler: &SchedulerHealth) -> String {
+    /// `body_bytes` is what request bodies hold in memory now.
+    pub fn render(
+        &self,
+        writer: &AuditWriter,
+        scheduler: &SchedulerHealth,
+        body_bytes: usize,
+    ) -> String {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         let w = &mut out;
@@ -198,6 +204,12 @@ impl Metrics {
                 "gauge",
                 "1 while the audit trail cannot be written (the last transaction failed), else 0.",
                 usize::from(writer.is_failing()),
+            ),
+            (
+                "kluis_body_bytes_in_flight",
+                "gauge",
+                "Bytes that request bodies hold in memory now (within max_body_bytes_in_flight).",
+                body_bytes,
             ),
             (
                 "kluis_scrub_pending",
