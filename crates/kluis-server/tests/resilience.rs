@@ -51,8 +51,19 @@ fn store(extra: &[&str]) -> (tempfile::TempDir, String) {
 
 /// Start `serve` with `args` and standard error going to `stderr`; wait for its address.
 fn serve_to(dir: tempfile::TempDir, args: &[&str], stderr: Stdio) -> Server {
+    serve_to_env(dir, args, stderr, &[])
+}
+
+/// [`serve_to`] with extra environment variables.
+fn serve_to_env(
+    dir: tempfile::TempDir,
+    args: &[&str],
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> Server {
     let mut child = bin()
         .current_dir(dir.path())
+        .envs(env.iter().copied())
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
@@ -258,9 +269,11 @@ fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
 /// A panic in the scheduled work is caught and the next tick runs again; but the default
 /// panic hook writes its message to standard error directly, and with a standard error that
 /// takes nothing it blocked the panicking scheduler thread for ever: the scheduler stopped,
-/// unnoticed (its task alive). The panic here comes from a tampered store (a version number
-/// at the top of its range, which the debug build's overflow check turns into a panic when
-/// label `z` is rotated); label `a` comes first at every tick and must keep rotating.
+/// unnoticed (its task alive). The panic here comes from the test-support fault switch at
+/// label `z` (it came from a debug-build overflow check on a tampered version number until
+/// rotating past the highest version became a clear refusal; then this test saw no panic);
+/// label `a` comes first at every tick and must keep rotating.
+#[cfg(feature = "test-support")]
 #[test]
 fn a_panic_in_the_scheduler_with_a_standard_error_that_takes_nothing_does_not_stop_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,16 +293,8 @@ fn a_panic_in_the_scheduler_with_a_standard_error_that_takes_nothing_does_not_st
             ],
         );
     }
-    {
-        let conn = rusqlite::Connection::open(d.join(DB)).unwrap();
-        conn.execute(
-            "UPDATE key_versions SET kid = 4294967295 WHERE label = 'z'",
-            [],
-        )
-        .unwrap();
-    }
     let pipe = full_pipe(d);
-    let mut server = serve_to(
+    let mut server = serve_to_env(
         dir,
         &[
             LOOPBACK[0],
@@ -299,6 +304,7 @@ fn a_panic_in_the_scheduler_with_a_standard_error_that_takes_nothing_does_not_st
             "1",
         ],
         Stdio::from(pipe),
+        &[("KLUIS_TEST_SCHEDULE_PANICS_ON", "z")],
     );
     let kid = label_key(&server, "a").kid();
     assert!(
@@ -308,6 +314,13 @@ fn a_panic_in_the_scheduler_with_a_standard_error_that_takes_nothing_does_not_st
         label_key(&server, "a").kid()
     );
     assert!(still_running(&mut server.child), "the server exited");
+    // The work did panic (each counted as a failed run), and `z` was never rotated.
+    assert!(
+        metric(&server, "kluis_scheduler_runs_total{outcome=\"failed\"}").is_some_and(|n| n >= 4.0),
+        "{:?}",
+        metric(&server, "kluis_scheduler_runs_total{outcome=\"failed\"}")
+    );
+    assert_eq!(label_key(&server, "z").kid(), 1);
 }
 
 /// A log on a full disk: with standard output and standard error both unwritable
