@@ -1033,7 +1033,7 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
 /// bound but the connection cap: one token, 1000 connections each holding an unfinished
 /// 1 MB unwrap body, took about 1 GiB (900 MiB kept after they closed). Now bodies are held
 /// only within the server's body budget (default 16 MiB), one identity within its share
-/// (default 4 MiB): the rest are refused (`429 identity_busy`) and their bodies not read,
+/// (default 4 MiB): the rest are refused (`429 identity_busy`) and their bodies not kept,
 /// while another identity's unwrap is served within 1 s; with the documented allocator
 /// setting, the memory goes back once they close.
 #[cfg(target_os = "linux")]
