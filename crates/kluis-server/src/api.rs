@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,9 +28,10 @@ use kluis_core::{DocId, Stanza};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::body_budget::{BodyBudget, Exhausted, Taken};
 use crate::error::ServerError;
 use crate::limit::RateLimiter;
-use crate::metrics::{Metrics, route_name};
+use crate::metrics::{Metrics, SchedulerHealth, route_name};
 use crate::service::KeyService;
 use crate::service::auth::{AuthError, Caller};
 use crate::service::unwrap::{Admitted, Pending, Purpose, Refusal, UnwrapRequest as Unwrap};
@@ -56,6 +57,11 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Request bodies larger than this are refused with 413.
     pub max_body: usize,
+    /// Bytes all request bodies may hold in memory at once (beyond: 503 `server_busy`).
+    pub body_budget: usize,
+    /// Bytes the request bodies of one identity may hold at once (beyond: 429
+    /// `identity_busy`); at least `max_body`.
+    pub body_budget_per_identity: usize,
     /// Read connections to the store (the audit writer has its own).
     pub readers: usize,
 }
@@ -69,6 +75,8 @@ impl Default for ApiConfig {
             rate_burst: 5000.0,
             request_timeout: Duration::from_secs(30),
             max_body: 1024 * 1024,
+            body_budget: 16 * 1024 * 1024,
+            body_budget_per_identity: 4 * 1024 * 1024,
             readers: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
         }
     }
@@ -112,7 +120,10 @@ pub struct Api<S> {
     writer: AuditWriter,
     config: ApiConfig,
     metrics: Metrics,
+    scheduler: Arc<SchedulerHealth>,
     limiter: RateLimiter,
+    /// Request-body bytes in memory, in all and per identity.
+    bodies: Arc<BodyBudget>,
     oidc: Option<Arc<dyn TokenVerifier>>,
     /// Microsoft Double Key Encryption, when configured (`[dke]`).
     dke: Option<crate::dke::DkeSettings>,
@@ -145,7 +156,9 @@ impl<S: Store> Api<S> {
             },
             writer: AuditWriter::start(store)?,
             limiter: RateLimiter::new(config.rate_per_sec, config.rate_burst),
+            bodies: BodyBudget::new(config.body_budget, config.body_budget_per_identity),
             metrics: Metrics::default(),
+            scheduler: Arc::default(),
             config,
             oidc,
             dke,
@@ -181,6 +194,11 @@ impl<S: Store> Api<S> {
             .layer(DefaultBodyLimit::max(self.config.max_body))
             .layer(middleware::from_fn_with_state(self.clone(), track::<S>))
             .with_state(self.clone())
+    }
+
+    /// Where the serving scheduler reports its health, shown in `/metrics`.
+    pub fn scheduler_health(&self) -> Arc<SchedulerHealth> {
+        self.scheduler.clone()
     }
 
     /// Whether the audit writer thread is running; the server must not go on without it.
@@ -249,6 +267,11 @@ impl ApiError {
     fn retry_after(mut self, wait: Duration) -> Self {
         self.retry_after = Some(wait);
         self
+    }
+
+    /// A refusal for want of room in the body budget (429 `identity_busy`, 503 `server_busy`).
+    fn is_busy(&self) -> bool {
+        matches!(self.code, "identity_busy" | "server_busy")
     }
 
     fn bad(message: impl Into<String>) -> Self {
@@ -387,15 +410,31 @@ async fn readyz<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
         tokio::time::timeout(std::time::Duration::from_secs(3), probe).await,
         Ok(Ok(true))
     );
-    if store_ok && api.writer.is_running() {
-        "ready\n".into_response()
+    let unavailable = |code, message: &str| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response()
+    };
+    if !store_ok {
+        unavailable(
+            "store_unavailable",
+            "the key server cannot read its store, so it cannot serve unwraps",
+        )
+    } else if !api.writer.is_running() || api.writer.is_failing() {
+        // Readers still work, but every unwrap would be refused: a load balancer must not
+        // send traffic here (issue 14: "never lies").
+        unavailable(
+            "audit_unavailable",
+            "the key server cannot write its audit trail, so it releases no keys",
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+        "ready\n".into_response()
     }
 }
 
 async fn metrics<S: Store>(State(api): State<Arc<Api<S>>>) -> Response {
-    let mut r = api.metrics.render(&api.writer).into_response();
+    let mut r = api
+        .metrics
+        .render(&api.writer, &api.scheduler, api.bodies.held())
+        .into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -655,7 +694,10 @@ async fn unwrap_common<S: Store>(
     let identified = caller(&api, token).await?;
     let mut observed = api.writer.observe();
     let mut caller = authenticate_first(&api, identified.clone()).await?;
-    let body = Bytes::from_request(req, &()).await.map_err(body_error);
+    // Held until the answer is made: the parsed request and the answer take about as much
+    // memory again as the body.
+    let (body, _held) = read_body(&api, caller.user(), req, api.config.max_body).await?;
+    let body = Ok(Bytes::from(body));
     let mut charged = None;
     for decision in 1..=DECISIONS {
         let arriving = api.writer.arriving();
@@ -770,16 +812,82 @@ async fn authenticate_first<S: Store>(
     blocking(api, move |_, store| Ok(caller.authenticated(store)?)).await
 }
 
-/// A body the server could not read: too large (413) or cut off (400).
-fn body_error(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+/// How long a request waits for body bytes that other requests hold before it is refused.
+const BODY_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Read the body of an authenticated request of `who` into memory, at most `max` bytes, each
+/// allocation taken from the server's body budget first: bodies in memory stay within the
+/// budget whatever clients do, and one identity holds at most its share. When the bytes are
+/// not free within [`BODY_PATIENCE`], the request is refused (429 `identity_busy` when its
+/// own identity holds its share, 503 `server_busy` otherwise), with `Retry-After`. A body
+/// over `max` is 413 (at once when its `Content-Length` says so), one cut off 400.
+async fn read_body<S>(
+    api: &Api<S>,
+    who: &str,
+    req: Request,
+    max: usize,
+) -> Result<(Vec<u8>, Taken), ApiError> {
+    use hyper::body::Body as _;
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "the request body is too large; send fewer items per batch",
         )
-    } else {
-        ApiError::bad("the request body could not be read")
+    };
+    let mut body = req.into_body();
+    let declared = body.size_hint().exact();
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut taken = api.bodies.start(who);
+    let mut out = Vec::new();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|_| ApiError::bad("the request body could not be read"))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let need = out.len() + data.len();
+        if need > max {
+            return Err(too_large());
+        }
+        if need > out.capacity() {
+            // The declared length at once; without one, doubling, up to `max`.
+            let want = match declared {
+                Some(n) => usize::try_from(n).unwrap_or(max).max(need),
+                None => need.max(out.capacity() * 2).max(8 * 1024).min(max),
+            };
+            let more = want - out.capacity();
+            taken
+                .grow(more, BODY_PATIENCE)
+                .await
+                .map_err(budget_refusal)?;
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok((out, taken))
+}
+
+/// The refusal of a request whose body finds no room in the body budget.
+fn budget_refusal(e: Exhausted) -> ApiError {
+    let wait = Duration::from_secs(1);
+    match e {
+        Exhausted::Identity => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "identity_busy",
+            "this identity has too many request bodies in flight; let its other requests \
+             finish first",
+        )
+        .retry_after(wait),
+        Exhausted::Server => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "the key server is reading too many request bodies at once; try again shortly",
+        )
+        .retry_after(wait),
     }
 }
 

@@ -92,6 +92,10 @@ pub struct ServeConfig {
     pub max_header_bytes: Option<usize>,
     /// Largest request body, in bytes.
     pub max_body_bytes: Option<usize>,
+    /// Bytes all request bodies may hold in memory at once.
+    pub max_body_bytes_in_flight: Option<usize>,
+    /// Bytes the request bodies of one identity may hold in memory at once.
+    pub max_body_bytes_in_flight_per_identity: Option<usize>,
     /// How often scheduled rotation and retention run, in seconds.
     pub schedule_interval_secs: Option<u64>,
 }

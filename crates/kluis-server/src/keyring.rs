@@ -260,7 +260,14 @@ impl Keyring {
     pub fn append_audit(&self, tx: &mut dyn StoreTx, entries: &[AuditEntry]) -> Result<()> {
         let (mut seq, mut prev) = tx.audit_tail()?.unwrap_or((0, GENESIS.to_vec()));
         for e in entries {
-            seq += 1;
+            // A sequence number at the end of its range comes only from an edited store: a
+            // clear refusal (nothing released), not an overflow (a panic that killed the
+            // audit writer in a debug build, a wrapped, negative number in a release build).
+            seq = seq.checked_add(1).ok_or(ServerError::AuditBroken {
+                seq,
+                what: "its sequence number is at the end of its range, which only an edit of \
+                       the store makes",
+            })?;
             let e = audit::storable(e);
             let mac = audit::chain_mac(&self.audit.key, &prev, seq, &e);
             tx.insert_audit(seq, &e, &mac)?;

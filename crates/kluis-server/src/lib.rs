@@ -16,6 +16,7 @@
 pub mod anchor;
 pub mod api;
 pub mod audit;
+mod body_budget;
 pub mod config;
 pub mod dke;
 mod error;

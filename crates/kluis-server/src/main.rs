@@ -1049,6 +1049,22 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
             .map_or(defaults.request_timeout, Duration::from_secs),
         max_body: f.max_body_bytes.unwrap_or(defaults.max_body),
         readers: defaults.readers,
+        ..defaults
+    };
+    // Unless set, the share fits in the budget set, and both grow with a larger body cap:
+    // one body must always fit.
+    let per_identity = f.max_body_bytes_in_flight_per_identity.unwrap_or_else(|| {
+        let share = config.body_budget_per_identity;
+        f.max_body_bytes_in_flight
+            .map_or(share, |all| all.min(share))
+            .max(config.max_body)
+    });
+    let config = ApiConfig {
+        body_budget: f
+            .max_body_bytes_in_flight
+            .unwrap_or(config.body_budget.max(per_identity)),
+        body_budget_per_identity: per_identity,
+        ..config
     };
     let limits = ListenLimits {
         header_timeout: f
@@ -1104,7 +1120,7 @@ fn run_server<S: Store>(store: KeyService<S>, args: ServeArgs, file: &Config) ->
         let _ = writeln!(stdout, "listening on {scheme}://{addr}");
         let _ = stdout.flush();
         let api = Api::with_dke(store, config, oidc, dke)?;
-        let mut schedule = tokio::spawn(run_schedule(scheduler, interval));
+        let mut schedule = tokio::spawn(run_schedule(scheduler, interval, api.scheduler_health()));
         let outcome = supervise(
             serve(listener, api.router(), tls, limits, hangups, signals()),
             &mut schedule,
@@ -1239,6 +1255,15 @@ fn check_limits(api: &ApiConfig, listen: &ListenLimits, interval: Duration) -> R
     if !(1024..=64 * 1024 * 1024).contains(&api.max_body) {
         return bad("max_body_bytes", "1 KiB to 64 MiB");
     }
+    if !(64 << 10..=64 << 30).contains(&(api.body_budget as u64)) {
+        return bad("max_body_bytes_in_flight", "64 KiB to 64 GiB");
+    }
+    if !(api.max_body.max(64 * 1024)..=api.body_budget).contains(&api.body_budget_per_identity) {
+        return bad(
+            "max_body_bytes_in_flight_per_identity",
+            "at least max_body_bytes (and 64 KiB) and at most max_body_bytes_in_flight",
+        );
+    }
     if !(1..=86_400 * 30).contains(&api.record_max_age) {
         return bad("record_max_age_secs", "1 s to 30 days");
     }
@@ -1293,18 +1318,28 @@ fn oidc_verifier(file: &Config) -> Result<Option<Arc<dyn kluis_server::api::Toke
 
 /// Scheduled rotation and retention, every `interval`, on its own connection. It also
 /// finishes scrubs that a destroy left pending. It never stops: a failure (the store busy or
-/// full, even a panic) is logged and the next tick tries again.
-async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
+/// full, even a panic) is logged, counted in `health`, and the next tick tries again.
+async fn run_schedule<S: Store>(
+    store: KeyService<S>,
+    interval: Duration,
+    health: Arc<kluis_server::metrics::SchedulerHealth>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
     let store = std::sync::Mutex::new(store);
     let leading = std::sync::atomic::AtomicBool::new(false);
-    repeat(interval, move || {
+    let panicked = health.clone();
+    let on_panic = move || {
+        panicked.failed.fetch_add(1, Relaxed);
+    };
+    repeat(interval, on_panic, move || {
         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
         // Several replicas on one store: only the lease holder runs the schedule.
         let lead = match s.store().scheduler_lease() {
             Ok(lead) => lead,
             Err(e) => {
                 kluis_server::log!("scheduler: the store is unreachable, retrying: {e}");
-                false
+                health.failed.fetch_add(1, Relaxed);
+                return;
             }
         };
         if lead != leading.swap(lead, std::sync::atomic::Ordering::Relaxed) {
@@ -1318,16 +1353,19 @@ async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
             );
         }
         if !lead {
+            health.standby.fetch_add(1, Relaxed);
             return;
         }
-        match s.forget_pending_copies(Duration::from_secs(1)) {
+        let scrubbed = s.forget_pending_copies(Duration::from_secs(1));
+        health.scrub_pending.store(scrubbed.is_err(), Relaxed);
+        match scrubbed {
             Ok(true) => kluis_server::log!(
                 "scheduled scrub: no old copy of a destroyed key remains in the store files"
             ),
             Ok(false) => {}
             Err(e) => kluis_server::log!("scheduled scrub not done yet, retrying: {e}"),
         }
-        match schedule_outcome(s.run_schedule(now_ms(), "scheduler")) {
+        let ok = match schedule_outcome(s.run_schedule(now_ms(), "scheduler")) {
             Ok((changes, failure)) => {
                 for c in changes {
                     match serde_json::to_string(&c) {
@@ -1335,13 +1373,23 @@ async fn run_schedule<S: Store>(store: KeyService<S>, interval: Duration) {
                         Err(_) => kluis_server::log!("scheduled a change"),
                     }
                 }
-                if let Some(e) = failure {
+                if let Some(e) = &failure {
                     kluis_server::log!("{e}");
                 }
+                failure.is_none()
             }
-            Err(e) => kluis_server::log!(
-                "scheduled rotation/retention failed, retrying at the next tick: {e}"
-            ),
+            Err(e) => {
+                kluis_server::log!(
+                    "scheduled rotation/retention failed, retrying at the next tick: {e}"
+                );
+                false
+            }
+        };
+        if ok {
+            health.ok.fetch_add(1, Relaxed);
+            health.last_success_ms.store(now_ms(), Relaxed);
+        } else {
+            health.failed.fetch_add(1, Relaxed);
         }
     })
     .await
@@ -1365,15 +1413,20 @@ fn schedule_outcome(
     }
 }
 
-/// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged
-/// and the next tick runs it again.
-async fn repeat(interval: Duration, work: impl Fn() + Send + Sync + 'static) {
+/// Run `work` on a blocking thread every `interval`, forever. If it panics, that is logged,
+/// `on_panic` is called, and the next tick runs it again.
+async fn repeat(
+    interval: Duration,
+    on_panic: impl Fn() + Send + 'static,
+    work: impl Fn() + Send + Sync + 'static,
+) {
     let work = Arc::new(work);
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
         let work = work.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || work()).await {
+            on_panic();
             kluis_server::log!(
                 "the scheduler's work failed ({}), retrying at the next tick",
                 if e.is_panic() {
@@ -1573,12 +1626,17 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A panic in the scheduler's work does not stop the scheduler: the next tick runs again.
+    /// A panic in the scheduler's work does not stop the scheduler: the next tick runs again,
+    /// and the panic is counted (`/metrics`).
     #[tokio::test]
     async fn the_scheduler_goes_on_after_its_work_panics() {
         let runs = Arc::new(AtomicUsize::new(0));
-        let counted = runs.clone();
-        let scheduler = tokio::spawn(repeat(Duration::from_millis(10), move || {
+        let panics = Arc::new(AtomicUsize::new(0));
+        let (counted, panicked) = (runs.clone(), panics.clone());
+        let on_panic = move || {
+            panicked.fetch_add(1, Ordering::SeqCst);
+        };
+        let scheduler = tokio::spawn(repeat(Duration::from_millis(10), on_panic, move || {
             if counted.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
                 panic!("a bug in the scheduled work");
             }
@@ -1593,6 +1651,10 @@ mod tests {
         }
         assert!(!scheduler.is_finished());
         scheduler.abort();
+        assert!(
+            panics.load(Ordering::SeqCst) >= 2,
+            "the panics were not counted"
+        );
     }
 
     /// Serving ends with an error (the process exits non-zero) when the scheduler task or the

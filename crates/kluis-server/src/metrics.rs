@@ -1,10 +1,11 @@
 //! `/metrics` in the Prometheus text format: requests by route and status, latency
-//! histograms, unwrapped items by outcome, and the audit writer's queue depth and commits.
+//! histograms, unwrapped items by outcome, the audit writer's queue depth and commits, and
+//! the scheduler's health (runs by outcome, last success, a pending scrub).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::writer::AuditWriter;
@@ -32,6 +33,23 @@ struct Inner {
 /// The server's counters.
 #[derive(Default)]
 pub struct Metrics(Mutex<Inner>);
+
+/// The serving scheduler's health (scheduled rotation, retention and scrubs), for
+/// `/metrics`: retention that is not being enforced must show somewhere but the journal.
+#[derive(Debug, Default)]
+pub struct SchedulerHealth {
+    /// Runs that did their work (nothing failed; a scrub may still wait for a reader).
+    pub ok: AtomicU64,
+    /// Runs that failed: the store unreachable or refusing writes, a label failing, a panic.
+    pub failed: AtomicU64,
+    /// Runs skipped because another replica leads the scheduler.
+    pub standby: AtomicU64,
+    /// When a run last succeeded, in ms since the epoch (0: not yet).
+    pub last_success_ms: AtomicI64,
+    /// Whether an old copy of a destroyed sealed key may still be in the store's files (the
+    /// scrub after a destroy is pending; the scheduler retries it every run).
+    pub scrub_pending: AtomicBool,
+}
 
 /// The route name a path is counted under (a fixed set, so that callers cannot grow it).
 pub fn route_name(path: &str) -> &'static str {
@@ -89,7 +107,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, writer: &AuditWriter) -> String {
+    /// `body_bytes` is what request bodies hold in memory now.
+    pub fn render(
+        &self,
+        writer: &AuditWriter,
+        scheduler: &SchedulerHealth,
+        body_bytes: usize,
+    ) -> String {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         let w = &mut out;
@@ -183,12 +207,52 @@ impl Metrics {
                  again.",
                 load(&s.stale),
             ),
+            (
+                "kluis_audit_failing",
+                "gauge",
+                "1 while the audit trail cannot be written (the last transaction failed), else 0.",
+                usize::from(writer.is_failing()),
+            ),
+            (
+                "kluis_body_bytes_in_flight",
+                "gauge",
+                "Bytes that request bodies hold in memory now (within max_body_bytes_in_flight).",
+                body_bytes,
+            ),
+            (
+                "kluis_scrub_pending",
+                "gauge",
+                "1 while an old copy of a destroyed sealed key may remain in the store's files \
+                 (the scrub waits for a reader or writer to let go), else 0.",
+                usize::from(scheduler.scrub_pending.load(Ordering::Relaxed)),
+            ),
         ] {
             let _ = writeln!(
                 w,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            w,
+            "# HELP kluis_scheduler_runs_total Scheduled rotation and retention runs by outcome \
+             (standby: another replica leads).\n# TYPE kluis_scheduler_runs_total counter"
+        );
+        for (outcome, n) in [
+            ("ok", &scheduler.ok),
+            ("failed", &scheduler.failed),
+            ("standby", &scheduler.standby),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(w, "kluis_scheduler_runs_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let last = scheduler.last_success_ms.load(Ordering::Relaxed);
+        let _ = writeln!(
+            w,
+            "# HELP kluis_scheduler_last_success_timestamp_seconds When a scheduled run last \
+             succeeded (0: not yet).\n# TYPE kluis_scheduler_last_success_timestamp_seconds \
+             gauge\nkluis_scheduler_last_success_timestamp_seconds {}",
+            last as f64 / 1000.0
+        );
         out
     }
 }

@@ -573,6 +573,12 @@ impl<S: Store> KeyService<S> {
         done: &mut Vec<ScheduledChange>,
         failed: &mut Vec<(String, String)>,
     ) {
+        // Test support only (never in a build that serves): the scheduled work panics at this
+        // label, so that a test can see the scheduler survive a panic.
+        #[cfg(feature = "test-support")]
+        if std::env::var("KLUIS_TEST_SCHEDULE_PANICS_ON").is_ok_and(|l| l == name) {
+            panic!("KLUIS_TEST_SCHEDULE_PANICS_ON is `{name}` (test support)");
+        }
         let mut fail = |what: String, e: ServerError| {
             crate::log!("scheduled work on {what} failed, going on with the rest: {e}");
             failed.push((what, e.to_string()));

@@ -744,6 +744,15 @@ fn settings_that_would_break_the_server_are_refused_at_start() {
         ("rate_limit_per_sec = 1e-300", "rate_limit_per_sec"),
         ("rate_limit_per_sec = nan", "rate_limit_per_sec"),
         ("max_body_bytes = 0", "max_body_bytes"),
+        ("max_body_bytes_in_flight = 0", "max_body_bytes_in_flight"),
+        (
+            "max_body_bytes = 8388608\nmax_body_bytes_in_flight_per_identity = 4194304",
+            "max_body_bytes_in_flight_per_identity",
+        ),
+        (
+            "max_body_bytes_in_flight = 1048576\nmax_body_bytes_in_flight_per_identity = 2097152",
+            "max_body_bytes_in_flight_per_identity",
+        ),
         ("max_batch = 0", "max_batch"),
         ("schedule_interval_secs = 0", "schedule_interval_secs"),
     ] {

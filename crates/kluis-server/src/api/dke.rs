@@ -285,6 +285,7 @@ async fn decrypt<S: Store>(
         Ok(p) => p,
         Err(r) => return r,
     };
+    let identity = who.user.clone();
     let admitted = match Admitted::admit(&api.limiter, who, 1) {
         Ok(a) => a,
         Err(wait) => {
@@ -297,14 +298,21 @@ async fn decrypt<S: Store>(
             .into_response();
         }
     };
-    let (alg, value, malformed) = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(body) => parse_body(&body),
-        Err(_) => (
-            None,
-            None,
-            Some("the body could not be read or is larger than 16 KiB".into()),
-        ),
-    };
+    // Held, within the server's body budget, until the answer is made.
+    let (alg, value, malformed, _held) =
+        match super::read_body(&api, &identity, req, MAX_BODY).await {
+            Ok((body, held)) => {
+                let (alg, value, malformed) = parse_body(&body);
+                (alg, value, malformed, Some(held))
+            }
+            Err(e) if e.is_busy() => return e.into_response(),
+            Err(_) => (
+                None,
+                None,
+                Some("the body could not be read or is larger than 16 KiB".into()),
+                None,
+            ),
+        };
     let request = DkeRequest {
         label: name,
         key_id,

@@ -115,6 +115,15 @@ impl Caller {
         }
     }
 
+    /// The namespaced user of an authenticated caller (a verified JWT, or an API token after
+    /// [`Caller::authenticated`]); empty before.
+    pub fn user(&self) -> &str {
+        match &self.0 {
+            Inner::Verified(p) => &p.user,
+            Inner::ApiToken(_) => "",
+        }
+    }
+
     /// The principal: an API token is looked up on `svc`'s store.
     pub fn principal<S: Store>(&self, svc: &KeyService<S>) -> Result<Principal, AuthError> {
         match &self.0 {

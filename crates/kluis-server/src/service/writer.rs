@@ -4,8 +4,11 @@
 //!
 //! A request's records are durable when [`AuditWriter::commit`] returns its [`Committed`]
 //! receipt; only that receipt releases the request's shares. If the commit fails (disk full,
-//! I/O error), every request in the group gets the error and releases nothing. The writer
-//! works with any [`Store`].
+//! I/O error), every request in the group gets the error and releases nothing, and the writer
+//! counts as failing ([`AuditWriter::is_failing`], which `/readyz` reports) until a commit
+//! succeeds again: while no request comes, it tries an empty append every
+//! [`PROBE_EVERY`], so that readiness recovers without traffic. The writer works with any
+//! [`Store`].
 //!
 //! A request that releases something was authorised under the access epoch it
 //! [observed](AuditWriter::observe) before its first store read; the writer appends its records
@@ -18,7 +21,7 @@
 //! `commit_delay`: fewer, larger commits cost less CPU per record (an fsync costs far more
 //! than the records it carries). A lone request never waits: nothing else is arriving.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -38,6 +41,9 @@ use crate::store::{Store, meta};
 const MAX_GROUP: usize = 8192;
 /// The longest the writer waits for arriving requests before it commits a group.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// While failing and idle, how often the writer tries an empty append (it rewrites the
+/// chain's head, unchanged: a real write, no record).
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 struct Job {
     entries: Vec<AuditEntry>,
@@ -80,6 +86,13 @@ fn commit_group<S: Store>(
     jobs: &mut [Job],
     records: usize,
 ) -> crate::Result<(u64, Vec<bool>, usize)> {
+    // Test support only (never in a build that serves): the writer thread dies when it has
+    // records to append, so that a test can see a real server process exit when its audit
+    // writer thread dies. Nothing else in the writer can panic on purpose.
+    #[cfg(feature = "test-support")]
+    if records > 0 && std::env::var_os("KLUIS_TEST_AUDIT_APPEND_PANICS").is_some() {
+        panic!("KLUIS_TEST_AUDIT_APPEND_PANICS is set (test support)");
+    }
     store.write(|keyring, tx| {
         let now = epoch::read(tx)?;
         let fresh: Vec<bool> = jobs
@@ -120,6 +133,8 @@ pub struct WriterStats {
     /// Requests not appended because access may have changed since they were authorised
     /// (each is decided again).
     pub stale: AtomicUsize,
+    /// Whether the last transaction (a commit or an idle probe) failed.
+    pub failing: AtomicBool,
 }
 
 /// A request on its way to [`AuditWriter::commit`]; counted until it gets there or gives up
@@ -176,6 +191,34 @@ impl DkeCommitted {
     }
 }
 
+/// The next job; while the writer is failing, an empty append every [`PROBE_EVERY`] in which
+/// none comes. `None` once the queue is closed (shutdown).
+fn next_job<S: Store>(
+    rx: &mpsc::Receiver<Job>,
+    st: &WriterStats,
+    store: &mut KeyService<S>,
+) -> Option<Job> {
+    loop {
+        if !st.failing.load(Ordering::Relaxed) {
+            return rx.recv().ok();
+        }
+        match rx.recv_timeout(PROBE_EVERY) {
+            Ok(job) => return Some(job),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                recovered(st, store.append_audit(&[]).is_ok());
+            }
+        }
+    }
+}
+
+/// Note the outcome of a transaction; say so when the trail can be written again.
+fn recovered(st: &WriterStats, ok: bool) {
+    if st.failing.swap(!ok, Ordering::Relaxed) && ok {
+        crate::log!("the audit trail can be written again; unwraps are served");
+    }
+}
+
 impl AuditWriter {
     /// Start the writer thread on its own connection.
     pub fn start<S: Store>(mut store: KeyService<S>) -> crate::Result<Self> {
@@ -190,11 +233,12 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("kluis-audit".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
+                while let Some(first) = next_job(&rx, &st, &mut store) {
                     let mut jobs = gather(&rx, first, &coming, COMMIT_DELAY);
                     let n = jobs.iter().map(|j| j.entries.len()).sum();
                     let result = commit_group(&mut store, &mut jobs, n);
                     d.fetch_sub(jobs.len(), Ordering::Relaxed);
+                    recovered(&st, result.is_ok());
                     let answers: Vec<_> = match result {
                         Ok((now, fresh, appended)) => {
                             // Published after the commit: a request that reads it from now on
@@ -320,6 +364,12 @@ impl AuditWriter {
     /// The writer's counters.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// Whether the audit trail cannot be written now: the last transaction failed (and no
+    /// commit or probe has succeeded since).
+    pub fn is_failing(&self) -> bool {
+        self.stats.failing.load(Ordering::Relaxed)
     }
 
     /// Whether the writer thread is still running.
