@@ -85,13 +85,14 @@
 //!
 //! ## Temporary files of plaintext outputs
 //!
-//! An opened (plaintext) output's temporary file never has a name in a cloud sync folder,
-//! where the sync client could upload a partial copy. On Linux it has no name anywhere: it is
-//! created with `O_TMPFILE` in the output's folder and linked under its final name (through
-//! `/proc/self/fd`) only once complete and synced; with `force`, under a temporary name for
-//! the instant before the rename over the old output. Nothing shows it while it is written,
-//! whether or not the folder is recognised as a sync folder, and a killed process leaves
-//! nothing. Where the system or file system has no unnamed files, an output inside a sync
+//! An opened (plaintext) output's partial temporary file never has a name in a cloud sync
+//! folder kluis recognises, where the sync client could upload a partial copy. On Linux it
+//! has no name anywhere: it is created with `O_TMPFILE` in the output's folder and linked
+//! under its final name (through `/proc/self/fd`) only once complete and synced; with
+//! `force`, under a temporary name (locked, like every temporary file) for the instant
+//! before the rename over the old output. Nothing shows it while it is written, whether or
+//! not the folder is recognised as a sync folder, and a killed process leaves nothing (but
+//! the complete file under that temporary name, if killed in that instant). Where the system or file system has no unnamed files, an output inside a sync
 //! folder recognised by [`sync_folder`] has its temporary file written in
 //! [`OpenOptions::temp_dir`] instead (a private folder, mode 0700, created on demand) when
 //! that is the user's own and on the same file system ([`private_temp_dir`]), and fails with
