@@ -51,9 +51,11 @@
 //! because it leaks nothing about the tree's shape (depth, fan-out, which files share a
 //! folder), needs no extra state, and each document restores its own place alone. An empty
 //! folder, which has no file to carry its path, is sealed as an empty document of its own
-//! whose stored name is its path ending in `/` (`photos/2025/`); opening creates the folder.
-//! (The format leaves the name to the application; kluis versions before this convention
-//! refuse such a document as "an empty path component", without writing anything.) Without
+//! whose stored name is its path ending in `/` (`photos/2025/`), with the folder's
+//! modification time; opening creates the folder, and when a folder's and a file's document
+//! restore to one path, the newer wins as between two files. (The format leaves the name to
+//! the application, docs/FORMAT.md §7; kluis versions before this convention refuse such a
+//! document as "an empty path component", without writing anything.) Without
 //! an output folder each file is sealed beside itself and stores only its own name. Temporary
 //! files are named `.kluis-tmp-<random>` and carry no name either. Sizes still show; set
 //! [`SealOptions::pad`] to blur them.
