@@ -38,3 +38,25 @@ fn a_plain_file_that_only_starts_with_the_magic_is_sealed() {
         fragment
     );
 }
+
+/// Exit code 7 is "corrupt, tampered with or not a kluis document" in the one exit-code
+/// table; a script may take it for an alarm. A document written in a newer format version is
+/// none of these, yet exits 7 ("upgrade kluis"): the table must say so, or a script that
+/// acts on 7 acts on documents that are fine.
+#[test]
+fn the_exit_code_table_names_a_newer_format_version() {
+    let server = Server::start();
+    let alice = User::logged_in(&server, &server.alice);
+    write(&alice.path("a.txt"), b"a");
+    alice.run(&["seal", "--label", "hr", "a.txt"]).ok();
+    let mut newer = std::fs::read(alice.path("a.txt.kluis")).unwrap();
+    newer[7] = 2; // the version, after the six magic bytes (docs/FORMAT.md §3)
+    write(&alice.path("newer.kluis"), &newer);
+    alice
+        .run(&["open", "-o", "out", "newer.kluis"])
+        .fails(7, "upgrade kluis");
+    let help = alice.run(&["--help"]).ok().stdout_text();
+    let row7 = &help[help.find("\n  7  ").unwrap()..help.find("\n  8  ").unwrap()];
+    let row7 = row7.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(row7.contains("newer format version"), "{row7}");
+}
