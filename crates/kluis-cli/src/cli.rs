@@ -17,7 +17,8 @@ Exit codes:
   5  denied by the label's policy (not allowed, double key required, version retired)
   6  the document's key was destroyed (retention): nobody can open it any more
   7  corrupt, tampered with or not a kluis document (also: a hostile stored file name, an
-     identity file that fails its own check: its `# public key:` line was edited)
+     identity file that fails its own check: its `# public key:` line was edited, and a
+     document in a newer format version than this kluis reads: upgrade kluis)
   8  the output exists (use --force to replace it)
   9  none of your keys opens the document: it is sealed to other keys (someone else's, or
      a label or key version the key server does not have: another organisation's document,

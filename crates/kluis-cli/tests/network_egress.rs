@@ -2,8 +2,10 @@
 //! opens, syncs, re-keys and reads the audit, every connection it opens, recorded with
 //! `strace -f -e trace=connect,sendto,sendmsg,sendmmsg`, must go to the configured key
 //! server and nowhere else, and every request that server receives must be one that
-//! docs/PRIVACY.md lists for the command (read from its table). Without strace the
-//! connection check is skipped, loudly, except under `CI=true` (.ci/run), where it fails.
+//! docs/PRIVACY.md lists for the command (read from its table), carrying only the header and
+//! body fields that page describes and none of the run's file names or contents. Without
+//! strace the connection check is skipped, loudly, except under `CI=true` (.ci/run), where it
+//! fails.
 
 mod common;
 use common::*;
@@ -182,13 +184,31 @@ fn strace_or_skip(test: &str) -> bool {
 }
 
 /// One HTTP request as the key server received it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct Request {
     method: String,
     /// The request target: path and query.
     target: String,
     /// It carried an `Authorization` header (the token).
     token: bool,
+    /// Every header line but `Authorization`'s value: (lower-case name, value).
+    headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}{} {:?} {}",
+            self.method,
+            self.target,
+            if self.token { " (token)" } else { "" },
+            self.headers,
+            String::from_utf8_lossy(&self.body)
+        )
+    }
 }
 
 /// A recording proxy written here, in front of the real key server: kluis is configured
@@ -267,23 +287,26 @@ fn forward_requests(
         let method = first.next().unwrap().to_owned();
         let target = first.next().unwrap().to_owned();
         let (mut length, mut chunked, mut token) = (0u64, false, false);
+        let mut headers = Vec::new();
         for h in lines {
             let Some((name, value)) = h.split_once(':') else {
                 continue;
             };
-            match name.trim().to_ascii_lowercase().as_str() {
+            let name = name.trim().to_ascii_lowercase();
+            match name.as_str() {
                 "content-length" => length = value.trim().parse().unwrap(),
                 "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
                 "authorization" => token = true,
                 _ => {}
             }
+            let value = match name.as_str() {
+                "authorization" => String::new(),
+                _ => value.trim().to_owned(),
+            };
+            headers.push((name, value));
         }
-        log.lock().unwrap().push(Request {
-            method,
-            target,
-            token,
-        });
         server.write_all(&head)?;
+        let mut body = Vec::new();
         if chunked {
             loop {
                 let mut size_line = Vec::new();
@@ -293,14 +316,25 @@ fn forward_requests(
                 let size = u64::from_str_radix(hex.trim().split(';').next().unwrap(), 16)
                     .expect("a chunk size");
                 // The chunk and its CRLF (the last chunk: the final CRLF).
-                std::io::copy(&mut (&mut reader).take(size + 2), server)?;
+                let mut chunk = Vec::new();
+                (&mut reader).take(size + 2).read_to_end(&mut chunk)?;
+                server.write_all(&chunk)?;
+                body.extend_from_slice(&chunk[..chunk.len().saturating_sub(2)]);
                 if size == 0 {
                     break;
                 }
             }
         } else {
-            std::io::copy(&mut (&mut reader).take(length), server)?;
+            (&mut reader).take(length).read_to_end(&mut body)?;
+            server.write_all(&body)?;
         }
+        log.lock().unwrap().push(Request {
+            method,
+            target,
+            token,
+            headers,
+            body,
+        });
     }
 }
 
@@ -336,6 +370,89 @@ fn pattern_matches(pattern: &str, target: &str) -> bool {
             n > 0 && pattern_matches(rest, &t[n..])
         }
     }
+}
+
+/// The header fields a request may carry: what HTTP needs to frame it (`Host`, `Accept`,
+/// `Content-Type`, `Content-Length`), the `User-Agent` docs/PRIVACY.md names and the token.
+const HEADERS: [&str; 6] = [
+    "host",
+    "user-agent",
+    "accept",
+    "content-type",
+    "content-length",
+    "authorization",
+];
+
+/// What is wrong with the content of `r` (beyond its method, target and token, which the
+/// table checks), measured against docs/PRIVACY.md (`privacy`, the whole page): a header
+/// field other than [`HEADERS`], a `User-Agent` other than `kluis-client/VERSION`, a body on
+/// anything but `POST /v1/unwrap/batch`, and in that body anything but a reply key, the
+/// purpose (`open` or `rekey`), items of a document id and a stanza, and a reason quoted in
+/// PRIVACY.md; and anywhere in the request, any of `private` (the file names, folder names,
+/// contents and home folder of the run, which PRIVACY.md says are never sent).
+fn content_problems(r: &Request, privacy: &str, private: &[String]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (name, value) in &r.headers {
+        if !HEADERS.contains(&name.as_str()) {
+            wrong.push(format!("header {name}: {value}"));
+        }
+        if name == "user-agent" {
+            let version = value.strip_prefix("kluis-client/").unwrap_or_default();
+            if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                wrong.push(format!("User-Agent {value:?}, not kluis-client/VERSION"));
+            }
+        }
+    }
+    let head: String = std::iter::once(r.target.as_str())
+        .chain(r.headers.iter().map(|(_, v)| v.as_str()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for p in private {
+        let bytes = p.as_bytes();
+        if head.contains(p.as_str()) || r.body.windows(bytes.len()).any(|w| w == bytes) {
+            wrong.push(format!("sends {p:?}"));
+        }
+    }
+    if !(r.method == "POST" && r.target == "/v1/unwrap/batch") {
+        if !r.body.is_empty() {
+            wrong.push(format!("a body: {}", String::from_utf8_lossy(&r.body)));
+        }
+        return wrong;
+    }
+    let body: serde_json::Value = match serde_json::from_slice(&r.body) {
+        Ok(v) => v,
+        Err(e) => return vec![format!("a body that is not JSON ({e})")],
+    };
+    let Some(fields) = body.as_object() else {
+        return vec![format!("a body that is not an object: {body}")];
+    };
+    for (k, v) in fields {
+        let ok = match k.as_str() {
+            "reply_key" => v.as_str().is_some_and(|s| s.len() == 44),
+            "purpose" => matches!(v.as_str(), Some("open" | "rekey")),
+            "reason" => v
+                .as_str()
+                .is_some_and(|s| privacy.contains(&format!("`{s}`"))),
+            "items" => v.as_array().is_some_and(|items| {
+                items.iter().all(|item| {
+                    item.as_object().is_some_and(|o| {
+                        o.iter().all(|(k, v)| match k.as_str() {
+                            "doc_id" => v.as_str().is_some_and(|s| {
+                                s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())
+                            }),
+                            "stanza" => v.is_string(),
+                            _ => false,
+                        })
+                    })
+                })
+            }),
+            _ => false,
+        };
+        if !ok {
+            wrong.push(format!("body field {k:?}: {v}"));
+        }
+    }
+    wrong
 }
 
 /// The table "What each command sends to the key server" of docs/PRIVACY.md: for each
@@ -388,8 +505,10 @@ fn documented() -> std::collections::BTreeMap<String, Vec<Documented>> {
 /// What leaves the machine, checked two ways while `kluis` logs in, lists, checks status,
 /// seals, inspects, opens, re-keys, syncs and reads the audit:
 /// - every request the key server receives is one docs/PRIVACY.md lists for that command
-///   (method, path, and whether the token goes with it), and every request the table lists
-///   for the commands run is seen: a recording proxy in front of the real key server;
+///   (method, path, and whether the token goes with it), with only the header and body
+///   fields it describes and none of the run's names or contents ([`content_problems`]),
+///   and every request the table lists for the commands run is seen: a recording proxy in
+///   front of the real key server;
 /// - every connection goes to the configured key server and nowhere else: strace
 ///   (required under `CI=true`).
 #[test]
@@ -406,6 +525,11 @@ fn kluis_sends_only_the_documented_requests_and_only_to_the_key_server() {
         server.url
     );
     let table = documented();
+    let privacy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PRIVACY.md"
+    ))
+    .unwrap();
 
     let mut alice = User::new();
     alice.env.push(("PASS".into(), "correct horse".into()));
@@ -419,6 +543,24 @@ fn kluis_sends_only_the_documented_requests_and_only_to_the_key_server() {
     std::fs::create_dir_all(alice.path("synced")).unwrap();
     std::fs::write(alice.path("token"), &server.alice).unwrap();
     let trace = alice.home.path().join("trace");
+    // What never leaves the machine: the names, folder names and contents above, and where
+    // they are.
+    let private: Vec<String> = [
+        "verslag",
+        "dossier",
+        "brief.txt",
+        "medisch",
+        "weg.txt",
+        "notitie",
+        "report",
+        "letter",
+        "diagnosis",
+        "to be removed",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([alice.home.path().to_string_lossy().into_owned()])
+    .collect();
 
     // (documented command, arguments, destinations connected to, requests received)
     let mut seen: Vec<(&str, String, Vec<String>, Vec<Request>)> = Vec::new();
@@ -528,6 +670,12 @@ fn kluis_sends_only_the_documented_requests_and_only_to_the_key_server() {
             }
         }
         for r in requests {
+            for problem in content_problems(r, &privacy, &private) {
+                wrong.push(format!(
+                    "kluis {args}: {} {}: {problem} (not what docs/PRIVACY.md says is sent)",
+                    r.method, r.target
+                ));
+            }
             match docs.iter().position(|d| d.matches(r)) {
                 Some(i) => {
                     used.insert((command.to_string(), i));

@@ -87,6 +87,10 @@ impl TempFile {
             .open(dir)
             .ok()?;
         fs::metadata(proc_fd(&file)).ok()?;
+        // With `force` it is linked under a temporary name for an instant before the rename,
+        // with the opened document's old modification time: locked like a named temporary
+        // file, so another run's sweep does not take it for a stale leftover.
+        crate::stale::hold(&file);
         Some(TempFile {
             path: None,
             file: Some(file),
@@ -504,6 +508,44 @@ mod tests {
         tmp.file_mut().write_all(b"partial").unwrap();
         drop(tmp);
         assert_eq!(names_in(t.path()), ["plain.txt"]);
+    }
+
+    /// With `force` an unnamed file is linked under a `.kluis-tmp-` name for the instant
+    /// before the rename over the old output, with the opened document's (old) modification
+    /// time already set. Another run sweeping that folder in that instant must not take it
+    /// for a stale leftover and remove it (the rename would then fail): like every named
+    /// temporary file, it is locked while this process holds it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unnamed_file_linked_under_a_temporary_name_is_not_taken_for_stale() {
+        use std::io::Write;
+        use std::time::{Duration, SystemTime};
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("plain.txt");
+        let mut tmp = TempFile::for_target(&target, true, None).unwrap();
+        assert!(tmp.path.is_none(), "an unnamed file on this file system");
+        tmp.file_mut().write_all(b"secret").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        tmp.file().set_modified(old).unwrap();
+        // What `link_unnamed` does with `force`, up to the rename.
+        let named = t
+            .path()
+            .join(format!("{TEMP_PREFIX}{}", random_name().unwrap()));
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_fd(tmp.file()),
+            rustix::fs::CWD,
+            &named,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        )
+        .unwrap();
+        assert!(
+            !crate::stale::remove_if_stale(&named),
+            "a temporary file still held by its writer was removed as stale"
+        );
+        assert!(named.exists());
+        fs::remove_file(&named).unwrap();
+        drop(tmp);
     }
 
     /// Where unnamed files cannot be had, a plaintext output in a recognised sync folder gets

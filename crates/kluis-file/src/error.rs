@@ -52,7 +52,8 @@ pub enum Error {
         path: PathBuf,
     },
     /// A file to seal is a sealed document already (its name ends in `.kluis`, in any case,
-    /// or it starts with the `KLUIS\0` magic): it was not sealed a second time.
+    /// or it starts with a kluis header, not merely the `KLUIS\0` magic): it was not sealed a
+    /// second time.
     AlreadySealed {
         /// The sealed document.
         path: PathBuf,

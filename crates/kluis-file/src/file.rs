@@ -67,17 +67,21 @@ pub(crate) fn open_checked(path: &Path, expect: Option<Stamp>) -> Result<(File, 
     Ok((file, meta))
 }
 
-/// The first bytes of every sealed document (docs/FORMAT.md §3).
-const MAGIC: &[u8; 6] = b"KLUIS\0";
-
-/// Whether `file` starts like a sealed document (the `KLUIS\0` magic), whatever its name.
-/// Leaves it positioned at its start.
+/// Whether `file` is a sealed document, whatever its name: it starts with a header this
+/// version reads (the `KLUIS\0` magic, version 1 and a well-formed header; the MAC cannot be
+/// checked without a key). A plain file that merely starts with the magic is not one (no
+/// kluis can open it), and neither is one cut short inside its header. Reads no more than a
+/// header (at most 64 KiB; 12 bytes for a file without the magic) and leaves `file` at its
+/// start.
 pub(crate) fn starts_sealed(file: &mut File) -> io::Result<bool> {
     use std::io::Seek;
-    let mut first = [0u8; MAGIC.len()];
-    read_full(file, &mut first)?;
+    let sealed = match Header::read(file) {
+        Ok(_) => true,
+        Err(kluis_core::Error::Io(e)) => return Err(e),
+        Err(_) => false,
+    };
     file.rewind()?;
-    Ok(first == *MAGIC)
+    Ok(sealed)
 }
 
 /// Open a sealed file and read its header, leaving the file positioned at the payload.

@@ -51,9 +51,11 @@
 //! because it leaks nothing about the tree's shape (depth, fan-out, which files share a
 //! folder), needs no extra state, and each document restores its own place alone. An empty
 //! folder, which has no file to carry its path, is sealed as an empty document of its own
-//! whose stored name is its path ending in `/` (`photos/2025/`); opening creates the folder.
-//! (The format leaves the name to the application; kluis versions before this convention
-//! refuse such a document as "an empty path component", without writing anything.) Without
+//! whose stored name is its path ending in `/` (`photos/2025/`), with the folder's
+//! modification time; opening creates the folder, and when a folder's and a file's document
+//! restore to one path, the newer wins as between two files. (The format leaves the name to
+//! the application, docs/FORMAT.md §7; kluis versions before this convention refuse such a
+//! document as "an empty path component", without writing anything.) Without
 //! an output folder each file is sealed beside itself and stores only its own name. Temporary
 //! files are named `.kluis-tmp-<random>` and carry no name either. Sizes still show; set
 //! [`SealOptions::pad`] to blur them.
@@ -85,13 +87,14 @@
 //!
 //! ## Temporary files of plaintext outputs
 //!
-//! An opened (plaintext) output's temporary file never has a name in a cloud sync folder,
-//! where the sync client could upload a partial copy. On Linux it has no name anywhere: it is
-//! created with `O_TMPFILE` in the output's folder and linked under its final name (through
-//! `/proc/self/fd`) only once complete and synced; with `force`, under a temporary name for
-//! the instant before the rename over the old output. Nothing shows it while it is written,
-//! whether or not the folder is recognised as a sync folder, and a killed process leaves
-//! nothing. Where the system or file system has no unnamed files, an output inside a sync
+//! An opened (plaintext) output's partial temporary file never has a name in a cloud sync
+//! folder kluis recognises, where the sync client could upload a partial copy. On Linux it
+//! has no name anywhere: it is created with `O_TMPFILE` in the output's folder and linked
+//! under its final name (through `/proc/self/fd`) only once complete and synced; with
+//! `force`, under a temporary name (locked, like every temporary file) for the instant
+//! before the rename over the old output. Nothing shows it while it is written, whether or
+//! not the folder is recognised as a sync folder, and a killed process leaves nothing (but
+//! the complete file under that temporary name, if killed in that instant). Where the system or file system has no unnamed files, an output inside a sync
 //! folder recognised by [`sync_folder`] has its temporary file written in
 //! [`OpenOptions::temp_dir`] instead (a private folder, mode 0700, created on demand) when
 //! that is the user's own and on the same file system ([`private_temp_dir`]), and fails with

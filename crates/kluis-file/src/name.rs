@@ -98,6 +98,16 @@ impl fmt::Display for NameProblem {
 /// assert_eq!(safe_relative_path("nul.txt"), Err(NameProblem::Reserved));
 /// ```
 pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
+    let path = safe_relative_folder(name)?;
+    check_file_name(name.rsplit('/').next().unwrap_or(name))?;
+    Ok(path)
+}
+
+/// [`safe_relative_path`] for the path of a folder to create (an empty folder's document,
+/// whose stored name ends in `/`): the same rules, except the one for a file's name
+/// ([`check_file_name`]), since creating a folder never replaces a sealed document or a
+/// temporary file.
+pub(crate) fn safe_relative_folder(name: &str) -> Result<PathBuf, NameProblem> {
     if name.is_empty() {
         return Err(NameProblem::Empty);
     }
@@ -108,13 +118,10 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, NameProblem> {
         return Err(NameProblem::Absolute);
     }
     let mut path = PathBuf::new();
-    let mut last = "";
     for component in name.split('/') {
         check_component(component)?;
         path.push(component);
-        last = component;
     }
-    check_file_name(last)?;
     Ok(path)
 }
 

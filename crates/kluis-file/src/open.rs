@@ -12,7 +12,10 @@ use kluis_core::{FileKey, Header, StreamReader, Unwrap, unlock_all};
 use crate::atomic::{create_dirs, create_output_dir, start_output, sync_dirs};
 use crate::error::{Error, Result};
 use crate::file::{absolute, parent_of, payload_error, read_header, reopen_sealed, require_file};
-use crate::name::{EXTENSION, NameProblem, check_component, check_file_name, safe_relative_path};
+use crate::name::{
+    EXTENSION, NameProblem, check_component, check_file_name, safe_relative_folder,
+    safe_relative_path,
+};
 use crate::output::Output;
 use crate::pool;
 use crate::report::{Event, OpenOptions, Outcome, Report, Shared, Skip, single};
@@ -256,14 +259,8 @@ impl Run<'_> {
                 .map_err(|e| Error::format(&p.input, e))
                 .and_then(|key| self.plan(p, header, key));
             match job {
-                Ok(job) if job.folder => {
-                    let r = &mut reports[job.report];
-                    r.output = Some(job.output.clone());
-                    if let Err(e) = create_dirs(&job.root, &job.rel) {
-                        r.outcome = Outcome::Failed(e);
-                    }
-                    self.shared.emit(Event::Finished(r));
-                }
+                // A folder's document claims its path like a file's: when both restore to
+                // one path, the newer is restored and the other reported superseded.
                 Ok(job) => self.claim(job, &mut jobs, reports),
                 Err(e) => {
                     reports[p.report].outcome = Outcome::Failed(e);
@@ -378,7 +375,7 @@ impl Run<'_> {
             return Err(unsafe_name(NameProblem::EmptyComponent));
         }
         let name = if let Some(folder) = folder_name {
-            safe_relative_path(folder).map_err(unsafe_name)?
+            safe_relative_folder(folder).map_err(unsafe_name)?
         } else if metadata.name.is_empty() {
             // No stored name: the file name without `.kluis`.
             let file = p.input.file_name().unwrap_or_default();
@@ -460,9 +457,15 @@ impl<R: Read> Read for Counting<'_, R> {
 }
 
 /// Decrypt one document into an owner-only temporary file beside its output, restore the
-/// modification time, then link it into place. Returns the plaintext size.
+/// modification time, then link it into place (an empty folder's document: create the
+/// folder). Returns the plaintext size.
 fn open_one(job: &Job, shared: Shared<'_>) -> Result<u64> {
     shared.emit(Event::Started { input: &job.input });
+    if job.folder {
+        // An empty folder's document: create the folder (never through a link).
+        create_dirs(&job.root, &job.rel)?;
+        return Ok(0);
+    }
     let rel_dir = job.rel.parent().unwrap_or(Path::new(""));
     let force = shared.force || job.replaces.is_some();
     let tmp = start_output(

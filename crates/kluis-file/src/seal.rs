@@ -479,6 +479,10 @@ fn seal_folder(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Resu
         None,
     )?;
     let mut metadata = Metadata::with_size(0).name(job.name.clone());
+    // Its time ranks it against a file document for the same path (the newer is opened).
+    if let Ok(t) = fs::metadata(&job.input).and_then(|m| m.modified()) {
+        metadata = metadata.modified(t);
+    }
     if pad {
         metadata = metadata
             .padded()
