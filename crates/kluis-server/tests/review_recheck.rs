@@ -1,0 +1,224 @@
+//! Review of the re-check at commit (`service::epoch`): every rise of the store's access epoch
+//! has every grant in flight, of any label, decided again, so a burst of withdrawals must not
+//! refuse unrelated unwraps (here: the scheduler enforcing retention, on a real server process
+//! and a real PostgreSQL).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{LOOPBACK, label_key};
+use kluis_core::reply::ReplyKey;
+use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
+use kluis_server::{KeyService, KeySource, Policy, ScheduledChange, meta, now_ms};
+use kluis_testkit::postgres::{PASSWORD, PgCluster};
+use serde_json::{Value, json};
+
+/// The body of a single unwrap of a document sealed to `label`.
+fn unwrap_body(label: &LabelPublicKey) -> String {
+    let sealed = kluis_core::seal(
+        &[Slot::single(Recipient::Label(label.clone()))],
+        &Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    let stanza = B64.encode(header.slots()[0][0].to_bytes());
+    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
+    json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
+        .to_string()
+}
+
+/// An admin command; the store is SQLite in `dir` (`None`) or the PostgreSQL at `url`.
+fn admin(dir: &Path, url: Option<&str>, args: &[&str]) -> String {
+    match url {
+        None => common::admin(dir, args),
+        Some(u) => common::pg_admin(dir, u, args),
+    }
+}
+
+fn serve(dir: tempfile::TempDir, url: Option<&str>) -> common::Server {
+    let args = [
+        LOOPBACK[0],
+        LOOPBACK[1],
+        LOOPBACK[2],
+        "--rate-limit",
+        "0",
+        "--schedule-interval",
+        "1",
+    ];
+    match url {
+        None => common::serve(dir, &args),
+        Some(u) => common::serve_with_env(
+            dir,
+            &args,
+            &[("KLUIS_STORE", u), ("KLUIS_STORE_PASSWORD", PASSWORD)],
+        ),
+    }
+}
+
+/// Alice unwraps from 4 threads while the scheduler destroys 300 versions of a label she has
+/// nothing to do with; returns her answers and the number of destroys.
+fn burst(url: Option<&str>) -> (HashMap<String, usize>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, url, &["init"]);
+    admin(d, url, &["label", "create", "hr", "--user", "alice"]);
+    admin(d, url, &["label", "create", "old", "--user", "zed"]);
+    for _ in 0..300 {
+        admin(d, url, &["label", "rotate", "old"]);
+    }
+    let alice = admin(d, url, &["token", "create", "--user", "alice"])
+        .trim()
+        .to_owned();
+    let server = serve(dir, url);
+    let url_unwrap = format!("{}/v1/unwrap", server.base);
+    let body = unwrap_body(&label_key(&server, "hr"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (u, token, body) = (url_unwrap.clone(), alice.clone(), body.clone());
+            let (stop, answers) = (stop.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let agent = common::agent();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut r = agent
+                        .post(&u)
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .header("Content-Type", "application/json")
+                        .send(body.as_str())
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let text = r.body_mut().read_to_string().unwrap_or_default();
+                    let key = if status == 200 {
+                        "200".to_owned()
+                    } else {
+                        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                        format!("{status} {}", v["code"].as_str().unwrap_or("?"))
+                    };
+                    *answers.lock().unwrap().entry(key).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let sd = server.dir.path();
+    admin(
+        sd,
+        url,
+        &[
+            "label",
+            "update",
+            "old",
+            "--retain",
+            "1s",
+            "--confirm",
+            "old",
+        ],
+    );
+    let start = Instant::now();
+    let destroys = || {
+        admin(sd, url, &["audit", "export"])
+            .lines()
+            .filter(|l| l.contains("\"label.destroy\""))
+            .count()
+    };
+    while destroys() < 300 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the scheduler is slow"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let metrics = common::get(&format!("{}/metrics", server.base), None).1;
+    let stale = metrics
+        .lines()
+        .find(|l| l.starts_with("kluis_audit_stale_total "))
+        .unwrap_or("")
+        .to_owned();
+    let answers = answers.lock().unwrap().clone();
+    println!("answers {answers:?}; {stale}; took {:?}", start.elapsed());
+    (answers, destroys())
+}
+
+fn no_refusals(answers: &HashMap<String, usize>) {
+    let refused: usize = answers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "200")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(refused, 0, "alice's unwraps were refused: {answers:?}");
+}
+
+/// Review finding: the scheduler destroyed each due version in its own transaction, each
+/// raising the epoch; on PostgreSQL the writers' advisory lock hands turns to the audit writer
+/// and the scheduler alternately, so every group commit of the burst found a new epoch and
+/// alice's unwraps of another label were answered `503 access_changing` (195 of 2,169 before
+/// the fix). Now a run's destroys are one transaction.
+#[test]
+fn postgres_scheduled_destroys_of_another_label_refuse_no_unwrap() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database();
+    let (answers, destroys) = burst(Some(&cluster.url(&db)));
+    assert_eq!(destroys, 300);
+    no_refusals(&answers);
+}
+
+/// The access epoch of `svc`'s store (0 before any withdrawal).
+fn epoch<S: kluis_server::Store>(svc: &KeyService<S>) -> u64 {
+    svc.store()
+        .meta(meta::ACCESS_EPOCH)
+        .unwrap()
+        .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
+}
+
+/// Every rise of the access epoch has every grant in flight, of any label, decided again: a
+/// scheduled run that destroys many versions must raise it once, not once per version
+/// (which, under load, answered unrelated unwraps `503 access_changing`, see above).
+#[test]
+fn a_scheduled_run_raises_the_access_epoch_once_for_all_its_destroys() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let mut svc =
+        KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
+    for name in ["a", "b"] {
+        let policy = Policy {
+            users: vec!["alice".into()],
+            retention_secs: Some(60),
+            ..Policy::default()
+        };
+        svc.create_label(name, &policy, "admin").unwrap();
+        for _ in 0..5 {
+            svc.rotate(name, "admin").unwrap();
+        }
+    }
+    let before = epoch(&svc);
+    let done = svc
+        .run_schedule(now_ms() + 86_400_000, "scheduler")
+        .unwrap();
+    let destroyed = done
+        .iter()
+        .filter(|c| matches!(c, ScheduledChange::Destroyed { .. }))
+        .count();
+    assert_eq!(destroyed, 10, "{done:?}");
+    assert_eq!(epoch(&svc) - before, 1, "the epoch rose once per destroy");
+    svc.verify_audit().unwrap();
+    let records = svc.audit_records(None).unwrap();
+    let destroys = records
+        .iter()
+        .filter(|r| r.entry.action == "label.destroy" && r.entry.actor == "scheduler")
+        .count();
+    assert_eq!(destroys, 10, "each destroy has its record");
+}
