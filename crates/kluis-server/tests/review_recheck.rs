@@ -222,3 +222,108 @@ fn a_scheduled_run_raises_the_access_epoch_once_for_all_its_destroys() {
         .count();
     assert_eq!(destroys, 10, "each destroy has its record");
 }
+
+/// Review finding: a request decided three times, each time overtaken by a withdrawal, was
+/// answered `503 access_changing` and left nothing in the audit trail, although every unwrap
+/// that passed authentication is to be recorded, granted or refused (SERVER.md, DKE.md §7).
+/// Now its last decision is recorded, its grants as refused `access_changing`.
+///
+/// A real server on PostgreSQL; another process (this one) withdraws access, of nobody, as
+/// fast as it can, so that alice's unwraps are overtaken again and again.
+#[test]
+fn postgres_every_unwrap_answered_access_changing_is_recorded() {
+    let cluster = PgCluster::shared();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, Some(&url), &["init"]);
+    admin(d, Some(&url), &["label", "create", "hr", "--user", "alice"]);
+    let alice = admin(d, Some(&url), &["token", "create", "--user", "alice"])
+        .trim()
+        .to_owned();
+    let key = d.join("kluis-master.key");
+    let server = serve(dir, Some(&url));
+    let body = unwrap_body(&label_key(&server, "hr"));
+    let unwrap_url = format!("{}/v1/unwrap", server.base);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut options = kluis_server::PgOptions::new(&url);
+            options.password = Some(PASSWORD.to_owned().into());
+            let store = kluis_server::PgStore::open(&options).unwrap();
+            let mut svc = KeyService::open(store, KeySource::File(&key)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                svc.revoke_user_tokens("nobody", "admin:churn").unwrap();
+            }
+        })
+    };
+    let answers: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let changing = || {
+        answers
+            .lock()
+            .unwrap()
+            .get("503 access_changing")
+            .copied()
+            .unwrap_or(0)
+    };
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (u, token, body) = (unwrap_url.clone(), alice.clone(), body.clone());
+            let (stop, answers) = (stop.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let agent = common::agent();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut r = agent
+                        .post(&u)
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .header("Content-Type", "application/json")
+                        .send(body.as_str())
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let text = r.body_mut().read_to_string().unwrap_or_default();
+                    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let key = match status {
+                        200 => "200".to_owned(),
+                        s => format!("{s} {}", v["code"].as_str().unwrap_or("?")),
+                    };
+                    *answers.lock().unwrap().entry(key).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while changing() < 20 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    churn.join().unwrap();
+    let answers = answers.lock().unwrap().clone();
+    assert!(
+        changing() >= 20,
+        "too few overtaken requests to tell: {answers:?}"
+    );
+
+    let sd = server.dir.path();
+    admin(sd, Some(&url), &["audit", "verify"]);
+    let trail: Vec<Value> = admin(sd, Some(&url), &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let recorded = |outcome: &str| {
+        trail
+            .iter()
+            .filter(|r| r["actor"] == "alice" && r["outcome"] == outcome)
+            .count()
+    };
+    let answered = |k: &str| answers.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        (recorded("granted"), recorded("access_changing")),
+        (answered("200"), answered("503 access_changing")),
+        "records (granted, access_changing) vs answers {answers:?}"
+    );
+}
