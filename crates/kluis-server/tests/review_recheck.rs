@@ -327,3 +327,136 @@ fn postgres_every_unwrap_answered_access_changing_is_recorded() {
         "records (granted, access_changing) vs answers {answers:?}"
     );
 }
+
+/// Two replicas on one PostgreSQL, both serving alice's and bob's unwraps from several
+/// threads, while an admin command revokes alice's token and then removes bob from the label:
+/// in the verified trail no grant of either follows the record of the change that forbids it,
+/// and every share a client received, through either replica, has its grant record. (The
+/// writers of both replicas read the one `access_epoch` under the one advisory lock.)
+#[test]
+fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
+    let cluster = PgCluster::shared();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, Some(&url), &["init"]);
+    admin(
+        d,
+        Some(&url),
+        &["label", "create", "hr", "--user", "alice", "--user", "bob"],
+    );
+    let token = |user: &str| {
+        admin(d, Some(&url), &["token", "create", "--user", user])
+            .trim()
+            .to_owned()
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let other = tempfile::tempdir().unwrap();
+    let key = "kluis-master.key";
+    std::fs::copy(d.join(key), other.path().join(key)).unwrap();
+    let a = serve(dir, Some(&url));
+    let b = serve(other, Some(&url));
+    let body = unwrap_body(&label_key(&a, "hr"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per user: shares received, and answers other than 200 and the refusals the changes
+    // explain.
+    let granted: HashMap<&str, Arc<Mutex<usize>>> =
+        [("alice", Arc::default()), ("bob", Arc::default())]
+            .into_iter()
+            .collect();
+    let odd: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut threads = Vec::new();
+    for (user, token) in [("alice", &alice), ("bob", &bob)] {
+        for t in 0..4 {
+            let base = if t % 2 == 0 { &a.base } else { &b.base };
+            let u = format!("{base}/v1/unwrap");
+            let (token, body) = (token.clone(), body.clone());
+            let (stop, granted, odd) = (stop.clone(), granted[user].clone(), odd.clone());
+            threads.push(std::thread::spawn(move || {
+                let agent = common::agent();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut r) = agent
+                        .post(&u)
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .header("Content-Type", "application/json")
+                        .send(body.as_str())
+                    else {
+                        // A revoked token's connection is closed before its body is read.
+                        continue;
+                    };
+                    let status = r.status().as_u16();
+                    let text = r.body_mut().read_to_string().unwrap_or_default();
+                    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                    match (status, v["code"].as_str()) {
+                        (200, _) => *granted.lock().unwrap() += 1,
+                        (401, _) | (403, Some("denied")) | (503, Some("access_changing")) => {}
+                        (s, c) => odd.lock().unwrap().push(format!("{s} {c:?}")),
+                    }
+                }
+            }));
+        }
+    }
+    let until = |user: &str, n: usize| {
+        let start = Instant::now();
+        while *granted[user].lock().unwrap() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no grants for {user}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    until("alice", 30);
+    until("bob", 30);
+    let sd = a.dir.path();
+    admin(sd, Some(&url), &["token", "revoke", &alice[..14]]);
+    let bob_then = *granted["bob"].lock().unwrap();
+    until("bob", bob_then + 30);
+    admin(
+        sd,
+        Some(&url),
+        &["label", "update", "hr", "--remove-user", "bob"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(odd.lock().unwrap().is_empty(), "{:?}", odd.lock().unwrap());
+
+    admin(sd, Some(&url), &["audit", "verify"]);
+    let trail: Vec<Value> = admin(sd, Some(&url), &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |action: &str| {
+        trail
+            .iter()
+            .position(|r| r["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} record"))
+    };
+    let grants = |user: &str, from: usize| {
+        trail[from..]
+            .iter()
+            .filter(|r| r["actor"] == user && r["outcome"] == "granted")
+            .count()
+    };
+    assert_eq!(
+        grants("alice", at("token.revoke")),
+        0,
+        "alice after her revocation"
+    );
+    assert_eq!(
+        grants("bob", at("label.update")),
+        0,
+        "bob after his removal"
+    );
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            grants(user, 0),
+            *granted[user].lock().unwrap(),
+            "{user}: records vs shares"
+        );
+    }
+}
