@@ -460,3 +460,62 @@ fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
         );
     }
 }
+
+/// The epoch's argument needs each writer to read the epoch, and the audit tail, after the
+/// writers' lock is taken, seeing every change committed before (PostgreSQL's `READ
+/// COMMITTED`). A database whose default isolation is `repeatable read` (an organisation's
+/// setting) took the snapshot at the lock statement, before the lock was granted: contending
+/// writers then read an old tail and epoch and failed (`audit_pkey`, serialization failures),
+/// refusing unwraps and admin changes alike. Now write transactions ask for `READ COMMITTED`.
+#[test]
+fn postgres_writers_take_turns_whatever_the_default_isolation() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database();
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} SET default_transaction_isolation = 'repeatable read'"),
+    );
+    let url = cluster.url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let open = || {
+        let mut options = kluis_server::PgOptions::new(&url);
+        options.password = Some(PASSWORD.to_owned().into());
+        kluis_server::PgStore::open(&options).unwrap()
+    };
+    let mut options = kluis_server::PgOptions::new(&url);
+    options.password = Some(PASSWORD.to_owned().into());
+    let created = kluis_server::PgStore::create(&options).unwrap();
+    drop(KeyService::init(created, KeySource::File(&key)).unwrap());
+    const EACH: usize = 100;
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3)
+            .map(|_| {
+                let mut svc = KeyService::open(open(), KeySource::File(&key)).unwrap();
+                s.spawn(move || {
+                    (0..EACH)
+                        .filter_map(|_| {
+                            svc.revoke_user_tokens("nobody", "admin")
+                                .err()
+                                .map(|e| e.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} changes failed, e.g. {:?}",
+        failures.len(),
+        3 * EACH,
+        failures.first()
+    );
+    let svc = KeyService::open(open(), KeySource::File(&key)).unwrap();
+    assert_eq!(epoch(&svc), 3 * EACH as u64);
+    svc.verify_audit().unwrap();
+}
