@@ -35,15 +35,14 @@ fn unwrap_body(label: &LabelPublicKey) -> String {
         .to_string()
 }
 
-/// An admin command; the store is SQLite in `dir` (`None`) or the PostgreSQL at `url`.
-fn admin(dir: &Path, url: Option<&str>, args: &[&str]) -> String {
-    match url {
-        None => common::admin(dir, args),
-        Some(u) => common::pg_admin(dir, u, args),
-    }
+/// An admin command on the PostgreSQL store at `url` (the key file in `dir`).
+fn admin(dir: &Path, url: &str, args: &[&str]) -> String {
+    common::pg_admin(dir, url, args)
 }
 
-fn serve(dir: tempfile::TempDir, url: Option<&str>) -> common::Server {
+/// A server on the PostgreSQL store at `url` (the key file in `dir`), on loopback, with no
+/// rate limit and a scheduler tick every second.
+fn serve(dir: tempfile::TempDir, url: &str) -> common::Server {
     let args = [
         LOOPBACK[0],
         LOOPBACK[1],
@@ -53,19 +52,13 @@ fn serve(dir: tempfile::TempDir, url: Option<&str>) -> common::Server {
         "--schedule-interval",
         "1",
     ];
-    match url {
-        None => common::serve(dir, &args),
-        Some(u) => common::serve_with_env(
-            dir,
-            &args,
-            &[("KLUIS_STORE", u), ("KLUIS_STORE_PASSWORD", PASSWORD)],
-        ),
-    }
+    let env = [("KLUIS_STORE", url), ("KLUIS_STORE_PASSWORD", PASSWORD)];
+    common::serve_with_env(dir, &args, &env)
 }
 
 /// Alice unwraps from 4 threads while the scheduler destroys 300 versions of a label she has
 /// nothing to do with; returns her answers and the number of destroys.
-fn burst(url: Option<&str>) -> (HashMap<String, usize>, usize) {
+fn burst(url: &str) -> (HashMap<String, usize>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     admin(d, url, &["init"]);
@@ -171,7 +164,7 @@ fn no_refusals(answers: &HashMap<String, usize>) {
 fn postgres_scheduled_destroys_of_another_label_refuse_no_unwrap() {
     let cluster = PgCluster::shared();
     let db = cluster.create_database();
-    let (answers, destroys) = burst(Some(&cluster.url(&db)));
+    let (answers, destroys) = burst(&cluster.url(&db));
     assert_eq!(destroys, 300);
     no_refusals(&answers);
 }
@@ -236,13 +229,13 @@ fn postgres_every_unwrap_answered_access_changing_is_recorded() {
     let url = cluster.url(&cluster.create_database());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    admin(d, Some(&url), &["init"]);
-    admin(d, Some(&url), &["label", "create", "hr", "--user", "alice"]);
-    let alice = admin(d, Some(&url), &["token", "create", "--user", "alice"])
+    admin(d, &url, &["init"]);
+    admin(d, &url, &["label", "create", "hr", "--user", "alice"]);
+    let alice = admin(d, &url, &["token", "create", "--user", "alice"])
         .trim()
         .to_owned();
     let key = d.join("kluis-master.key");
-    let server = serve(dir, Some(&url));
+    let server = serve(dir, &url);
     let body = unwrap_body(&label_key(&server, "hr"));
     let unwrap_url = format!("{}/v1/unwrap", server.base);
 
@@ -309,8 +302,8 @@ fn postgres_every_unwrap_answered_access_changing_is_recorded() {
     );
 
     let sd = server.dir.path();
-    admin(sd, Some(&url), &["audit", "verify"]);
-    let trail: Vec<Value> = admin(sd, Some(&url), &["audit", "export"])
+    admin(sd, &url, &["audit", "verify"]);
+    let trail: Vec<Value> = admin(sd, &url, &["audit", "export"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -339,14 +332,14 @@ fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
     let url = cluster.url(&cluster.create_database());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    admin(d, Some(&url), &["init"]);
+    admin(d, &url, &["init"]);
     admin(
         d,
-        Some(&url),
+        &url,
         &["label", "create", "hr", "--user", "alice", "--user", "bob"],
     );
     let token = |user: &str| {
-        admin(d, Some(&url), &["token", "create", "--user", user])
+        admin(d, &url, &["token", "create", "--user", user])
             .trim()
             .to_owned()
     };
@@ -354,8 +347,8 @@ fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
     let other = tempfile::tempdir().unwrap();
     let key = "kluis-master.key";
     std::fs::copy(d.join(key), other.path().join(key)).unwrap();
-    let a = serve(dir, Some(&url));
-    let b = serve(other, Some(&url));
+    let a = serve(dir, &url);
+    let b = serve(other, &url);
     let body = unwrap_body(&label_key(&a, "hr"));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -410,14 +403,10 @@ fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
     until("alice", 30);
     until("bob", 30);
     let sd = a.dir.path();
-    admin(sd, Some(&url), &["token", "revoke", &alice[..14]]);
+    admin(sd, &url, &["token", "revoke", &alice[..14]]);
     let bob_then = *granted["bob"].lock().unwrap();
     until("bob", bob_then + 30);
-    admin(
-        sd,
-        Some(&url),
-        &["label", "update", "hr", "--remove-user", "bob"],
-    );
+    admin(sd, &url, &["label", "update", "hr", "--remove-user", "bob"]);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -425,8 +414,8 @@ fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
     }
     assert!(odd.lock().unwrap().is_empty(), "{:?}", odd.lock().unwrap());
 
-    admin(sd, Some(&url), &["audit", "verify"]);
-    let trail: Vec<Value> = admin(sd, Some(&url), &["audit", "export"])
+    admin(sd, &url, &["audit", "verify"]);
+    let trail: Vec<Value> = admin(sd, &url, &["audit", "export"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
