@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, SchedulerHealth, route_name};
 use crate::service::KeyService;
 use crate::service::auth::{AuthError, Caller};
 use crate::service::unwrap::{Admitted, Pending, Purpose, Refusal, UnwrapRequest as Unwrap};
-use crate::service::writer::{AuditWriter, NotCommitted, Observed};
+use crate::service::writer::{AuditWriter, NotCommitted, Observed, STALE_OUTCOME};
 use crate::store::Store;
 
 pub use crate::service::auth::{TokenVerifier, VerifyError};
@@ -726,7 +726,8 @@ async fn unwrap_common<S: Store>(
         };
         let outcomes: Vec<String> = pending.outcomes().map(str::to_owned).collect();
         // Durable before anything leaves: if the audit cannot be written, nothing is released.
-        match api.writer.commit(pending, arriving).await {
+        let last = decision == DECISIONS;
+        match api.writer.commit(pending.last(last), arriving).await {
             Ok(committed) => {
                 api.metrics.items(outcomes.iter().map(String::as_str));
                 let sealed = committed
@@ -748,7 +749,15 @@ async fn unwrap_common<S: Store>(
                 observed = api.writer.observe();
                 caller = authenticate_first(&api, identified.clone()).await?;
             }
-            Err(NotCommitted::Stale) => break,
+            // The last decision: recorded, its grants as refused; nothing released.
+            Err(NotCommitted::Stale) => {
+                let recorded = outcomes.iter().map(|o| match o.as_str() {
+                    "granted" => STALE_OUTCOME,
+                    o => o,
+                });
+                api.metrics.items(recorded);
+                break;
+            }
         }
     }
     Err(access_changing())

@@ -202,9 +202,9 @@ impl Metrics {
             (
                 "kluis_audit_stale_total",
                 "counter",
-                "Requests not recorded because access may have changed since they were \
+                "Decisions released nothing because access may have changed since they were \
                  authorised (a revocation, policy update, retire or destroy); each is decided \
-                 again.",
+                 again, up to three times.",
                 load(&s.stale),
             ),
             (

@@ -457,7 +457,12 @@ impl PgStore {
         let conn = self.conn()?;
         let shared = self.shared.clone();
         let c = &conn.client;
-        run(&shared, c.batch_execute("BEGIN"))?;
+        // READ COMMITTED whatever the database's default: what runs after the lock must see
+        // the migrations of whoever held it before.
+        run(
+            &shared,
+            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        )?;
         let result = (|| -> Result<()> {
             run(
                 &shared,
@@ -1002,7 +1007,10 @@ impl Store for PgStore {
     }
 
     /// `BEGIN`, then the writers' advisory lock, so that the writers of every replica take
-    /// turns; `COMMIT` with `synchronous_commit = on`.
+    /// turns; `COMMIT` with `synchronous_commit = on`. `READ COMMITTED` whatever the
+    /// database's default: every statement after the lock sees what the writer before
+    /// committed (the audit tail, the access epoch, see `service::epoch`); under `repeatable
+    /// read` the snapshot would be taken at the lock statement, before the lock is granted.
     fn write<T>(&mut self, f: impl FnOnce(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
         let conn = self.conn()?;
         let shared = self.shared.clone();
@@ -1011,7 +1019,7 @@ impl Store for PgStore {
         let begun = run(
             &shared,
             c.batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
             )),
         );
         if let Err(e) = begun {

@@ -50,6 +50,12 @@ pub struct KeyService<S> {
     dke_keys: RefCell<dke::DkeKeyCache>,
 }
 
+/// Log a scheduled change that failed and add it to `failed`; the run goes on with the rest.
+fn schedule_failed(failed: &mut Vec<(String, String)>, what: String, e: ServerError) {
+    crate::log!("scheduled work on {what} failed, going on with the rest: {e}");
+    failed.push((what, e.to_string()));
+}
+
 /// The audit entry of an administrative change made under `actor`.
 fn admin_entry(actor: &str, action: &str, label: Option<&str>, kid: Option<u32>) -> AuditEntry {
     AuditEntry {
@@ -317,54 +323,10 @@ impl<S: Store> KeyService<S> {
         scrub_now: bool,
     ) -> Result<()> {
         let destroy = to == VersionState::Destroyed;
-        let changed = self.write(|keyring, tx| {
-            // The state is checked inside the write transaction: a concurrent destroy that
-            // committed first is seen here (a refusal below rolls the transaction back).
-            let state = match tx.version(name, kid)? {
-                Some(v) => v.state,
-                None if tx.label_policy(name)?.is_none() => {
-                    return Err(ServerError::UnknownLabel(name.to_owned()));
-                }
-                None => {
-                    return Err(ServerError::UnknownVersion {
-                        label: name.to_owned(),
-                        kid,
-                    });
-                }
-            };
-            match state {
-                // Retiring twice changes nothing.
-                VersionState::Retired if to == VersionState::Retired => return Ok(false),
-                VersionState::Current => {
-                    return Err(ServerError::Refused(format!(
-                        "version {kid} is the current version of `{name}`: rotate first"
-                    )));
-                }
-                VersionState::Destroyed => {
-                    return Err(ServerError::Destroyed {
-                        label: name.to_owned(),
-                        kid,
-                        destroyed_ms: None,
-                    });
-                }
-                _ => {}
-            }
-            if destroy {
-                tx.destroy_version(name, kid, now_ms())?;
-            } else {
-                tx.set_state(name, kid, to)?;
-            }
-            let action = if destroy {
-                "label.destroy"
-            } else {
-                "label.retire"
-            };
-            keyring.append_audit(tx, &[admin_entry(actor, action, Some(name), Some(kid))])?;
-            Ok(true)
-        })?;
+        let changed =
+            self.write(|keyring, tx| Self::change_state(keyring, tx, name, kid, to, actor))?;
         if destroy && changed {
-            self.keys.borrow_mut().remove(&(name.to_owned(), kid));
-            self.dke_keys.borrow_mut().remove(&(name.to_owned(), kid));
+            self.forget_keys(name, kid);
             if !scrub_now {
                 return Ok(());
             }
@@ -383,6 +345,68 @@ impl<S: Store> KeyService<S> {
             })?;
         }
         Ok(())
+    }
+
+    /// Inside a write transaction: change a non-current version's state, with its audit
+    /// record; returns whether it changed (retiring twice changes nothing).
+    fn change_state(
+        keyring: &Keyring,
+        tx: &mut dyn StoreTx,
+        name: &str,
+        kid: u32,
+        to: VersionState,
+        actor: &str,
+    ) -> Result<bool> {
+        let destroy = to == VersionState::Destroyed;
+        // The state is checked inside the write transaction: a concurrent destroy that
+        // committed first is seen here (a refusal below rolls the transaction back).
+        let state = match tx.version(name, kid)? {
+            Some(v) => v.state,
+            None if tx.label_policy(name)?.is_none() => {
+                return Err(ServerError::UnknownLabel(name.to_owned()));
+            }
+            None => {
+                return Err(ServerError::UnknownVersion {
+                    label: name.to_owned(),
+                    kid,
+                });
+            }
+        };
+        match state {
+            // Retiring twice changes nothing.
+            VersionState::Retired if to == VersionState::Retired => return Ok(false),
+            VersionState::Current => {
+                return Err(ServerError::Refused(format!(
+                    "version {kid} is the current version of `{name}`: rotate first"
+                )));
+            }
+            VersionState::Destroyed => {
+                return Err(ServerError::Destroyed {
+                    label: name.to_owned(),
+                    kid,
+                    destroyed_ms: None,
+                });
+            }
+            _ => {}
+        }
+        if destroy {
+            tx.destroy_version(name, kid, now_ms())?;
+        } else {
+            tx.set_state(name, kid, to)?;
+        }
+        let action = if destroy {
+            "label.destroy"
+        } else {
+            "label.retire"
+        };
+        keyring.append_audit(tx, &[admin_entry(actor, action, Some(name), Some(kid))])?;
+        Ok(true)
+    }
+
+    /// Forget this connection's unsealed keys of a destroyed version.
+    fn forget_keys(&self, name: &str, kid: u32) {
+        self.keys.borrow_mut().remove(&(name.to_owned(), kid));
+        self.dke_keys.borrow_mut().remove(&(name.to_owned(), kid));
     }
 
     /// The private key of a version, unsealed, for the crate's own tests (feature
@@ -542,9 +566,11 @@ impl<S: Store> KeyService<S> {
         let names = self.store.label_names()?;
         let mut done = Vec::new();
         let mut failed = Vec::new();
+        let mut due = Vec::new();
         for name in names {
-            self.schedule_label(&name, now_ms, actor, &mut done, &mut failed);
+            self.schedule_label(&name, now_ms, actor, &mut done, &mut failed, &mut due);
         }
+        self.destroy_due(due, actor, &mut done, &mut failed);
         // One scrub for every destroy of the run (on PostgreSQL each is a rewrite of the
         // whole table that unwraps wait for); if it cannot finish now, the store's pending
         // mark has the scheduler retry it.
@@ -563,8 +589,8 @@ impl<S: Store> KeyService<S> {
         }
     }
 
-    /// The scheduled changes of one label due at `now_ms`: those made go to `done`, those
-    /// that failed (logged) to `failed`.
+    /// The scheduled changes of one label due at `now_ms`: the rotation is made (to `done`,
+    /// or logged to `failed`); the versions whose retention ended go to `due`.
     fn schedule_label(
         &mut self,
         name: &str,
@@ -572,6 +598,7 @@ impl<S: Store> KeyService<S> {
         actor: &str,
         done: &mut Vec<ScheduledChange>,
         failed: &mut Vec<(String, String)>,
+        due: &mut Vec<(String, u32)>,
     ) {
         // Test support only (never in a build that serves): the scheduled work panics at this
         // label, so that a test can see the scheduler survive a panic.
@@ -579,10 +606,7 @@ impl<S: Store> KeyService<S> {
         if std::env::var("KLUIS_TEST_SCHEDULE_PANICS_ON").is_ok_and(|l| l == name) {
             panic!("KLUIS_TEST_SCHEDULE_PANICS_ON is `{name}` (test support)");
         }
-        let mut fail = |what: String, e: ServerError| {
-            crate::log!("scheduled work on {what} failed, going on with the rest: {e}");
-            failed.push((what, e.to_string()));
-        };
+        let mut fail = |what: String, e: ServerError| schedule_failed(failed, what, e);
         let label = match self.label(name) {
             Ok(label) => label,
             Err(e) => return fail(format!("label `{name}`"), e),
@@ -607,17 +631,55 @@ impl<S: Store> KeyService<S> {
                 .superseded_ms
                 .is_some_and(|t| t.saturating_add(ms(keep)) <= now_ms);
             if expired && matches!(v.state, VersionState::Active | VersionState::Retired) {
-                match self.set_state(name, v.kid, VersionState::Destroyed, actor, false) {
-                    // Destroyed; the scrub of old copies is retried by the scheduler.
+                due.push((name.to_owned(), v.kid));
+            }
+        }
+    }
+
+    /// Destroy the versions of a scheduled run whose retention ended, all in one transaction:
+    /// the access epoch then rises once for the run, not once per version. Each rise has every
+    /// grant in flight, of any label, decided again, so a run of many destroys, each in its own
+    /// transaction, kept unrelated unwraps from being granted (`503 access_changing`) while it
+    /// lasted. If that transaction fails, one by one, so that a version that cannot be
+    /// destroyed does not keep the others from it.
+    fn destroy_due(
+        &mut self,
+        due: Vec<(String, u32)>,
+        actor: &str,
+        done: &mut Vec<ScheduledChange>,
+        failed: &mut Vec<(String, String)>,
+    ) {
+        if due.is_empty() {
+            return;
+        }
+        let together = self.write(|keyring, tx| {
+            for (name, kid) in &due {
+                Self::change_state(keyring, tx, name, *kid, VersionState::Destroyed, actor)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = &together {
+            crate::log!("scheduled destroys failed together ({e}), trying them one by one");
+        }
+        for (name, kid) in due {
+            let result = match together {
+                Ok(()) => {
+                    self.forget_keys(&name, kid);
                     Ok(())
-                    | Err(ServerError::ScrubPending { .. } | ServerError::ScrubFailed { .. }) => {
-                        done.push(ScheduledChange::Destroyed {
-                            label: name.to_owned(),
-                            kid: v.kid,
-                        })
-                    }
-                    Err(e) => fail(format!("label `{name}` version {} (retention)", v.kid), e),
                 }
+                Err(_) => self.set_state(&name, kid, VersionState::Destroyed, actor, false),
+            };
+            match result {
+                // Destroyed; the scrub of old copies is retried by the scheduler.
+                Ok(())
+                | Err(ServerError::ScrubPending { .. } | ServerError::ScrubFailed { .. }) => {
+                    done.push(ScheduledChange::Destroyed { label: name, kid })
+                }
+                Err(e) => schedule_failed(
+                    failed,
+                    format!("label `{name}` version {kid} (retention)"),
+                    e,
+                ),
             }
         }
     }
@@ -659,5 +721,55 @@ impl<S: Store> KeyService<S> {
     /// Verify the whole audit chain; returns the number of records and the head MAC (hex).
     pub fn verify_audit(&self) -> Result<(i64, String)> {
         self.keyring.verify_audit(&self.store)
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use crate::keyring::KeySource;
+
+    /// The scheduled destroys of a run go in one transaction; when that fails (here a version
+    /// destroyed meanwhile by hand), they are made one by one: the others are destroyed and
+    /// recorded, the one that failed is reported.
+    #[test]
+    fn scheduled_destroys_that_fail_together_are_made_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        let mut svc =
+            KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
+        svc.create_label("hr", &Policy::default(), "admin").unwrap();
+        for _ in 0..3 {
+            svc.rotate("hr", "admin").unwrap();
+        }
+        svc.destroy("hr", 2, "admin").unwrap();
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        let due = vec![("hr".into(), 1), ("hr".into(), 2), ("hr".into(), 3)];
+        svc.destroy_due(due, "scheduler", &mut done, &mut failed);
+        let destroyed = |kid| ScheduledChange::Destroyed {
+            label: "hr".into(),
+            kid,
+        };
+        assert_eq!(done, [destroyed(1), destroyed(3)]);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].0.contains("version 2"), "{failed:?}");
+        let states: Vec<_> = svc
+            .label("hr")
+            .unwrap()
+            .versions
+            .iter()
+            .map(|v| v.state)
+            .collect();
+        use VersionState::{Current, Destroyed};
+        assert_eq!(states, [Destroyed, Destroyed, Destroyed, Current]);
+        let by_scheduler = svc
+            .audit_records(None)
+            .unwrap()
+            .iter()
+            .filter(|r| r.entry.actor == "scheduler" && r.entry.action == "label.destroy")
+            .map(|r| r.entry.kid)
+            .collect::<Vec<_>>();
+        assert_eq!(by_scheduler, [Some(1), Some(3)]);
+        svc.verify_audit().unwrap();
     }
 }

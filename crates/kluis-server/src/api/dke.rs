@@ -31,7 +31,7 @@ use crate::dke::{DkeSettings, cache_exp, jwk_parts, key_id};
 use crate::service::auth::{TokenVerifier, VerifyError};
 use crate::service::dke::DkeRequest;
 use crate::service::unwrap::{Admitted, Refusal};
-use crate::service::writer::NotCommitted;
+use crate::service::writer::{NotCommitted, STALE_OUTCOME};
 use crate::store::{Principal, Store};
 use crate::time::now_ms;
 
@@ -362,7 +362,8 @@ async fn decrypt<S: Store>(
         };
         let outcome = pending.outcome().to_owned();
         // Durable before anything leaves: if the audit cannot be written, nothing is released.
-        let committed = match api.writer.commit_dke(pending, arriving).await {
+        let last = decision == DECISIONS;
+        let committed = match api.writer.commit_dke(pending.last(last), arriving).await {
             Ok(c) => c,
             Err(NotCommitted::Unavailable) => {
                 api.metrics.dke(&outcome);
@@ -379,7 +380,14 @@ async fn decrypt<S: Store>(
                 observed = api.writer.observe();
                 continue;
             }
-            Err(NotCommitted::Stale) => break,
+            // The last decision: recorded, a grant as refused; nothing released.
+            Err(NotCommitted::Stale) => {
+                api.metrics.dke(match outcome.as_str() {
+                    "granted" => STALE_OUTCOME,
+                    o => o,
+                });
+                break;
+            }
         };
         api.metrics.dke(&outcome);
         return match committed.release() {

@@ -69,9 +69,17 @@ pub struct DkePending {
     pub(super) entry: AuditEntry,
     /// The access epoch it was authorised under.
     pub(super) observed: Observed,
+    /// The request's last decision (see [`DkePending::last`]).
+    pub(super) last: bool,
 }
 
 impl DkePending {
+    /// Mark this the request's last decision, as [`Pending::last`](super::unwrap::Pending::last).
+    pub fn last(mut self, last: bool) -> Self {
+        self.last = last;
+        self
+    }
+
     /// The outcome (`granted` or a refusal code), for metrics.
     pub fn outcome(&self) -> &str {
         &self.entry.outcome
@@ -216,6 +224,7 @@ impl<S: Store> KeyService<S> {
             result,
             entry,
             observed,
+            last: false,
         }
     }
 

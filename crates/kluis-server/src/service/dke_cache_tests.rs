@@ -1,6 +1,6 @@
 //! The unsealed DKE private keys a serving connection keeps (review B of issue 16): a
 //! destroyed version's key must not stay in the process's memory, nor one sealed under a
-//! master key that was rotated away.
+//! master key that was rotated away. Also the re-check of a decrypt at its audit commit.
 
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
 use base64::Engine;
@@ -107,4 +107,56 @@ fn destroyed_and_resealed_dke_keys_leave_the_cache() {
         !cached(&owner, 2),
         "a key unsealed under the old master key stays in memory"
     );
+}
+
+/// A decrypt overtaken by a withdrawal (here of another user's tokens) between its
+/// decision and its commit releases nothing: an earlier decision leaves no record, the last
+/// one is recorded with its grant as `access_changing`; decided again, it is granted.
+#[test]
+fn a_stale_decrypt_releases_nothing_and_its_last_decision_is_recorded() {
+    use super::writer::{AuditWriter, NotCommitted, STALE_OUTCOME};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    let mut admin = KeyService::<SqliteStore>::init_sqlite(
+        &db,
+        KeySource::File(&dir.path().join("master.key")),
+    )
+    .unwrap();
+    let policy = Policy {
+        users: vec!["oidc:entra:alice@org.nl".to_owned()],
+        ..Policy::default()
+    };
+    admin
+        .create_label_with("medical", &policy, true, "admin")
+        .unwrap();
+    let reader = admin.reopen().unwrap();
+    let writer = AuditWriter::start(admin.reopen().unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let req = request(&reader, 1);
+    let mut outcomes = Vec::new();
+    for (last, withdraw) in [(false, true), (true, true), (false, false)] {
+        let pending = reader.dke_decrypt(&alice(), req.clone(), writer.observe());
+        if withdraw {
+            admin.revoke_user_tokens("bob", "admin").unwrap();
+        }
+        let answer = rt.block_on(writer.commit_dke(pending.last(last), writer.arriving()));
+        outcomes.push(answer.map(|c| c.release().is_ok()));
+    }
+    assert_eq!(
+        outcomes,
+        [Err(NotCommitted::Stale), Err(NotCommitted::Stale), Ok(true)]
+    );
+    writer.shutdown();
+    let recorded: Vec<String> = admin
+        .audit_records(None)
+        .unwrap()
+        .iter()
+        .filter(|r| r.entry.action == "dke.decrypt")
+        .map(|r| r.entry.outcome.clone())
+        .collect();
+    assert_eq!(recorded, [STALE_OUTCOME, "granted"]);
+    admin.verify_audit().unwrap();
 }

@@ -7,8 +7,9 @@
 //! share with a "granted" record after the record of the change.
 //!
 //! The protocol:
-//! - every write transaction goes through `KeyService::write`, which hands its closure
-//!   a `Counting` transaction: the first call of a method that can withdraw access
+//! - every write transaction of the service goes through `KeyService::write` (only `init` and
+//!   `store copy` write otherwise, into a new store no server uses yet), which hands its
+//!   closure a `Counting` transaction: the first call of a method that can withdraw access
 //!   ([`StoreTx::revoke_token`], [`StoreTx::revoke_user`], [`StoreTx::set_policy`],
 //!   [`StoreTx::set_state`], [`StoreTx::destroy_version`]) increases the epoch in the same
 //!   transaction (so a new write path cannot forget it);
@@ -17,13 +18,17 @@
 //!   any store read it makes to authenticate or authorise;
 //! - in its transaction, under the writers' lock, the writer reads the epoch once per group;
 //!   a request that releases something (a granted share, a DKE plaintext) and observed another
-//!   value is not appended: it is answered "stale" and decided again from the start.
+//!   value is not appended: it is answered "stale" and decided again from the start (its
+//!   third decision is appended with each grant recorded as refused, and releases nothing);
+//! - changes made in a burst share one transaction where they can (a scheduled run's
+//!   destroys), since every rise has every grant in flight, of any label, decided again.
 //!
 //! Why that is enough. The epoch only grows: only `Counting` writes it, one write transaction
-//! at a time, each adding one (a restore replaces the store of a stopped server only). Say a
-//! request observed `e`, and the writer's transaction `W` reads `e` again. The value `e` was
-//! read by an earlier writer transaction `W0` (or at start-up, before any request) that
-//! committed before it was published, hence before the request's reads began. Every change
+//! at a time, each adding one (a restore replaces the store of a stopped server only; `store
+//! copy` writes the source's value into a new, empty store). Say a request observed `e`, and
+//! the writer's transaction `W` reads `e` again. The value `e` was read by an earlier writer
+//! transaction `W0` (or at start-up, before any request) that committed before it was
+//! published, hence before the request's reads began. Every change
 //! that raised the epoch to `e` or below committed before `W0` read it (writers take turns, in
 //! this process and in every other, under the store's writers' lock), so the request's reads,
 //! which see everything committed before they start, saw each of them. A change committed

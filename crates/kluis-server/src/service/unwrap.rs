@@ -180,9 +180,21 @@ pub struct Pending {
     pub(super) entries: Vec<AuditEntry>,
     /// The access epoch it was authorised under.
     pub(super) observed: Observed,
+    /// The request's last decision (see [`Pending::last`]).
+    pub(super) last: bool,
 }
 
 impl Pending {
+    /// Mark this the request's last decision: if access may have been withdrawn since it was
+    /// authorised ([`NotCommitted::Stale`](super::writer::NotCommitted::Stale)), its records
+    /// are committed all the same, each grant as refused
+    /// ([`STALE_OUTCOME`](super::writer::STALE_OUTCOME)), and nothing is released; so every
+    /// request that was decided leaves its records.
+    pub fn last(mut self, last: bool) -> Self {
+        self.last = last;
+        self
+    }
+
     /// The outcome of each audited item (`granted` or a refusal code), for metrics.
     pub fn outcomes(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.outcome.as_str())
@@ -281,6 +293,7 @@ impl<S: Store> KeyService<S> {
             results,
             entries,
             observed,
+            last: false,
         }
     }
 

@@ -50,8 +50,15 @@ struct Job {
     /// For a request that releases something: the access epoch it was authorised under; its
     /// records are appended only while the store's epoch is still this one.
     releases_under: Option<u64>,
+    /// The request's last decision: if it is stale, its records are appended all the same,
+    /// each grant as refused [`STALE_OUTCOME`] (nothing of it is released).
+    recorded_when_stale: bool,
     done: oneshot::Sender<Result<(), NotCommitted>>,
 }
+
+/// The outcome recorded for a grant of a request's last decision that was stale: nothing was
+/// released (the answer is `503 access_changing`).
+pub const STALE_OUTCOME: &str = "access_changing";
 
 /// The group to commit: `first`, what is queued behind it, and, while requests are still
 /// `coming`, what arrives within `delay`.
@@ -79,8 +86,9 @@ fn gather(rx: &mpsc::Receiver<Job>, first: Job, coming: &AtomicUsize, delay: Dur
 }
 
 /// In one transaction: the store's access epoch, then the records of every job that releases
-/// nothing or was authorised under that epoch. Returns the epoch and, per job, whether its
-/// records were appended (the others are stale), and the number of records appended.
+/// nothing or was authorised under that epoch, and of every stale job's last decision (its
+/// grants recorded as refused). Returns the epoch and, per job, whether it is fresh (the others
+/// are stale), and the number of records appended.
 fn commit_group<S: Store>(
     store: &mut KeyService<S>,
     jobs: &mut [Job],
@@ -100,8 +108,15 @@ fn commit_group<S: Store>(
             .map(|j| j.releases_under.is_none_or(|e| e == now))
             .collect();
         let mut all = Vec::with_capacity(records);
-        for (job, _) in jobs.iter_mut().zip(&fresh).filter(|(_, f)| **f) {
-            all.append(&mut job.entries);
+        for (job, fresh) in jobs.iter_mut().zip(&fresh) {
+            if !fresh && job.recorded_when_stale {
+                for e in job.entries.iter_mut().filter(|e| e.outcome == "granted") {
+                    e.outcome = STALE_OUTCOME.to_owned();
+                }
+            }
+            if *fresh || job.recorded_when_stale {
+                all.append(&mut job.entries);
+            }
         }
         if !all.is_empty() {
             keyring.append_audit(tx, &all)?;
@@ -130,8 +145,8 @@ pub struct WriterStats {
     pub records: AtomicUsize,
     /// Transactions that failed (their requests were refused).
     pub failures: AtomicUsize,
-    /// Requests not appended because access may have changed since they were authorised
-    /// (each is decided again).
+    /// Decisions set aside because access may have changed since they were authorised (each
+    /// is decided again; a request's last is recorded without its grants).
     pub stale: AtomicUsize,
     /// Whether the last transaction (a commit or an idle probe) failed.
     pub failing: AtomicBool,
@@ -307,7 +322,7 @@ impl AuditWriter {
             let entries = std::mem::take(&mut pending.entries);
             let releases = pending.results.iter().any(|r| r.is_ok());
             let under = releases.then_some(pending.observed.0);
-            self.append(entries, under, arriving).await?;
+            self.append(entries, under, pending.last, arriving).await?;
         }
         Ok(Committed(pending))
     }
@@ -321,18 +336,20 @@ impl AuditWriter {
         arriving: Arriving<'_>,
     ) -> Result<DkeCommitted, NotCommitted> {
         let under = pending.result.is_ok().then_some(pending.observed.0);
-        self.append(vec![pending.entry.clone()], under, arriving)
+        self.append(vec![pending.entry.clone()], under, pending.last, arriving)
             .await?;
         Ok(DkeCommitted(pending))
     }
 
     /// Append `entries` durably, if `releases_under` is `None` or still the store's access
-    /// epoch; returns once they are committed (fsynced), or why not. `arriving` (from
+    /// epoch, or else (stale) if `recorded_when_stale`, each grant then recorded as refused;
+    /// returns once they are committed (fsynced), or why not. `arriving` (from
     /// [`AuditWriter::arriving`]) stops being counted as the entries are queued.
     async fn append(
         &self,
         entries: Vec<AuditEntry>,
         releases_under: Option<u64>,
+        recorded_when_stale: bool,
         arriving: Arriving<'_>,
     ) -> Result<(), NotCommitted> {
         // Not arriving any more: a writer that looks now must not wait for this request,
@@ -346,6 +363,7 @@ impl AuditWriter {
             let job = Job {
                 entries,
                 releases_under,
+                recorded_when_stale,
                 done,
             };
             if queue.send(job).is_err() {
@@ -422,6 +440,7 @@ mod tests {
         let job = Job {
             entries,
             releases_under: None,
+            recorded_when_stale: false,
             done,
         };
         (job, wait)
@@ -489,6 +508,40 @@ mod tests {
         svc.verify_audit().unwrap();
     }
 
+    /// A stale job that is its request's last decision is recorded all the same, its grants
+    /// as refused `access_changing` (its refusals as they were); an earlier decision is not.
+    #[test]
+    fn the_last_decision_of_a_stale_request_is_recorded_without_its_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        let mut svc =
+            KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
+        svc.reopen()
+            .unwrap()
+            .revoke_user_tokens("nobody", "admin")
+            .unwrap();
+        let before = svc.audit_records(None).unwrap().len();
+        let mut jobs = Vec::new();
+        for (n, last) in [(1, false), (2, true)] {
+            let (mut j, _) = job(n);
+            let mut denied = entry(n);
+            denied.outcome = "denied".into();
+            j.entries.push(denied);
+            j.releases_under = Some(0);
+            j.recorded_when_stale = last;
+            jobs.push(j);
+        }
+        let (now, fresh, appended) = commit_group(&mut svc, &mut jobs, 4).unwrap();
+        assert_eq!((now, fresh, appended), (1, vec![false, false], 2));
+        let recorded: Vec<(String, String)> = svc.audit_records(None).unwrap()[before..]
+            .iter()
+            .map(|r| (r.entry.actor.clone(), r.entry.outcome.clone()))
+            .collect();
+        let user2 = |o: &str| ("user2".to_owned(), o.to_owned());
+        assert_eq!(recorded, [user2(STALE_OUTCOME), user2("denied")]);
+        svc.verify_audit().unwrap();
+    }
+
     /// Requests already being worked on join one commit instead of one commit each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn arriving_requests_are_committed_together() {
@@ -503,7 +556,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let arriving = w.arriving();
                 all_counted.wait().await;
-                w.append(vec![entry(n)], None, arriving).await
+                w.append(vec![entry(n)], None, false, arriving).await
             }));
         }
         for t in tasks {
@@ -523,7 +576,9 @@ mod tests {
         let w = writer(dir.path());
         let _stuck = w.arriving();
         for n in 0..3 {
-            w.append(vec![entry(n)], None, w.arriving()).await.unwrap();
+            w.append(vec![entry(n)], None, false, w.arriving())
+                .await
+                .unwrap();
         }
         assert_eq!(w.stats().records.load(Ordering::Relaxed), 3);
         assert_eq!(
