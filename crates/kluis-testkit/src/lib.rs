@@ -12,8 +12,8 @@ use std::time::Duration;
 /// The `kluis-server` binary, built once per test run.
 ///
 /// Cargo builds only the binaries of the package under test, so the server's binary is
-/// built here with `cargo build -p kluis-server --bin kluis-server` into the same target
-/// directory and profile as this test (a no-op when it is up to date). `KLUIS_SERVER_BIN`
+/// built here with `cargo build -p kluis-server --bin kluis-server --features test-support`
+/// into the same target directory and profile as this test (a no-op when it is up to date). `KLUIS_SERVER_BIN`
 /// points at a prebuilt binary instead.
 pub fn server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -55,6 +55,11 @@ pub fn server_bin() -> &'static Path {
                 "kluis-server",
                 "--bin",
                 "kluis-server",
+                // The features kluis-server's own tests build its binary with (its
+                // dev-dependency on itself): without them this build would replace, at the same
+                // path, the binary those tests run, and their test-only switches would be gone.
+                "--features",
+                "test-support",
             ])
             .arg("--target-dir")
             .arg(target_dir);
