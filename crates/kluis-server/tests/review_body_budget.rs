@@ -1,0 +1,256 @@
+//! Review of the request-body budget (issue 14, defect 6 and its follow-up): what several
+//! identities, lying `Content-Length`s and slow bodies can do to other callers.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{Server, admin, label_key, post_full, serve};
+use kluis_core::reply::ReplyKey;
+use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
+use serde_json::{Value, json};
+
+/// A store with label `hr` for `users`, and a token for each.
+fn store_for(users: &[&str]) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["init"]);
+    let mut args = vec!["label", "create", "hr"];
+    for u in users {
+        args.extend(["--user", u]);
+    }
+    admin(dir.path(), &args);
+    let tokens = users
+        .iter()
+        .map(|u| {
+            admin(dir.path(), &["token", "create", "--user", u])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    (dir, tokens)
+}
+
+/// `serve` on plain loopback HTTP with default limits (rate limiting off).
+fn serve_default(dir: tempfile::TempDir) -> Server {
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nrate_limit_per_sec = 0\n",
+    )
+    .unwrap();
+    serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    )
+}
+
+fn addr(server: &Server) -> SocketAddr {
+    server
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A single unwrap body for a fresh document sealed to `label`.
+fn unwrap_body(label: &LabelPublicKey) -> Value {
+    let sealed = kluis_core::seal(
+        &[Slot::single(Recipient::Label(label.clone()))],
+        &Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = Header::parse(&sealed).unwrap();
+    let reply = ReplyKey::generate().unwrap();
+    json!({
+        "doc_id": header.doc_id().to_string(),
+        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
+        "reply_key": B64.encode(reply.public_bytes()),
+    })
+}
+
+/// A connection that has sent an unwrap head with `token` announcing a 1 MiB body, then
+/// `sent` bytes of it, and waits.
+fn slow_body(a: SocketAddr, token: &str, sent: usize) -> TcpStream {
+    let mut s = TcpStream::connect(a).unwrap();
+    let head = format!(
+        "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        1024 * 1024
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![b' '; sent]).unwrap();
+    s
+}
+
+/// Four identities, each with four connections that announced a 1 MiB body and sent one
+/// byte of it (16 connections, 16 bytes of body in all), held the whole default body budget
+/// (16 MiB) until the request timeout (30 s): every other caller's unwrap was refused
+/// `503 server_busy`, whatever its size. SERVER.md promised "one caller, however many
+/// connections it opens, holds at most its share, and others are served".
+#[test]
+fn a_few_identities_announcing_bodies_they_never_send_do_not_starve_others() {
+    let users = ["m1", "m2", "m3", "m4", "victim"];
+    let (dir, tokens) = store_for(&users);
+    let server = serve_default(dir);
+    let a = addr(&server);
+    let label = label_key(&server, "hr");
+    let url = format!("{}/v1/unwrap", server.base);
+    let mut held = Vec::new();
+    for t in &tokens[..4] {
+        for _ in 0..4 {
+            held.push(slow_body(a, t, 1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..3 {
+        let t = Instant::now();
+        let (status, v, _) = post_full(&url, Some(&tokens[4]), &unwrap_body(&label));
+        let took = t.elapsed();
+        assert_eq!(status, 200, "round {round}, after {took:?}: {v}");
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+    }
+    drop(held);
+}
+
+/// Four identities, each with four connections that sent almost all of a 1 MiB body and then
+/// stopped (16 MiB sent once, then nothing for the request timeout of 30 s), held the whole
+/// default budget: every other caller was refused `503 server_busy`.
+#[test]
+fn bodies_that_stop_short_of_their_end_do_not_starve_others() {
+    let users = ["m1", "m2", "m3", "m4", "victim"];
+    let (dir, tokens) = store_for(&users);
+    let server = serve_default(dir);
+    let a = addr(&server);
+    let label = label_key(&server, "hr");
+    let url = format!("{}/v1/unwrap", server.base);
+    let mut held = Vec::new();
+    for t in &tokens[..4] {
+        for _ in 0..4 {
+            held.push(slow_body(a, t, 1024 * 1024 - 1024));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..3 {
+        let t = Instant::now();
+        let (status, v, _) = post_full(&url, Some(&tokens[4]), &unwrap_body(&label));
+        let took = t.elapsed();
+        assert_eq!(status, 200, "round {round}, after {took:?}: {v}");
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+    }
+    drop(held);
+}
+
+/// Eight identities on eight addresses keep 32 connections sending almost all of a 1 MiB
+/// body and then stopping, reconnecting as soon as one is answered: the budget stays full
+/// throughout. Another caller is still served within 1 s, round after round; the bodies cut
+/// off get a JSON `503 server_busy`; memory stays under 256 MiB; nothing stays held after.
+#[cfg(target_os = "linux")]
+#[test]
+fn identities_on_many_addresses_refilling_the_budget_do_not_starve_others() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut users: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    users.push("victim".into());
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let (dir, tokens) = store_for(&names);
+    let server = serve_default(dir);
+    let pid = server.child.id();
+    let a = addr(&server);
+    let label = label_key(&server, "hr");
+    let url = format!("{}/v1/unwrap", server.base);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cut, other) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let attackers: Vec<_> = (0..32)
+        .map(|i| {
+            let token = tokens[i % 8].clone();
+            let from = format!("127.0.0.{}", 2 + i % 8);
+            let (stop, cut, other) = (stop.clone(), cut.clone(), other.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let connected = rt.block_on(async {
+                        let s = tokio::net::TcpSocket::new_v4().unwrap();
+                        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+                        s.connect(a).await
+                    });
+                    // The server is gone (the test failed): stop.
+                    let Ok(s) = connected else { break };
+                    let mut s = s.into_std().unwrap();
+                    s.set_nonblocking(false).unwrap();
+                    let head = format!(
+                        "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        1024 * 1024
+                    );
+                    let _ = s.write_all(head.as_bytes());
+                    let _ = s.write_all(&vec![b' '; 1024 * 1024 - 1024]);
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let mut answer = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !stop.load(Ordering::Relaxed) && !common::raw_complete(&answer) {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => answer.extend_from_slice(&buf[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&answer).into_owned();
+                    if common::raw_status(&answer) == Some(503) && text.contains("\"server_busy\"")
+                    {
+                        cut.fetch_add(1, Ordering::Relaxed);
+                    } else if !answer.is_empty() {
+                        other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for round in 0..5 {
+        let t = Instant::now();
+        let (status, v, _) = post_full(&url, Some(&tokens[8]), &unwrap_body(&label));
+        let took = t.elapsed();
+        assert_eq!(status, 200, "round {round}, after {took:?}: {v}");
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let peak = common::proc_status_kib(pid, "VmHWM").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in attackers {
+        t.join().unwrap();
+    }
+    let (cut, other) = (cut.load(Ordering::Relaxed), other.load(Ordering::Relaxed));
+    eprintln!("peak {peak} KiB; {cut} bodies cut off with 503 server_busy, {other} other answers");
+    assert!(
+        cut >= 16,
+        "only {cut} slow bodies were cut off ({other} other answers)"
+    );
+    assert!(peak < 256 * 1024, "peak memory {peak} KiB");
+    // A body waiting for room (up to 1 s) notices its closed connection only then.
+    let given_back = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, metrics) = common::get(&format!("{}/metrics", server.base), None);
+        if metrics.contains("\nkluis_body_bytes_in_flight 0\n") {
+            break;
+        }
+        assert!(Instant::now() < given_back, "bytes still held: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
