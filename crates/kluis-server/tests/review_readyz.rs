@@ -134,3 +134,105 @@ fn the_idle_probe_adds_no_record_and_changes_no_chain_and_a_healthy_writer_write
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(admin(&d, &["audit", "verify"]), before);
 }
+
+/// On PostgreSQL: while another session holds the writers' advisory lock (a stuck replica or
+/// an operator's `psql`) for longer than the statement timeout, an unwrap is refused `503`
+/// and `/readyz` says `503 audit_unavailable`; once the lock is let go, `/readyz` is 200 again
+/// within seconds without any request, and nothing but the refused unwrap's absence shows in
+/// the trail.
+#[test]
+fn on_postgresql_readyz_follows_the_audit_writer_across_a_held_write_lock() {
+    use kluis_testkit::postgres::{PASSWORD, PgCluster};
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let cluster = PgCluster::shared();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let pg = |args: &[&str]| common::pg_admin(&d, &url, args);
+    pg(&["init"]);
+    pg(&["label", "create", "hr", "--user", "alice"]);
+    let token = pg(&["token", "create", "--user", "alice"])
+        .trim()
+        .to_owned();
+    std::fs::write(
+        d.join("kluis.toml"),
+        "store_statement_timeout_secs = 2\n[serve]\nrate_limit_per_sec = 0\n",
+    )
+    .unwrap();
+    let server = common::serve_with_env(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+        &[("KLUIS_STORE", &url), ("KLUIS_STORE_PASSWORD", PASSWORD)],
+    );
+    let v = label_key(&server, "hr");
+    let unwrap_url = format!("{}/v1/unwrap", server.base);
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(readiness(&server.base).0, 200);
+    let before = pg(&["audit", "verify"]);
+
+    // Another session takes the writers' lock and keeps it.
+    let db = url.rsplit('/').next().unwrap();
+    let mut holder = Command::new(kluis_testkit::postgres::bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+        ])
+        .args([
+            "-U",
+            url.split("//").nth(1).unwrap().split('@').next().unwrap(),
+        ])
+        .args(["-d", db])
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to_psql = holder.stdin.take().unwrap();
+    writeln!(
+        to_psql,
+        "SELECT pg_advisory_lock({});",
+        kluis_server::postgres::WRITE_LOCK
+    )
+    .unwrap();
+    to_psql.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body, _) = post(&unwrap_url, Some(&token), &unwrap_body(&v));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "audit_unavailable", "{body}");
+    assert_eq!(
+        readiness(&server.base),
+        (503, "audit_unavailable".to_owned()),
+        "/readyz while the writers' lock is held"
+    );
+    // Still so a few probes later.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(readiness(&server.base).0, 503);
+
+    // Let go: ready again without traffic.
+    drop(to_psql); // psql ends, its session and lock with it
+    holder.wait().unwrap();
+    let released = Instant::now();
+    while readiness(&server.base).0 != 200 {
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "/readyz {:?} 10 s after the lock went",
+            readiness(&server.base)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("ready again {:?} after the lock went", released.elapsed());
+    assert_eq!(pg(&["audit", "verify"]), before);
+    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+}
