@@ -425,3 +425,76 @@ fn batches_of_100_from_16_clients_are_never_refused_by_the_default_budget() {
     assert!(answers.len() >= 16, "{answers:?}");
     assert!(refused.is_empty(), "refused: {refused:?}");
 }
+
+/// The bytes of a body are given back however its request ends: answered 504 at the request
+/// timeout while still arriving, abandoned by its client midway (the connection closed), or
+/// cut off by the client's half-close.
+#[test]
+fn a_body_gives_its_bytes_back_on_timeout_and_when_abandoned() {
+    let (dir, tokens) = store_for(&["alice", "bob"]);
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        "[serve]\nrate_limit_per_sec = 0\nrequest_timeout_secs = 2\n",
+    )
+    .unwrap();
+    let server = serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    );
+    let a = addr(&server);
+    let gauge = || {
+        let (_, metrics) = common::get(&format!("{}/metrics", server.base), None);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kluis_body_bytes_in_flight "))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap()
+    };
+    let until_zero = |what: &str| {
+        let t = Instant::now();
+        while gauge() != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{what}: {} held",
+                gauge()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Timed out: 504, and nothing held after.
+    let mut timed_out = slow_body(a, &tokens[0], 300_000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gauge() >= 300_000, "{}", gauge());
+    timed_out
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !common::raw_complete(&answer) {
+        match timed_out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(
+        common::raw_status(&answer),
+        Some(504),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    until_zero("after the request timeout");
+    // Abandoned: the client closes midway, and also one that half-closes.
+    let abandoned = slow_body(a, &tokens[0], 500_000);
+    let half = slow_body(a, &tokens[1], 500_000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gauge() >= 1_000_000, "{}", gauge());
+    drop(abandoned);
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    until_zero("after the clients gave up");
+}
