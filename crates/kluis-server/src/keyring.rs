@@ -259,20 +259,15 @@ impl Keyring {
     /// before; the head MAC is updated in the same transaction.
     pub fn append_audit(&self, tx: &mut dyn StoreTx, entries: &[AuditEntry]) -> Result<()> {
         let (mut seq, mut prev) = tx.audit_tail()?.unwrap_or((0, GENESIS.to_vec()));
-        // A sequence number at the end of its range comes only from an edited store: a clear
-        // refusal (nothing released), not an overflow (a panic that killed the audit writer
-        // in a debug build, a wrapped, negative number in a release build). Checked even for
-        // no entries: a trail that cannot take one more record is not writable, and the audit
-        // writer's idle probe (an empty append) must fail as its commits do, or `/readyz`
-        // says ready while every unwrap is refused.
-        let end_of_range = |seq| ServerError::AuditBroken {
-            seq,
-            what: "its sequence number is at the end of its range, which only an edit of the \
-                   store makes",
-        };
-        seq.checked_add(1).ok_or_else(|| end_of_range(seq))?;
         for e in entries {
-            seq = seq.checked_add(1).ok_or_else(|| end_of_range(seq))?;
+            // A sequence number at the end of its range comes only from an edited store: a
+            // clear refusal (nothing released), not an overflow (a panic that killed the
+            // audit writer in a debug build, a wrapped, negative number in a release build).
+            seq = seq.checked_add(1).ok_or(ServerError::AuditBroken {
+                seq,
+                what: "its sequence number is at the end of its range, which only an edit of \
+                       the store makes",
+            })?;
             let e = audit::storable(e);
             let mac = audit::chain_mac(&self.audit.key, &prev, seq, &e);
             tx.insert_audit(seq, &e, &mac)?;
