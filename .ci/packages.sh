@@ -45,6 +45,17 @@ rm -f "$out"/kluis-server.deb "$out"/kluis.deb
 cargo deb --no-build -p kluis-server -o "$out/kluis-server.deb"
 cargo deb --no-build -p kluis -o "$out/kluis.deb"
 dpkg-deb --info "$out/kluis-server.deb" | sed -n '/Package:/,/Description:/p'
+# The test-support feature (a way to a label key around the audited unwrap path, fault switches
+# that kill the audit writer or the scheduler) must never be in a package: look in the packaged
+# binary itself for its switches.
+unpacked=$(mktemp -d)
+dpkg-deb -x "$out/kluis-server.deb" "$unpacked"
+if grep -aq -e KLUIS_TEST_AUDIT_APPEND_PANICS -e KLUIS_TEST_SCHEDULE_PANICS_ON \
+  "$unpacked/usr/bin/kluis-server"; then
+  say "FAIL: the packaged kluis-server was built with the test-support feature"
+  exit 1
+fi
+rm -rf "$unpacked"
 
 work=$(mktemp -d)
 server_pid=

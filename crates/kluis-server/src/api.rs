@@ -826,10 +826,14 @@ const BODY_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Read the body of an authenticated request of `who` into memory, at most `max` bytes, each
 /// allocation taken from the server's body budget first: bodies in memory stay within the
-/// budget whatever clients do, and one identity holds at most its share. When the bytes are
-/// not free within [`BODY_PATIENCE`], the request is refused (429 `identity_busy` when its
-/// own identity holds its share, 503 `server_busy` otherwise), with `Retry-After`. A body
-/// over `max` is 413 (at once when its `Content-Length` says so), one cut off 400.
+/// budget whatever clients do, and one identity holds at most its share. A body is charged
+/// for what it has sent (its buffer grows by doubling, up to its declared length), not for
+/// the length it announces. When the bytes are not free within [`BODY_PATIENCE`], the
+/// request is refused (429 `identity_busy` when its own identity holds its share, 503
+/// `server_busy` otherwise), with `Retry-After`; a body still arriving after
+/// [`CUT_AFTER`](crate::body_budget::CUT_AFTER) while others wait for room is cut off (503
+/// `server_busy`). A body over `max` is 413 (at once when its `Content-Length` says so), one
+/// cut off by the client 400.
 async fn read_body<S>(
     api: &Api<S>,
     who: &str,
@@ -849,11 +853,15 @@ async fn read_body<S>(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
+    let limit = declared.map_or(max, |n| usize::try_from(n).unwrap_or(max).min(max));
     let mut taken = api.bodies.start(who);
     let mut out = Vec::new();
-    while let Some(frame) =
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-    {
+    loop {
+        let frame = tokio::select! {
+            frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)) => frame,
+            () = taken.cut_off() => return Err(body_cut_off()),
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|_| ApiError::bad("the request body could not be read"))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
@@ -863,12 +871,15 @@ async fn read_body<S>(
             return Err(too_large());
         }
         if need > out.capacity() {
-            // The declared length at once; without one, doubling, up to `max`.
-            let want = match declared {
-                Some(n) => usize::try_from(n).unwrap_or(max).max(need),
-                None => need.max(out.capacity() * 2).max(8 * 1024).min(max),
-            };
+            // Doubling, from 8 KiB, up to the declared length (or `max`): what the body has
+            // sent, never what it announces.
+            let want = need
+                .max(out.capacity() * 2)
+                .max(8 * 1024)
+                .min(limit)
+                .max(need);
             let more = want - out.capacity();
+            // (Cut off meanwhile, it stops at the next frame.)
             taken
                 .grow(more, BODY_PATIENCE)
                 .await
@@ -877,7 +888,19 @@ async fn read_body<S>(
         }
         out.extend_from_slice(&data);
     }
+    taken.arrived();
     Ok((out, taken))
+}
+
+/// The refusal of a request whose body was cut off, still arriving, to make room for others.
+fn body_cut_off() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_busy",
+        "your request body was still arriving while other requests waited for room in the \
+         key server's memory, so it was cut off; nothing was evaluated: try again shortly",
+    )
+    .retry_after(Duration::from_secs(1))
 }
 
 /// The refusal of a request whose body finds no room in the body budget.

@@ -1,12 +1,26 @@
 //! Request-body bytes held in memory: a server-wide budget with a share per identity, so
 //! that what authenticated clients send stays bounded whatever they do, and one identity
 //! cannot take the budget from the others.
+//!
+//! A body is charged for the bytes it has sent (its buffer as it grows), never for the
+//! length it announces, and a body still arriving can be cut off: when a request finds the
+//! budget full, the body that has been arriving the longest (at least [`CUT_AFTER`]) is cut
+//! off to make room. So holding the budget takes sending it, again and again, rather than
+//! announcing bodies and never sending them: a few identities cannot starve the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// How long a body must have been arriving before it may be cut off to make room for others.
+/// A body on a working network arrives in far less; one that takes longer while others wait
+/// for room is refused (its client may retry).
+pub const CUT_AFTER: Duration = Duration::from_millis(500);
+
+/// How often a request waiting for room looks again for a body it may cut off.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
 
 /// Bytes that request bodies may hold at once: in all, and per identity.
 #[derive(Debug)]
@@ -22,6 +36,10 @@ pub struct BodyBudget {
 struct Held {
     all: usize,
     by_identity: HashMap<String, usize>,
+    /// The bodies that hold bytes and are still arriving, by number: when they started, and
+    /// how to cut them off.
+    arriving: HashMap<u64, (Instant, Arc<Notify>)>,
+    next: u64,
 }
 
 /// Which part of the budget was spent.
@@ -39,6 +57,10 @@ pub struct Taken {
     budget: Arc<BodyBudget>,
     who: String,
     bytes: usize,
+    id: u64,
+    started: Instant,
+    /// Signalled when the budget cuts this body off.
+    cut: Arc<Notify>,
 }
 
 impl BodyBudget {
@@ -57,18 +79,27 @@ impl BodyBudget {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Nothing taken yet, for a request of `who` (a namespaced identity).
+    /// Nothing taken yet, for a request of `who` (a namespaced identity) whose body starts
+    /// arriving now.
     pub fn start(self: &Arc<Self>, who: &str) -> Taken {
+        let id = {
+            let mut held = self.lock();
+            held.next += 1;
+            held.next
+        };
         Taken {
             budget: self.clone(),
             who: who.to_owned(),
             bytes: 0,
+            id,
+            started: Instant::now(),
+            cut: Arc::new(Notify::new()),
         }
     }
 
-    fn try_take(&self, who: &str, n: usize) -> Result<(), Exhausted> {
+    fn try_take(&self, t: &Taken, n: usize) -> Result<(), Exhausted> {
         let mut held = self.lock();
-        let mine = held.by_identity.get(who).copied().unwrap_or(0);
+        let mine = held.by_identity.get(&t.who).copied().unwrap_or(0);
         if mine.saturating_add(n) > self.per_identity {
             return Err(Exhausted::Identity);
         }
@@ -76,8 +107,27 @@ impl BodyBudget {
             return Err(Exhausted::Server);
         }
         held.all += n;
-        *held.by_identity.entry(who.to_owned()).or_insert(0) += n;
+        *held.by_identity.entry(t.who.clone()).or_insert(0) += n;
+        held.arriving
+            .entry(t.id)
+            .or_insert_with(|| (t.started, t.cut.clone()));
         Ok(())
+    }
+
+    /// Cut off the body (other than `except`) that has been arriving the longest, if that is
+    /// at least [`CUT_AFTER`]; it gives its bytes back as its request ends.
+    fn cut_oldest(&self, except: u64) {
+        let mut held = self.lock();
+        let oldest = held
+            .arriving
+            .iter()
+            .filter(|(id, (since, _))| **id != except && since.elapsed() >= CUT_AFTER)
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(id, _)| *id);
+        if let Some((_, cut)) = oldest.and_then(|id| held.arriving.remove(&id)) {
+            // A permit: the body's reader sees it even if it is not waiting right now.
+            cut.notify_one();
+        }
     }
 
     /// Bytes held now (all identities).
@@ -88,22 +138,39 @@ impl BodyBudget {
 
 impl Taken {
     /// Take `n` more bytes, waiting up to `patience` for other requests to give some back.
+    /// While the whole budget is full, bodies that have been arriving for too long are cut
+    /// off to make room ([`BodyBudget`]).
     pub async fn grow(&mut self, n: usize, patience: Duration) -> Result<(), Exhausted> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             // Made before looking, so that bytes given back in between wake it.
             let freed = self.budget.freed.notified();
-            match self.budget.try_take(&self.who, n) {
+            match self.budget.try_take(self, n) {
                 Ok(()) => {
                     self.bytes += n;
                     return Ok(());
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => {
-                    let _ = tokio::time::timeout_at(deadline, freed).await;
+                Err(e) => {
+                    if e == Exhausted::Server {
+                        self.budget.cut_oldest(self.id);
+                    }
+                    let look = deadline.min(tokio::time::Instant::now() + LOOK_EVERY);
+                    let _ = tokio::time::timeout_at(look, freed).await;
                 }
             }
         }
+    }
+
+    /// Resolves when the budget cuts this body off to make room for others (then the
+    /// request must end, giving its bytes back).
+    pub async fn cut_off(&self) {
+        self.cut.notified().await;
+    }
+
+    /// The whole body has arrived: it can no longer be cut off.
+    pub fn arrived(&self) {
+        self.budget.lock().arriving.remove(&self.id);
     }
 }
 
@@ -113,6 +180,7 @@ impl Drop for Taken {
             return;
         }
         let mut held = self.budget.lock();
+        held.arriving.remove(&self.id);
         held.all = held.all.saturating_sub(self.bytes);
         if let Some(mine) = held.by_identity.get_mut(&self.who) {
             *mine = mine.saturating_sub(self.bytes);
@@ -175,5 +243,46 @@ mod tests {
             Err(Exhausted::Server)
         );
         assert!(start.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_cuts_off_the_body_arriving_longest_never_one_arrived_or_young() {
+        let b = BodyBudget::new(30, 10);
+        let mut whole = b.start("alice");
+        whole.grow(10, NOW).await.unwrap();
+        whole.arrived();
+        let mut old = b.start("bob");
+        old.grow(10, NOW).await.unwrap();
+        tokio::time::sleep(CUT_AFTER).await;
+        let mut young = b.start("carol");
+        young.grow(10, NOW).await.unwrap();
+        // Dave needs room: bob's body, arriving for longer than CUT_AFTER, is cut off.
+        let mut dave = b.start("dave");
+        let waiting =
+            tokio::spawn(async move { dave.grow(5, Duration::from_secs(5)).await.map(|()| dave) });
+        tokio::time::timeout(Duration::from_secs(1), old.cut_off())
+            .await
+            .expect("the oldest arriving body is cut off");
+        drop(old);
+        let dave = waiting.await.unwrap().unwrap();
+        assert_eq!(b.held(), 25);
+        // Neither the body that arrived nor the young one was cut off; erin, finding no room,
+        // waits her patience and is refused, cutting off nothing younger than CUT_AFTER.
+        let mut erin = b.start("erin");
+        assert_eq!(
+            erin.grow(10, Duration::from_millis(100)).await,
+            Err(Exhausted::Server)
+        );
+        for t in [&whole, &young] {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), t.cut_off())
+                    .await
+                    .is_err(),
+                "a body that arrived or is young was cut off"
+            );
+        }
+        drop((whole, young, dave, erin));
+        assert_eq!(b.held(), 0);
+        assert!(b.lock().arriving.is_empty(), "no body is remembered");
     }
 }

@@ -980,10 +980,29 @@ fn slow_body(a: SocketAddr, token: &str, sent: usize) -> TcpStream {
     s
 }
 
-/// An unwrap answered 429 or 503 for want of room in the body budget, with its JSON code and
-/// `Retry-After`; and the server's `/metrics` gauge of body bytes held.
+/// The JSON answer waiting on `s` (read for up to `wait`).
+fn answer_on(s: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !common::raw_complete(&answer) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answer
+}
+
+/// The body budget's three answers, with their JSON codes and `Retry-After`: an identity over
+/// its share is refused `429 identity_busy`; a body still arriving after 500 ms is cut off
+/// (`503 server_busy`) when another request needs room, and that request is served; bodies
+/// that have arrived are never cut off, so when they fill the budget (here: held up by a
+/// locked store) a request is refused `503 server_busy` after waiting 1 s. And the server's
+/// `/metrics` gauge of body bytes held.
 #[test]
 fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
+    const MIB: usize = 1024 * 1024;
     let (dir, tokens) = store_for(&["alice", "bob", "carol"]);
     let server = serve_with(
         dir,
@@ -992,14 +1011,19 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
     let a = addr(&server);
     let label = label_key(&server, "hr");
     let url = format!("{}/v1/unwrap", server.base);
-    // Alice's slow body takes her share, bob's the rest of the budget.
-    let _alice = slow_body(a, &tokens[0], 1000);
+    let gauge = || {
+        let (_, metrics) = get(&format!("{}/metrics", server.base), None);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kluis_body_bytes_in_flight "))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap()
+    };
+    // Alice's slow body, all but 1000 bytes of it sent, takes her share: the bytes sent, not
+    // the length announced, are held.
+    let mut alice = slow_body(a, &tokens[0], MIB - 1000);
     std::thread::sleep(Duration::from_millis(300));
-    let (_, metrics) = get(&format!("{}/metrics", server.base), None);
-    assert!(
-        metrics.contains("\nkluis_body_bytes_in_flight 1048576\n"),
-        "{metrics}"
-    );
+    assert_eq!(gauge(), MIB);
     let (status, v, headers) = common::post_full(&url, Some(&tokens[0]), &unwrap_body(&label));
     assert_eq!(
         (status, v["code"].as_str()),
@@ -1007,8 +1031,44 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
         "{v}"
     );
     assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
-    let _bob = slow_body(a, &tokens[1], 1000);
+    // Bob's slow body takes the rest of the budget; carol needs room: alice's body, arriving
+    // for longer than 500 ms, is cut off, and carol is served within 1 s.
+    let bob = slow_body(a, &tokens[1], MIB - 1000);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(gauge(), 2 * MIB);
+    let t = Instant::now();
+    let (status, v, _) = post(&url, Some(&tokens[2]), &unwrap_body(&label));
+    assert_eq!(status, 200, "{v}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let answer = answer_on(&mut alice, Duration::from_secs(2));
+    assert_json_refusal(&answer, 503, "server_busy", "a slow body cut off");
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.contains("retry-after: 1\r\n"), "{text}");
+    drop((alice, bob));
+    let until = Instant::now() + Duration::from_secs(3);
+    while gauge() != 0 {
+        assert!(Instant::now() < until, "bytes still held: {}", gauge());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Whole bodies are never cut off. The store locked by another process holds the audit
+    // writer up, so alice's and bob's whole 1 MiB bodies stay in the budget while their
+    // records wait: carol waits 1 s for room, then is refused.
+    let lock = rusqlite::Connection::open(server.dir.path().join("kluis-server.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let whole: Vec<_> = tokens[..2]
+        .iter()
+        .map(|token| {
+            let mut body = unwrap_body(&label).to_string().into_bytes();
+            body.resize(MIB, b' ');
+            let mut request = unwrap_head(token, MIB).into_bytes();
+            request.extend_from_slice(&body);
+            let mut s = TcpStream::connect(a).unwrap();
+            s.write_all(&request).unwrap();
+            s
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gauge(), 2 * MIB);
     let t = Instant::now();
     let (status, v, headers) = common::post_full(&url, Some(&tokens[2]), &unwrap_body(&label));
     assert_eq!(
@@ -1022,8 +1082,18 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
         "refused without waiting for room: {:?}",
         t.elapsed()
     );
-    // Room again once a slow body goes.
-    drop(_bob);
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    for mut s in whole {
+        let answer = answer_on(&mut s, Duration::from_secs(10));
+        assert_eq!(
+            raw_status(&answer),
+            Some(200),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // Room again once they are answered.
     let (status, v, _) = post(&url, Some(&tokens[2]), &unwrap_body(&label));
     assert_eq!(status, 200, "{v}");
 }

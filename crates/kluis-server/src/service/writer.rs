@@ -6,9 +6,13 @@
 //! receipt; only that receipt releases the request's shares. If the commit fails (disk full,
 //! I/O error), every request in the group gets the error and releases nothing, and the writer
 //! counts as failing ([`AuditWriter::is_failing`], which `/readyz` reports) until a commit
-//! succeeds again: while no request comes, it tries an empty append every
-//! [`PROBE_EVERY`], so that readiness recovers without traffic. The writer works with any
-//! [`Store`].
+//! succeeds again: while no request comes, it tries every [`PROBE_EVERY`] to commit one
+//! record of its own, `audit.resumed` (actor `scheduler`, the server itself), saying since
+//! when the trail could not be written, so that readiness recovers without traffic. Only a
+//! commit of a real record says the trail can take records again: an empty write still fits
+//! on a disk too full for one (measured), which made `/readyz` say ready while every unwrap
+//! was refused. So each outage that ends while the server is idle leaves one such record. The
+//! writer works with any [`Store`].
 //!
 //! A request that releases something was authorised under the access epoch it
 //! [observed](AuditWriter::observe) before its first store read; the writer appends its records
@@ -21,7 +25,7 @@
 //! `commit_delay`: fewer, larger commits cost less CPU per record (an fsync costs far more
 //! than the records it carries). A lone request never waits: nothing else is arriving.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -41,8 +45,7 @@ use crate::store::{Store, meta};
 const MAX_GROUP: usize = 8192;
 /// The longest the writer waits for arriving requests before it commits a group.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
-/// While failing and idle, how often the writer tries an empty append (it rewrites the
-/// chain's head, unchanged: a real write, no record).
+/// While failing and idle, how often the writer tries to commit its `audit.resumed` record.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 struct Job {
@@ -150,6 +153,8 @@ pub struct WriterStats {
     pub stale: AtomicUsize,
     /// Whether the last transaction (a commit or an idle probe) failed.
     pub failing: AtomicBool,
+    /// Since when (ms since the epoch) the writer has been failing, while it is.
+    pub failing_since_ms: AtomicI64,
 }
 
 /// A request on its way to [`AuditWriter::commit`]; counted until it gets there or gives up
@@ -206,12 +211,13 @@ impl DkeCommitted {
     }
 }
 
-/// The next job; while the writer is failing, an empty append every [`PROBE_EVERY`] in which
-/// none comes. `None` once the queue is closed (shutdown).
+/// The next job; while the writer is failing, a try to commit its `audit.resumed` record every
+/// [`PROBE_EVERY`] in which none comes. `None` once the queue is closed (shutdown).
 fn next_job<S: Store>(
     rx: &mpsc::Receiver<Job>,
     st: &WriterStats,
     store: &mut KeyService<S>,
+    published: &AtomicU64,
 ) -> Option<Job> {
     loop {
         if !st.failing.load(Ordering::Relaxed) {
@@ -221,15 +227,54 @@ fn next_job<S: Store>(
             Ok(job) => return Some(job),
             Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                recovered(st, store.append_audit(&[]).is_ok());
+                // A commit of one real record, as a request's would be: nothing less says that
+                // the trail can take records again.
+                let mut probe = [Job {
+                    entries: vec![resumed(st.failing_since_ms.load(Ordering::Relaxed))],
+                    releases_under: None,
+                    done: oneshot::channel().0,
+                }];
+                let result = commit_group(store, &mut probe, 1);
+                if let Ok((now, _, appended)) = &result {
+                    published.store(*now, Ordering::Release);
+                    st.commits.fetch_add(1, Ordering::Relaxed);
+                    st.records.fetch_add(*appended, Ordering::Relaxed);
+                }
+                recovered(st, result.is_ok());
             }
         }
     }
 }
 
+/// The record the idle writer commits once the trail can be written again, after failing
+/// since `since_ms`.
+fn resumed(since_ms: i64) -> AuditEntry {
+    AuditEntry {
+        time_ms: crate::time::now_ms(),
+        actor: "scheduler".into(),
+        action: "audit.resumed".into(),
+        label: None,
+        kid: None,
+        doc_id: None,
+        outcome: "ok".into(),
+        reason: Some(format!(
+            "the audit trail could not be written from {} until this record; unwraps were \
+             refused meanwhile",
+            crate::time::rfc3339(since_ms)
+        )),
+        client: None,
+        credential: Some("server:audit-writer".into()),
+    }
+}
+
 /// Note the outcome of a transaction; say so when the trail can be written again.
 fn recovered(st: &WriterStats, ok: bool) {
-    if st.failing.swap(!ok, Ordering::Relaxed) && ok {
+    let was = st.failing.swap(!ok, Ordering::Relaxed);
+    if !was && !ok {
+        st.failing_since_ms
+            .store(crate::time::now_ms(), Ordering::Relaxed);
+    }
+    if was && ok {
         crate::log!("the audit trail can be written again; unwraps are served");
     }
 }
@@ -248,12 +293,16 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("kluis-audit".into())
             .spawn(move || {
-                while let Some(first) = next_job(&rx, &st, &mut store) {
+                while let Some(first) = next_job(&rx, &st, &mut store, &published) {
                     let mut jobs = gather(&rx, first, &coming, COMMIT_DELAY);
                     let n = jobs.iter().map(|j| j.entries.len()).sum();
                     let result = commit_group(&mut store, &mut jobs, n);
                     d.fetch_sub(jobs.len(), Ordering::Relaxed);
-                    recovered(&st, result.is_ok());
+                    // A group that appended nothing (every job stale) wrote nothing: it says
+                    // nothing about whether the trail can take records.
+                    if !matches!(result, Ok((_, _, 0))) {
+                        recovered(&st, result.is_ok());
+                    }
                     let answers: Vec<_> = match result {
                         Ok((now, fresh, appended)) => {
                             // Published after the commit: a request that reads it from now on
