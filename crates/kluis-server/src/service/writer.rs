@@ -232,6 +232,7 @@ fn next_job<S: Store>(
                 let mut probe = [Job {
                     entries: vec![resumed(st.failing_since_ms.load(Ordering::Relaxed))],
                     releases_under: None,
+                    recorded_when_stale: false,
                     done: oneshot::channel().0,
                 }];
                 let result = commit_group(store, &mut probe, 1);
