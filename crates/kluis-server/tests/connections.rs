@@ -12,15 +12,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use common::{
     Server, admin, drain_stderr, get, label_key, make_cert, post, proc_status_kib, raw_body,
     raw_exchange, raw_exchange_until_close, raw_status, serve, tls_agent,
 };
-use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
-use serde_json::{Value, json};
+use kluis_core::LabelPublicKey;
+use serde_json::Value;
 
 /// A store with label `hr` (user alice) and a token for alice.
 fn store() -> (tempfile::TempDir, String) {
@@ -57,23 +54,6 @@ fn addr(server: &Server) -> SocketAddr {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// A single unwrap body for a fresh document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> Value {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let reply = ReplyKey::generate().unwrap();
-    json!({
-        "doc_id": header.doc_id().to_string(),
-        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
-        "reply_key": B64.encode(reply.public_bytes()),
-    })
 }
 
 /// The answer must be a JSON `{code, message}` refusal with `status` and `code`.
@@ -467,7 +447,7 @@ fn assert_served_promptly(server: &Server, token: &str, label: &LabelPublicKey, 
             took < Duration::from_secs(1),
             "{what}: /healthz took {took:?} (round {round})"
         );
-        let body = unwrap_body(label);
+        let body = common::unwrap_body(label);
         let t = Instant::now();
         let (status, v, _) = post(&format!("{}/v1/unwrap", server.base), Some(token), &body);
         let took = t.elapsed();
@@ -1024,7 +1004,8 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
     let mut alice = slow_body(a, &tokens[0], MIB - 1000);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(gauge(), MIB);
-    let (status, v, headers) = common::post_full(&url, Some(&tokens[0]), &unwrap_body(&label));
+    let (status, v, headers) =
+        common::post_full(&url, Some(&tokens[0]), &common::unwrap_body(&label));
     assert_eq!(
         (status, v["code"].as_str()),
         (429, Some("identity_busy")),
@@ -1037,7 +1018,7 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(gauge(), 2 * MIB);
     let t = Instant::now();
-    let (status, v, _) = post(&url, Some(&tokens[2]), &unwrap_body(&label));
+    let (status, v, _) = post(&url, Some(&tokens[2]), &common::unwrap_body(&label));
     assert_eq!(status, 200, "{v}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let answer = answer_on(&mut alice, Duration::from_secs(2));
@@ -1058,7 +1039,7 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
     let whole: Vec<_> = tokens[..2]
         .iter()
         .map(|token| {
-            let mut body = unwrap_body(&label).to_string().into_bytes();
+            let mut body = common::unwrap_body(&label).to_string().into_bytes();
             body.resize(MIB, b' ');
             let mut request = unwrap_head(token, MIB).into_bytes();
             request.extend_from_slice(&body);
@@ -1070,7 +1051,8 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(gauge(), 2 * MIB);
     let t = Instant::now();
-    let (status, v, headers) = common::post_full(&url, Some(&tokens[2]), &unwrap_body(&label));
+    let (status, v, headers) =
+        common::post_full(&url, Some(&tokens[2]), &common::unwrap_body(&label));
     assert_eq!(
         (status, v["code"].as_str()),
         (503, Some("server_busy")),
@@ -1094,7 +1076,7 @@ fn a_full_body_budget_refuses_with_a_json_code_and_retry_after() {
         );
     }
     // Room again once they are answered.
-    let (status, v, _) = post(&url, Some(&tokens[2]), &unwrap_body(&label));
+    let (status, v, _) = post(&url, Some(&tokens[2]), &common::unwrap_body(&label));
     assert_eq!(status, 200, "{v}");
 }
 
@@ -1166,7 +1148,7 @@ fn a_thousand_authenticated_slow_bodies_stay_under_256_mib_and_others_are_served
     let url = format!("{}/v1/unwrap", server.base);
     for round in 0..5 {
         let t = Instant::now();
-        let (status, v, _) = post(&url, Some(&tokens[1]), &unwrap_body(&label));
+        let (status, v, _) = post(&url, Some(&tokens[1]), &common::unwrap_body(&label));
         let took = t.elapsed();
         assert_eq!(status, 200, "bob, round {round}: {v}");
         assert!(

@@ -7,8 +7,6 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
 use serde_json::{Value, json};
 
 mod common;
@@ -298,22 +296,6 @@ fn every_refusal_has_its_status_and_is_audited() {
     );
 }
 
-/// A single key unwrap body for a fresh kluis document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> Value {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    json!({
-        "reply_key": B64.encode(ReplyKey::generate().unwrap().public_bytes()),
-        "doc_id": header.doc_id().to_string(),
-        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
-    })
-}
-
 /// One label policy governs kluis unwraps and DKE decrypts of the same person: removing the
 /// user revokes both, on the next request.
 #[test]
@@ -330,7 +312,7 @@ fn revoking_someone_in_the_label_policy_revokes_both() {
         post(
             &format!("{base}/v1/unwrap"),
             Some(&kluis),
-            &unwrap_body(&medical),
+            &common::unwrap_body(&medical),
         )
         .0
     };

@@ -9,11 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use common::{LOOPBACK, admin, admin_fails, label_key, post, serve};
-use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
+use kluis_core::{LabelPublicKey, Metadata, Recipient, Slot};
 use serde_json::{Value, json};
 
 /// A store with label `hr` (users alice and bob) and a token for each.
@@ -27,20 +24,6 @@ fn store() -> (tempfile::TempDir, String, String) {
     let alice = admin(dir.path(), &["token", "create", "--user", "alice"]);
     let bob = admin(dir.path(), &["token", "create", "--user", "bob"]);
     (dir, alice.trim().to_owned(), bob.trim().to_owned())
-}
-
-/// The body of a single unwrap for a fresh document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> Value {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let stanza = B64.encode(header.slots()[0][0].to_bytes());
-    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
-    json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
 }
 
 fn audit(dir: &Path) -> Vec<Value> {
@@ -68,7 +51,7 @@ fn a_user_removed_from_a_label_is_refused_on_the_very_next_unwrap() {
     let (dir, alice, bob) = store();
     let server = serve_loopback(dir);
     let url = format!("{}/v1/unwrap", server.base);
-    let body = unwrap_body(&label_key(&server, "hr"));
+    let body = common::unwrap_body(&label_key(&server, "hr"));
     assert_eq!(post(&url, Some(&bob), &body).0, 200);
     let out = admin(
         server.dir.path(),
@@ -224,7 +207,7 @@ fn revoke_user_revokes_every_token_of_that_user_and_no_other() {
     let server = serve_loopback(dir);
     let d = server.dir.path();
     let url = format!("{}/v1/unwrap", server.base);
-    let body = unwrap_body(&label_key(&server, "hr"));
+    let body = common::unwrap_body(&label_key(&server, "hr"));
     for t in [&alice, &bob, &bob2] {
         assert_eq!(post(&url, Some(t), &body).0, 200);
     }
@@ -275,7 +258,7 @@ fn a_backup_taken_under_load_restores_verifies_and_opens_documents() {
     let server = serve_loopback(dir);
     let d = server.dir.path().to_owned();
     let url = format!("{}/v1/unwrap", server.base);
-    let before = unwrap_body(&label_key(&server, "hr"));
+    let before = common::unwrap_body(&label_key(&server, "hr"));
     assert_eq!(post(&url, Some(&alice), &before).0, 200);
     // A document sealed before the backup, to be opened through the restored server.
     let document = kluis_core::seal(
@@ -486,7 +469,7 @@ fn master_key_rotation_keeps_chain_tokens_and_keys_and_makes_older_backups_usele
         let pk = shown["versions"][kid as usize - 1]["public_key"]
             .as_str()
             .unwrap();
-        unwrap_body(&LabelPublicKey::new(name, kid, pk.parse().unwrap()).unwrap())
+        common::unwrap_body(&LabelPublicKey::new(name, kid, pk.parse().unwrap()).unwrap())
     };
     let (hr1, hr2) = (key(&shown, "hr", 1), key(&shown, "hr", 2));
     let gone: Value = serde_json::from_str(&admin(&d, &["label", "show", "gone"])).unwrap();
@@ -594,7 +577,7 @@ fn a_master_key_rotation_that_fails_midway_leaves_the_store_under_the_old_key() 
     let shown: Value =
         serde_json::from_str(&admin(server.dir.path(), &["label", "show", "hr"])).unwrap();
     let pk = shown["versions"][0]["public_key"].as_str().unwrap();
-    let v1 = unwrap_body(&LabelPublicKey::new("hr", 1, pk.parse().unwrap()).unwrap());
+    let v1 = common::unwrap_body(&LabelPublicKey::new("hr", 1, pk.parse().unwrap()).unwrap());
     assert_eq!(post(&url, Some(&alice), &v1).0, 200);
     // Not under a running server (it would keep the old key in memory).
     let e = admin_fails(server.dir.path(), &["master-key", "rotate"]);
@@ -707,7 +690,7 @@ fn a_passphrase_store_rotates_to_a_new_passphrase_and_older_backups_need_the_old
         ],
         &env,
     );
-    let body = unwrap_body(&label_key(&server, "hr"));
+    let body = common::unwrap_body(&label_key(&server, "hr"));
     let (status, v, _) = post(&format!("{}/v1/unwrap", server.base), Some(&token), &body);
     assert_eq!(status, 200, "{v}");
 }

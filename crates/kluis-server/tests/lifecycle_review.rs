@@ -194,24 +194,6 @@ fn adding_a_recovery_key_to_a_double_key_label_needs_the_same_confirmation_as_do
     assert_eq!(recovery(d), serde_json::json!([]));
 }
 
-/// The body of a single unwrap for a fresh document sealed to `label`.
-fn unwrap_body(label: &kluis_core::LabelPublicKey) -> Value {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD as B64;
-    use kluis_core::reply::ReplyKey;
-    use kluis_core::{Header, Metadata, Recipient, Slot};
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let stanza = B64.encode(header.slots()[0][0].to_bytes());
-    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
-    serde_json::json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
-}
-
 #[test]
 fn audit_anchor_and_verify_succeed_while_the_server_appends_records() {
     use std::sync::Arc;
@@ -234,7 +216,7 @@ fn audit_anchor_and_verify_succeed_while_the_server_appends_records() {
     );
     let d = server.dir.path().to_owned();
     let url = format!("{}/v1/unwrap", server.base);
-    let body = unwrap_body(&common::label_key(&server, "hr"));
+    let body = common::unwrap_body(&common::label_key(&server, "hr"));
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let load = {

@@ -15,28 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use common::{LOOPBACK, Server, admin, admin_fails, bin, drain_stderr, get, label_key, post};
-use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const DB: &str = "kluis-server.db";
-
-/// The body of a single unwrap for a fresh document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> Value {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let stanza = B64.encode(header.slots()[0][0].to_bytes());
-    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
-    json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
-}
 
 /// A store with label `hr` (user alice, `extra` label options) and a token for alice.
 fn store(extra: &[&str]) -> (tempfile::TempDir, String) {
@@ -145,7 +127,10 @@ fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwrit
     );
     let unwrap_url = format!("{}/v1/unwrap", server.base);
     let v = label_key(&server, "hr");
-    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(
+        post(&unwrap_url, Some(&token), &common::unwrap_body(&v)).0,
+        200
+    );
 
     // Another process takes the write lock and keeps it for 7 s (longer than the server's
     // 5 s busy timeout), while unwraps come in: they may be refused, that is right.
@@ -153,7 +138,7 @@ fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwrit
     let lock = rusqlite::Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let during = std::thread::spawn({
-        let (url, token, body) = (unwrap_url.clone(), token.clone(), unwrap_body(&v));
+        let (url, token, body) = (unwrap_url.clone(), token.clone(), common::unwrap_body(&v));
         move || post(&url, Some(&token), &body).0
     });
     std::thread::sleep(Duration::from_secs(7));
@@ -171,7 +156,7 @@ fn the_audit_writer_and_scheduler_recover_from_a_locked_store_with_stderr_unwrit
         eventually(Duration::from_secs(15), || post(
             &unwrap_url,
             Some(&token),
-            &unwrap_body(&v)
+            &common::unwrap_body(&v)
         )
         .0 == 200),
         "unwraps are still refused after the store was released"
@@ -233,14 +218,17 @@ fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
     let mut server = serve_to(dir, &LOOPBACK, Stdio::from(pipe));
     let unwrap_url = format!("{}/v1/unwrap", server.base);
     let v = label_key(&server, "hr");
-    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(
+        post(&unwrap_url, Some(&token), &common::unwrap_body(&v)).0,
+        200
+    );
 
     // One audit commit fails (the store locked by another process for longer than the busy
     // timeout): the writer logs it, into the full pipe.
     let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let during = std::thread::spawn({
-        let (url, token, body) = (unwrap_url.clone(), token.clone(), unwrap_body(&v));
+        let (url, token, body) = (unwrap_url.clone(), token.clone(), common::unwrap_body(&v));
         move || post(&url, Some(&token), &body).0
     });
     std::thread::sleep(Duration::from_secs(6));
@@ -254,7 +242,7 @@ fn a_standard_error_that_takes_nothing_does_not_wedge_the_audit_writer() {
 
     // The writer goes on: unwraps are answered again, promptly.
     let start = Instant::now();
-    let (status, body, _) = post(&unwrap_url, Some(&token), &unwrap_body(&v));
+    let (status, body, _) = post(&unwrap_url, Some(&token), &common::unwrap_body(&v));
     assert_eq!(status, 200, "{body}");
     assert!(
         start.elapsed() < Duration::from_secs(10),
@@ -367,7 +355,7 @@ fn serve_starts_and_serves_with_standard_output_and_error_unwritable() {
     assert!(up, "serve does not answer");
     let v = label_key(&server, "hr");
     let url = format!("{}/v1/unwrap", server.base);
-    assert_eq!(post(&url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(post(&url, Some(&token), &common::unwrap_body(&v)).0, 200);
 }
 
 /// Defect 2: `label destroy` while another process holds a read transaction on the store
@@ -405,7 +393,7 @@ fn a_destroy_while_another_process_reads_fails_loudly_and_the_scheduler_scrubs_l
         let (url, token) = (format!("{}/v1/unwrap", server.base), token.clone());
         move || {
             while !stop.load(Ordering::Relaxed) {
-                let body = unwrap_body(&v2);
+                let body = common::unwrap_body(&v2);
                 let start = Instant::now();
                 let (status, v, _) = post(&url, Some(&token), &body);
                 let ms = start.elapsed().as_millis() as u64;
@@ -687,7 +675,7 @@ fn a_destroy_under_unwrap_load_succeeds_and_leaves_no_copy() {
             let (url, token) = (format!("{}/v1/unwrap", server.base), token.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let (status, v, _) = post(&url, Some(&token), &unwrap_body(&legal));
+                    let (status, v, _) = post(&url, Some(&token), &common::unwrap_body(&legal));
                     assert_eq!(status, 200, "{v}");
                     unwraps.fetch_add(1, Ordering::Relaxed);
                 }
@@ -933,7 +921,7 @@ fn an_audit_sequence_at_the_end_of_its_range_is_refused_clearly() {
     let (status, body, _) = post(
         &format!("{}/v1/unwrap", server.base),
         Some(&token),
-        &unwrap_body(&v),
+        &common::unwrap_body(&v),
     );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "audit_unavailable", "{body}");
@@ -960,7 +948,7 @@ fn a_dead_audit_writer_makes_serve_exit_non_zero() {
     let (status, body, _) = post(
         &format!("{}/v1/unwrap", server.base),
         Some(&token),
-        &unwrap_body(&v),
+        &common::unwrap_body(&v),
     );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "audit_unavailable", "{body}");
@@ -1010,14 +998,17 @@ fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_tr
     let _stderr = drain_stderr(&mut server.child);
     let unwrap_url = format!("{}/v1/unwrap", server.base);
     let v = label_key(&server, "hr");
-    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(
+        post(&unwrap_url, Some(&token), &common::unwrap_body(&v)).0,
+        200
+    );
     assert_eq!(readiness(&server).0, 200);
 
     // Another process holds the write lock for 7 s, longer than the 5 s busy timeout.
     let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let locked = Instant::now();
-    let (status, body, _) = post(&unwrap_url, Some(&token), &unwrap_body(&v));
+    let (status, body, _) = post(&unwrap_url, Some(&token), &common::unwrap_body(&v));
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "audit_unavailable", "{body}");
     assert!(
@@ -1049,7 +1040,10 @@ fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_tr
     );
     let (_, metrics) = get(&format!("{}/metrics", server.base), None);
     assert!(metrics.contains("\nkluis_audit_failing 0\n"), "{metrics}");
-    assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
+    assert_eq!(
+        post(&unwrap_url, Some(&token), &common::unwrap_body(&v)).0,
+        200
+    );
     admin(server.dir.path(), &["audit", "verify"]);
 }
 

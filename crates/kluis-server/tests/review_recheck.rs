@@ -11,29 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use common::{LOOPBACK, label_key};
-use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
 use kluis_server::{KeyService, KeySource, Policy, ScheduledChange, meta, now_ms};
 use kluis_testkit::postgres::{PASSWORD, PgCluster};
-use serde_json::{Value, json};
-
-/// The body of a single unwrap of a document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> String {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let stanza = B64.encode(header.slots()[0][0].to_bytes());
-    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
-    json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
-        .to_string()
-}
+use serde_json::Value;
 
 /// An admin command on the PostgreSQL store at `url` (the key file in `dir`).
 fn admin(dir: &Path, url: &str, args: &[&str]) -> String {
@@ -72,7 +53,7 @@ fn burst(url: &str) -> (HashMap<String, usize>, usize) {
         .to_owned();
     let server = serve(dir, url);
     let url_unwrap = format!("{}/v1/unwrap", server.base);
-    let body = unwrap_body(&label_key(&server, "hr"));
+    let body = common::unwrap_body(&label_key(&server, "hr")).to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let answers: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let threads: Vec<_> = (0..4)
@@ -236,7 +217,7 @@ fn postgres_every_unwrap_answered_access_changing_is_recorded() {
         .to_owned();
     let key = d.join("kluis-master.key");
     let server = serve(dir, &url);
-    let body = unwrap_body(&label_key(&server, "hr"));
+    let body = common::unwrap_body(&label_key(&server, "hr")).to_string();
     let unwrap_url = format!("{}/v1/unwrap", server.base);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -349,7 +330,7 @@ fn postgres_two_replicas_grant_nothing_after_a_revocation_or_a_policy_change() {
     std::fs::copy(d.join(key), other.path().join(key)).unwrap();
     let a = serve(dir, &url);
     let b = serve(other, &url);
-    let body = unwrap_body(&label_key(&a, "hr"));
+    let body = common::unwrap_body(&label_key(&a, "hr")).to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
     // Per user: shares received, and answers other than 200 and the refusals the changes

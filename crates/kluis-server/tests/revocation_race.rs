@@ -13,27 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use common::{LOOPBACK, admin, label_key, serve};
-use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
-use serde_json::{Value, json};
-
-/// The body of a single unwrap of a document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> String {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let stanza = B64.encode(header.slots()[0][0].to_bytes());
-    let reply = B64.encode(ReplyKey::generate().unwrap().public_bytes());
-    json!({ "reply_key": reply, "doc_id": header.doc_id().to_string(), "stanza": stanza })
-        .to_string()
-}
+use serde_json::Value;
 
 fn token(dir: &Path, user: &str) -> String {
     admin(dir, &["token", "create", "--user", user])
@@ -135,10 +116,10 @@ fn no_grant_is_recorded_after_a_revocation_policy_change_or_destroy_under_load()
     );
     let d = server.dir.path();
     let url = format!("{}/v1/unwrap", server.base);
-    let hr = unwrap_body(&label_key(&server, "hr"));
+    let hr = common::unwrap_body(&label_key(&server, "hr")).to_string();
     // Dave opens documents under version 1 of `old`, which is then rotated out: it keeps
     // opening until it is destroyed.
-    let old_v1 = unwrap_body(&label_key(&server, "old"));
+    let old_v1 = common::unwrap_body(&label_key(&server, "old")).to_string();
     admin(d, &["label", "rotate", "old"]);
 
     let stop = Arc::new(AtomicBool::new(false));

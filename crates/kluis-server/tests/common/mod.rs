@@ -11,6 +11,28 @@ use serde_json::Value;
 
 pub mod dke;
 
+/// The body of a single unwrap (`POST /v1/unwrap`) for a fresh document sealed to `label`,
+/// with a fresh reply key.
+pub fn unwrap_body(label: &LabelPublicKey) -> Value {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let sealed = kluis_core::seal(
+        &[kluis_core::Slot::single(kluis_core::Recipient::Label(
+            label.clone(),
+        ))],
+        &kluis_core::Metadata::default(),
+        b"secret",
+    )
+    .unwrap();
+    let header = kluis_core::Header::parse(&sealed).unwrap();
+    let reply = kluis_core::reply::ReplyKey::generate().unwrap();
+    serde_json::json!({
+        "reply_key": B64.encode(reply.public_bytes()),
+        "doc_id": header.doc_id().to_string(),
+        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
+    })
+}
+
 /// A served `kluis-server` process; killed on drop.
 pub struct Server {
     pub dir: tempfile::TempDir,
