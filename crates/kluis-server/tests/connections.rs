@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, addr, drain_stderr, get, label_key, make_cert, post, proc_status_kib, raw_body,
-    raw_exchange, raw_exchange_until_close, raw_status, serve, serve_with, slow_body, store,
-    store_for, tls_agent, unwrap_head,
+    Server, addr, answer_on, drain_stderr, get, label_key, make_cert, post, proc_status_kib,
+    raw_body, raw_exchange, raw_exchange_until_close, raw_status, serve, serve_with, slow_body,
+    store, store_for, tls_agent, unwrap_head,
 };
 use kluis_core::LabelPublicKey;
 use serde_json::Value;
@@ -886,20 +886,6 @@ fn a_malformed_tls_key_is_refused_without_showing_it() {
     assert!(!shows_key(&log, &key), "the key is in the log: {log}");
 }
 
-/// The JSON answer waiting on `s` (read for up to `wait`).
-fn answer_on(s: &mut TcpStream, wait: Duration) -> Vec<u8> {
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !common::raw_complete(&answer) {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
-    answer
-}
-
 /// The body budget's three answers, with their JSON codes and `Retry-After`: an identity over
 /// its share is refused `429 identity_busy`; a body still arriving after 500 ms is cut off
 /// (`503 server_busy`) when another request needs room, and that request is served; bodies
@@ -1093,16 +1079,7 @@ fn a_thousand_authenticated_slow_bodies_stay_under_256_mib_and_others_are_served
     let mut refused = 0;
     for s in &mut conns {
         s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !common::raw_complete(&answer) {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
+        let answer = answer_on(s, Duration::from_millis(200));
         if raw_status(&answer) == Some(429) {
             assert_json_refusal(&answer, 429, "identity_busy", "a refused slow body");
             refused += 1;

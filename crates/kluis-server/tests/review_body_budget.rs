@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Server, addr, label_key, post_full, serve_with, slow_body, store_for, unwrap_body};
+use common::{
+    Server, addr, answer_on, label_key, post_full, serve_with, slow_body, store_for, unwrap_body,
+};
 use kluis_core::LabelPublicKey;
 use kluis_core::reply::ReplyKey;
 use serde_json::{Value, json};
@@ -364,17 +366,7 @@ fn a_body_gives_its_bytes_back_on_timeout_and_when_abandoned() {
     let mut timed_out = slow_body(a, &tokens[0], 300_000);
     std::thread::sleep(Duration::from_millis(300));
     assert!(gauge() >= 300_000, "{}", gauge());
-    timed_out
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !common::raw_complete(&answer) {
-        match timed_out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
+    let answer = answer_on(&mut timed_out, Duration::from_secs(5));
     assert_eq!(
         common::raw_status(&answer),
         Some(504),

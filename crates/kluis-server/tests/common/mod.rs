@@ -191,6 +191,21 @@ pub fn unwrap_head(token: &str, len: usize) -> String {
     )
 }
 
+/// The answer waiting on `s`: read until its `content-length` is complete, the server
+/// closes, or `wait` passes without a byte.
+pub fn answer_on(s: &mut std::net::TcpStream, wait: std::time::Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw_complete(&answer) {
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answer
+}
+
 /// A connection that has sent an unwrap head with `token` announcing 1 MiB and then the first
 /// `sent` bytes of the body, and waits.
 pub fn slow_body(a: std::net::SocketAddr, token: &str, sent: usize) -> std::net::TcpStream {
