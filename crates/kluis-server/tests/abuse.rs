@@ -9,15 +9,14 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    LOOPBACK, Server, admin, get, label_key, post, post_bytes, proc_status_kib, raw_body,
-    raw_exchange, raw_status, serve,
+    LOOPBACK, Server, Tmpfs, admin, get, label_key, post, post_bytes, proc_status_kib, raw_body,
+    raw_exchange, raw_status, serve, store,
 };
 use kluis_core::reply::{ReplyKey, SealedShare};
 use kluis_core::{
@@ -25,15 +24,6 @@ use kluis_core::{
     UnwrapRequest,
 };
 use serde_json::{Value, json};
-
-/// A store with label `hr` (user alice) and a token for alice.
-fn store() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    admin(dir.path(), &["init"]);
-    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
-    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
-    (dir, token.trim().to_owned())
-}
 
 /// `serve` on loopback with rate limiting off and `extra` arguments.
 fn serve_unlimited(dir: tempfile::TempDir, extra: &[&str]) -> Server {
@@ -808,38 +798,6 @@ fn concurrent_callers_never_see_each_others_identity_keys_or_records() {
     }
     assert_eq!(seen, expected);
     admin(server.dir.path(), &["audit", "verify"]);
-}
-
-/// A tmpfs mounted for the life of the value; unmounted (lazily) on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// Mount a tmpfs of `size` at `dir`; `Err` with the reason when that is not permitted.
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Tmpfs(dir.to_owned()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// Fill the file system holding `path` until writing fails for lack of space.

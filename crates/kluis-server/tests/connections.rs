@@ -13,48 +13,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, admin, drain_stderr, get, label_key, make_cert, post, proc_status_kib, raw_body,
-    raw_exchange, raw_exchange_until_close, raw_status, serve, tls_agent,
+    Server, addr, answer_on, drain_stderr, get, label_key, make_cert, post, proc_status_kib,
+    raw_body, raw_exchange, raw_exchange_until_close, raw_status, serve, serve_with, slow_body,
+    store, store_for, tls_agent, unwrap_head,
 };
 use kluis_core::LabelPublicKey;
 use serde_json::Value;
-
-/// A store with label `hr` (user alice) and a token for alice.
-fn store() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    admin(dir.path(), &["init"]);
-    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
-    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
-    (dir, token.trim().to_owned())
-}
-
-/// `serve` on plain loopback HTTP with a `[serve]` table written to `kluis.toml`.
-fn serve_with(dir: tempfile::TempDir, serve_table: &str) -> Server {
-    std::fs::write(
-        dir.path().join("kluis.toml"),
-        format!("[serve]\nrate_limit_per_sec = 0\n{serve_table}"),
-    )
-    .unwrap();
-    serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    )
-}
-
-fn addr(server: &Server) -> SocketAddr {
-    server
-        .base
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 /// The answer must be a JSON `{code, message}` refusal with `status` and `code`.
 fn assert_json_refusal(answer: &[u8], status: u16, code: &str, what: &str) {
@@ -922,58 +886,6 @@ fn a_malformed_tls_key_is_refused_without_showing_it() {
     assert!(!shows_key(&log, &key), "the key is in the log: {log}");
 }
 
-/// A store with label `hr` for `users`, and a token for each.
-fn store_for(users: &[&str]) -> (tempfile::TempDir, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    admin(dir.path(), &["init"]);
-    let mut args = vec!["label", "create", "hr"];
-    for u in users {
-        args.extend(["--user", u]);
-    }
-    admin(dir.path(), &args);
-    let tokens = users
-        .iter()
-        .map(|u| {
-            admin(dir.path(), &["token", "create", "--user", u])
-                .trim()
-                .to_owned()
-        })
-        .collect();
-    (dir, tokens)
-}
-
-/// The head of a single unwrap with `token` announcing a body of `len` bytes.
-fn unwrap_head(token: &str, len: usize) -> String {
-    format!(
-        "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
-    )
-}
-
-/// A connection that has sent an unwrap head with `token` announcing 1 MiB and then the first
-/// `sent` bytes of the body, and waits.
-fn slow_body(a: SocketAddr, token: &str, sent: usize) -> TcpStream {
-    let mut s = TcpStream::connect(a).unwrap();
-    s.write_all(unwrap_head(token, 1024 * 1024).as_bytes())
-        .unwrap();
-    s.write_all(&vec![b' '; sent]).unwrap();
-    s
-}
-
-/// The JSON answer waiting on `s` (read for up to `wait`).
-fn answer_on(s: &mut TcpStream, wait: Duration) -> Vec<u8> {
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !common::raw_complete(&answer) {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
-    answer
-}
-
 /// The body budget's three answers, with their JSON codes and `Retry-After`: an identity over
 /// its share is refused `429 identity_busy`; a body still arriving after 500 ms is cut off
 /// (`503 server_busy`) when another request needs room, and that request is served; bodies
@@ -1167,16 +1079,7 @@ fn a_thousand_authenticated_slow_bodies_stay_under_256_mib_and_others_are_served
     let mut refused = 0;
     for s in &mut conns {
         s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !common::raw_complete(&answer) {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
+        let answer = answer_on(s, Duration::from_millis(200));
         if raw_status(&answer) == Some(429) {
             assert_json_refusal(&answer, 429, "identity_busy", "a refused slow body");
             refused += 1;

@@ -17,19 +17,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
     LOOPBACK, Server, admin, admin_fails, get, label_key, post, post_full, serve, serve_with_env,
+    store,
 };
 use kluis_core::reply::ReplyKey;
 use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
 use serde_json::{Value, json};
-
-/// A store with label `hr` (user alice) and a token for alice.
-fn store() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    admin(dir.path(), &["init"]);
-    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
-    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
-    (dir, token.trim().to_owned())
-}
 
 /// The body of a single unwrap for a fresh document sealed to `label`; returns it and the
 /// document id.

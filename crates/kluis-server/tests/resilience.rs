@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{LOOPBACK, Server, admin, admin_fails, bin, drain_stderr, get, label_key, post};
+use common::{
+    LOOPBACK, Server, admin, admin_fails, bin, drain_stderr, get, label_key, post, readiness,
+};
 use serde_json::Value;
 
 const DB: &str = "kluis-server.db";
@@ -977,15 +979,6 @@ fn a_dead_audit_writer_makes_serve_exit_non_zero() {
     admin(server.dir.path(), &["audit", "verify"]);
 }
 
-/// `/readyz` (status and JSON `code`) and `/metrics` of `server`.
-fn readiness(server: &Server) -> (u16, String) {
-    let (status, body) = get(&format!("{}/readyz", server.base), None);
-    let code = serde_json::from_str::<Value>(&body)
-        .map(|v| v["code"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or(body);
-    (status, code)
-}
-
 /// Audit gap 2 (issue 14, "never lies"): while audit commits failed (the store locked by
 /// another process), `/readyz` said ready, so a load balancer kept sending unwraps that were
 /// all refused. Now it answers 503 `audit_unavailable` from the failed commit on, and 200
@@ -1002,7 +995,7 @@ fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_tr
         post(&unwrap_url, Some(&token), &common::unwrap_body(&v)).0,
         200
     );
-    assert_eq!(readiness(&server).0, 200);
+    assert_eq!(readiness(&server.base).0, 200);
 
     // Another process holds the write lock for 7 s, longer than the 5 s busy timeout.
     let lock = rusqlite::Connection::open(server.dir.path().join(DB)).unwrap();
@@ -1016,7 +1009,7 @@ fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_tr
         "the lock is gone"
     );
     assert_eq!(
-        readiness(&server),
+        readiness(&server.base),
         (503, "audit_unavailable".to_owned()),
         "/readyz while audit commits fail"
     );
@@ -1029,9 +1022,9 @@ fn readyz_is_503_while_the_audit_trail_cannot_be_written_and_recovers_without_tr
 
     // No request but the probes: ready again within a few seconds.
     assert!(
-        eventually(Duration::from_secs(5), || readiness(&server).0 == 200),
+        eventually(Duration::from_secs(5), || readiness(&server.base).0 == 200),
         "/readyz still says {:?} {:?} after the store was released",
-        readiness(&server),
+        readiness(&server.base),
         released.elapsed()
     );
     eprintln!(

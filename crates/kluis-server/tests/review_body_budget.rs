@@ -9,89 +9,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Server, admin, label_key, post_full, serve};
+use common::{
+    Server, addr, answer_on, label_key, post_full, serve_with, slow_body, store_for, unwrap_body,
+};
+use kluis_core::LabelPublicKey;
 use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
 use serde_json::{Value, json};
-
-/// A store with label `hr` for `users`, and a token for each.
-fn store_for(users: &[&str]) -> (tempfile::TempDir, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    admin(dir.path(), &["init"]);
-    let mut args = vec!["label", "create", "hr"];
-    for u in users {
-        args.extend(["--user", u]);
-    }
-    admin(dir.path(), &args);
-    let tokens = users
-        .iter()
-        .map(|u| {
-            admin(dir.path(), &["token", "create", "--user", u])
-                .trim()
-                .to_owned()
-        })
-        .collect();
-    (dir, tokens)
-}
-
-/// `serve` on plain loopback HTTP with default limits (rate limiting off).
-fn serve_default(dir: tempfile::TempDir) -> Server {
-    std::fs::write(
-        dir.path().join("kluis.toml"),
-        "[serve]\nrate_limit_per_sec = 0\n",
-    )
-    .unwrap();
-    serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    )
-}
-
-fn addr(server: &Server) -> SocketAddr {
-    server
-        .base
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// A single unwrap body for a fresh document sealed to `label`.
-fn unwrap_body(label: &LabelPublicKey) -> Value {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let reply = ReplyKey::generate().unwrap();
-    json!({
-        "doc_id": header.doc_id().to_string(),
-        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
-        "reply_key": B64.encode(reply.public_bytes()),
-    })
-}
-
-/// A connection that has sent an unwrap head with `token` announcing a 1 MiB body, then
-/// `sent` bytes of it, and waits.
-fn slow_body(a: SocketAddr, token: &str, sent: usize) -> TcpStream {
-    let mut s = TcpStream::connect(a).unwrap();
-    let head = format!(
-        "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        1024 * 1024
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(&vec![b' '; sent]).unwrap();
-    s
-}
 
 /// Four identities, each with four connections that announced a 1 MiB body and sent one
 /// byte of it (16 connections, 16 bytes of body in all), held the whole default body budget
@@ -102,7 +25,7 @@ fn slow_body(a: SocketAddr, token: &str, sent: usize) -> TcpStream {
 fn a_few_identities_announcing_bodies_they_never_send_do_not_starve_others() {
     let users = ["m1", "m2", "m3", "m4", "victim"];
     let (dir, tokens) = store_for(&users);
-    let server = serve_default(dir);
+    let server = serve_with(dir, "");
     let a = addr(&server);
     let label = label_key(&server, "hr");
     let url = format!("{}/v1/unwrap", server.base);
@@ -130,7 +53,7 @@ fn a_few_identities_announcing_bodies_they_never_send_do_not_starve_others() {
 fn bodies_that_stop_short_of_their_end_do_not_starve_others() {
     let users = ["m1", "m2", "m3", "m4", "victim"];
     let (dir, tokens) = store_for(&users);
-    let server = serve_default(dir);
+    let server = serve_with(dir, "");
     let a = addr(&server);
     let label = label_key(&server, "hr");
     let url = format!("{}/v1/unwrap", server.base);
@@ -267,7 +190,7 @@ fn identities_on_many_addresses_refilling_the_budget_do_not_starve_others() {
     users.push("victim".into());
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
     let (dir, tokens) = store_for(&names);
-    let server = serve_default(dir);
+    let server = serve_with(dir, "");
     let pid = server.child.id();
     let label = label_key(&server, "hr");
     let refill = Refillers::start(addr(&server), &tokens[..8], 2, 32);
@@ -305,21 +228,7 @@ fn a_full_body_budget_and_4000_held_heads_stay_under_256_mib() {
     users.push("victim".into());
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
     let (dir, tokens) = store_for(&names);
-    std::fs::write(
-        dir.path().join("kluis.toml"),
-        "[serve]\nrate_limit_per_sec = 0\nheader_timeout_secs = 300\n",
-    )
-    .unwrap();
-    let server = serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    );
+    let server = serve_with(dir, "header_timeout_secs = 300\n");
     let pid = server.child.id();
     let a = addr(&server);
     let label = label_key(&server, "hr");
@@ -390,7 +299,7 @@ fn batch_body(label: &LabelPublicKey, n: usize) -> Value {
 #[test]
 fn batches_of_100_from_16_clients_are_never_refused_by_the_default_budget() {
     let (dir, tokens) = store_for(&["alice"]);
-    let server = serve_default(dir);
+    let server = serve_with(dir, "");
     let label = label_key(&server, "hr");
     let body = batch_body(&label, 100).to_string();
     let url = format!("{}/v1/unwrap/batch", server.base);
@@ -432,21 +341,7 @@ fn batches_of_100_from_16_clients_are_never_refused_by_the_default_budget() {
 #[test]
 fn a_body_gives_its_bytes_back_on_timeout_and_when_abandoned() {
     let (dir, tokens) = store_for(&["alice", "bob"]);
-    std::fs::write(
-        dir.path().join("kluis.toml"),
-        "[serve]\nrate_limit_per_sec = 0\nrequest_timeout_secs = 2\n",
-    )
-    .unwrap();
-    let server = serve(
-        dir,
-        &[
-            "--config",
-            "kluis.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-        ],
-    );
+    let server = serve_with(dir, "request_timeout_secs = 2\n");
     let a = addr(&server);
     let gauge = || {
         let (_, metrics) = common::get(&format!("{}/metrics", server.base), None);
@@ -471,17 +366,7 @@ fn a_body_gives_its_bytes_back_on_timeout_and_when_abandoned() {
     let mut timed_out = slow_body(a, &tokens[0], 300_000);
     std::thread::sleep(Duration::from_millis(300));
     assert!(gauge() >= 300_000, "{}", gauge());
-    timed_out
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !common::raw_complete(&answer) {
-        match timed_out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
+    let answer = answer_on(&mut timed_out, Duration::from_secs(5));
     assert_eq!(
         common::raw_status(&answer),
         Some(504),

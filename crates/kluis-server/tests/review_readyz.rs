@@ -7,37 +7,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{LOOPBACK, admin, get, label_key, post, serve};
+use common::{LOOPBACK, Tmpfs, admin, label_key, post, readiness, serve, store, unwrap_body};
 use kluis_core::reply::ReplyKey;
-use kluis_core::{Header, LabelPublicKey, Metadata, Recipient, Slot};
 use serde_json::{Value, json};
 
 const DB: &str = "kluis-server.db";
-
-fn unwrap_body(label: &LabelPublicKey) -> Value {
-    let sealed = kluis_core::seal(
-        &[Slot::single(Recipient::Label(label.clone()))],
-        &Metadata::default(),
-        b"secret",
-    )
-    .unwrap();
-    let header = Header::parse(&sealed).unwrap();
-    let reply = ReplyKey::generate().unwrap();
-    json!({
-        "doc_id": header.doc_id().to_string(),
-        "stanza": B64.encode(header.slots()[0][0].to_bytes()),
-        "reply_key": B64.encode(reply.public_bytes()),
-    })
-}
-
-/// A store with label `hr` for alice, and her token.
-fn store() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    admin(dir.path(), &["init"]);
-    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
-    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
-    (dir, token.trim().to_owned())
-}
 
 /// The records `export` prints for `dir` (`audit export`: one JSON object a line).
 fn exported(dir: &std::path::Path, export: impl Fn(&std::path::Path) -> String) -> Vec<Value> {
@@ -64,15 +38,6 @@ fn assert_one_resumed_record(before: &[Value], after: &[Value]) {
             .is_some_and(|t| t.contains("could not be written from 20")),
         "{r}"
     );
-}
-
-/// `/readyz`: status and JSON `code` (or the text).
-fn readiness(base: &str) -> (u16, String) {
-    let (status, body) = get(&format!("{base}/readyz"), None);
-    let code = serde_json::from_str::<Value>(&body)
-        .map(|v| v["code"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or(body);
-    (status, code)
 }
 
 /// An audit trail whose last sequence number is at the end of its range (an edited store)
@@ -267,38 +232,6 @@ fn on_postgresql_readyz_follows_the_audit_writer_across_a_held_write_lock() {
     assert_eq!(post(&unwrap_url, Some(&token), &unwrap_body(&v)).0, 200);
 }
 
-/// A tmpfs of `size` mounted at `dir`, unmounted on drop; `None` when mounting is not
-/// permitted.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// On a full disk (a 2 MiB tmpfs under the store, filled up): once unwraps are refused,
 /// `/readyz` says 503 for as long as unwraps are refused, checked every 200 ms for 6 s with an
 /// unwrap every 2 s (the idle writer probes in between); it does not flap to 200 because a smaller write (the probe) still fits.
@@ -307,7 +240,7 @@ fn on_a_full_disk_readyz_matches_what_unwraps_get() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
-    let Some(tmpfs) = Tmpfs::mount(&d.join("mnt"), "2m") else {
+    let Ok(tmpfs) = Tmpfs::mount(&d.join("mnt"), "2m") else {
         eprintln!("SKIPPED: mounting a tmpfs is not permitted here (run as root)");
         return;
     };

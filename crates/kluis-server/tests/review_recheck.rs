@@ -37,28 +37,18 @@ fn serve(dir: tempfile::TempDir, url: &str) -> common::Server {
     common::serve_with_env(dir, &args, &env)
 }
 
-/// Alice unwraps from 4 threads while the scheduler destroys 300 versions of a label she has
-/// nothing to do with; returns her answers and the number of destroys.
-fn burst(url: &str) -> (HashMap<String, usize>, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    admin(d, url, &["init"]);
-    admin(d, url, &["label", "create", "hr", "--user", "alice"]);
-    admin(d, url, &["label", "create", "old", "--user", "zed"]);
-    for _ in 0..300 {
-        admin(d, url, &["label", "rotate", "old"]);
-    }
-    let alice = admin(d, url, &["token", "create", "--user", "alice"])
-        .trim()
-        .to_owned();
-    let server = serve(dir, url);
-    let url_unwrap = format!("{}/v1/unwrap", server.base);
-    let body = common::unwrap_body(&label_key(&server, "hr")).to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let threads: Vec<_> = (0..4)
+/// Four threads unwrapping `body` with `token` at `url` until `stop`, counting the answers in
+/// `answers` by status and JSON code (`"200"`, `"503 access_changing"`, ...).
+fn unwrapping(
+    url: &str,
+    token: &str,
+    body: &str,
+    stop: &Arc<AtomicBool>,
+    answers: &Arc<Mutex<HashMap<String, usize>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..4)
         .map(|_| {
-            let (u, token, body) = (url_unwrap.clone(), alice.clone(), body.clone());
+            let (u, token, body) = (url.to_owned(), token.to_owned(), body.to_owned());
             let (stop, answers) = (stop.clone(), answers.clone());
             std::thread::spawn(move || {
                 let agent = common::agent();
@@ -81,7 +71,29 @@ fn burst(url: &str) -> (HashMap<String, usize>, usize) {
                 }
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Alice unwraps from 4 threads while the scheduler destroys 300 versions of a label she has
+/// nothing to do with; returns her answers and the number of destroys.
+fn burst(url: &str) -> (HashMap<String, usize>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, url, &["init"]);
+    admin(d, url, &["label", "create", "hr", "--user", "alice"]);
+    admin(d, url, &["label", "create", "old", "--user", "zed"]);
+    for _ in 0..300 {
+        admin(d, url, &["label", "rotate", "old"]);
+    }
+    let alice = admin(d, url, &["token", "create", "--user", "alice"])
+        .trim()
+        .to_owned();
+    let server = serve(dir, url);
+    let url_unwrap = format!("{}/v1/unwrap", server.base);
+    let body = common::unwrap_body(&label_key(&server, "hr")).to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let threads = unwrapping(&url_unwrap, &alice, &body, &stop, &answers);
     std::thread::sleep(Duration::from_secs(1));
     let sd = server.dir.path();
     admin(
@@ -242,31 +254,7 @@ fn postgres_every_unwrap_answered_access_changing_is_recorded() {
             .copied()
             .unwrap_or(0)
     };
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let (u, token, body) = (unwrap_url.clone(), alice.clone(), body.clone());
-            let (stop, answers) = (stop.clone(), answers.clone());
-            std::thread::spawn(move || {
-                let agent = common::agent();
-                while !stop.load(Ordering::Relaxed) {
-                    let mut r = agent
-                        .post(&u)
-                        .header("Authorization", &format!("Bearer {token}"))
-                        .header("Content-Type", "application/json")
-                        .send(body.as_str())
-                        .unwrap();
-                    let status = r.status().as_u16();
-                    let text = r.body_mut().read_to_string().unwrap_or_default();
-                    let v: Value = serde_json::from_str(&text).unwrap_or_default();
-                    let key = match status {
-                        200 => "200".to_owned(),
-                        s => format!("{s} {}", v["code"].as_str().unwrap_or("?")),
-                    };
-                    *answers.lock().unwrap().entry(key).or_default() += 1;
-                }
-            })
-        })
-        .collect();
+    let threads = unwrapping(&unwrap_url, &alice, &body, &stop, &answers);
     let start = Instant::now();
     while changing() < 20 && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));

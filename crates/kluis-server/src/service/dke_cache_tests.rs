@@ -46,6 +46,23 @@ fn request(store: &KeyService<SqliteStore>, kid: u32) -> DkeRequest {
     }
 }
 
+/// A SQLite store in `dir` with DKE label `medical` for alice.
+fn medical_store(dir: &std::path::Path) -> KeyService<SqliteStore> {
+    let mut admin = KeyService::<SqliteStore>::init_sqlite(
+        &dir.join("store.db"),
+        KeySource::File(&dir.join("master.key")),
+    )
+    .unwrap();
+    let policy = Policy {
+        users: vec!["oidc:entra:alice@org.nl".to_owned()],
+        ..Policy::default()
+    };
+    admin
+        .create_label_with("medical", &policy, true, "admin")
+        .unwrap();
+    admin
+}
+
 fn cached(store: &KeyService<SqliteStore>, kid: u32) -> bool {
     store
         .dke_keys
@@ -59,19 +76,7 @@ fn cached(store: &KeyService<SqliteStore>, kid: u32) -> bool {
 #[test]
 fn destroyed_and_resealed_dke_keys_leave_the_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("store.db");
-    let mut admin = KeyService::<SqliteStore>::init_sqlite(
-        &db,
-        KeySource::File(&dir.path().join("master.key")),
-    )
-    .unwrap();
-    let policy = Policy {
-        users: vec!["oidc:entra:alice@org.nl".to_owned()],
-        ..Policy::default()
-    };
-    admin
-        .create_label_with("medical", &policy, true, "admin")
-        .unwrap();
+    let mut admin = medical_store(dir.path());
     let reader = admin.reopen().unwrap();
     let first = request(&reader, 1);
     assert_eq!(
@@ -116,19 +121,7 @@ fn destroyed_and_resealed_dke_keys_leave_the_cache() {
 fn a_stale_decrypt_releases_nothing_and_its_last_decision_is_recorded() {
     use super::writer::{AuditWriter, NotCommitted, STALE_OUTCOME};
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("store.db");
-    let mut admin = KeyService::<SqliteStore>::init_sqlite(
-        &db,
-        KeySource::File(&dir.path().join("master.key")),
-    )
-    .unwrap();
-    let policy = Policy {
-        users: vec!["oidc:entra:alice@org.nl".to_owned()],
-        ..Policy::default()
-    };
-    admin
-        .create_label_with("medical", &policy, true, "admin")
-        .unwrap();
+    let mut admin = medical_store(dir.path());
     let reader = admin.reopen().unwrap();
     let writer = AuditWriter::start(admin.reopen().unwrap()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -484,6 +484,21 @@ mod tests {
         AuditWriter::start(store).unwrap()
     }
 
+    /// A store in `dir` whose access epoch has risen once (another connection withdrew
+    /// tokens), and the number of audit records it holds.
+    fn store_at_epoch_one(
+        dir: &std::path::Path,
+    ) -> (KeyService<crate::sqlite::SqliteStore>, usize) {
+        let key = dir.join("master.key");
+        let svc = KeyService::init_sqlite(&dir.join("store.db"), KeySource::File(&key)).unwrap();
+        svc.reopen()
+            .unwrap()
+            .revoke_user_tokens("nobody", "admin")
+            .unwrap();
+        let before = svc.audit_records(None).unwrap().len();
+        (svc, before)
+    }
+
     fn job(n: usize) -> (Job, oneshot::Receiver<Result<(), NotCommitted>>) {
         let (done, wait) = oneshot::channel();
         let entries = vec![entry(n)];
@@ -534,14 +549,7 @@ mod tests {
     #[test]
     fn a_group_appends_only_jobs_authorised_under_the_current_epoch() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("master.key");
-        let mut svc =
-            KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
-        svc.reopen()
-            .unwrap()
-            .revoke_user_tokens("nobody", "admin")
-            .unwrap();
-        let before = svc.audit_records(None).unwrap().len();
+        let (mut svc, before) = store_at_epoch_one(dir.path());
         let mut jobs = Vec::new();
         for (n, under) in [(1, Some(0)), (2, Some(1)), (3, None)] {
             let (mut j, _) = job(n);
@@ -563,14 +571,7 @@ mod tests {
     #[test]
     fn the_last_decision_of_a_stale_request_is_recorded_without_its_grants() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("master.key");
-        let mut svc =
-            KeyService::init_sqlite(&dir.path().join("store.db"), KeySource::File(&key)).unwrap();
-        svc.reopen()
-            .unwrap()
-            .revoke_user_tokens("nobody", "admin")
-            .unwrap();
-        let before = svc.audit_records(None).unwrap().len();
+        let (mut svc, before) = store_at_epoch_one(dir.path());
         let mut jobs = Vec::new();
         for (n, last) in [(1, false), (2, true)] {
             let (mut j, _) = job(n);

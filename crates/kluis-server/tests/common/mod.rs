@@ -33,6 +33,35 @@ pub fn unwrap_body(label: &LabelPublicKey) -> Value {
     })
 }
 
+/// A store with label `hr` (user alice) and a token for alice.
+pub fn store() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["init"]);
+    admin(dir.path(), &["label", "create", "hr", "--user", "alice"]);
+    let token = admin(dir.path(), &["token", "create", "--user", "alice"]);
+    (dir, token.trim().to_owned())
+}
+
+/// A store with label `hr` for `users`, and a token for each.
+pub fn store_for(users: &[&str]) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["init"]);
+    let mut args = vec!["label", "create", "hr"];
+    for u in users {
+        args.extend(["--user", u]);
+    }
+    admin(dir.path(), &args);
+    let tokens = users
+        .iter()
+        .map(|u| {
+            admin(dir.path(), &["token", "create", "--user", u])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    (dir, tokens)
+}
+
 /// A served `kluis-server` process; killed on drop.
 pub struct Server {
     pub dir: tempfile::TempDir,
@@ -114,6 +143,79 @@ pub fn serve_with_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)
 
 /// Plain HTTP on loopback, port chosen by the system.
 pub const LOOPBACK: [&str; 3] = ["--listen", "127.0.0.1:0", "--insecure-http"];
+
+/// `serve` on plain loopback HTTP with a `[serve]` table written to `kluis.toml` (rate
+/// limiting off, then `serve_table`).
+pub fn serve_with(dir: tempfile::TempDir, serve_table: &str) -> Server {
+    std::fs::write(
+        dir.path().join("kluis.toml"),
+        format!("[serve]\nrate_limit_per_sec = 0\n{serve_table}"),
+    )
+    .unwrap();
+    serve(
+        dir,
+        &[
+            "--config",
+            "kluis.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ],
+    )
+}
+
+/// The socket address of a server on plain HTTP.
+pub fn addr(server: &Server) -> std::net::SocketAddr {
+    server
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `/readyz` at `base`: status and JSON `code` (or the text).
+pub fn readiness(base: &str) -> (u16, String) {
+    let (status, body) = get(&format!("{base}/readyz"), None);
+    let code = serde_json::from_str::<Value>(&body)
+        .map(|v| v["code"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or(body);
+    (status, code)
+}
+
+/// The head of a single unwrap with `token` announcing a body of `len` bytes.
+pub fn unwrap_head(token: &str, len: usize) -> String {
+    format!(
+        "POST /v1/unwrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
+/// The answer waiting on `s`: read until its `content-length` is complete, the server
+/// closes, or `wait` passes without a byte.
+pub fn answer_on(s: &mut std::net::TcpStream, wait: std::time::Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw_complete(&answer) {
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answer
+}
+
+/// A connection that has sent an unwrap head with `token` announcing 1 MiB and then the first
+/// `sent` bytes of the body, and waits.
+pub fn slow_body(a: std::net::SocketAddr, token: &str, sent: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.write_all(unwrap_head(token, 1024 * 1024).as_bytes())
+        .unwrap();
+    s.write_all(&vec![b' '; sent]).unwrap();
+    s
+}
 
 /// An HTTP agent that returns error statuses instead of failing.
 pub fn agent() -> ureq::Agent {
@@ -324,4 +426,36 @@ pub fn pg_admin(dir: &Path, url: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A tmpfs mounted for the life of the value; unmounted (lazily) on drop.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` at `dir`; `Err` with the reason when that is not permitted.
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Tmpfs(dir.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
