@@ -408,17 +408,7 @@ fn seal_one(
         None,
     )?;
     let len = meta.len();
-    let mut metadata = Metadata::with_size(len).name(job.name.clone());
-    metadata.modified = meta.modified().ok();
-    // Times outside 1601..9999 cannot be stored: leave them out rather than fail.
-    if metadata.modified.is_some() && metadata.encode().is_err() {
-        metadata.modified = None;
-    }
-    if pad {
-        metadata = metadata
-            .padded()
-            .map_err(|e| Error::format(&job.input, e))?;
-    }
+    let metadata = document_metadata(job, len, meta.modified().ok(), pad)?;
 
     // The plaintext is read straight into the output's blocks and sealed there.
     let out = Output::new(tmp.file(), len).map_err(|e| Error::io(&job.output, "write", e))?;
@@ -467,6 +457,28 @@ fn seal_one(
     Ok((len, header.map(|header| Sealed { header, stamp })))
 }
 
+/// The sealed metadata of `job`'s document: its stored name, `len`, the time it was modified
+/// (left out when it cannot be stored, outside 1601..9999, rather than fail), padded with
+/// `pad`.
+fn document_metadata(
+    job: &Job,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    pad: bool,
+) -> Result<Metadata> {
+    let mut metadata = Metadata::with_size(len).name(job.name.clone());
+    metadata.modified = modified;
+    if metadata.modified.is_some() && metadata.encode().is_err() {
+        metadata.modified = None;
+    }
+    if pad {
+        metadata = metadata
+            .padded()
+            .map_err(|e| Error::format(&job.input, e))?;
+    }
+    Ok(metadata)
+}
+
 /// Seal the empty folder of `job` as an empty document whose stored name ends in `/`. It is
 /// not verified, and with `remove_original` the folder stays.
 fn seal_folder(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Result<()> {
@@ -478,16 +490,9 @@ fn seal_folder(job: &Job, slots: &[Slot], pad: bool, shared: Shared<'_>) -> Resu
         false,
         None,
     )?;
-    let mut metadata = Metadata::with_size(0).name(job.name.clone());
     // Its time ranks it against a file document for the same path (the newer is opened).
-    if let Ok(t) = fs::metadata(&job.input).and_then(|m| m.modified()) {
-        metadata = metadata.modified(t);
-    }
-    if pad {
-        metadata = metadata
-            .padded()
-            .map_err(|e| Error::format(&job.input, e))?;
-    }
+    let modified = fs::metadata(&job.input).and_then(|m| m.modified()).ok();
+    let metadata = document_metadata(job, 0, modified, pad)?;
     let out = Output::new(tmp.file(), 0).map_err(|e| Error::io(&job.output, "write", e))?;
     let writer =
         BlockWriter::new(out, slots, &metadata).map_err(|e| Error::format(&job.input, e))?;
